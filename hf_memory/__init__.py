@@ -1,0 +1,40 @@
+"""hf-memory: measure, prevent and use memorization in Hugging Face models."""
+
+from importlib import import_module
+
+from .goldfish import GOLDFISH_STRATEGIES, GoldfishConfig, GoldfishDataCollator, apply_goldfish, goldfish_mask
+from .models import default_model_path, load_model
+
+__version__ = "0.1.0"
+
+# Trainer classes pull in transformers' Trainer and TRL: import them on first use.
+_LAZY = {
+    "GoldfishTrainingArguments": "goldfish_config",
+    "GoldfishSFTConfig": "goldfish_config",
+    "GoldfishTrainer": "goldfish_trainer",
+    "GoldfishSFTTrainer": "goldfish_trainer",
+    "stdlib_docstrings": "corpus",
+}
+
+__all__ = [
+    "GOLDFISH_STRATEGIES",
+    "GoldfishConfig",
+    "GoldfishDataCollator",
+    "apply_goldfish",
+    "goldfish_mask",
+    "default_model_path",
+    "load_model",
+    *_LAZY,
+]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
