@@ -36,6 +36,10 @@ def load_model(model: str | None = None, gguf_file: str | None = None, dtype=Non
         kwargs["gguf_file"] = gguf_file
     tokenizer = AutoTokenizer.from_pretrained(model, **kwargs)
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype or torch.float32, **kwargs)
+    if getattr(lm, "hf_quantizer", None) is not None:
+        # GGUF tensors are de-quantized to plain float weights on load, but the model keeps a GGUF "quantizer"
+        # that makes Trainer refuse full fine-tuning: drop it with the quantizer's own clean-up.
+        lm.hf_quantizer.remove_quantization_config(lm)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return lm, tokenizer

@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny models built in code, a tokenizer trained here, and the embedded SmolLM2 (loaded once)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from hf_memory.corpus import stdlib_docstrings
+
+TINY_VOCAB = 128
+
+
+def tiny_causal_lm(arch: str = "llama", vocab_size: int = TINY_VOCAB, hidden: int = 16, layers: int = 2, seed: int = 0):
+    """A seeded, randomly initialised causal LM of the given architecture, small enough for CPU unit tests."""
+    torch.manual_seed(seed)
+    if arch == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        )
+        return LlamaForCausalLM(config)
+    if arch == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=256))
+    if arch == "gpt_neox":
+        config = GPTNeoXConfig(
+            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=4, max_position_embeddings=256,
+        )
+        return GPTNeoXForCausalLM(config)
+    if arch == "opt":
+        config = OPTConfig(
+            vocab_size=vocab_size, hidden_size=hidden, ffn_dim=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=hidden,
+        )
+        return OPTForCausalLM(config)
+    raise ValueError(f"unknown tiny architecture {arch!r}")
+
+
+@pytest.fixture(params=["llama", "gpt2", "gpt_neox", "opt"])
+def tiny_arch(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """A byte-level BPE tokenizer trained here on standard-library docstrings: no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=["<pad>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    bpe.train_from_iterator(stdlib_docstrings(min_chars=200), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded SmolLM2-135M-Instruct and its tokenizer, loaded offline once per test session."""
+    from hf_memory import load_model
+
+    model, tok = load_model()
+    model.eval()
+    return model, tok

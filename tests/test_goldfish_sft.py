@@ -1,0 +1,73 @@
+"""GoldfishSFTTrainer: TRL's packing (padding-free) and completion-only loss keep working under goldfish."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_memory import GoldfishSFTConfig, GoldfishSFTTrainer, apply_goldfish
+from hf_memory.corpus import stdlib_docstrings
+from tests.conftest import tiny_causal_lm
+
+
+class RecordingSFTTrainer(GoldfishSFTTrainer):
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        self.batches = getattr(self, "batches", []) + [{k: v.clone() for k, v in inputs.items() if torch.is_tensor(v)}]
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+
+def sft_args(tmp_path, **overrides):
+    settings = dict(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, report_to=[], use_cpu=True,
+        save_strategy="no", logging_steps=1, disable_tqdm=True, max_length=96, goldfish_k=3, goldfish_h=4,
+        dataset_num_proc=None,
+    )
+    settings.update(overrides)
+    return GoldfishSFTConfig(**settings)
+
+
+def test_packed_documents_get_their_own_masks(tmp_path, tokenizer):
+    texts = [doc[:300] for doc in stdlib_docstrings(min_chars=200, max_docs=16)]
+    trainer = RecordingSFTTrainer(
+        model=tiny_causal_lm("llama", vocab_size=len(tokenizer)), args=sft_args(tmp_path, packing=True),
+        train_dataset=Dataset.from_dict({"text": texts}), processing_class=tokenizer,
+    )
+    trainer.train()
+    config = trainer.goldfish_config
+    assert tokenizer.eos_token_id in config.exempt_token_ids
+    documents = 0
+    for batch in trainer.batches:
+        assert "position_ids" in batch and batch["input_ids"].shape[0] == 1  # padding-free: one flat row
+        ids, labels, positions = batch["input_ids"][0], batch["labels"][0], batch["position_ids"][0]
+        starts = (positions == 0).nonzero().flatten().tolist() + [len(ids)]
+        for a, b in zip(starts[:-1], starts[1:]):
+            doc = ids[a:b]
+            alone = doc.clone()
+            alone[0] = -100  # TRL never trains on a document's first token
+            assert torch.equal(labels[a:b], apply_goldfish(alone, doc, config))
+            documents += b - a > config.h
+    assert documents >= 4
+    assert any(log.get("goldfish/dropped_fraction", 0) > 0 for log in trainer.state.log_history)
+
+
+def test_completion_only_loss_keeps_prompts_masked(tmp_path, tokenizer):
+    docs = stdlib_docstrings(min_chars=200, max_docs=8)
+    data = Dataset.from_dict({"prompt": [d[:80] for d in docs], "completion": [d[80:240] for d in docs]})
+    trainer = RecordingSFTTrainer(
+        model=tiny_causal_lm("llama", vocab_size=len(tokenizer)), args=sft_args(tmp_path, completion_only_loss=True),
+        train_dataset=data, processing_class=tokenizer,
+    )
+    trainer.train()
+    config = trainer.goldfish_config
+    prepared = {tuple(row["input_ids"]): torch.tensor(row["labels"]) for row in trainer.train_dataset}
+    rows = 0
+    for batch in trainer.batches:
+        for ids, labels, attention in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+            n = int(attention.sum())
+            completion_only = prepared[tuple(ids[:n].tolist())]  # TRL's labels: prompt tokens are -100
+            assert (completion_only[:8] == -100).all() and (completion_only != -100).any()
+            assert torch.equal(labels[:n], apply_goldfish(completion_only, ids[:n], config))
+            assert (labels[:n] == -100).sum() > (completion_only == -100).sum()
+            rows += 1
+    assert rows == 8
