@@ -35,6 +35,17 @@ def document_windows(tokenizer, texts, length: int) -> list[list[int]]:
 
 
 @torch.inference_mode()
+def greedy_continuation(model, prefix: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """Greedy decoding of exactly `new_tokens` tokens, with the KV cache and no stop on end-of-sequence ids
+    (a training document may contain them; `generate`'s `min_new_tokens` would forbid them instead)."""
+    out = model(input_ids=prefix, use_cache=True)
+    tokens = [out.logits[:, -1].argmax(-1)]
+    for _ in range(new_tokens - 1):
+        out = model(input_ids=tokens[-1][:, None], past_key_values=out.past_key_values, use_cache=True)
+        tokens.append(out.logits[:, -1].argmax(-1))
+    return torch.stack(tokens, dim=1)
+
+
 def greedy_reproduction(model, windows, prefix_len: int, batch_size: int = 16) -> list[int]:
     """For each window: how many of its suffix tokens greedy decoding from its prefix reproduces in a row."""
     model.eval()
@@ -42,15 +53,7 @@ def greedy_reproduction(model, windows, prefix_len: int, batch_size: int = 16) -
     for start in range(0, len(windows), batch_size):
         batch = torch.tensor(windows[start : start + batch_size], device=model.device)
         prefix, suffix = batch[:, :prefix_len], batch[:, prefix_len:]
-        out = model.generate(
-            input_ids=prefix,
-            attention_mask=torch.ones_like(prefix),
-            max_new_tokens=suffix.shape[1],
-            min_new_tokens=suffix.shape[1],
-            do_sample=False,
-            pad_token_id=model.config.eos_token_id if model.config.pad_token_id is None else model.config.pad_token_id,
-        )[:, prefix_len:]
-        same = (out == suffix).long()
+        same = (greedy_continuation(model, prefix, suffix.shape[1]) == suffix).long()
         matched.extend(same.cumprod(dim=1).sum(dim=1).tolist())
     return matched
 
