@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from datasets import Dataset
@@ -51,11 +53,32 @@ def test_packed_documents_get_their_own_masks(tmp_path, tokenizer):
     assert any(log.get("goldfish/dropped_fraction", 0) > 0 for log in trainer.state.log_history)
 
 
-def test_completion_only_loss_keeps_prompts_masked(tmp_path, tokenizer):
-    docs = stdlib_docstrings(min_chars=200, max_docs=8)
-    data = Dataset.from_dict({"prompt": [d[:80] for d in docs], "completion": [d[80:240] for d in docs]})
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<bos>{{ m['role'] }}\n"
+    "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<eos>{% endgeneration %}"
+    "{% else %}{{ m['content'] }}<eos>{% endif %}{% endfor %}"
+)
+
+
+def prompt_completion_data(docs):
+    return Dataset.from_dict({"prompt": [d[:80] for d in docs], "completion": [d[80:240] for d in docs]})
+
+
+def conversation_data(docs):
+    return Dataset.from_dict(
+        {"messages": [[{"role": "user", "content": d[:80]}, {"role": "assistant", "content": d[80:240]}] for d in docs]}
+    )
+
+
+@pytest.mark.parametrize(
+    "make_data,option", [(prompt_completion_data, "completion_only_loss"), (conversation_data, "assistant_only_loss")]
+)
+def test_prompt_tokens_stay_masked(tmp_path, tokenizer, make_data, option):
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    data = make_data(stdlib_docstrings(min_chars=240, max_docs=8))
     trainer = RecordingSFTTrainer(
-        model=tiny_causal_lm("llama", vocab_size=len(tokenizer)), args=sft_args(tmp_path, completion_only_loss=True),
+        model=tiny_causal_lm("llama", vocab_size=len(tokenizer)), args=sft_args(tmp_path, **{option: True}),
         train_dataset=data, processing_class=tokenizer,
     )
     trainer.train()
@@ -65,9 +88,9 @@ def test_completion_only_loss_keeps_prompts_masked(tmp_path, tokenizer):
     for batch in trainer.batches:
         for ids, labels, attention in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
             n = int(attention.sum())
-            completion_only = prepared[tuple(ids[:n].tolist())]  # TRL's labels: prompt tokens are -100
-            assert (completion_only[:8] == -100).all() and (completion_only != -100).any()
-            assert torch.equal(labels[:n], apply_goldfish(completion_only, ids[:n], config))
-            assert (labels[:n] == -100).sum() > (completion_only == -100).sum()
+            trl_labels = prepared[tuple(ids[:n].tolist())]  # TRL's labels: prompt / user tokens are -100
+            assert (trl_labels[:8] == -100).all() and (trl_labels != -100).any()
+            assert torch.equal(labels[:n], apply_goldfish(trl_labels, ids[:n], config))
+            assert (labels[:n] == -100).sum() > (trl_labels == -100).sum()
             rows += 1
     assert rows == 8

@@ -68,3 +68,18 @@ def test_demo_command_runs_end_to_end(capsys):
     assert main(["demo", "--docs", "2", "--epochs", "1", "--batch-size", "2", "--prefix", "16", "--suffix", "8"]) == 0
     out = capsys.readouterr().out
     assert "standard loss" in out and "goldfish (k=4)" in out and "/2" in out
+
+
+def test_examples_train_smollm2(smollm2, tmp_path):
+    import importlib.util
+    import os
+
+    base, tokenizer = smollm2
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("goldfish_trainer", "goldfish_sft"):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(root, "examples", f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        trainer = module.main(max_steps=1, output_dir=str(tmp_path / name), model=copy.deepcopy(base), tokenizer=tokenizer)
+        fractions = [log["goldfish/dropped_fraction"] for log in trainer.state.log_history if "goldfish/dropped_fraction" in log]
+        assert fractions and 0.1 < fractions[0] < 0.4
