@@ -23,7 +23,7 @@ def main(max_steps: int = 20, output_dir: str | None = None, model=None, tokeniz
     )
     args = GoldfishTrainingArguments(
         output_dir=output_dir or tempfile.mkdtemp(), max_steps=max_steps, per_device_train_batch_size=4,
-        learning_rate=5e-5, logging_steps=5, report_to=[], save_strategy="no",
+        learning_rate=5e-5, logging_steps=max(1, max_steps // 4), report_to=[], save_strategy="no",
         goldfish_k=4, goldfish_h=13,  # drop ~1 in 4 tokens, chosen by a hash of the 13 tokens ending at each
     )
     trainer = GoldfishTrainer(

@@ -41,7 +41,7 @@ class GoldfishArguments:
             names=("goldfish_k", "goldfish_h", "goldfish_strategy", "goldfish_start"),
         )
 
-    def goldfish_config(self, exempt_token_ids=()) -> GoldfishConfig:
+    def to_goldfish_config(self, exempt_token_ids=()) -> GoldfishConfig:
         """The `GoldfishConfig` these arguments describe."""
         return GoldfishConfig(
             k=self.goldfish_k,

@@ -40,7 +40,7 @@ class GoldfishTrainerMixin:
         super().__init__(model, args, *more, **kwargs)
         special_ids = getattr(self.processing_class, "all_special_ids", None) or ()
         exempt = special_ids if self.args.goldfish_exempt_special_tokens else ()
-        self.goldfish_config = self.args.goldfish_config(exempt_token_ids=exempt)
+        self.goldfish_config = self.args.to_goldfish_config(exempt_token_ids=exempt)
         self._goldfish_counts = torch.zeros(2, dtype=torch.long)  # dropped, kept since the last log
 
     def get_train_dataloader(self):

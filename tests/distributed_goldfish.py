@@ -13,15 +13,11 @@ def main(out_path: str, strategy: str) -> None:
     import torch.distributed as dist
     from datasets import Dataset
 
-    from hf_memory import GoldfishTrainer, GoldfishTrainingArguments, goldfish_mask
+    from hf_memory import GoldfishTrainingArguments, goldfish_mask
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from tests.conftest import tiny_causal_lm
-
-    class Recording(GoldfishTrainer):
-        def compute_loss(self, model, inputs, *args, **kwargs):
-            self.seen = getattr(self, "seen", []) + [(inputs["input_ids"].tolist(), inputs["labels"].tolist())]
-            return super().compute_loss(model, inputs, *args, **kwargs)
+    from tests.test_goldfish_trainer import RecordingGoldfishTrainer
 
     ids = torch.randint(0, 50_000, (16, 48), generator=torch.Generator().manual_seed(0))
     model = tiny_causal_lm("llama", vocab_size=50_000)
@@ -31,7 +27,7 @@ def main(out_path: str, strategy: str) -> None:
             save_strategy="no", disable_tqdm=True, goldfish_strategy=strategy, goldfish_k=4, goldfish_h=6,
             goldfish_exempt_special_tokens=False,
         )
-        trainer = Recording(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()}))
+        trainer = RecordingGoldfishTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()}))
         rank = trainer.args.process_index
         torch.manual_seed(1234 + 7 * rank)  # the global RNG differs per rank: masks must not care
         trainer.train()
@@ -39,7 +35,7 @@ def main(out_path: str, strategy: str) -> None:
             "rank": rank,
             "world_size": trainer.args.world_size,
             "mask": goldfish_mask(ids, trainer.goldfish_config).tolist(),
-            "seen": trainer.seen,
+            "seen": [(ids.tolist(), labels.tolist()) for ids, labels in trainer.seen.values()],
             "logged": [log["goldfish/dropped_fraction"] for log in trainer.state.log_history if "goldfish/dropped_fraction" in log],
         }
     everyone = [None] * dist.get_world_size()

@@ -255,7 +255,7 @@ def test_training_arguments_parse_from_command_line(tmp_path):
     )
     assert (args.goldfish_k, args.goldfish_h, args.goldfish_strategy, args.goldfish_start) == (8, 7, "static", 2)
     assert args.goldfish_exempt_special_tokens is False
-    assert args.goldfish_config((5,)) == GoldfishConfig(k=8, h=7, strategy="static", start=2, exempt_token_ids=(5,))
+    assert args.to_goldfish_config((5,)) == GoldfishConfig(k=8, h=7, strategy="static", start=2, exempt_token_ids=(5,))
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,11 @@ import copy
 import torch
 from datasets import Dataset
 
-from hf_memory import GoldfishTrainer, GoldfishTrainingArguments, apply_goldfish, default_model_path
+from hf_memory import GoldfishTrainingArguments, apply_goldfish, default_model_path
 from hf_memory.cli import main
 from hf_memory.corpus import stdlib_docstrings
 from hf_memory.demo import document_windows, greedy_continuation
+from tests.test_goldfish_trainer import RecordingGoldfishTrainer
 
 
 def test_embedded_model_is_the_real_smollm2(smollm2):
@@ -47,17 +48,11 @@ def test_goldfish_trainer_steps_on_smollm2(smollm2, tmp_path):
         output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-4, report_to=[],
         use_cpu=True, save_strategy="no", logging_steps=1, disable_tqdm=True, goldfish_k=3, goldfish_h=5,
     )
-
-    class Recording(GoldfishTrainer):
-        def compute_loss(self, model, inputs, *a, **k):
-            self.seen = getattr(self, "seen", []) + [(inputs["input_ids"].clone(), inputs["labels"].clone())]
-            return super().compute_loss(model, inputs, *a, **k)
-
-    trainer = Recording(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": windows, "labels": windows}), processing_class=tokenizer)
+    trainer = RecordingGoldfishTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": windows, "labels": windows}), processing_class=tokenizer)
     before = model.model.layers[-1].mlp.down_proj.weight.detach().clone()
     trainer.train()
     assert set(tokenizer.all_special_ids) <= set(trainer.goldfish_config.exempt_token_ids)
-    for ids, labels in trainer.seen:
+    for ids, labels in trainer.seen.values():
         assert torch.equal(labels, apply_goldfish(ids, ids, trainer.goldfish_config))
         special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
         assert (labels[special] != -100).all()
