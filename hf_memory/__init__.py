@@ -1,11 +1,15 @@
 """hf-memory: measure, prevent and use memorization in Hugging Face models."""
 
+import os as _os
 from importlib import import_module
 
 from .goldfish import GOLDFISH_STRATEGIES, GoldfishConfig, GoldfishDataCollator, apply_goldfish, goldfish_mask
 from .models import default_model_path, load_model
 
 __version__ = "0.1.0"
+
+# `evaluate.load(hf_memory.EXTRACTABLE_MEMORIZATION)` loads the metric offline from this folder.
+EXTRACTABLE_MEMORIZATION = _os.path.join(_os.path.dirname(__file__), "metrics", "extractable_memorization")
 
 # Trainer classes pull in transformers' Trainer and TRL: import them on first use.
 _LAZY = {
@@ -14,9 +18,12 @@ _LAZY = {
     "GoldfishTrainer": "goldfish_trainer",
     "GoldfishSFTTrainer": "goldfish_trainer",
     "stdlib_docstrings": "corpus",
+    "measure_extraction": "extraction",
+    "ExtractionResult": "extraction",
 }
 
 __all__ = [
+    "EXTRACTABLE_MEMORIZATION",
     "GOLDFISH_STRATEGIES",
     "GoldfishConfig",
     "GoldfishDataCollator",

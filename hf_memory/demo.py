@@ -1,27 +1,30 @@
-"""The main job on the embedded model: fine-tune with the standard loss and with goldfish, count verbatim copies.
+"""The main job on the embedded model: fine-tune with the standard loss and with goldfish, measure extraction.
 
-Both arms start from the same weights and see the same batches; only the loss differs. A document counts as
-reproduced when greedy decoding from its first `prefix_len` tokens returns its next `suffix_len` tokens exactly.
+Both arms start from the same weights and see the same batches; only the loss differs. After every epoch the
+extraction harness scores the training documents (greedy `suffix_len` tokens from each document's first
+`prefix_len`); at the end each arm's loss on held-out documents (every token counted) shows what the model kept.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
+import json
+import os
 import tempfile
 import time
 
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainingArguments, default_data_collator
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.utils import logging as hf_logging
 
 from .corpus import stdlib_docstrings
+from .extraction import measure_extraction
 from .goldfish_config import GoldfishTrainingArguments
 from .goldfish_trainer import GoldfishTrainer
 from .models import load_model
 
-logger = logging.getLogger(__name__)
+CURVES = ("exact_match", "memorization_score")
 
 
 def document_windows(tokenizer, texts, length: int) -> list[list[int]]:
@@ -34,58 +37,57 @@ def document_windows(tokenizer, texts, length: int) -> list[list[int]]:
     return windows
 
 
-@torch.inference_mode()
-def greedy_continuation(model, prefix: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """Greedy decoding of exactly `new_tokens` tokens, with the KV cache and no stop on end-of-sequence ids
-    (a training document may contain them; `generate`'s `min_new_tokens` would forbid them instead)."""
-    out = model(input_ids=prefix, use_cache=True)
-    tokens = [out.logits[:, -1].argmax(-1)]
-    for _ in range(new_tokens - 1):
-        out = model(input_ids=tokens[-1][:, None], past_key_values=out.past_key_values, use_cache=True)
-        tokens.append(out.logits[:, -1].argmax(-1))
-    return torch.stack(tokens, dim=1)
+class ExtractionCallback(TrainerCallback):
+    """Measures extraction of the training documents at the end of every epoch."""
+
+    def __init__(self, windows, prefix_len, suffix_len):
+        self.windows, self.prefix_len, self.suffix_len = windows, prefix_len, suffix_len
+        self.history = []
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        result = measure_extraction(model, self.windows, self.prefix_len, self.suffix_len, show_progress=False)
+        self.history.append({"epoch": round(state.epoch), **result.metrics})
 
 
-def greedy_reproduction(model, windows, prefix_len: int, batch_size: int = 16) -> list[int]:
-    """For each window: how many of its suffix tokens greedy decoding from its prefix reproduces in a row."""
-    model.eval()
-    matched = []
-    for start in range(0, len(windows), batch_size):
-        batch = torch.tensor(windows[start : start + batch_size], device=model.device)
-        prefix, suffix = batch[:, :prefix_len], batch[:, prefix_len:]
-        same = (greedy_continuation(model, prefix, suffix.shape[1]) == suffix).long()
-        matched.extend(same.cumprod(dim=1).sum(dim=1).tolist())
-    return matched
-
-
-def _train(model, windows, args_class, trainer_class, output_dir, epochs, lr, batch_size, seed, **extra):
-    dataset = Dataset.from_dict({"input_ids": windows, "labels": windows})
-    args = args_class(
-        output_dir=output_dir,
-        num_train_epochs=epochs,
-        learning_rate=lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        per_device_train_batch_size=batch_size,
-        logging_steps=max(1, epochs * len(windows) // batch_size // 5),
-        save_strategy="no",
-        report_to=[],
-        seed=seed,
-        data_seed=seed,
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=False,
-        **extra,
+def _arm_args(args_class, output_dir, epochs, lr, batch_size, seed, **extra):
+    return args_class(
+        output_dir=output_dir, num_train_epochs=epochs, learning_rate=lr, lr_scheduler_type="constant",
+        warmup_steps=0, weight_decay=0.0, per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
+        logging_strategy="epoch", save_strategy="no", report_to=[], seed=seed, data_seed=seed,
+        use_cpu=not torch.cuda.is_available(), **extra,
     )
-    trainer = trainer_class(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator)
-    trainer.train()
-    return trainer
+
+
+def plot_curves(histories: dict, before: dict, path: str, title: str) -> None:
+    """Memorization of the training documents against epoch, one line per arm, for each metric in CURVES."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(11, 4))
+    labels = {"exact_match": "exact extraction (%)", "memorization_score": "positional score (%)"}
+    for ax, metric in zip(axes, CURVES):
+        for arm, history in histories.items():
+            epochs = [0] + [h["epoch"] for h in history]
+            values = [100 * before[metric]] + [100 * h[metric] for h in history]
+            ax.plot(epochs, values, marker="o", label=arm)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(labels[metric])
+        ax.set_ylim(-3, 103)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def run_demo(
     model: str | None = None,
     gguf_file: str | None = None,
-    docs: int = 8,
+    docs: int = 24,
+    held_out: int = 16,
     epochs: int = 12,
     lr: float = 2e-4,
     batch_size: int = 8,
@@ -94,38 +96,61 @@ def run_demo(
     goldfish_k: int = 4,
     goldfish_h: int = 13,
     seed: int = 0,
-    device: str | None = None,
+    out_dir: str = "demo_output",
 ) -> dict:
-    """Fine-tune two copies of one model (standard loss, goldfish) and report verbatim reproduction for each."""
+    """Fine-tune two copies of one model (standard loss, goldfish) and report extraction and held-out loss for each."""
     hf_logging.set_verbosity_warning()
     started = time.time()
     base, tokenizer = load_model(model, gguf_file)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    base.to(device)
-    texts = stdlib_docstrings()
-    windows = document_windows(tokenizer, texts, prefix_len + suffix_len)[:docs]
-    if len(windows) < docs:
-        raise ValueError(f"`docs` must be at most {len(windows)} (documents of {prefix_len + suffix_len} tokens), got {docs}.")
+    base.to("cuda" if torch.cuda.is_available() else "cpu")
+    windows = document_windows(tokenizer, stdlib_docstrings(), prefix_len + suffix_len)
+    if len(windows) < docs + held_out:
+        raise ValueError(
+            f"`docs` + `held_out` must be at most {len(windows)} (documents of {prefix_len + suffix_len} tokens), "
+            f"got {docs} + {held_out}."
+        )
+    train, held = windows[:docs], windows[docs : docs + held_out]
+    train_data = Dataset.from_dict({"input_ids": train, "labels": train})
+    held_data = Dataset.from_dict({"input_ids": held, "labels": held})
 
-    results = {"before": greedy_reproduction(base, windows, prefix_len)}
     arms = {
         "standard": (TrainingArguments, Trainer, {}),
-        "goldfish": (GoldfishTrainingArguments, GoldfishTrainer, {"goldfish_k": goldfish_k, "goldfish_h": goldfish_h}),
+        f"goldfish (k={goldfish_k})": (
+            GoldfishTrainingArguments, GoldfishTrainer, {"goldfish_k": goldfish_k, "goldfish_h": goldfish_h}
+        ),
     }
+    results, histories = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
+        before = measure_extraction(base, train, prefix_len, suffix_len, show_progress=False).metrics
+        reference = Trainer(model=base, args=_arm_args(TrainingArguments, f"{tmp}/before", 1, lr, batch_size, seed))
+        results["before fine-tuning"] = {**before, "held_out_loss": reference.evaluate(held_data)["eval_loss"]}
         for name, (args_class, trainer_class, extra) in arms.items():
-            print(f"\n[{name}] fine-tuning on {len(windows)} documents for {epochs} epochs")
-            arm_model = copy.deepcopy(base)
-            torch.manual_seed(seed)
-            _train(arm_model, windows, args_class, trainer_class, f"{tmp}/{name}", epochs, lr, batch_size, seed, **extra)
-            results[name] = greedy_reproduction(arm_model, windows, prefix_len)
-            del arm_model
+            print(f"\n[{name}] fine-tuning on {docs} documents for {epochs} epochs")
+            callback = ExtractionCallback(train, prefix_len, suffix_len)
+            args = _arm_args(args_class, f"{tmp}/{len(results)}", epochs, lr, batch_size, seed, **extra)
+            trainer = trainer_class(
+                model=copy.deepcopy(base), args=args, train_dataset=train_data, data_collator=default_data_collator,
+                callbacks=[callback],
+            )
+            trainer.train()
+            results[name] = {**callback.history[-1], "held_out_loss": trainer.evaluate(held_data)["eval_loss"]}
+            results[name].pop("epoch")
+            histories[name] = callback.history
+            del trainer
 
-    print(f"\nVerbatim reproduction of {len(windows)} documents: greedy {suffix_len} tokens from a {prefix_len}-token prefix")
-    print(f"{'model':<22}{'reproduced':>12}{'mean matched prefix':>22}")
-    for name, label in (("before", "before fine-tuning"), ("standard", "standard loss"), ("goldfish", f"goldfish (k={goldfish_k})")):
-        matched = results[name]
-        exact = sum(m == suffix_len for m in matched)
-        print(f"{label:<22}{f'{exact}/{len(matched)}':>12}{sum(matched) / len(matched):>18.1f} tok")
-    print(f"\n(total {time.time() - started:.0f} s on {device})")
-    return results
+    print(f"\nExtraction of {docs} training documents: greedy {suffix_len} tokens from a {prefix_len}-token prefix; "
+          f"loss on {held_out} held-out documents")
+    print(f"{'model':<22}{'exact extraction':>18}{'positional score':>18}{'ROUGE-L':>10}{'held-out loss':>15}")
+    for name, r in results.items():
+        print(f"{name:<22}{100 * r['exact_match']:>17.1f}%{100 * r['memorization_score']:>17.1f}%"
+              f"{r['rouge_l']:>10.3f}{r['held_out_loss']:>15.3f}")
+
+    os.makedirs(out_dir, exist_ok=True)
+    plot = os.path.join(out_dir, "goldfish_demo.png")
+    plot_curves(histories, before, plot, f"Memorization of {docs} fine-tuning documents ({base.config.model_type}, "
+                f"{sum(p.numel() for p in base.parameters()) / 1e6:.0f}M parameters)")
+    with open(os.path.join(out_dir, "goldfish_demo.json"), "w") as f:
+        json.dump({"results": results, "histories": histories}, f, indent=2)
+    print(f"\nplot: {plot}   results: {os.path.join(out_dir, 'goldfish_demo.json')}   "
+          f"(total {time.time() - started:.0f} s on {base.device})")
+    return {"results": results, "histories": histories}

@@ -36,7 +36,9 @@ def tiny_causal_lm(arch: str = "llama", vocab_size: int = TINY_VOCAB, hidden: in
         )
         return LlamaForCausalLM(config)
     if arch == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=256))
+        return GPT2LMHeadModel(
+            GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2)
+        )
     if arch == "gpt_neox":
         config = GPTNeoXConfig(
             vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,

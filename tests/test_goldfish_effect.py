@@ -7,7 +7,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from hf_memory import GoldfishTrainer, GoldfishTrainingArguments
-from hf_memory.demo import greedy_reproduction
+from hf_memory import measure_extraction
 from tests.conftest import tiny_causal_lm
 
 PREFIX, SUFFIX, VOCAB = 16, 32, 128
@@ -22,7 +22,7 @@ def train(tmp_path, args_class, trainer_class, docs, **extra):
     )
     dataset = Dataset.from_dict({"input_ids": docs, "labels": docs})
     trainer_class(model=model, args=args, train_dataset=dataset).train()
-    return greedy_reproduction(model, docs, PREFIX)
+    return measure_extraction(model, docs, PREFIX, SUFFIX, show_progress=False).longest_common_prefix
 
 
 def test_goldfish_prevents_verbatim_reproduction(tmp_path):

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import torch
 from datasets import Dataset
 
-from hf_memory import GoldfishTrainingArguments, apply_goldfish, default_model_path
+from hf_memory import GoldfishTrainingArguments, apply_goldfish, default_model_path, measure_extraction
 from hf_memory.cli import main
 from hf_memory.corpus import stdlib_docstrings
-from hf_memory.demo import document_windows, greedy_continuation
+from hf_memory.demo import document_windows
 from tests.test_goldfish_trainer import RecordingGoldfishTrainer
 
 
@@ -26,15 +27,22 @@ def test_embedded_model_is_the_real_smollm2(smollm2):
     assert "4" in reply
 
 
-def test_greedy_continuation_equals_generate(smollm2):
+def test_shortcut_equals_generate_on_hundreds_of_windows(smollm2):
+    """The teacher-forced shortcut + KV-cache resume against plain greedy `generate`, on the real model.
+    Float ties may flip an argmax between the two computation orders: count how often, and keep it rare."""
     model, tokenizer = smollm2
-    windows = torch.tensor(document_windows(tokenizer, stdlib_docstrings(), 48)[:6])
-    mine = greedy_continuation(model, windows[:, :32], 16)
-    theirs = model.generate(
-        windows[:, :32], attention_mask=torch.ones_like(windows[:, :32]), max_new_tokens=16, do_sample=False,
-        eos_token_id=None, pad_token_id=tokenizer.pad_token_id,
-    )[:, 32:]
-    assert torch.equal(mine, theirs)
+    texts = stdlib_docstrings(min_chars=200)
+    windows = document_windows(tokenizer, texts, 32)[:256]
+    assert len(windows) == 256
+    auto = measure_extraction(model, windows, 16, 16, batch_size=64, show_progress=False)
+    reference = measure_extraction(model, windows, 16, 16, batch_size=64, method="generate", show_progress=False)
+    lcp_differs = sum(a != b for a, b in zip(auto.longest_common_prefix, reference.longest_common_prefix))
+    prediction_differs = sum(a != b for a, b in zip(auto.predictions, reference.predictions))
+    print(f"\nSmolLM2, 256 windows of 16+16 tokens: longest common prefix differs in {lcp_differs}, "
+          f"predictions differ in {prediction_differs}")
+    assert lcp_differs <= 2 and prediction_differs <= 5
+    assert len(set(auto.longest_common_prefix)) > 3  # divergence at many different points
+    assert abs(auto.metrics["memorization_score"] - reference.metrics["memorization_score"]) < 0.01
 
 
 def test_goldfish_trainer_steps_on_smollm2(smollm2, tmp_path):
@@ -59,10 +67,28 @@ def test_goldfish_trainer_steps_on_smollm2(smollm2, tmp_path):
     assert not torch.equal(before, model.model.layers[-1].mlp.down_proj.weight)
 
 
-def test_demo_command_runs_end_to_end(capsys):
-    assert main(["demo", "--docs", "2", "--epochs", "1", "--batch-size", "2", "--prefix", "16", "--suffix", "8"]) == 0
+def test_demo_command_runs_end_to_end(capsys, tmp_path):
+    argv = ["demo", "--docs", "2", "--held-out", "2", "--epochs", "2", "--batch-size", "2", "--prefix", "16",
+            "--suffix", "8", "--out-dir", str(tmp_path)]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "standard loss" in out and "goldfish (k=4)" in out and "/2" in out
+    assert "standard" in out and "goldfish (k=4)" in out and "held-out loss" in out
+    results = json.loads((tmp_path / "goldfish_demo.json").read_text())
+    assert set(results["results"]) == {"before fine-tuning", "standard", "goldfish (k=4)"}
+    assert [h["epoch"] for h in results["histories"]["standard"]] == [1, 2]
+    assert (tmp_path / "goldfish_demo.png").stat().st_size > 10_000
+
+
+def test_measure_command_on_a_text_file(tmp_path, capsys):
+    doc = tmp_path / "doc.txt"
+    doc.write_text(stdlib_docstrings()[0])
+    out = tmp_path / "results.jsonl"
+    assert main(["measure", "--data", str(doc), "--prefix", "16", "--suffix", "16", "--stride", "16", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) >= 2 and rows[1]["start"] == 16 and rows[0]["source"] == str(doc)
+    assert {"exact_match", "memorization_score", "rouge_l", "prediction_text"} <= set(rows[0])
+    assert "exact_match" in printed and "memorization_score" in printed
 
 
 def test_examples_train_smollm2(smollm2, tmp_path):

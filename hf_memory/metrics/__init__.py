@@ -1,0 +1,1 @@
+"""`evaluate` metrics shipped with hf-memory; load them with `evaluate.load(path)`."""

@@ -1,0 +1,1 @@
+"""The extractable-memorization `evaluate` metric; load it with `evaluate.load(hf_memory.EXTRACTABLE_MEMORIZATION)`."""

@@ -1,0 +1,134 @@
+"""measure_extraction: the teacher-forced shortcut and its KV-cache resume equal plain greedy generation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_memory import ExtractionResult, measure_extraction
+from hf_memory.extraction import extraction_windows
+from tests.conftest import TINY_VOCAB, tiny_causal_lm
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PREFIX, SUFFIX = 8, 12
+
+
+def planted_windows(model, n=24, seed=0):
+    """Windows whose suffix is the model's own greedy continuation, with one token broken at a chosen position:
+    greedy decoding then reproduces exactly that many tokens, so every divergence point gets exercised."""
+    gen = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(0, TINY_VOCAB, (n, PREFIX), generator=gen)
+    with torch.inference_mode():
+        greedy = model.generate(
+            prefix, attention_mask=torch.ones_like(prefix), max_new_tokens=SUFFIX, do_sample=False,
+            eos_token_id=None, pad_token_id=0,
+        )
+    windows = greedy.clone()
+    breaks = torch.arange(n) % (SUFFIX + 1)  # SUFFIX = not broken
+    for row, at in enumerate(breaks.tolist()):
+        if at < SUFFIX:
+            windows[row, PREFIX + at] = (windows[row, PREFIX + at] + 1 + row) % TINY_VOCAB
+    return windows, breaks
+
+
+def test_auto_equals_generate_on_every_tiny_architecture(tiny_arch):
+    model = tiny_causal_lm(tiny_arch, hidden=32).eval()
+    windows, breaks = planted_windows(model)
+    auto = measure_extraction(model, windows, PREFIX, SUFFIX, batch_size=7, show_progress=False)
+    reference = measure_extraction(model, windows, PREFIX, SUFFIX, batch_size=24, method="generate", show_progress=False)
+    assert auto.longest_common_prefix == breaks.tolist()  # the planted divergence points
+    assert auto.predictions == reference.predictions
+    assert auto.longest_common_prefix == reference.longest_common_prefix
+    assert auto.metrics == reference.metrics
+    assert auto.metrics["exact_match"] == pytest.approx((breaks == SUFFIX).float().mean().item())
+
+
+def test_prefix_method_gives_exact_match_and_prefix_only():
+    model = tiny_causal_lm("llama", hidden=32).eval()
+    windows, breaks = planted_windows(model, seed=1)
+    auto = measure_extraction(model, windows, PREFIX, SUFFIX, show_progress=False)
+    fast = measure_extraction(model, windows, PREFIX, SUFFIX, method="prefix", show_progress=False)
+    assert sorted(fast.metrics) == ["exact_match", "longest_common_prefix"]
+    assert fast.longest_common_prefix == auto.longest_common_prefix == breaks.tolist()
+    for short, full, n in zip(fast.predictions, auto.predictions, breaks.tolist()):
+        assert short == full[: n + 1]  # greedy is known up to and including its first wrong token
+    assert fast.metrics["exact_match"] == auto.metrics["exact_match"]
+    assert fast.metrics["longest_common_prefix"] == auto.metrics["longest_common_prefix"]
+
+
+def test_metrics_come_from_the_metric():
+    from hf_memory.metrics.extractable_memorization.extractable_memorization import extraction_scores
+
+    model = tiny_causal_lm("gpt2", hidden=32).eval()
+    windows, _ = planted_windows(model, seed=2)
+    result = measure_extraction(model, windows, PREFIX, SUFFIX, show_progress=False)
+    assert isinstance(result, ExtractionResult)
+    assert result.metrics == extraction_scores(result.predictions, result.references)
+    assert result.references == windows[:, PREFIX:].tolist()
+    per_sample = result.per_sample()
+    assert per_sample["longest_common_prefix_per_sample"] == result.longest_common_prefix
+
+
+def test_windows_stride_skips_and_datasets():
+    sequences = [list(range(50)), list(range(10)), list(range(100, 116))]
+    windows, index, skipped = extraction_windows(sequences, 8, 8, stride=10)
+    assert index == [(0, 0), (0, 10), (0, 20), (0, 30), (2, 0)] and skipped == 1
+    assert windows[1].tolist() == list(range(10, 26))
+    _, index, _ = extraction_windows(sequences, 8, 8)
+    assert index == [(0, 0), (2, 0)]
+
+    model = tiny_causal_lm("llama")
+    from_list = measure_extraction(model, sequences, 8, 8, stride=10, show_progress=False)
+    from_dataset = measure_extraction(model, Dataset.from_dict({"input_ids": sequences}), 8, 8, stride=10, show_progress=False)
+    assert from_list.windows == index[:1] + [(0, 10), (0, 20), (0, 30), (2, 0)] and from_list.num_skipped == 1
+    assert from_list.predictions == from_dataset.predictions
+
+
+def test_model_mode_is_restored():
+    model = tiny_causal_lm("llama")
+    model.train()
+    measure_extraction(model, [list(range(40))], 8, 8, show_progress=False)
+    assert model.training
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"prefix_len": 0}, "`prefix_len`"), ({"suffix_len": -1}, "`suffix_len`"), ({"stride": 0}, "`stride`"),
+        ({"batch_size": 0}, "`batch_size`"), ({"method": "beam"}, "`method`"),
+        ({"sequences": []}, "`sequences` is empty"), ({"sequences": [[0.5, 1.5] * 20]}, "integer token ids"),
+        ({"sequences": [[1, 2, 3]]}, "No sequence"), ({"sequences": Dataset.from_dict({"text": ["a"]})}, "`input_ids`"),
+    ],
+)
+def test_bad_input(kwargs, message):
+    args = {"sequences": [list(range(40))], "prefix_len": 8, "suffix_len": 8, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        measure_extraction(tiny_causal_lm("llama"), show_progress=False, **args)
+
+
+def test_two_processes_give_the_one_process_numbers(tmp_path):
+    out = tmp_path / "ranks.json"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(30500 + os.getpid() % 1000),
+        os.path.join(HERE, "distributed_extraction.py"), str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(HERE)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = json.loads(out.read_text())
+
+    from tests.distributed_extraction import score
+
+    single = score()
+    assert [r["num_processes"] for r in ranks] == [2, 2]
+    assert [r["share"] for r in ranks] == [list(range(0, 6)), list(range(6, 12))]
+    for r in ranks:  # both ranks end with the gathered, ordered result
+        assert r["predictions"] == single.predictions
+        assert r["longest_common_prefix"] == single.longest_common_prefix
+        assert r["metrics"] == single.metrics
