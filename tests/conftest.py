@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -83,3 +86,17 @@ def smollm2():
     model, tok = load_model()
     model.eval()
     return model, tok
+
+
+def run_two_processes(script: str, out_path, *args) -> list:
+    """Run `tests/<script>` in 2 CPU processes with torchrun (gloo); it writes a JSON list, one entry per rank."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(29500 + (os.getpid() + hash(script)) % 2000), os.path.join(here, script), str(out_path), *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(here)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(out_path) as f:
+        return json.load(f)

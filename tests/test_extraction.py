@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from datasets import Dataset
 
 from hf_memory import ExtractionResult, measure_extraction
 from hf_memory.extraction import extraction_windows
-from tests.conftest import TINY_VOCAB, tiny_causal_lm
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from tests.conftest import TINY_VOCAB, run_two_processes, tiny_causal_lm
 PREFIX, SUFFIX = 8, 12
 
 
@@ -113,15 +106,7 @@ def test_bad_input(kwargs, message):
 
 
 def test_two_processes_give_the_one_process_numbers(tmp_path):
-    out = tmp_path / "ranks.json"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(30500 + os.getpid() % 1000),
-        os.path.join(HERE, "distributed_extraction.py"), str(out),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(HERE)}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = json.loads(out.read_text())
+    ranks = run_two_processes("distributed_extraction.py", tmp_path / "ranks.json")
 
     from tests.distributed_extraction import score
 

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from hf_memory import GoldfishConfig, apply_goldfish
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from tests.conftest import run_two_processes
 
 
 @pytest.mark.parametrize("strategy", ["hash", "hash-table"])
 def test_two_processes_drop_identical_labels(tmp_path, strategy):
-    out = tmp_path / "ranks.json"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
-        os.path.join(HERE, "distributed_goldfish.py"), str(out), strategy,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(HERE)}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = json.loads(out.read_text())
+    ranks = run_two_processes("distributed_goldfish.py", tmp_path / "ranks.json", strategy)
 
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["mask"] == ranks[1]["mask"]  # same data, same drops, whatever each rank's RNG did
