@@ -20,6 +20,12 @@ _LAZY = {
     "stdlib_docstrings": "corpus",
     "measure_extraction": "extraction",
     "ExtractionResult": "extraction",
+    "FastMem": "fastmem",
+    "FastMemConfig": "fastmem",
+    "fastmem_generate": "fastmem",
+    "context_as_assistant_turn": "fastmem",
+    "last_ffn_modules": "last_ffn",
+    "last_ffn_lora_config": "last_ffn",
 }
 
 __all__ = [

@@ -43,6 +43,8 @@ def main(out_path: str, strategy: str) -> None:
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(everyone, f)
+    dist.barrier()
+    dist.destroy_process_group()  # a gloo group left to interpreter shutdown can abort the process
 
 
 if __name__ == "__main__":
