@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hf_memory import load_model, measure_extraction, stdlib_docstrings  # noqa: E402
-from hf_memory.demo import document_windows  # noqa: E402
+from hf_memory.corpus import document_windows  # noqa: E402
 
 
 def timed(fn):

@@ -33,3 +33,13 @@ def stdlib_docstrings(min_chars: int = 400, max_docs: int | None = None) -> list
                 if max_docs is not None and len(docs) >= max_docs:
                     return docs
     return docs
+
+
+def document_windows(tokenizer, texts, length: int) -> list[list[int]]:
+    """The first `length` tokens of each text that has that many (no special tokens added)."""
+    windows = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= length:
+            windows.append(ids[:length])
+    return windows

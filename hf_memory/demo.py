@@ -18,23 +18,13 @@ from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.utils import logging as hf_logging
 
-from .corpus import stdlib_docstrings
+from .corpus import document_windows, stdlib_docstrings
 from .extraction import measure_extraction
 from .goldfish_config import GoldfishTrainingArguments
 from .goldfish_trainer import GoldfishTrainer
 from .models import load_model
 
 CURVES = ("exact_match", "memorization_score")
-
-
-def document_windows(tokenizer, texts, length: int) -> list[list[int]]:
-    """The first `length` tokens of each text that has that many (no special tokens added)."""
-    windows = []
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) >= length:
-            windows.append(ids[:length])
-    return windows
 
 
 class ExtractionCallback(TrainerCallback):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ._token_ids import as_token_ids
 from .metrics.extractable_memorization.extractable_memorization import extraction_scores
 
 EXTRACTION_METHODS = ("auto", "prefix", "generate")
@@ -50,12 +51,7 @@ def _as_sequences(sequences) -> list[torch.Tensor]:
         sequences = sequences["input_ids"]
     if isinstance(sequences, torch.Tensor):
         sequences = list(sequences) if sequences.dim() == 2 else [sequences]
-    out = []
-    for i, seq in enumerate(sequences):
-        tensor = seq if isinstance(seq, torch.Tensor) else torch.as_tensor(seq)
-        if tensor.dim() != 1 or tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
-            raise ValueError(f"`sequences[{i}]` must be a 1-D sequence of integer token ids, got {tensor.dtype} of shape {tuple(tensor.shape)}.")
-        out.append(tensor.long())
+    out = [as_token_ids(seq, f"sequences[{i}]", dims=(1,)) for i, seq in enumerate(sequences)]
     if not out:
         raise ValueError("`sequences` is empty: give at least one sequence of token ids.")
     return out

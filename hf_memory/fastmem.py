@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ._token_ids import as_token_ids
 from .last_ffn import last_ffn_modules
 
 _ACTIVE_ATTRIBUTE = "_hf_memory_fastmem_active"
@@ -53,16 +54,14 @@ class FastMemConfig:
 
 
 def _prompt_tensor(input_ids, device) -> torch.Tensor:
-    ids = input_ids if isinstance(input_ids, torch.Tensor) else torch.as_tensor(input_ids)
-    if ids.dtype == torch.bool or ids.is_floating_point():
-        raise ValueError(f"`input_ids` must hold integer token ids, got dtype {ids.dtype}.")
+    ids = as_token_ids(input_ids, "input_ids")
     if ids.dim() == 1:
         ids = ids[None]
     if ids.dim() != 2 or ids.shape[0] != 1:
         raise ValueError(f"`input_ids` must be one prompt, shape (length,) or (1, length), got {tuple(ids.shape)}.")
     if ids.shape[1] < 2:
         raise ValueError("`input_ids` is empty or a single token: FastMem needs at least 2 tokens to memorize.")
-    return ids.long().to(device)
+    return ids.to(device)
 
 
 class FastMem:

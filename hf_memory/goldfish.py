@@ -16,6 +16,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ._token_ids import as_token_ids
+
 GOLDFISH_STRATEGIES = ("hash", "hash-table", "static")
 IGNORE_INDEX = -100
 
@@ -147,11 +149,11 @@ def goldfish_mask(
     config = config if config is not None else GoldfishConfig()
     if not isinstance(config, GoldfishConfig):
         raise TypeError(f"`config` must be a GoldfishConfig, got {type(config).__name__}.")
-    ids = _as_id_tensor(input_ids, "input_ids")
+    ids = as_token_ids(input_ids, "input_ids")
     if position_ids is None:
         offsets = torch.arange(ids.shape[-1], device=ids.device).expand_as(ids)
     else:
-        positions = _as_id_tensor(position_ids, "position_ids").to(ids.device)
+        positions = as_token_ids(position_ids, "position_ids").to(ids.device)
         if positions.shape != ids.shape:
             raise ValueError(f"`position_ids` must have the shape of `input_ids` {tuple(ids.shape)}, got {tuple(positions.shape)}.")
         offsets = document_offsets(positions)
@@ -166,15 +168,6 @@ def goldfish_mask(
         exempt = torch.tensor(config.exempt_token_ids, dtype=ids.dtype, device=ids.device)
         drop &= ~torch.isin(ids, exempt)
     return drop
-
-
-def _as_id_tensor(values, name: str) -> torch.Tensor:
-    tensor = values if isinstance(values, torch.Tensor) else torch.as_tensor(values)
-    if tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
-        raise ValueError(f"`{name}` must hold integer token ids, got dtype {tensor.dtype}.")
-    if tensor.dim() not in (1, 2):
-        raise ValueError(f"`{name}` must be 1-D (one sequence) or 2-D (batch, length), got {tensor.dim()}-D.")
-    return tensor.long()
 
 
 def apply_goldfish(

@@ -11,7 +11,7 @@ from datasets import Dataset
 from hf_memory import GoldfishTrainingArguments, apply_goldfish, default_model_path, measure_extraction
 from hf_memory.cli import main
 from hf_memory.corpus import stdlib_docstrings
-from hf_memory.demo import document_windows
+from hf_memory.corpus import document_windows
 from tests.test_goldfish_trainer import RecordingGoldfishTrainer
 
 
