@@ -23,6 +23,8 @@ _LAZY = {
     "FastMem": "fastmem",
     "FastMemConfig": "fastmem",
     "fastmem_generate": "fastmem",
+    "MemorizedPrompt": "fastmem",
+    "FastMemCallback": "fastmem_callback",
     "context_as_assistant_turn": "fastmem",
     "last_ffn_modules": "last_ffn",
     "last_ffn_lora_config": "last_ffn",

@@ -100,3 +100,14 @@ def run_two_processes(script: str, out_path, *args) -> list:
     assert done.returncode == 0, done.stderr[-3000:]
     with open(out_path) as f:
         return json.load(f)
+
+
+def load_example(name: str):
+    """Import `examples/<name>.py` (the examples folder is not a package)."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

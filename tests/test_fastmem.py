@@ -102,16 +102,229 @@ def test_bad_prompts_and_layers(model):
     fastmem = FastMem(model, FastMemConfig(steps=1))
     before = snapshot(model)
     for bad, match in [(torch.tensor([3]), "empty or a single token"), (torch.tensor([], dtype=torch.long), "empty"),
-                       (torch.zeros(2, 8, dtype=torch.long), "one prompt"), (torch.rand(8), "integer token ids")]:
+                       (torch.zeros(2, 2, 8, dtype=torch.long), "shape"), (torch.rand(8), "integer token ids")]:
         with pytest.raises(ValueError, match=match):
             with fastmem.memorize(bad):
                 pass
     with pytest.raises(ValueError, match="`loss_mask`"):
         with fastmem.memorize(torch.arange(8), loss_mask=torch.ones(7, dtype=torch.bool)):
             pass
+    with pytest.raises(ValueError, match="`loss_mask` selects no token"):
+        with fastmem.memorize(torch.arange(8), loss_mask=torch.tensor([True] + [False] * 7)):
+            pass
     assert_restored(model, before)
     with pytest.raises(ValueError, match="layer=5 is out of range"):
         FastMem(model, FastMemConfig(layer=5))
+    with pytest.raises(NotImplementedError, match="`contrastive` needs the last layer"):
+        FastMem(model, FastMemConfig(layer=0, contrastive=0.5))
+    from tests.test_last_ffn import CASES
+
+    t5_class, t5_config, *_ = CASES["t5-decoder"]
+    with pytest.raises(NotImplementedError, match="encoder-decoder"):
+        FastMem(t5_class(t5_config))
+    with pytest.raises(NotImplementedError, match="pass them to peft|supported"):
+        FastMem(tiny_bert())
+
+
+def tiny_bert():
+    from transformers import BertConfig, BertLMHeadModel
+
+    return BertLMHeadModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=32, is_decoder=True))
+
+
+def decoder_models():
+    from tests.test_last_ffn import CASES
+
+    return {name: case for name, case in CASES.items() if not name.startswith("t5")}
+
+
+@pytest.mark.parametrize("arch", sorted(decoder_models()))
+def test_fast_path_trains_the_same_weights_as_full_forwards(arch):
+    """The cached-trunk steps (FFN -> norm -> lm_head) must equal re-running the whole model every step."""
+    model_class, config, *_ = decoder_models()[arch]
+    torch.manual_seed(0)
+    model = model_class(config).eval()
+    ids = torch.randint(3, 64, (2, 14), generator=torch.Generator().manual_seed(1))
+    if arch == "mixtral":
+        with pytest.raises(NotImplementedError, match="fused expert parameters"):
+            FastMem(model)
+        return
+    fastmem = FastMem(model, FastMemConfig(steps=4, lr=1e-2))
+    assert fastmem.ffn.fast_path == (arch not in ("opt", "gemma2", "gemma3_text"))
+    trained = []
+    for fast in (fastmem.ffn.fast_path, False):
+        fastmem.ffn.fast_path = fast
+        with fastmem.memorize(ids) as memorized:
+            trained.append({name: {k: t.clone() for k, t in tensors.items()} for name, tensors in fastmem.ffn.rows.items()})
+            assert memorized.fast_path == fast and memorized.cache is not None
+    for name, tensors in trained[0].items():
+        for key, value in tensors.items():
+            torch.testing.assert_close(value, trained[1][name][key], rtol=1e-4, atol=1e-5)
+
+
+def test_memorization_loss_gradient_matches_autograd():
+    from hf_memory.fastmem import _MemorizationLoss
+
+    g = torch.Generator().manual_seed(0)
+    logits0, logits = torch.randn(5, 11, generator=g, dtype=torch.float64), torch.randn(5, 11, generator=g, dtype=torch.float64)
+    targets, weights = torch.randint(0, 11, (5,), generator=g), torch.tensor([0.5, 0.5, 1 / 3, 1 / 3, 1 / 3], dtype=torch.float64)
+    _, _, kl0, ref, neg_entropy = _MemorizationLoss.apply(logits0, targets, weights, 0.3, None, None)
+    assert torch.equal(kl0, torch.zeros(5, dtype=torch.float64))
+    x = logits.clone().requires_grad_()
+    loss, nll, kl, *_ = _MemorizationLoss.apply(x.double(), targets, weights, 0.3, ref, neg_entropy)
+    loss.backward()
+    y = logits.clone().requires_grad_()
+    log_p, log_ref = torch.log_softmax(y, -1), torch.log_softmax(logits0, -1)
+    naive_kl = (log_ref.exp() * (log_ref - log_p)).sum(-1)
+    naive = (weights * (-log_p.gather(1, targets[:, None])[:, 0] + 0.3 * naive_kl)).sum()
+    naive.backward()
+    torch.testing.assert_close(loss, naive)
+    torch.testing.assert_close(kl, naive_kl.detach())
+    torch.testing.assert_close(x.grad, y.grad)
+
+
+GREEDY = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+
+
+def reference_answers(model, prompts, config):
+    """Memorize each prompt alone, then generate from scratch: what the KV-cache reuse and batching must equal."""
+    answers = []
+    for prompt in prompts:
+        with FastMem(model, config).memorize(prompt):
+            answers.append(model.generate(input_ids=prompt[None], **GREEDY)[0, len(prompt):])
+    return answers
+
+
+def test_kv_cache_reuse_and_batches_give_the_same_tokens(tiny_arch):
+    model = tiny_causal_lm(tiny_arch, hidden=32).eval()
+    before = snapshot(model)
+    config = FastMemConfig(steps=4, lr=3e-2)
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(3, 128, (12,), generator=g), torch.randint(3, 128, (9,), generator=g)]
+    expected = reference_answers(model, prompts, config)
+    for prompt, answer in zip(prompts, expected):  # one prompt, generation resumed from the memorization's cache
+        assert torch.equal(fastmem_generate(model, prompt, config, **GREEDY)[0, len(prompt):], answer)
+    batch, attention = torch.zeros(2, 12, dtype=torch.long), torch.zeros(2, 12, dtype=torch.long)
+    for row, prompt in enumerate(prompts):  # left padding
+        batch[row, 12 - len(prompt):], attention[row, 12 - len(prompt):] = prompt, 1
+    out = fastmem_generate(model, batch, config, attention_mask=attention, **GREEDY)
+    assert all(torch.equal(out[row, 12:], expected[row]) for row in range(2))
+    assert_restored(model, before)
+    assert all("forward" not in module.__dict__ for module in model.modules())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_contrastive_decoding_equals_two_models(arch):
+    model = tiny_causal_lm(arch, hidden=32).eval()
+    prompt, alpha = torch.randint(3, 128, (1, 12), generator=torch.Generator().manual_seed(3)), 0.5
+    config = FastMemConfig(steps=4, lr=3e-2)
+    memorized = tiny_causal_lm(arch, hidden=32).eval()
+    with FastMem(model, config).memorize(prompt):
+        memorized.load_state_dict(model.state_dict())
+    sequence = prompt
+    with torch.no_grad():
+        for _ in range(8):
+            logits = (1 + alpha) * memorized(sequence).logits[:, -1] - alpha * model(sequence).logits[:, -1]
+            sequence = torch.cat([sequence, logits.argmax(-1, keepdim=True)], 1)
+    cd = FastMemConfig(steps=4, lr=3e-2, contrastive=alpha)
+    assert torch.equal(fastmem_generate(model, prompt, cd, **GREEDY), sequence)
+    with torch.no_grad():
+        expected = (1 + alpha) * memorized(prompt).logits[:, -1] - alpha * model(prompt).logits[:, -1]
+        with FastMem(model, cd).memorize(prompt):  # the hooks act on plain forwards too
+            combined = model(prompt).logits[:, -1]
+    torch.testing.assert_close(combined, expected, rtol=1e-4, atol=1e-4)
+    assert not model.lm_head._forward_pre_hooks and not model._forward_hooks
+
+
+def test_lora_updates_only_low_rank_and_restores(model):
+    from peft import LoraConfig
+
+    from hf_memory import last_ffn_lora_config
+
+    ids = torch.randint(0, 128, (24,), generator=torch.Generator().manual_seed(4))
+    before, nll = snapshot(model), prompt_nll(model, ids)
+    lora = last_ffn_lora_config(model, r=2, lora_alpha=4)
+    with FastMem(model, FastMemConfig(steps=8, lr=3e-2, lora=lora)).memorize(ids) as memorized:
+        inside = prompt_nll(model, ids)
+        down = model.model.layers[1].mlp.down_proj.weight - before[0]["model.layers.1.mlp.down_proj.weight"]
+    assert memorized.kl[0] == 0.0 and inside < nll
+    assert 0 < torch.linalg.matrix_rank(down.detach()) <= 2  # a rank-2 update, merged into the weight
+    assert_restored(model, before)
+    only_up = LoraConfig(r=2, target_modules=["mlp.up_proj"])
+    with FastMem(model, FastMemConfig(steps=3, lr=3e-2, lora=only_up)).memorize(ids):
+        changed = {k for k, v in model.state_dict().items() if not torch.equal(before[0][k], v)}
+    assert changed == {"model.layers.1.mlp.up_proj.weight"}
+    with pytest.raises(ValueError, match="names none of this layer's FFN modules"):
+        FastMem(model, FastMemConfig(lora=LoraConfig(r=2, target_modules=["q_proj"])))
+    for bad, match in [("lora", "`lora` must be None or a peft.LoraConfig"), (LoraConfig(use_dora=True), "use_dora")]:
+        with pytest.raises(ValueError, match=match):
+            FastMemConfig(lora=bad)
+
+
+def test_one_prompt_leaves_a_plain_model_inside(model):
+    """One prompt without CD: the weights are written in and no forward is replaced, so every decoding strategy
+    (beam search, sampling, DoLa-style early exit on `output_hidden_states`) sees the memorized model."""
+    ids = torch.arange(4, 20)
+    with FastMem(model, FastMemConfig(steps=3, lr=1e-2)).memorize(ids):
+        assert all("forward" not in m.__dict__ for m in model.modules())
+        with torch.no_grad():
+            out = model(ids[None], output_hidden_states=True)
+        final = model.lm_head(out.hidden_states[-1])
+        beams = model.generate(input_ids=ids[None], num_beams=2, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    torch.testing.assert_close(final, out.logits)
+    assert beams.shape == (1, 19)
+
+
+def test_fastmem_callback_in_seq2seq_trainer(tmp_path):
+    from datasets import Dataset
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from hf_memory import FastMemCallback
+
+    model = tiny_causal_lm("llama", hidden=32)
+    model.config.pad_token_id = 0
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, 128, (n,), generator=g) for n in (10, 7, 10, 8)]
+
+    def collate(rows):
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r["input_ids"]):], mask[i, width - len(r["input_ids"]):] = torch.tensor(r["input_ids"]), 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+    data = Dataset.from_dict({"input_ids": [p.tolist() for p in prompts]})
+    config = FastMemConfig(steps=8, lr=0.1)
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(tmp_path), per_device_eval_batch_size=2, per_device_train_batch_size=2, max_steps=2,
+        predict_with_generate=True, generation_max_length=None, report_to=[], use_cpu=True, learning_rate=1e-2,
+        save_strategy="no", remove_unused_columns=False,
+    )
+    gen = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    callback = FastMemCallback(config)
+    trainer = Seq2SeqTrainer(model=model, args=args, data_collator=collate, callbacks=[callback])
+    before = snapshot(model)
+    predictions = trainer.predict(data, **gen).predictions
+    assert_restored(model, before)
+    model.eval()
+    callback.detach(model)
+    assert "generate" not in model.__dict__
+    plain = [model.generate(input_ids=p[None], **gen)[0, len(p):] for p in prompts]
+    answers = [fastmem_generate(model, p, config, **gen)[0, len(p):] for p in prompts]
+    for row, answer in enumerate(answers):  # both batches are 10 tokens wide (left-padded)
+        assert predictions[row, 10:14].tolist() == answer.tolist()
+    assert any(not torch.equal(a, b) for a, b in zip(answers, plain))  # memorizing changed some answers
+    # training is untouched: the same steps with and without the callback give the same weights
+    weights = []
+    for callbacks in ([callback], []):
+        torch.manual_seed(0)
+        m = tiny_causal_lm("llama", hidden=32)
+        m.config.pad_token_id = 0
+        Seq2SeqTrainer(model=m, args=args, data_collator=collate, train_dataset=data, callbacks=callbacks).train()
+        weights.append(m.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_context_as_assistant_turn_on_smollm2(smollm2):
@@ -126,3 +339,33 @@ def test_context_as_assistant_turn_on_smollm2(smollm2):
         pass
     assert stats["nll"][-1] < stats["nll"][0]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_smollm2_fast_path_cache_reuse_and_contrastive(smollm2):
+    model, tokenizer = smollm2
+    model.eval()
+    messages = [{"role": "user", "content": "The river Oder flows north into the Baltic Sea. Where does it flow?"}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = FastMemConfig(steps=3)
+    with FastMem(model, config).memorize(prompt) as memorized:
+        assert memorized.fast_path and memorized.nll[-1] < memorized.nll[0]
+        from_scratch = model.generate(input_ids=prompt, **GREEDY)
+    assert torch.equal(fastmem_generate(model, prompt, config, **GREEDY), from_scratch)
+    contrastive = fastmem_generate(model, prompt, FastMemConfig(steps=3, contrastive=0.5), **GREEDY)
+    assert contrastive.shape == from_scratch.shape
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_counterfactual_qa_example_runs(smollm2):
+    from tests.conftest import load_example
+
+    example = load_example("fastmem_counterfactual_qa")
+    contains, load_items, main = example.contains, example.load_items, example.main
+
+    assert len(load_items()) >= 40 and len(load_items("dev")) + len(load_items("test")) == len(load_items())
+    assert contains("New York", "It is in new york.") and not contains("Au", "Australia")
+    model, tokenizer = smollm2
+    results = main(limit=2, model=model, tokenizer=tokenizer)
+    assert set(results) == {"zero-shot", "FastMem", "FastMem+CD (α=0.5)"}
+    assert all(0 <= r["context"] <= 1 and len(r["answers"]) == 2 for r in results.values())

@@ -92,15 +92,11 @@ def test_measure_command_on_a_text_file(tmp_path, capsys):
 
 
 def test_examples_train_smollm2(smollm2, tmp_path):
-    import importlib.util
-    import os
+    from tests.conftest import load_example
 
     base, tokenizer = smollm2
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name in ("goldfish_trainer", "goldfish_sft"):
-        spec = importlib.util.spec_from_file_location(name, os.path.join(root, "examples", f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_example(name)
         trainer = module.main(max_steps=1, output_dir=str(tmp_path / name), model=copy.deepcopy(base), tokenizer=tokenizer)
         fractions = [log["goldfish/dropped_fraction"] for log in trainer.state.log_history if "goldfish/dropped_fraction" in log]
         assert fractions and 0.1 < fractions[0] < 0.4
