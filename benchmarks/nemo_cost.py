@@ -1,0 +1,210 @@
+"""NeMo cost: UNet evaluations of our localization vs the official scheme, and the hook's per-step overhead.
+
+Unit: one *UNet evaluation* is one latent row through the UNet once (a batched call over 10 seeds = 10).
+Per check (one score of one neuron set):
+* ours:     1 batched call over all seeds at the first denoising step        -> ``seeds`` evaluations;
+* official: 2 denoising steps per seed (its noise difference is taken after the second UNet pass, at
+            guidance 0)                                                       -> ``2 * seeds`` evaluations,
+  with one check per layer and then per channel in the refinement, plus its two extra reference passes
+  (unblocked and all-blocked) at the start of the refinement, and no reuse of repeated checks.
+Both run on the same prompts, seeds and threshold, and both results are verified against the same refined
+criterion: score under the threshold, and every single kept channel needed (removing it puts the score back
+over the threshold).
+
+    python benchmarks/nemo_cost.py              # needs examples/nemo_tiny_memorization.py's pipeline (its cache)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics as stats_lib
+import time
+
+import torch
+
+from hf_memory.nemo import NeMoConfig, apply_nemo, remove_nemo, value_projection_names
+from hf_memory.nemo_localization import (
+    ActivationStatistics,
+    _Scorer,
+    compute_activation_statistics,
+    localize_memorization_neurons,
+    memorization_score,
+)
+
+OFFICIAL_PASSES_PER_CHECK = 2  # the official compute_noise_diff stops after the second denoising step
+OFFICIAL_EXTRA_CHECKS = 2  # neuron_refinement recomputes the unblocked and the all-blocked noise differences
+
+
+def criterion(pipe, prompt, neurons, threshold, seeds) -> str:
+    """'U' if the score is under the threshold, 'M' if removing any single kept channel puts it back over (1-minimal).
+
+    Checked afresh on the same seeds; not counted as cost.
+    """
+    score = _Scorer(pipe, prompt, seeds)
+    under = score(neurons) < threshold
+    minimal = all(
+        score({**neurons, name: [c for c in channels if c != channel]}) >= threshold
+        for name, channels in neurons.items() for channel in channels
+    )
+    return ("U" if under else "-") + ("M" if minimal else "-")
+
+
+def localization_cost(pipe, statistics: ActivationStatistics, prompts, seeds: int = 10) -> dict:
+    rows, unlocalized, ours_total, official_total, ours_checks, official_checks = [], [], 0, 0, 0, 0
+    for prompt in prompts:
+        ours = localize_memorization_neurons(pipe, prompt, statistics, seeds=seeds, refinement="group")
+        official = localize_memorization_neurons(pipe, prompt, statistics, seeds=seeds, refinement="greedy", cache=False)
+        if not ours.memorized:
+            continue
+        if ours.score_initial >= ours.threshold:  # no initial set reached the threshold: nothing to refine
+            unlocalized.append(prompt)
+            continue
+        official_evals = (official.score_checks + OFFICIAL_EXTRA_CHECKS) * OFFICIAL_PASSES_PER_CHECK * seeds
+        rows.append({
+            "prompt": prompt, "initial": ours.initial.num_neurons,
+            "ours_neurons": ours.refined.num_neurons, "official_neurons": official.refined.num_neurons,
+            "ours_checks": ours.score_checks, "official_checks": official.score_checks + OFFICIAL_EXTRA_CHECKS,
+            "ours_evals": ours.unet_evaluations, "official_evals": official_evals,
+            "ours_ok": criterion(pipe, prompt, ours.refined.neurons, ours.threshold, seeds),
+            "official_ok": criterion(pipe, prompt, official.refined.neurons, official.threshold, seeds),
+        })
+        ours_total += ours.unet_evaluations
+        official_total += official_evals
+        ours_checks += ours.score_checks
+        official_checks += official.score_checks + OFFICIAL_EXTRA_CHECKS
+    return {"rows": rows, "unlocalized": unlocalized, "ours": ours_total, "official": official_total, "ours_checks": ours_checks,
+            "official_checks": official_checks}
+
+
+@torch.no_grad()
+def hook_overhead(unet, config: NeMoConfig, batch: int, tokens: int, size: int, repeats: int) -> tuple[float, float, float]:
+    """Median seconds per UNet call (one denoising step) unhooked and hooked, interleaved; ratio of the medians."""
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(batch, unet.config.in_channels, size, size, generator=g)
+    text = torch.randn(batch, tokens, unet.config.cross_attention_dim, generator=g)
+    t = torch.tensor(981)
+    unet(sample, t, encoder_hidden_states=text)  # warm-up
+    plain, hooked = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        unet(sample, t, encoder_hidden_states=text)
+        plain.append(time.perf_counter() - start)
+        apply_nemo(unet, config)
+        start = time.perf_counter()
+        unet(sample, t, encoder_hidden_states=text)
+        hooked.append(time.perf_counter() - start)
+        remove_nemo(unet)
+    return stats_lib.median(plain), stats_lib.median(hooked), stats_lib.median(hooked) / stats_lib.median(plain)
+
+
+@torch.no_grad()
+def hook_cost_per_call(unet, name: str, batch: int = 2, tokens: int = 77, calls: int = 2000) -> float:
+    """Seconds the hook adds to one call of the value projection ``name`` (tight loop, median of 7 rounds).
+
+    The hook's work happens there (dispatch plus one multiply by the channel mask); the fused-projection guard
+    on the attention module adds one attribute lookup.
+    """
+    import timeit
+
+    to_v = unet.get_submodule(name)
+    text = torch.randn(batch, tokens, to_v.in_features, generator=torch.Generator().manual_seed(0))
+    config = NeMoConfig({name: [0, 1, 2]})
+    deltas = []
+    for _ in range(7):
+        plain = timeit.timeit(lambda: to_v(text), number=calls)
+        apply_nemo(unet, config)
+        hooked = timeit.timeit(lambda: to_v(text), number=calls)
+        remove_nemo(unet)
+        deltas.append((hooked - plain) / calls)
+    return stats_lib.median(deltas)
+
+
+def sd_like_unet(seed: int = 0):
+    """Stable Diffusion 1.x's UNet architecture (random weights, built from its config; nothing downloaded)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+    ).eval()
+
+
+def load_example():
+    """The example module (its captions), imported from its file: examples/ is not a package."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "nemo_tiny_memorization.py")
+    spec = importlib.util.spec_from_file_location("nemo_tiny_memorization", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(pipeline_dir: str = os.path.join("demo_output", "nemo_tiny", "pipeline"), seeds: int = 10,
+         repeats: int = 30, sd_repeats: int = 7, sd_latent: int = 16, num_threads: int = 1, skip_sd: bool = False):
+    from diffusers import StableDiffusionPipeline
+
+    torch.set_num_threads(num_threads)
+    example = load_example()
+    MEMORIZED, generic_captions = example.MEMORIZED, example.generic_captions
+
+    pipe = StableDiffusionPipeline.from_pretrained(pipeline_dir, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    stats_path = os.path.join(os.path.dirname(pipeline_dir), "statistics.safetensors")
+    if os.path.isfile(stats_path):
+        statistics = ActivationStatistics.load(stats_path)
+    else:
+        statistics = compute_activation_statistics(pipe, generic_captions()[1], seeds=seeds)
+    memorized = [p for p in MEMORIZED if memorization_score(pipe, p, seeds=seeds) > statistics.threshold]
+    print(f"machine: {os.cpu_count()} CPU cores, {num_threads} torch thread(s); {len(memorized)} memorized prompts, "
+          f"threshold {statistics.threshold:.3f}, {seeds} seeds")
+
+    cost = localization_cost(pipe, statistics, memorized, seeds)
+    print("\nUNet evaluations per localization (1 evaluation = 1 latent row through the UNet once)")
+    print("neurons: initial selection, refined by ours / official; criterion: U = score under the threshold, "
+          "M = every kept channel needed (1-minimal)")
+    print(f"{'prompt':34s} {'init':>4s} {'ours':>4s} {'off.':>4s} {'checks ours/off.':>17s} {'evals ours/off.':>16s}  criterion ours/off.")
+    for r in cost["rows"]:
+        print(f"{r['prompt'][:34]:34s} {r['initial']:4d} {r['ours_neurons']:4d} {r['official_neurons']:4d} "
+              f"{r['ours_checks']:8d}/{r['official_checks']:<8d} {r['ours_evals']:7d}/{r['official_evals']:<8d}  "
+              f"{r['ours_ok']}/{r['official_ok']}")
+    for prompt in cost["unlocalized"]:
+        print(f"{prompt[:34]:34s} no initial selection reached the threshold (up to top-k = all channels): skipped")
+    if cost["official"]:
+        print(f"total: ours {cost['ours']} vs official {cost['official']} UNet evaluations -> ratio "
+              f"{cost['ours'] / cost['official']:.3f} (checks: {cost['ours_checks']} vs {cost['official_checks']}, "
+              f"ratio {cost['ours_checks'] / cost['official_checks']:.3f})")
+
+    layers = statistics.layers
+    tiny_config = NeMoConfig({name: [0, 1, 2] for name in layers})
+    plain, hooked, ratio = hook_overhead(pipe.unet, tiny_config, batch=2, tokens=pipe.tokenizer.model_max_length,
+                                         size=pipe.unet.config.sample_size, repeats=repeats)
+    print(f"\nhook cost per denoising step (batch 2 = one CFG step, medians of {repeats} interleaved calls each)")
+    print(f"tiny UNet 16x16, {tiny_config.num_neurons} channels in {len(layers)} layers: "
+          f"{plain * 1e3:.2f} ms -> {hooked * 1e3:.2f} ms, ratio {ratio:.3f}")
+    if not skip_sd:
+        unet = sd_like_unet()
+        names = value_projection_names(unet, blocks=("down_blocks", "mid_block"))
+        config = NeMoConfig({names[0]: [5, 17], names[1]: [3], names[-1]: [100, 200, 300]})
+        plain, hooked, ratio = hook_overhead(unet, config, batch=2, tokens=77, size=sd_latent, repeats=sd_repeats)
+        print(f"SD-1.x-architecture UNet, {sd_latent}x{sd_latent} latents, {config.num_neurons} channels: "
+              f"{plain:.3f} s -> {hooked:.3f} s, ratio {ratio:.3f}")
+        per_call = hook_cost_per_call(unet, names[0])
+        worst = len(names) * per_call  # every down/mid value projection hooked
+        print(f"hook's own cost per hooked attention call: {per_call * 1e6:.1f} us; all {len(names)} down/mid layers "
+              f"hooked -> {worst * 1e3:.2f} ms per step = ratio {1 + worst / plain:.4f} at these latents")
+    return cost
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline-dir", default=os.path.join("demo_output", "nemo_tiny", "pipeline"))
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--sd-repeats", type=int, default=7)
+    parser.add_argument("--sd-latent", type=int, default=16)
+    parser.add_argument("--num-threads", type=int, default=1)
+    parser.add_argument("--skip-sd", action="store_true", help="Skip the SD-1.x-sized timing.")
+    main(**vars(parser.parse_args()))
