@@ -3,7 +3,8 @@
 Each item of `data/counterfactual_qa.jsonl` (48, written for this project) has a context that contradicts a well-known
 fact, a question, the answer per the context and the answer per the model's memory. The model answers greedily in
 its chat template; an answer counts for the context (or for memory) when it contains that answer, case-insensitively.
-FastMem memorizes the context as an assistant turn (`context_as_assistant_turn`), as in the paper.
+FastMem memorizes the context as an assistant turn (`context_as_assistant_turn`), as in the paper; items go in
+batches of 8, each with its own copy of the FFN weights.
 
     python examples/fastmem_counterfactual_qa.py                      # defaults, all 48 items
     python examples/fastmem_counterfactual_qa.py --grid 1e-4 3e-4 1e-3 3e-3 --split dev   # how the defaults were chosen
@@ -12,6 +13,7 @@ FastMem memorizes the context as an assistant turn (`context_as_assistant_turn`)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -19,7 +21,7 @@ import re
 import torch
 from tqdm.auto import tqdm
 
-from hf_memory import FastMemConfig, context_as_assistant_turn, fastmem_generate, load_model
+from hf_memory import FastMem, FastMemConfig, context_as_assistant_turn, load_model
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "counterfactual_qa.jsonl")
 DEV_ITEMS = 16  # the first 16 items choose the defaults; the other 32 only report
@@ -31,11 +33,11 @@ def load_items(split: str = "all") -> list[dict]:
     return {"all": items, "dev": items[:DEV_ITEMS], "test": items[DEV_ITEMS:]}[split]
 
 
-def question_prompt(tokenizer, item: dict) -> torch.Tensor:
+def question_prompt(tokenizer, item: dict) -> list[int]:
     content = (f"Context: {item['context']}\nQuestion: {item['question']}\n"
                "Answer the question according to the context, in a few words.")
     return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                         return_tensors="pt", return_dict=True)["input_ids"]
+                                         return_dict=True)["input_ids"]
 
 
 def _normalize(text: str) -> str:
@@ -46,23 +48,43 @@ def contains(answer: str, text: str) -> bool:
     return f" {_normalize(answer).strip()} " in f" {' '.join(_normalize(text).split())} "
 
 
-def answer(model, tokenizer, item: dict, config: FastMemConfig | None, max_new_tokens: int) -> str:
-    prompt = question_prompt(tokenizer, item)
-    generate = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    if config is None:
+def left_pad(rows: list[list[int]], pad_id: int, masks: list[list[bool]] | None = None):
+    """Left-padded ids, attention mask and (when given) loss mask for a batch of token lists."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id)
+    attention = torch.zeros(len(rows), width, dtype=torch.long)
+    loss = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):], attention[i, width - len(row):] = torch.tensor(row), 1
+        if masks is not None:
+            loss[i, width - len(row):] = torch.tensor(masks[i])
+    return ids, attention, loss
+
+
+def answer_batch(model, tokenizer, items: list[dict], config: FastMemConfig | None, max_new_tokens: int) -> list[str]:
+    """Answer a batch of items; with FastMem, each item's context is memorized into its own copy of the FFN."""
+    pad = tokenizer.pad_token_id
+    prompts, attention, _ = left_pad([question_prompt(tokenizer, item) for item in items], pad)
+    generate = dict(attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    with contextlib.ExitStack() as stack:
+        if config is not None:
+            turns = [context_as_assistant_turn(tokenizer, item["context"]) for item in items]
+            ids, turn_attention, loss_mask = left_pad(
+                [t["input_ids"][0].tolist() for t in turns], pad, [t["loss_mask"][0].tolist() for t in turns]
+            )
+            stack.enter_context(FastMem(model, config).memorize(ids, loss_mask=loss_mask, attention_mask=turn_attention))
         with torch.inference_mode():
-            out = model.generate(input_ids=prompt, **generate)
-    else:
-        turn = context_as_assistant_turn(tokenizer, item["context"])
-        out = fastmem_generate(model, prompt, config, memorize_ids=turn["input_ids"], loss_mask=turn["loss_mask"], **generate)
-    return tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
+            out = model.generate(input_ids=prompts, **generate)
+    return tokenizer.batch_decode(out[:, prompts.shape[1]:], skip_special_tokens=True)
 
 
-def evaluate(model, tokenizer, items, methods: dict, max_new_tokens: int = 16) -> dict:
+def evaluate(model, tokenizer, items, methods: dict, max_new_tokens: int = 16, batch_size: int = 8) -> dict:
     """Accuracy per method: the share of answers containing the context's answer, and the memory's answer."""
     results = {}
     for name, config in methods.items():
-        answers = [answer(model, tokenizer, item, config, max_new_tokens) for item in tqdm(items, desc=name, leave=False)]
+        answers = []
+        for start in tqdm(range(0, len(items), batch_size), desc=name, leave=False):
+            answers += answer_batch(model, tokenizer, items[start:start + batch_size], config, max_new_tokens)
         results[name] = {
             "context": sum(contains(i["context_answer"], a) for i, a in zip(items, answers)) / len(items),
             "memory": sum(contains(i["memory_answer"], a) for i, a in zip(items, answers)) / len(items),

@@ -111,9 +111,6 @@ class MemorizedPrompt:
     cache: object | None = None
     fast_path: bool = False
 
-    def __getitem__(self, key):
-        return getattr(self, key)
-
 
 class _MemorizationLoss(torch.autograd.Function):
     """Σ_i w_i·(NLL_i + λ·KL(p_ref,i ‖ p_i)) over selected positions, with d/dlogits = w·((1+λ)·p − λ·p_ref − onehot)

@@ -38,7 +38,7 @@ def test_memorize_changes_only_the_ffn_and_lowers_the_prompt_loss(model):
         inside = prompt_nll(model, ids)
         changed = {k for k, v in model.state_dict().items() if not torch.equal(before[0][k], v)}
         assert not model.training
-    assert inside < nll and stats["nll"][-1] < stats["nll"][0] and stats["kl"][0] == 0.0
+    assert inside < nll and stats.nll[-1] < stats.nll[0] and stats.kl[0] == 0.0
     assert changed and all(k.startswith("model.layers.1.mlp.") for k in changed)
     assert_restored(model, before)
     assert model.training
@@ -337,7 +337,7 @@ def test_context_as_assistant_turn_on_smollm2(smollm2):
     ids, mask = turn["input_ids"][0], turn["loss_mask"][0]
     with FastMem(model, FastMemConfig(steps=3, lr=1e-4)).memorize(ids, loss_mask=mask) as stats:
         pass
-    assert stats["nll"][-1] < stats["nll"][0]
+    assert stats.nll[-1] < stats.nll[0]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 

@@ -486,3 +486,18 @@ def test_localization_runs_on_a_real_tiny_pipeline(pipe):
         assert set(result.refined.neurons) <= set(result.initial.neurons)
     apply_nemo(pipe, result.refined if result.refined.neurons else NeMoConfig({LAYER: [0]}))
     remove_nemo(pipe)
+
+
+def test_tiny_memorization_example_runs(tmp_path):
+    from tests.conftest import load_example
+
+    threads = torch.get_num_threads()
+    try:
+        results = load_example("nemo_tiny_memorization").main(
+            output_dir=str(tmp_path), train_steps=3, seeds=2, figure=str(tmp_path / "figure.png")
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert {"statistics", "detection", "localization", "value_channels"} <= set(results)
+    assert results["value_channels"] > 0
+    assert all((tmp_path / name).exists() for name in ("pipeline", "results.json", "statistics.safetensors"))
