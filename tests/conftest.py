@@ -57,6 +57,19 @@ def tiny_causal_lm(arch: str = "llama", vocab_size: int = TINY_VOCAB, hidden: in
     raise ValueError(f"unknown tiny architecture {arch!r}")
 
 
+@pytest.fixture(autouse=True)
+def one_thread_for_tiny_models(request):
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine spinning threads cost seconds per
+    call; tests on the embedded SmolLM2 keep torch's default."""
+    if "smollm2" in request.fixturenames:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=["llama", "gpt2", "gpt_neox", "opt"])
 def tiny_arch(request):
     return request.param

@@ -72,14 +72,6 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     return pipe
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run in milliseconds on one thread; two threads on a busy 2-core machine spin for seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def pipe():
