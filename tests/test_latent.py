@@ -229,3 +229,13 @@ def test_ce_diagnostic_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ce_diagnostic(model, **(dict(sequences=random_windows(n=2), show_progress=False) | kwargs))
 
+
+
+def test_latent_and_signals_example_runs():
+    from tests.conftest import load_example
+
+    summary = load_example("latent_and_signals").main(
+        n_repeated=8, n_once=16, n_never=16, hidden=32, layers=1, pretrain_epochs=1, n_perturbations=2,
+        max_background=64, plot=None,
+    )
+    assert {"exact_match", "ce_diagnostic", "perturbation_scan", "entropy_boundary", "predictor"} <= set(summary)
