@@ -31,6 +31,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging
 
 from ._token_ids import as_token_ids
+from .extraction import _cache_io, _supports_logits_to_keep
 from .last_ffn import _find_layers, _LAYOUTS, last_ffn_modules
 
 logger = logging.get_logger(__name__)
@@ -361,10 +362,9 @@ class FastMem:
                 f"`contrastive` needs the last layer's FFN (layer=-1) of an architecture in {sorted(_FINAL_NORM)}; "
                 f"got layer={self.config.layer} on {model.config.model_type!r}."
             )
-        forward = inspect.signature(model.forward).parameters
-        self._cache_name = "cache" if "cache" in forward else "past_key_values"
-        self._position_ids = "position_ids" in forward
-        self._logits_to_keep = "logits_to_keep" in forward
+        self._cache_name, self._cache_of = _cache_io(model)
+        self._position_ids = "position_ids" in inspect.signature(model.forward).parameters
+        self._logits_to_keep = _supports_logits_to_keep(model)
 
     @contextlib.contextmanager
     def memorize(self, input_ids, loss_mask=None, attention_mask=None):
@@ -450,7 +450,7 @@ class FastMem:
                 else:
                     output = model(**self._forward_kwargs(inputs, in_mask, keep_cache and step == 0))
                     if step == 0 and keep_cache:
-                        result.cache = getattr(output, self._cache_name)
+                        result.cache = self._cache_of(output)
                     logits = output.logits[mask]
                 loss, nll, kl, ref_probs, ref_neg_entropy = _MemorizationLoss.apply(
                     logits, targets, weights, float(config.kl_weight), ref_probs, ref_neg_entropy
@@ -502,7 +502,7 @@ class FastMem:
             logger.warning_once("FastMem: final norm + lm_head do not reproduce the logits; using full forwards.")
             return None
         return {"args": captured["args"], "kwargs": captured["kwargs"], "rest": rest,
-                "cache": getattr(output, self._cache_name) if keep_cache else None}
+                "cache": self._cache_of(output) if keep_cache else None}
 
     def _contrastive_hooks(self, alpha: float) -> list:
         """FastMem+CD on one trunk: the FFN output with the original weights is computed next to the memorized one,
