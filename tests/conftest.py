@@ -115,6 +115,20 @@ def run_two_processes(script: str, out_path, *args) -> list:
         return json.load(f)
 
 
+def leave_process_group() -> None:
+    """End a `run_two_processes` script: wait for every rank, then exit without interpreter teardown.
+
+    Tearing down gloo (destroying the group, or freeing it at exit) sometimes aborts a rank with "terminate called
+    without an active exception" or deadlocks on the GIL; the results are already on disk, so skip the teardown.
+    """
+    import torch.distributed as dist
+
+    dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def load_example(name: str):
     """Import `examples/<name>.py` (the examples folder is not a package)."""
     import importlib.util

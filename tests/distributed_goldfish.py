@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import sys
@@ -39,17 +38,14 @@ def main(out_path: str, strategy: str) -> None:
             "seen": [(ids.tolist(), labels.tolist()) for ids, labels in trainer.seen.values()],
             "logged": [log["goldfish/dropped_fraction"] for log in trainer.state.log_history if "goldfish/dropped_fraction" in log],
         }
-    # Free the DDP reducer while the process group is still registered: freed later, at exit, it destroys the gloo
-    # group while holding the GIL and deadlocks with gloo's worker thread (seen as a rare hang of this test).
-    del trainer, model
-    gc.collect()
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(everyone, f)
-    dist.barrier()
-    dist.destroy_process_group()  # a gloo group left to interpreter shutdown can abort the process
+    from tests.conftest import leave_process_group
+
+    leave_process_group()
 
 
 if __name__ == "__main__":
