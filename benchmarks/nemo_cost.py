@@ -2,7 +2,10 @@
 
 Unit: one *UNet evaluation* is one latent row through the UNet once (a batched call over 10 seeds = 10).
 Per check (one score of one neuron set):
-* ours:     1 batched call over all seeds at the first denoising step        -> ``seeds`` evaluations;
+* ours:     batched calls at the first denoising step, seeds scored 2, 4, 8, ... at a time until one pair of
+            seeds reaches the threshold ("no": early exit) or every seed is scored ("yes")
+                                                                              -> 2 to ``seeds`` evaluations
+            (``seeds`` for every check with ``early_exit=False``, also measured);
 * official: 2 denoising steps per seed (its noise difference is taken after the second UNet pass, at
             guidance 0)                                                       -> ``2 * seeds`` evaluations,
   with one check per layer and then per channel in the refinement, plus its two extra reference passes
@@ -51,9 +54,10 @@ def criterion(pipe, prompt, neurons, threshold, seeds) -> str:
 
 
 def localization_cost(pipe, statistics: ActivationStatistics, prompts, seeds: int = 10) -> dict:
-    rows, unlocalized, ours_total, official_total, ours_checks, official_checks = [], [], 0, 0, 0, 0
+    rows, unlocalized, ours_total, whole_total, official_total, ours_checks, official_checks = [], [], 0, 0, 0, 0, 0
     for prompt in prompts:
         ours = localize_memorization_neurons(pipe, prompt, statistics, seeds=seeds, refinement="group")
+        whole = localize_memorization_neurons(pipe, prompt, statistics, seeds=seeds, refinement="group", early_exit=False)
         official = localize_memorization_neurons(pipe, prompt, statistics, seeds=seeds, refinement="greedy", cache=False)
         if not ours.memorized:
             continue
@@ -65,15 +69,18 @@ def localization_cost(pipe, statistics: ActivationStatistics, prompts, seeds: in
             "prompt": prompt, "initial": ours.initial.num_neurons,
             "ours_neurons": ours.refined.num_neurons, "official_neurons": official.refined.num_neurons,
             "ours_checks": ours.score_checks, "official_checks": official.score_checks + OFFICIAL_EXTRA_CHECKS,
-            "ours_evals": ours.unet_evaluations, "official_evals": official_evals,
+            "ours_evals": ours.unet_evaluations, "whole_evals": whole.unet_evaluations, "official_evals": official_evals,
+            "same_as_whole": ours.refined == whole.refined,
             "ours_ok": criterion(pipe, prompt, ours.refined.neurons, ours.threshold, seeds),
             "official_ok": criterion(pipe, prompt, official.refined.neurons, official.threshold, seeds),
         })
         ours_total += ours.unet_evaluations
+        whole_total += whole.unet_evaluations
         official_total += official_evals
         ours_checks += ours.score_checks
         official_checks += official.score_checks + OFFICIAL_EXTRA_CHECKS
-    return {"rows": rows, "unlocalized": unlocalized, "ours": ours_total, "official": official_total, "ours_checks": ours_checks,
+    return {"rows": rows, "unlocalized": unlocalized, "ours": ours_total, "whole": whole_total, "official": official_total,
+            "ours_checks": ours_checks,
             "official_checks": official_checks}
 
 
@@ -165,16 +172,19 @@ def main(pipeline_dir: str = os.path.join("demo_output", "nemo_tiny", "pipeline"
     print("\nUNet evaluations per localization (1 evaluation = 1 latent row through the UNet once)")
     print("neurons: initial selection, refined by ours / official; criterion: U = score under the threshold, "
           "M = every kept channel needed (1-minimal)")
-    print(f"{'prompt':34s} {'init':>4s} {'ours':>4s} {'off.':>4s} {'checks ours/off.':>17s} {'evals ours/off.':>16s}  criterion ours/off.")
+    print("evals: ours (early exit) / ours without early exit / official; 'same' = early exit found the same set")
+    print(f"{'prompt':34s} {'init':>4s} {'ours':>4s} {'off.':>4s} {'checks ours/off.':>17s} "
+          f"{'evals ours/no-exit/off.':>24s}  criterion ours/off.")
     for r in cost["rows"]:
         print(f"{r['prompt'][:34]:34s} {r['initial']:4d} {r['ours_neurons']:4d} {r['official_neurons']:4d} "
-              f"{r['ours_checks']:8d}/{r['official_checks']:<8d} {r['ours_evals']:7d}/{r['official_evals']:<8d}  "
-              f"{r['ours_ok']}/{r['official_ok']}")
+              f"{r['ours_checks']:8d}/{r['official_checks']:<8d} {r['ours_evals']:7d}/{r['whole_evals']:<6d}/"
+              f"{r['official_evals']:<8d}  {r['ours_ok']}/{r['official_ok']}{'  same' if r['same_as_whole'] else '  differs'}")
     for prompt in cost["unlocalized"]:
         print(f"{prompt[:34]:34s} no initial selection reached the threshold (up to top-k = all channels): skipped")
     if cost["official"]:
         print(f"total: ours {cost['ours']} vs official {cost['official']} UNet evaluations -> ratio "
-              f"{cost['ours'] / cost['official']:.3f} (checks: {cost['ours_checks']} vs {cost['official_checks']}, "
+              f"{cost['ours'] / cost['official']:.3f} (without early exit {cost['whole']} -> "
+              f"{cost['whole'] / cost['official']:.3f}; checks: {cost['ours_checks']} vs {cost['official_checks']}, "
               f"ratio {cost['ours_checks'] / cost['official_checks']:.3f})")
 
     layers = statistics.layers

@@ -294,11 +294,24 @@ def main(output_dir: str = DEFAULT_DIR, reuse: bool = False, train_steps: int = 
             remove_nemo(pipe)
         sim_before = ssim(before, training.expand_as(before))
         sim_after = ssim(after, training.expand_as(after))
+        # Control: as many channels per layer, drawn at random, silenced instead of the found ones.
+        draw = torch.Generator().manual_seed(index)
+        random_config = NeMoConfig({
+            name: sorted(torch.randperm(len(stats.mean[name]), generator=draw)[: len(channels)].tolist())
+            for name, channels in result.refined.neurons.items()
+        })
+        apply_nemo(pipe, random_config)
+        try:
+            after_random = generate(pipe, prompt, eval_seed_list, guidance_scale=guidance_scale)
+        finally:
+            remove_nemo(pipe)
+        sim_random = ssim(after_random, training.expand_as(after_random))
         localized[prompt] = {
             "initial_neurons": result.initial.num_neurons, "refined_neurons": result.refined.num_neurons,
             "refined_percent_of_value_channels": 100 * result.refined.num_neurons / total_channels,
             "neurons": result.refined.neurons, "score_before": result.score_before, "score_after": result.score_after,
             "ssim_to_training_before": float(sim_before.mean()), "ssim_to_training_after": float(sim_after.mean()),
+            "ssim_to_training_random_channels": float(sim_random.mean()),
             "replicated_before": float((sim_before > 0.9).float().mean()),
             "replicated_after": float((sim_after > 0.9).float().mean()),
             "unet_evaluations": result.unet_evaluations, "seconds": round(time.time() - start, 1),
@@ -307,27 +320,34 @@ def main(output_dir: str = DEFAULT_DIR, reuse: bool = False, train_steps: int = 
     results["localization"] = localized
     results["value_channels"] = total_channels
 
-    # 4. How much do the other prompts change with all found neurons silenced at once?
+    # 4. How much do the other prompts change with one caption's neurons silenced, and with all found ones at once?
     union = {}
     for entry in localized.values():
         for name, channels in entry["neurons"].items():
             union[name] = sorted(set(union.get(name, [])) | set(channels))
     others = held_out[:eval_prompts]
-    if union:
+
+    def change(neurons):
         changes, diffs = [], []
-        for prompt in others:
-            plain = generate(pipe, prompt, eval_seed_list[:4], guidance_scale=guidance_scale)
-            apply_nemo(pipe, NeMoConfig(union))
-            try:
+        apply_nemo(pipe, NeMoConfig(neurons))
+        try:
+            for prompt in others:
                 silenced = generate(pipe, prompt, eval_seed_list[:4], guidance_scale=guidance_scale)
-            finally:
-                remove_nemo(pipe)
-            changes.append(ssim(plain, silenced).mean())
-            diffs.append((plain - silenced).abs().mean())
+                changes.append(ssim(plain[prompt], silenced).mean())
+                diffs.append((plain[prompt] - silenced).abs().mean())
+        finally:
+            remove_nemo(pipe)
+        return float(torch.stack(changes).mean()), float(torch.stack(diffs).mean())
+
+    if union:
+        plain = {prompt: generate(pipe, prompt, eval_seed_list[:4], guidance_scale=guidance_scale) for prompt in others}
+        for entry in localized.values():
+            entry["others_ssim_hooked_vs_unhooked"], entry["others_mean_abs_pixel_change"] = change(entry["neurons"])
+        ssim_all, pixels_all = change(union)
         results["non_memorized_change"] = {
             "prompts": len(others), "neurons_silenced": sum(map(len, union.values())),
-            "ssim_hooked_vs_unhooked": float(torch.stack(changes).mean()),
-            "mean_abs_pixel_change": float(torch.stack(diffs).mean()),
+            "ssim_hooked_vs_unhooked": ssim_all, "mean_abs_pixel_change": pixels_all,
+            "per_caption_ssim_mean": sum(e["others_ssim_hooked_vs_unhooked"] for e in localized.values()) / len(localized),
         }
     if figure and figure_rows:
         make_figure(figure_rows, figure)

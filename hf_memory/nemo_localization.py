@@ -13,10 +13,10 @@ Three steps, as in the paper and its official code:
    grown until silencing it brings the score under the threshold, then refined to a minimal set.
 
 Cost is counted in *UNet evaluations*: latent rows pushed through the UNet once (a batch of 10 seeds in one call
-counts 10). Ours: one batched call of ``seeds`` rows per check (``2 * seeds`` with classifier-free guidance), the
-text embedding computed once, and refinement by adaptive group testing (binary search for the shortest sufficient
-prefix of the most anomalous channels, then removal in growing / halving groups) instead of one check per layer
-and per channel.
+counts 10). Ours: at most ``seeds`` rows per check (``2 * seeds`` with classifier-free guidance) in batched calls,
+fewer when a check fails early (one pair of seeds over the threshold settles it), the text embedding computed once,
+and refinement by adaptive group testing (binary search for the shortest sufficient prefix of the most anomalous
+channels, then removal in growing / halving groups) instead of one check per layer and per channel.
 """
 
 from __future__ import annotations
@@ -178,37 +178,48 @@ def value_activations(unet, layers: Sequence[str], embeddings: torch.Tensor) -> 
     return out
 
 
-def _pairwise_max_ssim(images: torch.Tensor, kernel_size: int) -> float:
+def _pair_ssim(images: torch.Tensor, pairs: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """SSIM of ``images[i]`` and ``images[j]`` for each row ``(i, j)`` of ``pairs``."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    pairs = torch.tensor(list(combinations(range(len(images)), 2)))
     size = min(images.shape[-2:])
     kernel_size = min(kernel_size, size - 1 if size % 2 == 0 else size)  # odd and no larger than the image
-    ssim = structural_similarity_index_measure(
+    return structural_similarity_index_measure(
         images[pairs[:, 0]].float(), images[pairs[:, 1]].float(), data_range=1.0, kernel_size=kernel_size,
         reduction="none",
     )
-    return float(ssim.max())
+
+
+def _seed_stages(seeds: int) -> list[int]:
+    """How many seeds an early-exit check has scored after each stage: 2, 4, 8, ... then all."""
+    stages, n = [], 2
+    while n < seeds:
+        stages.append(n)
+        n *= 2
+    return stages + [seeds]
 
 
 class _Scorer:
-    """The memorization score of one prompt under any NeMo config; fixed seeds, embeddings computed once."""
+    """The memorization score of one prompt under any NeMo config; fixed seeds, embeddings computed once.
+
+    Called with a ``threshold``, a check only has to say whether the score is under it, and the score is the
+    largest SSIM over seed pairs: any one pair at or over the threshold settles "no". So seeds are scored in stages
+    (2, 4, 8, ... then all), the seeds of the last pair that settled a check first, and the check stops at the first
+    stage with such a pair; the returned score is then the largest over the pairs scored so far. "Yes" still scores
+    every seed. The decision is the one the full score gives (up to the float rounding of differently batched calls).
+    """
 
     def __init__(self, pipe, prompt: str, seeds: int = 10, seed: int = 0, num_inference_steps: int = 50,
                  guidance_scale: float = 0.0, height: int | None = None, kernel_size: int = 11, cache: bool = True,
-                 embeddings=None):
+                 embeddings=None, early_exit: bool = True):
         if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2:
             raise ValueError(f"`seeds` must be an integer >= 2 (the score compares seeds pairwise), got {seeds!r}.")
         if guidance_scale < 0:
             raise ValueError(f"`guidance_scale` must be >= 0 (0 = conditional prediction only), got {guidance_scale!r}.")
         self.pipe, self.unet = pipe, _parts(pipe)
-        self.guidance_scale = guidance_scale
+        self.seeds, self.guidance_scale = seeds, guidance_scale
         cond, uncond = embeddings if embeddings is not None else _encode(pipe, [prompt], guidance_scale != 0)
-        self.cond = cond
-        rows = [cond.expand(seeds, -1, -1)]
-        if guidance_scale != 0:
-            rows.insert(0, uncond.expand(seeds, -1, -1))
-        self.embeddings = torch.cat(rows)
+        self.cond, self.uncond = cond, uncond
         scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
         scheduler.set_timesteps(num_inference_steps)
         self.timestep = scheduler.timesteps[0]
@@ -218,41 +229,70 @@ class _Scorer:
         latents = torch.randn((seeds, self.unet.config.in_channels, *size), generator=generator)
         self.latents = (latents * scheduler.init_noise_sigma).to(self.unet.device, self.unet.dtype)
         self.model_input = scheduler.scale_model_input(self.latents, self.timestep)
-        if guidance_scale != 0:
-            self.model_input = torch.cat([self.model_input] * 2)
         self.kernel_size = kernel_size
         self.cache = {} if cache else None
+        self.early_exit = early_exit
+        self.order = list(range(seeds))  # seeds in the order staged checks score them
         self.unet_evaluations = 0
         self.checks = 0
 
     @torch.no_grad()
-    def noise_differences(self, config: NeMoConfig | None = None) -> torch.Tensor:
-        """First-step noise prediction minus the initial latent, min-max normalized per sample and channel."""
-        if config is not None and config.neurons:
-            apply_nemo(self.unet, config)
-        try:
-            noise = self.unet(self.model_input, self.timestep, encoder_hidden_states=self.embeddings).sample
-        finally:
-            if config is not None and config.neurons:
-                remove_nemo(self.unet)
-        self.unet_evaluations += len(self.model_input)
-        self.checks += 1
+    def noise_differences(self, seeds: Sequence[int] | None = None) -> torch.Tensor:
+        """First-step noise prediction minus the latent, min-max normalized per sample and channel (hooks as set)."""
+        index = list(range(self.seeds)) if seeds is None else list(seeds)
+        latents, model_input = self.latents[index], self.model_input[index]
+        embeddings = self.cond.expand(len(index), -1, -1)
+        if self.guidance_scale != 0:
+            model_input = torch.cat([model_input] * 2)
+            embeddings = torch.cat([self.uncond.expand(len(index), -1, -1), embeddings])
+        noise = self.unet(model_input, self.timestep, encoder_hidden_states=embeddings).sample
+        self.unet_evaluations += len(model_input)
         if self.guidance_scale != 0:
             uncond, cond = noise.chunk(2)
             noise = uncond + self.guidance_scale * (cond - uncond)
-        diff = (noise - self.latents).float()
+        diff = (noise - latents).float()
         low = diff.amin(dim=(2, 3), keepdim=True)
         high = diff.amax(dim=(2, 3), keepdim=True)
         return (diff - low) / (high - low).clamp_min(1e-12)
 
-    def __call__(self, neurons: dict[str, list[int]] | None = None, scale: float = 0.0) -> float:
-        key = tuple(sorted((name, tuple(c)) for name, c in (neurons or {}).items() if c))
+    def _score(self, threshold: float | None) -> tuple[float, bool]:
+        """(score, complete) under the hooks as set; stops early once a pair reaches ``threshold``."""
+        stages = _seed_stages(self.seeds) if threshold is not None and self.early_exit else [self.seeds]
+        order, images, done, best = list(self.order), [], 0, -float("inf")
+        for stage in stages:
+            images.append(self.noise_differences(order[done:stage]))
+            pairs = torch.tensor([(i, j) for j in range(done, stage) for i in range(j)])
+            ssim = _pair_ssim(torch.cat(images), pairs, self.kernel_size)
+            top = int(ssim.argmax())
+            best, done = max(best, float(ssim[top])), stage
+            if threshold is not None and float(ssim[top]) >= threshold:
+                settling = [order[int(i)] for i in pairs[top]]
+                self.order = settling + [s for s in self.order if s not in settling]
+                return best, stage == self.seeds
+        if threshold is None:  # all pairs known: the most similar pairs' seeds first
+            ranked = [order[int(i)] for i in pairs[ssim.argsort(descending=True)].flatten()]
+            self.order = list(dict.fromkeys(ranked + self.order))
+        return best, True
+
+    def __call__(self, neurons: dict[str, list[int]] | None = None, scale: float = 0.0,
+                 threshold: float | None = None) -> float:
+        """The score with ``neurons`` silenced; given ``threshold``, possibly a lower bound that is >= it (see above)."""
+        key = (tuple(sorted((name, tuple(c)) for name, c in (neurons or {}).items() if c)), scale)
         if self.cache is not None and key in self.cache:
-            return self.cache[key]
+            score, complete = self.cache[key]
+            if complete or (threshold is not None and score >= threshold):
+                return score
         config = NeMoConfig(dict(neurons or {}), scale=scale)
-        score = _pairwise_max_ssim(self.noise_differences(config), self.kernel_size)
+        if config.neurons:
+            apply_nemo(self.unet, config)
+        try:
+            score, complete = self._score(threshold)
+        finally:
+            if config.neurons:
+                remove_nemo(self.unet)
+        self.checks += 1
         if self.cache is not None:
-            self.cache[key] = score
+            self.cache[key] = (score, complete)
         return score
 
 
@@ -403,7 +443,7 @@ def localize_memorization_neurons(
     pipe, prompt: str, statistics: ActivationStatistics, threshold: float | None = None, seeds: int = 10,
     seed: int = 0, num_inference_steps: int = 50, guidance_scale: float = 0.0, theta: float = 5.0,
     theta_step: float = 0.25, min_theta: float = 1.0, max_k: int | None = None, refinement: str = "group",
-    scale: float = 0.0, kernel_size: int = 11, cache: bool = True,
+    scale: float = 0.0, kernel_size: int = 11, cache: bool = True, early_exit: bool = True,
 ) -> NeMoResult:
     """Find value channels whose silencing brings ``prompt``'s memorization score under the threshold.
 
@@ -415,7 +455,8 @@ def localize_memorization_neurons(
     (binary search, then growing / halving groups); ``"greedy"`` is the official one-check-per-layer-and-channel loop. Both return a set whose score is
     under the threshold and where, if the score only grows when fewer channels are silenced, removing any single
     channel brings it back over the threshold. A prompt scoring under the threshold unhooked is not memorized:
-    the result then has empty configs.
+    the result then has empty configs. With ``early_exit`` (default) a check stops at the first pair of seeds whose
+    SSIM reaches the threshold (seeds scored 2, 4, 8, ... at a time): the same decisions for fewer UNet evaluations.
     """
     if refinement not in REFINEMENTS:
         raise ValueError(f"`refinement` must be one of {', '.join(map(repr, REFINEMENTS))}, got {refinement!r}.")
@@ -428,16 +469,17 @@ def localize_memorization_neurons(
         raise ValueError(f"Need 0 <= `min_theta` <= `theta` and `theta_step` > 0, got {min_theta}, {theta}, {theta_step}.")
     unet = _parts(pipe)
     layers = _check_layers(unet, statistics.layers)
-    score = _Scorer(pipe, prompt, seeds, seed, num_inference_steps, guidance_scale, kernel_size=kernel_size, cache=cache)
+    score = _Scorer(pipe, prompt, seeds, seed, num_inference_steps, guidance_scale, kernel_size=kernel_size,
+                    cache=cache, early_exit=early_exit)
 
-    def scored(neurons):
-        return score(neurons, scale)
+    def scored(neurons):  # a check: only "under the threshold or not" is asked
+        return score(neurons, scale, threshold)
 
     def result(**kwargs):
         return NeMoResult(prompt=prompt, threshold=threshold, score_before=before,
                           unet_evaluations=score.unet_evaluations, score_checks=score.checks, **kwargs)
 
-    before = scored(None)
+    before = score(None, scale)
     if before < threshold:
         return result(memorized=False, score_initial=None, score_after=None, initial=NeMoConfig(scale=scale),
                       refined=NeMoConfig(scale=scale), theta=None, k=None)
@@ -474,6 +516,7 @@ def localize_memorization_neurons(
     selection, initial_score = _initial_selection(acts, z, current_theta, k), step_scores[step]
     initial = NeMoConfig(selection, scale=scale)
     if initial_score >= threshold:
+        initial_score = score(selection, scale)  # the whole score, not the early exit's lower bound
         logger.warning("Silencing up to top-%d channels per layer did not bring %r under the threshold.", k, prompt)
         return result(memorized=True, score_initial=initial_score, score_after=initial_score, initial=initial,
                       refined=initial, theta=current_theta, k=k)

@@ -400,10 +400,40 @@ def test_localization_finds_the_planted_neurons(planted, refinement):
     assert result.refined.neurons == {PlantedDenoiser.A: [3], PlantedDenoiser.B: [5]}
     assert result.score_before > 0.95 and result.score_after < result.threshold <= result.score_before
     assert set(result.initial.neurons[PlantedDenoiser.A]) >= {3} and result.initial.num_neurons >= 2
-    assert result.unet_evaluations == 6 * result.score_checks  # one batched call of 6 seeds per check
+    assert 2 * result.score_checks <= result.unet_evaluations < 6 * result.score_checks  # early exits
+
+    full = localize_memorization_neurons(pipe, "a memorized prompt", stats, seeds=6, num_inference_steps=10,
+                                         refinement=refinement, early_exit=False)
+    assert full.refined == result.refined and full.score_checks == result.score_checks
+    assert full.unet_evaluations == 6 * full.score_checks  # every seed in every check
 
     quiet = localize_memorization_neurons(pipe, "ordinary prompt number 3", stats, seeds=6, num_inference_steps=10)
     assert not quiet.memorized and quiet.refined.neurons == {} and quiet.unet_evaluations == 6
+
+
+def test_early_exit_gives_the_full_scores_decisions(planted):
+    from hf_memory.nemo_localization import _Scorer
+
+    pipe, stats = planted
+    A, B = PlantedDenoiser.A, PlantedDenoiser.B
+    configs = [{A: [3]}, {B: [5]}, {A: [3], B: [5]}, {A: [0, 1]}, {A: [3, 4], B: [5, 6]}, {B: [0]}]
+    full = _Scorer(pipe, "a memorized prompt", 6, num_inference_steps=10, cache=False)
+    staged = _Scorer(pipe, "a memorized prompt", 6, num_inference_steps=10)
+    staged()  # the unhooked score orders the seeds, as localization does first
+    for neurons in configs:
+        before = staged.unet_evaluations
+        exact = full(neurons)
+        quick = staged(neurons, threshold=stats.threshold)
+        assert (quick < stats.threshold) == (exact < stats.threshold)
+        if exact < stats.threshold:  # "yes" needs every seed and gives the whole score
+            assert staged.unet_evaluations - before == 6 and quick == pytest.approx(exact, abs=1e-4)
+        else:  # "no" is settled by the first pair of seeds here: every pair of a memorized prompt is alike
+            assert staged.unet_evaluations - before == 2 and stats.threshold <= quick <= exact + 1e-4
+    checks = staged.checks
+    staged({A: [0, 1]}, threshold=stats.threshold)  # a cached "no" settles the same question again
+    assert staged.checks == checks
+    assert staged({A: [0, 1]}) == pytest.approx(full({A: [0, 1]}), abs=1e-4)  # the whole score needs a new check
+    assert staged.checks == checks + 1
 
 
 def test_group_refinement_needs_fewer_checks_than_one_at_a_time(planted):
