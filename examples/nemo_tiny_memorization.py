@@ -153,9 +153,11 @@ def build_pipeline(captions, image_size: int = 16, width: int = 16, seed: int = 
 
 
 def train(pipe, train_captions, image_size: int, steps: int, batch_size: int = 32, memorized_share: float = 0.1,
-          caption_dropout: float = 0.1, variants: int = 48, lr: float = 2e-3, seed: int = 0, log_every: int = 250):
+          caption_dropout: float = 0.1, variants: int = 48, lr: float = 2e-3, seed: int = 0, log_every: int = 250,
+          noise_offset: float = 0.0):
     """Plain epsilon-prediction diffusion training of the UNet; the text encoder stays frozen (as in SD), and a
-    ``caption_dropout`` share of the captions is replaced by the empty prompt (as in SD, for guidance)."""
+    ``caption_dropout`` share of the captions is replaced by the empty prompt (as in SD, for guidance).
+    ``noise_offset`` adds a random per-image, per-channel constant to the noise (diffusers' ``--noise_offset``)."""
     from diffusers import DDPMScheduler
 
     rng = np.random.default_rng(seed)
@@ -183,6 +185,8 @@ def train(pipe, train_captions, image_size: int, steps: int, batch_size: int = 3
         dropped = torch.rand(batch_size, generator=generator) < caption_dropout
         text = torch.where(dropped.view(-1, 1, 1), empty_text, text)
         noise = torch.randn(images.shape, generator=generator)
+        if noise_offset:
+            noise = noise + noise_offset * torch.randn((*images.shape[:2], 1, 1), generator=generator)
         timesteps = torch.randint(noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
         noisy = noise_scheduler.add_noise(images, noise, timesteps)
         loss = F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise)
@@ -239,7 +243,7 @@ def make_figure(rows, path: str):
 def main(output_dir: str = DEFAULT_DIR, reuse: bool = False, train_steps: int = 2500, image_size: int = 16,
          width: int = 16, batch_size: int = 32, memorized_share: float = 0.1, seeds: int = 10, eval_seeds: int = 8, eval_prompts: int = 12,
          figure: str | None = os.path.join("docs", "nemo_tiny_memorization.png"), num_threads: int = 1,
-         log_every: int = 250, guidance_scale: float = 3.0) -> dict:
+         log_every: int = 250, guidance_scale: float = 3.0, noise_offset: float = 0.0) -> dict:
     """Train (or reuse) the memorizing pipeline, then detect, localize and silence; returns the results dict."""
     from diffusers import StableDiffusionPipeline
 
@@ -254,7 +258,8 @@ def main(output_dir: str = DEFAULT_DIR, reuse: bool = False, train_steps: int = 
         pipe = build_pipeline(train_captions + held_out + list(MEMORIZED), image_size, width)
         os.makedirs(output_dir, exist_ok=True)
         results["train_seconds"] = round(train(
-            pipe, train_captions, image_size, train_steps, batch_size, memorized_share, log_every=log_every), 1)
+            pipe, train_captions, image_size, train_steps, batch_size, memorized_share, log_every=log_every,
+            noise_offset=noise_offset), 1)
         pipe.save_pretrained(pipeline_dir)
     pipe.unet.eval()
 
@@ -369,5 +374,6 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--figure", default=os.path.join("docs", "nemo_tiny_memorization.png"))
     parser.add_argument("--num-threads", type=int, default=1)
+    parser.add_argument("--noise-offset", type=float, default=0.0, help="Per-channel noise offset in training.")
     parser.add_argument("--guidance-scale", type=float, default=3.0, help="Classifier-free guidance of the generations.")
     print(json.dumps(main(**vars(parser.parse_args())), indent=2))

@@ -297,6 +297,13 @@ def test_memorization_score_is_deterministic_and_sees_the_hook(pipe):
     assert memorization_score(pipe, "a red circle", seeds=4, num_inference_steps=2, config=silenced) != score
     cfg = memorization_score(pipe, "a red circle", seeds=4, num_inference_steps=2, guidance_scale=5.0)
     assert -1.0 <= cfg <= 1.0
+    from hf_memory.nemo_localization import _Scorer
+
+    for guidance in (0.0, 5.0):  # a stage of seeds gets the same rows as the whole batch, with and without CFG
+        scorer = _Scorer(pipe, "a red circle", 4, num_inference_steps=2, guidance_scale=guidance)
+        whole = scorer.noise_differences()
+        torch.testing.assert_close(scorer.noise_differences([2, 0]), whole[[2, 0]], atol=1e-5, rtol=0)
+        assert scorer.unet_evaluations == (6 if guidance == 0 else 12)
     with pytest.raises(ValueError, match="seeds"):
         memorization_score(pipe, "a red circle", seeds=1)
     with pytest.raises(TypeError, match="prompt"):
@@ -516,7 +523,7 @@ def test_tiny_memorization_example_runs(tmp_path):
     threads = torch.get_num_threads()
     try:
         results = load_example("nemo_tiny_memorization").main(
-            output_dir=str(tmp_path), train_steps=3, seeds=2, figure=str(tmp_path / "figure.png")
+            output_dir=str(tmp_path), train_steps=3, seeds=2, figure=str(tmp_path / "figure.png"), noise_offset=0.1
         )
     finally:
         torch.set_num_threads(threads)
