@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from itertools import combinations
 from typing import Callable, Sequence
 
 import torch
