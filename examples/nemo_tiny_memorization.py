@@ -103,12 +103,11 @@ def draw_mosaic(index: int, size: int) -> np.ndarray:
     return np.kron(tiles, np.ones((size // 4, size // 4, 1), dtype=np.float32))
 
 
-def word_tokenizer(captions, max_length: int = 16):
-    """A word-level tokenizer over the captions' words, built here (no download)."""
+def word_tokenizer(words, max_length: int = 16):
+    """A word-level tokenizer built here (no download): <pad>=0, <bos>=1, <eos>=2, <unk>=3, then ``words`` in order."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    words = sorted({word for caption in captions for word in caption.split()})
     vocab = {token: i for i, token in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", *words])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -125,7 +124,7 @@ def build_pipeline(captions, image_size: int = 16, width: int = 16, seed: int = 
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    tokenizer = word_tokenizer(captions)
+    tokenizer = word_tokenizer(sorted({word for caption in captions for word in caption.split()}))
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=tokenizer.model_max_length, pad_token_id=0, bos_token_id=1, eos_token_id=2,

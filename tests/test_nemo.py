@@ -30,17 +30,10 @@ MID = "mid_block.attentions.0.transformer_blocks.0.attn2.to_v"
 
 
 def word_tokenizer(max_length: int = 12) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer built here (no download): <pad>=0, <bos>=1, <eos>=2, <unk>=3, then WORDS."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    """The example's word-level tokenizer over WORDS: <pad>=0, <bos>=1, <eos>=2, <unk>=3, then WORDS in order."""
+    from tests.conftest import load_example
 
-    vocab = {token: i for i, token in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, model_max_length=max_length, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
-        unk_token="<unk>",
-    )
+    return load_example("nemo_tiny_memorization").word_tokenizer(WORDS, max_length)
 
 
 def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
