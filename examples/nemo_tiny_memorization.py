@@ -23,6 +23,7 @@ import json
 import os
 import random
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -210,6 +211,16 @@ def generate(pipe, prompt: str, seeds, steps: int = 25, guidance_scale: float = 
     return ((out + 1) / 2).clamp(0, 1)
 
 
+@contextmanager
+def silenced(pipe, config: NeMoConfig):
+    """The pipeline with ``config``'s neurons switched off inside the block, restored on every exit."""
+    apply_nemo(pipe, config)
+    try:
+        yield pipe
+    finally:
+        remove_nemo(pipe)
+
+
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     from torchmetrics.functional.image import structural_similarity_index_measure
 
@@ -291,11 +302,8 @@ def main(output_dir: str = DEFAULT_DIR, reuse: bool = False, train_steps: int = 
         result = localize_memorization_neurons(pipe, prompt, stats, seeds=seeds)
         training = torch.from_numpy(draw_mosaic(index, image_size)).permute(2, 0, 1)
         before = generate(pipe, prompt, eval_seed_list, guidance_scale=guidance_scale)
-        apply_nemo(pipe, result.refined)
-        try:
+        with silenced(pipe, result.refined):
             after = generate(pipe, prompt, eval_seed_list, guidance_scale=guidance_scale)
-        finally:
-            remove_nemo(pipe)
         sim_before = ssim(before, training.expand_as(before))
         sim_after = ssim(after, training.expand_as(after))
         # Control: as many channels per layer, drawn at random, silenced instead of the found ones.
@@ -304,11 +312,8 @@ def main(output_dir: str = DEFAULT_DIR, reuse: bool = False, train_steps: int = 
             name: sorted(torch.randperm(len(stats.mean[name]), generator=draw)[: len(channels)].tolist())
             for name, channels in result.refined.neurons.items()
         })
-        apply_nemo(pipe, random_config)
-        try:
+        with silenced(pipe, random_config):
             after_random = generate(pipe, prompt, eval_seed_list, guidance_scale=guidance_scale)
-        finally:
-            remove_nemo(pipe)
         sim_random = ssim(after_random, training.expand_as(after_random))
         localized[prompt] = {
             "initial_neurons": result.initial.num_neurons, "refined_neurons": result.refined.num_neurons,
@@ -333,14 +338,11 @@ def main(output_dir: str = DEFAULT_DIR, reuse: bool = False, train_steps: int = 
 
     def change(neurons):
         changes, diffs = [], []
-        apply_nemo(pipe, NeMoConfig(neurons))
-        try:
+        with silenced(pipe, NeMoConfig(neurons)):
             for prompt in others:
-                silenced = generate(pipe, prompt, eval_seed_list[:4], guidance_scale=guidance_scale)
-                changes.append(ssim(plain[prompt], silenced).mean())
-                diffs.append((plain[prompt] - silenced).abs().mean())
-        finally:
-            remove_nemo(pipe)
+                hooked = generate(pipe, prompt, eval_seed_list[:4], guidance_scale=guidance_scale)
+                changes.append(ssim(plain[prompt], hooked).mean())
+                diffs.append((plain[prompt] - hooked).abs().mean())
         return float(torch.stack(changes).mean()), float(torch.stack(diffs).mean())
 
     if union:
