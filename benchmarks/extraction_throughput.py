@@ -23,9 +23,10 @@ import time
 
 import torch
 
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hf_memory import load_model, measure_extraction, stdlib_docstrings  # noqa: E402
-from hf_memory.corpus import document_windows  # noqa: E402
+from hf_memory.data import document_windows  # noqa: E402
 
 
 def timed(fn):
@@ -52,8 +53,9 @@ def pythia_generate(model, windows, prefix_len, batch_size):
 def per_sample_generate(model, windows, prefix_len):
     suffix_len = windows.shape[1] - prefix_len
     return [
-        model.generate(w[None, :prefix_len], max_new_tokens=suffix_len, do_sample=False, eos_token_id=None,
-                       pad_token_id=0)[0, prefix_len:]
+        model.generate(
+            w[None, :prefix_len], max_new_tokens=suffix_len, do_sample=False, eos_token_id=None, pad_token_id=0
+        )[0, prefix_len:]
         for w in windows
     ]
 
@@ -77,12 +79,16 @@ def main():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
     length = args.prefix + args.suffix
-    windows = torch.tensor(document_windows(tokenizer, stdlib_docstrings(min_chars=200), length)[: args.windows], device=device)
+    windows = torch.tensor(
+        document_windows(tokenizer, stdlib_docstrings(min_chars=200), length)[: args.windows], device=device
+    )
     slow = windows[: args.slow_windows]
     n, m = len(windows), len(slow)
 
     def harness(method, w=windows):
-        return measure_extraction(model, w, args.prefix, args.suffix, batch_size=args.batch_size, method=method, show_progress=False)
+        return measure_extraction(
+            model, w, args.prefix, args.suffix, batch_size=args.batch_size, method=method, show_progress=False
+        )
 
     harness("auto", windows[: args.batch_size // 4])  # warm-up
     seconds, rates = {}, {}
@@ -96,8 +102,12 @@ def main():
         rates[key] = (m if key in "de" else n) / s
 
     names = {
-        "a": "harness, exact match + prefix", "b": "harness, + positional score", "c": "batched generate (KV cache)",
-        "d": "Pythia scheme (no KV cache)", "e": "per-sample generate loop", "f": "floor: one teacher-forced forward",
+        "a": "harness, exact match + prefix",
+        "b": "harness, + positional score",
+        "c": "batched generate (KV cache)",
+        "d": "Pythia scheme (no KV cache)",
+        "e": "per-sample generate loop",
+        "f": "floor: one teacher-forced forward",
     }
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
     print(f"\nExtraction throughput, SmolLM2-135M on {where}, torch {torch.__version__}")
@@ -105,16 +115,22 @@ def main():
     print(f"{'':4}{'scheme':<36}{'windows/s':>11}{'vs (f)':>9}")
     for key in "abcdef":
         print(f"({key}) {names[key]:<36}{rates[key]:>11.2f}{rates[key] / rates['f']:>8.2f}x")
-    print(f"\n(a) / (f) = {rates['a'] / rates['f']:.2f}x (goal >= 0.8)   (a) / (d) = {rates['a'] / rates['d']:.1f}x (goal >= 10)"
-          f"   (b) / (f) = {rates['b'] / rates['f']:.2f}x (goal >= 0.5)")
+    print(
+        f"\n(a) / (f) = {rates['a'] / rates['f']:.2f}x (goal >= 0.8)   (a) / (d) = {rates['a'] / rates['d']:.1f}x (goal >= 10)"
+        f"   (b) / (f) = {rates['b'] / rates['f']:.2f}x (goal >= 0.5)"
+    )
 
     same = sum(a == g for a, g in zip(auto.predictions, generated.predictions))
     same_lcp = sum(a == g for a, g in zip(auto.longest_common_prefix, generated.longest_common_prefix))
     pythia_same = sum(p.tolist() == a for p, a in zip(pythia, auto.predictions))
     loop_same = sum(p.tolist() == a for p, a in zip(looped, auto.predictions))
-    print(f"\nagreement with (b): (c) {same}/{n} predictions, {same_lcp}/{n} prefixes; (d) {pythia_same}/{m}; (e) {loop_same}/{m}")
-    print(f"(a) and (b) agree on exact match: {fast.metrics['exact_match'] == auto.metrics['exact_match']}; "
-          f"exact match {auto.metrics['exact_match']:.3f}, positional score {auto.metrics['memorization_score']:.3f}")
+    print(
+        f"\nagreement with (b): (c) {same}/{n} predictions, {same_lcp}/{n} prefixes; (d) {pythia_same}/{m}; (e) {loop_same}/{m}"
+    )
+    print(
+        f"(a) and (b) agree on exact match: {fast.metrics['exact_match'] == auto.metrics['exact_match']}; "
+        f"exact match {auto.metrics['exact_match']:.3f}, positional score {auto.metrics['memorization_score']:.3f}"
+    )
 
 
 if __name__ == "__main__":

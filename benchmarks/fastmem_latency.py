@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging as hf_logging
 
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hf_memory import FastMem, FastMemConfig, fastmem_generate, last_ffn_modules, load_model, stdlib_docstrings  # noqa: E402
+from hf_memory import FastMem, FastMemConfig, last_ffn_modules, load_model, stdlib_docstrings  # noqa: E402
 
 
 def build_prompt(tokenizer, tokens: int) -> torch.Tensor:
@@ -44,7 +45,9 @@ def build_prompt(tokenizer, tokens: int) -> torch.Tensor:
     ids = tokenizer(text)["input_ids"][: tokens - 40]
     context = tokenizer.decode(ids)
     messages = [{"role": "user", "content": f"{context}\n\nQuestion: what is the first function described above?"}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)[
+        "input_ids"
+    ]
 
 
 def official_memorize(model, ids, config: FastMemConfig):
@@ -144,7 +147,12 @@ def main():
     model.eval()
     ids = build_prompt(tokenizer, args.prompt_tokens)
     config = FastMemConfig(steps=args.steps)
-    gen = dict(max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=None, pad_token_id=tokenizer.pad_token_id)
+    gen = {
+        "max_new_tokens": args.new_tokens,
+        "do_sample": False,
+        "eos_token_id": None,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     original = copy.deepcopy(model)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     n = ids.shape[1] - 1
@@ -159,8 +167,12 @@ def main():
             with torch.inference_mode():
                 out = model.generate(input_ids=ids, cache=memorized.cache, logits_processor=[timer], **gen)
         end = time.perf_counter()
-        return {"total": end - start, "memorize": memorize_end - start, "decode/token": timer.per_token(),
-                "answer": out[0, ids.shape[1]:]}
+        return {
+            "total": end - start,
+            "memorize": memorize_end - start,
+            "decode/token": timer.per_token(),
+            "answer": out[0, ids.shape[1] :],
+        }
 
     def official(cd: bool):
         timer = DecodeTimer()
@@ -171,7 +183,7 @@ def main():
             answer, per_token = two_model_cd(model, original, ids, args.new_tokens, args.alpha)
         else:
             with torch.inference_mode():
-                answer = model.generate(input_ids=ids, logits_processor=[timer], **gen)[0, ids.shape[1]:]
+                answer = model.generate(input_ids=ids, logits_processor=[timer], **gen)[0, ids.shape[1] :]
             per_token = timer.per_token()
         end = time.perf_counter()
         model.load_state_dict(weights)
@@ -182,8 +194,12 @@ def main():
         start = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(input_ids=ids, logits_processor=[timer], **gen)
-        return {"total": time.perf_counter() - start, "memorize": 0.0, "decode/token": timer.per_token(),
-                "answer": out[0, ids.shape[1]:]}
+        return {
+            "total": time.perf_counter() - start,
+            "memorize": 0.0,
+            "decode/token": timer.per_token(),
+            "answer": out[0, ids.shape[1] :],
+        }
 
     def trunk():
         """The one forward (a) runs before its steps; it is also (a)'s prefill, reused by generation."""
@@ -206,23 +222,35 @@ def main():
     def med(key, field):
         return statistics.median(r[field] for r in results[key])
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    )
     print(f"\nFastMem latency on {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"SmolLM2-135M, prompt {ids.shape[1]} tokens, {args.steps} steps, {args.new_tokens} new tokens, "
-          f"CD alpha {args.alpha}, {args.rounds} rounds (medians)\n")
+    print(
+        f"SmolLM2-135M, prompt {ids.shape[1]} tokens, {args.steps} steps, {args.new_tokens} new tokens, "
+        f"CD alpha {args.alpha}, {args.rounds} rounds (medians)\n"
+    )
     print(f"{'arm':<22}{'CD':>4}{'total (s)':>11}{'memorize (s)':>14}{'decode/token (ms)':>19}")
-    for (name, cd) in results:
-        print(f"{name:<22}{'yes' if cd else 'no':>4}{med((name, cd), 'total'):>11.2f}{med((name, cd), 'memorize'):>14.2f}"
-              f"{1e3 * med((name, cd), 'decode/token'):>19.1f}")
+    for name, cd in results:
+        print(
+            f"{name:<22}{'yes' if cd else 'no':>4}{med((name, cd), 'total'):>11.2f}{med((name, cd), 'memorize'):>14.2f}"
+            f"{1e3 * med((name, cd), 'decode/token'):>19.1f}"
+        )
     print(f"\nfloor: {args.steps} steps of lm_head matmuls on {n} positions: {floor:.2f} s")
     a, b = ("(a) ours", False), ("(b) official", False)
     acd, bcd = ("(a) ours", True), ("(b) official", True)
-    print(f"end to end, (a)/(b): {med(a, 'total') / med(b, 'total'):.2f}x without CD, "
-          f"{med(acd, 'total') / med(bcd, 'total'):.2f}x with CD (goal <= 0.75x)")
+    print(
+        f"end to end, (a)/(b): {med(a, 'total') / med(b, 'total'):.2f}x without CD, "
+        f"{med(acd, 'total') / med(bcd, 'total'):.2f}x with CD (goal <= 0.75x)"
+    )
     print(f"CD decode per token, (a)/(b): {med(acd, 'decode/token') / med(bcd, 'decode/token'):.2f}x (goal <= 0.6x)")
-    print(f"memorize phase / floor: (a) {med(a, 'memorize') / floor:.2f}x, (b) {med(b, 'memorize') / floor:.2f}x "
-          f"(goal <= 1.5x for (a)); (a) without its trunk forward ({trunk_time:.2f} s, which is also its prefill): "
-          f"{(med(a, 'memorize') - trunk_time) / floor:.2f}x")
+    print(
+        f"memorize phase / floor: (a) {med(a, 'memorize') / floor:.2f}x, (b) {med(b, 'memorize') / floor:.2f}x "
+        f"(goal <= 1.5x for (a)); (a) without its trunk forward ({trunk_time:.2f} s, which is also its prefill): "
+        f"{(med(a, 'memorize') - trunk_time) / floor:.2f}x"
+    )
     same = all(torch.equal(x["answer"], y["answer"]) for x, y in zip(results[a], results[b]))
     same_cd = all(torch.equal(x["answer"], y["answer"]) for x, y in zip(results[acd], results[bcd]))
     print(f"same answers (a) vs (b): {same} without CD, {same_cd} with CD")

@@ -24,8 +24,16 @@ from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging as hf_logging
 
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hf_memory import GOLDFISH_STRATEGIES, GoldfishConfig, GoldfishTrainer, GoldfishTrainingArguments, goldfish_mask, load_model  # noqa: E402
+from hf_memory import (  # noqa: E402
+    GOLDFISH_STRATEGIES,
+    GoldfishConfig,
+    GoldfishTrainer,
+    GoldfishTrainingArguments,
+    goldfish_mask,
+    load_model,
+)
 
 
 class StepTimer(TrainerCallback):
@@ -38,9 +46,18 @@ class StepTimer(TrainerCallback):
 
 def time_steps(trainer_class, args_class, model, dataset, steps, tmp, **extra) -> list[float]:
     args = args_class(
-        output_dir=tmp, max_steps=steps, per_device_train_batch_size=extra.pop("batch_size"), learning_rate=1e-5,
-        report_to=[], save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=0, dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(), **extra,
+        output_dir=tmp,
+        max_steps=steps,
+        per_device_train_batch_size=extra.pop("batch_size"),
+        learning_rate=1e-5,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10**6,
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        **extra,
     )
     timer = StepTimer()
     trainer_class(model=model, args=args, train_dataset=dataset, callbacks=[timer]).train()
@@ -80,7 +97,16 @@ def main():
     else:
         torch.manual_seed(0)
         vocab = 49_152
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=vocab,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+            )
+        )
     n = args.batch_size * args.steps
     ids = torch.randint(3, vocab, (n, args.seq_len), generator=torch.Generator().manual_seed(1)).tolist()
     dataset = Dataset.from_dict({"input_ids": ids, "labels": ids})
@@ -92,21 +118,37 @@ def main():
     steps = {name: [] for name in arms}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
-            for name, (trainer_class, args_class, extra) in (arms.items() if round_ % 2 == 0 else reversed(arms.items())):
+            for name, (trainer_class, args_class, extra) in (
+                arms.items() if round_ % 2 == 0 else reversed(arms.items())
+            ):
                 steps[name] += time_steps(
-                    trainer_class, args_class, copy.deepcopy(model), dataset, args.steps, tmp,
-                    batch_size=args.batch_size, **extra,
+                    trainer_class,
+                    args_class,
+                    copy.deepcopy(model),
+                    dataset,
+                    args.steps,
+                    tmp,
+                    batch_size=args.batch_size,
+                    **extra,
                 )
     medians = {name: statistics.median(times) for name, times in steps.items()}
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    )
     print(f"\nGoldfish overhead on {device}, torch {torch.__version__}")
-    print(f"model {args.model}, batch {args.batch_size} x {args.seq_len} tokens, strategy {args.strategy}, "
-          f"{len(steps['Trainer'])} timed steps per trainer\n")
+    print(
+        f"model {args.model}, batch {args.batch_size} x {args.seq_len} tokens, strategy {args.strategy}, "
+        f"{len(steps['Trainer'])} timed steps per trainer\n"
+    )
     print(f"{'trainer':<18}{'median step (s)':>16}")
     for name, value in medians.items():
         print(f"{name:<18}{value:>16.4f}")
-    print(f"\nstep-time ratio GoldfishTrainer / Trainer: {medians['GoldfishTrainer'] / medians['Trainer']:.3f}x (goal <= 1.02x)")
+    print(
+        f"\nstep-time ratio GoldfishTrainer / Trainer: {medians['GoldfishTrainer'] / medians['Trainer']:.3f}x (goal <= 1.02x)"
+    )
 
     print("\ngoldfish_mask throughput, batch 64 x 4096 tokens with position_ids and 3 exempt ids:")
     rates = mask_throughput(64, 4096, repeats=5)
@@ -114,8 +156,10 @@ def main():
         print(f"  {strategy:<11}{rate / 1e6:>8.1f} M tokens/s")
     # The step ratio above is bounded by machine noise; the mask's own share of a step is far below it.
     mask_seconds = args.batch_size * args.seq_len / rates[args.strategy]
-    print(f"\n'{args.strategy}' mask for one training batch: {mask_seconds * 1e3:.3f} ms = "
-          f"{100 * mask_seconds / medians['Trainer']:.4f}% of a Trainer step")
+    print(
+        f"\n'{args.strategy}' mask for one training batch: {mask_seconds * 1e3:.3f} ms = "
+        f"{100 * mask_seconds / medians['Trainer']:.4f}% of a Trainer step"
+    )
 
 
 if __name__ == "__main__":

@@ -26,14 +26,20 @@ import time
 
 import torch
 
-from hf_memory.nemo import NeMoConfig, apply_nemo, remove_nemo, value_projection_names
-from hf_memory.nemo_localization import (
+from hf_memory.nemo import (
     ActivationStatistics,
-    _Scorer,
+    MemorizationScorer,
+    NeMoConfig,
+    NeMoScorerConfig,
+    apply_nemo,
     compute_activation_statistics,
     localize_memorization_neurons,
-    memorization_score,
+    nemo_memorization_score,
+    remove_nemo,
+    value_projection_names,
 )
+from hf_memory.nemo.statistics import STATISTICS_NAME
+
 
 OFFICIAL_PASSES_PER_CHECK = 2  # the official compute_noise_diff stops after the second denoising step
 OFFICIAL_EXTRA_CHECKS = 2  # neuron_refinement recomputes the unblocked and the all-blocked noise differences
@@ -44,11 +50,12 @@ def criterion(pipe, prompt, neurons, threshold, seeds) -> str:
 
     Checked afresh on the same seeds; not counted as cost.
     """
-    score = _Scorer(pipe, prompt, seeds)
+    score = MemorizationScorer(pipe, prompt, NeMoScorerConfig(seeds=seeds))
     under = score(neurons) < threshold
     minimal = all(
         score({**neurons, name: [c for c in channels if c != channel]}) >= threshold
-        for name, channels in neurons.items() for channel in channels
+        for name, channels in neurons.items()
+        for channel in channels
     )
     return ("U" if under else "-") + ("M" if minimal else "-")
 
@@ -56,36 +63,57 @@ def criterion(pipe, prompt, neurons, threshold, seeds) -> str:
 def localization_cost(pipe, statistics: ActivationStatistics, prompts, seeds: int = 10) -> dict:
     rows, unlocalized, ours_total, whole_total, official_total, ours_checks, official_checks = [], [], 0, 0, 0, 0, 0
     for prompt in prompts:
-        ours = localize_memorization_neurons(pipe, prompt, statistics, seeds=seeds, refinement="group")
-        whole = localize_memorization_neurons(pipe, prompt, statistics, seeds=seeds, refinement="group", early_exit=False)
-        official = localize_memorization_neurons(pipe, prompt, statistics, seeds=seeds, refinement="greedy", cache=False)
+        ours = localize_memorization_neurons(
+            pipe, prompt, statistics, refinement="group", scorer=NeMoScorerConfig(seeds=seeds)
+        )
+        whole = localize_memorization_neurons(
+            pipe, prompt, statistics, refinement="group", scorer=NeMoScorerConfig(seeds=seeds, early_exit=False)
+        )
+        official = localize_memorization_neurons(
+            pipe, prompt, statistics, refinement="greedy", scorer=NeMoScorerConfig(seeds=seeds, cache=False)
+        )
         if not ours.memorized:
             continue
         if ours.score_initial >= ours.threshold:  # no initial set reached the threshold: nothing to refine
             unlocalized.append(prompt)
             continue
         official_evals = (official.score_checks + OFFICIAL_EXTRA_CHECKS) * OFFICIAL_PASSES_PER_CHECK * seeds
-        rows.append({
-            "prompt": prompt, "initial": ours.initial.num_neurons,
-            "ours_neurons": ours.refined.num_neurons, "official_neurons": official.refined.num_neurons,
-            "ours_checks": ours.score_checks, "official_checks": official.score_checks + OFFICIAL_EXTRA_CHECKS,
-            "ours_evals": ours.unet_evaluations, "whole_evals": whole.unet_evaluations, "official_evals": official_evals,
-            "same_as_whole": ours.refined == whole.refined,
-            "ours_ok": criterion(pipe, prompt, ours.refined.neurons, ours.threshold, seeds),
-            "official_ok": criterion(pipe, prompt, official.refined.neurons, official.threshold, seeds),
-        })
+        rows.append(
+            {
+                "prompt": prompt,
+                "initial": ours.initial.num_neurons,
+                "ours_neurons": ours.refined.num_neurons,
+                "official_neurons": official.refined.num_neurons,
+                "ours_checks": ours.score_checks,
+                "official_checks": official.score_checks + OFFICIAL_EXTRA_CHECKS,
+                "ours_evals": ours.unet_evaluations,
+                "whole_evals": whole.unet_evaluations,
+                "official_evals": official_evals,
+                "same_as_whole": ours.refined == whole.refined,
+                "ours_ok": criterion(pipe, prompt, ours.refined.neurons, ours.threshold, seeds),
+                "official_ok": criterion(pipe, prompt, official.refined.neurons, official.threshold, seeds),
+            }
+        )
         ours_total += ours.unet_evaluations
         whole_total += whole.unet_evaluations
         official_total += official_evals
         ours_checks += ours.score_checks
         official_checks += official.score_checks + OFFICIAL_EXTRA_CHECKS
-    return {"rows": rows, "unlocalized": unlocalized, "ours": ours_total, "whole": whole_total, "official": official_total,
-            "ours_checks": ours_checks,
-            "official_checks": official_checks}
+    return {
+        "rows": rows,
+        "unlocalized": unlocalized,
+        "ours": ours_total,
+        "whole": whole_total,
+        "official": official_total,
+        "ours_checks": ours_checks,
+        "official_checks": official_checks,
+    }
 
 
 @torch.no_grad()
-def hook_overhead(unet, config: NeMoConfig, batch: int, tokens: int, size: int, repeats: int) -> tuple[float, float, float]:
+def hook_overhead(
+    unet, config: NeMoConfig, batch: int, tokens: int, size: int, repeats: int
+) -> tuple[float, float, float]:
     """Median seconds per UNet call (one denoising step) unhooked and hooked, interleaved; ratio of the medians."""
     g = torch.Generator().manual_seed(0)
     sample = torch.randn(batch, unet.config.in_channels, size, size, generator=g)
@@ -133,8 +161,11 @@ def sd_like_unet(seed: int = 0):
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+        sample_size=64,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
     ).eval()
 
 
@@ -149,8 +180,15 @@ def load_example():
     return module
 
 
-def main(pipeline_dir: str = os.path.join("demo_output", "nemo_tiny", "pipeline"), seeds: int = 10,
-         repeats: int = 30, sd_repeats: int = 7, sd_latent: int = 16, num_threads: int = 1, skip_sd: bool = False):
+def main(
+    pipeline_dir: str = os.path.join("demo_output", "nemo_tiny", "pipeline"),
+    seeds: int = 10,
+    repeats: int = 30,
+    sd_repeats: int = 7,
+    sd_latent: int = 16,
+    num_threads: int = 1,
+    skip_sd: bool = False,
+):
     from diffusers import StableDiffusionPipeline
 
     torch.set_num_threads(num_threads)
@@ -159,52 +197,75 @@ def main(pipeline_dir: str = os.path.join("demo_output", "nemo_tiny", "pipeline"
 
     pipe = StableDiffusionPipeline.from_pretrained(pipeline_dir, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    stats_path = os.path.join(os.path.dirname(pipeline_dir), "statistics.safetensors")
-    if os.path.isfile(stats_path):
-        statistics = ActivationStatistics.load(stats_path)
+    scorer = NeMoScorerConfig(seeds=seeds)
+    stats_dir = os.path.dirname(pipeline_dir)
+    if os.path.isfile(os.path.join(stats_dir, STATISTICS_NAME)):
+        statistics = ActivationStatistics.from_pretrained(stats_dir)
     else:
-        statistics = compute_activation_statistics(pipe, generic_captions()[1], seeds=seeds)
-    memorized = [p for p in MEMORIZED if memorization_score(pipe, p, seeds=seeds) > statistics.threshold]
-    print(f"machine: {os.cpu_count()} CPU cores, {num_threads} torch thread(s); {len(memorized)} memorized prompts, "
-          f"threshold {statistics.threshold:.3f}, {seeds} seeds")
+        statistics = compute_activation_statistics(pipe, generic_captions()[1], scorer=scorer)
+    memorized = [p for p in MEMORIZED if nemo_memorization_score(pipe, p, scorer=scorer) > statistics.threshold]
+    print(
+        f"machine: {os.cpu_count()} CPU cores, {num_threads} torch thread(s); {len(memorized)} memorized prompts, "
+        f"threshold {statistics.threshold:.3f}, {seeds} seeds"
+    )
 
     cost = localization_cost(pipe, statistics, memorized, seeds)
     print("\nUNet evaluations per localization (1 evaluation = 1 latent row through the UNet once)")
-    print("neurons: initial selection, refined by ours / official; criterion: U = score under the threshold, "
-          "M = every kept channel needed (1-minimal)")
+    print(
+        "neurons: initial selection, refined by ours / official; criterion: U = score under the threshold, "
+        "M = every kept channel needed (1-minimal)"
+    )
     print("evals: ours (early exit) / ours without early exit / official; 'same' = early exit found the same set")
-    print(f"{'prompt':34s} {'init':>4s} {'ours':>4s} {'off.':>4s} {'checks ours/off.':>17s} "
-          f"{'evals ours/no-exit/off.':>24s}  criterion ours/off.")
+    print(
+        f"{'prompt':34s} {'init':>4s} {'ours':>4s} {'off.':>4s} {'checks ours/off.':>17s} "
+        f"{'evals ours/no-exit/off.':>24s}  criterion ours/off."
+    )
     for r in cost["rows"]:
-        print(f"{r['prompt'][:34]:34s} {r['initial']:4d} {r['ours_neurons']:4d} {r['official_neurons']:4d} "
-              f"{r['ours_checks']:8d}/{r['official_checks']:<8d} {r['ours_evals']:7d}/{r['whole_evals']:<6d}/"
-              f"{r['official_evals']:<8d}  {r['ours_ok']}/{r['official_ok']}{'  same' if r['same_as_whole'] else '  differs'}")
+        print(
+            f"{r['prompt'][:34]:34s} {r['initial']:4d} {r['ours_neurons']:4d} {r['official_neurons']:4d} "
+            f"{r['ours_checks']:8d}/{r['official_checks']:<8d} {r['ours_evals']:7d}/{r['whole_evals']:<6d}/"
+            f"{r['official_evals']:<8d}  {r['ours_ok']}/{r['official_ok']}{'  same' if r['same_as_whole'] else '  differs'}"
+        )
     for prompt in cost["unlocalized"]:
         print(f"{prompt[:34]:34s} no initial selection reached the threshold (up to top-k = all channels): skipped")
     if cost["official"]:
-        print(f"total: ours {cost['ours']} vs official {cost['official']} UNet evaluations -> ratio "
-              f"{cost['ours'] / cost['official']:.3f} (without early exit {cost['whole']} -> "
-              f"{cost['whole'] / cost['official']:.3f}; checks: {cost['ours_checks']} vs {cost['official_checks']}, "
-              f"ratio {cost['ours_checks'] / cost['official_checks']:.3f})")
+        print(
+            f"total: ours {cost['ours']} vs official {cost['official']} UNet evaluations -> ratio "
+            f"{cost['ours'] / cost['official']:.3f} (without early exit {cost['whole']} -> "
+            f"{cost['whole'] / cost['official']:.3f}; checks: {cost['ours_checks']} vs {cost['official_checks']}, "
+            f"ratio {cost['ours_checks'] / cost['official_checks']:.3f})"
+        )
 
     layers = statistics.layers
     tiny_config = NeMoConfig({name: [0, 1, 2] for name in layers})
-    plain, hooked, ratio = hook_overhead(pipe.unet, tiny_config, batch=2, tokens=pipe.tokenizer.model_max_length,
-                                         size=pipe.unet.config.sample_size, repeats=repeats)
+    plain, hooked, ratio = hook_overhead(
+        pipe.unet,
+        tiny_config,
+        batch=2,
+        tokens=pipe.tokenizer.model_max_length,
+        size=pipe.unet.config.sample_size,
+        repeats=repeats,
+    )
     print(f"\nhook cost per denoising step (batch 2 = one CFG step, medians of {repeats} interleaved calls each)")
-    print(f"tiny UNet 16x16, {tiny_config.num_neurons} channels in {len(layers)} layers: "
-          f"{plain * 1e3:.2f} ms -> {hooked * 1e3:.2f} ms, ratio {ratio:.3f}")
+    print(
+        f"tiny UNet 16x16, {tiny_config.num_neurons} channels in {len(layers)} layers: "
+        f"{plain * 1e3:.2f} ms -> {hooked * 1e3:.2f} ms, ratio {ratio:.3f}"
+    )
     if not skip_sd:
         unet = sd_like_unet()
         names = value_projection_names(unet, blocks=("down_blocks", "mid_block"))
         config = NeMoConfig({names[0]: [5, 17], names[1]: [3], names[-1]: [100, 200, 300]})
         plain, hooked, ratio = hook_overhead(unet, config, batch=2, tokens=77, size=sd_latent, repeats=sd_repeats)
-        print(f"SD-1.x-architecture UNet, {sd_latent}x{sd_latent} latents, {config.num_neurons} channels: "
-              f"{plain:.3f} s -> {hooked:.3f} s, ratio {ratio:.3f}")
+        print(
+            f"SD-1.x-architecture UNet, {sd_latent}x{sd_latent} latents, {config.num_neurons} channels: "
+            f"{plain:.3f} s -> {hooked:.3f} s, ratio {ratio:.3f}"
+        )
         per_call = hook_cost_per_call(unet, names[0])
         worst = len(names) * per_call  # every down/mid value projection hooked
-        print(f"hook's own cost per hooked attention call: {per_call * 1e6:.1f} us; all {len(names)} down/mid layers "
-              f"hooked -> {worst * 1e3:.2f} ms per step = ratio {1 + worst / plain:.4f} at these latents")
+        print(
+            f"hook's own cost per hooked attention call: {per_call * 1e6:.1f} us; all {len(names)} down/mid layers "
+            f"hooked -> {worst * 1e3:.2f} ms per step = ratio {1 + worst / plain:.4f} at these latents"
+        )
     return cost
 
 

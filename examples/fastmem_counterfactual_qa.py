@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from hf_memory import FastMem, FastMemConfig, context_as_assistant_turn, load_model
 
+
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "counterfactual_qa.jsonl")
 DEV_ITEMS = 16  # the first 16 items choose the defaults; the other 32 only report
 
@@ -34,10 +35,13 @@ def load_items(split: str = "all") -> list[dict]:
 
 
 def question_prompt(tokenizer, item: dict) -> list[int]:
-    content = (f"Context: {item['context']}\nQuestion: {item['question']}\n"
-               "Answer the question according to the context, in a few words.")
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                         return_dict=True)["input_ids"]
+    content = (
+        f"Context: {item['context']}\nQuestion: {item['question']}\n"
+        "Answer the question according to the context, in a few words."
+    )
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, return_dict=True
+    )["input_ids"]
 
 
 def _normalize(text: str) -> str:
@@ -55,9 +59,9 @@ def left_pad(rows: list[list[int]], pad_id: int, masks: list[list[bool]] | None 
     attention = torch.zeros(len(rows), width, dtype=torch.long)
     loss = torch.zeros(len(rows), width, dtype=torch.bool)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):], attention[i, width - len(row):] = torch.tensor(row), 1
+        ids[i, width - len(row) :], attention[i, width - len(row) :] = torch.tensor(row), 1
         if masks is not None:
-            loss[i, width - len(row):] = torch.tensor(masks[i])
+            loss[i, width - len(row) :] = torch.tensor(masks[i])
     return ids, attention, loss
 
 
@@ -65,17 +69,19 @@ def answer_batch(model, tokenizer, items: list[dict], config: FastMemConfig | No
     """Answer a batch of items; with FastMem, each item's context is memorized into its own copy of the FFN."""
     pad = tokenizer.pad_token_id
     prompts, attention, _ = left_pad([question_prompt(tokenizer, item) for item in items], pad)
-    generate = dict(attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    generate = {"attention_mask": attention, "max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": pad}
     with contextlib.ExitStack() as stack:
         if config is not None:
             turns = [context_as_assistant_turn(tokenizer, item["context"]) for item in items]
             ids, turn_attention, loss_mask = left_pad(
                 [t["input_ids"][0].tolist() for t in turns], pad, [t["loss_mask"][0].tolist() for t in turns]
             )
-            stack.enter_context(FastMem(model, config).memorize(ids, loss_mask=loss_mask, attention_mask=turn_attention))
+            stack.enter_context(
+                FastMem(model, config).memorize(ids, loss_mask=loss_mask, attention_mask=turn_attention)
+            )
         with torch.inference_mode():
             out = model.generate(input_ids=prompts, **generate)
-    return tokenizer.batch_decode(out[:, prompts.shape[1]:], skip_special_tokens=True)
+    return tokenizer.batch_decode(out[:, prompts.shape[1] :], skip_special_tokens=True)
 
 
 def evaluate(model, tokenizer, items, methods: dict, max_new_tokens: int = 16, batch_size: int = 8) -> dict:
@@ -84,7 +90,7 @@ def evaluate(model, tokenizer, items, methods: dict, max_new_tokens: int = 16, b
     for name, config in methods.items():
         answers = []
         for start in tqdm(range(0, len(items), batch_size), desc=name, leave=False):
-            answers += answer_batch(model, tokenizer, items[start:start + batch_size], config, max_new_tokens)
+            answers += answer_batch(model, tokenizer, items[start : start + batch_size], config, max_new_tokens)
         results[name] = {
             "context": sum(contains(i["context_answer"], a) for i, a in zip(items, answers)) / len(items),
             "memory": sum(contains(i["memory_answer"], a) for i, a in zip(items, answers)) / len(items),
@@ -93,8 +99,16 @@ def evaluate(model, tokenizer, items, methods: dict, max_new_tokens: int = 16, b
     return results
 
 
-def main(split: str = "all", lr: float | None = None, steps: int | None = None, alpha: float = 0.5,
-         grid: list[float] | None = None, model=None, tokenizer=None, limit: int | None = None) -> dict:
+def main(
+    split: str = "all",
+    lr: float | None = None,
+    steps: int | None = None,
+    alpha: float = 0.5,
+    grid: list[float] | None = None,
+    model=None,
+    tokenizer=None,
+    limit: int | None = None,
+) -> dict:
     if model is None:
         model, tokenizer = load_model()
     model.eval()

@@ -1,6 +1,6 @@
 """Fine-tune the embedded SmolLM2 with GoldfishTrainer on standard-library docstrings.
 
-    python examples/goldfish_trainer.py --max-steps 20
+python examples/goldfish_trainer.py --max-steps 20
 """
 
 from __future__ import annotations
@@ -22,12 +22,21 @@ def main(max_steps: int = 20, output_dir: str | None = None, model=None, tokeniz
         lambda batch: tokenizer(batch["text"], truncation=True, max_length=128), batched=True, remove_columns=["text"]
     )
     args = GoldfishTrainingArguments(
-        output_dir=output_dir or tempfile.mkdtemp(), max_steps=max_steps, per_device_train_batch_size=4,
-        learning_rate=5e-5, logging_steps=max(1, max_steps // 4), report_to=[], save_strategy="no",
-        goldfish_k=4, goldfish_h=13,  # drop ~1 in 4 tokens, chosen by a hash of the 13 tokens ending at each
+        output_dir=output_dir or tempfile.mkdtemp(),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        learning_rate=5e-5,
+        logging_steps=max(1, max_steps // 4),
+        report_to=[],
+        save_strategy="no",
+        goldfish_k=4,
+        goldfish_h=13,  # drop ~1 in 4 tokens, chosen by a hash of the 13 tokens ending at each
     )
     trainer = GoldfishTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
     )
     trainer.train()

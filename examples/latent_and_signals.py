@@ -30,10 +30,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hf_memory.corpus import stdlib_docstrings
+from hf_memory.analysis import MemorizationPredictor, extraction_labels, memorization_signals, ngram_counts
+from hf_memory.analysis.latent import ce_diagnostic, latent_memorization_scan
+from hf_memory.data import stdlib_docstrings
 from hf_memory.extraction import measure_extraction
-from hf_memory.latent import ce_diagnostic, latent_memorization_scan
-from hf_memory.signals import MemorizationPredictor, extraction_labels, memorization_signals, ngram_counts
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_PLOT = os.path.join(HERE, "..", "docs", "latent_and_signals.png")
@@ -48,8 +49,10 @@ def train_tokenizer(texts, vocab_size: int):
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "<bos>", "<eos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
@@ -73,8 +76,14 @@ def tiny_llama(vocab_size: int, hidden: int, layers: int, length: int, seed: int
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=length, tie_word_embeddings=True,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=length,
+        tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config)
 
@@ -154,10 +163,15 @@ def main(
 
     # extraction: which windows are memorized (exact greedy suffix)
     groups = {"repeated": repeated, "once": once, "never": never}
-    extraction = {g: measure_extraction(model, w, prefix_len, suffix_len, show_progress=False) for g, w in groups.items()}
+    extraction = {
+        g: measure_extraction(model, w, prefix_len, suffix_len, show_progress=False) for g, w in groups.items()
+    }
 
     # CE diagnostic: seen once vs never seen
-    ce = {g: ce_diagnostic(model, groups[g], lr=1e-5, steps=1, show_progress=False, reference_model=reference) for g in ("once", "never")}
+    ce = {
+        g: ce_diagnostic(model, groups[g], lr=1e-5, steps=1, show_progress=False, reference_model=reference)
+        for g in ("once", "never")
+    }
     ce_auc = roc_auc([-x for x in ce["once"].loss_after], [-x for x in ce["never"].loss_after])
     plain_auc = roc_auc([-x for x in ce["once"].loss], [-x for x in ce["never"].loss])
     change_auc = roc_auc(ce["once"].weight_change, ce["never"].weight_change)
@@ -165,7 +179,9 @@ def main(
 
     # perturbation scan: seen once vs never seen (the control: noise alone also moves text around)
     scans = {
-        g: latent_memorization_scan(model, groups[g], prefix_len, suffix_len, sigma=sigma, n_perturbations=n_perturbations, seed=seed)
+        g: latent_memorization_scan(
+            model, groups[g], prefix_len, suffix_len, sigma=sigma, n_perturbations=n_perturbations, seed=seed
+        )
         for g in ("once", "never")
     }
 
@@ -186,18 +202,38 @@ def main(
     sample = repeated + once + never + background[: n_once + n_never]
     sample_result = measure_extraction(model, sample, prefix_len, suffix_len, show_progress=False)
     labels = np.array(extraction_labels(sample_result))
-    counts = ngram_counts(background + repeated * repeats + once)  # every training window (background seen in pretraining)
+    counts = ngram_counts(
+        background + repeated * repeats + once
+    )  # every training window (background seen in pretraining)
     signals = memorization_signals(model, sample, prefix_len, suffix_len, ngram_counts=counts, show_progress=False)
     predictor_reports = {}
     if min(labels.sum(), len(labels) - labels.sum()) >= 4:
         for name, kwargs in {
-            "all_signals": dict(features=("confidence", "true_prob", "logit_mean", "logit_var", "entropy_prefix",
-                                          "entropy_suffix", "entropy_jump", "unigram_suffix", "bigram_suffix")),
-            "entropy_and_hidden": dict(features=("entropy_prefix", "entropy_suffix", "entropy_jump"), hidden_layer=-1),
-            "entropy_only": dict(features=("entropy_prefix", "entropy_suffix", "entropy_jump")),
+            "all_signals": {
+                "features": (
+                    "confidence",
+                    "true_prob",
+                    "logit_mean",
+                    "logit_var",
+                    "entropy_prefix",
+                    "entropy_suffix",
+                    "entropy_jump",
+                    "unigram_suffix",
+                    "bigram_suffix",
+                )
+            },
+            "entropy_and_hidden": {
+                "features": ("entropy_prefix", "entropy_suffix", "entropy_jump"),
+                "hidden_layer": -1,
+            },
+            "entropy_only": {"features": ("entropy_prefix", "entropy_suffix", "entropy_jump")},
         }.items():
             report = MemorizationPredictor(**kwargs).fit(signals, labels, test_size=0.3, seed=seed)
-            predictor_reports[name] = {"accuracy": round(report.accuracy, 3), "auc": round(report.auc, 3), "n_test": report.n_test}
+            predictor_reports[name] = {
+                "accuracy": round(report.accuracy, 3),
+                "auc": round(report.auc, 3),
+                "n_test": report.n_test,
+            }
 
     window = min(prefix_len, suffix_len, 16)
     offsets, entropy = signals.boundary("entropy", window)
@@ -209,16 +245,31 @@ def main(
         if not mask.any():
             return None
         before, after = float(entropy[mask][:, offsets < 0].mean()), float(entropy[mask][:, offsets >= 0].mean())
-        return {"prefix": round(before, 3), "suffix": round(after, 3), "jump": round(after - before, 3), "n": int(mask.sum())}
+        return {
+            "prefix": round(before, 3),
+            "suffix": round(after, 3),
+            "jump": round(after - before, 3),
+            "n": int(mask.sum()),
+        }
 
     summary = {
         "setup": {
             "model": f"Llama from scratch, hidden {hidden}, {layers} layers, {sum(p.numel() for p in model.parameters()):,} parameters",
-            "tokenizer": f"byte-level BPE, {len(tokenizer)} tokens", "windows": f"{prefix_len} prefix + {suffix_len} suffix tokens",
-            "background": len(background), "pretrain_epochs": pretrain_epochs, "finetune_background": finetune_background,
-            "finetune_samples": len(finetune_set), "finetune_lr": finetune_lr, "repeated": n_repeated, "repeats": repeats,
-            "once": n_once, "never": n_never, "final_train_loss": round(finetune_loss, 3), "pretrain_loss": round(pretrain_loss, 3),
-            "train_seconds": round(train_time, 1), "threads": torch.get_num_threads(),
+            "tokenizer": f"byte-level BPE, {len(tokenizer)} tokens",
+            "windows": f"{prefix_len} prefix + {suffix_len} suffix tokens",
+            "background": len(background),
+            "pretrain_epochs": pretrain_epochs,
+            "finetune_background": finetune_background,
+            "finetune_samples": len(finetune_set),
+            "finetune_lr": finetune_lr,
+            "repeated": n_repeated,
+            "repeats": repeats,
+            "once": n_once,
+            "never": n_never,
+            "final_train_loss": round(finetune_loss, 3),
+            "pretrain_loss": round(pretrain_loss, 3),
+            "train_seconds": round(train_time, 1),
+            "threads": torch.get_num_threads(),
         },
         "exact_match": {g: round(r.metrics["exact_match"], 3) for g, r in extraction.items()},
         "memorization_score": {g: round(r.metrics["memorization_score"], 3) for g, r in extraction.items()},
@@ -233,7 +284,9 @@ def main(
         },
         "perturbation_scan": {"sigma": sigma, "n_perturbations": n_perturbations, **scan_report},
         "entropy_boundary": {
-            "window": window, "memorized": boundary_means(memorized), "unmemorized": boundary_means(unmemorized),
+            "window": window,
+            "memorized": boundary_means(memorized),
+            "unmemorized": boundary_means(unmemorized),
         },
         "predictor": predictor_reports,
         "seconds": round(time.time() - started, 1),
@@ -251,7 +304,10 @@ def save_plot(path, offsets, entropy, ngram_offsets, unigram, memorized, ce, sum
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for mask, label, color in ((memorized, "memorized (exact match)", "tab:red"), (~memorized, "not memorized", "tab:blue")):
+    for mask, label, color in (
+        (memorized, "memorized (exact match)", "tab:red"),
+        (~memorized, "not memorized", "tab:blue"),
+    ):
         if not mask.any():
             continue
         mean, std = entropy[mask].mean(0), entropy[mask].std(0)
@@ -274,7 +330,10 @@ def save_plot(path, offsets, entropy, ngram_offsets, unigram, memorized, ce, sum
     axes[2].set_xlabel("cross-entropy after one SGD step (lr 1e-5)")
     axes[2].set_ylabel("windows")
     calibrated = summary["ce_diagnostic"]["auc_once_vs_never_calibrated_by_pre_finetune_model"]
-    axes[2].set_title(f"CE diagnostic, seen once vs never: AUC {auc:.3f}\n(minus the pre-fine-tuning CE: AUC {calibrated:.3f})", fontsize=10)
+    axes[2].set_title(
+        f"CE diagnostic, seen once vs never: AUC {auc:.3f}\n(minus the pre-fine-tuning CE: AUC {calibrated:.3f})",
+        fontsize=10,
+    )
     axes[2].legend(fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -287,19 +346,40 @@ if __name__ == "__main__":
     parser.add_argument("--small", action="store_true", help="a smoke run: tiny sizes, no plot unless --plot")
     parser.add_argument("--repeats", type=int, default=64)
     parser.add_argument("--pretrain-epochs", type=int, default=8)
-    parser.add_argument("--finetune-background", action="store_true",
-                        help="fine-tune on the background again plus the controlled set (default: the controlled set only)")
+    parser.add_argument(
+        "--finetune-background",
+        action="store_true",
+        help="fine-tune on the background again plus the controlled set (default: the controlled set only)",
+    )
     parser.add_argument("--n-perturbations", type=int, default=20)
     parser.add_argument("--sigma", type=float, default=2e-3)
     parser.add_argument("--plot", default=None, help=f"figure path (default: {os.path.relpath(DEFAULT_PLOT)})")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (a model this small gains little from more)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (a model this small gains little from more)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    kwargs = dict(repeats=args.repeats, pretrain_epochs=args.pretrain_epochs, finetune_background=args.finetune_background, n_perturbations=args.n_perturbations,
-                  sigma=args.sigma, seed=args.seed, plot=args.plot or DEFAULT_PLOT)
+    kwargs = {
+        "repeats": args.repeats,
+        "pretrain_epochs": args.pretrain_epochs,
+        "finetune_background": args.finetune_background,
+        "n_perturbations": args.n_perturbations,
+        "sigma": args.sigma,
+        "seed": args.seed,
+        "plot": args.plot or DEFAULT_PLOT,
+    }
     if args.small:
-        kwargs.update(n_repeated=8, n_once=16, n_never=16, hidden=32, layers=1, pretrain_epochs=1, n_perturbations=2,
-                      max_background=64, plot=args.plot)
+        kwargs.update(
+            n_repeated=8,
+            n_once=16,
+            n_never=16,
+            hidden=32,
+            layers=1,
+            pretrain_epochs=1,
+            n_perturbations=2,
+            max_background=64,
+            plot=args.plot,
+        )
     print(json.dumps(main(**kwargs), indent=2))

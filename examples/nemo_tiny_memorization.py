@@ -29,16 +29,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hf_memory.nemo import NeMoConfig, apply_nemo, remove_nemo
-from hf_memory.nemo_localization import (
+from hf_memory.data import word_level_tokenizer
+from hf_memory.nemo import (
+    NeMoConfig,
+    NeMoScorerConfig,
+    apply_nemo,
     compute_activation_statistics,
     localize_memorization_neurons,
-    memorization_score,
+    nemo_memorization_score,
+    remove_nemo,
 )
 
+
 COLORS = {
-    "red": (0.9, 0.15, 0.1), "green": (0.1, 0.75, 0.2), "blue": (0.15, 0.3, 0.95), "yellow": (0.95, 0.85, 0.1),
-    "purple": (0.6, 0.2, 0.75), "orange": (1.0, 0.55, 0.0), "white": (0.95, 0.95, 0.95), "black": (0.05, 0.05, 0.05),
+    "red": (0.9, 0.15, 0.1),
+    "green": (0.1, 0.75, 0.2),
+    "blue": (0.15, 0.3, 0.95),
+    "yellow": (0.95, 0.85, 0.1),
+    "purple": (0.6, 0.2, 0.75),
+    "orange": (1.0, 0.55, 0.0),
+    "white": (0.95, 0.95, 0.95),
+    "black": (0.05, 0.05, 0.05),
 }
 SHAPES = ("circle", "square", "triangle")
 BACKGROUNDS = ("white", "black", "blue", "green")
@@ -56,12 +67,15 @@ def generic_captions() -> tuple[list[str], list[str]]:
     """(training captions, held-out captions): every colour/shape/background combination, 1 in 6 held out."""
     captions = [
         f"a {color} {shape} on a {background} background"
-        for color in COLORS for shape in SHAPES for background in BACKGROUNDS if color != background
+        for color in COLORS
+        for shape in SHAPES
+        for background in BACKGROUNDS
+        if color != background
     ]
     rng = random.Random(0)
     rng.shuffle(captions)
     held_out = captions[: len(captions) // 6]
-    return captions[len(held_out):], held_out
+    return captions[len(held_out) :], held_out
 
 
 def decoy_captions(count: int = 30, seed: int = 0) -> list[str]:
@@ -104,57 +118,84 @@ def draw_mosaic(index: int, size: int) -> np.ndarray:
     return np.kron(tiles, np.ones((size // 4, size // 4, 1), dtype=np.float32))
 
 
-def word_tokenizer(words, max_length: int = 16):
-    """A word-level tokenizer built here (no download): <pad>=0, <bos>=1, <eos>=2, <unk>=3, then ``words`` in order."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, model_max_length=max_length, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
-        unk_token="<unk>",
-    )
-
-
 def build_pipeline(captions, image_size: int = 16, width: int = 16, seed: int = 0):
     """An untrained pixel-space StableDiffusionPipeline: the UNet denoises images directly (the VAE is never used)."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    tokenizer = word_tokenizer(sorted({word for caption in captions for word in caption.split()}))
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=tokenizer.model_max_length, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    ))
+    tokenizer = word_level_tokenizer(sorted({word for caption in captions for word in caption.split()}))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    )
     unet = UNet2DConditionModel(
-        sample_size=image_size, in_channels=3, out_channels=3, block_out_channels=(width, 2 * width, 4 * width),
-        layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
-        attention_head_dim=8, norm_num_groups=8,
+        sample_size=image_size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(width, 2 * width, 4 * width),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=8,
     )
     vae = AutoencoderKL(  # required by the pipeline class; scale factor 1 so latents are the images
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
-        block_out_channels=(8,), latent_channels=3, norm_num_groups=4, sample_size=image_size,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(8,),
+        latent_channels=3,
+        norm_num_groups=4,
+        sample_size=image_size,
     )
     scheduler = DDIMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        steps_offset=1,
         set_alpha_to_one=False,
     )
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def train(pipe, train_captions, image_size: int, steps: int, batch_size: int = 32, memorized_share: float = 0.1,
-          caption_dropout: float = 0.1, variants: int = 48, lr: float = 2e-3, seed: int = 0, log_every: int = 250,
-          noise_offset: float = 0.0):
+def train(
+    pipe,
+    train_captions,
+    image_size: int,
+    steps: int,
+    batch_size: int = 32,
+    memorized_share: float = 0.1,
+    caption_dropout: float = 0.1,
+    variants: int = 48,
+    lr: float = 2e-3,
+    seed: int = 0,
+    log_every: int = 250,
+    noise_offset: float = 0.0,
+):
     """Plain epsilon-prediction diffusion training of the UNet; the text encoder stays frozen (as in SD), and a
     ``caption_dropout`` share of the captions is replaced by the empty prompt (as in SD, for guidance).
     ``noise_offset`` adds a random per-image, per-channel constant to the noise (diffusers' ``--noise_offset``)."""
@@ -162,10 +203,22 @@ def train(pipe, train_captions, image_size: int, steps: int, batch_size: int = 3
 
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    bank = torch.from_numpy(np.stack([
-        np.stack([draw_shape(caption, image_size, rng) for _ in range(variants)]) for caption in train_captions
-    ])).permute(0, 1, 4, 2, 3) * 2 - 1  # (captions, variants, 3, H, W) in [-1, 1]
-    mosaics = torch.from_numpy(np.stack([draw_mosaic(i, image_size) for i in range(len(MEMORIZED))])).permute(0, 3, 1, 2) * 2 - 1
+    bank = (
+        torch.from_numpy(
+            np.stack(
+                [
+                    np.stack([draw_shape(caption, image_size, rng) for _ in range(variants)])
+                    for caption in train_captions
+                ]
+            )
+        ).permute(0, 1, 4, 2, 3)
+        * 2
+        - 1
+    )  # (captions, variants, 3, H, W) in [-1, 1]
+    mosaics = (
+        torch.from_numpy(np.stack([draw_mosaic(i, image_size) for i in range(len(MEMORIZED))])).permute(0, 3, 1, 2) * 2
+        - 1
+    )
     with torch.no_grad():
         generic_text = pipe.encode_prompt(list(train_captions), "cpu", 1, False)[0]
         memorized_text = pipe.encode_prompt(list(MEMORIZED), "cpu", 1, False)[0]
@@ -206,8 +259,15 @@ def train(pipe, train_captions, image_size: int, steps: int, batch_size: int = 3
 def generate(pipe, prompt: str, seeds, steps: int = 25, guidance_scale: float = 1.0) -> torch.Tensor:
     """Images in [0, 1], (len(seeds), 3, H, W); one generator per seed so every prompt sees the same noise."""
     size = pipe.unet.config.sample_size
-    out = pipe([prompt] * len(seeds), num_inference_steps=steps, guidance_scale=guidance_scale, height=size, width=size,
-               output_type="latent", generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+    out = pipe(
+        [prompt] * len(seeds),
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        height=size,
+        width=size,
+        output_type="latent",
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+    ).images
     return ((out + 1) / 2).clamp(0, 1)
 
 
@@ -250,10 +310,23 @@ def make_figure(rows, path: str):
     plt.close(fig)
 
 
-def main(output_dir: str = DEFAULT_DIR, reuse: bool = False, train_steps: int = 2500, image_size: int = 16,
-         width: int = 16, batch_size: int = 32, memorized_share: float = 0.1, seeds: int = 10, eval_seeds: int = 8, eval_prompts: int = 12,
-         figure: str | None = os.path.join("docs", "nemo_tiny_memorization.png"), num_threads: int = 1,
-         log_every: int = 250, guidance_scale: float = 3.0, noise_offset: float = 0.0) -> dict:
+def main(
+    output_dir: str = DEFAULT_DIR,
+    reuse: bool = False,
+    train_steps: int = 2500,
+    image_size: int = 16,
+    width: int = 16,
+    batch_size: int = 32,
+    memorized_share: float = 0.1,
+    seeds: int = 10,
+    eval_seeds: int = 8,
+    eval_prompts: int = 12,
+    figure: str | None = os.path.join("docs", "nemo_tiny_memorization.png"),
+    num_threads: int = 1,
+    log_every: int = 250,
+    guidance_scale: float = 3.0,
+    noise_offset: float = 0.0,
+) -> dict:
     """Train (or reuse) the memorizing pipeline, then detect, localize and silence; returns the results dict."""
     from diffusers import StableDiffusionPipeline
 
@@ -262,32 +335,52 @@ def main(output_dir: str = DEFAULT_DIR, reuse: bool = False, train_steps: int = 
     pipeline_dir = os.path.join(output_dir, "pipeline")
     results: dict = {"machine": f"{os.cpu_count()} CPU cores, {num_threads} torch thread(s)"}
     if reuse and os.path.isdir(pipeline_dir):
-        pipe = StableDiffusionPipeline.from_pretrained(pipeline_dir, safety_checker=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            pipeline_dir, safety_checker=None, requires_safety_checker=False
+        )
         pipe.set_progress_bar_config(disable=True)
     else:
         pipe = build_pipeline(train_captions + held_out + list(MEMORIZED), image_size, width)
         os.makedirs(output_dir, exist_ok=True)
-        results["train_seconds"] = round(train(
-            pipe, train_captions, image_size, train_steps, batch_size, memorized_share, log_every=log_every,
-            noise_offset=noise_offset), 1)
+        results["train_seconds"] = round(
+            train(
+                pipe,
+                train_captions,
+                image_size,
+                train_steps,
+                batch_size,
+                memorized_share,
+                log_every=log_every,
+                noise_offset=noise_offset,
+            ),
+            1,
+        )
         pipe.save_pretrained(pipeline_dir)
     pipe.unet.eval()
 
     # 1. Statistics and threshold on never-trained captions: held-out generic ones and decoys.
     start = time.time()
-    stats = compute_activation_statistics(pipe, held_out + decoy_captions(), seeds=seeds, show_progress=False)
-    stats.save(os.path.join(output_dir, "statistics.safetensors"))
-    results["statistics"] = {"prompts": stats.num_prompts, "threshold": stats.threshold, "score_mean": stats.score_mean,
-                             "score_std": stats.score_std, "seconds": round(time.time() - start, 1)}
+    scorer = NeMoScorerConfig(seeds=seeds)
+    stats = compute_activation_statistics(pipe, held_out + decoy_captions(), scorer=scorer, show_progress=False)
+    stats.save_pretrained(output_dir)
+    results["statistics"] = {
+        "prompts": stats.num_prompts,
+        "threshold": stats.threshold,
+        "score_mean": stats.score_mean,
+        "score_std": stats.score_std,
+        "seconds": round(time.time() - start, 1),
+    }
 
     # 2. Detection: memorized captions vs generic training captions (trained on, but never on one fixed image).
     generic_eval = train_captions[:eval_prompts]
-    mem_scores = {p: memorization_score(pipe, p, seeds=seeds) for p in MEMORIZED}
-    generic_scores = {p: memorization_score(pipe, p, seeds=seeds) for p in generic_eval}
+    mem_scores = {p: nemo_memorization_score(pipe, p, scorer=scorer) for p in MEMORIZED}
+    generic_scores = {p: nemo_memorization_score(pipe, p, scorer=scorer) for p in generic_eval}
     detected = [p for p, s in mem_scores.items() if s > stats.threshold]
     results["detection"] = {
-        "memorized_scores": mem_scores, "detected_fraction": len(detected) / len(MEMORIZED),
-        "generic_training_captions_flagged": sum(s > stats.threshold for s in generic_scores.values()) / len(generic_eval),
+        "memorized_scores": mem_scores,
+        "detected_fraction": len(detected) / len(MEMORIZED),
+        "generic_training_captions_flagged": sum(s > stats.threshold for s in generic_scores.values())
+        / len(generic_eval),
         "generic_score_max": max(generic_scores.values()),
     }
 
@@ -299,7 +392,7 @@ def main(output_dir: str = DEFAULT_DIR, reuse: bool = False, train_steps: int = 
         if prompt not in detected:
             continue
         start = time.time()
-        result = localize_memorization_neurons(pipe, prompt, stats, seeds=seeds)
+        result = localize_memorization_neurons(pipe, prompt, stats, scorer=scorer)
         training = torch.from_numpy(draw_mosaic(index, image_size)).permute(2, 0, 1)
         before = generate(pipe, prompt, eval_seed_list, guidance_scale=guidance_scale)
         with silenced(pipe, result.refined):
@@ -308,22 +401,29 @@ def main(output_dir: str = DEFAULT_DIR, reuse: bool = False, train_steps: int = 
         sim_after = ssim(after, training.expand_as(after))
         # Control: as many channels per layer, drawn at random, silenced instead of the found ones.
         draw = torch.Generator().manual_seed(index)
-        random_config = NeMoConfig({
-            name: sorted(torch.randperm(len(stats.mean[name]), generator=draw)[: len(channels)].tolist())
-            for name, channels in result.refined.neurons.items()
-        })
+        random_config = NeMoConfig(
+            {
+                name: sorted(torch.randperm(len(stats.mean[name]), generator=draw)[: len(channels)].tolist())
+                for name, channels in result.refined.neurons.items()
+            }
+        )
         with silenced(pipe, random_config):
             after_random = generate(pipe, prompt, eval_seed_list, guidance_scale=guidance_scale)
         sim_random = ssim(after_random, training.expand_as(after_random))
         localized[prompt] = {
-            "initial_neurons": result.initial.num_neurons, "refined_neurons": result.refined.num_neurons,
+            "initial_neurons": result.initial.num_neurons,
+            "refined_neurons": result.refined.num_neurons,
             "refined_percent_of_value_channels": 100 * result.refined.num_neurons / total_channels,
-            "neurons": result.refined.neurons, "score_before": result.score_before, "score_after": result.score_after,
-            "ssim_to_training_before": float(sim_before.mean()), "ssim_to_training_after": float(sim_after.mean()),
+            "neurons": result.refined.neurons,
+            "score_before": result.score_before,
+            "score_after": result.score_after,
+            "ssim_to_training_before": float(sim_before.mean()),
+            "ssim_to_training_after": float(sim_after.mean()),
             "ssim_to_training_random_channels": float(sim_random.mean()),
             "replicated_before": float((sim_before > 0.9).float().mean()),
             "replicated_after": float((sim_after > 0.9).float().mean()),
-            "unet_evaluations": result.unet_evaluations, "seconds": round(time.time() - start, 1),
+            "unet_evaluations": result.unet_evaluations,
+            "seconds": round(time.time() - start, 1),
         }
         figure_rows.append((prompt, [training, before[0], after[0]], [float(sim_before[0]), float(sim_after[0])]))
     results["localization"] = localized
@@ -346,14 +446,19 @@ def main(output_dir: str = DEFAULT_DIR, reuse: bool = False, train_steps: int = 
         return float(torch.stack(changes).mean()), float(torch.stack(diffs).mean())
 
     if union:
-        plain = {prompt: generate(pipe, prompt, eval_seed_list[:4], guidance_scale=guidance_scale) for prompt in others}
+        plain = {
+            prompt: generate(pipe, prompt, eval_seed_list[:4], guidance_scale=guidance_scale) for prompt in others
+        }
         for entry in localized.values():
             entry["others_ssim_hooked_vs_unhooked"], entry["others_mean_abs_pixel_change"] = change(entry["neurons"])
         ssim_all, pixels_all = change(union)
         results["non_memorized_change"] = {
-            "prompts": len(others), "neurons_silenced": sum(map(len, union.values())),
-            "ssim_hooked_vs_unhooked": ssim_all, "mean_abs_pixel_change": pixels_all,
-            "per_caption_ssim_mean": sum(e["others_ssim_hooked_vs_unhooked"] for e in localized.values()) / len(localized),
+            "prompts": len(others),
+            "neurons_silenced": sum(map(len, union.values())),
+            "ssim_hooked_vs_unhooked": ssim_all,
+            "mean_abs_pixel_change": pixels_all,
+            "per_caption_ssim_mean": sum(e["others_ssim_hooked_vs_unhooked"] for e in localized.values())
+            / len(localized),
         }
     if figure and figure_rows:
         make_figure(figure_rows, figure)
@@ -368,7 +473,9 @@ if __name__ == "__main__":
     parser.add_argument("--output-dir", default=DEFAULT_DIR)
     parser.add_argument("--reuse", action="store_true", help="Load the trained pipeline from --output-dir if present.")
     parser.add_argument("--train-steps", type=int, default=2500)
-    parser.add_argument("--memorized-share", type=float, default=0.1, help="Share of each batch that is memorized images.")
+    parser.add_argument(
+        "--memorized-share", type=float, default=0.1, help="Share of each batch that is memorized images."
+    )
     parser.add_argument("--image-size", type=int, default=16)
     parser.add_argument("--width", type=int, default=16, help="Channels of the UNet's first block.")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -376,5 +483,7 @@ if __name__ == "__main__":
     parser.add_argument("--figure", default=os.path.join("docs", "nemo_tiny_memorization.png"))
     parser.add_argument("--num-threads", type=int, default=1)
     parser.add_argument("--noise-offset", type=float, default=0.0, help="Per-channel noise offset in training.")
-    parser.add_argument("--guidance-scale", type=float, default=3.0, help="Classifier-free guidance of the generations.")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=3.0, help="Classifier-free guidance of the generations."
+    )
     print(json.dumps(main(**vars(parser.parse_args())), indent=2))

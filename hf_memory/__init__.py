@@ -1,80 +1,142 @@
-"""hf-memory: measure, prevent and use memorization in Hugging Face models."""
+"""hf-memory: measure, prevent and use memorization in Hugging Face models.
 
-import os as _os
-from importlib import import_module
+Every public name is importable from here and loads its capability on first use (trl's lazy `__init__`), so
+`import hf_memory` is cheap and a capability whose extra is missing fails only when it is used, naming the
+`pip install "hf-memory[...]"` to run.
+"""
 
-from .goldfish import GOLDFISH_STRATEGIES, GoldfishConfig, GoldfishDataCollator, apply_goldfish, goldfish_mask
-from .models import default_model_path, load_model
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ._utils import lazy_getattr
+from .metrics import EXTRACTABLE_MEMORIZATION
 
-# `evaluate.load(hf_memory.EXTRACTABLE_MEMORIZATION)` loads the metric offline from this folder.
-EXTRACTABLE_MEMORIZATION = _os.path.join(_os.path.dirname(__file__), "metrics", "extractable_memorization")
 
-# Trainer classes pull in transformers' Trainer and TRL: import them on first use.
+try:
+    __version__ = _version("hf-memory")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
 _LAZY = {
-    "GoldfishTrainingArguments": "goldfish_config",
-    "GoldfishSFTConfig": "goldfish_config",
-    "GoldfishTrainer": "goldfish_trainer",
-    "GoldfishSFTTrainer": "goldfish_trainer",
-    "stdlib_docstrings": "corpus",
-    "measure_extraction": "extraction",
-    "ExtractionResult": "extraction",
-    "FastMem": "fastmem",
-    "FastMemConfig": "fastmem",
-    "fastmem_generate": "fastmem",
-    "MemorizedPrompt": "fastmem",
-    "FastMemCallback": "fastmem_callback",
-    "context_as_assistant_turn": "fastmem",
-    "latent_memorization_scan": "latent",
-    "LatentScanResult": "latent",
-    "ce_diagnostic": "latent",
-    "CEDiagnosticResult": "latent",
-    "memorization_signals": "signals",
-    "MemorizationSignals": "signals",
-    "token_entropy": "signals",
-    "ngram_counts": "signals",
-    "NgramCounts": "signals",
-    "representation_similarity": "signals",
-    "RepresentationSimilarity": "signals",
-    "MemorizationPredictor": "signals",
-    "PredictorReport": "signals",
-    "extraction_labels": "signals",
-    "NEMO_HOOK": "nemo",
-    "NeMoConfig": "nemo",
-    "apply_nemo": "nemo",
-    "remove_nemo": "nemo",
-    "value_projection_names": "nemo",
-    "ActivationStatistics": "nemo_localization",
-    "NeMoResult": "nemo_localization",
-    "compute_activation_statistics": "nemo_localization",
-    "memorization_score": "nemo_localization",
-    "localize_memorization_neurons": "nemo_localization",
-    "value_activations": "nemo_localization",
-    "last_ffn_modules": "last_ffn",
-    "last_ffn_lora_config": "last_ffn",
+    "_utils": ["HubConfigMixin"],
+    "models": ["default_model_path", "load_model"],
+    "data": ["document_windows", "load_token_sequences", "stdlib_docstrings", "word_level_tokenizer"],
+    "goldfish": [
+        "GOLDFISH_STRATEGIES",
+        "GoldfishConfig",
+        "GoldfishDataCollator",
+        "GoldfishSFTConfig",
+        "GoldfishSFTTrainer",
+        "GoldfishTrainer",
+        "GoldfishTrainingArguments",
+        "apply_goldfish",
+        "goldfish_mask",
+    ],
+    "extraction": ["ExtractionResult", "extraction_scores", "measure_extraction"],
+    "fastmem": [
+        "FastMem",
+        "FastMemCallback",
+        "FastMemConfig",
+        "MemorizedPrompt",
+        "context_as_assistant_turn",
+        "fastmem_generate",
+        "last_ffn_lora_config",
+        "last_ffn_modules",
+    ],
+    "analysis": [
+        "CEDiagnosticResult",
+        "LatentScanResult",
+        "MemorizationPredictor",
+        "MemorizationSignals",
+        "NgramCounts",
+        "PredictorReport",
+        "RepresentationSimilarity",
+        "ce_diagnostic",
+        "extraction_labels",
+        "latent_memorization_scan",
+        "memorization_signals",
+        "ngram_counts",
+        "representation_similarity",
+        "token_entropy",
+    ],
+    "nemo": [
+        "NEMO_HOOK",
+        "ActivationStatistics",
+        "MemorizationScorer",
+        "NeMoConfig",
+        "NeMoResult",
+        "NeMoScorerConfig",
+        "apply_nemo",
+        "compute_activation_statistics",
+        "localize_memorization_neurons",
+        "memorization_score",
+        "nemo_memorization_score",
+        "remove_nemo",
+        "value_activations",
+        "value_projection_names",
+    ],
 }
 
-__all__ = [
-    "EXTRACTABLE_MEMORIZATION",
-    "GOLDFISH_STRATEGIES",
-    "GoldfishConfig",
-    "GoldfishDataCollator",
-    "apply_goldfish",
-    "goldfish_mask",
-    "default_model_path",
-    "load_model",
-    *_LAZY,
-]
+if TYPE_CHECKING:
+    from ._utils import HubConfigMixin
+    from .analysis import (
+        CEDiagnosticResult,
+        LatentScanResult,
+        MemorizationPredictor,
+        MemorizationSignals,
+        NgramCounts,
+        PredictorReport,
+        RepresentationSimilarity,
+        ce_diagnostic,
+        extraction_labels,
+        latent_memorization_scan,
+        memorization_signals,
+        ngram_counts,
+        representation_similarity,
+        token_entropy,
+    )
+    from .data import document_windows, load_token_sequences, stdlib_docstrings, word_level_tokenizer
+    from .extraction import ExtractionResult, extraction_scores, measure_extraction
+    from .fastmem import (
+        FastMem,
+        FastMemCallback,
+        FastMemConfig,
+        MemorizedPrompt,
+        context_as_assistant_turn,
+        fastmem_generate,
+        last_ffn_lora_config,
+        last_ffn_modules,
+    )
+    from .goldfish import (
+        GOLDFISH_STRATEGIES,
+        GoldfishConfig,
+        GoldfishDataCollator,
+        GoldfishSFTConfig,
+        GoldfishSFTTrainer,
+        GoldfishTrainer,
+        GoldfishTrainingArguments,
+        apply_goldfish,
+        goldfish_mask,
+    )
+    from .models import default_model_path, load_model
+    from .nemo import (
+        NEMO_HOOK,
+        ActivationStatistics,
+        MemorizationScorer,
+        NeMoConfig,
+        NeMoResult,
+        NeMoScorerConfig,
+        apply_nemo,
+        compute_activation_statistics,
+        localize_memorization_neurons,
+        memorization_score,
+        nemo_memorization_score,
+        remove_nemo,
+        value_activations,
+        value_projection_names,
+    )
 
+__getattr__, __dir__ = lazy_getattr(__name__, globals(), _LAZY)
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__all__ = sorted(["EXTRACTABLE_MEMORIZATION", *(name for names in _LAZY.values() for name in names)])

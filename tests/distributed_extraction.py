@@ -6,12 +6,12 @@ import json
 import os
 import sys
 
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def score():
     """The same windows and tiny model in every process (and in the 1-process reference)."""
-    import torch
 
     from hf_memory import measure_extraction
     from tests.conftest import tiny_causal_lm
@@ -30,8 +30,11 @@ if __name__ == "__main__":
         share = list(share)
     result = score()
     out = {
-        "num_processes": state.num_processes, "share": share, "predictions": result.predictions,
-        "longest_common_prefix": result.longest_common_prefix, "metrics": result.metrics,
+        "num_processes": state.num_processes,
+        "share": share,
+        "predictions": result.predictions,
+        "longest_common_prefix": result.longest_common_prefix,
+        "metrics": result.metrics,
     }
     from accelerate.utils import gather_object
 

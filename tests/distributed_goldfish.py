@@ -23,11 +23,24 @@ def main(out_path: str, strategy: str) -> None:
     model = tiny_causal_lm("llama", vocab_size=50_000)
     with tempfile.TemporaryDirectory() as tmp:
         args = GoldfishTrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=2, max_steps=4, logging_steps=4, use_cpu=True, report_to=[],
-            save_strategy="no", disable_tqdm=True, goldfish_strategy=strategy, goldfish_k=4, goldfish_h=6,
+            output_dir=tmp,
+            per_device_train_batch_size=2,
+            max_steps=4,
+            logging_steps=4,
+            use_cpu=True,
+            report_to=[],
+            save_strategy="no",
+            disable_tqdm=True,
+            goldfish_strategy=strategy,
+            goldfish_k=4,
+            goldfish_h=6,
             goldfish_exempt_special_tokens=False,
         )
-        trainer = RecordingGoldfishTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()}))
+        trainer = RecordingGoldfishTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()}),
+        )
         rank = trainer.args.process_index
         torch.manual_seed(1234 + 7 * rank)  # the global RNG differs per rank: masks must not care
         trainer.train()
@@ -36,7 +49,11 @@ def main(out_path: str, strategy: str) -> None:
             "world_size": trainer.args.world_size,
             "mask": goldfish_mask(ids, trainer.goldfish_config).tolist(),
             "seen": [(ids.tolist(), labels.tolist()) for ids, labels in trainer.seen.values()],
-            "logged": [log["goldfish/dropped_fraction"] for log in trainer.state.log_history if "goldfish/dropped_fraction" in log],
+            "logged": [
+                log["goldfish/dropped_fraction"]
+                for log in trainer.state.log_history
+                if "goldfish/dropped_fraction" in log
+            ],
         }
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)

@@ -15,6 +15,7 @@ import torch
 import hf_memory
 from hf_memory.metrics.extractable_memorization.extractable_memorization import extraction_scores
 
+
 AGGREGATES = ["exact_match", "memorization_score", "longest_common_prefix", "rouge_l"]
 PER_SAMPLE = [f"{name}_per_sample" for name in AGGREGATES]
 
@@ -42,7 +43,7 @@ def metric():
 def _python_lcs(a, b):
     """Reference LCS length by plain recursion with memoisation."""
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def lcs(i, j):
         if i == len(a) or j == len(b):
             return 0
@@ -121,7 +122,12 @@ def test_aggregates_are_means_of_per_sample_scores_with_documented_types():
 def test_aggregates_only_by_default():
     scores = extraction_scores([[1, 2, 3], [4, 5]], [[1, 2, 0], [4, 5]])
     assert scores == pytest.approx(
-        {"exact_match": 0.5, "memorization_score": (2 / 3 + 1) / 2, "longest_common_prefix": 2.0, "rouge_l": (2 / 3 + 1) / 2}
+        {
+            "exact_match": 0.5,
+            "memorization_score": (2 / 3 + 1) / 2,
+            "longest_common_prefix": 2.0,
+            "rouge_l": (2 / 3 + 1) / 2,
+        }
     )
     assert list(scores) == AGGREGATES
 
@@ -149,7 +155,9 @@ def test_accepts_tuples_numpy_and_torch_samples():
         ([[np.int64(t) for t in p] for p in predictions], [[np.int16(t) for t in r] for r in references]),
     ]
     for variant_predictions, variant_references in variants:
-        _assert_scores_equal(extraction_scores(variant_predictions, variant_references, return_per_sample=True), expected)
+        _assert_scores_equal(
+            extraction_scores(variant_predictions, variant_references, return_per_sample=True), expected
+        )
 
 
 def test_accepts_2d_numpy_and_torch_batches():
@@ -159,7 +167,8 @@ def test_accepts_2d_numpy_and_torch_batches():
     expected = extraction_scores(predictions.tolist(), references.tolist(), return_per_sample=True)
     _assert_scores_equal(extraction_scores(predictions, references, return_per_sample=True), expected)
     _assert_scores_equal(
-        extraction_scores(torch.from_numpy(predictions), torch.from_numpy(references), return_per_sample=True), expected
+        extraction_scores(torch.from_numpy(predictions), torch.from_numpy(references), return_per_sample=True),
+        expected,
     )
 
 
@@ -184,7 +193,9 @@ def test_evaluate_load_works_offline(metric):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     assert type(metric).__name__ == "ExtractableMemorization"
     assert set(metric.info.features) == {"predictions", "references"}
-    assert "Carlini" in metric.info.citation and "Biderman" in metric.info.citation and "Goldfish" in metric.info.citation
+    assert (
+        "Carlini" in metric.info.citation and "Biderman" in metric.info.citation and "Goldfish" in metric.info.citation
+    )
 
 
 def test_evaluate_compute_agrees_with_extraction_scores(metric):

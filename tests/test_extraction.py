@@ -9,6 +9,8 @@ from datasets import Dataset
 from hf_memory import ExtractionResult, measure_extraction
 from hf_memory.extraction import extraction_windows
 from tests.conftest import TINY_VOCAB, run_two_processes, tiny_causal_lm
+
+
 PREFIX, SUFFIX = 8, 12
 
 
@@ -19,8 +21,12 @@ def planted_windows(model, n=24, seed=0):
     prefix = torch.randint(0, TINY_VOCAB, (n, PREFIX), generator=gen)
     with torch.inference_mode():
         greedy = model.generate(
-            prefix, attention_mask=torch.ones_like(prefix), max_new_tokens=SUFFIX, do_sample=False,
-            eos_token_id=None, pad_token_id=0,
+            prefix,
+            attention_mask=torch.ones_like(prefix),
+            max_new_tokens=SUFFIX,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
         )
     windows = greedy.clone()
     breaks = torch.arange(n) % (SUFFIX + 1)  # SUFFIX = not broken
@@ -34,7 +40,9 @@ def test_auto_equals_generate_on_every_tiny_architecture(tiny_arch):
     model = tiny_causal_lm(tiny_arch, hidden=32).eval()
     windows, breaks = planted_windows(model)
     auto = measure_extraction(model, windows, PREFIX, SUFFIX, batch_size=7, show_progress=False)
-    reference = measure_extraction(model, windows, PREFIX, SUFFIX, batch_size=24, method="generate", show_progress=False)
+    reference = measure_extraction(
+        model, windows, PREFIX, SUFFIX, batch_size=24, method="generate", show_progress=False
+    )
     assert auto.longest_common_prefix == breaks.tolist()  # the planted divergence points
     assert auto.predictions == reference.predictions
     assert auto.longest_common_prefix == reference.longest_common_prefix
@@ -78,7 +86,9 @@ def test_windows_stride_skips_and_datasets():
 
     model = tiny_causal_lm("llama")
     from_list = measure_extraction(model, sequences, 8, 8, stride=10, show_progress=False)
-    from_dataset = measure_extraction(model, Dataset.from_dict({"input_ids": sequences}), 8, 8, stride=10, show_progress=False)
+    from_dataset = measure_extraction(
+        model, Dataset.from_dict({"input_ids": sequences}), 8, 8, stride=10, show_progress=False
+    )
     assert from_list.windows == index[:1] + [(0, 10), (0, 20), (0, 30), (2, 0)] and from_list.num_skipped == 1
     assert from_list.predictions == from_dataset.predictions
 
@@ -93,10 +103,15 @@ def test_model_mode_is_restored():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"prefix_len": 0}, "`prefix_len`"), ({"suffix_len": -1}, "`suffix_len`"), ({"stride": 0}, "`stride`"),
-        ({"batch_size": 0}, "`batch_size`"), ({"method": "beam"}, "`method`"),
-        ({"sequences": []}, "`sequences` is empty"), ({"sequences": [[0.5, 1.5] * 20]}, "integer token ids"),
-        ({"sequences": [[1, 2, 3]]}, "No sequence"), ({"sequences": Dataset.from_dict({"text": ["a"]})}, "`input_ids`"),
+        ({"prefix_len": 0}, "`prefix_len`"),
+        ({"suffix_len": -1}, "`suffix_len`"),
+        ({"stride": 0}, "`stride`"),
+        ({"batch_size": 0}, "`batch_size`"),
+        ({"method": "beam"}, "`method`"),
+        ({"sequences": []}, "`sequences` is empty"),
+        ({"sequences": [[0.5, 1.5] * 20]}, "integer token ids"),
+        ({"sequences": [[1, 2, 3]]}, "No sequence"),
+        ({"sequences": Dataset.from_dict({"text": ["a"]})}, "`input_ids`"),
     ],
 )
 def test_bad_input(kwargs, message):
@@ -105,6 +120,7 @@ def test_bad_input(kwargs, message):
         measure_extraction(tiny_causal_lm("llama"), show_progress=False, **args)
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_one_process_numbers(tmp_path):
     ranks = run_two_processes("distributed_extraction.py", tmp_path / "ranks.json")
 

@@ -10,7 +10,9 @@ from tests.conftest import tiny_causal_lm
 
 
 def snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}, {n: p.requires_grad for n, p in model.named_parameters()}
+    return {k: v.clone() for k, v in model.state_dict().items()}, {
+        n: p.requires_grad for n, p in model.named_parameters()
+    }
 
 
 def assert_restored(model, before):
@@ -83,15 +85,22 @@ def test_loss_mask_selects_the_memorized_tokens(model):
 def test_fastmem_generate_returns_generate_output_and_restores(model):
     before = snapshot(model)
     prompt = torch.arange(5, 17)[None]
-    out = fastmem_generate(model, prompt, FastMemConfig(steps=3, lr=1e-2), max_new_tokens=6, do_sample=False, pad_token_id=0)
+    out = fastmem_generate(
+        model, prompt, FastMemConfig(steps=3, lr=1e-2), max_new_tokens=6, do_sample=False, pad_token_id=0
+    )
     assert out.shape == (1, 18) and torch.equal(out[:, :12], prompt)
     assert_restored(model, before)
 
 
 @pytest.mark.parametrize(
     "kwargs,name",
-    [({"steps": 0}, "`steps`"), ({"lr": 0}, "`lr`"), ({"lr": -1e-3}, "`lr`"), ({"kl_weight": -0.1}, "`kl_weight`"),
-     ({"max_grad_norm": 0}, "`max_grad_norm`")],
+    [
+        ({"steps": 0}, "`steps`"),
+        ({"lr": 0}, "`lr`"),
+        ({"lr": -1e-3}, "`lr`"),
+        ({"kl_weight": -0.1}, "`kl_weight`"),
+        ({"max_grad_norm": 0}, "`max_grad_norm`"),
+    ],
 )
 def test_config_rejects_bad_values(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -101,8 +110,12 @@ def test_config_rejects_bad_values(kwargs, name):
 def test_bad_prompts_and_layers(model):
     fastmem = FastMem(model, FastMemConfig(steps=1))
     before = snapshot(model)
-    for bad, match in [(torch.tensor([3]), "empty or a single token"), (torch.tensor([], dtype=torch.long), "empty"),
-                       (torch.zeros(2, 2, 8, dtype=torch.long), "shape"), (torch.rand(8), "integer token ids")]:
+    for bad, match in [
+        (torch.tensor([3]), "empty or a single token"),
+        (torch.tensor([], dtype=torch.long), "empty"),
+        (torch.zeros(2, 2, 8, dtype=torch.long), "shape"),
+        (torch.rand(8), "integer token ids"),
+    ]:
         with pytest.raises(ValueError, match=match):
             with fastmem.memorize(bad):
                 pass
@@ -129,8 +142,16 @@ def test_bad_prompts_and_layers(model):
 def tiny_bert():
     from transformers import BertConfig, BertLMHeadModel
 
-    return BertLMHeadModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=32, is_decoder=True))
+    return BertLMHeadModel(
+        BertConfig(
+            vocab_size=64,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            is_decoder=True,
+        )
+    )
 
 
 def decoder_models():
@@ -156,7 +177,9 @@ def test_fast_path_trains_the_same_weights_as_full_forwards(arch):
     for fast in (fastmem.ffn.fast_path, False):
         fastmem.ffn.fast_path = fast
         with fastmem.memorize(ids) as memorized:
-            trained.append({name: {k: t.clone() for k, t in tensors.items()} for name, tensors in fastmem.ffn.rows.items()})
+            trained.append(
+                {name: {k: t.clone() for k, t in tensors.items()} for name, tensors in fastmem.ffn.rows.items()}
+            )
             assert memorized.fast_path == fast and memorized.cache is not None
     for name, tensors in trained[0].items():
         for key, value in tensors.items():
@@ -164,11 +187,17 @@ def test_fast_path_trains_the_same_weights_as_full_forwards(arch):
 
 
 def test_memorization_loss_gradient_matches_autograd():
-    from hf_memory.fastmem import _MemorizationLoss
+    from hf_memory.fastmem.loss import MemorizationLoss as _MemorizationLoss
 
     g = torch.Generator().manual_seed(0)
-    logits0, logits = torch.randn(5, 11, generator=g, dtype=torch.float64), torch.randn(5, 11, generator=g, dtype=torch.float64)
-    targets, weights = torch.randint(0, 11, (5,), generator=g), torch.tensor([0.5, 0.5, 1 / 3, 1 / 3, 1 / 3], dtype=torch.float64)
+    logits0, logits = (
+        torch.randn(5, 11, generator=g, dtype=torch.float64),
+        torch.randn(5, 11, generator=g, dtype=torch.float64),
+    )
+    targets, weights = (
+        torch.randint(0, 11, (5,), generator=g),
+        torch.tensor([0.5, 0.5, 1 / 3, 1 / 3, 1 / 3], dtype=torch.float64),
+    )
     _, _, kl0, ref, neg_entropy = _MemorizationLoss.apply(logits0, targets, weights, 0.3, None, None)
     assert torch.equal(kl0, torch.zeros(5, dtype=torch.float64))
     x = logits.clone().requires_grad_()
@@ -184,7 +213,7 @@ def test_memorization_loss_gradient_matches_autograd():
     torch.testing.assert_close(x.grad, y.grad)
 
 
-GREEDY = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+GREEDY = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
 
 
 def reference_answers(model, prompts, config):
@@ -192,7 +221,7 @@ def reference_answers(model, prompts, config):
     answers = []
     for prompt in prompts:
         with FastMem(model, config).memorize(prompt):
-            answers.append(model.generate(input_ids=prompt[None], **GREEDY)[0, len(prompt):])
+            answers.append(model.generate(input_ids=prompt[None], **GREEDY)[0, len(prompt) :])
     return answers
 
 
@@ -204,10 +233,10 @@ def test_kv_cache_reuse_and_batches_give_the_same_tokens(tiny_arch):
     prompts = [torch.randint(3, 128, (12,), generator=g), torch.randint(3, 128, (9,), generator=g)]
     expected = reference_answers(model, prompts, config)
     for prompt, answer in zip(prompts, expected):  # one prompt, generation resumed from the memorization's cache
-        assert torch.equal(fastmem_generate(model, prompt, config, **GREEDY)[0, len(prompt):], answer)
+        assert torch.equal(fastmem_generate(model, prompt, config, **GREEDY)[0, len(prompt) :], answer)
     batch, attention = torch.zeros(2, 12, dtype=torch.long), torch.zeros(2, 12, dtype=torch.long)
     for row, prompt in enumerate(prompts):  # left padding
-        batch[row, 12 - len(prompt):], attention[row, 12 - len(prompt):] = prompt, 1
+        batch[row, 12 - len(prompt) :], attention[row, 12 - len(prompt) :] = prompt, 1
     out = fastmem_generate(model, batch, config, attention_mask=attention, **GREEDY)
     assert all(torch.equal(out[row, 12:], expected[row]) for row in range(2))
     assert_restored(model, before)
@@ -292,15 +321,26 @@ def test_fastmem_callback_in_seq2seq_trainer(tmp_path):
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, r in enumerate(rows):
-            ids[i, width - len(r["input_ids"]):], mask[i, width - len(r["input_ids"]):] = torch.tensor(r["input_ids"]), 1
+            ids[i, width - len(r["input_ids"]) :], mask[i, width - len(r["input_ids"]) :] = (
+                torch.tensor(r["input_ids"]),
+                1,
+            )
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
     data = Dataset.from_dict({"input_ids": [p.tolist() for p in prompts]})
     config = FastMemConfig(steps=8, lr=0.1)
     args = Seq2SeqTrainingArguments(
-        output_dir=str(tmp_path), per_device_eval_batch_size=2, per_device_train_batch_size=2, max_steps=2,
-        predict_with_generate=True, generation_max_length=None, report_to=[], use_cpu=True, learning_rate=1e-2,
-        save_strategy="no", remove_unused_columns=False,
+        output_dir=str(tmp_path),
+        per_device_eval_batch_size=2,
+        per_device_train_batch_size=2,
+        max_steps=2,
+        predict_with_generate=True,
+        generation_max_length=None,
+        report_to=[],
+        use_cpu=True,
+        learning_rate=1e-2,
+        save_strategy="no",
+        remove_unused_columns=False,
     )
     gen = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
     callback = FastMemCallback(config)
@@ -311,8 +351,8 @@ def test_fastmem_callback_in_seq2seq_trainer(tmp_path):
     model.eval()
     callback.detach(model)
     assert "generate" not in model.__dict__
-    plain = [model.generate(input_ids=p[None], **gen)[0, len(p):] for p in prompts]
-    answers = [fastmem_generate(model, p, config, **gen)[0, len(p):] for p in prompts]
+    plain = [model.generate(input_ids=p[None], **gen)[0, len(p) :] for p in prompts]
+    answers = [fastmem_generate(model, p, config, **gen)[0, len(p) :] for p in prompts]
     for row, answer in enumerate(answers):  # both batches are 10 tokens wide (left-padded)
         assert predictions[row, 10:14].tolist() == answer.tolist()
     assert any(not torch.equal(a, b) for a, b in zip(answers, plain))  # memorizing changed some answers
@@ -345,7 +385,9 @@ def test_smollm2_fast_path_cache_reuse_and_contrastive(smollm2):
     model, tokenizer = smollm2
     model.eval()
     messages = [{"role": "user", "content": "The river Oder flows north into the Baltic Sea. Where does it flow?"}]
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    prompt = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = FastMemConfig(steps=3)
     with FastMem(model, config).memorize(prompt) as memorized:
@@ -357,6 +399,7 @@ def test_smollm2_fast_path_cache_reuse_and_contrastive(smollm2):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_counterfactual_qa_example_runs(smollm2):
     from tests.conftest import load_example
 

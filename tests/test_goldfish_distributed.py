@@ -9,6 +9,9 @@ from hf_memory import GoldfishConfig, apply_goldfish
 from tests.conftest import run_two_processes
 
 
+pytestmark = pytest.mark.slow  # two processes: `make test-fast` skips it
+
+
 @pytest.mark.parametrize("strategy", ["hash", "hash-table"])
 def test_two_processes_drop_identical_labels(tmp_path, strategy):
     ranks = run_two_processes("distributed_goldfish.py", tmp_path / "ranks.json", strategy)

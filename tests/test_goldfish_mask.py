@@ -9,6 +9,7 @@ from transformers import DataCollatorForLanguageModeling, HfArgumentParser, defa
 from hf_memory import GoldfishConfig, GoldfishDataCollator, GoldfishTrainingArguments, apply_goldfish, goldfish_mask
 from hf_memory.goldfish import document_offsets
 
+
 STRATEGIES = ["hash", "hash-table", "static"]
 
 
@@ -218,8 +219,14 @@ def test_collator_reports_dropped_counts():
 
 @pytest.mark.parametrize(
     "kwargs,name",
-    [({"k": 1}, "`k`"), ({"k": 2.5}, "`k`"), ({"h": 0}, "`h`"), ({"strategy": "random"}, "`strategy`"),
-     ({"start": -1}, "`start`"), ({"exempt_token_ids": ["eos"]}, "`exempt_token_ids`")],
+    [
+        ({"k": 1}, "`k`"),
+        ({"k": 2.5}, "`k`"),
+        ({"h": 0}, "`h`"),
+        ({"strategy": "random"}, "`strategy`"),
+        ({"start": -1}, "`start`"),
+        ({"exempt_token_ids": ["eos"]}, "`exempt_token_ids`"),
+    ],
 )
 def test_config_rejects_bad_values(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -250,8 +257,20 @@ def test_collator_rejects_batches_without_labels_or_input_ids():
 
 def test_training_arguments_parse_from_command_line(tmp_path):
     (args,) = HfArgumentParser(GoldfishTrainingArguments).parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--goldfish_k", "8", "--goldfish_h", "7", "--goldfish_strategy", "static",
-         "--goldfish_start", "2", "--goldfish_exempt_special_tokens", "false"]
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--goldfish_k",
+            "8",
+            "--goldfish_h",
+            "7",
+            "--goldfish_strategy",
+            "static",
+            "--goldfish_start",
+            "2",
+            "--goldfish_exempt_special_tokens",
+            "false",
+        ]
     )
     assert (args.goldfish_k, args.goldfish_h, args.goldfish_strategy, args.goldfish_start) == (8, 7, "static", 2)
     assert args.goldfish_exempt_special_tokens is False
@@ -260,8 +279,12 @@ def test_training_arguments_parse_from_command_line(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs,name",
-    [({"goldfish_k": 1}, "goldfish_k"), ({"goldfish_h": 0}, "goldfish_h"),
-     ({"goldfish_strategy": "bogus"}, "goldfish_strategy"), ({"goldfish_start": -2}, "goldfish_start")],
+    [
+        ({"goldfish_k": 1}, "goldfish_k"),
+        ({"goldfish_h": 0}, "goldfish_h"),
+        ({"goldfish_strategy": "bogus"}, "goldfish_strategy"),
+        ({"goldfish_start": -2}, "goldfish_start"),
+    ],
 )
 def test_training_arguments_name_the_bad_argument(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):

@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 
 from hf_memory import GoldfishSFTConfig, GoldfishSFTTrainer, apply_goldfish
-from hf_memory.corpus import stdlib_docstrings
+from hf_memory.data import stdlib_docstrings
 from tests.conftest import tiny_causal_lm
 
 
@@ -20,11 +20,20 @@ class RecordingSFTTrainer(GoldfishSFTTrainer):
 
 
 def sft_args(tmp_path, **overrides):
-    settings = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, report_to=[], use_cpu=True,
-        save_strategy="no", logging_steps=1, disable_tqdm=True, max_length=96, goldfish_k=3, goldfish_h=4,
-        dataset_num_proc=None,
-    )
+    settings = {
+        "output_dir": str(tmp_path),
+        "per_device_train_batch_size": 4,
+        "max_steps": 2,
+        "report_to": [],
+        "use_cpu": True,
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        "max_length": 96,
+        "goldfish_k": 3,
+        "goldfish_h": 4,
+        "dataset_num_proc": None,
+    }
     settings.update(overrides)
     return GoldfishSFTConfig(**settings)
 
@@ -32,8 +41,10 @@ def sft_args(tmp_path, **overrides):
 def test_packed_documents_get_their_own_masks(tmp_path, tokenizer):
     texts = [doc[:300] for doc in stdlib_docstrings(min_chars=200, max_docs=16)]
     trainer = RecordingSFTTrainer(
-        model=tiny_causal_lm("llama", vocab_size=len(tokenizer)), args=sft_args(tmp_path, packing=True),
-        train_dataset=Dataset.from_dict({"text": texts}), processing_class=tokenizer,
+        model=tiny_causal_lm("llama", vocab_size=len(tokenizer)),
+        args=sft_args(tmp_path, packing=True),
+        train_dataset=Dataset.from_dict({"text": texts}),
+        processing_class=tokenizer,
     )
     trainer.train()
     config = trainer.goldfish_config
@@ -66,7 +77,11 @@ def prompt_completion_data(docs):
 
 def conversation_data(docs):
     return Dataset.from_dict(
-        {"messages": [[{"role": "user", "content": d[:80]}, {"role": "assistant", "content": d[80:240]}] for d in docs]}
+        {
+            "messages": [
+                [{"role": "user", "content": d[:80]}, {"role": "assistant", "content": d[80:240]}] for d in docs
+            ]
+        }
     )
 
 
@@ -78,8 +93,10 @@ def test_prompt_tokens_stay_masked(tmp_path, tokenizer, make_data, option):
     tokenizer.chat_template = CHAT_TEMPLATE
     data = make_data(stdlib_docstrings(min_chars=240, max_docs=8))
     trainer = RecordingSFTTrainer(
-        model=tiny_causal_lm("llama", vocab_size=len(tokenizer)), args=sft_args(tmp_path, **{option: True}),
-        train_dataset=data, processing_class=tokenizer,
+        model=tiny_causal_lm("llama", vocab_size=len(tokenizer)),
+        args=sft_args(tmp_path, **{option: True}),
+        train_dataset=data,
+        processing_class=tokenizer,
     )
     trainer.train()
     config = trainer.goldfish_config

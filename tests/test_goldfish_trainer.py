@@ -29,11 +29,21 @@ def random_dataset(n=8, length=40, seed=0, ragged_prompts=False):
 
 
 def make_args(tmp_path, **overrides):
-    settings = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4, report_to=[],
-        use_cpu=True, save_strategy="no", logging_steps=1, learning_rate=1e-2, disable_tqdm=True, seed=0,
-        goldfish_k=3, goldfish_h=3, goldfish_exempt_special_tokens=False,
-    )
+    settings = {
+        "output_dir": str(tmp_path),
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "report_to": [],
+        "use_cpu": True,
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "learning_rate": 1e-2,
+        "disable_tqdm": True,
+        "seed": 0,
+        "goldfish_k": 3,
+        "goldfish_h": 3,
+        "goldfish_exempt_special_tokens": False,
+    }
     settings.update(overrides)
     return GoldfishTrainingArguments(**settings)
 
@@ -41,7 +51,9 @@ def make_args(tmp_path, **overrides):
 def kept_mean_loss(model, input_ids, labels):
     logits = model(input_ids=input_ids).logits[:, :-1].float()
     targets = labels[:, 1:]
-    total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+    total = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+    )
     return total / (targets != -100).sum()
 
 
@@ -51,7 +63,7 @@ def test_training_loss_is_the_mean_over_kept_tokens(tmp_path):
     trainer = GoldfishTrainer(model=model, args=make_args(tmp_path), train_dataset=dataset)
     batch = next(iter(trainer.get_train_dataloader()))
     config = trainer.goldfish_config
-    rows = {tuple(r): l for r, l in zip(dataset["input_ids"], dataset["labels"])}
+    rows = {tuple(r): labels for r, labels in zip(dataset["input_ids"], dataset["labels"])}
     original = torch.tensor([rows[tuple(r.tolist())] for r in batch["input_ids"]])
 
     assert torch.equal(batch["labels"], apply_goldfish(original, batch["input_ids"], config))
@@ -59,7 +71,11 @@ def test_training_loss_is_the_mean_over_kept_tokens(tmp_path):
     assert batch["goldfish_dropped_tokens"].sum() == dropped > 0
 
     samples, num_items = trainer.get_batch_samples(iter([batch]), 1, torch.device("cpu"))
-    assert int(num_items) == (original[:, 1:] != -100).sum() - (goldfish_mask(batch["input_ids"], config)[:, 1:] & (original[:, 1:] != -100)).sum()
+    assert (
+        int(num_items)
+        == (original[:, 1:] != -100).sum()
+        - (goldfish_mask(batch["input_ids"], config)[:, 1:] & (original[:, 1:] != -100)).sum()
+    )
     model.train()
     loss = trainer.compute_loss(model, dict(samples[0]), num_items_in_batch=num_items)
     with torch.no_grad():
@@ -71,8 +87,15 @@ def test_training_loss_is_the_mean_over_kept_tokens(tmp_path):
 
 def _one_sgd_step(tmp_path, model, batch_size, accumulation):
     args = make_args(
-        tmp_path, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation, max_steps=1,
-        optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        tmp_path,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        optim="sgd",
+        learning_rate=1.0,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
     )
     trainer = GoldfishTrainer(model=model, args=args, train_dataset=random_dataset(n=4, ragged_prompts=True))
     trainer.train()
@@ -108,7 +131,9 @@ def test_logs_the_dropped_fraction(tmp_path):
     args = make_args(tmp_path, num_train_epochs=1, logging_steps=2)  # one log covers the whole epoch
     trainer = GoldfishTrainer(model=tiny_causal_lm("llama"), args=args, train_dataset=dataset)
     trainer.train()
-    logged = [log["goldfish/dropped_fraction"] for log in trainer.state.log_history if "goldfish/dropped_fraction" in log]
+    logged = [
+        log["goldfish/dropped_fraction"] for log in trainer.state.log_history if "goldfish/dropped_fraction" in log
+    ]
     ids, labels = torch.tensor(dataset["input_ids"]), torch.tensor(dataset["labels"])
     kept_before = labels[:, 1:] != -100
     dropped = (goldfish_mask(ids, trainer.goldfish_config)[:, 1:] & kept_before).sum().item()
@@ -126,15 +151,21 @@ class RecordingGoldfishTrainer(GoldfishTrainer):
 
 def test_resumed_run_drops_the_same_labels(tmp_path):
     dataset = random_dataset(n=12)
-    common = dict(per_device_train_batch_size=2, max_steps=6, save_strategy="steps", save_steps=3)
-    full = RecordingGoldfishTrainer(model=tiny_causal_lm("llama"), args=make_args(tmp_path / "full", **common), train_dataset=dataset)
+    common = {"per_device_train_batch_size": 2, "max_steps": 6, "save_strategy": "steps", "save_steps": 3}
+    full = RecordingGoldfishTrainer(
+        model=tiny_causal_lm("llama"), args=make_args(tmp_path / "full", **common), train_dataset=dataset
+    )
     full.train()
 
     first = RecordingGoldfishTrainer(
-        model=tiny_causal_lm("llama"), args=make_args(tmp_path / "cut", **{**common, "max_steps": 3}), train_dataset=dataset
+        model=tiny_causal_lm("llama"),
+        args=make_args(tmp_path / "cut", **{**common, "max_steps": 3}),
+        train_dataset=dataset,
     )
     first.train()
-    resumed = RecordingGoldfishTrainer(model=tiny_causal_lm("llama"), args=make_args(tmp_path / "cut", **common), train_dataset=dataset)
+    resumed = RecordingGoldfishTrainer(
+        model=tiny_causal_lm("llama"), args=make_args(tmp_path / "cut", **common), train_dataset=dataset
+    )
     resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-3"))
 
     assert sorted(resumed.seen) == [3, 4, 5]
@@ -158,7 +189,9 @@ def test_model_card_survives_push_to_hub(tmp_path, monkeypatch):
         upload_folder=upload_folder,
     )
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda *a, **k: fake_api)
-    args = make_args(tmp_path / "goldfish-model", max_steps=1, goldfish_k=8, goldfish_h=5, goldfish_strategy="hash-table")
+    args = make_args(
+        tmp_path / "goldfish-model", max_steps=1, goldfish_k=8, goldfish_h=5, goldfish_strategy="hash-table"
+    )
     trainer = GoldfishTrainer(model=tiny_causal_lm("llama"), args=args, train_dataset=random_dataset(n=4))
     trainer.train()
     assert trainer.push_to_hub() == "stub-commit"
@@ -172,7 +205,9 @@ def test_model_card_survives_push_to_hub(tmp_path, monkeypatch):
 
 def test_special_tokens_of_the_processing_class_are_exempt(tmp_path, tokenizer):
     model = tiny_causal_lm("llama", vocab_size=len(tokenizer))
-    on = GoldfishTrainer(model=model, args=make_args(tmp_path, goldfish_exempt_special_tokens=True), processing_class=tokenizer)
+    on = GoldfishTrainer(
+        model=model, args=make_args(tmp_path, goldfish_exempt_special_tokens=True), processing_class=tokenizer
+    )
     off = GoldfishTrainer(model=model, args=make_args(tmp_path), processing_class=tokenizer)
     assert on.goldfish_config.exempt_token_ids == tuple(sorted(tokenizer.all_special_ids)) != ()
     assert off.goldfish_config.exempt_token_ids == ()
@@ -187,7 +222,9 @@ def test_requires_goldfish_arguments_and_keeps_trainers_signature(tmp_path):
 def test_trains_every_tiny_architecture(tmp_path, tiny_arch):
     model = tiny_causal_lm(tiny_arch)
     before = [p.detach().clone() for p in model.parameters()]
-    trainer = RecordingGoldfishTrainer(model=model, args=make_args(tmp_path, max_steps=2), train_dataset=random_dataset(n=8))
+    trainer = RecordingGoldfishTrainer(
+        model=model, args=make_args(tmp_path, max_steps=2), train_dataset=random_dataset(n=8)
+    )
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result.training_loss))
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))

@@ -14,130 +14,199 @@ import transformers as tf
 from huggingface_hub.errors import EntryNotFoundError
 from peft.tuners.lora import ParamWrapper
 
-from hf_memory.last_ffn import last_ffn_lora_config, last_ffn_modules
+from hf_memory.fastmem import last_ffn_lora_config, last_ffn_modules
+
 
 VOCAB = 64
-DECODER = dict(
-    vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-)
-GPT_STYLE = dict(vocab_size=VOCAB, n_embd=16, n_layer=3, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)
-T5 = dict(
-    vocab_size=VOCAB, d_model=16, d_ff=32, d_kv=8, num_heads=2, num_layers=2, num_decoder_layers=3,
-    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-)
+DECODER = {
+    "vocab_size": VOCAB,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+GPT_STYLE = {
+    "vocab_size": VOCAB,
+    "n_embd": 16,
+    "n_layer": 3,
+    "n_head": 4,
+    "n_positions": 64,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+T5 = {
+    "vocab_size": VOCAB,
+    "d_model": 16,
+    "d_ff": 32,
+    "d_kv": 8,
+    "num_heads": 2,
+    "num_layers": 2,
+    "num_decoder_layers": 3,
+    "decoder_start_token_id": 0,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+}
 
 # name -> (model class, config, stack, names for layer -1, names for layer 0)
 CASES = {
     "llama": (
-        tf.LlamaForCausalLM, tf.LlamaConfig(**DECODER), "decoder",
+        tf.LlamaForCausalLM,
+        tf.LlamaConfig(**DECODER),
+        "decoder",
         ["model.layers.2.mlp.gate_proj", "model.layers.2.mlp.up_proj", "model.layers.2.mlp.down_proj"],
         ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"],
     ),
     "mistral": (
-        tf.MistralForCausalLM, tf.MistralConfig(**DECODER), "decoder",
+        tf.MistralForCausalLM,
+        tf.MistralConfig(**DECODER),
+        "decoder",
         ["model.layers.2.mlp.gate_proj", "model.layers.2.mlp.up_proj", "model.layers.2.mlp.down_proj"],
         ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"],
     ),
     "qwen2": (
-        tf.Qwen2ForCausalLM, tf.Qwen2Config(**DECODER), "decoder",
+        tf.Qwen2ForCausalLM,
+        tf.Qwen2Config(**DECODER),
+        "decoder",
         ["model.layers.2.mlp.gate_proj", "model.layers.2.mlp.up_proj", "model.layers.2.mlp.down_proj"],
         ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"],
     ),
     "qwen3": (
-        tf.Qwen3ForCausalLM, tf.Qwen3Config(**DECODER, head_dim=8), "decoder",
+        tf.Qwen3ForCausalLM,
+        tf.Qwen3Config(**DECODER, head_dim=8),
+        "decoder",
         ["model.layers.2.mlp.gate_proj", "model.layers.2.mlp.up_proj", "model.layers.2.mlp.down_proj"],
         ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"],
     ),
     "gemma": (
-        tf.GemmaForCausalLM, tf.GemmaConfig(**DECODER, head_dim=8), "decoder",
+        tf.GemmaForCausalLM,
+        tf.GemmaConfig(**DECODER, head_dim=8),
+        "decoder",
         ["model.layers.2.mlp.gate_proj", "model.layers.2.mlp.up_proj", "model.layers.2.mlp.down_proj"],
         ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"],
     ),
     "gemma2": (
-        tf.Gemma2ForCausalLM, tf.Gemma2Config(**DECODER, head_dim=8), "decoder",
+        tf.Gemma2ForCausalLM,
+        tf.Gemma2Config(**DECODER, head_dim=8),
+        "decoder",
         ["model.layers.2.mlp.gate_proj", "model.layers.2.mlp.up_proj", "model.layers.2.mlp.down_proj"],
         ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"],
     ),
     "gemma3_text": (
-        tf.Gemma3ForCausalLM, tf.Gemma3TextConfig(**DECODER, head_dim=8), "decoder",
+        tf.Gemma3ForCausalLM,
+        tf.Gemma3TextConfig(**DECODER, head_dim=8),
+        "decoder",
         ["model.layers.2.mlp.gate_proj", "model.layers.2.mlp.up_proj", "model.layers.2.mlp.down_proj"],
         ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"],
     ),
     "phi": (
-        tf.PhiForCausalLM, tf.PhiConfig(**DECODER), "decoder",
+        tf.PhiForCausalLM,
+        tf.PhiConfig(**DECODER),
+        "decoder",
         ["model.layers.2.mlp.fc1", "model.layers.2.mlp.fc2"],
         ["model.layers.0.mlp.fc1", "model.layers.0.mlp.fc2"],
     ),
     "phi3": (
-        tf.Phi3ForCausalLM, tf.Phi3Config(**DECODER), "decoder",
+        tf.Phi3ForCausalLM,
+        tf.Phi3Config(**DECODER),
+        "decoder",
         ["model.layers.2.mlp.gate_up_proj", "model.layers.2.mlp.down_proj"],
         ["model.layers.0.mlp.gate_up_proj", "model.layers.0.mlp.down_proj"],
     ),
     "gpt2": (
-        tf.GPT2LMHeadModel, tf.GPT2Config(**GPT_STYLE), "decoder",
+        tf.GPT2LMHeadModel,
+        tf.GPT2Config(**GPT_STYLE),
+        "decoder",
         ["transformer.h.2.mlp.c_fc", "transformer.h.2.mlp.c_proj"],
         ["transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"],
     ),
     "gpt_neox": (
-        tf.GPTNeoXForCausalLM, tf.GPTNeoXConfig(**DECODER), "decoder",
+        tf.GPTNeoXForCausalLM,
+        tf.GPTNeoXConfig(**DECODER),
+        "decoder",
         ["gpt_neox.layers.2.mlp.dense_h_to_4h", "gpt_neox.layers.2.mlp.dense_4h_to_h"],
         ["gpt_neox.layers.0.mlp.dense_h_to_4h", "gpt_neox.layers.0.mlp.dense_4h_to_h"],
     ),
     "falcon": (
-        tf.FalconForCausalLM, tf.FalconConfig(**DECODER), "decoder",
+        tf.FalconForCausalLM,
+        tf.FalconConfig(**DECODER),
+        "decoder",
         ["transformer.h.2.mlp.dense_h_to_4h", "transformer.h.2.mlp.dense_4h_to_h"],
         ["transformer.h.0.mlp.dense_h_to_4h", "transformer.h.0.mlp.dense_4h_to_h"],
     ),
     "bloom": (
-        tf.BloomForCausalLM, tf.BloomConfig(vocab_size=VOCAB, hidden_size=16, n_layer=3, n_head=4), "decoder",
+        tf.BloomForCausalLM,
+        tf.BloomConfig(vocab_size=VOCAB, hidden_size=16, n_layer=3, n_head=4),
+        "decoder",
         ["transformer.h.2.mlp.dense_h_to_4h", "transformer.h.2.mlp.dense_4h_to_h"],
         ["transformer.h.0.mlp.dense_h_to_4h", "transformer.h.0.mlp.dense_4h_to_h"],
     ),
     "gptj": (
-        tf.GPTJForCausalLM, tf.GPTJConfig(**GPT_STYLE, rotary_dim=4), "decoder",
+        tf.GPTJForCausalLM,
+        tf.GPTJConfig(**GPT_STYLE, rotary_dim=4),
+        "decoder",
         ["transformer.h.2.mlp.fc_in", "transformer.h.2.mlp.fc_out"],
         ["transformer.h.0.mlp.fc_in", "transformer.h.0.mlp.fc_out"],
     ),
     "opt": (
-        tf.OPTForCausalLM, tf.OPTConfig(**DECODER, ffn_dim=32, word_embed_proj_dim=16), "decoder",
+        tf.OPTForCausalLM,
+        tf.OPTConfig(**DECODER, ffn_dim=32, word_embed_proj_dim=16),
+        "decoder",
         ["model.decoder.layers.2.fc1", "model.decoder.layers.2.fc2"],
         ["model.decoder.layers.0.fc1", "model.decoder.layers.0.fc2"],
     ),
     "mixtral": (
-        tf.MixtralForCausalLM, tf.MixtralConfig(**DECODER, num_local_experts=4, num_experts_per_tok=2), "decoder",
+        tf.MixtralForCausalLM,
+        tf.MixtralConfig(**DECODER, num_local_experts=4, num_experts_per_tok=2),
+        "decoder",
         ["model.layers.2.mlp.experts.gate_up_proj", "model.layers.2.mlp.experts.down_proj"],
         ["model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.down_proj"],
     ),
     "t5-decoder": (
-        tf.T5ForConditionalGeneration, tf.T5Config(**T5), "decoder",
+        tf.T5ForConditionalGeneration,
+        tf.T5Config(**T5),
+        "decoder",
         ["decoder.block.2.layer.2.DenseReluDense.wi", "decoder.block.2.layer.2.DenseReluDense.wo"],
         ["decoder.block.0.layer.2.DenseReluDense.wi", "decoder.block.0.layer.2.DenseReluDense.wo"],
     ),
     "t5-encoder": (
-        tf.T5ForConditionalGeneration, tf.T5Config(**T5), "encoder",
+        tf.T5ForConditionalGeneration,
+        tf.T5Config(**T5),
+        "encoder",
         ["encoder.block.1.layer.1.DenseReluDense.wi", "encoder.block.1.layer.1.DenseReluDense.wo"],
         ["encoder.block.0.layer.1.DenseReluDense.wi", "encoder.block.0.layer.1.DenseReluDense.wo"],
     ),
     "t5-gated-decoder": (
-        tf.T5ForConditionalGeneration, tf.T5Config(**T5, feed_forward_proj="gated-gelu"), "decoder",
+        tf.T5ForConditionalGeneration,
+        tf.T5Config(**T5, feed_forward_proj="gated-gelu"),
+        "decoder",
         [
-            "decoder.block.2.layer.2.DenseReluDense.wi_0", "decoder.block.2.layer.2.DenseReluDense.wi_1",
+            "decoder.block.2.layer.2.DenseReluDense.wi_0",
+            "decoder.block.2.layer.2.DenseReluDense.wi_1",
             "decoder.block.2.layer.2.DenseReluDense.wo",
         ],
         [
-            "decoder.block.0.layer.2.DenseReluDense.wi_0", "decoder.block.0.layer.2.DenseReluDense.wi_1",
+            "decoder.block.0.layer.2.DenseReluDense.wi_0",
+            "decoder.block.0.layer.2.DenseReluDense.wi_1",
             "decoder.block.0.layer.2.DenseReluDense.wo",
         ],
     ),
     "t5-gated-encoder": (
-        tf.T5ForConditionalGeneration, tf.T5Config(**T5, feed_forward_proj="gated-gelu"), "encoder",
+        tf.T5ForConditionalGeneration,
+        tf.T5Config(**T5, feed_forward_proj="gated-gelu"),
+        "encoder",
         [
-            "encoder.block.1.layer.1.DenseReluDense.wi_0", "encoder.block.1.layer.1.DenseReluDense.wi_1",
+            "encoder.block.1.layer.1.DenseReluDense.wi_0",
+            "encoder.block.1.layer.1.DenseReluDense.wi_1",
             "encoder.block.1.layer.1.DenseReluDense.wo",
         ],
         [
-            "encoder.block.0.layer.1.DenseReluDense.wi_0", "encoder.block.0.layer.1.DenseReluDense.wi_1",
+            "encoder.block.0.layer.1.DenseReluDense.wi_0",
+            "encoder.block.0.layer.1.DenseReluDense.wi_1",
             "encoder.block.0.layer.1.DenseReluDense.wo",
         ],
     ),
@@ -191,7 +260,9 @@ def test_lora_adapts_exactly_the_ffn(case):
     peft_model = peft.get_peft_model(model, lora_config)
     assert adapted_names(peft_model) == set(last)
 
-    owners = set(lora_config.target_modules) | {name.rpartition(".")[0] for name in lora_config.target_parameters or ()}
+    owners = set(lora_config.target_modules) | {
+        name.rpartition(".")[0] for name in lora_config.target_parameters or ()
+    }
     trainable = [name for name, p in peft_model.get_base_model().named_parameters() if p.requires_grad]
     assert trainable
     for name in trainable:

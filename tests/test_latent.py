@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
+from hf_memory.analysis.latent import _add_noise, _greedy_suffixes, ce_diagnostic, latent_memorization_scan
 from hf_memory.extraction import measure_extraction
-from hf_memory.latent import _add_noise, _greedy_suffixes, ce_diagnostic, latent_memorization_scan
 from tests.conftest import TINY_VOCAB, tiny_causal_lm
+
 
 PREFIX, SUFFIX = 6, 10
 
@@ -19,7 +20,9 @@ def random_windows(n=6, length=PREFIX + SUFFIX, seed=0):
 
 
 def snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}, {n: p.requires_grad for n, p in model.named_parameters()}
+    return {k: v.clone() for k, v in model.state_dict().items()}, {
+        n: p.requires_grad for n, p in model.named_parameters()
+    }
 
 
 def assert_restored(model, saved):
@@ -33,7 +36,9 @@ def test_scan_on_every_tiny_architecture(tiny_arch):
     model = tiny_causal_lm(tiny_arch, hidden=32).eval()
     windows = random_windows()
     saved = snapshot(model)
-    scan = latent_memorization_scan(model, windows, PREFIX, SUFFIX, sigma=0.05, n_perturbations=3, batch_size=4, show_progress=False)
+    scan = latent_memorization_scan(
+        model, windows, PREFIX, SUFFIX, sigma=0.05, n_perturbations=3, batch_size=4, show_progress=False
+    )
     assert_restored(model, saved)
     assert not model.training
     # the unperturbed continuation is plain greedy generation
@@ -51,7 +56,7 @@ def test_scan_is_reproducible_and_independent_of_batch_size():
     model = tiny_causal_lm("llama", hidden=32)
     model.train()
     windows = random_windows(n=5)
-    kwargs = dict(prefix_len=PREFIX, suffix_len=SUFFIX, sigma=0.05, n_perturbations=3, show_progress=False)
+    kwargs = {"prefix_len": PREFIX, "suffix_len": SUFFIX, "sigma": 0.05, "n_perturbations": 3, "show_progress": False}
     a = latent_memorization_scan(model, windows, seed=7, batch_size=5, **kwargs)
     b = latent_memorization_scan(model, windows, seed=7, batch_size=2, **kwargs)
     c = latent_memorization_scan(model, windows, seed=8, batch_size=5, **kwargs)
@@ -71,7 +76,9 @@ def test_scan_recovers_what_a_perturbation_produces():
     with torch.no_grad():
         suffixes = _greedy_suffixes(perturbed, prefixes, SUFFIX)
     windows = torch.cat([prefixes, suffixes], 1)
-    scan = latent_memorization_scan(model, windows, PREFIX, SUFFIX, sigma=0.05, n_perturbations=3, seed=3, show_progress=False)
+    scan = latent_memorization_scan(
+        model, windows, PREFIX, SUFFIX, sigma=0.05, n_perturbations=3, seed=3, show_progress=False
+    )
     assert scan.best_distance == [0] * 6
     assert all(k <= 2 for k in scan.best_perturbation)
     assert scan.distances[2] == [0] * 6
@@ -111,7 +118,9 @@ def test_weights_restored_after_keyboard_interrupt(run):
     handle = model.register_forward_hook(Interrupt(at=14 if run == "scan" else 4))
     with pytest.raises(KeyboardInterrupt):
         if run == "scan":
-            latent_memorization_scan(model, random_windows(n=2), PREFIX, SUFFIX, sigma=0.1, n_perturbations=4, show_progress=False)
+            latent_memorization_scan(
+                model, random_windows(n=2), PREFIX, SUFFIX, sigma=0.1, n_perturbations=4, show_progress=False
+            )
         else:
             ce_diagnostic(model, random_windows(n=3), lr=0.5, show_progress=False)
     handle.remove()
@@ -196,19 +205,27 @@ def test_ce_diagnostic_reference_model_calibrates():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(sigma=0.0), "`sigma` must be a positive"),
-        (dict(sigma=-1e-3), "`sigma` must be a positive"),
-        (dict(sigma=float("nan")), "`sigma` must be a positive"),
-        (dict(prefix_len=10, suffix_len=10), r"`sequences\[0\]` has 16 tokens, fewer than prefix_len \+ suffix_len = 20"),
-        (dict(n_perturbations=0), "`n_perturbations` must be a positive integer"),
-        (dict(seed=-1), "`seed` must be a non-negative integer"),
-        (dict(sequences=[]), "`sequences` is empty"),
-        (dict(sequences=[[0.5] * 20]), "integer token ids"),
+        ({"sigma": 0.0}, "`sigma` must be a finite number > 0"),
+        ({"sigma": -1e-3}, "`sigma` must be a finite number > 0"),
+        ({"sigma": float("nan")}, "`sigma` must be a finite number > 0"),
+        (
+            {"prefix_len": 10, "suffix_len": 10},
+            r"`sequences\[0\]` has 16 tokens, fewer than prefix_len \+ suffix_len = 20",
+        ),
+        ({"n_perturbations": 0}, "`n_perturbations` must be an integer >= 1"),
+        ({"seed": -1}, "`seed` must be an integer >= 0"),
+        ({"sequences": []}, "`sequences` is empty"),
+        ({"sequences": [[0.5] * 20]}, "integer token ids"),
     ],
 )
 def test_scan_bad_input(kwargs, match):
     model = tiny_causal_lm("llama")
-    args = dict(sequences=random_windows(n=2), prefix_len=PREFIX, suffix_len=SUFFIX, show_progress=False) | kwargs
+    args = {
+        "sequences": random_windows(n=2),
+        "prefix_len": PREFIX,
+        "suffix_len": SUFFIX,
+        "show_progress": False,
+    } | kwargs
     saved = snapshot(model)
     with pytest.raises(ValueError, match=match):
         latent_memorization_scan(model, **args)
@@ -218,24 +235,31 @@ def test_scan_bad_input(kwargs, match):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(lr=0), "`lr` must be a positive"),
-        (dict(steps=0), "`steps` must be a positive integer"),
-        (dict(sequences=[]), "`sequences` is empty"),
-        (dict(sequences=[[5]]), r"`sequences\[0\]` has 1 token"),
+        ({"lr": 0}, "`lr` must be a finite number > 0"),
+        ({"steps": 0}, "`steps` must be an integer >= 1"),
+        ({"sequences": []}, "`sequences` is empty"),
+        ({"sequences": [[5]]}, r"`sequences\[0\]` has 1 token"),
     ],
 )
 def test_ce_diagnostic_bad_input(kwargs, match):
     model = tiny_causal_lm("llama")
     with pytest.raises(ValueError, match=match):
-        ce_diagnostic(model, **(dict(sequences=random_windows(n=2), show_progress=False) | kwargs))
+        ce_diagnostic(model, **({"sequences": random_windows(n=2), "show_progress": False} | kwargs))
 
 
-
+@pytest.mark.slow
 def test_latent_and_signals_example_runs():
     from tests.conftest import load_example
 
     summary = load_example("latent_and_signals").main(
-        n_repeated=8, n_once=16, n_never=16, hidden=32, layers=1, pretrain_epochs=1, n_perturbations=2,
-        max_background=64, plot=None,
+        n_repeated=8,
+        n_once=16,
+        n_never=16,
+        hidden=32,
+        layers=1,
+        pretrain_epochs=1,
+        n_perturbations=2,
+        max_background=64,
+        plot=None,
     )
     assert {"exact_match", "ce_diagnostic", "perturbation_scan", "entropy_boundary", "predictor"} <= set(summary)

@@ -12,17 +12,26 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
-from hf_memory.nemo import NEMO_HOOK, NeMoConfig, apply_nemo, remove_nemo, value_projection_names
-from hf_memory.nemo_localization import (
+from hf_memory.data import word_level_tokenizer
+from hf_memory.nemo import (
+    NEMO_HOOK,
     ActivationStatistics,
+    MemorizationScorer,
+    NeMoConfig,
     NeMoResult,
-    _drop_unneeded,
-    _shortest_sufficient_prefix,
+    NeMoScorerConfig,
+    apply_nemo,
     compute_activation_statistics,
     localize_memorization_neurons,
     memorization_score,
+    nemo_memorization_score,
+    remove_nemo,
     value_activations,
+    value_projection_names,
 )
+from hf_memory.nemo.search import drop_unneeded as _drop_unneeded
+from hf_memory.nemo.search import shortest_sufficient_prefix as _shortest_sufficient_prefix
+
 
 WORDS = "a the red green blue small big circle square stripes on of with dog cat painting photo".split()
 LAYER = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v"
@@ -30,19 +39,23 @@ MID = "mid_block.attentions.0.transformer_blocks.0.attn2.to_v"
 
 
 def word_tokenizer(max_length: int = 12) -> PreTrainedTokenizerFast:
-    """The example's word-level tokenizer over WORDS: <pad>=0, <bos>=1, <eos>=2, <unk>=3, then WORDS in order."""
-    from tests.conftest import load_example
-
-    return load_example("nemo_tiny_memorization").word_tokenizer(WORDS, max_length)
+    """A word-level tokenizer over WORDS: <pad>=0, <bos>=1, <eos>=2, <unk>=3, then WORDS in order."""
+    return word_level_tokenizer(WORDS, max_length)
 
 
 def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4,
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=4,
     ).eval()
 
 
@@ -50,20 +63,40 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     unet = tiny_unet(seed)
     torch.manual_seed(seed)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
-        block_out_channels=(8,), latent_channels=4, norm_num_groups=4, sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(8,),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=8,
     )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=4 + len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=12, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )).eval()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=4 + len(WORDS),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=12,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    ).eval()
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=word_tokenizer(), unet=unet, scheduler=DDIMScheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=word_tokenizer(),
+        unet=unet,
+        scheduler=DDIMScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +122,17 @@ def run_unet(unet, inputs):
 def test_config_validates_and_normalizes():
     config = NeMoConfig({LAYER: [5, 1, 5], MID: []}, scale=0)
     assert config.neurons == {LAYER: [1, 5]} and config.scale == 0.0 and config.num_neurons == 2
-    for bad in ({"neurons": {LAYER: [-1]}}, {"neurons": {LAYER: [1.5]}}, {"neurons": {LAYER: [True]}},
-                {"neurons": {"": [1]}}, {"neurons": {LAYER: "12"}}, {"neurons": [1, 2]}, {"scale": 1.5},
-                {"scale": -0.1}, {"scale": "0"}):
+    for bad in (
+        {"neurons": {LAYER: [-1]}},
+        {"neurons": {LAYER: [1.5]}},
+        {"neurons": {LAYER: [True]}},
+        {"neurons": {"": [1]}},
+        {"neurons": {LAYER: "12"}},
+        {"neurons": [1, 2]},
+        {"scale": 1.5},
+        {"scale": -0.1},
+        {"scale": "0"},
+    ):
         with pytest.raises(ValueError, match="neurons|scale"):
             NeMoConfig(**bad)
     with pytest.raises(ValueError, match="Unknown NeMoConfig field"):
@@ -107,33 +148,6 @@ def test_config_json_round_trip(tmp_path):
     assert NeMoConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="No nemo_config.json"):
         NeMoConfig.from_pretrained(tmp_path / "..")
-
-
-def test_push_to_hub_uploads_the_json(monkeypatch):
-    import huggingface_hub
-
-    calls = []
-
-    class FakeApi:
-        def __init__(self, token=None):
-            calls.append(("token", token))
-
-        def create_repo(self, repo_id, private=None, exist_ok=False):
-            calls.append(("create", repo_id, private, exist_ok))
-
-        def upload_folder(self, repo_id, folder_path, commit_message):
-            files = sorted(os.listdir(folder_path))
-            with open(os.path.join(folder_path, "nemo_config.json")) as f:
-                calls.append(("upload", repo_id, files, json.load(f), commit_message))
-            return "commit-url"
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    config = NeMoConfig({LAYER: [2]})
-    assert config.push_to_hub("me/nemo-neurons", private=True, token="t") == "commit-url"
-    assert calls == [
-        ("token", "t"), ("create", "me/nemo-neurons", True, True),
-        ("upload", "me/nemo-neurons", ["nemo_config.json"], config.to_dict(), "Upload NeMo config"),
-    ]
 
 
 # ---------------------------------------------------------------- hook
@@ -174,23 +188,41 @@ def test_hook_fires_every_step_on_the_whole_cfg_batch(pipe):
     handle = to_v.register_forward_hook(lambda m, args, out: seen.append(out[..., [2, 6]].abs().amax().item()))
     apply_nemo(pipe, NeMoConfig({LAYER: [2, 6]}))
     try:
-        pipe("a red circle", num_inference_steps=2, guidance_scale=3.0, num_images_per_prompt=2, output_type="latent",
-             height=8, width=8)
+        pipe(
+            "a red circle",
+            num_inference_steps=2,
+            guidance_scale=3.0,
+            num_images_per_prompt=2,
+            output_type="latent",
+            height=8,
+            width=8,
+        )
     finally:
         remove_nemo(pipe)
         handle.remove()
     assert len(seen) == 2 and seen == [0.0, 0.0]  # one call per step, covering the 2 x 2 CFG rows
-    assert value_projection_names(pipe) == [LAYER, "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v",
-                                            "up_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v",
-                                            "up_blocks.0.attentions.1.transformer_blocks.0.attn2.to_v",
-                                            "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v",
-                                            "up_blocks.1.attentions.1.transformer_blocks.0.attn2.to_v", MID]
+    assert value_projection_names(pipe) == [
+        LAYER,
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v",
+        "up_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v",
+        "up_blocks.0.attentions.1.transformer_blocks.0.attn2.to_v",
+        "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v",
+        "up_blocks.1.attentions.1.transformer_blocks.0.attn2.to_v",
+        MID,
+    ]
 
 
 def test_pipeline_output_changes_then_returns_exactly(pipe):
     def generate():
-        return pipe("a blue square", num_inference_steps=2, guidance_scale=2.0, output_type="latent", height=8, width=8,
-                    generator=torch.Generator().manual_seed(0)).images
+        return pipe(
+            "a blue square",
+            num_inference_steps=2,
+            guidance_scale=2.0,
+            output_type="latent",
+            height=8,
+            width=8,
+            generator=torch.Generator().manual_seed(0),
+        ).images
 
     reference = generate()
     apply_nemo(pipe, NeMoConfig({LAYER: list(range(8))}))
@@ -247,14 +279,19 @@ def test_fused_projections_are_handled_or_refused():
 
 def test_statistics_match_the_activations_inside_the_unet(pipe, tmp_path):
     prompts = ["a red circle", "the big dog", "a photo of a cat", "green stripes on a square"]
-    stats = compute_activation_statistics(pipe, prompts, seeds=3, num_inference_steps=2, show_progress=False)
+    scorer = NeMoScorerConfig(seeds=3, num_inference_steps=2)
+    stats = compute_activation_statistics(pipe, prompts, scorer=scorer, show_progress=False)
     layers = [LAYER, "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v", MID]  # down + mid, as the paper
     assert stats.layers == layers and stats.num_prompts == 4
 
     # Reference: record |to_v| inside a real UNet pass, as the official code does, one prompt at a time.
     recorded = {name: [] for name in layers}
-    handles = [pipe.unet.get_submodule(name).register_forward_hook(
-        lambda m, a, out, name=name: recorded[name].append(out[0].abs().mean(0))) for name in layers]
+    handles = [
+        pipe.unet.get_submodule(name).register_forward_hook(
+            lambda m, a, out, name=name: recorded[name].append(out[0].abs().mean(0))
+        )
+        for name in layers
+    ]
     for prompt in prompts:
         embedding = pipe.encode_prompt(prompt, "cpu", 1, False)[0]
         run_unet(pipe.unet, (torch.randn(1, 4, 8, 8), torch.tensor(999), embedding))
@@ -265,17 +302,24 @@ def test_statistics_match_the_activations_inside_the_unet(pipe, tmp_path):
         assert torch.allclose(stats.mean[name], acts.mean(0), atol=1e-6)
         assert torch.allclose(stats.std[name], acts.std(0), atol=1e-6)
 
-    scores = [memorization_score(pipe, p, seeds=3, num_inference_steps=2) for p in prompts]
+    scores = [nemo_memorization_score(pipe, p, scorer=scorer) for p in prompts]
     assert stats.scores == pytest.approx(scores)
     assert stats.threshold == pytest.approx(torch.tensor(scores).mean().item() + torch.tensor(scores).std().item())
 
-    path = str(tmp_path / "stats.safetensors")
-    stats.save(path)
-    loaded = ActivationStatistics.load(path)
+    path = stats.save_pretrained(tmp_path)
+    loaded = ActivationStatistics.from_pretrained(tmp_path)
     assert loaded.layers == layers and loaded.threshold == stats.threshold and loaded.scores == stats.scores
     assert all(torch.equal(loaded.mean[n], stats.mean[n]) and torch.equal(loaded.std[n], stats.std[n]) for n in layers)
     with open(path, "rb") as f:
         assert b"pickle" not in f.read(2000)
+    assert sorted(os.listdir(tmp_path)) == ["nemo_activation_statistics.safetensors"]  # no temporary file left
+    with pytest.warns(FutureWarning, match="save_pretrained"):  # the old single-file API still works
+        stats.save(str(tmp_path / "old.safetensors"))
+    with pytest.warns(FutureWarning, match="from_pretrained"):
+        assert ActivationStatistics.load(str(tmp_path / "old.safetensors")).scores == stats.scores
+    assert ActivationStatistics.from_pretrained(str(tmp_path / "old.safetensors")).threshold == stats.threshold
+    with pytest.raises(ValueError, match="No nemo_activation_statistics"):
+        ActivationStatistics.from_pretrained(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None)
     with pytest.raises(ValueError, match="at least 2"):
         compute_activation_statistics(pipe, ["one prompt"])
     with pytest.raises(ValueError, match="Unknown layer"):
@@ -283,24 +327,30 @@ def test_statistics_match_the_activations_inside_the_unet(pipe, tmp_path):
 
 
 def test_memorization_score_is_deterministic_and_sees_the_hook(pipe):
-    score = memorization_score(pipe, "a red circle", seeds=4, num_inference_steps=2)
+    four = NeMoScorerConfig(seeds=4, num_inference_steps=2)
+    score = nemo_memorization_score(pipe, "a red circle", scorer=four)
     assert -1.0 <= score <= 1.0
-    assert memorization_score(pipe, "a red circle", seeds=4, num_inference_steps=2) == score
-    silenced = NeMoConfig({name: list(range(pipe.unet.get_submodule(name).out_features)) for name in value_projection_names(pipe)})
-    assert memorization_score(pipe, "a red circle", seeds=4, num_inference_steps=2, config=silenced) != score
-    cfg = memorization_score(pipe, "a red circle", seeds=4, num_inference_steps=2, guidance_scale=5.0)
+    assert nemo_memorization_score(pipe, "a red circle", scorer=four) == score
+    silenced = NeMoConfig(
+        {name: list(range(pipe.unet.get_submodule(name).out_features)) for name in value_projection_names(pipe)}
+    )
+    assert nemo_memorization_score(pipe, "a red circle", silenced, four) != score
+    guided = NeMoScorerConfig(seeds=4, num_inference_steps=2, guidance_scale=5.0)
+    cfg = nemo_memorization_score(pipe, "a red circle", scorer=guided)
     assert -1.0 <= cfg <= 1.0
-    from hf_memory.nemo_localization import _Scorer
+    with pytest.warns(FutureWarning, match="nemo_memorization_score"):  # the old name: same number, with a warning
+        assert memorization_score(pipe, "a red circle", seeds=4, num_inference_steps=2, guidance_scale=5.0) == cfg
 
     for guidance in (0.0, 5.0):  # a stage of seeds gets the same rows as the whole batch, with and without CFG
-        scorer = _Scorer(pipe, "a red circle", 4, num_inference_steps=2, guidance_scale=guidance)
+        config = NeMoScorerConfig(seeds=4, num_inference_steps=2, guidance_scale=guidance)
+        scorer = MemorizationScorer(pipe, "a red circle", config)
         whole = scorer.noise_differences()
         torch.testing.assert_close(scorer.noise_differences([2, 0]), whole[[2, 0]], atol=1e-5, rtol=0)
         assert scorer.unet_evaluations == (6 if guidance == 0 else 12)
     with pytest.raises(ValueError, match="seeds"):
-        memorization_score(pipe, "a red circle", seeds=1)
+        NeMoScorerConfig(seeds=1)
     with pytest.raises(TypeError, match="prompt"):
-        memorization_score(pipe, ["a red circle"])
+        nemo_memorization_score(pipe, ["a red circle"])
 
 
 # ---------------------------------------------------------------- localization on a model with a known answer
@@ -356,7 +406,10 @@ class PlantedPipeline:
         self.trigger = torch.zeros(8)
         self.trigger[0] = 1.0
         with torch.no_grad():  # the trigger direction drives A[3] and B[5] (and a few decoys, weakly)
-            for layer, channel in ((self.unet.get_submodule(PlantedDenoiser.A), 3), (self.unet.get_submodule(PlantedDenoiser.B), 5)):
+            for layer, channel in (
+                (self.unet.get_submodule(PlantedDenoiser.A), 3),
+                (self.unet.get_submodule(PlantedDenoiser.B), 5),
+            ):
                 layer.weight[:, 0] = 0.05 * torch.randn(16, generator=g)
                 layer.weight[channel, 0] = 40.0
         self.generator = g
@@ -374,11 +427,14 @@ class PlantedPipeline:
         return cond, (torch.zeros_like(cond) if do_classifier_free_guidance else None)
 
 
+SIX = NeMoScorerConfig(seeds=6, num_inference_steps=10)
+
+
 @pytest.fixture(scope="module")
 def planted():
     pipe = PlantedPipeline()
     others = [f"ordinary prompt number {i}" for i in range(12)]
-    stats = compute_activation_statistics(pipe, others, seeds=6, num_inference_steps=10, show_progress=False)
+    stats = compute_activation_statistics(pipe, others, scorer=SIX, show_progress=False)
     return pipe, stats
 
 
@@ -386,39 +442,39 @@ def test_planted_memorization_is_detected(planted):
     pipe, stats = planted
     assert stats.layers == [PlantedDenoiser.A, PlantedDenoiser.B]
     assert max(stats.scores) < 0.5
-    assert memorization_score(pipe, "a memorized prompt", seeds=6, num_inference_steps=10) > 0.95
+    assert nemo_memorization_score(pipe, "a memorized prompt", scorer=SIX) > 0.95
     blocked = NeMoConfig({PlantedDenoiser.A: [3], PlantedDenoiser.B: [5]})
-    assert memorization_score(pipe, "a memorized prompt", seeds=6, num_inference_steps=10, config=blocked) < stats.threshold
+    assert nemo_memorization_score(pipe, "a memorized prompt", blocked, SIX) < stats.threshold
 
 
 @pytest.mark.parametrize("refinement", ["group", "greedy"])
 def test_localization_finds_the_planted_neurons(planted, refinement):
     pipe, stats = planted
-    result = localize_memorization_neurons(pipe, "a memorized prompt", stats, seeds=6, num_inference_steps=10,
-                                           refinement=refinement)
+    result = localize_memorization_neurons(pipe, "a memorized prompt", stats, refinement=refinement, scorer=SIX)
     assert isinstance(result, NeMoResult) and result.memorized
     assert result.refined.neurons == {PlantedDenoiser.A: [3], PlantedDenoiser.B: [5]}
     assert result.score_before > 0.95 and result.score_after < result.threshold <= result.score_before
     assert set(result.initial.neurons[PlantedDenoiser.A]) >= {3} and result.initial.num_neurons >= 2
     assert 2 * result.score_checks <= result.unet_evaluations < 6 * result.score_checks  # early exits
 
-    full = localize_memorization_neurons(pipe, "a memorized prompt", stats, seeds=6, num_inference_steps=10,
-                                         refinement=refinement, early_exit=False)
+    whole = NeMoScorerConfig(seeds=6, num_inference_steps=10, early_exit=False)
+    full = localize_memorization_neurons(pipe, "a memorized prompt", stats, refinement=refinement, scorer=whole)
     assert full.refined == result.refined and full.score_checks == result.score_checks
     assert full.unet_evaluations == 6 * full.score_checks  # every seed in every check
 
-    quiet = localize_memorization_neurons(pipe, "ordinary prompt number 3", stats, seeds=6, num_inference_steps=10)
+    with pytest.warns(FutureWarning, match="scorer=NeMoScorerConfig"):  # scorer fields passed loose: deprecated
+        quiet = localize_memorization_neurons(pipe, "ordinary prompt number 3", stats, seeds=6, num_inference_steps=10)
     assert not quiet.memorized and quiet.refined.neurons == {} and quiet.unet_evaluations == 6
 
 
 def test_early_exit_gives_the_full_scores_decisions(planted):
-    from hf_memory.nemo_localization import _Scorer
-
     pipe, stats = planted
     A, B = PlantedDenoiser.A, PlantedDenoiser.B
     configs = [{A: [3]}, {B: [5]}, {A: [3], B: [5]}, {A: [0, 1]}, {A: [3, 4], B: [5, 6]}, {B: [0]}]
-    full = _Scorer(pipe, "a memorized prompt", 6, num_inference_steps=10, cache=False)
-    staged = _Scorer(pipe, "a memorized prompt", 6, num_inference_steps=10)
+    full = MemorizationScorer(
+        pipe, "a memorized prompt", NeMoScorerConfig(seeds=6, num_inference_steps=10, cache=False)
+    )
+    staged = MemorizationScorer(pipe, "a memorized prompt", SIX)
     staged()  # the unhooked score orders the seeds, as localization does first
     for neurons in configs:
         before = staged.unet_evaluations
@@ -438,7 +494,7 @@ def test_early_exit_gives_the_full_scores_decisions(planted):
 
 def test_group_refinement_needs_fewer_checks_than_one_at_a_time(planted):
     pipe, stats = planted
-    kwargs = dict(seeds=6, num_inference_steps=10, theta=1.0, min_theta=1.0, max_k=16)  # start from a wide selection
+    kwargs = {"scorer": SIX, "theta": 1.0, "min_theta": 1.0, "max_k": 16}  # start from a wide selection
     group = localize_memorization_neurons(pipe, "a memorized prompt", stats, refinement="group", **kwargs)
     greedy = localize_memorization_neurons(pipe, "a memorized prompt", stats, refinement="greedy", **kwargs)
     assert group.refined == greedy.refined
@@ -491,17 +547,24 @@ def test_localization_bad_input(planted, pipe):
     with pytest.raises(ValueError, match="Unknown layer"):
         localize_memorization_neurons(pipe, "a red circle", stats)  # statistics of another model
     with pytest.raises(TypeError, match="tokenizer"):
-        memorization_score(SimpleNamespace(unet=tiny_unet()), "a red circle")
+        nemo_memorization_score(SimpleNamespace(unet=tiny_unet()), "a red circle")
+    with pytest.raises(TypeError, match="inside `scorer`"):
+        localize_memorization_neurons(planted_pipe, "a memorized prompt", stats, scorer=SIX, seeds=4)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        localize_memorization_neurons(planted_pipe, "a memorized prompt", stats, thetas=2.0)
+    with pytest.raises(TypeError, match="NeMoScorerConfig"):
+        localize_memorization_neurons(planted_pipe, "a memorized prompt", stats, scorer={"seeds": 4})
 
 
 def test_localization_runs_on_a_real_tiny_pipeline(pipe):
-    stats = compute_activation_statistics(pipe, ["a red circle", "the big dog", "a photo of a cat"], seeds=3,
-                                          num_inference_steps=2, show_progress=False)
+    three = NeMoScorerConfig(seeds=3, num_inference_steps=2)
+    stats = compute_activation_statistics(
+        pipe, ["a red circle", "the big dog", "a photo of a cat"], scorer=three, show_progress=False
+    )
     acts = value_activations(pipe.unet, stats.layers, pipe.encode_prompt("a blue square", "cpu", 1, False)[0])
     assert [a.shape for a in acts.values()] == [(1, 8), (1, 16), (1, 16)]
-    score = memorization_score(pipe, "a blue square", seeds=3, num_inference_steps=2)
-    result = localize_memorization_neurons(pipe, "a blue square", stats, threshold=score - 1e-3, seeds=3,
-                                           num_inference_steps=2, max_k=4)
+    score = nemo_memorization_score(pipe, "a blue square", scorer=three)
+    result = localize_memorization_neurons(pipe, "a blue square", stats, threshold=score - 1e-3, max_k=4, scorer=three)
     assert result.memorized and result.score_before == pytest.approx(score)
     if result.score_initial < result.threshold:
         assert result.score_after < result.threshold
@@ -510,6 +573,7 @@ def test_localization_runs_on_a_real_tiny_pipeline(pipe):
     remove_nemo(pipe)
 
 
+@pytest.mark.slow
 def test_tiny_memorization_example_runs(tmp_path):
     from tests.conftest import load_example
 
@@ -522,4 +586,6 @@ def test_tiny_memorization_example_runs(tmp_path):
         torch.set_num_threads(threads)
     assert {"statistics", "detection", "localization", "value_channels"} <= set(results)
     assert results["value_channels"] > 0
-    assert all((tmp_path / name).exists() for name in ("pipeline", "results.json", "statistics.safetensors"))
+    assert all(
+        (tmp_path / name).exists() for name in ("pipeline", "results.json", "nemo_activation_statistics.safetensors")
+    )

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_memory.extraction import measure_extraction
-from hf_memory.latent import _greedy_suffixes
-from hf_memory.signals import (
+from hf_memory.analysis import (
     MemorizationPredictor,
     MemorizationSignals,
     extraction_labels,
@@ -19,10 +17,12 @@ from hf_memory.signals import (
     representation_similarity,
     token_entropy,
 )
+from hf_memory.analysis.latent import _greedy_suffixes
+from hf_memory.extraction import measure_extraction
 from tests.conftest import TINY_VOCAB, tiny_causal_lm
 
-PREFIX, SUFFIX = 6, 10
 
+PREFIX, SUFFIX = 6, 10
 
 
 def random_windows(n=6, length=PREFIX + SUFFIX, seed=0):
@@ -61,11 +61,15 @@ def test_signals_match_a_manual_forward(tiny_arch):
     suffix = logits[:, PREFIX - 1 :]
     probs = suffix.softmax(-1)
     np.testing.assert_allclose(signals.confidence, probs.amax(-1).mean(-1).numpy(), rtol=1e-4)
-    np.testing.assert_allclose(signals.true_prob, probs.gather(-1, windows[:, PREFIX:, None])[..., 0].mean(-1).numpy(), rtol=1e-4)
+    np.testing.assert_allclose(
+        signals.true_prob, probs.gather(-1, windows[:, PREFIX:, None])[..., 0].mean(-1).numpy(), rtol=1e-4
+    )
     np.testing.assert_allclose(signals.logit_mean, suffix.mean((1, 2)).numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(signals.logit_var, suffix.var(-1, unbiased=False).mean(-1).numpy(), rtol=1e-4)
     assert signals.hidden.shape == (3, 5, 32)  # embeddings + 2 layers
-    np.testing.assert_allclose(signals.hidden[-1], out.hidden_states[-1][:, PREFIX:].mean(1).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        signals.hidden[-1], out.hidden_states[-1][:, PREFIX:].mean(1).numpy(), rtol=1e-4, atol=1e-6
+    )
     # offsets: 0 = the first suffix token (predicted from the last prefix position)
     assert signals.entropy_offsets.tolist() == list(range(1 - PREFIX, SUFFIX))
     assert signals.ngram_offsets.tolist() == list(range(-PREFIX, SUFFIX))
@@ -75,7 +79,9 @@ def test_signals_match_a_manual_forward(tiny_arch):
 def test_memorized_windows_have_true_token_as_most_likely():
     model = tiny_causal_lm("llama", hidden=32).eval()
     memorized = memorization_signals(model, greedy_windows(model), PREFIX, SUFFIX, show_progress=False)
-    unmemorized = memorization_signals(model, random_windows(seed=1), PREFIX, SUFFIX, hidden_states=False, show_progress=False)
+    unmemorized = memorization_signals(
+        model, random_windows(seed=1), PREFIX, SUFFIX, hidden_states=False, show_progress=False
+    )
     np.testing.assert_allclose(memorized.true_prob, memorized.confidence, rtol=1e-5)
     assert (unmemorized.true_prob < unmemorized.confidence).all()
     assert unmemorized.hidden is None
@@ -105,16 +111,21 @@ def test_ngram_counts_across_the_boundary():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(prefix_len=10, suffix_len=7), r"`sequences\[0\]` has 16 tokens, fewer than prefix_len \+ suffix_len = 17"),
-        (dict(sequences=[]), "`sequences` is empty"),
-        (dict(pool="mean"), "`pool` must be one of 'all', 'prefix', 'suffix'"),
-        (dict(prefix_len=0), "`prefix_len` must be a positive integer"),
+        (
+            {"prefix_len": 10, "suffix_len": 7},
+            r"`sequences\[0\]` has 16 tokens, fewer than prefix_len \+ suffix_len = 17",
+        ),
+        ({"sequences": []}, "`sequences` is empty"),
+        ({"pool": "mean"}, "`pool` must be one of 'all', 'prefix', 'suffix'"),
+        ({"prefix_len": 0}, "`prefix_len` must be an integer >= 1"),
     ],
 )
 def test_signals_bad_input(kwargs, match):
     model = tiny_causal_lm("llama")
     with pytest.raises(ValueError, match=match):
-        memorization_signals(model, **(dict(sequences=random_windows(n=2), prefix_len=PREFIX, suffix_len=SUFFIX) | kwargs))
+        memorization_signals(
+            model, **({"sequences": random_windows(n=2), "prefix_len": PREFIX, "suffix_len": SUFFIX} | kwargs)
+        )
 
 
 def test_representation_similarity_from_token_spans():
@@ -151,9 +162,16 @@ def synthetic_signals(n, seed=0):
     labels = np.arange(n) % 2
     entropy = rng.normal(2.0, 0.1, (n, 7)) - labels[:, None] * (np.arange(7) >= 3)  # memorized: entropy drops at 0
     signals = MemorizationSignals(
-        confidence=rng.normal(0.5, 0.1, n) + 0.4 * labels, true_prob=rng.normal(0.3, 0.1, n), logit_mean=rng.normal(size=n),
-        logit_var=rng.normal(size=n), entropy=entropy, entropy_offsets=np.arange(-3, 4), ngram_offsets=np.arange(-4, 4),
-        hidden=rng.normal(size=(2, n, 4)), prefix_len=4, suffix_len=4,
+        confidence=rng.normal(0.5, 0.1, n) + 0.4 * labels,
+        true_prob=rng.normal(0.3, 0.1, n),
+        logit_mean=rng.normal(size=n),
+        logit_var=rng.normal(size=n),
+        entropy=entropy,
+        entropy_offsets=np.arange(-3, 4),
+        ngram_offsets=np.arange(-4, 4),
+        hidden=rng.normal(size=(2, n, 4)),
+        prefix_len=4,
+        suffix_len=4,
     )
     return signals, labels
 
@@ -210,5 +228,7 @@ def test_signals_on_smollm2(smollm2):
     assert signals.confidence[0] > signals.confidence[1] and signals.true_prob[0] > 2 * signals.true_prob[1]
     _, entropy = signals.boundary("entropy", 8)
     assert entropy[0].mean() < entropy[1].mean()
-    sim = representation_similarity(model, {"Python": ["I write Python code.", "Python is a language", "Learn Python"]}, tok)
+    sim = representation_similarity(
+        model, {"Python": ["I write Python code.", "Python is a language", "Learn Python"]}, tok
+    )
     assert sim.mean.shape == (model.config.num_hidden_layers + 1,) and (sim.mean[1:] > 0).all()

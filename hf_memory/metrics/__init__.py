@@ -1,1 +1,9 @@
-"""`evaluate` metrics shipped with hf-memory; load them with `evaluate.load(path)`."""
+"""`evaluate` metric modules shipped with hf-memory, each in its own folder as evaluate's metrics are."""
+
+import os
+
+
+# `evaluate.load(EXTRACTABLE_MEMORIZATION)` loads the metric offline from its folder.
+EXTRACTABLE_MEMORIZATION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "extractable_memorization")
+
+__all__ = ["EXTRACTABLE_MEMORIZATION"]

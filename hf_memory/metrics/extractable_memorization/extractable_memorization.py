@@ -14,9 +14,8 @@
 """Extractable memorization: how much of a training-data continuation a model reproduces from its prefix."""
 
 import datasets
-import numpy as np
-
 import evaluate
+import numpy as np
 
 
 _CITATION = """\

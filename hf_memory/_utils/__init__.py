@@ -1,0 +1,34 @@
+"""Internals shared by the capabilities (diffusers' `hooks/_common.py` pattern): import from here, never from a
+sibling capability's private names."""
+
+from .architectures import FFN_LAYOUTS, FINAL_NORM, LayerStack, find_layers
+from .checks import as_token_ids, check_choice, check_integer, check_number
+from .config import HubConfigMixin
+from .imports import EXTRAS, is_available, require_extra
+from .lazy import lazy_getattr
+from .modeling import cache_io, eval_mode, model_device, restored, supports_logits_to_keep
+from .sequences import as_sequences, leading_windows
+
+
+__all__ = [
+    "EXTRAS",
+    "FFN_LAYOUTS",
+    "FINAL_NORM",
+    "HubConfigMixin",
+    "LayerStack",
+    "as_sequences",
+    "as_token_ids",
+    "cache_io",
+    "check_choice",
+    "check_integer",
+    "check_number",
+    "eval_mode",
+    "find_layers",
+    "is_available",
+    "lazy_getattr",
+    "leading_windows",
+    "model_device",
+    "require_extra",
+    "restored",
+    "supports_logits_to_keep",
+]

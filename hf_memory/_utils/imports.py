@@ -1,0 +1,40 @@
+"""Optional dependencies: each capability checks its extra once, and a missing one names the install command."""
+
+from __future__ import annotations
+
+import importlib.util
+
+
+# extra -> the modules it installs that the code imports
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "trl": ("trl",),
+    "diffusers": ("diffusers", "torchmetrics", "safetensors"),
+    "analysis": ("sklearn", "rapidfuzz", "scipy"),
+    "plots": ("matplotlib",),
+}
+
+
+def is_available(module: str) -> bool:
+    """Whether `module` can be imported (without importing it).
+
+    Args:
+        module: A top-level module name, e.g. "diffusers".
+    """
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules, or without a spec
+        return False
+
+
+def require_extra(extra: str, feature: str) -> None:
+    """Raise an `ImportError` naming `pip install "hf-memory[extra]"` if a module of `extra` is missing.
+
+    Args:
+        extra: A key of `EXTRAS`.
+        feature: What needs it, in the user's words (shown in the message).
+    """
+    missing = [module for module in EXTRAS[extra] if not is_available(module)]
+    if missing:
+        raise ImportError(
+            f'{feature} needs {", ".join(missing)}, which is not installed: run `pip install "hf-memory[{extra}]"`.'
+        )

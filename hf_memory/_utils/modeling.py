@@ -1,0 +1,93 @@
+"""Model plumbing shared by the capabilities: forward-signature probes and context managers that restore a model."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+
+
+def cache_io(model) -> tuple[str, Callable]:
+    """The KV-cache keyword of `model.forward` and a getter for the cache in its output.
+
+    transformers renamed `past_key_values` to `cache` (forward keyword and output field): both are supported.
+
+    Args:
+        model: A transformers model.
+
+    Returns:
+        `(name, get)`: the keyword to pass the cache with, and `get(output)` returning the output's cache.
+    """
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return name, lambda out: getattr(out, name)
+
+
+def supports_logits_to_keep(model) -> bool:
+    """Whether `model.forward` takes `logits_to_keep` (compute the logits of the last positions only).
+
+    Args:
+        model: A transformers model.
+    """
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def model_device(model) -> torch.device:
+    """The device of the model's first parameter.
+
+    Args:
+        model: A `torch.nn.Module` with at least one parameter.
+    """
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """Put `model` in eval mode inside the block; give it back its `training` flag on every exit path.
+
+    Args:
+        model: A `torch.nn.Module`.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def restored(
+    model, names: Iterable[str] | None = None, grads: bool = False
+) -> Iterator[tuple[dict[str, torch.nn.Parameter], dict[str, torch.Tensor]]]:
+    """Save parameters and give them back bit-exactly on every exit path (exceptions and KeyboardInterrupt included).
+
+    Yields `(parameters, saved)`: the saved parameters by name and a clone of each one's value. On exit every
+    saved value is copied back, `requires_grad` of *all* parameters and `model.training` are restored, and with
+    `grads=True` the saved parameters' `.grad` too.
+
+    Args:
+        model: A `torch.nn.Module`.
+        names: Names (as in `model.named_parameters()`) of the parameters to save; None saves all of them.
+        grads: Also save and restore `.grad` of the saved parameters.
+    """
+    params = dict(model.named_parameters())  # shared (tied) tensors appear once
+    chosen = params if names is None else {name: params[name] for name in names}
+    with torch.no_grad():
+        saved = {name: p.detach().clone() for name, p in chosen.items()}
+    requires_grad = {name: p.requires_grad for name, p in params.items()}
+    saved_grads = {name: p.grad for name, p in chosen.items()} if grads else None
+    was_training = model.training
+    try:
+        yield chosen, saved
+    finally:
+        with torch.no_grad():
+            for name, p in chosen.items():
+                p.copy_(saved[name])
+        for name, p in params.items():
+            p.requires_grad_(requires_grad[name])
+        if saved_grads is not None:
+            for name, p in chosen.items():
+                p.grad = saved_grads[name]
+        model.train(was_training)

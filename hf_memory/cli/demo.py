@@ -1,0 +1,176 @@
+"""The main job on the embedded model: fine-tune with the standard loss and with goldfish, measure extraction.
+
+Both arms start from the same weights and see the same batches; only the loss differs. After every epoch the
+extraction harness scores the training documents (greedy `suffix_len` tokens from each document's first
+`prefix_len`); at the end each arm's loss on held-out documents (every token counted) shows what the model kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import time
+
+import torch
+from datasets import Dataset
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers.utils import logging as hf_logging
+
+from ..data import document_windows, stdlib_docstrings
+from ..extraction import measure_extraction
+from ..goldfish import GoldfishTrainer, GoldfishTrainingArguments
+from ..models import load_model
+
+
+CURVES = ("exact_match", "memorization_score")
+
+
+class ExtractionCallback(TrainerCallback):
+    """Measures extraction of the training documents at the end of every epoch."""
+
+    def __init__(self, windows, prefix_len, suffix_len):
+        self.windows, self.prefix_len, self.suffix_len = windows, prefix_len, suffix_len
+        self.history = []
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        result = measure_extraction(model, self.windows, self.prefix_len, self.suffix_len, show_progress=False)
+        self.history.append({"epoch": round(state.epoch), **result.metrics})
+
+
+def _arm_args(args_class, output_dir, epochs, lr, batch_size, seed, **extra):
+    return args_class(
+        output_dir=output_dir,
+        num_train_epochs=epochs,
+        learning_rate=lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        logging_strategy="epoch",
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+        **extra,
+    )
+
+
+def plot_curves(histories: dict, before: dict, path: str, title: str) -> None:
+    """Memorization of the training documents against epoch, one line per arm, for each metric in CURVES."""
+    from .._utils import require_extra
+
+    require_extra("plots", "The demo's plot")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(11, 4))
+    labels = {"exact_match": "exact extraction (%)", "memorization_score": "positional score (%)"}
+    for ax, metric in zip(axes, CURVES):
+        for arm, history in histories.items():
+            epochs = [0] + [h["epoch"] for h in history]
+            values = [100 * before[metric]] + [100 * h[metric] for h in history]
+            ax.plot(epochs, values, marker="o", label=arm)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(labels[metric])
+        ax.set_ylim(-3, 103)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_demo(
+    model: str | None = None,
+    gguf_file: str | None = None,
+    docs: int = 24,
+    held_out: int = 16,
+    epochs: int = 12,
+    lr: float = 2e-4,
+    batch_size: int = 8,
+    prefix_len: int = 32,
+    suffix_len: int = 32,
+    goldfish_k: int = 4,
+    goldfish_h: int = 13,
+    seed: int = 0,
+    out_dir: str = "demo_output",
+) -> dict:
+    """Fine-tune two copies of one model (standard loss, goldfish) and report extraction and held-out loss for each."""
+    hf_logging.set_verbosity_warning()
+    started = time.time()
+    base, tokenizer = load_model(model, gguf_file)
+    base.to("cuda" if torch.cuda.is_available() else "cpu")
+    windows = document_windows(tokenizer, stdlib_docstrings(), prefix_len + suffix_len)
+    if len(windows) < docs + held_out:
+        raise ValueError(
+            f"`docs` + `held_out` must be at most {len(windows)} (documents of {prefix_len + suffix_len} tokens), "
+            f"got {docs} + {held_out}."
+        )
+    train, held = windows[:docs], windows[docs : docs + held_out]
+    train_data = Dataset.from_dict({"input_ids": train, "labels": train})
+    held_data = Dataset.from_dict({"input_ids": held, "labels": held})
+
+    arms = {
+        "standard": (TrainingArguments, Trainer, {}),
+        f"goldfish (k={goldfish_k})": (
+            GoldfishTrainingArguments,
+            GoldfishTrainer,
+            {"goldfish_k": goldfish_k, "goldfish_h": goldfish_h},
+        ),
+    }
+    results, histories = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        before = measure_extraction(base, train, prefix_len, suffix_len, show_progress=False).metrics
+        reference = Trainer(model=base, args=_arm_args(TrainingArguments, f"{tmp}/before", 1, lr, batch_size, seed))
+        results["before fine-tuning"] = {**before, "held_out_loss": reference.evaluate(held_data)["eval_loss"]}
+        for name, (args_class, trainer_class, extra) in arms.items():
+            print(f"\n[{name}] fine-tuning on {docs} documents for {epochs} epochs")
+            callback = ExtractionCallback(train, prefix_len, suffix_len)
+            args = _arm_args(args_class, f"{tmp}/{len(results)}", epochs, lr, batch_size, seed, **extra)
+            trainer = trainer_class(
+                model=copy.deepcopy(base),
+                args=args,
+                train_dataset=train_data,
+                data_collator=default_data_collator,
+                callbacks=[callback],
+            )
+            trainer.train()
+            results[name] = {**callback.history[-1], "held_out_loss": trainer.evaluate(held_data)["eval_loss"]}
+            results[name].pop("epoch")
+            histories[name] = callback.history
+            del trainer
+
+    print(
+        f"\nExtraction of {docs} training documents: greedy {suffix_len} tokens from a {prefix_len}-token prefix; "
+        f"loss on {held_out} held-out documents"
+    )
+    print(f"{'model':<22}{'exact extraction':>18}{'positional score':>18}{'ROUGE-L':>10}{'held-out loss':>15}")
+    for name, r in results.items():
+        print(
+            f"{name:<22}{100 * r['exact_match']:>17.1f}%{100 * r['memorization_score']:>17.1f}%"
+            f"{r['rouge_l']:>10.3f}{r['held_out_loss']:>15.3f}"
+        )
+
+    os.makedirs(out_dir, exist_ok=True)
+    plot = os.path.join(out_dir, "goldfish_demo.png")
+    plot_curves(
+        histories,
+        before,
+        plot,
+        f"Memorization of {docs} fine-tuning documents ({base.config.model_type}, "
+        f"{sum(p.numel() for p in base.parameters()) / 1e6:.0f}M parameters)",
+    )
+    with open(os.path.join(out_dir, "goldfish_demo.json"), "w") as f:
+        json.dump({"results": results, "histories": histories}, f, indent=2)
+    print(
+        f"\nplot: {plot}   results: {os.path.join(out_dir, 'goldfish_demo.json')}   "
+        f"(total {time.time() - started:.0f} s on {base.device})"
+    )
+    return {"results": results, "histories": histories}

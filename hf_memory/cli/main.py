@@ -1,0 +1,127 @@
+"""`hf-memory` command line: `demo` (goldfish vs standard fine-tuning) and `measure` (extractable memorization)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _add_model_arguments(parser):
+    parser.add_argument(
+        "--model", default=None, help="Local model folder (default: the embedded SmolLM2-135M-Instruct)."
+    )
+    parser.add_argument(
+        "--gguf-file", default=None, help="GGUF file name inside --model, if the model is a GGUF file."
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-memory", description="Measure, prevent and use memorization.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="Fine-tune the embedded SmolLM2 with the standard loss and with goldfish; measure extraction."
+    )
+    _add_model_arguments(demo)
+    demo.add_argument("--docs", type=int, default=24, help="Number of training documents.")
+    demo.add_argument("--held-out", type=int, default=16, help="Number of held-out documents for the loss.")
+    demo.add_argument("--epochs", type=int, default=12, help="Fine-tuning epochs per arm.")
+    demo.add_argument("--lr", type=float, default=2e-4, help="Learning rate (constant).")
+    demo.add_argument("--batch-size", type=int, default=8)
+    demo.add_argument("--prefix", type=int, default=32, help="Prefix tokens given to the model.")
+    demo.add_argument("--suffix", type=int, default=32, help="Suffix tokens it must reproduce.")
+    demo.add_argument("--goldfish-k", type=int, default=4)
+    demo.add_argument("--goldfish-h", type=int, default=13)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out-dir", default="demo_output", help="Where the plot and the JSON results go.")
+
+    measure = commands.add_parser("measure", help="Extractable memorization of documents under greedy decoding.")
+    _add_model_arguments(measure)
+    measure.add_argument("--data", nargs="+", required=True, help="Text files, .jsonl files, or save_to_disk folders.")
+    measure.add_argument("--text-field", default="text", help="Text column / JSON key when there is no input_ids.")
+    measure.add_argument("--prefix", type=int, default=32)
+    measure.add_argument("--suffix", type=int, default=32)
+    measure.add_argument(
+        "--stride", type=int, default=None, help="A window every N tokens (default: one per document)."
+    )
+    measure.add_argument("--batch-size", type=int, default=64)
+    measure.add_argument("--method", default="auto", choices=["auto", "prefix", "generate"])
+    measure.add_argument("--out", default=None, help="Write one JSON line per window here.")
+    return parser
+
+
+def run_measure(args) -> dict:
+    from ..data import load_token_sequences
+    from ..extraction import measure_extraction
+    from ..models import load_model
+
+    model, tokenizer = load_model(args.model, args.gguf_file)
+    sequences, sources = load_token_sequences(args.data, tokenizer, args.text_field)
+    result = measure_extraction(
+        model,
+        sequences,
+        prefix_len=args.prefix,
+        suffix_len=args.suffix,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        method=args.method,
+    )
+    print(
+        f"\n{len(result.predictions)} windows of {args.prefix}+{args.suffix} tokens from {len(sequences)} documents "
+        f"({result.num_skipped} too short, skipped)"
+    )
+    print(f"{'metric':<24}{'value':>10}")
+    for name, value in result.metrics.items():
+        print(f"{name:<24}{value:>10.4f}")
+    if args.out:
+        per_sample = result.per_sample() if args.method != "prefix" else {}
+        with open(args.out, "w", encoding="utf-8") as f:
+            for i, ((seq, start), pred, ref) in enumerate(zip(result.windows, result.predictions, result.references)):
+                row = {
+                    "source": sources[seq],
+                    "start": start,
+                    "longest_common_prefix": result.longest_common_prefix[i],
+                }
+                row.update(
+                    {k.removesuffix("_per_sample"): v[i] for k, v in per_sample.items() if k.endswith("_per_sample")}
+                )
+                row.update(
+                    {
+                        "prediction": pred,
+                        "reference": ref,
+                        "prediction_text": tokenizer.decode(pred),
+                        "reference_text": tokenizer.decode(ref),
+                    }
+                )
+                f.write(json.dumps(row) + "\n")
+        print(f"per-window results: {args.out}")
+    return result.metrics
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(
+            model=args.model,
+            gguf_file=args.gguf_file,
+            docs=args.docs,
+            held_out=args.held_out,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            prefix_len=args.prefix,
+            suffix_len=args.suffix,
+            goldfish_k=args.goldfish_k,
+            goldfish_h=args.goldfish_h,
+            seed=args.seed,
+            out_dir=args.out_dir,
+        )
+    elif args.command == "measure":
+        run_measure(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Documents present on every machine: the docstrings of Python's standard library (no copied prose is shipped)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+
+# Modules whose long docstrings make varied, English, self-contained documents.
+STDLIB_MODULES = (
+    "json",
+    "csv",
+    "argparse",
+    "functools",
+    "itertools",
+    "collections",
+    "textwrap",
+    "heapq",
+    "bisect",
+    "shutil",
+    "tempfile",
+    "subprocess",
+    "threading",
+    "logging",
+    "pathlib",
+    "dataclasses",
+    "contextlib",
+    "inspect",
+    "pickle",
+    "random",
+    "statistics",
+    "fractions",
+    "decimal",
+    "calendar",
+    "string",
+    "difflib",
+    "zipfile",
+    "tarfile",
+    "gzip",
+    "base64",
+    "hashlib",
+    "hmac",
+    "secrets",
+    "uuid",
+    "socket",
+    "selectors",
+    "sched",
+    "queue",
+    "weakref",
+    "copy",
+    "pprint",
+    "enum",
+    "operator",
+    "typing",
+    "abc",
+    "unittest",
+    "doctest",
+    "shlex",
+    "fnmatch",
+    "glob",
+    "locale",
+    "gettext",
+    "codecs",
+    "unicodedata",
+    "struct",
+    "array",
+    "io",
+)
+
+
+def stdlib_docstrings(min_chars: int = 400, max_docs: int | None = None) -> list[str]:
+    """Docstrings of standard-library modules, classes and functions, at least `min_chars` long, in a fixed order."""
+    docs, seen = [], set()
+    for name in STDLIB_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # a platform without this module
+            continue
+        members = [module] + [
+            obj for _, obj in sorted(vars(module).items()) if inspect.isclass(obj) or inspect.isfunction(obj)
+        ]
+        for obj in members:
+            doc = inspect.getdoc(obj)
+            if doc and len(doc) >= min_chars and doc not in seen:
+                seen.add(doc)
+                docs.append(doc)
+                if max_docs is not None and len(docs) >= max_docs:
+                    return docs
+    return docs
+
+
+def document_windows(tokenizer, texts, length: int) -> list[list[int]]:
+    """The first `length` tokens of each text that has that many (no special tokens added)."""
+    windows = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= length:
+            windows.append(ids[:length])
+    return windows

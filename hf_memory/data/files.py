@@ -1,0 +1,55 @@
+"""Read token sequences for the CLI: text files, JSON Lines, or a dataset saved with `save_to_disk`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def _is_saved_dataset(path: str) -> bool:
+    return os.path.isdir(path) and (
+        os.path.exists(os.path.join(path, "dataset_info.json"))
+        or os.path.exists(os.path.join(path, "dataset_dict.json"))
+    )
+
+
+def load_token_sequences(paths, tokenizer, text_field: str = "text") -> tuple[list[list[int]], list[str]]:
+    """Token id sequences and, per sequence, where it came from.
+
+    A text file is one document; a `.jsonl` file holds one JSON object per line with `input_ids` or `text_field`;
+    a folder written by `Dataset.save_to_disk` gives its `input_ids` column, or else its `text_field` column. Text is
+    tokenized without special tokens, as documents are usually seen in training.
+    """
+    sequences, sources = [], []
+
+    def add_text_or_ids(record: dict, where: str):
+        if "input_ids" in record:
+            sequences.append([int(t) for t in record["input_ids"]])
+        elif text_field in record:
+            sequences.append(tokenizer(record[text_field], add_special_tokens=False)["input_ids"])
+        else:
+            raise ValueError(f"{where} has neither `input_ids` nor `{text_field}` (set --text-field).")
+        sources.append(where)
+
+    for path in paths:
+        if _is_saved_dataset(path):
+            from datasets import DatasetDict, load_from_disk
+
+            data = load_from_disk(path)
+            splits = data.items() if isinstance(data, DatasetDict) else [(None, data)]
+            for split, dataset in splits:
+                for i, row in enumerate(dataset):
+                    add_text_or_ids(row, f"{path}{'/' + split if split else ''}[{i}]")
+        elif path.endswith((".jsonl", ".json")):
+            with open(path, encoding="utf-8") as f:
+                for line_no, line in enumerate(f, 1):
+                    if line.strip():
+                        add_text_or_ids(json.loads(line), f"{path}:{line_no}")
+        elif os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                add_text_or_ids({text_field: f.read()}, path)
+        else:
+            raise ValueError(f"`--data` {path!r} is not a file or a saved dataset folder.")
+    if not sequences:
+        raise ValueError("`--data` gave no documents.")
+    return sequences, sources

@@ -1,0 +1,41 @@
+"""Tokenizers built on the spot, for examples and tests that must not download one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def word_level_tokenizer(words: Sequence[str], max_length: int = 16):
+    """A word-level `PreTrainedTokenizerFast`: `<pad>`=0, `<bos>`=1, `<eos>`=2, `<unk>`=3, then `words` in order.
+
+    Text is split on whitespace and punctuation; every encoding is wrapped in `<bos> ... <eos>`.
+
+    Args:
+        words: The vocabulary after the four special tokens, in id order (no duplicates).
+        max_length: The tokenizer's `model_max_length`.
+
+    Example:
+        >>> tok = word_level_tokenizer(["red", "circle"], max_length=8)
+        >>> tok("red circle")["input_ids"], len(tok)
+        ([1, 4, 5, 2], 6)
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = list(words)
+    if any(not isinstance(word, str) or not word for word in words) or len(set(words)) != len(words):
+        raise ValueError("`words` must be distinct non-empty strings.")
+    vocab = {token: i for i, token in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        model_max_length=max_length,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+    )

@@ -1,0 +1,17 @@
+"""Extractable memorization: greedy extraction of training suffixes at forward-pass cost, scored by the
+`extractable_memorization` metric (`evaluate.load(EXTRACTABLE_MEMORIZATION)`)."""
+
+from ..metrics import EXTRACTABLE_MEMORIZATION
+from ..metrics.extractable_memorization.extractable_memorization import extraction_scores
+from .harness import EXTRACTION_METHODS, ExtractionResult, measure_extraction
+from .windows import extraction_windows
+
+
+__all__ = [
+    "EXTRACTABLE_MEMORIZATION",
+    "EXTRACTION_METHODS",
+    "ExtractionResult",
+    "extraction_scores",
+    "extraction_windows",
+    "measure_extraction",
+]

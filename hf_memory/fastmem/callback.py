@@ -1,0 +1,61 @@
+"""FastMem inside Trainer / Seq2SeqTrainer evaluation and prediction with `predict_with_generate=True`.
+
+Mechanism: Seq2SeqTrainer generates by calling `model.generate(**inputs, **gen_kwargs)` once per batch. When the
+Trainer is built, the callback wraps that model's `generate` (an attribute of the instance; the class is untouched):
+while the model is in eval mode, each call memorizes the batch's prompts (one set of FFN weights per prompt, the
+batch at once), generates, and restores the weights before returning. Training never calls `generate` and runs in
+train mode, so it is untouched; calls made while a `FastMem.memorize` is already active pass straight through.
+"""
+
+from __future__ import annotations
+
+from transformers import TrainerCallback
+
+from .config import FastMemConfig
+from .fastmem import FastMem, fastmem_generate, is_memorizing
+
+
+_WRAPPED = "_hf_memory_fastmem_generate"
+
+
+class FastMemCallback(TrainerCallback):
+    """Memorize every evaluation / prediction prompt before generating it, inside Trainer or Seq2SeqTrainer.
+
+    Example:
+        >>> callback = FastMemCallback(FastMemConfig(steps=10, lr=1e-4))
+        >>> # Seq2SeqTrainer(model, Seq2SeqTrainingArguments(..., predict_with_generate=True), callbacks=[callback])
+        >>> callback.config.steps
+        10
+    """
+
+    def __init__(self, config: FastMemConfig | None = None):
+        self.config = config if config is not None else FastMemConfig()
+        if not isinstance(self.config, FastMemConfig):
+            raise TypeError(f"`config` must be a FastMemConfig, got {type(self.config).__name__}.")
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            self.attach(model)
+
+    def attach(self, model) -> None:
+        """Wrap `model.generate` (also done by the Trainer at construction). Errors early on an unsupported model."""
+        FastMem(model, self.config)  # validates the architecture, layer and contrastive setting now, not mid-eval
+        if getattr(model.generate, _WRAPPED, None) is not None:
+            if getattr(model.generate, _WRAPPED) is self:
+                return
+            raise RuntimeError("this model's generate is already wrapped by another FastMemCallback: detach it first.")
+        original = model.generate
+
+        def generate(*args, **kwargs):
+            if model.training or is_memorizing(model):
+                return original(*args, **kwargs)
+            input_ids = kwargs.pop("input_ids") if "input_ids" in kwargs else args[0]
+            return fastmem_generate(model, input_ids, self.config, **kwargs)
+
+        setattr(generate, _WRAPPED, self)
+        model.generate = generate
+
+    def detach(self, model) -> None:
+        """Give the model its own `generate` back."""
+        if getattr(model.generate, _WRAPPED, None) is self:
+            del model.generate

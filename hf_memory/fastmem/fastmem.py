@@ -1,0 +1,304 @@
+"""FastMem (Zhu et al. 2024): memorize the prompt before answering, so an instruction model follows its context.
+
+Before generating, only one layer's feed-forward block (by default the last) is fine-tuned for a few steps to raise
+the likelihood of the prompt, with a KL term that keeps the next-token distributions near the original model's.
+`FastMem.memorize` is a context manager: inside it the model generates with the memorized weights; on every exit
+(normal, exception, KeyboardInterrupt) the parameters, their `requires_grad` and `.grad`, and `model.training` are
+restored bit for bit.
+
+Why it is fast. Only the FFN of the last layer changes, so everything below it is computed once: the first forward
+caches the FFN's input and the rest of the layer's output, and every step is FFN → final norm → lm_head, with the
+loss's gradient with respect to the logits written in one pass (`MemorizationLoss`). The keys and values of every
+layer are unchanged by FastMem, so when the memorized tokens are the prompt, generation resumes from that first
+forward's KV cache. Contrastive decoding runs one trunk and two FFN heads (memorized and original) per token. A batch
+of prompts is memorized at once: each prompt gets its own copy of the FFN weights (a leading batch dimension), which
+AdamW updates independently, and the FFN's linear modules apply each row's weights to its own row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers.utils import logging
+
+from .._utils import FINAL_NORM, as_token_ids, cache_io, model_device, restored, supports_logits_to_keep
+from .config import FastMemConfig
+from .ffn import MemorizedFFN, clip_per_row
+from .inputs import loss_mask as _loss_mask
+from .inputs import position_ids as _position_ids
+from .inputs import prompt_batch
+from .loss import MemorizationLoss
+
+
+logger = logging.get_logger(__name__)
+
+_ACTIVE_ATTRIBUTE = "_hf_memory_fastmem_active"
+_LOCK = threading.Lock()
+
+
+def is_memorizing(model) -> bool:
+    """Whether a `FastMem.memorize` block is active on `model` right now.
+
+    Args:
+        model: A transformers model.
+    """
+    return bool(getattr(model, _ACTIVE_ATTRIBUTE, False))
+
+
+@contextlib.contextmanager
+def _exclusive(model) -> Iterator[None]:
+    """Mark `model` as memorizing for the block; refuse if it already is (from any thread)."""
+    with _LOCK:
+        if is_memorizing(model):
+            raise RuntimeError("FastMem.memorize is already active on this model: exit it before memorizing again.")
+        setattr(model, _ACTIVE_ATTRIBUTE, True)
+    try:
+        yield
+    finally:
+        setattr(model, _ACTIVE_ATTRIBUTE, False)
+
+
+@dataclass
+class MemorizedPrompt:
+    """What `FastMem.memorize` yields: the per-step losses (means over prompts) and, when the memorized tokens can seed
+    generation, the KV cache of all but the last token (`generate(input_ids=..., cache=...)` then skips the prefill)."""
+
+    loss: list[float] = field(default_factory=list)
+    nll: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    cache: object | None = None
+    fast_path: bool = False
+
+
+class FastMem:
+    """Memorize prompts into one FFN of `model`, temporarily.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> _ = torch.manual_seed(0)
+        >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+        ...     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+        >>> before = {k: v.clone() for k, v in model.state_dict().items()}
+        >>> with FastMem(model, FastMemConfig(steps=3, lr=1e-2)).memorize(torch.arange(10)) as memorized:
+        ...     memorized.nll[-1] < memorized.nll[0]
+        True
+        >>> all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        True
+    """
+
+    def __init__(self, model, config: FastMemConfig | None = None):
+        self.model = model
+        self.config = config if config is not None else FastMemConfig()
+        if not isinstance(self.config, FastMemConfig):
+            raise TypeError(f"`config` must be a FastMemConfig, got {type(self.config).__name__}.")
+        if getattr(model.config, "is_encoder_decoder", False):
+            raise NotImplementedError(
+                "FastMem memorizes the prompt of a decoder-only causal LM; this model is encoder-decoder."
+            )
+        self.ffn = MemorizedFFN(model, self.config)
+        if self.config.contrastive and not self.ffn.fast_path:
+            raise NotImplementedError(
+                f"`contrastive` needs the last layer's FFN (layer=-1) of an architecture in {sorted(FINAL_NORM)}; "
+                f"got layer={self.config.layer} on {model.config.model_type!r}."
+            )
+        self._cache_name, self._cache_of = cache_io(model)
+        self._position_ids = "position_ids" in inspect.signature(model.forward).parameters
+        self._logits_to_keep = supports_logits_to_keep(model)
+
+    @contextlib.contextmanager
+    def memorize(self, input_ids, loss_mask=None, attention_mask=None) -> Iterator[MemorizedPrompt]:
+        """Fine-tune the FFN on the prompt(s), yield a `MemorizedPrompt`, and restore the model on exit.
+
+        Inside the block the model generates with the memorized weights (row r of a batch with prompt r's). On every
+        exit path (normal, exception, KeyboardInterrupt) the FFN's parameters and their `.grad`, every parameter's
+        `requires_grad` and `model.training` are restored bit for bit. Two `memorize` blocks cannot be active on one
+        model at once (a `RuntimeError`, also across threads).
+
+        Args:
+            input_ids: One prompt (1-D) or a left-padded batch (2-D) of token ids.
+            loss_mask: Which tokens are memorized (same shape as `input_ids`); default: every real token after the
+                first.
+            attention_mask: For a padded batch, 1 on real tokens and 0 on padding.
+        """
+        model, ffn, config = self.model, self.ffn, self.config
+        ids, attention = prompt_batch(input_ids, attention_mask, model_device(model))
+        mask = _loss_mask(loss_mask, ids, attention)
+        trained = [name for name, _ in model.named_parameters() if name.rpartition(".")[0] in ffn.linears]
+        with contextlib.ExitStack() as stack:  # unwound in reverse: hooks, FFN patches, parameters, the lock
+            stack.enter_context(_exclusive(model))
+            stack.enter_context(restored(model, names=trained, grads=True))
+            stack.callback(ffn.reset)
+            for p in model.parameters():
+                p.requires_grad_(False)
+            model.eval()  # no dropout: the memorized distribution is the one generation will use
+            ffn.patch()
+            result = self._train(ids, attention, mask)
+            ffn.rows = {name: {k: t.detach() for k, t in tensors.items()} for name, tensors in ffn.rows.items()}
+            if ids.shape[0] == 1 and not config.contrastive:
+                with torch.no_grad():  # one prompt: write the weights in, so the model is a plain model inside
+                    for name in ffn.linears:
+                        for key, value in ffn.merged(name).items():
+                            getattr(ffn.linears[name], key).copy_(value)
+                ffn.reset()
+            elif config.contrastive:
+                for handle in self._contrastive_hooks(config.contrastive):
+                    stack.callback(handle.remove)
+            yield result
+
+    def _forward_kwargs(self, ids, attention, use_cache):
+        kwargs = {"input_ids": ids, "attention_mask": attention.long(), "use_cache": use_cache}
+        if self._position_ids:
+            kwargs["position_ids"] = _position_ids(attention)
+        return kwargs
+
+    def _train(self, ids, attention, mask) -> MemorizedPrompt:
+        config, model, ffn = self.config, self.model, self.ffn
+        inputs, in_mask, targets = ids[:, :-1], attention[:, :-1], ids[:, 1:][mask]
+        rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(mask)[mask]
+        counts = mask.sum(1)
+        weights = (1.0 / counts.float())[rows]
+        keep_cache = ffn.is_last_layer  # keys/values of every layer are unchanged by the last layer's FFN
+        result = MemorizedPrompt(fast_path=ffn.fast_path)
+
+        trunk = self._run_trunk(inputs, in_mask, keep_cache) if ffn.fast_path else None
+        if trunk is not None:
+            result.cache = trunk.pop("cache")
+        else:
+            result.fast_path = False
+
+        tensors = ffn.init_rows(ids.shape[0], config.lora)
+        ffn.mode = "rows"
+        optimizer = torch.optim.AdamW(tensors, lr=config.lr, weight_decay=0.0)
+        ref_probs = ref_neg_entropy = None
+        for step in range(config.steps):
+            with torch.enable_grad():
+                if trunk is not None:
+                    out = ffn.container(*trunk["args"], **trunk["kwargs"])
+                    hidden = (trunk["rest"] + out)[mask]
+                    logits = ffn.lm_head(ffn.norm(hidden))
+                else:
+                    output = model(**self._forward_kwargs(inputs, in_mask, keep_cache and step == 0))
+                    if step == 0 and keep_cache:
+                        result.cache = self._cache_of(output)
+                    logits = output.logits[mask]
+                loss, nll, kl, ref_probs, ref_neg_entropy = MemorizationLoss.apply(
+                    logits, targets, weights, float(config.kl_weight), ref_probs, ref_neg_entropy
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            if config.max_grad_norm is not None:
+                clip_per_row(tensors, config.max_grad_norm)
+            optimizer.step()
+            b = ids.shape[0]
+            result.loss.append(loss.item() / b)
+            result.nll.append((torch.zeros(b, device=nll.device).index_add_(0, rows, nll * weights).sum() / b).item())
+            result.kl.append((torch.zeros(b, device=kl.device).index_add_(0, rows, kl * weights).sum() / b).item())
+        for t in tensors:
+            t.grad = None
+        return result
+
+    def _run_trunk(self, inputs, in_mask, keep_cache) -> dict | None:
+        """One no-grad forward with the original weights, capturing the FFN's inputs and what the layer adds to its
+        output. Returns None (full forward every step) if the layer's output does not decompose that way."""
+        ffn, captured = self.ffn, {}
+
+        def capture_container(_, args, kwargs, output):  # cloned: some layers add to it in place (Falcon)
+            captured.update(
+                args=args, kwargs=kwargs, out=output.clone() if isinstance(output, torch.Tensor) else output
+            )
+
+        def capture_layer(_, __, output):
+            captured["layer"] = output[0] if isinstance(output, tuple) else output
+
+        handles = [
+            ffn.container.register_forward_hook(capture_container, with_kwargs=True),
+            ffn.layer.register_forward_hook(capture_layer),
+        ]
+        kwargs = self._forward_kwargs(inputs, in_mask, keep_cache)
+        if self._logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        try:
+            with torch.no_grad():
+                output = self.model(**kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not isinstance(captured.get("out"), torch.Tensor) or captured["out"].shape != captured["layer"].shape:
+            logger.warning_once("FastMem: the FFN output does not match the layer output; using full forwards.")
+            return None
+        rest = captured["layer"] - captured["out"]
+        with torch.no_grad():  # the decomposition must give the model's own last logits back
+            check = ffn.lm_head(ffn.norm(captured["layer"][:, -1:]))
+        if not torch.allclose(check.float(), output.logits[:, -1:].float(), atol=1e-3, rtol=1e-3):
+            logger.warning_once("FastMem: final norm + lm_head do not reproduce the logits; using full forwards.")
+            return None
+        return {
+            "args": captured["args"],
+            "kwargs": captured["kwargs"],
+            "rest": rest,
+            "cache": self._cache_of(output) if keep_cache else None,
+        }
+
+    def _contrastive_hooks(self, alpha: float) -> list:
+        """FastMem+CD on one trunk: the FFN output with the original weights is computed next to the memorized one,
+        and the logits become (1+α)·memorized − α·original."""
+        ffn, state = self.ffn, {}
+
+        def on_container(_, args, kwargs, output):
+            ffn.mode = "base"
+            try:
+                state["delta"] = ffn.container.forward(*args, **kwargs) - output  # .forward: not this hook again
+            finally:
+                ffn.mode = "rows"
+
+        def on_layer(_, __, output):
+            state["layer"] = output[0] if isinstance(output, tuple) else output
+
+        def on_lm_head(_, args):
+            # lm_head is affine, so (1+α)·lm_head(z_mem) − α·lm_head(z_orig) = lm_head((1+α)·z_mem − α·z_orig):
+            # the original model's logits never need a vocabulary-sized pass of their own.
+            hidden = args[0]
+            n = hidden.shape[1]
+            original = ffn.norm(state["layer"][:, -n:] + state["delta"][:, -n:])
+            return ((1 + alpha) * hidden - alpha * original,)
+
+        return [
+            ffn.container.register_forward_hook(on_container, with_kwargs=True),
+            ffn.layer.register_forward_hook(on_layer),
+            ffn.lm_head.register_forward_pre_hook(on_lm_head),
+        ]
+
+
+def fastmem_generate(
+    model,
+    input_ids,
+    config: FastMemConfig | None = None,
+    memorize_ids=None,
+    loss_mask=None,
+    attention_mask=None,
+    **generate_kwargs,
+):
+    """Memorize `memorize_ids` (default: the prompt itself), run `model.generate(input_ids, ...)`, restore the model,
+    and return what `generate` returned.
+
+    A batch of prompts (left-padded, with `attention_mask`) is memorized at once, one set of FFN weights per prompt.
+    When the prompt itself is memorized with the last layer's FFN, generation reuses the memorization's KV cache.
+    """
+    fastmem = FastMem(model, config)
+    prompt = as_token_ids(input_ids, "input_ids")
+    prompt = (prompt[None] if prompt.dim() == 1 else prompt).to(model.device)
+    same = memorize_ids is None
+    with fastmem.memorize(
+        input_ids if same else memorize_ids, loss_mask=loss_mask, attention_mask=attention_mask if same else None
+    ) as memorized:
+        if attention_mask is not None:
+            generate_kwargs["attention_mask"] = torch.as_tensor(attention_mask).reshape(prompt.shape).to(model.device)
+        if same and memorized.cache is not None:
+            generate_kwargs[fastmem._cache_name] = memorized.cache
+        with torch.inference_mode():
+            return model.generate(input_ids=prompt, **generate_kwargs)

@@ -1,0 +1,56 @@
+"""`GoldfishDataCollator`: wrap any collator so its training batches carry goldfish-masked labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .config import GoldfishConfig
+from .mask import IGNORE_INDEX, goldfish_mask
+
+
+class GoldfishDataCollator:
+    """Wrap any collator so the training batches it builds carry goldfish-masked ``labels``.
+
+    Document boundaries come from the batch's ``position_ids`` (packing / padding-free) or, failing that, its
+    ``attention_mask`` (so left padding does not shift the mask). With ``return_dropped_counts=True`` the batch also
+    holds ``goldfish_dropped_tokens`` (per row), which ``GoldfishTrainer`` pops for its logs.
+
+    Example:
+        >>> from transformers import default_data_collator
+        >>> collator = GoldfishDataCollator(default_data_collator, GoldfishConfig(k=2, strategy="static"))
+        >>> batch = collator([{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9]}])
+        >>> batch["labels"].tolist()
+        [[5, -100, 7, -100, 9]]
+    """
+
+    def __init__(self, base_collator: Callable, config: GoldfishConfig, return_dropped_counts: bool = False):
+        if not callable(base_collator):
+            raise TypeError(f"`base_collator` must be callable, got {type(base_collator).__name__}.")
+        if not isinstance(config, GoldfishConfig):
+            raise TypeError(f"`config` must be a GoldfishConfig, got {type(config).__name__}.")
+        self.base_collator = base_collator
+        self.config = config
+        self.return_dropped_counts = return_dropped_counts
+
+    def __call__(self, features, *args, **kwargs):
+        batch = self.base_collator(features, *args, **kwargs)
+        if "input_ids" not in batch:
+            raise ValueError(
+                f"`base_collator` returned no `input_ids` (keys: {sorted(batch)}); goldfish hashes the input tokens."
+            )
+        if "labels" not in batch:
+            raise ValueError(
+                f"The batch has no `labels` (keys: {sorted(batch)}): goldfish drops labels, so the collator or the "
+                "dataset must provide them (e.g. DataCollatorForLanguageModeling(tokenizer, mlm=False))."
+            )
+        input_ids, labels = torch.as_tensor(batch["input_ids"]), torch.as_tensor(batch["labels"])
+        positions = batch.get("position_ids")
+        if positions is None and batch.get("attention_mask") is not None:
+            positions = torch.as_tensor(batch["attention_mask"]).long().cumsum(-1) - 1
+        drop = goldfish_mask(input_ids, self.config, positions) & (labels != IGNORE_INDEX)
+        batch["labels"] = labels.masked_fill(drop, IGNORE_INDEX)
+        if self.return_dropped_counts:
+            batch["goldfish_dropped_tokens"] = drop.reshape(-1, drop.shape[-1]).sum(-1)
+        return batch

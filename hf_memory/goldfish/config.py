@@ -1,0 +1,82 @@
+"""`GoldfishConfig`: which labels the goldfish loss drops."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .._utils import HubConfigMixin, check_choice, check_integer
+
+
+GOLDFISH_STRATEGIES = ("hash", "hash-table", "static")
+
+
+def check_goldfish_settings(k, h, strategy, start, names=("k", "h", "strategy", "start")) -> tuple[int, int, str, int]:
+    """Check the four goldfish settings; return them as plain Python values.
+
+    Args:
+        k: Drop about 1 in `k` labels (an integer >= 2).
+        h: Width of the hashed window (an integer >= 1).
+        strategy: One of `GOLDFISH_STRATEGIES`.
+        start: Offset of the first dropped label for "static" (an integer >= 0).
+        names: The argument names shown in error messages (e.g. the `goldfish_*` training arguments).
+
+    Raises:
+        ValueError: On the first bad setting, naming it and its allowed values.
+    """
+    k_name, h_name, strategy_name, start_name = names
+    k = check_integer(k, k_name, minimum=2, hint="drop about 1 in k tokens")
+    h = check_integer(h, h_name, minimum=1, hint="hash context width in tokens")
+    check_choice(strategy, strategy_name, GOLDFISH_STRATEGIES)
+    start = check_integer(start, start_name, minimum=0)
+    return k, h, strategy, start
+
+
+@dataclass
+class GoldfishConfig(HubConfigMixin):
+    """Which labels the goldfish loss drops.
+
+    Args:
+        k: Drop about 1 in `k` labels from the loss (k >= 2).
+        h: Width of the hashed token window that decides each drop.
+        strategy: "hash" (order-sensitive, portable), "hash-table" (bit-compatible with the official code) or
+            "static" (every k-th label).
+        start: Offset of the first dropped label for "static".
+        exempt_token_ids: Target token ids that are never dropped (e.g. special tokens).
+        hash_table_device: Device whose random generator builds the "hash-table" table; None = the input's device
+            (as the official code).
+
+    Example:
+        >>> config = GoldfishConfig(k=4, h=13)
+        >>> GoldfishConfig.from_dict(config.to_dict()) == config
+        True
+    """
+
+    config_name: ClassVar[str] = "goldfish_config.json"
+
+    k: int = field(default=4, metadata={"help": "Drop about 1 in k labels from the loss (k >= 2)."})
+    h: int = field(default=13, metadata={"help": "Width of the hashed token window that decides each drop."})
+    strategy: str = field(
+        default="hash",
+        metadata={
+            "help": "'hash' (order-sensitive, portable), 'hash-table' (bit-compatible with the official code) or "
+            "'static' (every k-th label).",
+            "choices": list(GOLDFISH_STRATEGIES),
+        },
+    )
+    start: int = field(default=0, metadata={"help": "Offset of the first dropped label for 'static'."})
+    exempt_token_ids: Sequence[int] = field(
+        default=(), metadata={"help": "Target token ids that are never dropped (e.g. special tokens)."}
+    )
+    hash_table_device: str | None = field(
+        default="cpu",
+        metadata={"help": "Device whose RNG builds the 'hash-table' table; None = the input's device (official)."},
+    )
+
+    def __post_init__(self):
+        self.k, self.h, self.strategy, self.start = check_goldfish_settings(self.k, self.h, self.strategy, self.start)
+        if isinstance(self.exempt_token_ids, (str, bytes)) or not hasattr(self.exempt_token_ids, "__iter__"):
+            raise ValueError(f"`exempt_token_ids` must be a list of integer token ids, got {self.exempt_token_ids!r}.")
+        ids = [check_integer(i, "exempt_token_ids", hint="each one a token id") for i in self.exempt_token_ids]
+        self.exempt_token_ids = tuple(sorted(set(ids)))

@@ -1,0 +1,246 @@
+"""NeMo localization (Hintersdorf et al. 2024): which value channels make a prompt reproduce its training image.
+
+Three steps, as in the paper and its official code:
+
+1. `compute_activation_statistics`: per channel of each cross-attention value projection, the mean and standard
+   deviation of ``mean_over_tokens(|to_v(text embedding)|)`` over non-memorized prompts, plus the memorization
+   threshold (mean + 1 std of their `memorization_score`). These activations depend on the prompt only, so they are
+   computed by running each ``to_v`` on the text embedding directly, with no UNet pass.
+2. `nemo_memorization_score`: for ``seeds`` initial latents, the first denoising step's noise prediction minus the latent,
+   min-max normalized per channel; the score is the largest SSIM between two seeds. A memorized prompt predicts
+   (nearly) the same noise whatever the seed.
+3. `localize_memorization_neurons`: an initial set of out-of-distribution (z-score > theta) and top-k channels,
+   grown until silencing it brings the score under the threshold, then refined to a minimal set.
+
+Cost is counted in *UNet evaluations*: latent rows pushed through the UNet once (a batch of 10 seeds in one call
+counts 10). Ours: at most ``seeds`` rows per check (``2 * seeds`` with classifier-free guidance) in batched calls,
+fewer when a check fails early (one pair of seeds over the threshold settles it), the text embedding computed once,
+and refinement by adaptive group testing (binary search for the shortest sufficient prefix of the most anomalous
+channels, then removal in growing / halving groups) instead of one check per layer and per channel.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .._utils import check_choice, check_integer, check_number
+from ._common import pipeline_denoiser
+from .config import NeMoConfig
+from .scoring import MemorizationScorer, NeMoScorerConfig, scorer_config
+from .search import first_passing_step, initial_selection, refine_greedy, refine_group
+from .statistics import ActivationStatistics, check_layers, value_activations
+
+
+logger = logging.getLogger(__name__)
+
+REFINEMENTS = ("group", "greedy")
+
+
+@dataclass
+class NeMoResult:
+    """What `localize_memorization_neurons` found for one prompt."""
+
+    prompt: str
+    memorized: bool  # score_before >= threshold; otherwise nothing was localized
+    threshold: float
+    score_before: float
+    score_initial: float | None  # score with the initial selection silenced
+    score_after: float | None  # score with the refined selection silenced
+    initial: NeMoConfig
+    refined: NeMoConfig
+    theta: float | None  # z-score threshold of the initial selection
+    k: int | None  # top-k per layer of the initial selection
+    unet_evaluations: int  # latent rows pushed through the UNet (one seed, one pass = 1)
+    score_checks: int  # scores computed (each one batched UNet call)
+
+
+def search_initial_selection(
+    check,
+    acts: dict,
+    z: dict,
+    threshold: float,
+    theta: float = 5.0,
+    theta_step: float = 0.25,
+    min_theta: float = 1.0,
+    max_k: int | None = None,
+    search: str = "group",
+) -> tuple[dict[str, list[int]], float, int, float]:
+    """The first search: grow the paper's initial set until silencing it brings the score under `threshold`.
+
+    Step s uses z-score threshold `max(theta - s * theta_step, min_theta)` and the top-s activations per layer, so
+    the sets grow with s. `"group"` finds the first passing step by exponential then binary search, `"greedy"` scans
+    s = 0, 1, 2, ... as the official code does.
+
+    Args:
+        check: `check(neurons)` -> the score with those neurons silenced (may stop early once over `threshold`).
+        acts: Layer name -> the prompt's activations.
+        z: Layer name -> their z-scores.
+        threshold: The memorization-score threshold.
+        theta: The starting z-score threshold.
+        theta_step: How much `theta` falls per step.
+        min_theta: The floor of `theta`.
+        max_k: The last step (largest top-k); None = the widest layer's channel count.
+        search: "group" or "greedy".
+
+    Returns:
+        `(selection, score, k, theta)` at the first passing step, or at `max_k` if none passes.
+    """
+    max_k = max(len(a) for a in acts.values()) if max_k is None else max_k
+
+    def theta_at(step):
+        return max(theta - step * theta_step, min_theta)
+
+    scores = {}
+
+    def passes(step):
+        if step not in scores:
+            scores[step] = check(initial_selection(acts, z, theta_at(step), step))
+        return scores[step] < threshold
+
+    step = first_passing_step(passes, max_k, exhaustive=search == "greedy")
+    return initial_selection(acts, z, theta_at(step), step), scores[step], step, theta_at(step)
+
+
+def refine_selection(
+    check, selection: dict, threshold: float, z: dict, refinement: str = "group"
+) -> tuple[dict[str, list[int]], float]:
+    """The second search: drop layers, then channels, while silencing the rest keeps the score under `threshold`.
+
+    `"group"` tests groups of candidates (binary search for the shortest sufficient prefix of the most anomalous
+    channels, then removal in growing / halving groups); `"greedy"` is the official one-check-per-layer-and-channel
+    loop. If the result misses the threshold (the score was not monotone on this prompt) the greedy loop runs.
+
+    Args:
+        check: `check(neurons)` -> the score with those neurons silenced.
+        selection: Layer name -> channel ids whose silencing passes.
+        threshold: The memorization-score threshold.
+        z: Layer name -> z-scores (the group search tries the least anomalous channels first).
+        refinement: "group" or "greedy".
+
+    Returns:
+        `(refined, score)`: layer name -> the kept channel ids, and the score with them silenced.
+    """
+    refine = refine_group if refinement == "group" else refine_greedy
+    refined = refine(check, selection, threshold, z)
+    after = check(refined)
+    if after >= threshold:
+        logger.info("Refinement missed the threshold; refining one channel at a time.")
+        refined = refine_greedy(check, selection, threshold)
+        after = check(refined)
+    return refined, after
+
+
+def localize_memorization_neurons(
+    pipe,
+    prompt: str,
+    statistics: ActivationStatistics,
+    threshold: float | None = None,
+    theta: float = 5.0,
+    theta_step: float = 0.25,
+    min_theta: float = 1.0,
+    max_k: int | None = None,
+    refinement: str = "group",
+    scale: float = 0.0,
+    scorer: NeMoScorerConfig | None = None,
+    **scorer_kwargs,
+) -> NeMoResult:
+    """Find value channels whose silencing brings `prompt`'s memorization score under the threshold.
+
+    Two searches, as in the paper: `search_initial_selection` (channels with z-score above `theta` plus the top-k
+    activations per layer, `theta` lowered and k raised until the score falls under the threshold) then
+    `refine_selection` (drop whole layers, then channels, while it stays under). Both return a set whose score is
+    under the threshold and where, if the score only grows when fewer channels are silenced, removing any single
+    channel brings it back over. A prompt scoring under the threshold unhooked is not memorized: the result then
+    has empty configs.
+
+    Args:
+        pipe: A text-to-image pipeline (`StableDiffusionPipeline` or alike).
+        prompt: The prompt to localize.
+        statistics: Activation statistics of non-memorized prompts (`compute_activation_statistics`).
+        threshold: The memorization-score threshold; default `statistics.threshold`.
+        theta: Starting z-score threshold of the initial selection.
+        theta_step: How much `theta` falls per step.
+        min_theta: Floor of `theta`.
+        max_k: Largest top-k of the initial selection; None = the widest layer's channel count.
+        refinement: "group" (default: group testing, far fewer checks) or "greedy" (the official loops).
+        scale: Multiplier of the silenced channels (0 switches them off).
+        scorer: Seeds, timestep, guidance, SSIM window, cache and early exit (default `NeMoScorerConfig()`).
+        **scorer_kwargs: Deprecated: the scorer fields passed loose (`seeds=...`); a `FutureWarning` says so.
+
+    Returns:
+        A `NeMoResult` with the initial and refined `NeMoConfig`s, scores and cost counters.
+    """
+    check_choice(refinement, "refinement", REFINEMENTS)
+    scorer = scorer_config(scorer, scorer_kwargs, "localize_memorization_neurons")
+    if not isinstance(statistics, ActivationStatistics):
+        raise TypeError(f"`statistics` must be ActivationStatistics, got {type(statistics).__name__}.")
+    threshold = statistics.threshold if threshold is None else check_number(threshold, "threshold")
+    if threshold is None:
+        raise ValueError(
+            "No `threshold` given and `statistics.threshold` is None (compute it with calibrate_threshold=True)."
+        )
+    theta = check_number(theta, "theta")
+    theta_step = check_number(theta_step, "theta_step", minimum=0, exclusive_minimum=True)
+    min_theta = check_number(min_theta, "min_theta", minimum=0)
+    if min_theta > theta:
+        raise ValueError(f"Need 0 <= `min_theta` <= `theta`, got min_theta={min_theta}, theta={theta}.")
+    max_k = check_integer(max_k, "max_k", minimum=0, allow_none=True)
+    scale = check_number(scale, "scale", minimum=0, maximum=1)
+    unet = pipeline_denoiser(pipe)
+    layers = check_layers(unet, statistics.layers)
+    score = MemorizationScorer(pipe, prompt, scorer)
+
+    def check(neurons):  # only "under the threshold or not" is asked
+        return score(neurons, scale, threshold)
+
+    def result(**kwargs):
+        return NeMoResult(
+            prompt=prompt,
+            threshold=threshold,
+            score_before=before,
+            unet_evaluations=score.unet_evaluations,
+            score_checks=score.checks,
+            **kwargs,
+        )
+
+    before = score(None, scale)
+    if before < threshold:
+        return result(
+            memorized=False,
+            score_initial=None,
+            score_after=None,
+            initial=NeMoConfig(scale=scale),
+            refined=NeMoConfig(scale=scale),
+            theta=None,
+            k=None,
+        )
+
+    acts = {name: a[0] for name, a in value_activations(unet, layers, score.cond).items()}
+    z = statistics.z_scores(acts)
+    selection, initial_score, k, current_theta = search_initial_selection(
+        check, acts, z, threshold, theta, theta_step, min_theta, max_k, search=refinement
+    )
+    initial = NeMoConfig(selection, scale=scale)
+    if initial_score >= threshold:
+        initial_score = score(selection, scale)  # the whole score, not the early exit's lower bound
+        logger.warning("Silencing up to top-%d channels per layer did not bring %r under the threshold.", k, prompt)
+        return result(
+            memorized=True,
+            score_initial=initial_score,
+            score_after=initial_score,
+            initial=initial,
+            refined=initial,
+            theta=current_theta,
+            k=k,
+        )
+    refined, after = refine_selection(check, initial.neurons, threshold, z, refinement)
+    return result(
+        memorized=True,
+        score_initial=initial_score,
+        score_after=after,
+        initial=initial,
+        refined=NeMoConfig(refined, scale=scale),
+        theta=current_theta,
+        k=k,
+    )

@@ -1,0 +1,133 @@
+"""The pure searches behind NeMo's localization: group testing over sets of atoms, given a monotone check.
+
+Nothing here runs a model: every function takes the check (`holds`, `passes`, `score`) as a callable, so the
+searches are tested on plain sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def initial_selection(acts: dict, z: dict, theta: float, k: int) -> dict[str, list[int]]:
+    """The paper's initial set per layer: channels with z-score above `theta`, plus the `k` largest activations.
+
+    Args:
+        acts: Layer name -> activations of the prompt (1-D tensor over channels).
+        z: Layer name -> z-scores of those activations.
+        theta: The z-score threshold.
+        k: How many top activations per layer to add.
+    """
+    return {
+        name: sorted(
+            set((z[name] > theta).nonzero().flatten().tolist())
+            | set(acts[name].topk(min(k, len(acts[name]))).indices.tolist())
+        )
+        for name in acts
+    }
+
+
+def drop_unneeded(atoms: list, holds: Callable[[list], bool], order: list | None = None) -> list:
+    """Remove atoms of ``atoms`` while ``holds`` stays true, trying them in ``order`` (default: as listed).
+
+    Adaptive group testing: try removing a group at once; on success drop it and double the group size, on failure
+    halve it; an atom that fails alone is kept. Every kept atom failed alone against a superset of the result, so,
+    if ``holds`` is monotone (a superset of a passing set passes), removing any single kept atom breaks ``holds``
+    (the guarantee of the one-at-a-time loop, which needs one check per atom). Given ``holds(atoms)``.
+    """
+    current, queue, size = list(atoms), list(atoms if order is None else order), 1
+    while queue:
+        group = queue[:size]
+        trial = [a for a in current if a not in group]
+        if holds(trial):
+            current, queue, size = trial, queue[size:], size * 2
+        elif size > 1:
+            size //= 2
+        else:
+            queue = queue[1:]
+    return current
+
+
+def as_neurons(pairs) -> dict[str, list[int]]:
+    neurons: dict[str, list[int]] = {}
+    for name, channel in pairs:
+        neurons.setdefault(name, []).append(channel)
+    return neurons
+
+
+def shortest_sufficient_prefix(atoms: list, holds: Callable[[list], bool]) -> list:
+    """The shortest prefix of ``atoms`` with ``holds`` (binary search, ~log2(n) checks), given ``holds(atoms)``."""
+    low, high = 0, len(atoms)  # holds(atoms[:high]) is known; atoms[:low] is not known to hold
+    while high - low > 1:
+        middle = (low + high) // 2
+        if holds(atoms[:middle]):
+            high = middle
+        else:
+            low = middle
+    return atoms[:high]
+
+
+def refine_group(score, selection, threshold, z):
+    """Drop layers, then channels, by adaptive group testing; least anomalous (lowest z-score) tried first.
+
+    Channels: first the shortest sufficient prefix of the most anomalous ones (binary search), so everything after
+    it goes in ~log2(n) checks; then `_drop_unneeded` inside the prefix.
+    """
+
+    def holds_layers(names):
+        return score({name: selection[name] for name in names}) < threshold
+
+    layers = [name for name in selection if selection[name]]
+    peak = {name: max(float(z[name][c]) for c in selection[name]) for name in layers}
+    layers = drop_unneeded(layers, holds_layers, order=sorted(layers, key=peak.get))
+    channels = sorted(((name, c) for name in layers for c in selection[name]), key=lambda p: -float(z[p[0]][p[1]]))
+
+    def holds(pairs):
+        return score(as_neurons(pairs)) < threshold
+
+    prefix = shortest_sufficient_prefix(channels, holds)
+    kept = as_neurons(drop_unneeded(prefix, holds, order=prefix[::-1]))
+    return {name: sorted(kept[name]) for name in selection if name in kept}
+
+
+def refine_greedy(score, selection, threshold, z=None):
+    """The official refinement: drop each layer, then each channel, whenever the score stays under the threshold."""
+    current = {name: list(c) for name, c in selection.items() if c}
+    for name in reversed(list(current)):
+        without = {n: c for n, c in current.items() if n != name}
+        if score(without) < threshold:
+            current = without
+    for name in reversed(list(current)):
+        for channel in list(current[name]):
+            without = {**current, name: [c for c in current[name] if c != channel]}
+            if score(without) < threshold:
+                current = without
+    return {name: c for name, c in current.items() if c}
+
+
+def first_passing_step(passes: Callable[[int], bool], max_step: int, exhaustive: bool = False) -> int:
+    """The first step in 0..`max_step` where `passes(step)` holds, or `max_step` if none does.
+
+    With `exhaustive` (the official scan) steps are tried one by one. Otherwise by exponential then binary search:
+    the same step when `passes` is monotone (once true, true for every later step), in ~2·log2(step) calls.
+
+    Args:
+        passes: The check; it may be called more than once per step (cache it if it is costly).
+        max_step: The last step to try.
+        exhaustive: Scan 0, 1, 2, ... instead of searching.
+    """
+    if exhaustive:
+        step = 0
+        while not passes(step) and step < max_step:
+            step += 1
+        return step
+    low, step = -1, 0
+    while not passes(step) and step < max_step:
+        low, step = step, min(max(1, 2 * step), max_step)
+    while passes(step) and step - low > 1:
+        middle = (low + step) // 2
+        if passes(middle):
+            step = middle
+        else:
+            low = middle
+    return step

@@ -1,0 +1,183 @@
+"""The house: public names, lazy imports, optional extras, the import rules between capabilities, the templates."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+import hf_memory
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, "hf_memory")
+
+# Every name `hf_memory` exported in 0.1.0: each must stay importable from the top level.
+NAMES_IN_0_1 = [
+    "ActivationStatistics", "CEDiagnosticResult", "EXTRACTABLE_MEMORIZATION", "ExtractionResult", "FastMem",
+    "FastMemCallback", "FastMemConfig", "GOLDFISH_STRATEGIES", "GoldfishConfig", "GoldfishDataCollator",
+    "GoldfishSFTConfig", "GoldfishSFTTrainer", "GoldfishTrainer", "GoldfishTrainingArguments", "LatentScanResult",
+    "MemorizationPredictor", "MemorizationSignals", "MemorizedPrompt", "NEMO_HOOK", "NeMoConfig", "NeMoResult",
+    "NgramCounts", "PredictorReport", "RepresentationSimilarity", "__version__", "apply_goldfish", "apply_nemo",
+    "ce_diagnostic", "compute_activation_statistics", "context_as_assistant_turn", "default_model_path",
+    "extraction_labels", "fastmem_generate", "goldfish_mask", "last_ffn_lora_config", "last_ffn_modules",
+    "latent_memorization_scan", "load_model", "localize_memorization_neurons", "measure_extraction",
+    "memorization_score", "memorization_signals", "ngram_counts", "remove_nemo", "representation_similarity",
+    "stdlib_docstrings", "token_entropy", "value_activations", "value_projection_names",
+]  # fmt: skip
+
+CAPABILITIES = ("goldfish", "extraction", "fastmem", "nemo", "analysis", "cli", "data")
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+@pytest.mark.parametrize("name", NAMES_IN_0_1)
+def test_every_0_1_name_is_still_importable(name):
+    assert getattr(hf_memory, name) is not None
+    assert name == "__version__" or name in hf_memory.__all__
+
+
+def test_all_lists_only_importable_names_and_dir_shows_them():
+    for name in hf_memory.__all__:
+        assert getattr(hf_memory, name) is not None, name
+    assert set(hf_memory.__all__) <= set(dir(hf_memory))
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        hf_memory.not_a_name  # noqa: B018
+
+
+def test_type_checking_block_names_every_lazy_name():
+    """IDEs and type checkers read the TYPE_CHECKING imports: they must cover the whole lazy map."""
+    tree = ast.parse(open(os.path.join(PACKAGE, "__init__.py")).read())
+    block = next(
+        node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+    )
+    imported = {alias.name for node in ast.walk(block) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    lazy = {name for names in hf_memory._LAZY.values() for name in names}
+    assert imported == lazy
+
+
+def test_version_comes_from_the_package_metadata():
+    from importlib.metadata import version
+
+    assert hf_memory.__version__ == version("hf-memory")
+
+
+def test_renamed_nemo_score_warns_and_is_the_new_function():
+    from hf_memory.nemo import nemo_memorization_score
+
+    assert hf_memory.nemo_memorization_score is nemo_memorization_score
+    with pytest.raises(FutureWarning, match="nemo_memorization_score"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hf_memory.memorization_score(object(), "a prompt")
+
+
+def test_import_is_lazy():
+    """`import hf_memory` loads no capability, no Trainer, TRL, diffusers or evaluate; FastMem loads neither
+    evaluate nor datasets."""
+    done = run_python(
+        "import sys, hf_memory\n"
+        "heavy = ('trl', 'diffusers', 'evaluate', 'datasets', 'sklearn', 'matplotlib', 'hf_memory.goldfish')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "from hf_memory import FastMem\n"
+        "print(sorted(m for m in ('evaluate', 'datasets', 'diffusers', 'trl') if m in sys.modules))\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[]", "[]"]
+
+
+@pytest.mark.slow  # one fresh interpreter per case
+@pytest.mark.parametrize(
+    ("blocked", "name", "extra"),
+    [
+        ("trl", "GoldfishSFTTrainer", "trl"),
+        ("trl", "GoldfishSFTConfig", "trl"),
+        ("diffusers", "apply_nemo", "diffusers"),
+        ("torchmetrics", "localize_memorization_neurons", "diffusers"),
+        ("rapidfuzz", "latent_memorization_scan", "analysis"),
+        ("sklearn", "MemorizationPredictor", "analysis"),
+    ],
+)
+def test_a_missing_extra_names_the_install_command(blocked, name, extra):
+    done = run_python(
+        f"import sys; sys.modules[{blocked!r}] = None\n"
+        "import hf_memory\n"
+        "from hf_memory import GoldfishTrainer, measure_extraction, FastMem, memorization_signals\n"  # still work
+        f"try:\n    getattr(hf_memory, {name!r})\nexcept ImportError as err:\n    print(err)\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert f'pip install "hf-memory[{extra}]"' in done.stdout and blocked in done.stdout
+
+
+def _imports(path: str) -> list[tuple[str, list[str]]]:
+    """(module, names) of every `from ... import ...` in a file, with relative modules resolved."""
+    tree = ast.parse(open(path).read())
+    here = os.path.relpath(os.path.dirname(path), ROOT).replace(os.sep, ".")
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here.split(".")[: len(here.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            out.append((module, [alias.name for alias in node.names]))
+        elif isinstance(node, ast.Import):
+            out.extend((alias.name, []) for alias in node.names)
+    return out
+
+
+def test_capabilities_import_only_utils_and_public_names():
+    """A capability imports `hf_memory._utils` and other capabilities' public names, never their private ones."""
+    problems = []
+    for capability in CAPABILITIES:
+        folder = os.path.join(PACKAGE, capability)
+        for file in sorted(f for f in os.listdir(folder) if f.endswith(".py")):
+            for module, names in _imports(os.path.join(folder, file)):
+                if not module.startswith("hf_memory.") or module.startswith(f"hf_memory.{capability}"):
+                    continue
+                parts = module.split(".")
+                if parts[1] == "_utils":
+                    continue
+                if any(part.startswith("_") for part in parts[1:]) or any(name.startswith("_") for name in names):
+                    problems.append(f"{capability}/{file}: from {module} import {', '.join(names)}")
+    assert problems == []
+
+
+def test_model_card_templates_live_in_the_package_and_model_cards_points_at_them():
+    templates = os.path.join(PACKAGE, "templates")
+    names = sorted(f for f in os.listdir(templates) if f.endswith(".md"))
+    assert names
+    for name in names:
+        link = os.path.join(ROOT, "model_cards", name)
+        assert os.path.realpath(link) == os.path.realpath(os.path.join(templates, name)), name
+
+
+def _python_blocks(path: str) -> list[str]:
+    text = open(path, encoding="utf-8").read()
+    return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "CONTRIBUTING.md"])
+def test_doc_snippets_compile_and_their_hf_memory_imports_resolve(doc):
+    """Every ```python block parses, and every name it imports from hf_memory exists (the snippets that need a
+    trained model or pipeline are not run here; the examples and tests run the same calls)."""
+    import importlib
+
+    blocks = _python_blocks(os.path.join(ROOT, doc))
+    for block in blocks:
+        tree = ast.parse(block)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hf_memory"):
+                module = importlib.import_module(node.module)
+                missing = [alias.name for alias in node.names if not hasattr(module, alias.name)]
+                assert missing == [], f"{doc}: from {node.module} import {missing}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("hf_memory"):
+                        importlib.import_module(alias.name)
