@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHECK_DIRS := hf_memory tests examples benchmarks
 
-.PHONY: install test test-fast quality style demo bench clean
+.PHONY: install test test-fast quality style docs demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ style: $(STAMP)
 	$(BIN)/ruff check --fix $(CHECK_DIRS)
 	$(BIN)/ruff format $(CHECK_DIRS)
 
+# The API reference, generated from the docstrings (Google style) into site/; open site/index.html.
+docs: $(STAMP)
+	$(BIN)/pdoc --docformat google --no-show-source --output-directory site \
+		hf_memory hf_memory.goldfish hf_memory.extraction hf_memory.fastmem hf_memory.nemo hf_memory.analysis hf_memory.data
+
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/hf-memory demo
 
@@ -43,4 +48,4 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/goldfish_overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info site

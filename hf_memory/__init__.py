@@ -41,6 +41,7 @@ _LAZY = {
         "MemorizedPrompt",
         "context_as_assistant_turn",
         "fastmem_generate",
+        "is_memorizing",
         "last_ffn_lora_config",
         "last_ffn_modules",
     ],
@@ -105,6 +106,7 @@ if TYPE_CHECKING:
         MemorizedPrompt,
         context_as_assistant_turn,
         fastmem_generate,
+        is_memorizing,
         last_ffn_lora_config,
         last_ffn_modules,
     )

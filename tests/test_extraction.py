@@ -133,3 +133,13 @@ def test_two_processes_give_the_one_process_numbers(tmp_path):
         assert r["predictions"] == single.predictions
         assert r["longest_common_prefix"] == single.longest_common_prefix
         assert r["metrics"] == single.metrics
+
+
+def test_cli_method_choices_are_the_harness_methods():
+    """The CLI writes the choices out (importing the harness would slow `hf-memory --help`): keep them in step."""
+    from hf_memory.cli import build_parser
+    from hf_memory.extraction import EXTRACTION_METHODS
+
+    measure = build_parser()._subparsers._group_actions[0].choices["measure"]
+    method = next(action for action in measure._actions if action.dest == "method")
+    assert tuple(method.choices) == EXTRACTION_METHODS

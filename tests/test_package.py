@@ -163,7 +163,14 @@ def _python_blocks(path: str) -> list[str]:
     return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
 
 
-@pytest.mark.parametrize("doc", ["README.md", "CONTRIBUTING.md"])
+DOCS = [
+    "README.md",
+    "CONTRIBUTING.md",
+    *(os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs"))) if f.endswith(".md")),
+]
+
+
+@pytest.mark.parametrize("doc", DOCS)
 def test_doc_snippets_compile_and_their_hf_memory_imports_resolve(doc):
     """Every ```python block parses, and every name it imports from hf_memory exists (the snippets that need a
     trained model or pipeline are not run here; the examples and tests run the same calls)."""

@@ -9,7 +9,9 @@ and restore them bit-exactly (copied back from a saved clone) on every exit path
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,9 @@ from .._utils import (
 )
 
 
+if TYPE_CHECKING:
+    import datasets
+
 require_extra("analysis", "Latent memorization")
 
 DEFAULT_N_PERTURBATIONS = 20  # the paper uses 200 on GPUs; 20 keeps a CPU scan of a small model in minutes
@@ -40,6 +45,17 @@ class LatentScanResult:
 
     `distances[k][i]` is sequence i's distance under perturbation k; `best_perturbation[i]` is the first
     perturbation reaching `best_distance[i]`, the minimum over perturbations (the unperturbed model not included).
+
+    Attributes:
+        unperturbed_distance: Per sequence, the distance of the unperturbed model's greedy suffix.
+        best_distance: Per sequence, the smallest distance over the perturbations.
+        best_perturbation: Per sequence, the index of the first perturbation reaching `best_distance`.
+        distances: Per perturbation, then per sequence, the distance under that perturbation.
+        unperturbed_predictions: Per sequence, the unperturbed model's greedy suffix (token ids).
+        best_predictions: Per sequence, the greedy suffix under `best_perturbation`.
+        sigma: Standard deviation of the weight noise.
+        seed: Seed of perturbation 0 (perturbation k uses `seed + k`).
+        config: The other scan settings: `prefix_len`, `suffix_len` and `n_perturbations`.
     """
 
     unperturbed_distance: list[int]
@@ -53,20 +69,41 @@ class LatentScanResult:
     config: dict = field(default_factory=dict)
 
     def recovered(self, max_distance: int = 0) -> list[bool]:
-        """Per sequence: some perturbation gets within `max_distance` edits while the unperturbed model does not."""
+        """Per sequence: some perturbation gets within `max_distance` edits while the unperturbed model does not.
+
+        Args:
+            max_distance: The largest Levenshtein distance that counts as reproducing the suffix (0: exactly).
+
+        Returns:
+            One flag per sequence, in input order: the latently memorized ones are True.
+
+        Example:
+            >>> result = LatentScanResult([3, 0, 4], [0, 0, 2], [1, 0, 0], [[3, 0, 2], [0, 1, 5]], [], [], 2e-3, 0)
+            >>> result.recovered(), result.recovered(max_distance=2)
+            ([True, False, False], [True, False, True])
+        """
         return [b <= max_distance < u for u, b in zip(self.unperturbed_distance, self.best_distance)]
 
 
 @dataclass
 class CEDiagnosticResult:
-    """Per sequence (input order): cross-entropy before and after `steps` SGD steps on it, and the weight change."""
+    """Per sequence (input order): cross-entropy before and after `steps` SGD steps on it, and the weight change.
+
+    Attributes:
+        loss: Per sequence, the mean next-token cross-entropy under the original weights.
+        loss_after: Per sequence, the cross-entropy after the `steps` SGD steps on that sequence.
+        weight_change: Per sequence, the L2 norm over all parameters of (weights after the steps - weights before).
+        lr: The SGD learning rate.
+        steps: SGD steps taken per sequence.
+        reference_loss: Per sequence, the plain cross-entropy under `reference_model`; None when none was given.
+    """
 
     loss: list[float]
     loss_after: list[float]
-    weight_change: list[float]  # L2 norm over all parameters of (weights after the steps - weights before)
+    weight_change: list[float]
     lr: float
     steps: int
-    reference_loss: list[float] | None = None  # plain CE under `reference_model`, when one was given
+    reference_loss: list[float] | None = None
 
     @property
     def calibrated_loss(self) -> list[float] | None:
@@ -81,7 +118,10 @@ class CEDiagnosticResult:
 
 
 def _greedy_suffixes(model, prefixes: torch.Tensor, suffix_len: int) -> torch.Tensor:
-    """Exactly `suffix_len` greedy tokens after equal-length prefixes (argmax only: no EOS stop, no logits processors)."""
+    """Exactly `suffix_len` greedy tokens after equal-length prefixes.
+
+    Argmax only: no EOS stop, no logits processors.
+    """
     cache_name, get_cache = cache_io(model)
     kwargs = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
     out = model(input_ids=prefixes, use_cache=True, **kwargs)
@@ -122,8 +162,8 @@ def _add_noise(params: dict, saved: dict, sigma: float, seed: int) -> None:
 
 
 def latent_memorization_scan(
-    model,
-    sequences,
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]] | torch.Tensor | datasets.Dataset,
     prefix_len: int = 32,
     suffix_len: int = 64,
     sigma: float = 2e-3,
@@ -139,6 +179,24 @@ def latent_memorization_scan(
     `prefix_len` tokens of every sequence, in batches of `batch_size`. Distances are token-level Levenshtein
     (rapidfuzz). Sequences shorter than prefix_len + suffix_len are an error. The paper uses sigma 2e-3 and 200
     perturbations; the default here is 20 for CPU budgets. The weights are restored bit-exactly afterwards.
+
+    Args:
+        model: A causal language model (`*ForCausalLM`); its weights are perturbed during the scan and restored.
+        sequences: Token id sequences (lists, 1-D tensors), a 2-D tensor (one sequence per row), or a
+            `datasets.Dataset` with an `input_ids` column; only the first `prefix_len + suffix_len` tokens are used.
+        prefix_len: Tokens given to the model.
+        suffix_len: Tokens decoded greedily and compared with the true suffix.
+        sigma: Standard deviation of the Gaussian noise added to every parameter (> 0).
+        n_perturbations: How many perturbations to try (>= 1).
+        seed: Seed of the first perturbation's noise (>= 0).
+        batch_size: Sequences decoded per batch.
+        show_progress: Show a progress bar over the perturbations.
+
+    Returns:
+        A `LatentScanResult` with the distances per perturbation and the best one per sequence.
+
+    Raises:
+        ValueError: If a sequence is shorter than `prefix_len + suffix_len`, or a setting is out of range.
 
     Example:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -182,7 +240,12 @@ def _sequence_ce(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 def ce_diagnostic(
-    model, sequences, lr: float = 1e-5, steps: int = 1, show_progress: bool = True, reference_model=None
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]] | torch.Tensor | datasets.Dataset,
+    lr: float = 1e-5,
+    steps: int = 1,
+    show_progress: bool = True,
+    reference_model: torch.nn.Module | None = None,
 ) -> CEDiagnosticResult:
     """Cross-entropy of each sequence before and after `steps` plain SGD steps (`lr`) on that sequence alone.
 
@@ -195,6 +258,22 @@ def ce_diagnostic(
     (e.g. the checkpoint before fine-tuning), same tokenizer. Its plain CE of each sequence goes to
     `reference_loss` (eval mode, no gradients; its mode is restored) and `calibrated_loss = loss_after -
     reference_loss` removes how hard a sequence is in itself, the standard reference-model membership signal.
+
+    Args:
+        model: A causal language model (`*ForCausalLM`); it is trained during the diagnostic and restored.
+        sequences: Token id sequences (lists, 1-D tensors), a 2-D tensor (one sequence per row), or a
+            `datasets.Dataset` with an `input_ids` column; each of at least 2 tokens.
+        lr: The SGD learning rate (> 0).
+        steps: SGD steps per sequence (>= 1).
+        show_progress: Show a progress bar over the sequences.
+        reference_model: A model that did not train on `sequences`, with the same tokenizer; None skips the
+            reference losses.
+
+    Returns:
+        A `CEDiagnosticResult` with the losses before and after, and the weight change, per sequence.
+
+    Raises:
+        ValueError: If a sequence has fewer than 2 tokens, or `lr` or `steps` is out of range.
 
     Example:
         >>> from transformers import LlamaConfig, LlamaForCausalLM

@@ -1,8 +1,13 @@
-"""`MemorizationPredictor`: a classifier from memorization signals to extraction labels (needs the `analysis` extra)."""
+"""`MemorizationPredictor`: a classifier from memorization signals to extraction labels.
+
+Needs the `analysis` extra.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,13 +15,25 @@ from .._utils import check_integer, require_extra
 from .signals import PREDICTOR_FEATURES, MemorizationSignals
 
 
+if TYPE_CHECKING:
+    from ..extraction import ExtractionResult
+
 require_extra("analysis", "MemorizationPredictor")
 
 DEFAULT_PREDICTOR_FEATURES = PREDICTOR_FEATURES[:7]  # the n-gram ones need `ngram_counts`
 
 
-def extraction_labels(result, min_score: float | None = None) -> list[int]:
-    """Per-window labels from `measure_extraction`: exact match, or memorization score >= `min_score` when given."""
+def extraction_labels(result: ExtractionResult, min_score: float | None = None) -> list[int]:
+    """Per-window labels from `measure_extraction`: exact match, or memorization score >= `min_score` when given.
+
+    Args:
+        result: The `ExtractionResult` of the windows to label.
+        min_score: Label a window memorized when its positional memorization score reaches this value; None uses
+            exact match. Needs a result measured with a method that decodes the whole suffix (not "prefix").
+
+    Returns:
+        One label per window, in input order: 1 = memorized, 0 = not.
+    """
     per_sample = result.per_sample()
     if min_score is None:
         return [int(x) for x in per_sample["exact_match_per_sample"]]
@@ -25,7 +42,16 @@ def extraction_labels(result, min_score: float | None = None) -> list[int]:
 
 @dataclass
 class PredictorReport:
-    """Held-out accuracy and ROC AUC of a fitted `MemorizationPredictor`."""
+    """Held-out accuracy and ROC AUC of a fitted `MemorizationPredictor`.
+
+    Attributes:
+        accuracy: Accuracy on the held-out windows, at probability threshold 0.5.
+        auc: ROC AUC on the held-out windows.
+        n_train: Windows the classifier was fitted on.
+        n_test: Held-out windows.
+        features: Names of the features, in column order; all the hidden state's columns come last, under the
+            one name `"hidden[layer]"`.
+    """
 
     accuracy: float
     auc: float
@@ -39,11 +65,28 @@ class MemorizationPredictor:
 
     Features: any of `PREDICTOR_FEATURES` (entropy and n-gram ones average `boundary_window` positions before and
     from the boundary; n-gram counts enter as log(1 + count)), plus the pooled hidden state of `hidden_layer`.
+
+    Args:
+        features: Names from `PREDICTOR_FEATURES`; the default leaves out the n-gram ones, which need signals
+            computed with `ngram_counts`. May be empty when `hidden_layer` is set.
+        hidden_layer: Also use the pooled hidden state of this layer (0 = embeddings, negative counts from the
+            last); None uses no hidden state.
+        boundary_window: Positions averaged on each side of the boundary for the entropy and n-gram features.
+        C: Inverse regularization strength of the logistic regression (scikit-learn's `C`).
+        max_iter: Iteration limit of the logistic regression solver.
+
+    Attributes:
+        pipeline: The fitted scikit-learn pipeline (scaler, then logistic regression); None before `fit`.
+        report: The `PredictorReport` of the last `fit`; None before.
+
+    Raises:
+        ValueError: If `features` names an unknown feature, is empty without `hidden_layer`, or `boundary_window`
+            < 1.
     """
 
     def __init__(
         self,
-        features=DEFAULT_PREDICTOR_FEATURES,
+        features: Sequence[str] = DEFAULT_PREDICTOR_FEATURES,
         hidden_layer: int | None = None,
         boundary_window: int = 8,
         C: float = 1.0,
@@ -61,7 +104,18 @@ class MemorizationPredictor:
         self.report: PredictorReport | None = None
 
     def feature_matrix(self, signals: MemorizationSignals) -> np.ndarray:
-        """One row per window, one column per feature (then the hidden state's dimensions)."""
+        """One row per window, one column per feature (then the hidden state's dimensions).
+
+        Args:
+            signals: The windows' signals, from `memorization_signals`.
+
+        Returns:
+            The unscaled feature matrix, shape (windows, features + hidden size).
+
+        Raises:
+            ValueError: If a feature needs signals that `signals` lacks (n-gram counts, hidden states), or
+                `hidden_layer` is out of range.
+        """
         w = self.boundary_window
         columns = []
         for name in self.features:
@@ -85,9 +139,29 @@ class MemorizationPredictor:
             matrix = np.concatenate([matrix, signals.hidden[self.hidden_layer]], 1)
         return matrix
 
-    def fit(self, signals: MemorizationSignals, labels, test_size: float = 0.3, seed: int = 0) -> PredictorReport:
-        """Fit on a stratified split and report accuracy and AUC on the held-out part. `labels`: one 0/1 per window,
-        or an `ExtractionResult` of the same windows (exact match)."""
+    def fit(
+        self,
+        signals: MemorizationSignals,
+        labels: Sequence[int] | np.ndarray | ExtractionResult,
+        test_size: float = 0.3,
+        seed: int = 0,
+    ) -> PredictorReport:
+        """Fit on a stratified split and report accuracy and AUC on the held-out part.
+
+        Args:
+            signals: The windows' signals, from `memorization_signals`.
+            labels: One 0/1 (or boolean) label per window, or an `ExtractionResult` of the same windows (labelled by
+                exact match).
+            test_size: Fraction of the windows held out, in (0, 1).
+            seed: Random state of the split.
+
+        Returns:
+            The `PredictorReport`, also kept in `report`.
+
+        Raises:
+            ValueError: If the labels do not match the windows, are not 0/1, hold fewer than 2 windows of a class,
+                or `test_size` is outside (0, 1) or leaves a part without both classes.
+        """
         from sklearn.linear_model import LogisticRegression
         from sklearn.metrics import accuracy_score, roc_auc_score
         from sklearn.model_selection import train_test_split
@@ -131,7 +205,17 @@ class MemorizationPredictor:
         return self.report
 
     def predict_proba(self, signals: MemorizationSignals) -> np.ndarray:
-        """Probability that each window is memorized."""
+        """Probability that each window is memorized.
+
+        Args:
+            signals: The windows' signals, computed with the settings used for `fit`.
+
+        Returns:
+            One probability per window, shape (windows,).
+
+        Raises:
+            ValueError: If the predictor is not fitted yet.
+        """
         if self.pipeline is None:
             raise ValueError("This MemorizationPredictor is not fitted yet: call `fit` first.")
         return self.pipeline.predict_proba(self.feature_matrix(signals))[:, 1]

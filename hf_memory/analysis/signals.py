@@ -11,9 +11,10 @@ signals to extraction labels.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,10 @@ from tqdm.auto import tqdm
 
 from .._utils import as_sequences, check_integer, eval_mode, leading_windows, model_device
 
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedTokenizerBase
 
 POOLS = ("all", "prefix", "suffix")
 PREDICTOR_FEATURES = (
@@ -44,6 +49,9 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     Args:
         logits: Unnormalized log-probabilities; the last dimension is the vocabulary.
 
+    Returns:
+        The entropies, shaped like `logits` without its last dimension.
+
     Example:
         >>> import math
         >>> round(token_entropy(torch.zeros(4)).item(), 6) == round(math.log(4), 6)  # uniform: log of the vocabulary size
@@ -58,13 +66,33 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class NgramCounts:
-    """n-gram counts of a token corpus: `counts[n][tuple of n ids]`, and `total[n]` n-grams counted."""
+    """n-gram counts of a token corpus: `counts[n][tuple of n ids]`, and `total[n]` n-grams counted.
+
+    Attributes:
+        counts: n-gram order -> `Counter` of the n-grams (tuples of n token ids) seen in the corpus.
+        total: n-gram order -> how many n-grams of that order the corpus holds (with repeats).
+    """
 
     counts: dict[int, Counter]
     total: dict[int, int]
 
-    def lookup(self, ids, n: int) -> np.ndarray:
-        """Count of the n-gram ending at each position of `ids` (NaN where fewer than n tokens precede it)."""
+    def lookup(self, ids: Sequence[int] | torch.Tensor, n: int) -> np.ndarray:
+        """Count of the n-gram ending at each position of `ids` (NaN where fewer than n - 1 tokens precede it).
+
+        Args:
+            ids: One token id sequence.
+            n: The n-gram order; one of the orders counted.
+
+        Returns:
+            A float array of `len(ids)` counts (0 for an n-gram never seen).
+
+        Raises:
+            ValueError: If order `n` was not counted.
+
+        Example:
+            >>> ngram_counts([[1, 2, 1, 2]]).lookup([2, 1, 2, 3], 2).tolist()
+            [nan, 1.0, 2.0, 0.0]
+        """
         if n not in self.counts:
             raise ValueError(f"`n` must be one of the counted orders {sorted(self.counts)}, got {n!r}.")
         ids = [int(t) for t in ids]
@@ -75,8 +103,23 @@ class NgramCounts:
         return out
 
 
-def ngram_counts(sequences, n=(1, 2)) -> NgramCounts:
-    """Count the n-grams (for each order in `n`) of a corpus of token id sequences (same inputs as `measure_extraction`).
+def ngram_counts(
+    sequences: Sequence[Sequence[int]] | torch.Tensor | datasets.Dataset, n: int | Sequence[int] = (1, 2)
+) -> NgramCounts:
+    """Count the n-grams (for each order in `n`) of a corpus of token id sequences.
+
+    The corpus takes the same inputs as `measure_extraction`; n-grams do not cross sequence boundaries.
+
+    Args:
+        sequences: Token id sequences (lists, 1-D tensors), a 2-D tensor (one sequence per row), or a
+            `datasets.Dataset` with an `input_ids` column.
+        n: One n-gram order, or several (each >= 1); `memorization_signals` needs 1 and 2.
+
+    Returns:
+        The `NgramCounts` of every order in `n`.
+
+    Raises:
+        ValueError: If `n` is empty or holds an order below 1, or `sequences` is empty or not token ids.
 
     Example:
         >>> counts = ngram_counts([[1, 2, 1, 2], [2, 1]])
@@ -107,6 +150,24 @@ class MemorizationSignals:
     - `unigram[i, j]`, `bigram[i, j]`: corpus count of the input token at offset `ngram_offsets[j]` and of the
       bigram ending there (NaN at the first token); None without `ngram_counts`.
     - `hidden[l, i]`: hidden states of layer l (0 = embeddings) mean-pooled over the `pool` positions; None if off.
+
+    Attributes:
+        confidence: Shape (windows,): mean over the suffix of the largest next-token probability.
+        true_prob: Shape (windows,): mean over the suffix of the true next token's probability.
+        logit_mean: Shape (windows,): mean of the logits over the vocabulary and the suffix.
+        logit_var: Shape (windows,): variance of the logits over the vocabulary, averaged over the suffix.
+        entropy: Shape (windows, prefix_len + suffix_len - 1): entropy (nats) of each next-token prediction.
+        entropy_offsets: Offset from the boundary of the token each `entropy` column predicts (-prefix_len + 1 ..
+            suffix_len - 1).
+        ngram_offsets: Offset from the boundary of each `unigram` / `bigram` column (-prefix_len .. suffix_len - 1).
+        unigram: Shape (windows, prefix_len + suffix_len): corpus count of each input token; None without
+            `ngram_counts`.
+        bigram: Same shape: corpus count of the bigram ending at each input token (NaN at the first); None without
+            `ngram_counts`.
+        hidden: Shape (layers + 1, windows, hidden size): pooled hidden states; None with `hidden_states=False`.
+        prefix_len: Tokens of each window's prefix.
+        suffix_len: Tokens of each window's suffix.
+        pool: The positions `hidden` is pooled over: "all", "prefix" or "suffix".
     """
 
     confidence: np.ndarray
@@ -127,7 +188,18 @@ class MemorizationSignals:
         return len(self.confidence)
 
     def boundary(self, name: str, window: int) -> tuple[np.ndarray, np.ndarray]:
-        """(offsets, values) of "entropy", "unigram" or "bigram" cut to offsets -window .. window - 1."""
+        """(offsets, values) of "entropy", "unigram" or "bigram" cut to offsets -window .. window - 1.
+
+        Args:
+            name: The signal: "entropy", "unigram" or "bigram".
+            window: How many positions to keep on each side of the boundary (fewer where the window is shorter).
+
+        Returns:
+            `(offsets, values)`: the kept offsets, and the signal's columns at them (one row per window).
+
+        Raises:
+            ValueError: If `name` is unknown, or the signals have no n-gram counts and `name` asks for them.
+        """
         if name not in ("entropy", "unigram", "bigram"):
             raise ValueError(f"`name` must be 'entropy', 'unigram' or 'bigram', got {name!r}.")
         values = getattr(self, name)
@@ -140,8 +212,8 @@ class MemorizationSignals:
 
 @torch.inference_mode()
 def memorization_signals(
-    model,
-    sequences,
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]] | torch.Tensor | datasets.Dataset,
     prefix_len: int = 32,
     suffix_len: int = 32,
     ngram_counts: NgramCounts | None = None,
@@ -152,6 +224,26 @@ def memorization_signals(
 ) -> MemorizationSignals:
     """Confidence, logit statistics, per-token entropy and n-gram frequency across the boundary, and pooled hidden
     states, for the first prefix_len + suffix_len tokens of each sequence (a shorter sequence is an error).
+
+    Args:
+        model: A causal language model (`*ForCausalLM`); run in eval mode, its mode restored afterwards.
+        sequences: Token id sequences (lists, 1-D tensors), a 2-D tensor (one sequence per row), or a
+            `datasets.Dataset` with an `input_ids` column.
+        prefix_len: Tokens before the boundary.
+        suffix_len: Tokens from the boundary on; confidence and logit statistics are averaged over them.
+        ngram_counts: Corpus n-gram counts with orders 1 and 2 (`ngram_counts(corpus)`); None leaves `unigram` and
+            `bigram` unset.
+        hidden_states: Also return the pooled hidden states of every layer.
+        pool: Positions the hidden states are averaged over: "all", "prefix" or "suffix".
+        batch_size: Windows per forward pass.
+        show_progress: Show a progress bar over the batches.
+
+    Returns:
+        The `MemorizationSignals`, one row per sequence in input order.
+
+    Raises:
+        ValueError: If a sequence is too short, `pool` is unknown, `batch_size` < 1, or `ngram_counts` lacks order
+            1 or 2.
 
     Example:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -210,7 +302,12 @@ def memorization_signals(
 
 @dataclass
 class RepresentationSimilarity:
-    """Mean pairwise cosine similarity of a concept's representations across its contexts, per layer (0 = embeddings)."""
+    """Mean pairwise cosine similarity of a concept's representations across its contexts, per layer (0 = embeddings).
+
+    Attributes:
+        per_concept: Concept -> its similarity per layer, shape (layers + 1,).
+        mean: The similarity per layer averaged over the concepts, shape (layers + 1,).
+    """
 
     per_concept: dict
     mean: np.ndarray
@@ -258,12 +355,27 @@ def _concept_spans(concept_contexts: Mapping, tokenizer) -> dict:
 
 
 @torch.inference_mode()
-def representation_similarity(model, concept_contexts: Mapping, tokenizer=None) -> RepresentationSimilarity:
+def representation_similarity(
+    model: torch.nn.Module, concept_contexts: Mapping, tokenizer: PreTrainedTokenizerBase | None = None
+) -> RepresentationSimilarity:
     """For each concept, the mean over pairs of contexts of the cosine similarity of its representation, per layer.
 
     The representation of a concept in a context is the hidden state averaged over the concept's tokens.
     `concept_contexts`: {concept text: [context texts containing it]} with a `tokenizer` (first occurrence), or
     {key: [(token ids, (start, end)), ...]} with the concept's token span in each context.
+
+    Args:
+        model: A language model that returns hidden states (`output_hidden_states=True`); run in eval mode.
+        concept_contexts: Concept -> at least 2 contexts, in one of the two forms above.
+        tokenizer: A fast tokenizer (it must return offset mappings) when the contexts are texts; None when they
+            are token ids with spans.
+
+    Returns:
+        The `RepresentationSimilarity`: per concept and averaged over concepts.
+
+    Raises:
+        ValueError: If `concept_contexts` is empty, a concept has fewer than 2 contexts, a concept is not found in
+            its context, or a span is empty or outside its context.
 
     Example:
         >>> from transformers import LlamaConfig, LlamaForCausalLM

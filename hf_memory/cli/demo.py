@@ -15,9 +15,17 @@ import time
 
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers import (
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+    default_data_collator,
+)
 from transformers.utils import logging as hf_logging
 
+from .._utils import require_extra
 from ..data import document_windows, stdlib_docstrings
 from ..extraction import measure_extraction
 from ..goldfish import GoldfishTrainer, GoldfishTrainingArguments
@@ -28,13 +36,38 @@ CURVES = ("exact_match", "memorization_score")
 
 
 class ExtractionCallback(TrainerCallback):
-    """Measures extraction of the training documents at the end of every epoch."""
+    """Measures extraction of the training documents at the end of every epoch.
 
-    def __init__(self, windows, prefix_len, suffix_len):
+    Args:
+        windows: The training documents, as token id sequences of at least `prefix_len + suffix_len` tokens.
+        prefix_len: Tokens of each document given to the model.
+        suffix_len: Tokens the model must then reproduce.
+
+    Attributes:
+        history: One dict per epoch: `epoch` and the extraction metrics of `measure_extraction`.
+    """
+
+    def __init__(self, windows: list[list[int]], prefix_len: int, suffix_len: int) -> None:
         self.windows, self.prefix_len, self.suffix_len = windows, prefix_len, suffix_len
         self.history = []
 
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+    def on_epoch_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: torch.nn.Module | None = None,
+        **kwargs,
+    ) -> None:
+        """Measure extraction with the model as it is now and append the metrics to `history`.
+
+        Args:
+            args: The trainer's training arguments (unused).
+            state: The trainer's state; its `epoch` labels the entry.
+            control: The trainer's control flags (unused).
+            model: The model being trained.
+            **kwargs: The other objects the trainer passes to callbacks (unused).
+        """
         result = measure_extraction(model, self.windows, self.prefix_len, self.suffix_len, show_progress=False)
         self.history.append({"epoch": round(state.epoch), **result.metrics})
 
@@ -60,9 +93,17 @@ def _arm_args(args_class, output_dir, epochs, lr, batch_size, seed, **extra):
 
 
 def plot_curves(histories: dict, before: dict, path: str, title: str) -> None:
-    """Memorization of the training documents against epoch, one line per arm, for each metric in CURVES."""
-    from .._utils import require_extra
+    """Memorization of the training documents against epoch, one line per arm, for each metric in CURVES.
 
+    Args:
+        histories: Per arm name, the `ExtractionCallback.history` of its run.
+        before: The extraction metrics before fine-tuning, plotted at epoch 0 for every arm.
+        path: Where the PNG image is written.
+        title: The figure's title.
+
+    Raises:
+        ImportError: If matplotlib (the `plots` extra) is not installed.
+    """
     require_extra("plots", "The demo's plot")
     import matplotlib
 
@@ -102,7 +143,36 @@ def run_demo(
     seed: int = 0,
     out_dir: str = "demo_output",
 ) -> dict:
-    """Fine-tune two copies of one model (standard loss, goldfish) and report extraction and held-out loss for each."""
+    """Fine-tune two copies of one model (standard loss, goldfish) and report extraction and held-out loss for each.
+
+    The documents are standard-library docstrings cut to `prefix_len + suffix_len` tokens: the first `docs` are
+    trained on, the next `held_out` measure the loss. A table is printed, and a plot (`goldfish_demo.png`) and the
+    numbers (`goldfish_demo.json`) are written to `out_dir`.
+
+    Args:
+        model: A local model folder; None uses the embedded SmolLM2-135M-Instruct.
+        gguf_file: The GGUF file name inside `model`, if the model is stored as one.
+        docs: Number of training documents.
+        held_out: Number of held-out documents for the loss.
+        epochs: Fine-tuning epochs per arm.
+        lr: Learning rate (constant schedule, no warm-up, no weight decay).
+        batch_size: Training and evaluation batch size per device.
+        prefix_len: Tokens of each document given to the model when measuring extraction.
+        suffix_len: Tokens the model must then reproduce.
+        goldfish_k: Goldfish drops about 1 in `goldfish_k` labels in the goldfish arm.
+        goldfish_h: Width of the hashed window that decides each goldfish drop.
+        seed: Seed of training and data order, the same for both arms.
+        out_dir: The folder for the plot and the JSON results (created if missing).
+
+    Returns:
+        `{"results": ..., "histories": ...}`: per arm (and "before fine-tuning"), the final extraction metrics and
+        `held_out_loss`; per trained arm, the metrics after every epoch.
+
+    Raises:
+        ValueError: If fewer than `docs + held_out` documents have `prefix_len + suffix_len` tokens.
+        ImportError: If matplotlib (the `plots` extra) is not installed.
+    """
+    require_extra("plots", "The demo's plot")  # before training, not after it
     hf_logging.set_verbosity_warning()
     started = time.time()
     base, tokenizer = load_model(model, gguf_file)

@@ -16,6 +16,11 @@ def _add_model_arguments(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `hf-memory` argument parser, with its `demo` and `measure` subcommands.
+
+    Returns:
+        The parser; `parse_args` gives a namespace whose `command` names the subcommand.
+    """
     parser = argparse.ArgumentParser(prog="hf-memory", description="Measure, prevent and use memorization.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -45,12 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--stride", type=int, default=None, help="A window every N tokens (default: one per document)."
     )
     measure.add_argument("--batch-size", type=int, default=64)
-    measure.add_argument("--method", default="auto", choices=["auto", "prefix", "generate"])
+    measure.add_argument("--method", default="auto", choices=["auto", "prefix", "generate"])  # EXTRACTION_METHODS
     measure.add_argument("--out", default=None, help="Write one JSON line per window here.")
     return parser
 
 
-def run_measure(args) -> dict:
+def run_measure(args: argparse.Namespace) -> dict:
+    """`hf-memory measure`: load the model and the documents, measure extraction, print the metrics.
+
+    With `--out`, one JSON line per window is written: its source, start, scores, and the predicted and true
+    suffix as token ids and text.
+
+    Args:
+        args: The parsed `measure` arguments (`model`, `gguf_file`, `data`, `text_field`, `prefix`, `suffix`,
+            `stride`, `batch_size`, `method`, `out`).
+
+    Returns:
+        The aggregate metrics, as in `ExtractionResult.metrics`.
+
+    Raises:
+        ValueError: If the data gives no documents or no document is long enough for one window.
+    """
     from ..data import load_token_sequences
     from ..extraction import measure_extraction
     from ..models import load_model
@@ -98,7 +118,15 @@ def run_measure(args) -> dict:
     return result.metrics
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Run the `hf-memory` command line.
+
+    Args:
+        argv: The arguments after the program name; None reads `sys.argv`.
+
+    Returns:
+        The exit status, 0 on success (errors raise, and argparse exits on bad arguments).
+    """
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 # Modules whose long docstrings make varied, English, self-contained documents.
@@ -69,7 +75,19 @@ STDLIB_MODULES = (
 
 
 def stdlib_docstrings(min_chars: int = 400, max_docs: int | None = None) -> list[str]:
-    """Docstrings of standard-library modules, classes and functions, at least `min_chars` long, in a fixed order."""
+    """Docstrings of standard-library modules, classes and functions, at least `min_chars` long, in a fixed order.
+
+    Every machine with Python has them, so examples and tests get English documents without a download. The order
+    follows `STDLIB_MODULES` (each module, then its classes and functions by name); duplicates are dropped and
+    modules missing on this platform are skipped. The texts depend on the Python version.
+
+    Args:
+        min_chars: The shortest docstring kept, in characters (after `inspect.getdoc` cleaning).
+        max_docs: Stop after this many documents; None returns all of them.
+
+    Returns:
+        The docstrings, as plain strings.
+    """
     docs, seen = [], set()
     for name in STDLIB_MODULES:
         try:
@@ -89,8 +107,23 @@ def stdlib_docstrings(min_chars: int = 400, max_docs: int | None = None) -> list
     return docs
 
 
-def document_windows(tokenizer, texts, length: int) -> list[list[int]]:
-    """The first `length` tokens of each text that has that many (no special tokens added)."""
+def document_windows(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], length: int) -> list[list[int]]:
+    """The first `length` tokens of each text that has that many (no special tokens added).
+
+    Args:
+        tokenizer: A Hugging Face tokenizer (called as `tokenizer(text, add_special_tokens=False)`).
+        texts: The documents to tokenize.
+        length: Tokens per window; shorter documents are left out.
+
+    Returns:
+        One list of `length` token ids per document long enough, in the order of `texts`.
+
+    Example:
+        >>> from hf_memory.data import word_level_tokenizer
+        >>> tok = word_level_tokenizer(["a", "b", "c"])
+        >>> document_windows(tok, ["a b c a", "b c", "c c c"], 3)
+        [[4, 5, 6], [6, 6, 6]]
+    """
     windows = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]

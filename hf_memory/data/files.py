@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def _is_saved_dataset(path: str) -> bool:
@@ -13,12 +19,27 @@ def _is_saved_dataset(path: str) -> bool:
     )
 
 
-def load_token_sequences(paths, tokenizer, text_field: str = "text") -> tuple[list[list[int]], list[str]]:
+def load_token_sequences(
+    paths: Iterable[str], tokenizer: PreTrainedTokenizerBase, text_field: str = "text"
+) -> tuple[list[list[int]], list[str]]:
     """Token id sequences and, per sequence, where it came from.
 
     A text file is one document; a `.jsonl` file holds one JSON object per line with `input_ids` or `text_field`;
     a folder written by `Dataset.save_to_disk` gives its `input_ids` column, or else its `text_field` column. Text is
     tokenized without special tokens, as documents are usually seen in training.
+
+    Args:
+        paths: Text files, `.jsonl` / `.json` files (one JSON object per line) and `save_to_disk` folders, in order.
+        tokenizer: The tokenizer for records given as text (called with `add_special_tokens=False`).
+        text_field: The JSON key or dataset column holding the text, used where there is no `input_ids`.
+
+    Returns:
+        `(sequences, sources)`: the token id lists, and for each a label saying where it came from (`path`,
+        `path:line` or `path[/split][row]`).
+
+    Raises:
+        ValueError: If a path is neither a file nor a saved dataset folder, a record has neither `input_ids` nor
+            `text_field`, or no document was found.
     """
     sequences, sources = [], []
 

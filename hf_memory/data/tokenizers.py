@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 
-def word_level_tokenizer(words: Sequence[str], max_length: int = 16):
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+
+def word_level_tokenizer(words: Sequence[str], max_length: int = 16) -> PreTrainedTokenizerFast:
     """A word-level `PreTrainedTokenizerFast`: `<pad>`=0, `<bos>`=1, `<eos>`=2, `<unk>`=3, then `words` in order.
 
     Text is split on whitespace and punctuation; every encoding is wrapped in `<bos> ... <eos>`.
@@ -13,6 +18,12 @@ def word_level_tokenizer(words: Sequence[str], max_length: int = 16):
     Args:
         words: The vocabulary after the four special tokens, in id order (no duplicates).
         max_length: The tokenizer's `model_max_length`.
+
+    Returns:
+        The tokenizer, built in memory (nothing is downloaded).
+
+    Raises:
+        ValueError: If `words` holds an empty string, a non-string or a duplicate.
 
     Example:
         >>> tok = word_level_tokenizer(["red", "circle"], max_length=8)

@@ -3,13 +3,34 @@ where it diverges, and plain batched `generate` (the reference)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .._utils import cache_io, supports_logits_to_keep
 
 
-def teacher_forced(model, windows: torch.Tensor, prefix_len: int, use_cache: bool):
-    """Greedy token at every suffix position given the true history, and the forward's output."""
+if TYPE_CHECKING:
+    from transformers.utils import ModelOutput
+
+
+def teacher_forced(
+    model: torch.nn.Module, windows: torch.Tensor, prefix_len: int, use_cache: bool
+) -> tuple[torch.Tensor, ModelOutput]:
+    """Greedy token at every suffix position given the true history, and the forward's output.
+
+    Only the logits of the last `suffix_len + 1` positions are computed when the model takes `logits_to_keep`.
+
+    Args:
+        model: A causal language model.
+        windows: Token ids, shape `(batch, prefix_len + suffix_len)`, on the model's device.
+        prefix_len: Tokens of each window's prefix; the rest is the suffix.
+        use_cache: Keep the KV cache in the output (needed by `resume_greedy`).
+
+    Returns:
+        `(greedy, output)`: the argmax token for each suffix position, shape `(batch, suffix_len)`, and the
+        model's forward output (with its cache when `use_cache`).
+    """
     suffix_len = windows.shape[1] - prefix_len
     kwargs = {"logits_to_keep": suffix_len + 1} if supports_logits_to_keep(model) else {}
     out = model(input_ids=windows, use_cache=use_cache, **kwargs)
@@ -17,8 +38,31 @@ def teacher_forced(model, windows: torch.Tensor, prefix_len: int, use_cache: boo
     return logits.argmax(-1), out
 
 
-def resume_greedy(model, out, windows, greedy, lcp, prefix_len):
-    """Continue greedy decoding of the diverged rows from their divergence point, reusing the forward's cache."""
+def resume_greedy(
+    model: torch.nn.Module,
+    out: ModelOutput,
+    windows: torch.Tensor,
+    greedy: torch.Tensor,
+    lcp: torch.Tensor,
+    prefix_len: int,
+) -> torch.Tensor:
+    """Continue greedy decoding of the diverged rows from their divergence point, reusing the forward's cache.
+
+    Cache entries past a row's divergence point hold the true tokens, not the generated ones: the attention mask
+    hides them, so each step sees the prefix, the correct part of the suffix and the tokens generated so far.
+
+    Args:
+        model: The model that produced `out`.
+        out: The output of `teacher_forced(..., use_cache=True)` on `windows`; its cache is modified in place.
+        windows: Token ids, shape `(batch, prefix_len + suffix_len)`.
+        greedy: The teacher-forced argmax per suffix position, shape `(batch, suffix_len)`.
+        lcp: Per row, the number of leading suffix tokens `greedy` gets right, shape `(batch,)`.
+        prefix_len: Tokens of each window's prefix.
+
+    Returns:
+        The greedy continuation of every row, shape `(batch, suffix_len)`: the true suffix for rows that never
+        diverge, decoded tokens from the divergence point on for the others.
+    """
     batch, length = windows.shape
     suffix_len = length - prefix_len
     predictions = windows[:, prefix_len:].clone()
@@ -54,7 +98,19 @@ def resume_greedy(model, out, windows, greedy, lcp, prefix_len):
     return predictions
 
 
-def generate_suffixes(model, windows, prefix_len):
+def generate_suffixes(model: torch.nn.Module, windows: torch.Tensor, prefix_len: int) -> torch.Tensor:
+    """Greedy continuation of each window's prefix with plain batched `generate` (the reference decoding).
+
+    Exactly `suffix_len` tokens are generated for every row: end-of-sequence tokens do not stop generation.
+
+    Args:
+        model: A causal language model with `generate`.
+        windows: Token ids, shape `(batch, prefix_len + suffix_len)`; only the prefixes are read.
+        prefix_len: Tokens of each window's prefix.
+
+    Returns:
+        The generated tokens, shape `(batch, suffix_len)`.
+    """
     prefix = windows[:, :prefix_len]
     suffix_len = windows.shape[1] - prefix_len
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0

@@ -9,7 +9,9 @@ that diverged. All numbers come from the `extractable_memorization` metric.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -20,12 +22,28 @@ from .decoding import generate_suffixes, resume_greedy, teacher_forced
 from .windows import extraction_windows
 
 
+if TYPE_CHECKING:
+    import datasets
+
+
 EXTRACTION_METHODS = ("auto", "prefix", "generate")
 
 
 @dataclass
 class ExtractionResult:
-    """Per-window greedy continuations and true suffixes, in input order, with the metric's aggregate numbers."""
+    """Per-window greedy continuations and true suffixes, in input order, with the metric's aggregate numbers.
+
+    Attributes:
+        predictions: The greedy continuation of each window's prefix, as token ids (with
+            `measure_extraction(..., method="prefix")` it stops at the first wrong token).
+        references: The true suffix of each window, as token ids.
+        longest_common_prefix: Per window, how many leading suffix tokens greedy decoding reproduces.
+        metrics: The `extractable_memorization` metric's means over the windows (`exact_match`,
+            `memorization_score`, `longest_common_prefix`, `rouge_l`; only the first and third with
+            `method="prefix"`).
+        windows: Per window, `(sequence index, start token)`: where in the input it was cut.
+        num_skipped: How many sequences were shorter than `prefix_len + suffix_len` and gave no window.
+    """
 
     predictions: list[list[int]]
     references: list[list[int]]
@@ -35,14 +53,22 @@ class ExtractionResult:
     num_skipped: int = 0  # sequences shorter than prefix_len + suffix_len
 
     def per_sample(self) -> dict:
-        """The metric's per-window lists (exact match, positional score, longest common prefix, ROUGE-L)."""
+        """The metric's per-window lists (exact match, positional score, longest common prefix, ROUGE-L).
+
+        With `method="prefix"` the predictions are cut at the first wrong token, so only `exact_match_per_sample`
+        and `longest_common_prefix_per_sample` are meaningful there.
+
+        Returns:
+            The `extraction_scores(..., return_per_sample=True)` dict: the four means and, per metric, a
+            `<name>_per_sample` list in window order.
+        """
         return extraction_scores(self.predictions, self.references, return_per_sample=True)
 
 
 @torch.inference_mode()
 def measure_extraction(
-    model,
-    sequences,
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]] | torch.Tensor | datasets.Dataset,
     prefix_len: int = 32,
     suffix_len: int = 32,
     stride: int | None = None,
@@ -52,13 +78,29 @@ def measure_extraction(
 ) -> ExtractionResult:
     """Greedy extraction of each window's suffix from its prefix, scored by the `extractable_memorization` metric.
 
-    `sequences`: token id sequences (lists, 1-D tensors, a 2-D tensor) or a `datasets.Dataset` with `input_ids`.
     One window per sequence (its first prefix_len + suffix_len tokens), or one every `stride` tokens; shorter
-    sequences are skipped and counted in `num_skipped`. `method`: "auto" (teacher-forced shortcut, greedy resumed
-    from the KV cache where it diverges), "prefix" (shortcut only: exact match and longest common prefix are exact,
-    predictions stop at the first wrong token, so only those two metrics are reported) or "generate" (plain
-    batched greedy `generate`, the reference). Under `accelerate launch` each process scores a share and the
-    results are gathered in input order.
+    sequences are skipped and counted in `num_skipped`. Under `accelerate launch` each process scores a share and
+    the results are gathered in input order. The model is put in eval mode for the call and given back its mode.
+
+    Args:
+        model: A causal language model (transformers `...ForCausalLM`), on the device to run on.
+        sequences: Token id sequences (lists, 1-D tensors, a 2-D tensor) or a `datasets.Dataset` with `input_ids`.
+        prefix_len: Tokens of each window given to the model.
+        suffix_len: Tokens of each window the model must reproduce greedily.
+        stride: Cut a window every `stride` tokens of each sequence; None cuts one window, at its start.
+        batch_size: Windows per forward pass.
+        method: "auto" (teacher-forced shortcut, greedy resumed from the KV cache where it diverges), "prefix"
+            (shortcut only: exact match and longest common prefix are exact, predictions stop at the first wrong
+            token, so only those two metrics are reported) or "generate" (plain batched greedy `generate`, the
+            reference).
+        show_progress: Show a progress bar (on the local main process only).
+
+    Returns:
+        An `ExtractionResult` with the predictions, references and scores of every window, in input order.
+
+    Raises:
+        ValueError: If a length, `stride` or `batch_size` is not a positive integer, `method` is unknown, a
+            sequence is not integer token ids, or no sequence is long enough for one window.
 
     Example:
         >>> from transformers import LlamaConfig, LlamaForCausalLM

@@ -9,10 +9,16 @@ train mode, so it is untouched; calls made while a `FastMem.memorize` is already
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from transformers import TrainerCallback
 
 from .config import FastMemConfig
 from .fastmem import FastMem, fastmem_generate, is_memorizing
+
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, TrainerControl, TrainerState, TrainingArguments
 
 
 _WRAPPED = "_hf_memory_fastmem_generate"
@@ -20,6 +26,15 @@ _WRAPPED = "_hf_memory_fastmem_generate"
 
 class FastMemCallback(TrainerCallback):
     """Memorize every evaluation / prediction prompt before generating it, inside Trainer or Seq2SeqTrainer.
+
+    Args:
+        config: How to memorize each batch of prompts; None uses the `FastMemConfig` defaults.
+
+    Attributes:
+        config: The settings in use.
+
+    Raises:
+        TypeError: If `config` is not a `FastMemConfig`.
 
     Example:
         >>> callback = FastMemCallback(FastMemConfig(steps=10, lr=1e-4))
@@ -33,12 +48,45 @@ class FastMemCallback(TrainerCallback):
         if not isinstance(self.config, FastMemConfig):
             raise TypeError(f"`config` must be a FastMemConfig, got {type(self.config).__name__}.")
 
-    def on_init_end(self, args, state, control, model=None, **kwargs):
+    def on_init_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: PreTrainedModel | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Attach to the Trainer's model once the Trainer is built (see `attach`).
+
+        Args:
+            args: The Trainer's training arguments (unused).
+            state: The Trainer's state (unused).
+            control: The Trainer's control object (unused).
+            model: The Trainer's model; nothing is attached when it is None.
+            **kwargs: The other objects the Trainer passes to callbacks (unused).
+
+        Raises:
+            NotImplementedError: If FastMem does not support the model (see `FastMem`).
+            ValueError: If the config's `layer` or `lora` does not fit the model.
+            RuntimeError: If another `FastMemCallback` already wraps the model's `generate`.
+        """
         if model is not None:
             self.attach(model)
 
-    def attach(self, model) -> None:
-        """Wrap `model.generate` (also done by the Trainer at construction). Errors early on an unsupported model."""
+    def attach(self, model: PreTrainedModel) -> None:
+        """Wrap `model.generate` (also done by the Trainer at construction). Errors early on an unsupported model.
+
+        Attaching twice to the same model is a no-op. The wrapper memorizes only in eval mode and outside a
+        `FastMem.memorize` block; otherwise it calls the original `generate`.
+
+        Args:
+            model: The model whose `generate` is wrapped (as an instance attribute; the class is untouched).
+
+        Raises:
+            NotImplementedError: If FastMem does not support the model (see `FastMem`).
+            ValueError: If the config's `layer` or `lora` does not fit the model.
+            RuntimeError: If another `FastMemCallback` already wraps the model's `generate`.
+        """
         FastMem(model, self.config)  # validates the architecture, layer and contrastive setting now, not mid-eval
         if getattr(model.generate, _WRAPPED, None) is not None:
             if getattr(model.generate, _WRAPPED) is self:
@@ -55,7 +103,13 @@ class FastMemCallback(TrainerCallback):
         setattr(generate, _WRAPPED, self)
         model.generate = generate
 
-    def detach(self, model) -> None:
-        """Give the model its own `generate` back."""
+    def detach(self, model: PreTrainedModel) -> None:
+        """Give the model its own `generate` back.
+
+        Does nothing when `generate` is not wrapped by this callback.
+
+        Args:
+            model: The model given to `attach`.
+        """
         if getattr(model.generate, _WRAPPED, None) is self:
             del model.generate

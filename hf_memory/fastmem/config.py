@@ -25,6 +25,10 @@ class FastMemConfig(HubConfigMixin):
         max_grad_norm: Gradient-norm clip per prompt and step; None turns it off.
         contrastive: α of FastMem+CD: inside `memorize` the logits are (1+α)·memorized − α·original; 0 turns it off.
 
+    Raises:
+        ValueError: If a number is out of range or of the wrong type, if `lora` is not a `peft.LoraConfig`, or if it
+            has `use_dora=True`.
+
     Example:
         >>> FastMemConfig(steps=5).steps
         5

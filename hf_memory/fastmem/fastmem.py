@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers.utils import logging
@@ -29,10 +30,13 @@ from transformers.utils import logging
 from .._utils import FINAL_NORM, as_token_ids, cache_io, model_device, restored, supports_logits_to_keep
 from .config import FastMemConfig
 from .ffn import MemorizedFFN, clip_per_row
-from .inputs import loss_mask as _loss_mask
-from .inputs import position_ids as _position_ids
-from .inputs import prompt_batch
+from .inputs import positions_from_mask, prompt_batch, target_mask
 from .loss import MemorizationLoss
+
+
+if TYPE_CHECKING:
+    import numpy as np
+    from transformers import PreTrainedModel
 
 
 logger = logging.get_logger(__name__)
@@ -41,11 +45,14 @@ _ACTIVE_ATTRIBUTE = "_hf_memory_fastmem_active"
 _LOCK = threading.Lock()
 
 
-def is_memorizing(model) -> bool:
+def is_memorizing(model: PreTrainedModel) -> bool:
     """Whether a `FastMem.memorize` block is active on `model` right now.
 
     Args:
         model: A transformers model.
+
+    Returns:
+        True inside a `FastMem.memorize` block on `model` (from any thread), False otherwise.
     """
     return bool(getattr(model, _ACTIVE_ATTRIBUTE, False))
 
@@ -66,7 +73,20 @@ def _exclusive(model) -> Iterator[None]:
 @dataclass
 class MemorizedPrompt:
     """What `FastMem.memorize` yields: the per-step losses (means over prompts) and, when the memorized tokens can seed
-    generation, the KV cache of all but the last token (`generate(input_ids=..., cache=...)` then skips the prefill)."""
+    generation, the KV cache of all but the last token (`generate(input_ids=..., cache=...)` then skips the prefill).
+
+    Each step's losses are measured before that step's update, so `loss[0]` is the original model's.
+
+    Attributes:
+        loss: Per step, NLL + λ·KL averaged over each prompt's memorized tokens, then over the prompts.
+        nll: Per step, the negative log-likelihood of the memorized tokens, averaged the same way.
+        kl: Per step, KL(p_original ‖ p_current) over the memorized positions, averaged the same way (0 at step 0).
+        cache: The KV cache of `input_ids[:, :-1]` from the first forward, kept when the memorized FFN is the last
+            layer's (no key or value depends on it); None otherwise. Pass it to `generate` with the same
+            `input_ids`, as `cache` or `past_key_values` (the keyword the transformers version uses).
+        fast_path: Whether the steps ran only FFN -> final norm -> lm_head on cached inputs; False when each step ran
+            a full forward.
+    """
 
     loss: list[float] = field(default_factory=list)
     nll: list[float] = field(default_factory=list)
@@ -77,6 +97,23 @@ class MemorizedPrompt:
 
 class FastMem:
     """Memorize prompts into one FFN of `model`, temporarily.
+
+    Building a `FastMem` checks the model, layer and settings; `memorize` does the work.
+
+    Args:
+        model: A decoder-only transformers causal LM whose FFN layout hf-memory knows (see `last_ffn_modules`).
+        config: How to memorize; None uses the `FastMemConfig` defaults.
+
+    Attributes:
+        model: The model given.
+        config: The settings in use.
+
+    Raises:
+        TypeError: If `config` is not a `FastMemConfig`.
+        ValueError: If `config.layer` is out of range for the model, or `config.lora` targets none of its FFN modules.
+        NotImplementedError: If the model is encoder-decoder or of an unsupported architecture, its FFN has no
+            linear modules (fused experts), or `contrastive` is set for an FFN other than the last layer's of an
+            architecture with a known final norm.
 
     Example:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -91,7 +128,7 @@ class FastMem:
         True
     """
 
-    def __init__(self, model, config: FastMemConfig | None = None):
+    def __init__(self, model: PreTrainedModel, config: FastMemConfig | None = None):
         self.model = model
         self.config = config if config is not None else FastMemConfig()
         if not isinstance(self.config, FastMemConfig):
@@ -111,7 +148,12 @@ class FastMem:
         self._logits_to_keep = supports_logits_to_keep(model)
 
     @contextlib.contextmanager
-    def memorize(self, input_ids, loss_mask=None, attention_mask=None) -> Iterator[MemorizedPrompt]:
+    def memorize(
+        self,
+        input_ids: torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]],
+        loss_mask: torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]] | None = None,
+        attention_mask: torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]] | None = None,
+    ) -> Iterator[MemorizedPrompt]:
         """Fine-tune the FFN on the prompt(s), yield a `MemorizedPrompt`, and restore the model on exit.
 
         Inside the block the model generates with the memorized weights (row r of a batch with prompt r's). On every
@@ -124,10 +166,18 @@ class FastMem:
             loss_mask: Which tokens are memorized (same shape as `input_ids`); default: every real token after the
                 first.
             attention_mask: For a padded batch, 1 on real tokens and 0 on padding.
+
+        Yields:
+            The `MemorizedPrompt` with the per-step losses and, when it can be reused, the prompt's KV cache.
+
+        Raises:
+            ValueError: If `input_ids` or a mask has a bad shape or type, a prompt has fewer than 2 real tokens, or
+                `loss_mask` selects nothing to memorize in some prompt.
+            RuntimeError: If a `memorize` block is already active on the model.
         """
         model, ffn, config = self.model, self.ffn, self.config
         ids, attention = prompt_batch(input_ids, attention_mask, model_device(model))
-        mask = _loss_mask(loss_mask, ids, attention)
+        mask = target_mask(loss_mask, ids, attention)
         trained = [name for name, _ in model.named_parameters() if name.rpartition(".")[0] in ffn.linears]
         with contextlib.ExitStack() as stack:  # unwound in reverse: hooks, FFN patches, parameters, the lock
             stack.enter_context(_exclusive(model))
@@ -153,7 +203,7 @@ class FastMem:
     def _forward_kwargs(self, ids, attention, use_cache):
         kwargs = {"input_ids": ids, "attention_mask": attention.long(), "use_cache": use_cache}
         if self._position_ids:
-            kwargs["position_ids"] = _position_ids(attention)
+            kwargs["position_ids"] = positions_from_mask(attention)
         return kwargs
 
     def _train(self, ids, attention, mask) -> MemorizedPrompt:
@@ -275,19 +325,39 @@ class FastMem:
 
 
 def fastmem_generate(
-    model,
-    input_ids,
+    model: PreTrainedModel,
+    input_ids: torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]],
     config: FastMemConfig | None = None,
-    memorize_ids=None,
-    loss_mask=None,
-    attention_mask=None,
-    **generate_kwargs,
-):
+    memorize_ids: torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]] | None = None,
+    loss_mask: torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]] | None = None,
+    attention_mask: torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]] | None = None,
+    **generate_kwargs: Any,
+) -> Any:
     """Memorize `memorize_ids` (default: the prompt itself), run `model.generate(input_ids, ...)`, restore the model,
     and return what `generate` returned.
 
     A batch of prompts (left-padded, with `attention_mask`) is memorized at once, one set of FFN weights per prompt.
     When the prompt itself is memorized with the last layer's FFN, generation reuses the memorization's KV cache.
+
+    Args:
+        model: A decoder-only transformers causal LM (see `FastMem`).
+        input_ids: The prompt to generate from: one prompt (1-D) or a left-padded batch (2-D) of token ids.
+        config: How to memorize; None uses the `FastMemConfig` defaults.
+        memorize_ids: The tokens to memorize instead of the prompt, e.g. from `context_as_assistant_turn`: one
+            sequence (its weights serve every prompt) or one per prompt; unpadded, as `attention_mask` is not applied
+            to them.
+        loss_mask: Which tokens of the memorized ids are memorized (their shape); default: every real token after
+            the first.
+        attention_mask: For a padded batch of prompts, 1 on real tokens and 0 on padding; used for memorizing the
+            prompts and for generating.
+        **generate_kwargs: Passed to `model.generate` (e.g. `max_new_tokens`, `do_sample`).
+
+    Returns:
+        What `model.generate` returns: the token ids, or a `GenerateOutput` when `return_dict_in_generate=True`.
+
+    Raises:
+        ValueError: If the ids or masks have a bad shape or type, or nothing is left to memorize in some prompt.
+        RuntimeError: If a `FastMem.memorize` block is already active on the model.
     """
     fastmem = FastMem(model, config)
     prompt = as_token_ids(input_ids, "input_ids")

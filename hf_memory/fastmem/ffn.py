@@ -4,6 +4,7 @@ applies row r's weights to row r of the batch."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +17,41 @@ from .config import FastMemConfig
 from .last_ffn import last_ffn_modules
 
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+
 class MemorizedFFN:
     """The FFN being memorized into: its linear modules, their original tensors, the per-prompt trainable copies, and
-    (for the fast path) the modules between it and the logits."""
+    (for the fast path) the modules between it and the logits.
 
-    def __init__(self, model, config: FastMemConfig):
+    Args:
+        model: The decoder-only transformers model whose FFN is memorized into.
+        config: The FastMem settings; `layer` picks the FFN and `lora` the modules that get a low-rank update.
+
+    Attributes:
+        linears: Full module name -> the FFN's `nn.Linear` / `Conv1D` modules.
+        lora: Names of the modules that get a LoRA update (empty for a full-rank update).
+        layer_name: Full name of the transformer layer that holds the FFN.
+        is_last_layer: Whether that layer is the model's last one (then no key or value depends on the FFN).
+        container_name: Full name of the module that holds the FFN's linear modules (e.g. `model.layers.31.mlp`).
+        fast_path: Whether the training steps may run FFN -> final norm -> lm_head only, on cached inputs.
+        layer: The transformer layer module.
+        container: The module that holds the FFN's linear modules.
+        norm: The final norm before the output embeddings, or None when unknown for the architecture.
+        lm_head: The output embeddings (`model.get_output_embeddings()`).
+        mode: "base" (the modules' own weights) or "rows" (the per-prompt weights in `rows`).
+        rows: Module name -> parameter name ("weight", "bias", or "lora_A", "lora_B") -> tensor with a leading
+            prompt dimension.
+        lora_scale: `lora_alpha / r` (or `/ sqrt(r)` with rsLoRA) of the LoRA update.
+
+    Raises:
+        ValueError: If `config.layer` is out of range, or `config.lora.target_modules` is a regex or names none of
+            the FFN's modules.
+        NotImplementedError: If the architecture is not supported, or its FFN has no linear modules (fused experts).
+    """
+
+    def __init__(self, model: PreTrainedModel, config: FastMemConfig):
         names = last_ffn_modules(
             model, layer=config.layer
         )  # bad layer -> ValueError, unknown arch -> NotImplementedError
@@ -53,6 +84,19 @@ class MemorizedFFN:
 
     # --- per-prompt weights -------------------------------------------------------------------------------------
     def init_rows(self, batch: int, lora: LoraConfig | None) -> list[torch.Tensor]:
+        """Create fresh per-prompt trainable tensors in `rows`, one row per prompt.
+
+        Full rank: a copy of each module's weight and bias per prompt. LoRA: for each module in `lora` (the
+        attribute), A Kaiming-uniform and B zero as peft initialises them; the other modules keep their weights.
+
+        Args:
+            batch: Number of prompts (the size of the leading dimension).
+            lora: The LoRA settings (`r`, `lora_alpha`, `use_rslora`), or None for a full-rank update; pass the
+                config's `lora`, the one the target modules were chosen from.
+
+        Returns:
+            The trainable tensors, for the optimizer.
+        """
         self.rows = {}
         for name, module in self.linears.items():
             if name in self.lora:
@@ -72,7 +116,16 @@ class MemorizedFFN:
         return [t for tensors in self.rows.values() for t in tensors.values()]
 
     def merged(self, name: str, row: int = 0) -> dict[str, torch.Tensor]:
-        """Row `row`'s weights in the module's own layout."""
+        """Row `row`'s weights in the module's own layout.
+
+        Args:
+            name: Full name of one of the FFN's linear modules (a key of `linears`).
+            row: Index of the prompt in the memorized batch.
+
+        Returns:
+            Parameter name -> tensor to copy into the module: weight and bias for a full-rank update, the weight plus
+            the scaled LoRA product for LoRA, and an empty dict for a module that has no per-prompt weights.
+        """
         module, tensors = self.linears[name], self.rows.get(name, {})
         if "lora_A" not in tensors:
             return {key: t[row] for key, t in tensors.items()}
@@ -80,17 +133,19 @@ class MemorizedFFN:
         return {"weight": module.weight + (delta.T if isinstance(module, Conv1D) else delta)}
 
     # --- forward replacement of the FFN's linear modules --------------------------------------------------------
-    def patch(self):
+    def patch(self) -> None:
+        """Replace the forward of each FFN linear module by a `PatchedForward` (the old one is saved for `unpatch`)."""
         for name, module in self.linears.items():
             self._saved_forwards[name] = module.__dict__.get("forward")
             module.forward = PatchedForward(self, name, module)
 
-    def reset(self):
+    def reset(self) -> None:
         """Back to the module's own forward and the original weights: no patch, no per-prompt rows."""
         self.unpatch()
         self.rows, self.mode = {}, "base"
 
-    def unpatch(self):
+    def unpatch(self) -> None:
+        """Give each patched FFN linear module back the forward it had before `patch`."""
         for name, module in self.linears.items():
             if name in self._saved_forwards:
                 saved = self._saved_forwards.pop(name)
@@ -101,12 +156,33 @@ class MemorizedFFN:
 
 
 class PatchedForward:
-    """Replaces one FFN linear module's forward: row r of the batch goes through prompt r's weights."""
+    """Replaces one FFN linear module's forward: row r of the batch goes through prompt r's weights.
+
+    Args:
+        ffn: The `MemorizedFFN` that holds the per-prompt weights and the current mode.
+        name: Full name of the module (a key of `ffn.linears`).
+        module: The `nn.Linear` or `Conv1D` module whose forward this replaces.
+    """
 
     def __init__(self, ffn: MemorizedFFN, name: str, module: nn.Module):
         self.ffn, self.name, self.module = ffn, name, module
 
-    def __call__(self, x):
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the module to `x`, with prompt r's weights on batch row r while `ffn.mode` is "rows".
+
+        A batch with k times as many rows as prompts (`num_return_sequences`, beams) uses each prompt's weights for
+        k consecutive rows. In "base" mode, or when the module has no per-prompt weights, the module's own forward
+        runs.
+
+        Args:
+            x: The module's input, (batch, length, in_features), or (batch·length, in_features) flattened batch-major.
+
+        Returns:
+            The module's output, with `out_features` as the last dimension.
+
+        Raises:
+            RuntimeError: If the batch is not a multiple of the number of memorized prompts.
+        """
         ffn, module = self.ffn, self.module
         tensors = ffn.rows.get(self.name)
         if ffn.mode == "base" or not tensors:
@@ -168,7 +244,14 @@ def _lora_targets(lora: LoraConfig | None, names: list[str]) -> set[str]:
 
 
 def clip_per_row(tensors: list[torch.Tensor], max_norm: float) -> None:
-    """clip_grad_norm_ for each prompt's own weights (row r of every tensor)."""
+    """clip_grad_norm_ for each prompt's own weights (row r of every tensor).
+
+    The gradients are scaled in place so that the norm of row r over all tensors is at most `max_norm`.
+
+    Args:
+        tensors: Tensors with a leading prompt dimension and a `.grad` set.
+        max_norm: The largest allowed gradient norm per prompt.
+    """
     norms = torch.stack([t.grad.flatten(1).float().pow(2).sum(1) for t in tensors]).sum(0).sqrt()
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     for t in tensors:

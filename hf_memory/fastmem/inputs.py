@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 
 from .._utils import as_token_ids
 
 
-def prompt_batch(input_ids, attention_mask, device) -> tuple[torch.Tensor, torch.Tensor]:
+if TYPE_CHECKING:
+    import numpy as np
+    from transformers import PreTrainedTokenizerBase
+
+
+def prompt_batch(
+    input_ids: torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]],
+    attention_mask: torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]] | None,
+    device: torch.device | str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check and batch the prompts to memorize.
+
+    Args:
+        input_ids: One prompt (1-D) or a left-padded batch (2-D) of token ids: a tensor, a (nested) list or a numpy
+            array.
+        attention_mask: 1 (or True) on real tokens and 0 on padding, with the shape of `input_ids`; None marks
+            every token as real.
+        device: The device to put both tensors on.
+
+    Returns:
+        `(ids, mask)`: int64 token ids and a bool attention mask, both (batch, length).
+
+    Raises:
+        ValueError: If `input_ids` is not 1-D or 2-D integer ids, the mask's shape differs, or a prompt has fewer than
+            2 real tokens.
+    """
     ids = as_token_ids(input_ids, "input_ids")
     if ids.dim() == 1:
         ids = ids[None]
@@ -30,8 +58,25 @@ def prompt_batch(input_ids, attention_mask, device) -> tuple[torch.Tensor, torch
     return ids.to(device), mask.to(device)
 
 
-def loss_mask(loss_mask, ids, attention_mask) -> torch.Tensor:
-    """Bool mask over targets ids[:, 1:]: which next-token predictions are memorized."""
+def target_mask(
+    loss_mask: torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]] | None,
+    ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Bool mask over targets ids[:, 1:]: which next-token predictions are memorized.
+
+    Args:
+        loss_mask: Which tokens of `ids` are memorized, with the shape of `ids` (1-D for one prompt); None selects
+            every real token. The first token of a prompt and padding are never targets.
+        ids: (batch, length) token ids from `prompt_batch`.
+        attention_mask: (batch, length) bool attention mask from `prompt_batch`.
+
+    Returns:
+        A (batch, length - 1) bool mask: True where token i + 1 is a target predicted from token i.
+
+    Raises:
+        ValueError: If `loss_mask` has another shape, or selects no target in some prompt.
+    """
     if loss_mask is None:
         mask = attention_mask.clone()
     else:
@@ -49,16 +94,33 @@ def loss_mask(loss_mask, ids, attention_mask) -> torch.Tensor:
     return mask
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions as `generate` computes them from a (left-padded) attention mask."""
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions as `generate` computes them from a (left-padded) attention mask.
+
+    Args:
+        attention_mask: (batch, length) bool mask, True on real tokens.
+
+    Returns:
+        (batch, length) int64 positions counting from 0 at each prompt's first real token; 0 on padding.
+    """
     return (attention_mask.long().cumsum(-1) - 1).masked_fill(~attention_mask, 0)
 
 
-def context_as_assistant_turn(tokenizer, context: str) -> dict:
+def context_as_assistant_turn(tokenizer: PreTrainedTokenizerBase, context: str) -> dict[str, torch.Tensor]:
     """The paper's memorization input: `context` as an assistant turn of the tokenizer's chat template.
 
-    Returns `input_ids` (1, length) and a `loss_mask` selecting the context tokens and the end-of-turn token after
-    them, for `FastMem.memorize(**context_as_assistant_turn(tokenizer, context))`.
+    The result goes straight to `FastMem.memorize(**context_as_assistant_turn(tokenizer, context))`.
+
+    Args:
+        tokenizer: A fast tokenizer (it must return offset mappings) with a chat template.
+        context: The text to memorize; the chat template must keep it verbatim.
+
+    Returns:
+        `{"input_ids": ..., "loss_mask": ...}`: the token ids of the templated turn, (1, length), and a bool mask of
+        the same shape selecting the context tokens and the end-of-turn token after them.
+
+    Raises:
+        ValueError: If `context` is empty, or the templated text does not contain it verbatim.
     """
     if not context:
         raise ValueError("`context` is empty: there is nothing to memorize.")

@@ -9,6 +9,8 @@ GPT-2's `c_proj` also match attention modules.
 
 from __future__ import annotations
 
+from typing import Any
+
 from peft import LoraConfig
 from torch import nn
 from transformers import PreTrainedConfig
@@ -20,33 +22,69 @@ from .._utils import FFN_LAYOUTS, LayerStack, find_layers
 _CHOSEN_HERE = ("target_modules", "target_parameters", "layers_to_transform", "layers_pattern")
 
 
-def last_ffn_modules(model_or_config, layer: int = -1, stack: str = "decoder") -> list[str]:
+def last_ffn_modules(
+    model_or_config: nn.Module | PreTrainedConfig, layer: int = -1, stack: str = "decoder"
+) -> list[str]:
     """Full names (as in `model.named_modules()`) of the linear modules in the FFN of transformer layer `layer`.
 
-    `layer` may be negative (-1 is the last layer); `stack` picks the encoder or decoder of encoder-decoder models
-    (T5). From a config the names are those of its *ForCausalLM / *ForConditionalGeneration model; from a model they
+    From a config the names are those of its *ForCausalLM / *ForConditionalGeneration model; from a model they
     are checked against its module tree. For fused mixture-of-experts models (Mixtral) the FFN has no linear modules:
     the names are those of its expert weight parameters, which LoRA adapts through `target_parameters`.
 
-    >>> from transformers import LlamaConfig
-    >>> last_ffn_modules(LlamaConfig(num_hidden_layers=4))
-    ['model.layers.3.mlp.gate_proj', 'model.layers.3.mlp.up_proj', 'model.layers.3.mlp.down_proj']
+    Args:
+        model_or_config: A transformers model, or its config.
+        layer: Index of the transformer layer; negative counts from the end (-1 is the last layer).
+        stack: "decoder", or "encoder" for the encoder of encoder-decoder models (T5).
+
+    Returns:
+        The full module (or, for fused experts, parameter) names of that layer's FFN.
+
+    Raises:
+        TypeError: If `model_or_config` is neither a transformers model nor a config.
+        NotImplementedError: If the architecture is not supported.
+        ValueError: If `layer` is out of range, `stack` does not exist for the model, or the model's modules do not
+            have the expected names.
+
+    Example:
+        >>> from transformers import LlamaConfig
+        >>> last_ffn_modules(LlamaConfig(num_hidden_layers=4))
+        ['model.layers.3.mlp.gate_proj', 'model.layers.3.mlp.up_proj', 'model.layers.3.mlp.down_proj']
     """
     return _resolve(model_or_config, layer, stack)[1]
 
 
-def last_ffn_lora_config(model_or_config, layer: int = -1, stack: str = "decoder", **lora_kwargs) -> LoraConfig:
+def last_ffn_lora_config(
+    model_or_config: nn.Module | PreTrainedConfig, layer: int = -1, stack: str = "decoder", **lora_kwargs: Any
+) -> LoraConfig:
     """A `peft.LoraConfig` adapting exactly the FFN of `last_ffn_modules(model_or_config, layer, stack)`.
 
-    `lora_kwargs` go to `LoraConfig` (rank, alpha, dropout, ...); `task_type` defaults to "CAUSAL_LM", or
-    "SEQ_2_SEQ_LM" for encoder-decoder models.
+    `task_type` defaults to "CAUSAL_LM", or "SEQ_2_SEQ_LM" for encoder-decoder models; GPT-2-style `Conv1D` layouts
+    get `fan_in_fan_out=True`. For fused mixture-of-experts models the names go to `target_parameters`.
 
-    >>> from transformers import LlamaConfig
-    >>> config = last_ffn_lora_config(LlamaConfig(num_hidden_layers=4), layer=0, r=4)
-    >>> sorted(config.target_modules)
-    ['model.layers.0.mlp.down_proj', 'model.layers.0.mlp.gate_proj', 'model.layers.0.mlp.up_proj']
-    >>> config.r, config.task_type
-    (4, 'CAUSAL_LM')
+    Args:
+        model_or_config: A transformers model, or its config.
+        layer: Index of the transformer layer; negative counts from the end (-1 is the last layer).
+        stack: "decoder", or "encoder" for the encoder of encoder-decoder models (T5).
+        **lora_kwargs: Passed to `LoraConfig` (rank, alpha, dropout, ...); they override the defaults above, but not
+            the target modules.
+
+    Returns:
+        The LoRA config.
+
+    Raises:
+        TypeError: If `lora_kwargs` sets `target_modules`, `target_parameters`, `layers_to_transform` or
+            `layers_pattern`, or `model_or_config` is neither a transformers model nor a config.
+        NotImplementedError: If the architecture is not supported.
+        ValueError: If `layer` is out of range, `stack` does not exist for the model, or the model's modules do not
+            have the expected names.
+
+    Example:
+        >>> from transformers import LlamaConfig
+        >>> config = last_ffn_lora_config(LlamaConfig(num_hidden_layers=4), layer=0, r=4)
+        >>> sorted(config.target_modules)
+        ['model.layers.0.mlp.down_proj', 'model.layers.0.mlp.gate_proj', 'model.layers.0.mlp.up_proj']
+        >>> config.r, config.task_type
+        (4, 'CAUSAL_LM')
     """
     chosen = [key for key in _CHOSEN_HERE if key in lora_kwargs]
     if chosen:

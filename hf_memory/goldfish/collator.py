@@ -17,6 +17,15 @@ class GoldfishDataCollator:
     ``attention_mask`` (so left padding does not shift the mask). With ``return_dropped_counts=True`` the batch also
     holds ``goldfish_dropped_tokens`` (per row), which ``GoldfishTrainer`` pops for its logs.
 
+    Args:
+        base_collator: The collator that builds the batch (a dict with `input_ids` and `labels`); goldfish then
+            drops labels from it.
+        config: Which labels to drop.
+        return_dropped_counts: Also return `goldfish_dropped_tokens`, the number of labels dropped in each row.
+
+    Raises:
+        TypeError: If `base_collator` is not callable or `config` is not a `GoldfishConfig`.
+
     Example:
         >>> from transformers import default_data_collator
         >>> collator = GoldfishDataCollator(default_data_collator, GoldfishConfig(k=2, strategy="static"))
@@ -25,7 +34,7 @@ class GoldfishDataCollator:
         [[5, -100, 7, -100, 9]]
     """
 
-    def __init__(self, base_collator: Callable, config: GoldfishConfig, return_dropped_counts: bool = False):
+    def __init__(self, base_collator: Callable, config: GoldfishConfig, return_dropped_counts: bool = False) -> None:
         if not callable(base_collator):
             raise TypeError(f"`base_collator` must be callable, got {type(base_collator).__name__}.")
         if not isinstance(config, GoldfishConfig):
@@ -34,7 +43,21 @@ class GoldfishDataCollator:
         self.config = config
         self.return_dropped_counts = return_dropped_counts
 
-    def __call__(self, features, *args, **kwargs):
+    def __call__(self, features: list, *args, **kwargs):
+        """Build a batch with the base collator, then set the goldfish-dropped labels to -100.
+
+        Args:
+            features: The examples of one batch, as the base collator takes them.
+            *args: Passed on to the base collator.
+            **kwargs: Passed on to the base collator.
+
+        Returns:
+            The base collator's batch (a dict or `BatchEncoding`), its `labels` a tensor with the dropped labels
+            set to -100 (and `goldfish_dropped_tokens` with `return_dropped_counts=True`).
+
+        Raises:
+            ValueError: If the batch has no `input_ids` or no `labels`.
+        """
         batch = self.base_collator(features, *args, **kwargs)
         if "input_ids" not in batch:
             raise ValueError(

@@ -12,7 +12,9 @@ from .._utils import HubConfigMixin, check_choice, check_integer
 GOLDFISH_STRATEGIES = ("hash", "hash-table", "static")
 
 
-def check_goldfish_settings(k, h, strategy, start, names=("k", "h", "strategy", "start")) -> tuple[int, int, str, int]:
+def check_goldfish_settings(
+    k: int, h: int, strategy: str, start: int, names: tuple[str, str, str, str] = ("k", "h", "strategy", "start")
+) -> tuple[int, int, str, int]:
     """Check the four goldfish settings; return them as plain Python values.
 
     Args:
@@ -21,6 +23,9 @@ def check_goldfish_settings(k, h, strategy, start, names=("k", "h", "strategy", 
         strategy: One of `GOLDFISH_STRATEGIES`.
         start: Offset of the first dropped label for "static" (an integer >= 0).
         names: The argument names shown in error messages (e.g. the `goldfish_*` training arguments).
+
+    Returns:
+        `(k, h, strategy, start)`, the integers as Python `int` (numpy integer scalars are accepted).
 
     Raises:
         ValueError: On the first bad setting, naming it and its allowed values.

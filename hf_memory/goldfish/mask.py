@@ -33,7 +33,17 @@ _MIX2 = 0x2C1B3C6D
 
 @functools.lru_cache(maxsize=4)
 def goldfish_hash_table(device: str = "cpu") -> torch.Tensor:
-    """The official goldfish lookup table: ``torch.rand(1_000_003)`` from a generator seeded 2971215073 on ``device``."""
+    """The official goldfish lookup table: ``torch.rand(1_000_003)`` from a generator seeded 2971215073 on ``device``.
+
+    The "hash-table" strategy looks up each window's key here. The values depend on the device's random generator
+    (CPU and CUDA differ), so the device is part of the setting; the last few tables are cached.
+
+    Args:
+        device: The device whose random generator builds the table, and where the table lives.
+
+    Returns:
+        A float tensor of `HASH_TABLE_SIZE` uniform values in [0, 1).
+    """
     generator = torch.Generator(device=device)
     generator.manual_seed(HASH_TABLE_SEED)
     return torch.rand(HASH_TABLE_SIZE, device=device, generator=generator)
@@ -44,6 +54,16 @@ def document_offsets(position_ids: torch.Tensor) -> torch.Tensor:
 
     A document starts at column 0, wherever ``position_ids`` is 0, and wherever it does not continue the previous
     position by one (packed, padding-free or left-padded batches).
+
+    Args:
+        position_ids: Integer positions, shape `(..., seq_len)`; each row is read along its last dimension.
+
+    Returns:
+        A tensor of the same shape: 0 at the first token of each document, then 1, 2, ...
+
+    Example:
+        >>> document_offsets(torch.tensor([[0, 1, 2, 0, 1], [-1, -1, 0, 1, 2]])).tolist()
+        [[0, 1, 2, 0, 1], [0, 0, 0, 1, 2]]
     """
     columns = torch.arange(position_ids.shape[-1], device=position_ids.device).expand_as(position_ids)
     starts = torch.ones_like(position_ids, dtype=torch.bool)
@@ -88,6 +108,19 @@ def goldfish_mask(
     alone. Labels with fewer than ``h`` targets of their own document in the window ending at them (for the hash
     strategies), or before ``start + 1`` (for "static"), are never dropped, nor are ``config.exempt_token_ids``.
 
+    Args:
+        input_ids: Token ids, 1-D `(seq_len,)` or 2-D `(batch, seq_len)`; the mask is a function of these alone.
+        config: Which labels to drop; None uses the default `GoldfishConfig()`.
+        position_ids: Positions of the same shape as `input_ids`, marking where each document starts (see
+            `document_offsets`); None treats every row as one document.
+
+    Returns:
+        A boolean tensor of `input_ids`' shape, on its device: True where the label is dropped.
+
+    Raises:
+        TypeError: If `config` is not a `GoldfishConfig`.
+        ValueError: If `input_ids` or `position_ids` are not 1-D or 2-D integer ids, or their shapes differ.
+
     Example:
         >>> ids = torch.arange(100, 132).unsqueeze(0)
         >>> goldfish_mask(ids, GoldfishConfig(k=4, strategy="static")).nonzero()[:, 1].tolist()
@@ -122,5 +155,24 @@ def goldfish_mask(
 def apply_goldfish(
     labels: torch.Tensor, input_ids: torch.Tensor, config: GoldfishConfig, position_ids: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Return a copy of ``labels`` with the goldfish-dropped labels set to -100 (labels already -100 stay so)."""
+    """Return a copy of ``labels`` with the goldfish-dropped labels set to -100 (labels already -100 stay so).
+
+    Args:
+        labels: Labels in Hugging Face coordinates, of `input_ids`' shape.
+        input_ids: The token ids the mask is computed from (see `goldfish_mask`).
+        config: Which labels to drop.
+        position_ids: Optional positions marking document boundaries, of `input_ids`' shape.
+
+    Returns:
+        A new tensor like `labels`, with `IGNORE_INDEX` (-100) where goldfish drops the label.
+
+    Raises:
+        TypeError: If `config` is not a `GoldfishConfig`.
+        ValueError: If `input_ids` or `position_ids` are not valid token-id tensors of one shape.
+
+    Example:
+        >>> ids = torch.arange(10, 18).unsqueeze(0)
+        >>> apply_goldfish(ids.clone(), ids, GoldfishConfig(k=2, strategy="static")).tolist()
+        [[10, -100, 12, -100, 14, -100, 16, -100]]
+    """
     return labels.masked_fill(goldfish_mask(input_ids, config, position_ids).to(labels.device), IGNORE_INDEX)

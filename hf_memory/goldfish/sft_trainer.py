@@ -18,7 +18,16 @@ from .trainer import GoldfishTrainerMixin  # noqa: E402
 class GoldfishSFTTrainer(GoldfishTrainerMixin, SFTTrainer):
     """TRL `SFTTrainer` with the goldfish loss; completion-only loss, assistant masks and packing keep working
     (packed documents are hashed one by one). Same constructor as `SFTTrainer`; the settings come from `args`, a
-    `GoldfishSFTConfig`."""
+    `GoldfishSFTConfig`. Every other argument keeps its `SFTTrainer` meaning.
+
+    Args:
+        model: The model (or model id) to train, as for `SFTTrainer`.
+        args: A `GoldfishSFTConfig` (it holds the goldfish settings); None uses its defaults with
+            `output_dir="tmp_trainer"`.
+
+    Raises:
+        TypeError: If `args` holds no goldfish settings (e.g. a plain `TrainingArguments`).
+    """
 
     _goldfish_args_class = GoldfishSFTConfig
 

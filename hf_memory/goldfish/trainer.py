@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 from importlib import resources
+from typing import Any
 
 import torch
 from huggingface_hub import ModelCard, ModelCardData
@@ -29,7 +30,22 @@ class GoldfishTrainerMixin:
 
     _goldfish_args_class: type = GoldfishTrainingArguments
 
-    def __init__(self, model=None, args=None, *more, **kwargs):
+    def __init__(
+        self, model: torch.nn.Module | str | None = None, args: GoldfishArguments | None = None, *more, **kwargs
+    ) -> None:
+        """Check that `args` holds goldfish settings, build the trainer, then derive its `GoldfishConfig`.
+
+        Args:
+            model: The model to train, passed on to the trainer class.
+            args: Training arguments of `_goldfish_args_class` (e.g. `GoldfishTrainingArguments`); None uses its
+                defaults with `output_dir="tmp_trainer"`, as `Trainer` does.
+            *more: Further positional arguments of the trainer class, passed on unchanged.
+            **kwargs: Keyword arguments of the trainer class (`train_dataset`, `data_collator`, ...), passed on
+                unchanged.
+
+        Raises:
+            TypeError: If `args` is not a `GoldfishArguments` (e.g. a plain `TrainingArguments`).
+        """
         if args is None:
             args = self._goldfish_args_class(output_dir="tmp_trainer")
         if not isinstance(args, GoldfishArguments):
@@ -43,7 +59,13 @@ class GoldfishTrainerMixin:
         self.goldfish_config = self.args.to_goldfish_config(exempt_token_ids=exempt)
         self._goldfish_counts = torch.zeros(2, dtype=torch.long)  # dropped, kept since the last log
 
-    def get_train_dataloader(self):
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        """The training dataloader, its collator wrapped in a `GoldfishDataCollator` (evaluation keeps the original).
+
+        Returns:
+            The `DataLoader` the parent class builds, whose batches carry goldfish-masked labels and the dropped
+            token counts.
+        """
         base_collator = self.data_collator
         self.data_collator = GoldfishDataCollator(base_collator, self.goldfish_config, return_dropped_counts=True)
         try:
@@ -51,7 +73,20 @@ class GoldfishTrainerMixin:
         finally:
             self.data_collator = base_collator
 
-    def compute_loss(self, model, inputs, *args, **kwargs):
+    def compute_loss(
+        self, model: torch.nn.Module, inputs: dict, *args, **kwargs
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """Pop the dropped-token counts from a training batch for the logs, then compute the parent's loss.
+
+        Args:
+            model: The model being trained.
+            inputs: The batch; its `goldfish_dropped_tokens` entry (if any) is removed before the forward pass.
+            *args: Passed on to the parent's `compute_loss`.
+            **kwargs: Passed on to the parent's `compute_loss` (e.g. `return_outputs`, `num_items_in_batch`).
+
+        Returns:
+            What the parent's `compute_loss` returns: the loss, or `(loss, outputs)`.
+        """
         dropped = inputs.pop(DROPPED_KEY, None)
         if dropped is not None and model.training:
             labels = inputs["labels"]
@@ -60,7 +95,14 @@ class GoldfishTrainerMixin:
             self._goldfish_counts = self._goldfish_counts.to(counts.device) + counts
         return super().compute_loss(model, inputs, *args, **kwargs)
 
-    def log(self, logs, *args, **kwargs):
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Add `goldfish/dropped_fraction` (dropped / (dropped + kept) labels since the last log) to training logs.
+
+        Args:
+            logs: The values to log; training logs (those with `loss`) get the drop fraction, summed over ranks.
+            *args: Passed on to the parent's `log`.
+            **kwargs: Passed on to the parent's `log`.
+        """
         if "loss" in logs:  # training logs, reached by every rank at the same step
             counts = self.accelerator.reduce(self._goldfish_counts.to(self.accelerator.device), reduction="sum")
             dropped, kept = counts.tolist()
@@ -69,7 +111,15 @@ class GoldfishTrainerMixin:
             self._goldfish_counts = torch.zeros_like(self._goldfish_counts)
         return super().log(logs, *args, **kwargs)
 
-    def create_model_card(self, *args, **kwargs):
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Write the parent's model card, then add a goldfish section, tags and the settings to its metadata.
+
+        Only the main process writes `README.md` in `args.output_dir`.
+
+        Args:
+            *args: Passed on to the parent's `create_model_card`.
+            **kwargs: Passed on to the parent's `create_model_card` (e.g. `model_name`, `dataset_name`).
+        """
         super().create_model_card(*args, **kwargs)
         if not self.is_world_process_zero():
             return
@@ -89,7 +139,16 @@ class GoldfishTrainerMixin:
 
 class GoldfishTrainer(GoldfishTrainerMixin, Trainer):
     """`Trainer` whose training loss leaves out the goldfish-dropped labels. Same constructor as `Trainer`;
-    the settings come from `args`, a `GoldfishTrainingArguments`."""
+    the settings come from `args`, a `GoldfishTrainingArguments`. Every other argument keeps its `Trainer` meaning.
+
+    Args:
+        model: The model to train, as for `Trainer`.
+        args: A `GoldfishTrainingArguments` (it holds the goldfish settings); None uses its defaults with
+            `output_dir="tmp_trainer"`.
+
+    Raises:
+        TypeError: If `args` holds no goldfish settings (e.g. a plain `TrainingArguments`).
+    """
 
 
 # The mixin's `__init__` only checks `args`: show users the constructors they already know.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -51,11 +52,17 @@ class GoldfishArguments:
             names=("goldfish_k", "goldfish_h", "goldfish_strategy", "goldfish_start"),
         )
 
-    def to_goldfish_config(self, exempt_token_ids=()) -> GoldfishConfig:
+    def to_goldfish_config(self, exempt_token_ids: Iterable[int] = ()) -> GoldfishConfig:
         """The `GoldfishConfig` these arguments describe.
 
         Args:
             exempt_token_ids: Token ids never dropped (the trainers pass the tokenizer's special tokens here).
+
+        Returns:
+            A new `GoldfishConfig` with `k`, `h`, `strategy` and `start` from the `goldfish_*` fields.
+
+        Raises:
+            ValueError: If an id in `exempt_token_ids` is not an integer.
         """
         return GoldfishConfig(
             k=self.goldfish_k,
@@ -69,4 +76,15 @@ class GoldfishArguments:
 @dataclass
 class GoldfishTrainingArguments(GoldfishArguments, TrainingArguments):
     """`TrainingArguments` plus the goldfish settings of `GoldfishArguments`; every other field keeps its
-    transformers default. `HfArgumentParser(GoldfishTrainingArguments)` gives `--goldfish_k 4` and so on."""
+    transformers default. `HfArgumentParser(GoldfishTrainingArguments)` gives `--goldfish_k 4` and so on.
+
+    Args:
+        goldfish_k: Drop about 1 in k training labels (k >= 2); see `GoldfishConfig.k`.
+        goldfish_h: How many tokens, ending at the target, decide its drop; see `GoldfishConfig.h`.
+        goldfish_strategy: "hash", "hash-table" or "static"; see `GoldfishConfig.strategy`.
+        goldfish_start: Offset of the first dropped label ("static" only); see `GoldfishConfig.start`.
+        goldfish_exempt_special_tokens: Never drop the tokenizer's special tokens (end of turn, EOS, ...).
+
+    Raises:
+        ValueError: If a goldfish setting is out of range (the message names the `goldfish_*` field).
+    """

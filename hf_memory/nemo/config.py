@@ -18,6 +18,10 @@ class NeMoConfig(HubConfigMixin):
         neurons: Module name (e.g. "...attn2.to_v") -> output channel ids to silence.
         scale: Multiplier for the listed channels, in [0, 1] (0 switches them off).
 
+    Raises:
+        ValueError: If `scale` is outside [0, 1], or `neurons` is not a dict of non-empty module names to lists of
+            non-negative integer channel ids.
+
     Example:
         >>> config = NeMoConfig({"mid_block.attentions.0.transformer_blocks.0.attn2.to_v": [7, 3, 7]})
         >>> config.neurons

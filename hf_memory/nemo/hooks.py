@@ -22,6 +22,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
@@ -29,11 +31,25 @@ from ._common import denoiser
 from .config import NeMoConfig
 
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
 NEMO_HOOK = "nemo_neuron_deactivation"
 
 
 class NeMoHook(ModelHook):
-    """Multiplies some output channels (last dimension) of a linear layer by ``scale``, out of place."""
+    """Multiplies some output channels (last dimension) of a linear layer by ``scale``, out of place.
+
+    `apply_nemo` registers one per hooked projection under the name `NEMO_HOOK`. The channel mask is built once on
+    the layer's device and dtype, and converted (and cached) for outputs of another dtype or device.
+
+    Args:
+        channels: Output channel ids to scale, counted from `offset`.
+        scale: Multiplier of those channels (0 switches them off).
+        layer: The linear layer whose output the hook changes; sets the mask's length, dtype and device.
+        offset: Added to every channel id; for fused projections (``to_kv``) it is the index of the first value
+            channel.
+    """
 
     def __init__(self, channels: list[int], scale: float, layer: torch.nn.Linear, offset: int = 0):
         super().__init__()
@@ -51,7 +67,16 @@ class NeMoHook(ModelHook):
             self._masks[key] = next(iter(self._masks.values())).to(dtype=output.dtype, device=output.device)
         return self._masks[key]
 
-    def post_forward(self, module, output):
+    def post_forward(self, module: torch.nn.Module, output: torch.Tensor) -> torch.Tensor:
+        """Scale the hooked channels of the layer's output.
+
+        Args:
+            module: The hooked layer (unused).
+            output: The layer's output; its last dimension holds the channels.
+
+        Returns:
+            A new tensor, `output` times the channel mask; `output` itself is left unchanged.
+        """
         # A new tensor: the module's output may be shared with other code (caches, other hooks).
         return output * self._mask(output)
 
@@ -83,8 +108,18 @@ def _has_nemo(model: torch.nn.Module) -> bool:
     )
 
 
-def value_projection_names(unet_or_pipeline, blocks: tuple[str, ...] | None = None) -> list[str]:
+def value_projection_names(
+    unet_or_pipeline: torch.nn.Module | DiffusionPipeline, blocks: tuple[str, ...] | None = None
+) -> list[str]:
     """Names of the cross-attention value projections (``...attn2.to_v``), optionally only under ``blocks`` prefixes.
+
+    Args:
+        unet_or_pipeline: A diffusers model, or a pipeline (its ``unet``, else its ``transformer``).
+        blocks: Keep only the projections whose name starts with one of these top-level modules (e.g.
+            ``("down_blocks", "mid_block")``); None keeps all.
+
+    Returns:
+        The module names, in the model's module order.
 
     Example:
         >>> from diffusers import UNet2DConditionModel
@@ -106,12 +141,21 @@ def value_projection_names(unet_or_pipeline, blocks: tuple[str, ...] | None = No
     return names
 
 
-def apply_nemo(unet_or_pipeline, config: NeMoConfig) -> None:
+def apply_nemo(unet_or_pipeline: torch.nn.Module | DiffusionPipeline, config: NeMoConfig) -> None:
     """Silence ``config.neurons`` (multiply them by ``config.scale``) in every forward pass, via diffusers hooks.
 
     Accepts a model (``UNet2DConditionModel``, a cross-attention transformer) or a pipeline (its ``unet``, else its
     ``transformer``). Fused key/value projections (``fuse_qkv_projections``) are handled: the matching half of
     ``to_kv`` is hooked as well; fusing *after* this call raises at the next forward instead of silently doing nothing.
+
+    Args:
+        unet_or_pipeline: The model to hook, or a pipeline holding it.
+        config: The channels to silence per module, and their multiplier.
+
+    Raises:
+        TypeError: If `config` is not a `NeMoConfig`, or `unet_or_pipeline` holds no diffusers model.
+        ValueError: If NeMo is already applied, or `config` names an unknown module, a module that is not a linear
+            layer, or a channel out of its range. Nothing is hooked then.
     """
     if not isinstance(config, NeMoConfig):
         raise TypeError(f"`config` must be a NeMoConfig, got {type(config).__name__}.")
@@ -153,8 +197,15 @@ def apply_nemo(unet_or_pipeline, config: NeMoConfig) -> None:
             )
 
 
-def remove_nemo(unet_or_pipeline) -> None:
-    """Remove the NeMo hooks `apply_nemo` added; the model's outputs are then exactly those of the unhooked model."""
+def remove_nemo(unet_or_pipeline: torch.nn.Module | DiffusionPipeline) -> None:
+    """Remove the NeMo hooks `apply_nemo` added; the model's outputs are then exactly those of the unhooked model.
+
+    Args:
+        unet_or_pipeline: The model `apply_nemo` hooked, or a pipeline holding it.
+
+    Raises:
+        ValueError: If NeMo is not applied to the model.
+    """
     model = denoiser(unet_or_pipeline)
     if not _has_nemo(model):
         raise ValueError("NeMo is not applied to this model; nothing to remove.")

@@ -4,11 +4,11 @@ Three steps, as in the paper and its official code:
 
 1. `compute_activation_statistics`: per channel of each cross-attention value projection, the mean and standard
    deviation of ``mean_over_tokens(|to_v(text embedding)|)`` over non-memorized prompts, plus the memorization
-   threshold (mean + 1 std of their `memorization_score`). These activations depend on the prompt only, so they are
-   computed by running each ``to_v`` on the text embedding directly, with no UNet pass.
-2. `nemo_memorization_score`: for ``seeds`` initial latents, the first denoising step's noise prediction minus the latent,
-   min-max normalized per channel; the score is the largest SSIM between two seeds. A memorized prompt predicts
-   (nearly) the same noise whatever the seed.
+   threshold (mean + 1 std of their `nemo_memorization_score`). These activations depend on the prompt only, so they
+   are computed by running each ``to_v`` on the text embedding directly, with no UNet pass.
+2. `nemo_memorization_score`: for ``seeds`` initial latents, the first denoising step's noise prediction minus the
+   latent, min-max normalized per channel; the score is the largest SSIM between two seeds. A memorized prompt
+   predicts (nearly) the same noise whatever the seed.
 3. `localize_memorization_neurons`: an initial set of out-of-distribution (z-score > theta) and top-k channels,
    grown until silencing it brings the score under the threshold, then refined to a minimal set.
 
@@ -22,7 +22,9 @@ channels, then removal in growing / halving groups) instead of one check per lay
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .._utils import check_choice, check_integer, check_number
 from ._common import pipeline_denoiser
@@ -32,6 +34,10 @@ from .search import first_passing_step, initial_selection, refine_greedy, refine
 from .statistics import ActivationStatistics, check_layers, value_activations
 
 
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline
+
 logger = logging.getLogger(__name__)
 
 REFINEMENTS = ("group", "greedy")
@@ -39,26 +45,43 @@ REFINEMENTS = ("group", "greedy")
 
 @dataclass
 class NeMoResult:
-    """What `localize_memorization_neurons` found for one prompt."""
+    """What `localize_memorization_neurons` found for one prompt.
+
+    Attributes:
+        prompt: The prompt localized.
+        memorized: Whether `score_before` >= `threshold`; otherwise nothing was localized and the configs are empty.
+        threshold: The memorization-score threshold used.
+        score_before: The score with no channel silenced.
+        score_initial: The score with the initial selection silenced; None if not memorized.
+        score_after: The score with the refined selection silenced; None if not memorized. Equal to
+            `score_initial` when even the largest initial selection stayed over the threshold (then `refined` is
+            `initial`).
+        initial: The initial selection (z-score above `theta` plus the top-`k` channels per layer).
+        refined: The refined selection, a subset of `initial`.
+        theta: The z-score threshold of the initial selection; None if not memorized.
+        k: The top-k per layer of the initial selection; None if not memorized.
+        unet_evaluations: Latent rows pushed through the UNet (one seed, one pass = 1).
+        score_checks: Scores computed (each one batched UNet call).
+    """
 
     prompt: str
-    memorized: bool  # score_before >= threshold; otherwise nothing was localized
+    memorized: bool
     threshold: float
     score_before: float
-    score_initial: float | None  # score with the initial selection silenced
-    score_after: float | None  # score with the refined selection silenced
+    score_initial: float | None
+    score_after: float | None
     initial: NeMoConfig
     refined: NeMoConfig
-    theta: float | None  # z-score threshold of the initial selection
-    k: int | None  # top-k per layer of the initial selection
-    unet_evaluations: int  # latent rows pushed through the UNet (one seed, one pass = 1)
-    score_checks: int  # scores computed (each one batched UNet call)
+    theta: float | None
+    k: int | None
+    unet_evaluations: int
+    score_checks: int
 
 
 def search_initial_selection(
-    check,
-    acts: dict,
-    z: dict,
+    check: Callable[[dict[str, list[int]]], float],
+    acts: dict[str, torch.Tensor],
+    z: dict[str, torch.Tensor],
     threshold: float,
     theta: float = 5.0,
     theta_step: float = 0.25,
@@ -103,7 +126,11 @@ def search_initial_selection(
 
 
 def refine_selection(
-    check, selection: dict, threshold: float, z: dict, refinement: str = "group"
+    check: Callable[[dict[str, list[int]]], float],
+    selection: dict[str, list[int]],
+    threshold: float,
+    z: dict[str, torch.Tensor],
+    refinement: str = "group",
 ) -> tuple[dict[str, list[int]], float]:
     """The second search: drop layers, then channels, while silencing the rest keeps the score under `threshold`.
 
@@ -132,7 +159,7 @@ def refine_selection(
 
 
 def localize_memorization_neurons(
-    pipe,
+    pipe: DiffusionPipeline,
     prompt: str,
     statistics: ActivationStatistics,
     threshold: float | None = None,
@@ -170,6 +197,13 @@ def localize_memorization_neurons(
 
     Returns:
         A `NeMoResult` with the initial and refined `NeMoConfig`s, scores and cost counters.
+
+    Raises:
+        ValueError: If `refinement` is unknown, no threshold is given or stored in `statistics`, a search setting
+            is out of range (`min_theta` > `theta`, a negative `max_k`, `scale` outside [0, 1], ...), or a layer of
+            `statistics` is not in the model.
+        TypeError: If `statistics` is not an `ActivationStatistics`, or `scorer` / `scorer_kwargs` are not valid
+            scorer settings.
     """
     check_choice(refinement, "refinement", REFINEMENTS)
     scorer = scorer_config(scorer, scorer_kwargs, "localize_memorization_neurons")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -18,6 +18,10 @@ from .._utils import HubConfigMixin, check_integer, check_number
 from ._common import pipeline_denoiser
 from .config import NeMoConfig
 from .hooks import apply_nemo, remove_nemo
+
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 @dataclass
@@ -35,6 +39,9 @@ class NeMoScorerConfig(HubConfigMixin):
         cache: Remember the score of every neuron set already checked.
         early_exit: Stop a threshold check at the first pair of seeds that reaches the threshold (seeds scored
             2, 4, 8, ... at a time): the same decisions for fewer UNet evaluations.
+
+    Raises:
+        ValueError: If a field is out of range or of the wrong type (e.g. `seeds` < 2, a negative `guidance_scale`).
 
     Example:
         >>> NeMoScorerConfig(seeds=4).seeds
@@ -76,6 +83,13 @@ def scorer_config(scorer: NeMoScorerConfig | None, legacy: dict, caller: str) ->
         scorer: The sub-config given, or None for the defaults.
         legacy: Keyword arguments the caller received besides its own; each must be a `NeMoScorerConfig` field.
         caller: The public function's name, for messages.
+
+    Returns:
+        `scorer`, a `NeMoScorerConfig` built from `legacy`, or the default config when both are empty.
+
+    Raises:
+        TypeError: If `scorer` is not a `NeMoScorerConfig`, `legacy` holds a name that is not a scorer field, or
+            both `scorer` and `legacy` are given.
     """
     if scorer is not None and not isinstance(scorer, NeMoScorerConfig):
         raise TypeError(f"`scorer` must be a NeMoScorerConfig, got {type(scorer).__name__}.")
@@ -96,13 +110,19 @@ def scorer_config(scorer: NeMoScorerConfig | None, legacy: dict, caller: str) ->
 
 
 @torch.no_grad()
-def encode_prompts(pipe, prompts: Sequence[str], with_uncond: bool = False):
+def encode_prompts(
+    pipe: DiffusionPipeline, prompts: Sequence[str], with_uncond: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Text embeddings (and the empty prompt's, for classifier-free guidance), as the pipeline computes them.
 
     Args:
         pipe: A text-to-image pipeline (`StableDiffusionPipeline` or alike).
         prompts: The prompts to embed.
         with_uncond: Also return the empty prompt's embedding (else None).
+
+    Returns:
+        `(cond, uncond)` in the denoiser's dtype: one row per prompt, and the empty prompt's embeddings (one row per
+        prompt too) or None.
     """
     unet = pipeline_denoiser(pipe)
     cond, uncond = pipe.encode_prompt(list(prompts), unet.device, 1, with_uncond, negative_prompt=None)
@@ -148,10 +168,26 @@ class MemorizationScorer:
         pipe: A text-to-image pipeline with `tokenizer`, `text_encoder`, `scheduler` and a `unet`.
         prompt: The prompt to score.
         config: The scorer settings (default `NeMoScorerConfig()`).
-        embeddings: `(cond, uncond)` text embeddings computed beforehand (uncond None without guidance).
+        embeddings: `(cond, uncond)` text embeddings computed beforehand (uncond None without guidance); None
+            encodes `prompt` with the pipeline.
+
+    Attributes:
+        config: The scorer settings in use.
+        unet_evaluations: Latent rows pushed through the UNet so far (twice the seeds per call with guidance).
+        checks: Scores computed so far (cache hits not included).
+
+    Raises:
+        TypeError: If `prompt` is not a string, `config` is not a `NeMoScorerConfig`, or `pipe` is not a
+            text-to-image pipeline.
     """
 
-    def __init__(self, pipe, prompt: str, config: NeMoScorerConfig | None = None, embeddings=None):
+    def __init__(
+        self,
+        pipe: DiffusionPipeline,
+        prompt: str,
+        config: NeMoScorerConfig | None = None,
+        embeddings: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    ):
         if not isinstance(prompt, str):
             raise TypeError(f"`prompt` must be a string, got {type(prompt).__name__}.")
         self.config = scorer_config(config, {}, "MemorizationScorer")
@@ -179,7 +215,16 @@ class MemorizationScorer:
 
     @torch.no_grad()
     def noise_differences(self, seeds: Sequence[int] | None = None) -> torch.Tensor:
-        """First-step noise prediction minus the latent, min-max normalized per sample and channel (hooks as set)."""
+        """First-step noise prediction minus the latent, min-max normalized per sample and channel (hooks as set).
+
+        One UNet call over the chosen seeds (guided as `config.guidance_scale` says); adds to `unet_evaluations`.
+
+        Args:
+            seeds: Indices of the seeds to evaluate, in [0, `config.seeds`); None evaluates all of them in order.
+
+        Returns:
+            A float32 tensor `(len(seeds), channels, height, width)` with values in [0, 1].
+        """
         index = list(range(self.seeds)) if seeds is None else list(seeds)
         latents, model_input = self.latents[index], self.model_input[index]
         embeddings = self.cond.expand(len(index), -1, -1)
@@ -224,6 +269,9 @@ class MemorizationScorer:
             neurons: Module name -> channel ids to silence (None or empty: the unhooked model).
             scale: Multiplier for those channels (0 switches them off).
             threshold: Only ask whether the score is under this value (allows the early exit).
+
+        Returns:
+            The largest SSIM over the seed pairs scored, in [-1, 1].
         """
         key = (tuple(sorted((name, tuple(c)) for name, c in (neurons or {}).items() if c)), scale)
         if self.cache is not None and key in self.cache:
@@ -245,7 +293,7 @@ class MemorizationScorer:
 
 
 def nemo_memorization_score(
-    pipe, prompt: str, config: NeMoConfig | None = None, scorer: NeMoScorerConfig | None = None
+    pipe: DiffusionPipeline, prompt: str, config: NeMoConfig | None = None, scorer: NeMoScorerConfig | None = None
 ) -> float:
     """NeMo's memorization score of `prompt`: the largest SSIM between seeds of the first denoising step's min-max
     normalized `noise prediction - latent`.
@@ -261,6 +309,9 @@ def nemo_memorization_score(
 
     Returns:
         The score, in [-1, 1]; memorized prompts score near 1.
+
+    Raises:
+        TypeError: If `config` is not a `NeMoConfig`, `scorer` not a `NeMoScorerConfig`, or `prompt` not a string.
     """
     if config is not None and not isinstance(config, NeMoConfig):
         raise TypeError(f"`config` must be a NeMoConfig or None, got {type(config).__name__}.")
@@ -269,7 +320,7 @@ def nemo_memorization_score(
 
 
 def memorization_score(
-    pipe,
+    pipe: DiffusionPipeline,
     prompt: str,
     seeds: int = 10,
     seed: int = 0,
@@ -289,6 +340,9 @@ def memorization_score(
         guidance_scale: `NeMoScorerConfig.guidance_scale`.
         config: Score the prompt with these neurons silenced.
         kernel_size: `NeMoScorerConfig.kernel_size`.
+
+    Returns:
+        What `nemo_memorization_score` returns.
     """
     warnings.warn(
         "hf_memory.memorization_score (NeMo) is renamed nemo_memorization_score(pipe, prompt, config, scorer="

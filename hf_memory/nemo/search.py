@@ -6,17 +6,30 @@ searches are tested on plain sets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
 
 
-def initial_selection(acts: dict, z: dict, theta: float, k: int) -> dict[str, list[int]]:
+if TYPE_CHECKING:
+    import torch
+
+
+Atom = TypeVar("Atom")  # one candidate of a search: a layer name, or a (layer name, channel id) pair
+
+
+def initial_selection(
+    acts: dict[str, torch.Tensor], z: dict[str, torch.Tensor], theta: float, k: int
+) -> dict[str, list[int]]:
     """The paper's initial set per layer: channels with z-score above `theta`, plus the `k` largest activations.
 
     Args:
         acts: Layer name -> activations of the prompt (1-D tensor over channels).
         z: Layer name -> z-scores of those activations.
         theta: The z-score threshold.
-        k: How many top activations per layer to add.
+        k: How many top activations per layer to add (at most the layer's channel count).
+
+    Returns:
+        Layer name -> sorted channel ids, for every layer of `acts` (possibly an empty list).
     """
     return {
         name: sorted(
@@ -27,13 +40,27 @@ def initial_selection(acts: dict, z: dict, theta: float, k: int) -> dict[str, li
     }
 
 
-def drop_unneeded(atoms: list, holds: Callable[[list], bool], order: list | None = None) -> list:
+def drop_unneeded(
+    atoms: list[Atom], holds: Callable[[list[Atom]], bool], order: list[Atom] | None = None
+) -> list[Atom]:
     """Remove atoms of ``atoms`` while ``holds`` stays true, trying them in ``order`` (default: as listed).
 
     Adaptive group testing: try removing a group at once; on success drop it and double the group size, on failure
     halve it; an atom that fails alone is kept. Every kept atom failed alone against a superset of the result, so,
     if ``holds`` is monotone (a superset of a passing set passes), removing any single kept atom breaks ``holds``
     (the guarantee of the one-at-a-time loop, which needs one check per atom). Given ``holds(atoms)``.
+
+    Args:
+        atoms: The candidates; ``holds(atoms)`` is assumed true and is not checked.
+        holds: The check, called on the atoms that would remain (in the order of ``atoms``).
+        order: The atoms in the order to try removing them; None tries them as listed in ``atoms``.
+
+    Returns:
+        The kept atoms, in the order of ``atoms``.
+
+    Example:
+        >>> drop_unneeded([1, 2, 3, 4, 5], lambda kept: 2 in kept and 4 in kept)
+        [2, 4]
     """
     current, queue, size = list(atoms), list(atoms if order is None else order), 1
     while queue:
@@ -48,15 +75,42 @@ def drop_unneeded(atoms: list, holds: Callable[[list], bool], order: list | None
     return current
 
 
-def as_neurons(pairs) -> dict[str, list[int]]:
+def as_neurons(pairs: Iterable[tuple[str, int]]) -> dict[str, list[int]]:
+    """Group ``(layer name, channel id)`` pairs by layer.
+
+    Args:
+        pairs: The pairs, in any order.
+
+    Returns:
+        Layer name -> its channel ids, both in order of first appearance (not sorted, not deduplicated).
+
+    Example:
+        >>> as_neurons([("a", 3), ("b", 1), ("a", 0)])
+        {'a': [3, 0], 'b': [1]}
+    """
     neurons: dict[str, list[int]] = {}
     for name, channel in pairs:
         neurons.setdefault(name, []).append(channel)
     return neurons
 
 
-def shortest_sufficient_prefix(atoms: list, holds: Callable[[list], bool]) -> list:
-    """The shortest prefix of ``atoms`` with ``holds`` (binary search, ~log2(n) checks), given ``holds(atoms)``."""
+def shortest_sufficient_prefix(atoms: list[Atom], holds: Callable[[list[Atom]], bool]) -> list[Atom]:
+    """The shortest prefix of ``atoms`` with ``holds`` (binary search, ~log2(n) checks), given ``holds(atoms)``.
+
+    The search assumes ``holds`` is monotone in the prefix length (once true, true for every longer prefix); else
+    it returns some passing prefix, not necessarily the shortest.
+
+    Args:
+        atoms: The candidates, most important first; ``holds(atoms)`` is assumed true and is not checked.
+        holds: The check, called on prefixes of ``atoms``; never on the empty prefix.
+
+    Returns:
+        The prefix (a slice of ``atoms``, at least one atom long when ``atoms`` is not empty).
+
+    Example:
+        >>> shortest_sufficient_prefix([5, 4, 3, 2, 1], lambda prefix: sum(prefix) >= 9)
+        [5, 4]
+    """
     low, high = 0, len(atoms)  # holds(atoms[:high]) is known; atoms[:low] is not known to hold
     while high - low > 1:
         middle = (low + high) // 2
@@ -67,11 +121,27 @@ def shortest_sufficient_prefix(atoms: list, holds: Callable[[list], bool]) -> li
     return atoms[:high]
 
 
-def refine_group(score, selection, threshold, z):
+def refine_group(
+    score: Callable[[dict[str, list[int]]], float],
+    selection: dict[str, list[int]],
+    threshold: float,
+    z: dict[str, torch.Tensor],
+) -> dict[str, list[int]]:
     """Drop layers, then channels, by adaptive group testing; least anomalous (lowest z-score) tried first.
 
-    Channels: first the shortest sufficient prefix of the most anomalous ones (binary search), so everything after
-    it goes in ~log2(n) checks; then `_drop_unneeded` inside the prefix.
+    Layers are tried in increasing order of their largest z-score over the selected channels. Channels: first the
+    shortest sufficient prefix of the most anomalous ones (binary search), so everything after it goes in ~log2(n)
+    checks; then `drop_unneeded` inside the prefix.
+
+    Args:
+        score: ``score(neurons)`` -> the memorization score with those channels silenced.
+        selection: Layer name -> channel ids whose silencing brings the score under ``threshold``.
+        threshold: A set passes when its score is under this value.
+        z: Layer name -> z-scores per channel (indexed by channel id), for every layer of ``selection``.
+
+    Returns:
+        Layer name -> the kept channel ids (sorted), layers in the order of ``selection``; layers with none kept
+        are left out.
     """
 
     def holds_layers(names):
@@ -90,8 +160,26 @@ def refine_group(score, selection, threshold, z):
     return {name: sorted(kept[name]) for name in selection if name in kept}
 
 
-def refine_greedy(score, selection, threshold, z=None):
-    """The official refinement: drop each layer, then each channel, whenever the score stays under the threshold."""
+def refine_greedy(
+    score: Callable[[dict[str, list[int]]], float],
+    selection: dict[str, list[int]],
+    threshold: float,
+    z: dict[str, torch.Tensor] | None = None,
+) -> dict[str, list[int]]:
+    """The official refinement: drop each layer, then each channel, whenever the score stays under the threshold.
+
+    First each layer is tried (last to first), then each channel of the layers left (layers last to first, channels
+    in their listed order): one ``score`` call per layer and per channel.
+
+    Args:
+        score: ``score(neurons)`` -> the memorization score with those channels silenced.
+        selection: Layer name -> channel ids whose silencing brings the score under ``threshold``.
+        threshold: A set passes when its score is under this value.
+        z: Unused; accepted so that `refine_group` and `refine_greedy` are called the same way.
+
+    Returns:
+        Layer name -> the kept channel ids, layers in the order of ``selection``; layers with none kept are left out.
+    """
     current = {name: list(c) for name, c in selection.items() if c}
     for name in reversed(list(current)):
         without = {n: c for n, c in current.items() if n != name}

@@ -6,6 +6,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,9 @@ from .hooks import value_projection_names
 from .scoring import MemorizationScorer, NeMoScorerConfig, encode_prompts, scorer_config
 
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
 PAPER_BLOCKS = ("down_blocks", "mid_block")  # the paper hooks the down and mid blocks' value projections
 STATISTICS_NAME = "nemo_activation_statistics.safetensors"
 
@@ -24,6 +28,20 @@ STATISTICS_NAME = "nemo_activation_statistics.safetensors"
 @dataclass
 class ActivationStatistics:
     """Per-channel mean and std of value-projection activations over non-memorized prompts, and the score threshold.
+
+    The activation of a channel is ``mean_over_tokens(|to_v(text embedding)|)`` (see `value_activations`).
+
+    Attributes:
+        mean: Layer name -> per-channel mean activation (1-D tensor).
+        std: Layer name -> per-channel standard deviation (1-D tensor, same length as the mean).
+        threshold: The memorization-score threshold, `score_mean + score_std`; None if the scores were not computed.
+        score_mean: Mean memorization score of the prompts; None if not computed.
+        score_std: Standard deviation of those scores; None if not computed.
+        num_prompts: How many prompts the statistics were computed over.
+        scores: The memorization score of every prompt, in input order (empty if not computed).
+
+    Raises:
+        ValueError: If `mean` and `std` name different layers, or a layer's tensors are not 1-D of one length.
 
     Example:
         >>> import tempfile, os
@@ -51,10 +69,19 @@ class ActivationStatistics:
 
     @property
     def layers(self) -> list[str]:
+        """The layer names the statistics cover, in the order of `mean`."""
         return list(self.mean)
 
     def z_scores(self, activations: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``|a - mean| / std`` per channel, for the activations of one prompt."""
+        """``|a - mean| / std`` per channel, for the activations of one prompt.
+
+        Args:
+            activations: Layer name -> the prompt's activations (1-D, one per channel), for at least every layer of
+                `layers`; other layers are ignored.
+
+        Returns:
+            Layer name -> float32 z-scores on the CPU, for every layer of `layers` (std clamped to at least 1e-12).
+        """
         return {
             name: (activations[name].float().cpu() - self.mean[name]).abs() / self.std[name].clamp_min(1e-12)
             for name in self.layers
@@ -67,6 +94,9 @@ class ActivationStatistics:
 
         Args:
             save_directory: A local folder, created if needed.
+
+        Returns:
+            The path of the written file.
         """
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, STATISTICS_NAME)
@@ -84,6 +114,9 @@ class ActivationStatistics:
                 a Hub repo id.
             revision: The Hub revision when `pretrained_path` is a repo id.
             token: The Hub token when `pretrained_path` is a private repo id.
+
+        Raises:
+            ValueError: If a folder holds no statistics file, or the file does not hold NeMo activation statistics.
         """
         path = str(pretrained_path)
         if os.path.isdir(path):
@@ -166,7 +199,20 @@ class ActivationStatistics:
         )
 
 
-def check_layers(unet, layers):
+def check_layers(unet: torch.nn.Module, layers: Sequence[str] | None) -> list[str]:
+    """The value projections to measure: `layers` after checking them, or the default ones.
+
+    Args:
+        unet: The denoiser.
+        layers: Module names of linear layers in `unet`; None = the value projections of the paper's blocks
+            (`PAPER_BLOCKS`), or every ``attn2.to_v`` if the model has none there.
+
+    Returns:
+        The layer names, as a list.
+
+    Raises:
+        ValueError: If the model has no value projections, or a name is not a linear layer of `unet`.
+    """
     if layers is None:
         layers = value_projection_names(unet, blocks=PAPER_BLOCKS) or value_projection_names(unet)
     if not layers:
@@ -179,8 +225,25 @@ def check_layers(unet, layers):
 
 
 @torch.no_grad()
-def value_activations(unet, layers: Sequence[str], embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``mean_over_tokens(|to_v(embedding)|)`` per layer, shape (prompts, channels); any NeMo hook is bypassed."""
+def value_activations(
+    unet: torch.nn.Module, layers: Sequence[str], embeddings: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``mean_over_tokens(|to_v(embedding)|)`` per layer, shape (prompts, channels); any NeMo hook is bypassed.
+
+    Each projection runs on the text embedding directly (after the attention's cross-attention norm, if it has
+    one), with no UNet pass.
+
+    Args:
+        unet: The denoiser holding the layers.
+        layers: Names of value projections (``...attn2.to_v``) in `unet`.
+        embeddings: Text embeddings, shape (prompts, tokens, hidden), as `encode_prompts` returns them.
+
+    Returns:
+        Layer name -> float32 activations on the CPU, shape (prompts, channels).
+
+    Raises:
+        NotImplementedError: If the UNet projects the text embedding first (`encoder_hid_dim_type` set).
+    """
     modules = dict(unet.named_modules())
     if getattr(unet.config, "encoder_hid_dim_type", None) is not None:
         raise NotImplementedError("UNets that project the text embedding (`encoder_hid_proj`) are not supported.")
@@ -197,7 +260,7 @@ def value_activations(unet, layers: Sequence[str], embeddings: torch.Tensor) -> 
 
 @torch.no_grad()
 def compute_activation_statistics(
-    pipe,
+    pipe: DiffusionPipeline,
     prompts: Sequence[str],
     layers: Sequence[str] | None = None,
     batch_size: int = 32,
@@ -211,6 +274,26 @@ def compute_activation_statistics(
     ``layers`` defaults to the value projections of the down and mid blocks (the paper's choice), or all
     ``attn2.to_v`` if the model has no such blocks. With ``calibrate_threshold`` (default) the memorization score
     of every prompt is computed too (``seeds`` UNet evaluations each) and ``threshold = mean + std`` of the scores.
+
+    Args:
+        pipe: A text-to-image pipeline (`StableDiffusionPipeline` or alike).
+        prompts: At least 2 prompts the model did not memorize.
+        layers: Value projections to measure; None = the paper's choice above.
+        batch_size: Prompts encoded (and measured) per batch.
+        calibrate_threshold: Also score every prompt and set the memorization-score threshold.
+        scorer: Seeds, timestep, guidance and SSIM settings of the scores (default `NeMoScorerConfig()`).
+        show_progress: Show a progress bar over the batches.
+        **scorer_kwargs: Deprecated: the scorer fields passed loose (`seeds=...`); a `FutureWarning` says so.
+
+    Returns:
+        The `ActivationStatistics`; `threshold`, `score_mean`, `score_std` and `scores` stay unset without
+        ``calibrate_threshold``.
+
+    Raises:
+        ValueError: If there are fewer than 2 prompts or one is not a string, `batch_size` < 1, or a layer is
+            unknown.
+        TypeError: If `scorer` is not a `NeMoScorerConfig`, or `scorer_kwargs` holds a name that is not a scorer
+            field.
     """
     prompts = list(prompts)
     if len(prompts) < 2 or not all(isinstance(p, str) for p in prompts):

@@ -185,11 +185,29 @@ def _lcs_lengths(pred, pred_mask, ref, ref_mask):
     return previous[:, -1]
 
 
-def extraction_scores(predictions, references, return_per_sample=False) -> dict:
+def extraction_scores(predictions, references, return_per_sample: bool = False) -> dict:
     """Exact match, memorization score, longest common prefix and ROUGE-L of token-id predictions vs references.
 
     The single implementation behind the `evaluate` metric, callable directly. Aggregates are means over samples
-    (Python floats); per-sample lists are added with `return_per_sample=True`. Raises `ValueError` on bad input.
+    (Python floats); per-sample lists are added with `return_per_sample=True`.
+
+    Args:
+        predictions: Generated token ids, one sequence per sample (lists, tuples, numpy arrays or torch tensors of
+            integers); each may be empty or of any length.
+        references: The true continuation token ids, one non-empty sequence per sample.
+        return_per_sample: Also return `<metric>_per_sample` lists, one value per sample.
+
+    Returns:
+        A dict with `exact_match`, `memorization_score`, `longest_common_prefix` and `rouge_l` (means over the
+        samples) and, with `return_per_sample=True`, the four per-sample lists.
+
+    Raises:
+        ValueError: If the two columns differ in length or are empty, a reference is empty, or a sample is not a
+            1-D sequence of integer token ids.
+
+    Example:
+        >>> extraction_scores([[1, 2, 3], [4, 0]], [[1, 2, 3], [4, 5]])
+        {'exact_match': 0.5, 'memorization_score': 0.75, 'longest_common_prefix': 2.0, 'rouge_l': 0.75}
     """
     preds, refs = _validated(predictions, references)
     pred_len = np.array([row.size for row in preds])
@@ -240,14 +258,32 @@ class ExtractableMemorization(evaluate.Metric):
             ],
         )
 
-    def add_batch(self, *, predictions=None, references=None, **kwargs):
-        """Check the batch before Arrow casting, which would silently turn 1.0 or True into a token id."""
+    def add_batch(self, *, predictions=None, references=None, **kwargs) -> None:
+        """Check the batch before Arrow casting, which would silently turn 1.0 or True into a token id.
+
+        Args:
+            predictions: Generated token ids, one sequence per sample, as for `compute`.
+            references: The true continuation token ids, one non-empty sequence per sample.
+            **kwargs: Passed on to `evaluate.Metric.add_batch`.
+
+        Raises:
+            ValueError: On the input errors `compute` refuses (see `extraction_scores`).
+        """
         if predictions is not None or references is not None:
             _validated(predictions, references)
         super().add_batch(predictions=predictions, references=references, **kwargs)
 
-    def add(self, *, prediction=None, reference=None, **kwargs):
-        """Check one sample before Arrow casting, as `add_batch` does."""
+    def add(self, *, prediction=None, reference=None, **kwargs) -> None:
+        """Check one sample before Arrow casting, as `add_batch` does.
+
+        Args:
+            prediction: The generated token ids of one sample.
+            reference: The true continuation token ids of that sample (at least one token).
+            **kwargs: Passed on to `evaluate.Metric.add`.
+
+        Raises:
+            ValueError: If a sample is not a 1-D sequence of integer token ids, or `reference` is empty.
+        """
         if prediction is not None or reference is not None:
             _as_token_row("prediction", prediction)
             if _as_token_row("reference", reference).size == 0:

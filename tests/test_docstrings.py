@@ -1,0 +1,77 @@
+"""Every public name has a docstring, and every parameter of a public function, class or method is described in
+its `Args:` section (the API reference is generated from them)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+
+import hf_memory
+
+
+def _public_objects():
+    for name in sorted(hf_memory.__all__):
+        obj = getattr(hf_memory, name)
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            yield name, obj
+
+
+def _documented_parameters(function, skip=("self", "cls")) -> list[str]:
+    parameters = inspect.signature(function).parameters.values()
+    return [p.name for p in parameters if p.name not in skip and p.kind is not p.VAR_POSITIONAL]
+
+
+def _missing(doc: str | None, names: list[str], sections=("Args:",)) -> list[str]:
+    doc = doc or ""
+    if not names:
+        return []
+    found = [section for section in sections if section in doc]
+    if not found:
+        return [f"<no {' / '.join(sections)} section>"]
+    described = " ".join(doc.split(section, 1)[1] for section in found)
+    return [name for name in names if f"{name}:" not in described and f"**{name}:" not in described]
+
+
+def _own_fields(cls) -> list[str]:
+    """The dataclass fields declared by hf-memory classes (not those inherited from `TrainingArguments`)."""
+    ours = {
+        name
+        for base in cls.__mro__
+        if base.__module__.startswith("hf_memory")
+        for name in vars(base).get("__annotations__", {})
+    }
+    return [f.name for f in dataclasses.fields(cls) if f.init and f.name in ours]
+
+
+def _own(cls, attribute: str) -> bool:
+    """Whether `cls` (or a base of ours) defines `attribute`, rather than a library class."""
+    for base in cls.__mro__:
+        if attribute in vars(base):
+            return base.__module__.startswith("hf_memory")
+    return False
+
+
+@pytest.mark.parametrize(("name", "obj"), list(_public_objects()), ids=lambda x: x if isinstance(x, str) else "")
+def test_public_name_documents_every_argument(name, obj):
+    assert inspect.getdoc(obj), f"{name} has no docstring"
+    problems = []
+    if inspect.isfunction(obj):
+        problems += [f"{name}({p})" for p in _missing(obj.__doc__, _documented_parameters(obj))]
+    else:
+        if dataclasses.is_dataclass(obj):
+            sections = ("Args:", "Attributes:")
+            problems += [f"{name}.{p}" for p in _missing(obj.__doc__, _own_fields(obj), sections)]
+        elif _own(obj, "__init__") and "__signature__" not in vars(obj):
+            doc = (obj.__doc__ or "") + (obj.__init__.__doc__ or "")
+            problems += [f"{name}({p})" for p in _missing(doc, _documented_parameters(obj.__init__))]
+        for attribute, member in vars(obj).items():
+            if attribute.startswith("_") or not (inspect.isfunction(member) or isinstance(member, classmethod)):
+                continue
+            function = member.__func__ if isinstance(member, classmethod) else member
+            assert inspect.getdoc(function), f"{name}.{attribute} has no docstring"
+            problems += [
+                f"{name}.{attribute}({p})" for p in _missing(function.__doc__, _documented_parameters(function))
+            ]
+    assert problems == []
