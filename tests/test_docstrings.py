@@ -34,15 +34,17 @@ def _missing(doc: str | None, names: list[str], sections=("Args:",)) -> list[str
     return [name for name in names if f"{name}:" not in described and f"**{name}:" not in described]
 
 
-def _own_fields(cls) -> list[str]:
-    """The dataclass fields declared by hf-memory classes (not those inherited from `TrainingArguments`)."""
-    ours = {
-        name
-        for base in cls.__mro__
-        if base.__module__.startswith("hf_memory")
-        for name in vars(base).get("__annotations__", {})
-    }
-    return [f.name for f in dataclasses.fields(cls) if f.init and f.name in ours]
+def _fields_by_declaring_class(cls) -> dict[type, list[str]]:
+    """The dataclass fields declared by hf-memory classes (not those inherited from `TrainingArguments`), grouped by
+    the class that declares them: that class's docstring documents them, once."""
+    init_fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    grouped, seen = {}, set()
+    for base in cls.__mro__:
+        declared = [n for n in vars(base).get("__annotations__", {}) if n in init_fields and n not in seen]
+        seen.update(declared)
+        if declared and base.__module__.startswith("hf_memory"):
+            grouped[base] = declared
+    return grouped
 
 
 def _own(cls, attribute: str) -> bool:
@@ -62,7 +64,8 @@ def test_public_name_documents_every_argument(name, obj):
     else:
         if dataclasses.is_dataclass(obj):
             sections = ("Args:", "Attributes:")
-            problems += [f"{name}.{p}" for p in _missing(obj.__doc__, _own_fields(obj), sections)]
+            for declaring, fields in _fields_by_declaring_class(obj).items():
+                problems += [f"{declaring.__name__}.{p}" for p in _missing(declaring.__doc__, fields, sections)]
         elif _own(obj, "__init__") and "__signature__" not in vars(obj):
             doc = (obj.__doc__ or "") + (obj.__init__.__doc__ or "")
             problems += [f"{name}({p})" for p in _missing(doc, _documented_parameters(obj.__init__))]

@@ -35,6 +35,8 @@ def require_extra(extra: str, feature: str) -> None:
     """
     missing = [module for module in EXTRAS[extra] if not is_available(module)]
     if missing:
+        names = missing[0] if len(missing) == 1 else f"{', '.join(missing[:-1])} and {missing[-1]}"
+        verb = "is" if len(missing) == 1 else "are"
         raise ImportError(
-            f'{feature} needs {", ".join(missing)}, which is not installed: run `pip install "hf-memory[{extra}]"`.'
+            f'{feature} needs {names}, which {verb} not installed: run `pip install "hf-memory[{extra}]"`.'
         )

@@ -1,0 +1,162 @@
+"""The shared internals: argument checks, sequences, model context managers, extras, the lazy map."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from hf_memory._utils import (
+    as_sequences,
+    check_choice,
+    check_integer,
+    check_number,
+    eval_mode,
+    lazy_getattr,
+    leading_windows,
+    require_extra,
+    restored,
+)
+from tests.conftest import tiny_causal_lm
+
+
+@pytest.mark.parametrize("value", [3, np.int64(3), np.int8(3), np.uint16(3)])
+def test_check_integer_accepts_integers_and_returns_python_ints(value):
+    out = check_integer(value, "n", minimum=1)
+    assert out == 3 and type(out) is int
+
+
+@pytest.mark.parametrize("value", [True, np.bool_(True), 3.0, "3", None, [3], np.array([3]), 0, -5])
+def test_check_integer_refuses_the_rest_naming_the_argument(value):
+    with pytest.raises(ValueError, match=r"`n` must be an integer >= 1 \(a count\), got "):
+        check_integer(value, "n", minimum=1, hint="a count")
+
+
+def test_check_integer_none_and_bounds():
+    assert check_integer(None, "stride", minimum=1, allow_none=True) is None
+    assert check_integer(-(2**70), "layer") == -(2**70)  # no bound: any integer, however large
+    with pytest.raises(ValueError, match="`stride` must be an integer >= 1 or None"):
+        check_integer(0, "stride", minimum=1, allow_none=True)
+
+
+@pytest.mark.parametrize("value", [0.5, 1, np.float32(0.5), np.float64(1.0), np.int64(1)])
+def test_check_number_accepts_finite_reals(value):
+    out = check_number(value, "scale", minimum=0, maximum=1)
+    assert type(out) is float and 0 <= out <= 1
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), True, "0.5", None, 1.5, -0.1, complex(1, 0)])
+def test_check_number_refuses_the_rest(value):
+    with pytest.raises(ValueError, match=r"`scale` must be a finite number in \[0, 1\]"):
+        check_number(value, "scale", minimum=0, maximum=1)
+
+
+def test_check_number_exclusive_minimum_and_messages():
+    with pytest.raises(ValueError, match="`lr` must be a finite number > 0, got 0"):
+        check_number(0, "lr", minimum=0, exclusive_minimum=True)
+    with pytest.raises(ValueError, match=r"`x` must be a finite number in \(0, 1\]"):
+        check_number(0.0, "x", minimum=0, maximum=1, exclusive_minimum=True)
+    assert check_number(None, "clip", allow_none=True) is None
+
+
+def test_check_choice():
+    assert check_choice("auto", "method", ("auto", "prefix")) == "auto"
+    for bad in ("Auto", None, ["auto"], {"auto": 1}):
+        with pytest.raises(ValueError, match="`method` must be one of 'auto', 'prefix', got"):
+            check_choice(bad, "method", ("auto", "prefix"))
+
+
+def test_sequences_and_windows():
+    rows = as_sequences(np.array([[1, 2, 3], [4, 5, 6]]))
+    assert [r.tolist() for r in rows] == [[1, 2, 3], [4, 5, 6]] and rows[0].dtype == torch.long
+    with pytest.raises(ValueError, match="`sequences` is empty"):
+        as_sequences([])
+    with pytest.raises(ValueError, match=r"`sequences\[1\]` must hold integer token ids"):
+        as_sequences([[1, 2], [0.5, 1.0]])
+    windows = leading_windows([list(range(10)), list(range(5, 20))], np.int64(2), 3)
+    assert windows.tolist() == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    with pytest.raises(ValueError, match=r"`sequences\[0\]` has 10 tokens, fewer than"):
+        leading_windows([list(range(10))], 8, 8)
+
+
+def test_restored_is_bit_exact_on_every_exit_path():
+    model = tiny_causal_lm("llama")
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = next(model.parameters())
+    frozen.requires_grad_(False)
+    grads = {name: torch.full_like(p, 7.0) for name, p in model.named_parameters()}
+    for name, p in model.named_parameters():
+        p.grad = grads[name]
+    for error in (RuntimeError, KeyboardInterrupt):
+        with pytest.raises(error), restored(model, grads=True) as (params, saved):
+            model.eval()
+            with torch.no_grad():
+                for p in params.values():
+                    p.add_(1.0)
+                    p.requires_grad_(True)
+                    p.grad = None
+            raise error
+        assert model.training and not frozen.requires_grad
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert all(p.grad is grads[name] for name, p in model.named_parameters())
+
+
+def test_restored_subset_leaves_other_parameters_alone_but_restores_every_requires_grad():
+    model = tiny_causal_lm("llama")
+    names = [n for n, _ in model.named_parameters() if "mlp" in n]
+    other = next(p for n, p in model.named_parameters() if "mlp" not in n)
+    with restored(model, names=names) as (params, saved):
+        assert sorted(params) == sorted(names) and set(saved) == set(names)
+        for p in model.parameters():
+            p.requires_grad_(False)
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(KeyError):
+        with restored(model, names=["not.a.parameter"]):
+            pass
+    assert other.requires_grad
+
+
+def test_eval_mode_gives_the_flag_back():
+    model = tiny_causal_lm("llama").train()
+    with pytest.raises(KeyboardInterrupt), eval_mode(model):
+        assert not model.training
+        raise KeyboardInterrupt
+    assert model.training
+    model.eval()
+    with eval_mode(model):
+        pass
+    assert not model.training
+
+
+def test_require_extra_names_every_missing_module(monkeypatch):
+    require_extra("plots", "A figure")  # installed: nothing happens
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(
+        ImportError, match=r'A figure needs matplotlib, which is not installed: .*"hf-memory\[plots\]"'
+    ):
+        require_extra("plots", "A figure")
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    with pytest.raises(ImportError, match="needs sklearn and scipy, which are not installed"):
+        require_extra("analysis", "X")
+
+
+def test_lazy_getattr_loads_once_and_from_several_threads():
+    namespace = {}
+    getattr_, dir_ = lazy_getattr("hf_memory", namespace, {"goldfish": ["goldfish_mask"]})
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(getattr_("goldfish_mask"))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    from hf_memory.goldfish import goldfish_mask
+
+    assert results == [goldfish_mask] * 4 and namespace["goldfish_mask"] is goldfish_mask
+    assert "goldfish_mask" in dir_()
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        getattr_("nothing")
