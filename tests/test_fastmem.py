@@ -63,7 +63,7 @@ def test_nested_memorize_is_refused_and_the_outer_one_still_restores(model):
     before = snapshot(model)
     fastmem = FastMem(model, FastMemConfig(steps=1, lr=1e-2))
     with fastmem.memorize(torch.arange(12)):
-        with pytest.raises(RuntimeError, match="already active"):
+        with pytest.raises(RuntimeError, match="FastMem.memorize is already doing so"):
             with fastmem.memorize(torch.arange(12)):
                 pass
     assert_restored(model, before)

@@ -2,11 +2,19 @@
 sibling capability's private names."""
 
 from .architectures import FFN_LAYOUTS, FINAL_NORM, LayerStack, find_layers
-from .checks import as_token_ids, check_choice, check_integer, check_number
+from .checks import as_token_ids, check_choice, check_integer, check_number, check_vocabulary
 from .config import HubConfigMixin
 from .imports import EXTRAS, is_available, require_extra
 from .lazy import lazy_getattr
-from .modeling import cache_io, eval_mode, model_device, restored, supports_logits_to_keep
+from .modeling import (
+    cache_io,
+    changing_model,
+    eval_mode,
+    exclusive,
+    model_device,
+    restored,
+    supports_logits_to_keep,
+)
 from .sequences import as_sequences, leading_windows
 
 
@@ -19,10 +27,13 @@ __all__ = [
     "as_sequences",
     "as_token_ids",
     "cache_io",
+    "changing_model",
     "check_choice",
     "check_integer",
     "check_number",
+    "check_vocabulary",
     "eval_mode",
+    "exclusive",
     "find_layers",
     "is_available",
     "lazy_getattr",

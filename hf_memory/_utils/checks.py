@@ -6,27 +6,63 @@ import math
 import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
-def as_token_ids(values, name: str, dims: tuple[int, ...] = (1, 2)) -> torch.Tensor:
+def as_token_ids(values, name: str, dims: tuple[int, ...] = (1, 2), allow_negative: bool = False) -> torch.Tensor:
     """Return `values` as an int64 tensor of token ids.
 
     Args:
         values: A tensor, a (nested) list or a numpy array of integer token ids.
         name: The argument name shown in the error message.
         dims: The allowed numbers of dimensions.
+        allow_negative: Accept negative values (position ids of left padding); token ids never are.
 
     Raises:
-        ValueError: If `values` is not integer-typed or has another number of dimensions.
+        ValueError: If `values` is not integer-typed, has another number of dimensions, holds a negative id, or a
+            value that does not fit int64.
     """
-    tensor = values if isinstance(values, torch.Tensor) else torch.as_tensor(values)
+    if not isinstance(values, torch.Tensor):
+        try:
+            values = torch.as_tensor(values)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+            raise ValueError(f"`{name}` must hold integer token ids: {err}") from None
+    tensor = values
     if tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
         raise ValueError(f"`{name}` must hold integer token ids, got dtype {tensor.dtype}.")
     if tensor.dim() not in dims:
         allowed = " or ".join(f"{d}-D" for d in dims)
         raise ValueError(f"`{name}` must be {allowed}, got a {tensor.dim()}-D tensor of shape {tuple(tensor.shape)}.")
-    return tensor.long()
+    if tensor.dtype in (torch.uint16, torch.uint32, torch.uint64):  # torch has no max() for these: check in numpy
+        array = tensor.cpu().numpy()
+        if array.size and int(array.max()) > np.iinfo(np.int64).max:
+            raise ValueError(f"`{name}` holds {int(array.max())}, which is no token id (more than 2**63 - 1).")
+        tensor = torch.from_numpy(array.astype(np.int64)).to(tensor.device)
+    tensor = tensor.long()
+    if not allow_negative and tensor.numel() and int(tensor.min()) < 0:
+        raise ValueError(f"`{name}` must hold token ids >= 0, got {int(tensor.min())}.")
+    return tensor
+
+
+def check_vocabulary(ids: torch.Tensor, model, name: str) -> None:
+    """Raise a `ValueError` naming `name`, the offending id and the vocabulary size if an id is outside the model's
+    vocabulary (the embedding would fail with an `IndexError` deep in torch, or on a GPU with a device assert).
+
+    Args:
+        ids: Token ids, any shape.
+        model: A transformers model with input embeddings.
+        name: The argument name shown in the error message.
+    """
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    size = getattr(embeddings, "num_embeddings", None)
+    if size is None or not ids.numel():
+        return
+    largest = int(ids.max())
+    if largest >= size:
+        raise ValueError(
+            f"`{name}` holds token id {largest}, outside the model's vocabulary of {size} (ids 0 to {size - 1})."
+        )
 
 
 def _is_integer(value) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import threading
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -91,3 +92,45 @@ def restored(
             for name, p in chosen.items():
                 p.grad = saved_grads[name]
         model.train(was_training)
+
+
+_BUSY_ATTRIBUTE = "_hf_memory_changing"
+_BUSY_LOCK = threading.Lock()
+
+
+def changing_model(model) -> str | None:
+    """The name of the library call changing `model`'s weights in place right now, or None.
+
+    Args:
+        model: A `torch.nn.Module`.
+    """
+    return getattr(model, _BUSY_ATTRIBUTE, None)
+
+
+@contextlib.contextmanager
+def exclusive(model, what: str) -> Iterator[None]:
+    """Hold `model` for a call that changes its weights in place; refuse if another such call holds it.
+
+    Every hf-memory function that changes a model in place (FastMem, the latent scan, the CE diagnostic) takes this
+    guard, so two of them can never overlap on one model, from one thread or several: the second raises a
+    `RuntimeError` before any work starts, and the first restores the model undisturbed.
+
+    Args:
+        model: A `torch.nn.Module`.
+        what: The caller's name, shown to whoever is refused.
+
+    Raises:
+        RuntimeError: If another call holds the model.
+    """
+    with _BUSY_LOCK:
+        holder = changing_model(model)
+        if holder is not None:
+            raise RuntimeError(
+                f"{what} changes the model's weights in place, but {holder} is already doing so on this model (in "
+                "this thread or another): wait for it to finish, or use a copy of the model."
+            )
+        setattr(model, _BUSY_ATTRIBUTE, what)
+    try:
+        yield
+    finally:
+        setattr(model, _BUSY_ATTRIBUTE, None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from .checks import as_token_ids, check_integer
@@ -11,19 +13,42 @@ def as_sequences(sequences, name: str = "sequences") -> list[torch.Tensor]:
     """Return `sequences` as a non-empty list of 1-D int64 tensors.
 
     Args:
-        sequences: Token id sequences (lists, 1-D tensors), a 2-D tensor (one sequence per row), or a
-            `datasets.Dataset` with an `input_ids` column.
+        sequences: Token id sequences (lists, 1-D tensors), a 2-D tensor (one sequence per row), a
+            `datasets.Dataset` with an `input_ids` column, or a mapping with `input_ids` (a tokenizer's output). With
+            an `attention_mask` column or key, padded positions (mask 0) are dropped from each row.
         name: The argument name shown in error messages.
     """
+    masks = None
     if hasattr(sequences, "column_names"):  # datasets.Dataset
         if "input_ids" not in sequences.column_names:
             raise ValueError(
                 f"`{name}` is a Dataset without an `input_ids` column (columns: {sequences.column_names})."
             )
+        if "attention_mask" in sequences.column_names:
+            masks = sequences["attention_mask"]
         sequences = sequences["input_ids"]
+    elif isinstance(sequences, Mapping):  # a tokenizer's BatchEncoding, or a plain dict of columns
+        if "input_ids" not in sequences:
+            raise ValueError(f"`{name}` is a mapping without `input_ids` (keys: {sorted(sequences)}).")
+        masks, sequences = sequences.get("attention_mask"), sequences["input_ids"]
     if isinstance(sequences, torch.Tensor):
         sequences = list(sequences) if sequences.dim() == 2 else [sequences]
     out = [as_token_ids(seq, f"{name}[{i}]", dims=(1,)) for i, seq in enumerate(sequences)]
+    if masks is not None:  # padded rows: keep the real tokens only
+        if isinstance(masks, torch.Tensor) and masks.dim() == 1:
+            masks = [masks]
+        masks = list(masks)
+        if len(masks) != len(out):
+            raise ValueError(f"`{name}` has {len(out)} rows of `input_ids` but {len(masks)} of `attention_mask`.")
+        stripped = []
+        for i, (row, mask) in enumerate(zip(out, masks)):
+            mask = torch.as_tensor(mask)
+            if mask.shape != row.shape:
+                raise ValueError(
+                    f"`{name}[{i}]`: `attention_mask` has shape {tuple(mask.shape)}, `input_ids` {tuple(row.shape)}."
+                )
+            stripped.append(row[mask.bool()])
+        out = stripped
     if not out:
         raise ValueError(f"`{name}` is empty: give at least one sequence of token ids.")
     return out

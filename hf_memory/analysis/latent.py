@@ -22,7 +22,9 @@ from .._utils import (
     cache_io,
     check_integer,
     check_number,
+    check_vocabulary,
     eval_mode,
+    exclusive,
     leading_windows,
     model_device,
     require_extra,
@@ -209,13 +211,14 @@ def latent_memorization_scan(
         (3, 2, True)
     """
     windows = leading_windows(sequences, prefix_len, suffix_len)
+    check_vocabulary(windows, model, "sequences")
     sigma = check_number(sigma, "sigma", minimum=0, exclusive_minimum=True, hint="the noise standard deviation")
     n_perturbations = check_integer(n_perturbations, "n_perturbations", minimum=1)
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     seed = check_integer(seed, "seed", minimum=0)
     device = model_device(model)
     references = windows[:, prefix_len:].tolist()
-    with restored(model) as (params, saved), torch.no_grad():
+    with exclusive(model, "latent_memorization_scan"), restored(model) as (params, saved), torch.no_grad():
         model.eval()
         base = _decode_all(model, windows, prefix_len, suffix_len, batch_size, device)
         base_distance = _levenshtein(base, references)
@@ -286,6 +289,8 @@ def ce_diagnostic(
     """
     rows = as_sequences(sequences)
     for i, row in enumerate(rows):
+        check_vocabulary(row, model, f"sequences[{i}]")
+    for i, row in enumerate(rows):
         if len(row) < 2:
             raise ValueError(f"`sequences[{i}]` has {len(row)} token(s): the cross-entropy needs at least 2.")
     lr = check_number(lr, "lr", minimum=0, exclusive_minimum=True)
@@ -295,7 +300,7 @@ def ce_diagnostic(
     if reference_model is not None:
         reference_loss = _plain_losses(reference_model, rows)
     losses, after, change = [], [], []
-    with restored(model, grads=True) as (params, saved):
+    with exclusive(model, "ce_diagnostic"), restored(model, grads=True) as (params, saved):
         model.eval()  # no dropout: the diagnostic is deterministic
         for p in params.values():
             p.requires_grad_(True)

@@ -170,11 +170,12 @@ class MemorizationPredictor:
 
         if hasattr(labels, "per_sample"):
             labels = extraction_labels(labels)
-        y = np.asarray(labels).astype(int)
-        if y.ndim != 1 or len(y) != len(signals):
-            raise ValueError(f"`labels` must hold one label per window ({len(signals)}), got shape {y.shape}.")
-        if not set(np.unique(y)) <= {0, 1}:
-            raise ValueError("`labels` must be 0/1 (or booleans).")
+        raw = np.asarray(labels)
+        if raw.ndim != 1 or len(raw) != len(signals):
+            raise ValueError(f"`labels` must hold one label per window ({len(signals)}), got shape {raw.shape}.")
+        if raw.dtype.kind not in "biuf" or not np.isin(raw, (0, 1)).all():  # never truncate 0.95 to 0
+            raise ValueError(f"`labels` must be 0/1 (or booleans), got values like {raw[~np.isin(raw, (0, 1))][:3]}.")
+        y = raw.astype(int)
         counts = np.bincount(y, minlength=2)
         if counts.min() < 2:
             raise ValueError(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._utils import as_sequences, check_integer, eval_mode, leading_windows, model_device
+from .._utils import as_sequences, check_integer, check_vocabulary, eval_mode, leading_windows, model_device
 
 
 if TYPE_CHECKING:
@@ -255,6 +255,7 @@ def memorization_signals(
         ((3, 15), [-7, 7], (2, 3, 16))
     """
     windows = leading_windows(sequences, prefix_len, suffix_len)
+    check_vocabulary(windows, model, "sequences")
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     if pool not in POOLS:
         raise ValueError(f"`pool` must be one of {', '.join(map(repr, POOLS))}, got {pool!r}.")

@@ -7,6 +7,8 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from .._utils import as_token_ids
+
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -45,7 +47,7 @@ def load_token_sequences(
 
     def add_text_or_ids(record: dict, where: str):
         if "input_ids" in record:
-            sequences.append([int(t) for t in record["input_ids"]])
+            sequences.append(as_token_ids(record["input_ids"], f"input_ids of {where}", dims=(1,)).tolist())
         elif text_field in record:
             sequences.append(tokenizer(record[text_field], add_special_tokens=False)["input_ids"])
         else:

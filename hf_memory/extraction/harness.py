@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from .._utils import check_choice, check_integer, eval_mode, model_device
+from .._utils import check_choice, check_integer, check_vocabulary, eval_mode, model_device
 from ..metrics.extractable_memorization.extractable_memorization import extraction_scores
 from .decoding import generate_suffixes, resume_greedy, teacher_forced
 from .windows import extraction_windows
@@ -122,6 +122,7 @@ def measure_extraction(
             f"No sequence in `sequences` has prefix_len + suffix_len = {prefix_len + suffix_len} tokens "
             f"({skipped} skipped): lower `prefix_len` / `suffix_len` or give longer sequences."
         )
+    check_vocabulary(torch.stack(windows), model, "sequences")
 
     from accelerate import PartialState
 

@@ -9,6 +9,7 @@ train mode, so it is untouched; calls made while a `FastMem.memorize` is already
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 
 _WRAPPED = "_hf_memory_fastmem_generate"
+_NOTHING = object()  # the model had no `generate` of its own before `attach` (only the class method)
 
 
 class FastMemCallback(TrainerCallback):
@@ -47,6 +49,7 @@ class FastMemCallback(TrainerCallback):
         self.config = config if config is not None else FastMemConfig()
         if not isinstance(self.config, FastMemConfig):
             raise TypeError(f"`config` must be a FastMemConfig, got {type(self.config).__name__}.")
+        self._replaced: dict[int, Any] = {}  # id(model) -> the instance `generate` that `attach` replaced
 
     def on_init_end(
         self,
@@ -93,14 +96,23 @@ class FastMemCallback(TrainerCallback):
                 return
             raise RuntimeError("this model's generate is already wrapped by another FastMemCallback: detach it first.")
         original = model.generate
+        signature = inspect.signature(original)
 
         def generate(*args, **kwargs):
             if model.training or is_memorizing(model):
                 return original(*args, **kwargs)
-            input_ids = kwargs.pop("input_ids") if "input_ids" in kwargs else args[0]
-            return fastmem_generate(model, input_ids, self.config, **kwargs)
+            # Every argument by name, as `generate` reads them: `inputs` (its first parameter) or `input_ids`.
+            arguments = dict(signature.bind(*args, **kwargs).arguments)
+            for name, parameter in signature.parameters.items():
+                if parameter.kind is parameter.VAR_KEYWORD:
+                    arguments.update(arguments.pop(name, {}))
+            inputs, input_ids = arguments.pop("inputs", None), arguments.pop("input_ids", None)
+            if (inputs is None) == (input_ids is None):
+                raise ValueError("FastMemCallback: pass the prompt to `generate` once, as `inputs` or `input_ids`.")
+            return fastmem_generate(model, input_ids if inputs is None else inputs, self.config, **arguments)
 
         setattr(generate, _WRAPPED, self)
+        self._replaced[id(model)] = model.__dict__.get("generate", _NOTHING)
         model.generate = generate
 
     def detach(self, model: PreTrainedModel) -> None:
@@ -112,4 +124,8 @@ class FastMemCallback(TrainerCallback):
             model: The model given to `attach`.
         """
         if getattr(model.generate, _WRAPPED, None) is self:
-            del model.generate
+            replaced = self._replaced.pop(id(model), _NOTHING)
+            if replaced is _NOTHING:
+                del model.generate
+            else:  # the user's own override, exactly as it was
+                model.generate = replaced

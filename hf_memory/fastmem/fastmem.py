@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers.utils import logging
 
-from .._utils import FINAL_NORM, as_token_ids, cache_io, model_device, restored, supports_logits_to_keep
+from .._utils import (
+    FINAL_NORM,
+    as_token_ids,
+    cache_io,
+    changing_model,
+    check_vocabulary,
+    exclusive,
+    model_device,
+    restored,
+    supports_logits_to_keep,
+)
 from .config import FastMemConfig
 from .ffn import MemorizedFFN, clip_per_row
 from .inputs import positions_from_mask, prompt_batch, target_mask
@@ -41,33 +50,19 @@ if TYPE_CHECKING:
 
 logger = logging.get_logger(__name__)
 
-_ACTIVE_ATTRIBUTE = "_hf_memory_fastmem_active"
-_LOCK = threading.Lock()
+MEMORIZE = "FastMem.memorize"
 
 
-def is_memorizing(model: PreTrainedModel) -> bool:
+def is_memorizing(model: torch.nn.Module) -> bool:
     """Whether a `FastMem.memorize` block is active on `model` right now.
 
     Args:
         model: A transformers model.
 
     Returns:
-        True inside a `FastMem.memorize` block on `model` (from any thread), False otherwise.
+        True inside a `memorize` block on this model (from any thread), else False.
     """
-    return bool(getattr(model, _ACTIVE_ATTRIBUTE, False))
-
-
-@contextlib.contextmanager
-def _exclusive(model) -> Iterator[None]:
-    """Mark `model` as memorizing for the block; refuse if it already is (from any thread)."""
-    with _LOCK:
-        if is_memorizing(model):
-            raise RuntimeError("FastMem.memorize is already active on this model: exit it before memorizing again.")
-        setattr(model, _ACTIVE_ATTRIBUTE, True)
-    try:
-        yield
-    finally:
-        setattr(model, _ACTIVE_ATTRIBUTE, False)
+    return changing_model(model) == MEMORIZE
 
 
 @dataclass
@@ -177,10 +172,11 @@ class FastMem:
         """
         model, ffn, config = self.model, self.ffn, self.config
         ids, attention = prompt_batch(input_ids, attention_mask, model_device(model))
+        check_vocabulary(ids[attention], model, "input_ids")
         mask = target_mask(loss_mask, ids, attention)
         trained = [name for name, _ in model.named_parameters() if name.rpartition(".")[0] in ffn.linears]
         with contextlib.ExitStack() as stack:  # unwound in reverse: hooks, FFN patches, parameters, the lock
-            stack.enter_context(_exclusive(model))
+            stack.enter_context(exclusive(model, MEMORIZE))
             stack.enter_context(restored(model, names=trained, grads=True))
             stack.callback(ffn.reset)
             for p in model.parameters():
@@ -356,13 +352,27 @@ def fastmem_generate(
         What `model.generate` returns: the token ids, or a `GenerateOutput` when `return_dict_in_generate=True`.
 
     Raises:
-        ValueError: If the ids or masks have a bad shape or type, or nothing is left to memorize in some prompt.
+        ValueError: If the ids or masks have a bad shape or type, `memorize_ids` has neither one row nor one row per
+            prompt, or nothing is left to memorize in some prompt.
         RuntimeError: If a `FastMem.memorize` block is already active on the model.
     """
     fastmem = FastMem(model, config)
     prompt = as_token_ids(input_ids, "input_ids")
     prompt = (prompt[None] if prompt.dim() == 1 else prompt).to(model.device)
+    check_vocabulary(
+        prompt if attention_mask is None else prompt[torch.as_tensor(attention_mask).reshape(prompt.shape).bool()],
+        model,
+        "input_ids",
+    )
     same = memorize_ids is None
+    if not same:
+        memorized_rows = as_token_ids(memorize_ids, "memorize_ids")
+        memorized_rows = 1 if memorized_rows.dim() == 1 else memorized_rows.shape[0]
+        if memorized_rows not in (1, prompt.shape[0]):
+            raise ValueError(
+                f"`memorize_ids` must hold one sequence for every prompt ({prompt.shape[0]}) or one for all, got "
+                f"{memorized_rows}."
+            )
     with fastmem.memorize(
         input_ids if same else memorize_ids, loss_mask=loss_mask, attention_mask=attention_mask if same else None
     ) as memorized:

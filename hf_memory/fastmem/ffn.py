@@ -191,7 +191,9 @@ class PatchedForward:
             prompts = next(iter(tensors.values())).shape[0]
             return self(x.reshape(prompts, -1, x.shape[-1])).reshape(x.shape[0], -1)
         rows = x.shape[0]
-        if rows == 1 and "weight" in tensors:  # one prompt: a plain matmul, not a batched one
+        # One memorized prompt and one row: a plain matmul. Several prompts: the batch must hold one row per prompt
+        # (or a multiple, as beams expand them); `_expand_rows` refuses anything else, one row included.
+        if rows == 1 and "weight" in tensors and tensors["weight"].shape[0] == 1:
             weight, bias = tensors["weight"][0], tensors["bias"][0] if "bias" in tensors else None
             return (
                 x @ weight + (0 if bias is None else bias) if isinstance(module, Conv1D) else F.linear(x, weight, bias)

@@ -122,11 +122,25 @@ def context_as_assistant_turn(tokenizer: PreTrainedTokenizerBase, context: str) 
     Raises:
         ValueError: If `context` is empty, or the templated text does not contain it verbatim.
     """
-    if not context:
-        raise ValueError("`context` is empty: there is nothing to memorize.")
+    if not isinstance(context, str) or not context:
+        raise ValueError(f"`context` must be a non-empty string: there is nothing to memorize, got {context!r:.80}.")
+    # Where the template puts the content, found with a marker rather than by searching for the context (a short
+    # context such as "end" also occurs inside the template's own tokens, e.g. "<|im_end|>").
+    marker = "\u2063hf-memory-context\u2063"
+    probe = tokenizer.apply_chat_template([{"role": "assistant", "content": marker}], tokenize=False)
     text = tokenizer.apply_chat_template([{"role": "assistant", "content": context}], tokenize=False)
-    start = text.rindex(context)
+    start = probe.find(marker)
     end = start + len(context)
+    if (
+        start < 0
+        or text[:start] != probe[:start]
+        or text[start:end] != context
+        or text[end:] != probe[start + len(marker) :]
+    ):
+        raise ValueError(
+            "The tokenizer's chat template does not keep the assistant content verbatim (it trims or rewrites it), "
+            "so the context tokens cannot be located: pass `input_ids` and `loss_mask` to FastMem yourself."
+        )
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     spans = encoded["offset_mapping"]
     mask = [s < end and e > start for s, e in spans]

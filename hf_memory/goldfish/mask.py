@@ -133,7 +133,7 @@ def goldfish_mask(
     if position_ids is None:
         offsets = torch.arange(ids.shape[-1], device=ids.device).expand_as(ids)
     else:
-        positions = as_token_ids(position_ids, "position_ids").to(ids.device)
+        positions = as_token_ids(position_ids, "position_ids", allow_negative=True).to(ids.device)
         if positions.shape != ids.shape:
             raise ValueError(
                 f"`position_ids` must have the shape of `input_ids` {tuple(ids.shape)}, got {tuple(positions.shape)}."
@@ -175,4 +175,9 @@ def apply_goldfish(
         >>> apply_goldfish(ids.clone(), ids, GoldfishConfig(k=2, strategy="static")).tolist()
         [[10, -100, 12, -100, 14, -100, 16, -100]]
     """
+    if tuple(torch.as_tensor(labels).shape) != tuple(torch.as_tensor(input_ids).shape):
+        raise ValueError(
+            f"`labels` {tuple(torch.as_tensor(labels).shape)} and `input_ids` {tuple(torch.as_tensor(input_ids).shape)} "
+            "must have the same shape: each label is masked by the tokens at its own position."
+        )
     return labels.masked_fill(goldfish_mask(input_ids, config, position_ids).to(labels.device), IGNORE_INDEX)

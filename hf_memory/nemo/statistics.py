@@ -295,6 +295,8 @@ def compute_activation_statistics(
         TypeError: If `scorer` is not a `NeMoScorerConfig`, or `scorer_kwargs` holds a name that is not a scorer
             field.
     """
+    if isinstance(prompts, str):
+        raise ValueError("`prompts` must be a list of prompts, got one string (it would be split into characters).")
     prompts = list(prompts)
     if len(prompts) < 2 or not all(isinstance(p, str) for p in prompts):
         raise ValueError("`prompts` must be at least 2 strings (a std needs two samples).")

@@ -137,6 +137,9 @@ def _as_token_row(label, sample):
         valid = not any(isinstance(token, (bool, np.bool_)) for token in sample)
     if not valid:
         raise ValueError(f"`{label}` must be a 1-D sequence of integer token ids, got {sample!r:.100}")
+    # Token ids are non-negative and fit int64: a uint64 id past 2**63 - 1 would wrap to a negative number.
+    if row.size and (row.min() < 0 or (row.dtype.kind == "u" and row.max() > np.iinfo(np.int64).max)):
+        raise ValueError(f"`{label}` must hold token ids from 0 to 2**63 - 1, got {sample!r:.100}")
     return row.astype(np.int64, copy=False)
 
 

@@ -1,0 +1,193 @@
+"""One regression test per silent-wrong-result bug of the hostile trial (issue 11, "BAD" items 1-12)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from transformers import GenerationConfig
+
+from hf_memory import (
+    FastMem,
+    FastMemCallback,
+    FastMemConfig,
+    GoldfishConfig,
+    MemorizationPredictor,
+    apply_goldfish,
+    ce_diagnostic,
+    compute_activation_statistics,
+    context_as_assistant_turn,
+    extraction_scores,
+    fastmem_generate,
+    latent_memorization_scan,
+    load_token_sequences,
+    measure_extraction,
+    memorization_signals,
+)
+from tests.conftest import tiny_causal_lm
+
+
+def state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same(model, before):
+    return all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# 1
+def test_a_one_row_call_inside_a_two_prompt_memorization_is_refused():
+    model = tiny_causal_lm("llama")
+    prompts = torch.randint(4, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+    with FastMem(model, FastMemConfig(steps=2, lr=1e-2)).memorize(prompts):
+        model(prompts)  # one row per memorized prompt: fine
+        with pytest.raises(RuntimeError, match="memorized 2 prompts but the model got a batch of 1"):
+            model(prompts[1:2])  # was: silently prompt 0's weights
+
+
+# 2
+def test_the_callback_keeps_positional_generate_arguments():
+    model = tiny_causal_lm("llama").eval()
+    callback = FastMemCallback(FastMemConfig(steps=1))
+    callback.attach(model)
+    ids = torch.arange(4, 12)[None]
+    out = model.generate(ids, GenerationConfig(max_new_tokens=2, do_sample=False, pad_token_id=0))
+    assert out.shape == (1, 10)  # was: the config was dropped and generation ran to max_length
+    assert model.generate(inputs=ids, max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (1, 11)
+    with pytest.raises(ValueError, match="pass the prompt to `generate` once"):
+        model.generate(ids, input_ids=ids)
+    callback.detach(model)
+
+
+# 3
+def test_extraction_drops_padding_marked_by_the_attention_mask():
+    model = tiny_causal_lm("llama")
+    docs = [list(range(10, 20)), list(range(30, 40)), list(range(50, 56))]
+    padded = [d + [0] * (24 - len(d)) for d in docs]
+    masks = [[1] * len(d) + [0] * (24 - len(d)) for d in docs]
+    data = Dataset.from_dict({"input_ids": padded, "attention_mask": masks})
+    result = measure_extraction(model, data, prefix_len=4, suffix_len=4, stride=2, show_progress=False)
+    assert result.num_skipped == 1  # the 6-token document is too short once its padding is gone
+    assert all(0 not in ref for ref in result.references)  # was: windows scored on the padding
+    assert len(result.references) == 2 * 2  # windows at 0 and 2 of each 10-token document
+
+
+# 4
+def test_two_in_place_calls_on_one_model_never_overlap():
+    model = tiny_causal_lm("llama")
+    before = state(model)
+    inside, release, errors = threading.Event(), threading.Event(), []
+
+    def hold():
+        with FastMem(model, FastMemConfig(steps=1, lr=1e-2)).memorize(torch.arange(4, 20)):
+            inside.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    inside.wait(30)
+    for call in (
+        lambda: ce_diagnostic(model, [list(range(4, 20))], show_progress=False),
+        lambda: latent_memorization_scan(model, [list(range(4, 20))], 4, 4, n_perturbations=1, show_progress=False),
+        lambda: FastMem(model, FastMemConfig(steps=1)).memorize(torch.arange(4, 20)).__enter__(),
+    ):
+        try:
+            call()
+        except RuntimeError as err:
+            errors.append(str(err))
+    release.set()
+    thread.join(30)
+    assert len(errors) == 3 and all("FastMem.memorize is already doing so" in e for e in errors)
+    assert same(model, before)  # was: the last FFN kept its memorized values
+
+
+# 5
+def test_a_single_string_is_not_a_list_of_prompts():
+    with pytest.raises(ValueError, match="got one string"):
+        compute_activation_statistics(None, "a red circle")  # was: 12 one-character prompts
+
+
+# 6
+def test_float_labels_are_refused_not_truncated():
+    model = tiny_causal_lm("llama")
+    signals = memorization_signals(model, [list(range(4, 20))] * 8, 8, 8, show_progress=False)
+    with pytest.raises(ValueError, match="must be 0/1"):
+        MemorizationPredictor().fit(signals, [1.0, 0.95, 0.9, 0.0, 1.0, 0.0, 1.0, 0.0])
+    with pytest.raises(ValueError, match="must be 0/1"):
+        MemorizationPredictor().fit(signals, ["1", "0"] * 4)
+
+
+# 7
+def test_contexts_pair_one_to_one_with_questions():
+    model = tiny_causal_lm("llama")
+    questions = torch.randint(4, 100, (4, 6), generator=torch.Generator().manual_seed(1))
+    contexts = torch.randint(4, 100, (2, 8), generator=torch.Generator().manual_seed(2))
+    with pytest.raises(ValueError, match=r"one sequence for every prompt \(4\) or one for all, got 2"):
+        fastmem_generate(model, questions, FastMemConfig(steps=1), memorize_ids=contexts, max_new_tokens=2)
+
+
+# 8
+@pytest.mark.parametrize("ids", [[1.9, 2.7, 3.0], [True, False, True], [-1, 2, 3], "123"])
+def test_jsonl_token_ids_are_checked_not_coerced(tmp_path, ids):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"input_ids": ids}) + "\n")
+    with pytest.raises(ValueError, match="input_ids of .*data.jsonl:1"):
+        load_token_sequences([str(path)], tokenizer=None)
+
+
+# 9
+def test_a_short_context_is_found_where_the_template_puts_it(tokenizer):
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    )
+    turn = context_as_assistant_turn(tokenizer, "end")
+    text = tokenizer.apply_chat_template([{"role": "assistant", "content": "end"}], tokenize=False)
+    spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    first = spans[int(turn["loss_mask"][0].nonzero()[0])]
+    assert first[0] <= text.index("\nend") + 1 < first[1]  # was: "end" found inside "<|im_end|>"
+
+
+# 10
+def test_apply_goldfish_refuses_mismatched_shapes():
+    ids = torch.arange(40)
+    with pytest.raises(ValueError, match=r"`labels` \(4, 40\) and `input_ids` \(40,\) must have the same shape"):
+        apply_goldfish(ids.repeat(4, 1), ids, GoldfishConfig(k=2, strategy="static"))
+
+
+# 11
+def test_detach_gives_back_the_users_own_generate():
+    model = tiny_causal_lm("llama").eval()
+
+    def my_generate(*args, **kwargs):
+        return "mine"
+
+    model.generate = my_generate
+    callback = FastMemCallback(FastMemConfig(steps=1))
+    callback.attach(model)
+    assert model.generate is not my_generate
+    callback.detach(model)
+    assert model.generate is my_generate  # was: reset to the class method
+
+
+# 12
+def test_unsigned_ids_that_do_not_fit_are_refused():
+    with pytest.raises(ValueError, match=r"token ids from 0 to 2\*\*63 - 1"):
+        extraction_scores([np.array([2**64 - 1], dtype=np.uint64)], [[-1]])
+    with pytest.raises(ValueError, match=r"token ids from 0 to 2\*\*63 - 1"):
+        extraction_scores([[1, 2]], [[-1, 2]])
+
+
+def test_ids_outside_the_vocabulary_are_named_before_any_work():
+    model = tiny_causal_lm("llama")
+    before = state(model)
+    with pytest.raises(ValueError, match="token id 500, outside the model's vocabulary of 128"):
+        measure_extraction(model, [list(range(10)) + [500] + list(range(10))], 8, 8, show_progress=False)
+    with pytest.raises(ValueError, match="token id 128, outside"):
+        ce_diagnostic(model, [[1, 2, 128]], show_progress=False)
+    with pytest.raises(ValueError, match="token id 999, outside"):
+        fastmem_generate(model, torch.tensor([1, 2, 999]), FastMemConfig(steps=1), max_new_tokens=1)
+    assert same(model, before)
