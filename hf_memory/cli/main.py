@@ -4,6 +4,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+
+
+DEBUG_ENVIRONMENT = "HF_MEMORY_DEBUG"  # set to 1 for a full traceback on errors (as --debug)
+
+
+def _integer(minimum: int):
+    """An argparse `type` accepting integers >= `minimum`, so a bad value is refused before any work."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def _add_model_arguments(parser):
@@ -22,34 +53,37 @@ def build_parser() -> argparse.ArgumentParser:
         The parser; `parse_args` gives a namespace whose `command` names the subcommand.
     """
     parser = argparse.ArgumentParser(prog="hf-memory", description="Measure, prevent and use memorization.")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"Show the full traceback of an error (or set {DEBUG_ENVIRONMENT}=1)."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
         "demo", help="Fine-tune the embedded SmolLM2 with the standard loss and with goldfish; measure extraction."
     )
     _add_model_arguments(demo)
-    demo.add_argument("--docs", type=int, default=24, help="Number of training documents.")
-    demo.add_argument("--held-out", type=int, default=16, help="Number of held-out documents for the loss.")
-    demo.add_argument("--epochs", type=int, default=12, help="Fine-tuning epochs per arm.")
-    demo.add_argument("--lr", type=float, default=2e-4, help="Learning rate (constant).")
-    demo.add_argument("--batch-size", type=int, default=8)
-    demo.add_argument("--prefix", type=int, default=32, help="Prefix tokens given to the model.")
-    demo.add_argument("--suffix", type=int, default=32, help="Suffix tokens it must reproduce.")
-    demo.add_argument("--goldfish-k", type=int, default=4)
-    demo.add_argument("--goldfish-h", type=int, default=13)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--docs", type=_integer(1), default=24, help="Number of training documents.")
+    demo.add_argument("--held-out", type=_integer(1), default=16, help="Number of held-out documents for the loss.")
+    demo.add_argument("--epochs", type=_integer(1), default=12, help="Fine-tuning epochs per arm.")
+    demo.add_argument("--lr", type=_positive_number, default=2e-4, help="Learning rate (constant).")
+    demo.add_argument("--batch-size", type=_integer(1), default=8)
+    demo.add_argument("--prefix", type=_integer(1), default=32, help="Prefix tokens given to the model.")
+    demo.add_argument("--suffix", type=_integer(1), default=32, help="Suffix tokens it must reproduce.")
+    demo.add_argument("--goldfish-k", type=_integer(2), default=4)
+    demo.add_argument("--goldfish-h", type=_integer(1), default=13)
+    demo.add_argument("--seed", type=_integer(0), default=0)
     demo.add_argument("--out-dir", default="demo_output", help="Where the plot and the JSON results go.")
 
     measure = commands.add_parser("measure", help="Extractable memorization of documents under greedy decoding.")
     _add_model_arguments(measure)
     measure.add_argument("--data", nargs="+", required=True, help="Text files, .jsonl files, or save_to_disk folders.")
     measure.add_argument("--text-field", default="text", help="Text column / JSON key when there is no input_ids.")
-    measure.add_argument("--prefix", type=int, default=32)
-    measure.add_argument("--suffix", type=int, default=32)
+    measure.add_argument("--prefix", type=_integer(1), default=32)
+    measure.add_argument("--suffix", type=_integer(1), default=32)
     measure.add_argument(
-        "--stride", type=int, default=None, help="A window every N tokens (default: one per document)."
+        "--stride", type=_integer(1), default=None, help="A window every N tokens (default: one per document)."
     )
-    measure.add_argument("--batch-size", type=int, default=64)
+    measure.add_argument("--batch-size", type=_integer(1), default=64)
     measure.add_argument("--method", default="auto", choices=["auto", "prefix", "generate"])  # EXTRACTION_METHODS
     measure.add_argument("--out", default=None, help="Write one JSON line per window here.")
     return parser
@@ -118,36 +152,85 @@ def run_measure(args: argparse.Namespace) -> dict:
     return result.metrics
 
 
+def check_paths(args: argparse.Namespace) -> str | None:
+    """What is wrong with the paths on the command line, checked before any work starts (None if nothing).
+
+    Args:
+        args: The parsed arguments.
+    """
+    if args.model is not None and not os.path.isdir(args.model):
+        return f"argument --model: {args.model!r} is not a local folder (nothing is downloaded)"
+    if args.gguf_file is not None:
+        if args.model is None:
+            return "argument --gguf-file: give --model, the folder that holds the file"
+        if not os.path.isfile(os.path.join(args.model, args.gguf_file)):
+            return f"argument --gguf-file: no file {args.gguf_file!r} in {args.model!r}"
+    if args.command == "measure":
+        for path in args.data:
+            if not os.path.exists(path):
+                return f"argument --data: {path!r} does not exist"
+        if args.out is not None:
+            folder = os.path.dirname(os.path.abspath(args.out))
+            if os.path.isdir(args.out):
+                return f"argument --out: {args.out!r} is a folder; give a file name"
+            if not os.path.isdir(folder):
+                return f"argument --out: the folder {folder!r} does not exist"
+    if args.command == "demo" and os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        return f"argument --out-dir: {args.out_dir!r} is a file; give a folder"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `hf-memory` command line.
+
+    Bad arguments (values out of range, missing files) are refused before any work, as argparse does: a usage line
+    and one error line, exit status 2. An error while working prints one line, `hf-memory: error: ...`, exit
+    status 1 (the traceback only with `--debug` or `HF_MEMORY_DEBUG=1`); Ctrl-C exits with 130.
 
     Args:
         argv: The arguments after the program name; None reads `sys.argv`.
 
     Returns:
-        The exit status, 0 on success (errors raise, and argparse exits on bad arguments).
+        The exit status: 0 on success, 1 on an error while working, 130 when interrupted.
     """
-    args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        from .demo import run_demo
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = check_paths(args)
+    if problem is not None:
+        parser.error(problem)
+    debug = args.debug or os.environ.get(DEBUG_ENVIRONMENT, "") not in ("", "0")
+    try:
+        if args.command == "demo":
+            from .demo import run_demo
 
-        run_demo(
-            model=args.model,
-            gguf_file=args.gguf_file,
-            docs=args.docs,
-            held_out=args.held_out,
-            epochs=args.epochs,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            prefix_len=args.prefix,
-            suffix_len=args.suffix,
-            goldfish_k=args.goldfish_k,
-            goldfish_h=args.goldfish_h,
-            seed=args.seed,
-            out_dir=args.out_dir,
-        )
-    elif args.command == "measure":
-        run_measure(args)
+            run_demo(
+                model=args.model,
+                gguf_file=args.gguf_file,
+                docs=args.docs,
+                held_out=args.held_out,
+                epochs=args.epochs,
+                lr=args.lr,
+                batch_size=args.batch_size,
+                prefix_len=args.prefix,
+                suffix_len=args.suffix,
+                goldfish_k=args.goldfish_k,
+                goldfish_h=args.goldfish_h,
+                seed=args.seed,
+                out_dir=args.out_dir,
+            )
+        elif args.command == "measure":
+            run_measure(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("hf-memory: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one line for the user; the traceback on request
+        if debug:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"hf-memory: error: {message}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -21,6 +21,16 @@ def _is_saved_dataset(path: str) -> bool:
     )
 
 
+def _lines(handle, path: str):
+    """The lines of a text file; a file that is not UTF-8 text is named."""
+    try:
+        yield from handle
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{path} is not UTF-8 text (a binary file?): give text, JSON Lines or a saved dataset."
+        ) from None
+
+
 def load_token_sequences(
     paths: Iterable[str], tokenizer: PreTrainedTokenizerBase, text_field: str = "text"
 ) -> tuple[list[list[int]], list[str]]:
@@ -46,9 +56,13 @@ def load_token_sequences(
     sequences, sources = [], []
 
     def add_text_or_ids(record: dict, where: str):
+        if not isinstance(record, dict):
+            raise ValueError(f"{where} holds a JSON {type(record).__name__}; each line must be an object.")
         if "input_ids" in record:
             sequences.append(as_token_ids(record["input_ids"], f"input_ids of {where}", dims=(1,)).tolist())
         elif text_field in record:
+            if not isinstance(record[text_field], str):
+                raise ValueError(f"{where}: `{text_field}` must be a string, got {type(record[text_field]).__name__}.")
             sequences.append(tokenizer(record[text_field], add_special_tokens=False)["input_ids"])
         else:
             raise ValueError(f"{where} has neither `input_ids` nor `{text_field}` (set --text-field).")
@@ -64,13 +78,23 @@ def load_token_sequences(
                 for i, row in enumerate(dataset):
                     add_text_or_ids(row, f"{path}{'/' + split if split else ''}[{i}]")
         elif path.endswith((".jsonl", ".json")):
-            with open(path, encoding="utf-8") as f:
-                for line_no, line in enumerate(f, 1):
+            with open(path, encoding="utf-8", errors="strict") as f:
+                for line_no, line in enumerate(_lines(f, path), 1):
                     if line.strip():
-                        add_text_or_ids(json.loads(line), f"{path}:{line_no}")
+                        try:
+                            record = json.loads(line)
+                        except json.JSONDecodeError as err:
+                            raise ValueError(
+                                f"{path}:{line_no} is not valid JSON ({err.msg}); a .jsonl file holds one JSON object "
+                                "per line."
+                            ) from None
+                        add_text_or_ids(record, f"{path}:{line_no}")
         elif os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
-                add_text_or_ids({text_field: f.read()}, path)
+                text = "".join(_lines(f, path))
+            if not text.strip():
+                raise ValueError(f"{path} is empty: a text file is one document.")
+            add_text_or_ids({text_field: text}, path)
         else:
             raise ValueError(f"`--data` {path!r} is not a file or a saved dataset folder.")
     if not sequences:

@@ -1,0 +1,67 @@
+"""The command line refuses bad arguments before any work, in one line, and reports failures in one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from hf_memory.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["measure", "--data", "missing.txt"], "argument --data: 'missing.txt' does not exist"),
+        (["measure", "--data", "README.md", "--prefix", "0"], "argument --prefix: must be an integer >= 1, got 0"),
+        (["measure", "--data", "README.md", "--stride", "x"], "argument --stride: must be an integer >= 1, got 'x'"),
+        (["measure", "--data", "README.md", "--method", "beam"], "argument --method: invalid choice: 'beam'"),
+        (["measure", "--data", "README.md", "--out", "no/such/folder/x.jsonl"], "argument --out: the folder"),
+        (["measure", "--data", "README.md", "--out", "docs"], "argument --out: 'docs' is a folder"),
+        (["measure", "--data", "README.md", "--model", "no-such-model"], "is not a local folder"),
+        (["measure", "--data", "README.md", "--gguf-file", "x.gguf"], "argument --gguf-file: give --model"),
+        (["demo", "--goldfish-k", "1"], "argument --goldfish-k: must be an integer >= 2, got 1"),
+        (["demo", "--epochs", "0"], "argument --epochs: must be an integer >= 1, got 0"),
+        (["demo", "--lr", "nan"], "argument --lr: must be a finite number > 0"),
+        (["demo", "--out-dir", "README.md"], "argument --out-dir: 'README.md' is a file"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(argv, message, capsys, monkeypatch):
+    import hf_memory.models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(hf_memory.models, "load_model", no_model)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("hf-memory")  # the last line says what is wrong
+
+
+def test_a_failure_while_working_is_one_line_and_exit_1(capsys, monkeypatch, tmp_path):
+    import hf_memory.models
+
+    def broken(*args, **kwargs):
+        raise OSError("the model folder is unreadable\nsecond line of detail")
+
+    monkeypatch.setattr(hf_memory.models, "load_model", broken)
+    assert main(["measure", "--data", "README.md"]) == 1
+    err = capsys.readouterr().err
+    assert err == "hf-memory: error: the model folder is unreadable\n"
+    with pytest.raises(OSError, match="unreadable"):  # --debug shows the whole error
+        main(["--debug", "measure", "--data", "README.md"])
+    monkeypatch.setenv("HF_MEMORY_DEBUG", "1")
+    with pytest.raises(OSError):
+        main(["measure", "--data", "README.md"])
+
+
+def test_ctrl_c_exits_130_without_a_traceback(capsys, monkeypatch):
+    import hf_memory.models
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hf_memory.models, "load_model", interrupted)
+    assert main(["measure", "--data", "README.md"]) == 130
+    assert capsys.readouterr().err == "hf-memory: interrupted\n"
