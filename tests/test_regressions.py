@@ -191,3 +191,81 @@ def test_ids_outside_the_vocabulary_are_named_before_any_work():
     with pytest.raises(ValueError, match="token id 999, outside"):
         fastmem_generate(model, torch.tensor([1, 2, 999]), FastMemConfig(steps=1), max_new_tokens=1)
     assert same(model, before)
+
+
+# ---------------------------------------------------------------- POOR classes: clear errors, up front
+
+
+def test_config_values_are_checked_at_construction():
+    from peft import LoraConfig
+
+    from hf_memory import last_ffn_modules
+
+    with pytest.raises(ValueError, match="`hash_table_device` must be a torch device name"):
+        GoldfishConfig(hash_table_device="banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            GoldfishConfig(hash_table_device="cuda")
+    with pytest.raises(ValueError, match=r"`lora.r` must be an integer >= 1"):
+        FastMemConfig(lora=LoraConfig(r=0))
+    for layer in (True, 1.5, "1"):
+        with pytest.raises(ValueError, match="`layer` must be an integer"):
+            last_ffn_modules(tiny_causal_lm("llama"), layer=layer)
+
+
+def test_the_wrong_arguments_class_is_named():
+    from hf_memory import GoldfishSFTTrainer, GoldfishTrainingArguments
+
+    args = GoldfishTrainingArguments(output_dir="unused", report_to=[])
+    with pytest.raises(TypeError, match="`args` of GoldfishSFTTrainer must be a GoldfishSFTConfig"):
+        GoldfishSFTTrainer(model=tiny_causal_lm("llama"), args=args)
+
+
+def test_a_peft_model_is_named_not_misread():
+    from peft import get_peft_model
+
+    from hf_memory import last_ffn_lora_config, last_ffn_modules
+
+    model = tiny_causal_lm("llama")
+    peft_model = get_peft_model(model, last_ffn_lora_config(model, r=2))
+    with pytest.raises(TypeError, match="got a peft PeftModel: pass model.get_base_model"):
+        last_ffn_modules(peft_model)
+
+
+def test_beams_and_several_return_sequences_work_with_fastmem():
+    model = tiny_causal_lm("llama")
+    prompts = torch.randint(4, 100, (2, 8), generator=torch.Generator().manual_seed(3))
+    config = FastMemConfig(steps=2, lr=1e-2)
+    kwargs = {"max_new_tokens": 3, "num_beams": 2, "num_return_sequences": 2, "pad_token_id": 0, "do_sample": False}
+    batch = fastmem_generate(model, prompts, config, **kwargs)
+    alone = torch.cat([fastmem_generate(model, p, config, **kwargs) for p in prompts])
+    assert batch.shape == (4, 11) and torch.equal(batch, alone)  # each prompt's rows use that prompt's weights
+
+
+def test_an_empty_sequence_among_good_ones_is_skipped_as_too_short():
+    result = measure_extraction(tiny_causal_lm("llama"), [[], list(range(4, 20))], 4, 4, show_progress=False)
+    assert result.num_skipped == 1 and len(result.references) == 1
+
+
+def test_nemo_refuses_an_empty_config_and_foreign_statistics(tmp_path):
+    from hf_memory import ActivationStatistics, NeMoConfig, apply_nemo, localize_memorization_neurons
+    from tests.test_nemo import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    with pytest.raises(ValueError, match="silences no channel"):
+        apply_nemo(pipe, NeMoConfig({}))
+    layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v"
+    foreign = ActivationStatistics({layer: torch.zeros(3)}, {layer: torch.ones(3)}, threshold=-1.0)
+    with pytest.raises(ValueError, match="computed on another model"):
+        localize_memorization_neurons(pipe, "a red circle", foreign)
+    garbage = tmp_path / "nemo_activation_statistics.safetensors"
+    garbage.write_bytes(b"\x00\x01 not a safetensors file")
+    with pytest.raises(ValueError, match="is not a safetensors file of NeMo activation statistics"):
+        ActivationStatistics.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="is neither a file nor a folder"):
+        ActivationStatistics.from_pretrained(str(tmp_path / "missing" / "folder"))
+
+
+def test_a_missing_local_folder_is_not_reported_as_a_hub_error(tmp_path):
+    with pytest.raises(ValueError, match="is not a folder"):
+        FastMemConfig.from_pretrained(str(tmp_path / "nothing" / "here"))

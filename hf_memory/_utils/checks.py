@@ -25,9 +25,11 @@ def as_token_ids(values, name: str, dims: tuple[int, ...] = (1, 2), allow_negati
     """
     if not isinstance(values, torch.Tensor):
         try:
-            values = torch.as_tensor(values)
+            converted = torch.as_tensor(values)
         except (TypeError, ValueError, RuntimeError, OverflowError) as err:
             raise ValueError(f"`{name}` must hold integer token ids: {err}") from None
+        # An empty list has no dtype to speak of (torch makes it float32): it is an empty sequence of ids.
+        values = converted.long() if converted.numel() == 0 and converted.is_floating_point() else converted
     tensor = values
     if tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
         raise ValueError(f"`{name}` must hold integer token ids, got dtype {tensor.dtype}.")

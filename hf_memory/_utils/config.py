@@ -134,9 +134,18 @@ class HubConfigMixin:
         if not os.path.isfile(path):
             if os.path.isdir(pretrained_path):
                 raise ValueError(f"No {cls.config_name} in {str(pretrained_path)!r}.")
+            name = str(pretrained_path)
+            if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1:  # a path, not a repo id
+                raise ValueError(f"{name!r} is not a folder (and not a Hub repo id of the form 'user/name').")
             from huggingface_hub import hf_hub_download
 
-            path = hf_hub_download(str(pretrained_path), cls.config_name, revision=revision, token=token)
+            try:
+                path = hf_hub_download(name, cls.config_name, revision=revision, token=token)
+            except Exception as err:  # offline, no such repo, no such file: say which file was looked for where
+                raise ValueError(
+                    f"{name!r} is not a local folder, and {cls.config_name} could not be fetched from the Hub repo of "
+                    f"that name: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                ) from err
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)

@@ -74,5 +74,7 @@ class FastMemConfig(HubConfigMixin):
         if self.lora is not None:
             if not isinstance(self.lora, LoraConfig):
                 raise ValueError(f"`lora` must be None or a peft.LoraConfig, got {type(self.lora).__name__}.")
+            if isinstance(self.lora.r, bool) or not isinstance(self.lora.r, int) or self.lora.r < 1:
+                raise ValueError(f"`lora.r` must be an integer >= 1 (the rank of the update), got {self.lora.r!r}.")
             if self.lora.use_dora:
                 raise ValueError("`lora` has use_dora=True: FastMem supports plain LoRA only (use_dora=False).")

@@ -320,6 +320,17 @@ class FastMem:
         ]
 
 
+def _rows_per_prompt(model, generate_kwargs: dict) -> int:
+    """How many rows `generate` runs per prompt: beams times returned sequences, as its arguments and config say."""
+    config = generate_kwargs.get("generation_config") or getattr(model, "generation_config", None)
+
+    def setting(name):
+        value = generate_kwargs.get(name)
+        return value if value is not None else (getattr(config, name, None) or 1)
+
+    return int(setting("num_beams")) * int(setting("num_return_sequences"))
+
+
 def fastmem_generate(
     model: PreTrainedModel,
     input_ids: torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]],
@@ -378,7 +389,9 @@ def fastmem_generate(
     ) as memorized:
         if attention_mask is not None:
             generate_kwargs["attention_mask"] = torch.as_tensor(attention_mask).reshape(prompt.shape).to(model.device)
-        if same and memorized.cache is not None:
+        if same and memorized.cache is not None and _rows_per_prompt(model, generate_kwargs) == 1:
+            # Beams and extra return sequences expand the batch inside generate; a cache of one row per prompt
+            # would not match, so generation then prefills again (the memorized weights expand with the rows).
             generate_kwargs[fastmem._cache_name] = memorized.cache
         with torch.inference_mode():
             return model.generate(input_ids=prompt, **generate_kwargs)

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import PreTrainedConfig
 from transformers.pytorch_utils import Conv1D
 
-from .._utils import FFN_LAYOUTS, LayerStack, find_layers
+from .._utils import FFN_LAYOUTS, LayerStack, check_integer, find_layers
 
 
 _CHOSEN_HERE = ("target_modules", "target_parameters", "layers_to_transform", "layers_pattern")
@@ -101,6 +101,12 @@ def last_ffn_lora_config(
 
 
 def _resolve(model_or_config, layer: int, stack: str) -> tuple[LayerStack, list[str], PreTrainedConfig]:
+    layer = check_integer(layer, "layer", hint="a layer index, negative from the end")
+    if hasattr(model_or_config, "peft_config") and hasattr(model_or_config, "get_base_model"):
+        raise TypeError(
+            "expected a transformers model or config, got a peft PeftModel: pass model.get_base_model() (its names "
+            "carry no adapter prefix), or merge the adapter first with model.merge_and_unload()."
+        )
     model = model_or_config if isinstance(model_or_config, nn.Module) else None
     config = getattr(model, "config", None) if model is not None else model_or_config
     if not isinstance(config, PreTrainedConfig):

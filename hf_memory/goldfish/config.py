@@ -85,3 +85,16 @@ class GoldfishConfig(HubConfigMixin):
             raise ValueError(f"`exempt_token_ids` must be a list of integer token ids, got {self.exempt_token_ids!r}.")
         ids = [check_integer(i, "exempt_token_ids", hint="each one a token id") for i in self.exempt_token_ids]
         self.exempt_token_ids = tuple(sorted(set(ids)))
+        if self.hash_table_device is not None:
+            import torch
+
+            try:
+                device = torch.device(self.hash_table_device)
+            except (RuntimeError, TypeError):
+                raise ValueError(
+                    f"`hash_table_device` must be a torch device name ('cpu', 'cuda', ...) or None (the input's "
+                    f"device), got {self.hash_table_device!r}."
+                ) from None
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError("`hash_table_device` is 'cuda' but CUDA is not available: use 'cpu' or None.")
+            self.hash_table_device = str(device)

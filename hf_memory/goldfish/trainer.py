@@ -48,7 +48,7 @@ class GoldfishTrainerMixin:
         """
         if args is None:
             args = self._goldfish_args_class(output_dir="tmp_trainer")
-        if not isinstance(args, GoldfishArguments):
+        if not isinstance(args, self._goldfish_args_class):
             raise TypeError(
                 f"`args` of {type(self).__name__} must be a {self._goldfish_args_class.__name__} (it holds the "
                 f"goldfish settings), got {type(args).__name__}."

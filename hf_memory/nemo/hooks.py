@@ -160,6 +160,8 @@ def apply_nemo(unet_or_pipeline: torch.nn.Module | DiffusionPipeline, config: Ne
     if not isinstance(config, NeMoConfig):
         raise TypeError(f"`config` must be a NeMoConfig, got {type(config).__name__}.")
     model = denoiser(unet_or_pipeline)
+    if not config.neurons:
+        raise ValueError("`config` silences no channel (its `neurons` is empty): there is nothing to apply.")
     if _has_nemo(model):
         raise ValueError("NeMo is already applied to this model; call `remove_nemo` first.")
     modules = dict(model.named_modules())

@@ -251,6 +251,12 @@ def localize_memorization_neurons(
         )
 
     acts = {name: a[0] for name, a in value_activations(unet, layers, score.cond).items()}
+    for name, values in acts.items():
+        if values.shape != statistics.mean[name].shape:
+            raise ValueError(
+                f"`statistics` were computed on another model: {name!r} has {statistics.mean[name].numel()} "
+                f"channels there and {values.numel()} here."
+            )
     z = statistics.z_scores(acts)
     selection, initial_score, k, current_theta = search_initial_selection(
         check, acts, z, threshold, theta, theta_step, min_theta, max_k, search=refinement

@@ -124,6 +124,8 @@ class ActivationStatistics:
             if not os.path.isfile(path):
                 raise ValueError(f"No {STATISTICS_NAME} in {str(pretrained_path)!r}.")
         elif not os.path.isfile(path):
+            if os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1:  # a path, not a repo id
+                raise ValueError(f"{path!r} is neither a file nor a folder (nor a Hub repo id 'user/name').")
             from huggingface_hub import hf_hub_download
 
             path = hf_hub_download(path, STATISTICS_NAME, revision=revision, token=token)
@@ -180,7 +182,11 @@ class ActivationStatistics:
         def number(text):
             return None if text in (None, "None") else float(text)
 
-        with safe_open(path, framework="pt") as f:
+        try:
+            handle = safe_open(path, framework="pt")
+        except Exception as err:  # safetensors raises its own error types for a garbage or truncated file
+            raise ValueError(f"{path} is not a safetensors file of NeMo activation statistics ({err}).") from None
+        with handle as f:
             metadata = f.metadata() or {}
             if metadata.get("kind") != "hf_memory.nemo.ActivationStatistics":
                 raise ValueError(f"{path!r} does not hold NeMo activation statistics.")
