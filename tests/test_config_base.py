@@ -131,3 +131,26 @@ def test_numpy_scalars_are_plain_numbers_after_validation():
         FastMemConfig(steps=np.bool_(True))
     with pytest.raises(ValueError, match="`lr` must be a finite number"):
         FastMemConfig(lr=float("nan"))
+
+
+@pytest.mark.slow  # fresh interpreters, killed mid-write
+def test_a_killed_save_never_leaves_a_broken_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    GoldfishConfig(k=2).save_pretrained(tmp_path)
+    writer = (
+        "import sys\nfrom hf_memory.goldfish import GoldfishConfig\n"
+        "k = 2\nwhile True:\n    k = 2 + (k + 1) % 50\n    GoldfishConfig(k=k, exempt_token_ids=range(500)).save_pretrained(sys.argv[1])\n"
+        "    print(k, flush=True)\n"
+    )
+    for _ in range(4):
+        child = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        child.stdout.readline()  # it is writing now
+        time.sleep(0.2)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        loaded = GoldfishConfig.from_pretrained(tmp_path)  # always a whole file, old or new
+        assert 2 <= loaded.k < 52 and loaded.exempt_token_ids == tuple(range(500))
