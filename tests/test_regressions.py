@@ -269,3 +269,27 @@ def test_nemo_refuses_an_empty_config_and_foreign_statistics(tmp_path):
 def test_a_missing_local_folder_is_not_reported_as_a_hub_error(tmp_path):
     with pytest.raises(ValueError, match="is not a folder"):
         FastMemConfig.from_pretrained(str(tmp_path / "nothing" / "here"))
+
+
+def test_the_callback_with_beams_in_seq2seq_predict(tmp_path):
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    model = tiny_causal_lm("llama", hidden=32)
+    model.config.pad_token_id = 0
+    prompts = torch.randint(3, 128, (4, 8), generator=torch.Generator().manual_seed(6))
+    data = Dataset.from_dict({"input_ids": prompts.tolist()})
+
+    def collate(rows):
+        ids = torch.tensor([r["input_ids"] for r in rows])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(tmp_path), per_device_eval_batch_size=2, predict_with_generate=True, report_to=[], use_cpu=True,
+        generation_num_beams=2, generation_max_length=None, remove_unused_columns=False,
+    )  # fmt: skip
+    config = FastMemConfig(steps=4, lr=0.1)
+    trainer = Seq2SeqTrainer(model=model, args=args, data_collator=collate, callbacks=[FastMemCallback(config)])
+    gen = {"max_new_tokens": 3, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    predictions = trainer.predict(data, **gen).predictions  # was: a crash in cache_utils
+    answers = [fastmem_generate(model, p, config, num_beams=2, **gen)[0, 8:] for p in prompts]
+    assert [row[8:11].tolist() for row in predictions] == [a.tolist() for a in answers]
