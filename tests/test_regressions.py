@@ -293,3 +293,101 @@ def test_the_callback_with_beams_in_seq2seq_predict(tmp_path):
     predictions = trainer.predict(data, **gen).predictions  # was: a crash in cache_utils
     answers = [fastmem_generate(model, p, config, num_beams=2, **gen)[0, 8:] for p in prompts]
     assert [row[8:11].tolist() for row in predictions] == [a.tolist() for a in answers]
+
+
+# ---------------------------------------------------------------- second hostile trial (the new pieces)
+
+
+def test_every_modules_training_flag_comes_back():
+    model = tiny_causal_lm("llama").train()
+    model.model.layers[0].eval()
+    model.model.layers[1].mlp.eval()
+    flags = [m.training for m in model.modules()]
+    with FastMem(model, FastMemConfig(steps=1)).memorize(torch.arange(2, 12)):
+        pass
+    ce_diagnostic(model, [list(range(2, 12))], show_progress=False)
+    assert [m.training for m in model.modules()] == flags  # was: the root's flag pushed onto every submodule
+
+
+def test_a_copy_taken_inside_a_memorize_block_is_free():
+    import copy
+
+    from hf_memory import is_memorizing
+
+    model = tiny_causal_lm("llama")
+    with FastMem(model, FastMemConfig(steps=1)).memorize(torch.arange(2, 12)):
+        clone = copy.deepcopy(model)
+        assert is_memorizing(model) and not is_memorizing(clone)
+    with FastMem(clone, FastMemConfig(steps=1)).memorize(torch.arange(2, 12)):  # was: refused forever
+        pass
+
+
+def test_kernel_size_sets_the_ssim_window_and_small_latents_work():
+    from hf_memory.nemo.scoring import _pair_ssim
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 4, 16, 16, generator=g)
+    pairs = torch.tensor([[0, 1], [0, 2]])
+    scores = {k: _pair_ssim(images, pairs, k).tolist() for k in (3, 7, 11)}
+    assert scores[3] != scores[7] != scores[11]  # was: 11 whatever the setting
+    assert _pair_ssim(images, pairs, 8).tolist() == _pair_ssim(images, pairs, 7).tolist()  # made odd
+    assert _pair_ssim(images[..., :4, :4], pairs, 11).shape == (2,)  # was: a padding error under 6 x 6
+
+
+def test_the_unhooked_score_refuses_a_user_hook():
+    from hf_memory import NeMoConfig, NeMoScorerConfig, apply_nemo, nemo_memorization_score, remove_nemo
+    from tests.test_nemo import LAYER, tiny_pipeline
+
+    pipe = tiny_pipeline()
+    apply_nemo(pipe, NeMoConfig({LAYER: [0, 1]}))
+    with pytest.raises(ValueError, match="NeMo is already applied to this model"):
+        nemo_memorization_score(pipe, "a red circle", scorer=NeMoScorerConfig(seeds=2, num_inference_steps=2))
+    remove_nemo(pipe)
+
+
+def test_statistics_with_numpy_numbers_round_trip(tmp_path):
+    from hf_memory import ActivationStatistics
+
+    base = torch.arange(8.0).reshape(2, 4)
+    stats = ActivationStatistics(
+        {"a.to_v": base[0]}, {"a.to_v": base[1]}, threshold=np.float64(0.5), scores=[np.float32(0.25)], num_prompts=np.int64(3)
+    )  # fmt: skip
+    stats.save_pretrained(tmp_path)  # views of one tensor: copied, so safetensors accepts them
+    loaded = ActivationStatistics.from_pretrained(tmp_path)  # was: 'np.float64(0.5)' could not be read back
+    assert loaded.threshold == 0.5 and loaded.scores == [0.25] and loaded.num_prompts == 3
+    with pytest.raises(ValueError, match="without ','"):
+        ActivationStatistics({"a,b": torch.zeros(2)}, {"a,b": torch.ones(2)})
+
+
+def test_word_level_tokenizer_keeps_its_special_ids():
+    from hf_memory import word_level_tokenizer
+
+    for words in (["<pad>", "red"], {"red", "green"}, "red", ["a b"], ["red", "red"]):
+        with pytest.raises(ValueError, match="`words` must be"):
+            word_level_tokenizer(words)
+    with pytest.raises(ValueError, match="`max_length` must be an integer >= 3"):
+        word_level_tokenizer(["red"], max_length=0)
+
+
+def test_the_two_searches_check_their_settings():
+    from hf_memory.nemo import refine_selection, search_initial_selection
+
+    acts, z = {"a": torch.tensor([1.0, 2.0])}, {"a": torch.tensor([0.5, 3.0])}
+    with pytest.raises(ValueError, match="`search` must be one of 'group', 'greedy'"):
+        search_initial_selection(lambda n: 0.0, acts, z, 0.5, search="GREEDY")
+    for kwargs, name in (({"theta_step": -1}, "theta_step"), ({"min_theta": 6}, "theta"), ({"max_k": -3}, "max_k")):
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            search_initial_selection(lambda n: 0.0, acts, z, 0.5, **kwargs)
+    with pytest.raises(ValueError, match="`refinement` must be one of"):
+        refine_selection(lambda n: 0.0, {"a": [1]}, 0.5, z, refinement="bogus")
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = GoldfishConfig().save_pretrained(tmp_path)
+    finally:
+        os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o644  # was: 0o600, unreadable by other users

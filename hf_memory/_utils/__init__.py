@@ -4,6 +4,7 @@ sibling capability's private names."""
 from .architectures import FFN_LAYOUTS, FINAL_NORM, LayerStack, find_layers
 from .checks import as_token_ids, check_choice, check_integer, check_number, check_vocabulary
 from .config import HubConfigMixin
+from .files import atomic_write
 from .imports import EXTRAS, is_available, require_extra
 from .lazy import lazy_getattr
 from .modeling import (
@@ -26,6 +27,7 @@ __all__ = [
     "LayerStack",
     "as_sequences",
     "as_token_ids",
+    "atomic_write",
     "cache_io",
     "changing_model",
     "check_choice",

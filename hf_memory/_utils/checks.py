@@ -67,6 +67,13 @@ def check_vocabulary(ids: torch.Tensor, model, name: str) -> None:
         )
 
 
+def _scalar(value):
+    """A 0-d numpy array or torch tensor as its Python number; anything else unchanged."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()
+    return value
+
+
 def _is_integer(value) -> bool:
     # numbers.Integral covers numpy integer scalars (numpy's bool is not one); a Python bool is not a count.
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -84,6 +91,7 @@ def check_integer(value, name: str, minimum: int | None = None, allow_none: bool
     """
     if value is None and allow_none:
         return None
+    value = _scalar(value)
     if not _is_integer(value) or (minimum is not None and value < minimum):
         bound = f" >= {minimum}" if minimum is not None else ""
         raise ValueError(
@@ -115,8 +123,12 @@ def check_number(
     """
     if value is None and allow_none:
         return None
+    value = _scalar(value)
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value)
+    try:
+        ok = ok and math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        ok = False
     if ok and minimum is not None:
         ok = value > minimum if exclusive_minimum else value >= minimum
     if ok and maximum is not None:
@@ -134,7 +146,7 @@ def check_number(
             f"`{name}` must be a finite number{bound}{' or None' if allow_none else ''}"
             f"{f' ({hint})' if hint else ''}, got {value!r}."
         )
-    return float(value)
+    return float(value) + 0.0  # + 0.0: -0.0 is stored as 0.0
 
 
 def check_choice(value, name: str, choices: Sequence):
@@ -145,6 +157,10 @@ def check_choice(value, name: str, choices: Sequence):
         name: The argument name shown in the error message.
         choices: The allowed values.
     """
-    if isinstance(value, (list, dict, set)) or value not in choices:
+    try:
+        hash(value)  # unhashable values (lists, arrays) would compare elementwise
+    except TypeError:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}.") from None
+    if value not in choices:
         raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}.")
     return value

@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
+from .files import atomic_write
+
 
 T = TypeVar("T", bound="HubConfigMixin")
 
@@ -100,15 +102,12 @@ class HubConfigMixin:
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, self.config_name)
         text = self.to_json_string()
-        handle, temporary = tempfile.mkstemp(dir=save_directory, prefix=f".{self.config_name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as f:
+
+        def write(temporary: str) -> None:
+            with open(temporary, "w", encoding="utf-8") as f:
                 f.write(text)
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-            raise
+
+        atomic_write(path, write)
         return path
 
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -43,6 +44,16 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _training_flags(model) -> list[tuple[torch.nn.Module, bool]]:
+    """Every module's own `training` flag (a submodule may differ from its parent)."""
+    return [(module, module.training) for module in model.modules()]
+
+
+def _set_training_flags(model, modes: list[tuple[torch.nn.Module, bool]]) -> None:
+    for module, training in modes:
+        module.training = training
+
+
 @contextlib.contextmanager
 def eval_mode(model) -> Iterator[None]:
     """Put `model` in eval mode inside the block; give it back its `training` flag on every exit path.
@@ -50,12 +61,12 @@ def eval_mode(model) -> Iterator[None]:
     Args:
         model: A `torch.nn.Module`.
     """
-    was_training = model.training
+    modes = _training_flags(model)
     model.eval()
     try:
         yield
     finally:
-        model.train(was_training)
+        _set_training_flags(model, modes)
 
 
 @contextlib.contextmanager
@@ -79,7 +90,7 @@ def restored(
         saved = {name: p.detach().clone() for name, p in chosen.items()}
     requires_grad = {name: p.requires_grad for name, p in params.items()}
     saved_grads = {name: p.grad for name, p in chosen.items()} if grads else None
-    was_training = model.training
+    modes = _training_flags(model)
     try:
         yield chosen, saved
     finally:
@@ -91,10 +102,10 @@ def restored(
         if saved_grads is not None:
             for name, p in chosen.items():
                 p.grad = saved_grads[name]
-        model.train(was_training)
+        _set_training_flags(model, modes)
 
 
-_BUSY_ATTRIBUTE = "_hf_memory_changing"
+_BUSY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> the call changing it (not copied with it)
 _BUSY_LOCK = threading.Lock()
 
 
@@ -104,7 +115,7 @@ def changing_model(model) -> str | None:
     Args:
         model: A `torch.nn.Module`.
     """
-    return getattr(model, _BUSY_ATTRIBUTE, None)
+    return _BUSY.get(model)
 
 
 @contextlib.contextmanager
@@ -129,8 +140,9 @@ def exclusive(model, what: str) -> Iterator[None]:
                 f"{what} changes the model's weights in place, but {holder} is already doing so on this model (in "
                 "this thread or another): wait for it to finish, or use a copy of the model."
             )
-        setattr(model, _BUSY_ATTRIBUTE, what)
+        _BUSY[model] = what
     try:
         yield
     finally:
-        setattr(model, _BUSY_ATTRIBUTE, None)
+        with _BUSY_LOCK:
+            _BUSY.pop(model, None)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+from .._utils import check_integer
 
 
 if TYPE_CHECKING:
@@ -33,9 +36,20 @@ def word_level_tokenizer(words: Sequence[str], max_length: int = 16) -> PreTrain
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
+    if isinstance(words, (str, bytes, set, frozenset)) or not hasattr(words, "__iter__"):
+        raise ValueError(
+            f"`words` must be a list of words in id order (a string or a set has no such order), got {type(words).__name__}."
+        )
     words = list(words)
-    if any(not isinstance(word, str) or not word for word in words) or len(set(words)) != len(words):
-        raise ValueError("`words` must be distinct non-empty strings.")
+    special = {"<pad>", "<bos>", "<eos>", "<unk>"}
+    pattern = re.compile(r"\w+|[^\w\s]+")  # what the Whitespace pre-tokenizer keeps as one piece
+    bad = [w for w in words if not isinstance(w, str) or w in special or not pattern.fullmatch(w)]
+    if bad or len(set(words)) != len(words):
+        raise ValueError(
+            "`words` must be distinct strings, each one piece for the whitespace pre-tokenizer (letters/digits, or "
+            f"punctuation) and none of {sorted(special)}; got {bad[:3] or 'duplicates'}."
+        )
+    max_length = check_integer(max_length, "max_length", minimum=3, hint="<bos>, a word and <eos> at least")
     vocab = {token: i for i, token in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", *words])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

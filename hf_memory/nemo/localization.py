@@ -109,6 +109,13 @@ def search_initial_selection(
     Returns:
         `(selection, score, k, theta)` at the first passing step, or at `max_k` if none passes.
     """
+    check_choice(search, "search", REFINEMENTS)
+    if not acts:
+        raise ValueError("`acts` is empty: give the prompt's activations of at least one layer.")
+    theta_step = check_number(theta_step, "theta_step", minimum=0, exclusive_minimum=True)
+    min_theta = check_number(min_theta, "min_theta", minimum=0)
+    theta = check_number(theta, "theta", minimum=min_theta, hint="at least `min_theta`")
+    max_k = check_integer(max_k, "max_k", minimum=0, allow_none=True)
     max_k = max(len(a) for a in acts.values()) if max_k is None else max_k
 
     def theta_at(step):
@@ -148,6 +155,7 @@ def refine_selection(
     Returns:
         `(refined, score)`: layer name -> the kept channel ids, and the score with them silenced.
     """
+    check_choice(refinement, "refinement", REFINEMENTS)
     refine = refine_group if refinement == "group" else refine_greedy
     refined = refine(check, selection, threshold, z)
     after = check(refined)

@@ -17,7 +17,7 @@ import torch
 from .._utils import HubConfigMixin, check_integer, check_number
 from ._common import pipeline_denoiser
 from .config import NeMoConfig
-from .hooks import apply_nemo, remove_nemo
+from .hooks import _has_nemo, apply_nemo, remove_nemo
 
 
 if TYPE_CHECKING:
@@ -134,12 +134,16 @@ def _pair_ssim(images: torch.Tensor, pairs: torch.Tensor, kernel_size: int) -> t
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     size = min(images.shape[-2:])
-    kernel_size = min(kernel_size, size - 1 if size % 2 == 0 else size)  # odd and no larger than the image
+    kernel_size = min(kernel_size, size)
+    kernel_size = kernel_size if kernel_size % 2 else kernel_size - 1  # odd and no larger than the image
+    # torchmetrics' Gaussian window takes its width from sigma (width = 2·int(3.5·sigma + 0.5) + 1), not from
+    # `kernel_size`: sigma = 1.5 · width / 11 gives back exactly this width, and 1.5 (the SSIM standard) for 11.
     return structural_similarity_index_measure(
         images[pairs[:, 0]].float(),
         images[pairs[:, 1]].float(),
         data_range=1.0,
         kernel_size=kernel_size,
+        sigma=1.5 * kernel_size / 11,
         reduction="none",
     )
 
@@ -278,6 +282,11 @@ class MemorizationScorer:
             score, complete = self.cache[key]
             if complete or (threshold is not None and score >= threshold):
                 return score
+        if _has_nemo(self.unet):
+            raise ValueError(
+                "NeMo is already applied to this model: call `remove_nemo` first (the score applies the neurons to "
+                "silence itself, and None means the unhooked model)."
+            )
         config = NeMoConfig(dict(neurons or {}), scale=scale)
         if config.neurons:
             apply_nemo(self.unet, config)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .._utils import check_integer
+from .._utils import atomic_write, check_integer, check_number
 from ._common import pipeline_denoiser
 from .hooks import value_projection_names
 from .scoring import MemorizationScorer, NeMoScorerConfig, encode_prompts, scorer_config
@@ -61,11 +61,24 @@ class ActivationStatistics:
     scores: list[float] = field(default_factory=list, repr=False)
 
     def __post_init__(self):
+        if not isinstance(self.mean, dict) or not isinstance(self.std, dict):
+            raise ValueError("`mean` and `std` must be dicts of layer name -> 1-D tensor.")
         if set(self.mean) != set(self.std):
             raise ValueError("`mean` and `std` must name the same layers.")
         for name in self.mean:
+            if not isinstance(name, str) or "," in name or not name:
+                raise ValueError(f"Layer names must be non-empty strings without ',', got {name!r}.")
+            # Own float copies: numpy arrays and views of one tensor (which safetensors refuses to save) both work.
+            self.mean[name] = torch.as_tensor(self.mean[name]).detach().float().clone()
+            self.std[name] = torch.as_tensor(self.std[name]).detach().float().clone()
             if self.mean[name].shape != self.std[name].shape or self.mean[name].ndim != 1:
                 raise ValueError(f"`mean[{name!r}]` and `std[{name!r}]` must be 1-D tensors of the same length.")
+        # Plain Python numbers (a numpy or 0-d tensor threshold would not survive the file's text metadata).
+        for attribute in ("threshold", "score_mean", "score_std"):
+            value = getattr(self, attribute)
+            setattr(self, attribute, None if value is None else check_number(value, attribute))
+        self.num_prompts = check_integer(self.num_prompts, "num_prompts", minimum=0)
+        self.scores = [check_number(score, "scores") for score in self.scores]
 
     @property
     def layers(self) -> list[str]:
@@ -167,13 +180,7 @@ class ActivationStatistics:
             "scores": ",".join(repr(s) for s in self.scores),
             "layers": ",".join(self.layers),
         }
-        temporary = f"{path}.tmp{os.getpid()}"
-        try:
-            save_file(tensors, temporary, metadata=metadata)
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
 
     @classmethod
     def _read(cls, path: str) -> ActivationStatistics:
