@@ -56,7 +56,7 @@ def _set_training_flags(model, modes: list[tuple[torch.nn.Module, bool]]) -> Non
 
 @contextlib.contextmanager
 def eval_mode(model) -> Iterator[None]:
-    """Put `model` in eval mode inside the block; give it back its `training` flag on every exit path.
+    """Put `model` in eval mode inside the block; give every module back its own `training` flag on every exit path.
 
     Args:
         model: A `torch.nn.Module`.
@@ -76,8 +76,8 @@ def restored(
     """Save parameters and give them back bit-exactly on every exit path (exceptions and KeyboardInterrupt included).
 
     Yields `(parameters, saved)`: the saved parameters by name and a clone of each one's value. On exit every
-    saved value is copied back, `requires_grad` of *all* parameters and `model.training` are restored, and with
-    `grads=True` the saved parameters' `.grad` too.
+    saved value is copied back, `requires_grad` of *all* parameters and every module's `training` flag are
+    restored, and with `grads=True` the saved parameters' `.grad` too.
 
     Args:
         model: A `torch.nn.Module`.

@@ -370,11 +370,7 @@ def fastmem_generate(
     fastmem = FastMem(model, config)
     prompt = as_token_ids(input_ids, "input_ids")
     prompt = (prompt[None] if prompt.dim() == 1 else prompt).to(model.device)
-    check_vocabulary(
-        prompt if attention_mask is None else prompt[torch.as_tensor(attention_mask).reshape(prompt.shape).bool()],
-        model,
-        "input_ids",
-    )
+    check_vocabulary(prompt, model, "input_ids")  # padding ids are in the vocabulary too
     same = memorize_ids is None
     if not same:
         memorized_rows = as_token_ids(memorize_ids, "memorize_ids")
