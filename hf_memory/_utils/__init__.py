@@ -4,7 +4,7 @@ sibling capability's private names."""
 from .architectures import FFN_LAYOUTS, FINAL_NORM, LayerStack, find_layers
 from .checks import as_token_ids, check_choice, check_integer, check_number, check_vocabulary
 from .config import HubConfigMixin
-from .files import atomic_write
+from .files import atomic_write, is_local_path
 from .imports import EXTRAS, is_available, require_extra
 from .lazy import lazy_getattr
 from .modeling import (
@@ -38,6 +38,7 @@ __all__ = [
     "exclusive",
     "find_layers",
     "is_available",
+    "is_local_path",
     "lazy_getattr",
     "leading_windows",
     "model_device",

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
-from .files import atomic_write
+from .files import atomic_write, is_local_path
 
 
 T = TypeVar("T", bound="HubConfigMixin")
@@ -134,7 +134,7 @@ class HubConfigMixin:
             if os.path.isdir(pretrained_path):
                 raise ValueError(f"No {cls.config_name} in {str(pretrained_path)!r}.")
             name = str(pretrained_path)
-            if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1:  # a path, not a repo id
+            if is_local_path(name):
                 raise ValueError(f"{name!r} is not a folder (and not a Hub repo id of the form 'user/name').")
             from huggingface_hub import hf_hub_download
 

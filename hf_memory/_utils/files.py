@@ -7,6 +7,15 @@ import tempfile
 from collections.abc import Callable
 
 
+def is_local_path(name: str) -> bool:
+    """Whether `name` can only be a file system path, never a Hub repo id ("name" or "user/name").
+
+    Args:
+        name: What the user passed as a folder or repo id.
+    """
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Write `path` through a temporary file in the same folder, renamed into place once complete.
 

@@ -370,9 +370,9 @@ def fastmem_generate(
     fastmem = FastMem(model, config)
     prompt = as_token_ids(input_ids, "input_ids")
     prompt = (prompt[None] if prompt.dim() == 1 else prompt).to(model.device)
-    check_vocabulary(prompt, model, "input_ids")  # padding ids are in the vocabulary too
     same = memorize_ids is None
-    if not same:
+    if not same:  # (a memorized prompt is checked by `memorize`)
+        check_vocabulary(prompt, model, "input_ids")  # padding ids are in the vocabulary too
         memorized_rows = as_token_ids(memorize_ids, "memorize_ids")
         memorized_rows = 1 if memorized_rows.dim() == 1 else memorized_rows.shape[0]
         if memorized_rows not in (1, prompt.shape[0]):

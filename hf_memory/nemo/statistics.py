@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .._utils import atomic_write, check_integer, check_number
+from .._utils import atomic_write, check_integer, check_number, is_local_path
 from ._common import pipeline_denoiser
 from .hooks import value_projection_names
 from .scoring import MemorizationScorer, NeMoScorerConfig, encode_prompts, scorer_config
@@ -137,7 +137,7 @@ class ActivationStatistics:
             if not os.path.isfile(path):
                 raise ValueError(f"No {STATISTICS_NAME} in {str(pretrained_path)!r}.")
         elif not os.path.isfile(path):
-            if os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1:  # a path, not a repo id
+            if is_local_path(path):
                 raise ValueError(f"{path!r} is neither a file nor a folder (nor a Hub repo id 'user/name').")
             from huggingface_hub import hf_hub_download
 
