@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 import torch
 from transformers import DataCollatorForLanguageModeling, HfArgumentParser, default_data_collator
 
 from hf_memory import GoldfishConfig, GoldfishDataCollator, GoldfishTrainingArguments, apply_goldfish, goldfish_mask
-from hf_memory.goldfish import document_offsets
+from hf_memory.goldfish import avalanche_hash, document_offsets
 
 
-STRATEGIES = ["hash", "hash-table", "static"]
+STRATEGIES = ["hash", "hash-table", "hash-avalanche", "static"]
 
 
 # ---------------------------------------------------------------- references, one token at a time
@@ -52,6 +54,26 @@ def ref_hash_key(window: list[int]) -> int:
     return acc ^ (acc >> 16)
 
 
+def ref_avalanche(key: int) -> int:
+    """The official `hashint(key, width=32)` as arithmetic on unsigned 64-bit integers (Python ints mod 2**64)."""
+    m, mask = 2**64, 2**32 - 1
+    key %= m
+    key = ((~key) % m + (key << 21)) % m & mask
+    key = ((key << 21) - key - 1) % m
+    key = key ^ (key >> 24)
+    key = ((key + (key << 3)) + (key << 8)) % m & mask
+    key = key * 265 % m
+    key = key ^ (key >> 14)
+    key = ((key + (key << 2)) + (key << 4)) % m & mask
+    key = key * 21 % m
+    key = key ^ (key >> 28)
+    return (key + (key << 31)) % m & mask
+
+
+def as_float32(x: float) -> float:
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
 def ref_mask(ids: list[int], config: GoldfishConfig, positions: list[int] | None = None) -> list[bool]:
     offsets = ref_offsets(positions) if positions is not None else list(range(len(ids)))
     threshold = torch.tensor(1 / config.k, dtype=torch.float32).item()  # torch compares in the table's float32
@@ -68,6 +90,12 @@ def ref_mask(ids: list[int], config: GoldfishConfig, positions: list[int] | None
                 for t in window:
                     key = wrap_int64(key * t)
                 drop = ref_table()[key % 1_000_003] < threshold
+            elif config.strategy == "hash-avalanche":
+                key = 1
+                for t in window:
+                    key = wrap_int64(key * t)
+                # official: int64 hash < (2**32 - 1) / k, which torch evaluates in float32
+                drop = as_float32(ref_avalanche(key)) < as_float32(((1 << 32) - 1) / config.k)
             else:
                 drop = ref_hash_key(window) % config.k == 0
         drops.append(drop and ids[i] not in config.exempt_token_ids)
@@ -91,9 +119,10 @@ def test_matches_reference(strategy, k, h, start):
         assert mask[row].tolist() == ref_mask(ids[row].tolist(), config)
 
 
-def test_hash_table_uses_wrapping_int64_product():
+@pytest.mark.parametrize("strategy", ["hash-table", "hash-avalanche"])
+def test_product_strategies_use_wrapping_int64_product(strategy):
     ids = torch.full((1, 40), 2**20 + 7)  # 13 such factors overflow int64 many times
-    config = GoldfishConfig(k=2, h=13, strategy="hash-table")
+    config = GoldfishConfig(k=2, h=13, strategy=strategy)
     assert goldfish_mask(ids, config)[0].tolist() == ref_mask(ids[0].tolist(), config)
 
 
@@ -102,11 +131,74 @@ def test_static_definition_by_hand():
     assert mask.nonzero().flatten().tolist() == [3, 6, 9, 12, 15, 18]
 
 
-@pytest.mark.parametrize("strategy", ["hash", "hash-table"])
+@pytest.mark.parametrize("strategy", ["hash", "hash-table", "hash-avalanche"])
 def test_first_h_labels_are_never_dropped(strategy):
     ids = torch.randint(2, 50_000, (64, 40), generator=torch.Generator().manual_seed(1))
     mask = goldfish_mask(ids, GoldfishConfig(k=2, h=13, strategy=strategy))
     assert not mask[:, :13].any() and mask[:, 13:].any()
+
+
+@pytest.mark.parametrize("strategy", ["hash", "hash-table", "hash-avalanche"])
+def test_documents_shorter_than_h_drop_nothing(strategy):
+    # The official code cannot unfold a window wider than the sequence and crashes; ours drops nothing.
+    ids = torch.randint(2, 50_000, (8, 12), generator=torch.Generator().manual_seed(5))
+    assert not goldfish_mask(ids, GoldfishConfig(k=2, h=13, strategy=strategy)).any()
+
+
+def test_avalanche_hash_is_the_unsigned_64_bit_arithmetic():
+    gen = torch.Generator().manual_seed(6)
+    keys = torch.cat(
+        [
+            torch.tensor([0, 1, -1, 2**63 - 1, -(2**63), 2**32 - 1, 2**32]),
+            torch.randint(-(2**63), 2**63 - 1, (20_000,), generator=gen),
+            torch.randint(-5000, 5000, (2000,), generator=gen),
+        ]
+    )
+    hashed = avalanche_hash(keys)
+    assert hashed.dtype == torch.int64 and bool((hashed >= 0).all()) and bool((hashed < 2**32).all())
+    assert hashed.tolist() == [ref_avalanche(k) for k in keys.tolist()]
+
+
+def test_avalanche_threshold_is_compared_in_float32_like_torch():
+    # Keys just under (2**32 - 1) / 4 round up to 2**30 in float32: the official comparison keeps them.
+    config = GoldfishConfig(k=4, h=1, strategy="hash-avalanche")
+    official = torch.tensor([1073741823, 1073741760, 1073741825]) < ((1 << 32) - 1) / config.k
+    assert official.tolist() == [False, True, False]
+    threshold = as_float32(((1 << 32) - 1) / config.k)
+    assert [as_float32(float(x)) < threshold for x in (1073741823, 1073741760, 1073741825)] == official.tolist()
+
+
+@pytest.mark.slow
+def test_avalanche_matches_the_official_uint64_code_under_torch_compile():
+    """The official `apply_goldfish(..., "hash-avalanche")`, as written, needs torch.compile for uint64 on a CPU."""
+
+    def hashint(key, width=32):  # the official arithmetic, operator for operator, on torch.uint64
+        mask = (1 << width) - 1
+        key = (~key + (key << 21)) & mask
+        key = (key << 21) - key - 1
+        key = key ^ key >> 24
+        key = ((key + (key << 3)) + (key << 8)) & mask
+        key = key * 265
+        key = key ^ key >> 14
+        key = ((key + (key << 2)) + (key << 4)) & mask
+        key = key * 21
+        key = key ^ key >> 28
+        return (key + (key << 31)) & mask
+
+    ids = torch.randint(0, 50_000, (4, 200), generator=torch.Generator().manual_seed(7))
+    ids[0, 50:70] = 0
+    k, h = 4, 13
+    targets = ids[:, 1:]  # official target j is our label j + 1
+    keys = targets.unfold(1, h, 1).prod(dim=-1).to(dtype=torch.uint64)
+    try:
+        hashed = torch.compile(hashint)(keys).long()
+    except Exception as error:  # no C compiler for inductor on this machine
+        pytest.skip(f"torch.compile cannot run the official uint64 code here: {error}")
+    official = torch.zeros_like(targets, dtype=torch.bool)
+    official[:, h - 1 :] = hashed < ((1 << 32) - 1) / k
+    ours = goldfish_mask(ids, GoldfishConfig(k=k, h=h, strategy="hash-avalanche"))
+    assert torch.equal(ours[:, 1:], official) and not ours[:, 0].any()
+    assert 0.15 < official.float().mean() < 0.3
 
 
 def test_one_dimensional_input_matches_batched_row():

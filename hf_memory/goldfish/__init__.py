@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from .._utils import lazy_getattr
 from .collator import GoldfishDataCollator
 from .config import GOLDFISH_STRATEGIES, GoldfishConfig, check_goldfish_settings
-from .mask import IGNORE_INDEX, apply_goldfish, document_offsets, goldfish_hash_table, goldfish_mask
+from .mask import IGNORE_INDEX, apply_goldfish, avalanche_hash, document_offsets, goldfish_hash_table, goldfish_mask
 
 
 _LAZY = {
@@ -39,6 +39,7 @@ __all__ = [
     "GoldfishTrainerMixin",
     "GoldfishTrainingArguments",
     "apply_goldfish",
+    "avalanche_hash",
     "check_goldfish_settings",
     "document_offsets",
     "goldfish_hash_table",

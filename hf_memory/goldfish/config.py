@@ -9,7 +9,7 @@ from typing import ClassVar
 from .._utils import HubConfigMixin, check_choice, check_integer
 
 
-GOLDFISH_STRATEGIES = ("hash", "hash-table", "static")
+GOLDFISH_STRATEGIES = ("hash", "hash-table", "hash-avalanche", "static")
 
 
 def check_goldfish_settings(
@@ -45,8 +45,8 @@ class GoldfishConfig(HubConfigMixin):
     Args:
         k: Drop about 1 in `k` labels from the loss (k >= 2).
         h: Width of the hashed token window that decides each drop.
-        strategy: "hash" (order-sensitive, portable), "hash-table" (bit-compatible with the official code) or
-            "static" (every k-th label).
+        strategy: "hash" (order-sensitive, portable), "hash-table" or "hash-avalanche" (the official code's two
+            hashed strategies, bit-compatible with it) or "static" (every k-th label).
         start: Offset of the first dropped label for "static".
         exempt_token_ids: Target token ids that are never dropped (e.g. special tokens).
         hash_table_device: Device whose random generator builds the "hash-table" table; None = the input's device
@@ -65,8 +65,8 @@ class GoldfishConfig(HubConfigMixin):
     strategy: str = field(
         default="hash",
         metadata={
-            "help": "'hash' (order-sensitive, portable), 'hash-table' (bit-compatible with the official code) or "
-            "'static' (every k-th label).",
+            "help": "'hash' (order-sensitive, portable), 'hash-table' or 'hash-avalanche' (the official code's two "
+            "hashed strategies, bit-compatible with it) or 'static' (every k-th label).",
             "choices": list(GOLDFISH_STRATEGIES),
         },
     )

@@ -81,11 +81,61 @@ def _windows(ids: torch.Tensor, h: int, pad_value: int):
 
 
 def _hash_table_drops(ids: torch.Tensor, config: GoldfishConfig) -> torch.Tensor:
-    key = torch.ones_like(ids)
-    for token in _windows(ids, config.h, pad_value=1):
-        key = key * token  # int64, wraps like the official `prod`
+    key = _window_products(ids, config.h)
     table = goldfish_hash_table(config.hash_table_device or str(ids.device)).to(ids.device)
     return table[key % HASH_TABLE_SIZE] < 1 / config.k
+
+
+def _window_products(ids: torch.Tensor, h: int) -> torch.Tensor:
+    key = torch.ones_like(ids)
+    for token in _windows(ids, h, pad_value=1):
+        key = key * token  # int64, wraps like the official `prod`
+    return key
+
+
+def _logical_right_shift(value: torch.Tensor, bits: int) -> torch.Tensor:
+    """``value >> bits`` on the 64 bits of an int64 tensor read as unsigned (zeros shifted in, not the sign)."""
+    return (value >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def avalanche_hash(keys: torch.Tensor) -> torch.Tensor:
+    """The official goldfish "hash-avalanche" integer hash (Thomas Wang's 64-bit mixer, 32-bit output).
+
+    The official code runs it on ``torch.uint64``, which torch cannot do on a CPU; here the same arithmetic runs on
+    the two's-complement bits of int64: every addition, subtraction, multiplication and left shift is modulo 2**64
+    (as in uint64), and right shifts are logical.
+
+    Args:
+        keys: An int64 tensor of keys; each is read as the unsigned 64-bit number with the same bits (so a negative
+            window product means the same key as the official ``.to(torch.uint64)``).
+
+    Returns:
+        An int64 tensor of keys' shape with values in [0, 2**32).
+
+    Example:
+        >>> avalanche_hash(torch.tensor([0, 1, -1])).tolist()
+        [791250447, 4151993710, 58270011]
+    """
+    mask = (1 << 32) - 1
+    key = torch.as_tensor(keys).to(torch.int64)
+    key = (~key + (key << 21)) & mask
+    key = (key << 21) - key - 1
+    key = key ^ _logical_right_shift(key, 24)
+    key = ((key + (key << 3)) + (key << 8)) & mask
+    key = key * 265
+    key = key ^ _logical_right_shift(key, 14)
+    key = ((key + (key << 2)) + (key << 4)) & mask
+    key = key * 21
+    key = key ^ _logical_right_shift(key, 28)
+    return (key + (key << 31)) & mask
+
+
+def _hash_avalanche_drops(ids: torch.Tensor, config: GoldfishConfig) -> torch.Tensor:
+    hashed = avalanche_hash(_window_products(ids, config.h))
+    # The official `hashed < (2**32 - 1) / k` compares an int64 tensor with a Python float: torch promotes both
+    # sides to float32, which rounds keys and threshold alike. Keep that, so the drops match bit for bit.
+    threshold = torch.tensor(((1 << 32) - 1) / config.k, dtype=torch.float32, device=ids.device)
+    return hashed.to(torch.float32) < threshold
 
 
 def _hash_drops(ids: torch.Tensor, config: GoldfishConfig) -> torch.Tensor:
@@ -97,6 +147,9 @@ def _hash_drops(ids: torch.Tensor, config: GoldfishConfig) -> torch.Tensor:
     key = ((key ^ (key >> 13)) * _MIX2) % _PRIME
     key = key ^ (key >> 16)
     return key % config.k == 0
+
+
+_HASH_DROPS = {"hash": _hash_drops, "hash-table": _hash_table_drops, "hash-avalanche": _hash_avalanche_drops}
 
 
 def goldfish_mask(
@@ -144,7 +197,7 @@ def goldfish_mask(
         shifted = offsets - 1 - config.start
         drop = (shifted >= 0) & (shifted % config.k == 0)
     else:
-        drop = _hash_drops(ids, config) if config.strategy == "hash" else _hash_table_drops(ids, config)
+        drop = _HASH_DROPS[config.strategy](ids, config)
         drop &= offsets >= config.h  # the window holds h targets of this document (its first token is no target)
     if config.exempt_token_ids:
         exempt = torch.tensor(config.exempt_token_ids, dtype=ids.dtype, device=ids.device)

@@ -29,7 +29,7 @@ class GoldfishArguments:
     Args:
         goldfish_k: `GoldfishConfig.k`: drop about 1 in k training labels (k >= 2).
         goldfish_h: `GoldfishConfig.h`: how many tokens, ending at the target, decide its drop.
-        goldfish_strategy: `GoldfishConfig.strategy`: "hash", "hash-table" or "static".
+        goldfish_strategy: `GoldfishConfig.strategy`: "hash", "hash-table", "hash-avalanche" or "static".
         goldfish_start: `GoldfishConfig.start`: offset of the first dropped label ("static" only).
         goldfish_exempt_special_tokens: Never drop the tokenizer's special tokens (end of turn, EOS, ...).
     """
