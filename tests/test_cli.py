@@ -18,6 +18,10 @@ from hf_memory.cli import main
         (["measure", "--data", "README.md", "--out", "docs"], "argument --out: 'docs' is a folder"),
         (["measure", "--data", "README.md", "--model", "no-such-model"], "is not a local folder"),
         (["measure", "--data", "README.md", "--gguf-file", "x.gguf"], "argument --gguf-file: give --model"),
+        (
+            ["measure", "--data", "README.md", "--method", "prefix", "--text-rouge"],
+            "argument --text-rouge: needs whole predictions",
+        ),
         (["demo", "--goldfish-k", "1"], "argument --goldfish-k: must be an integer >= 2, got 1"),
         (["demo", "--epochs", "0"], "argument --epochs: must be an integer >= 1, got 0"),
         (["demo", "--lr", "nan"], "argument --lr: must be a finite number > 0"),
@@ -65,3 +69,18 @@ def test_ctrl_c_exits_130_without_a_traceback(capsys, monkeypatch):
     monkeypatch.setattr(hf_memory.models, "load_model", interrupted)
     assert main(["measure", "--data", "README.md"]) == 130
     assert capsys.readouterr().err == "hf-memory: interrupted\n"
+
+
+def test_text_rouge_without_the_extra_is_refused_before_any_work(capsys, monkeypatch):
+    import sys
+
+    import hf_memory.models
+
+    monkeypatch.setattr(hf_memory.models, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setitem(sys.modules, "rouge_score", None)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["measure", "--data", "README.md", "--text-rouge"])
+    assert exit_info.value.code == 2
+    assert (
+        'argument --text-rouge: needs the analysis extra: pip install "hf-memory[analysis]"' in capsys.readouterr().err
+    )

@@ -264,3 +264,28 @@ def test_evaluate_add_checks_one_sample_before_arrow_casts_it(metric):
     assert metric.compute() == pytest.approx(
         {"exact_match": 0.0, "memorization_score": 0.5, "longest_common_prefix": 1.0, "rouge_l": 0.5}
     )
+
+
+def test_strict_exact_match_is_whole_list_equality(metric):
+    """The goldfish paper's evaluation counts `gen_output_ids == gt_output_ids`: a longer prediction is no match."""
+    rng = np.random.default_rng(7)
+    predictions, references = _random_samples(rng, n=300, vocab=2, max_len=5)
+    predictions += [[1, 2, 3, 4, 5], [1, 2, 3], [1, 2, 3, 4]]
+    references += [[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]]
+    strict = extraction_scores(predictions, references, return_per_sample=True, strict_exact_match=True)
+    loose = extraction_scores(predictions, references, return_per_sample=True)
+    expected = [list(p) == list(r) for p, r in zip(predictions, references)]
+    assert strict["exact_match_per_sample"] == expected
+    assert strict["exact_match_per_sample"][-3:] == [False, False, True]
+    assert loose["exact_match_per_sample"][-3:] == [True, False, True]
+    assert sum(loose["exact_match_per_sample"]) > sum(expected)  # longer predictions matched only by Carlini's rule
+    for name in ("memorization_score", "longest_common_prefix", "rouge_l"):
+        assert strict[f"{name}_per_sample"] == loose[f"{name}_per_sample"]
+    via_evaluate = metric.compute(predictions=predictions, references=references, strict_exact_match=True)
+    assert via_evaluate["exact_match"] == pytest.approx(np.mean(expected))
+
+
+@pytest.mark.parametrize("flag", ["return_per_sample", "strict_exact_match"])
+def test_flags_must_be_booleans(flag):
+    with pytest.raises(ValueError, match=f"`{flag}` must be True or False"):
+        extraction_scores([[1]], [[1]], **{flag: "yes"})

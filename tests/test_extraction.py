@@ -143,3 +143,100 @@ def test_cli_method_choices_are_the_harness_methods():
     measure = build_parser()._subparsers._group_actions[0].choices["measure"]
     method = next(action for action in measure._actions if action.dest == "method")
     assert tuple(method.choices) == EXTRACTION_METHODS
+
+
+# ---------------------------------------------------------------- text-level ROUGE-L (the goldfish paper's number)
+
+
+def goldfish_paper_rouge_l(predictions: list[str], references: list[str]) -> float:
+    """Hans et al.'s evaluation loop: `evaluate`'s rouge called once per sample, its "rougeL" averaged.
+
+    `evaluate.load("rouge")` lives on the Hub; its `_compute` builds `rouge_scorer.RougeScorer(rouge_types,
+    use_stemmer=False)`, scores each (reference, prediction) pair and returns the bootstrap aggregate's mid
+    F-measure, which for one pair is that pair's F-measure. The same steps, with rouge_score directly.
+    """
+    from rouge_score import rouge_scorer, scoring
+
+    total = 0.0
+    for pred, ref in zip(predictions, references):
+        scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=False)
+        aggregator = scoring.BootstrapAggregator()
+        aggregator.add_scores(scorer.score(ref, pred))
+        total += aggregator.aggregate()["rougeL"].mid.fmeasure
+    return total / len(predictions)
+
+
+def test_text_rouge_l_is_the_goldfish_papers_rouge():
+    from hf_memory.extraction import text_rouge_l
+
+    predictions = ["The Cat sat on the mat.", "a b c d", "", "Zürich is big", "x-y_z 12 3"]
+    references = ["the cat sat on a mat", "d c b a", "nothing here", "zurich is big", "x y z 123"]
+    scores = text_rouge_l(predictions, references)
+    assert scores[2] == 0.0 and abs(scores[0] - 10 / 12) < 1e-12  # 5 of 6 words in order, both 6 long
+    for i in range(len(predictions)):
+        assert scores[i] == goldfish_paper_rouge_l(predictions[i : i + 1], references[i : i + 1])
+    assert abs(sum(scores) / len(scores) - goldfish_paper_rouge_l(predictions, references)) < 1e-12
+
+
+@pytest.mark.parametrize(
+    "predictions,references,message",
+    [
+        ("abc", ["abc"], "`predictions` must be a list of strings"),
+        (["a", 3], ["a", "b"], r"`predictions\[1\]` must be a string"),
+        (["a"], [b"a"], r"`references\[0\]` must be a string"),
+        (["a"], ["a", "b"], "same length"),
+    ],
+)
+def test_text_rouge_l_refuses_bad_input(predictions, references, message):
+    from hf_memory.extraction import text_rouge_l
+
+    with pytest.raises(ValueError, match=message):
+        text_rouge_l(predictions, references)
+
+
+def test_measure_extraction_reports_text_rouge_with_a_tokenizer():
+    from hf_memory.data.tokenizers import word_level_tokenizer
+    from hf_memory.extraction import text_rouge_l
+
+    tokenizer = word_level_tokenizer([f"Word{i}" for i in range(TINY_VOCAB - 4)])
+    model = tiny_causal_lm("llama")
+    windows, _ = planted_windows(model)
+    plain = measure_extraction(model, windows, PREFIX, SUFFIX, show_progress=False)
+    result = measure_extraction(model, windows, PREFIX, SUFFIX, show_progress=False, tokenizer=tokenizer)
+    assert plain.rouge_l_text is None and "rouge_l_text" not in plain.metrics
+    assert result.predictions == plain.predictions
+    assert {k: v for k, v in result.metrics.items() if k != "rouge_l_text"} == plain.metrics
+    decode = lambda rows: tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)  # noqa: E731
+    expected = text_rouge_l(decode(result.predictions), decode(result.references))
+    assert result.rouge_l_text == expected
+    assert result.metrics["rouge_l_text"] == pytest.approx(
+        goldfish_paper_rouge_l(decode(result.predictions), decode(result.references))
+    )
+    per_sample = result.per_sample()
+    assert per_sample["rouge_l_text_per_sample"] == expected
+    assert 0.0 < result.metrics["rouge_l_text"] < 1.0
+    # special tokens (ids 0-3 occur in the random windows) are skipped before scoring, as in the paper's evaluation
+    assert any(t < 4 for row in result.references for t in row)
+    assert not any("<" in text for text in decode(result.references))
+
+
+def test_text_rouge_needs_whole_predictions_and_a_tokenizer():
+    model = tiny_causal_lm("llama")
+    args = {"sequences": [list(range(40))], "prefix_len": 8, "suffix_len": 8, "show_progress": False}
+    with pytest.raises(ValueError, match="method='prefix'"):
+        measure_extraction(
+            model, method="prefix", tokenizer=object.__new__(type("T", (), {"batch_decode": len})), **args
+        )
+    with pytest.raises(ValueError, match="`tokenizer` must be a transformers tokenizer"):
+        measure_extraction(model, tokenizer="gpt2", **args)
+
+
+def test_text_rouge_names_the_extra_when_rouge_score_is_missing(monkeypatch):
+    import sys
+
+    from hf_memory.data.tokenizers import word_level_tokenizer
+
+    monkeypatch.setitem(sys.modules, "rouge_score", None)
+    tokenizer = word_level_tokenizer([f"w{i}" for i in range(TINY_VOCAB - 4)])
+    with pytest.raises(ImportError, match=r"hf-memory\[analysis\]"):
+        measure_extraction(tiny_causal_lm("llama"), [list(range(40))], 8, 8, show_progress=False, tokenizer=tokenizer)

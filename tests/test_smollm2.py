@@ -120,14 +120,17 @@ def test_measure_command_on_a_text_file(tmp_path, capsys):
     doc.write_text(stdlib_docstrings()[0])
     out = tmp_path / "results.jsonl"
     assert (
-        main(["measure", "--data", str(doc), "--prefix", "16", "--suffix", "16", "--stride", "16", "--out", str(out)])
+        main(
+            ["measure", "--data", str(doc), "--prefix", "16", "--suffix", "16", "--stride", "16"]
+            + ["--out", str(out), "--text-rouge"]
+        )
         == 0
     )
     printed = capsys.readouterr().out
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) >= 2 and rows[1]["start"] == 16 and rows[0]["source"] == str(doc)
-    assert {"exact_match", "memorization_score", "rouge_l", "prediction_text"} <= set(rows[0])
-    assert "exact_match" in printed and "memorization_score" in printed
+    assert {"exact_match", "memorization_score", "rouge_l", "rouge_l_text", "prediction_text"} <= set(rows[0])
+    assert "exact_match" in printed and "memorization_score" in printed and "rouge_l_text" in printed
 
 
 def test_examples_train_smollm2(smollm2, tmp_path):

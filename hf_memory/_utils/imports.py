@@ -9,7 +9,7 @@ import importlib.util
 EXTRAS: dict[str, tuple[str, ...]] = {
     "trl": ("trl",),
     "diffusers": ("diffusers", "torchmetrics", "safetensors"),
-    "analysis": ("sklearn", "rapidfuzz", "scipy"),
+    "analysis": ("sklearn", "rapidfuzz", "scipy", "rouge_score"),
     "plots": ("matplotlib",),
 }
 

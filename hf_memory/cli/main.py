@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--batch-size", type=_integer(1), default=64)
     measure.add_argument("--method", default="auto", choices=["auto", "prefix", "generate"])  # EXTRACTION_METHODS
     measure.add_argument("--out", default=None, help="Write one JSON line per window here.")
+    measure.add_argument(
+        "--text-rouge",
+        action="store_true",
+        help="Also report ROUGE-L of the decoded texts (rouge_l_text, the goldfish paper's number; needs the "
+        "[analysis] extra; not with --method prefix).",
+    )
     return parser
 
 
@@ -97,7 +103,7 @@ def run_measure(args: argparse.Namespace) -> dict:
 
     Args:
         args: The parsed `measure` arguments (`model`, `gguf_file`, `data`, `text_field`, `prefix`, `suffix`,
-            `stride`, `batch_size`, `method`, `out`).
+            `stride`, `batch_size`, `method`, `out`, `text_rouge`).
 
     Returns:
         The aggregate metrics, as in `ExtractionResult.metrics`.
@@ -119,6 +125,7 @@ def run_measure(args: argparse.Namespace) -> dict:
         stride=args.stride,
         batch_size=args.batch_size,
         method=args.method,
+        tokenizer=tokenizer if args.text_rouge else None,
     )
     print(
         f"\n{len(result.predictions)} windows of {args.prefix}+{args.suffix} tokens from {len(sequences)} documents "
@@ -175,6 +182,13 @@ def check_paths(args: argparse.Namespace) -> str | None:
                 return f"argument --out: {args.out!r} is a folder; give a file name"
             if not os.path.isdir(folder):
                 return f"argument --out: the folder {folder!r} does not exist"
+        if args.text_rouge and args.method == "prefix":
+            return "argument --text-rouge: needs whole predictions, which --method prefix does not produce"
+        if args.text_rouge:
+            from .._utils import EXTRAS, is_available
+
+            if not all(is_available(module) for module in EXTRAS["analysis"]):
+                return 'argument --text-rouge: needs the analysis extra: pip install "hf-memory[analysis]"'
     if args.command == "demo" and os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         return f"argument --out-dir: {args.out_dir!r} is a file; give a folder"
     return None

@@ -4,6 +4,7 @@
 from ..metrics import EXTRACTABLE_MEMORIZATION
 from ..metrics.extractable_memorization.extractable_memorization import extraction_scores
 from .harness import EXTRACTION_METHODS, ExtractionResult, measure_extraction
+from .text import text_rouge_l
 from .windows import extraction_windows
 
 
@@ -14,4 +15,5 @@ __all__ = [
     "extraction_scores",
     "extraction_windows",
     "measure_extraction",
+    "text_rouge_l",
 ]

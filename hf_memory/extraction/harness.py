@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from .._utils import check_choice, check_integer, check_vocabulary, eval_mode, model_device
+from .._utils import check_choice, check_integer, check_vocabulary, eval_mode, model_device, require_extra
 from ..metrics.extractable_memorization.extractable_memorization import extraction_scores
 from .decoding import generate_suffixes, resume_greedy, teacher_forced
+from .text import decode_for_rouge, text_rouge_l
 from .windows import extraction_windows
 
 
@@ -40,9 +41,11 @@ class ExtractionResult:
         longest_common_prefix: Per window, how many leading suffix tokens greedy decoding reproduces.
         metrics: The `extractable_memorization` metric's means over the windows (`exact_match`,
             `memorization_score`, `longest_common_prefix`, `rouge_l`; only the first and third with
-            `method="prefix"`).
+            `method="prefix"`), plus `rouge_l_text` when a tokenizer was given.
         windows: Per window, `(sequence index, start token)`: where in the input it was cut.
         num_skipped: How many sequences were shorter than `prefix_len + suffix_len` and gave no window.
+        rouge_l_text: Per window, ROUGE-L of the decoded texts as `evaluate`'s `rouge` computes it (see
+            `text_rouge_l`); None unless `measure_extraction` was given a tokenizer.
     """
 
     predictions: list[list[int]]
@@ -51,6 +54,7 @@ class ExtractionResult:
     metrics: dict
     windows: list[tuple[int, int]] = field(default_factory=list)  # (sequence index, start token) per window
     num_skipped: int = 0  # sequences shorter than prefix_len + suffix_len
+    rouge_l_text: list[float] | None = None
 
     def per_sample(self) -> dict:
         """The metric's per-window lists (exact match, positional score, longest common prefix, ROUGE-L).
@@ -60,9 +64,13 @@ class ExtractionResult:
 
         Returns:
             The `extraction_scores(..., return_per_sample=True)` dict: the four means and, per metric, a
-            `<name>_per_sample` list in window order.
+            `<name>_per_sample` list in window order; with text ROUGE-L also `rouge_l_text` and its list.
         """
-        return extraction_scores(self.predictions, self.references, return_per_sample=True)
+        scores = extraction_scores(self.predictions, self.references, return_per_sample=True)
+        if self.rouge_l_text is not None:
+            scores["rouge_l_text"] = self.metrics["rouge_l_text"]
+            scores["rouge_l_text_per_sample"] = list(self.rouge_l_text)
+        return scores
 
 
 @torch.inference_mode()
@@ -75,6 +83,7 @@ def measure_extraction(
     batch_size: int = 64,
     method: str = "auto",
     show_progress: bool = True,
+    tokenizer=None,
 ) -> ExtractionResult:
     """Greedy extraction of each window's suffix from its prefix, scored by the `extractable_memorization` metric.
 
@@ -94,13 +103,18 @@ def measure_extraction(
             token, so only those two metrics are reported) or "generate" (plain batched greedy `generate`, the
             reference).
         show_progress: Show a progress bar (on the local main process only).
+        tokenizer: The model's tokenizer; when given, predictions and references are also decoded (special tokens
+            skipped, as the goldfish paper's evaluation does) and scored by text-level ROUGE-L (`rouge_l_text`,
+            the number Hans et al. report; needs the `analysis` extra). Not with `method="prefix"`.
 
     Returns:
         An `ExtractionResult` with the predictions, references and scores of every window, in input order.
 
     Raises:
         ValueError: If a length, `stride` or `batch_size` is not a positive integer, `method` is unknown, a
-            sequence is not integer token ids, or no sequence is long enough for one window.
+            sequence is not integer token ids, no sequence is long enough for one window, or `tokenizer` cannot
+            decode or comes with `method="prefix"`.
+        ImportError: If `tokenizer` is given and rouge_score (the `analysis` extra) is missing.
 
     Example:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -116,6 +130,17 @@ def measure_extraction(
     stride = check_integer(stride, "stride", minimum=1, allow_none=True)
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     check_choice(method, "method", EXTRACTION_METHODS)
+    if tokenizer is not None:
+        if not callable(getattr(tokenizer, "batch_decode", None)):
+            raise ValueError(
+                f"`tokenizer` must be a transformers tokenizer (with batch_decode), got {tokenizer!r:.80}."
+            )
+        if method == "prefix":
+            raise ValueError(
+                "`tokenizer` (text-level ROUGE-L) needs whole predictions, which method='prefix' does not produce: "
+                "use method='auto' or 'generate'."
+            )
+        require_extra("analysis", "Text-level ROUGE-L (`tokenizer=`)")
     windows, index, skipped = extraction_windows(sequences, prefix_len, suffix_len, stride)
     if not windows:
         raise ValueError(
@@ -155,4 +180,8 @@ def measure_extraction(
     metrics = extraction_scores(predictions, references)
     if method == "prefix":
         metrics = {k: metrics[k] for k in ("exact_match", "longest_common_prefix")}
-    return ExtractionResult(predictions, references, lcps, metrics, index, skipped)
+    rouge_text = None
+    if tokenizer is not None:
+        rouge_text = text_rouge_l(decode_for_rouge(tokenizer, predictions), decode_for_rouge(tokenizer, references))
+        metrics["rouge_l_text"] = sum(rouge_text) / len(rouge_text)
+    return ExtractionResult(predictions, references, lcps, metrics, index, skipped, rouge_text)

@@ -55,12 +55,17 @@ Four per-sample scores are averaged over the samples:
 - memorization_score: the fraction of reference positions whose token the prediction reproduces at the same
   position (Biderman et al. 2023, as used for Pythia).
 - longest_common_prefix: the number of leading tokens the prediction gets right before its first mistake.
-- rouge_l: token-level ROUGE-L F-measure, the F1 of the longest common subsequence (used by Hans et al. 2024);
-  it credits memorized spans that are shifted or interrupted.
+- rouge_l: ROUGE-L F-measure on token ids, the F1 of the longest common subsequence of the two id sequences; it
+  credits memorized spans that are shifted or interrupted. It is not the number Hans et al. (2024) report: they
+  run `evaluate`'s `rouge` on the decoded text, which compares lower-cased words (hf_memory's
+  `measure_extraction(..., tokenizer=...)` reports that one as `rouge_l_text`).
 
-A prediction longer than its reference is scored on its first len(reference) tokens for exact_match,
-memorization_score and longest_common_prefix (the extra tokens are ignored there), while rouge_l uses the whole
-prediction, so extra tokens lower its precision. Positions a shorter prediction does not reach count as mistakes.
+A prediction longer than its reference is scored on its first len(reference) tokens for exact_match (Carlini et
+al.: the reference is extracted if greedy decoding produces it), memorization_score and longest_common_prefix (the
+extra tokens are ignored there), while rouge_l uses the whole prediction, so extra tokens lower its precision.
+Positions a shorter prediction does not reach count as mistakes. With strict_exact_match=True, exact_match is
+instead equality of the whole prediction with the reference, as in the goldfish paper's evaluation: a longer
+prediction is then not a match.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -69,11 +74,13 @@ Args:
         arrays or torch tensors of integers). May be empty or of any length.
     references (`list` of `list` of `int`): the true continuation token ids, one non-empty sequence per sample.
     return_per_sample (`bool`, defaults to `False`): also return the per-sample scores.
+    strict_exact_match (`bool`, defaults to `False`): exact_match requires the whole prediction to equal the
+        reference (Hans et al. 2024); by default its first len(reference) tokens must (Carlini et al. 2022).
 Returns:
     exact_match (`float`): fraction of samples reproduced exactly, in [0, 1].
     memorization_score (`float`): mean fraction of reference positions matched, in [0, 1].
     longest_common_prefix (`float`): mean number of leading matching tokens, in [0, max len(reference)].
-    rouge_l (`float`): mean token-level ROUGE-L F-measure, in [0, 1].
+    rouge_l (`float`): mean ROUGE-L F-measure over token ids, in [0, 1].
     With `return_per_sample=True` also:
     exact_match_per_sample (`list` of `bool`), memorization_score_per_sample (`list` of `float`),
     longest_common_prefix_per_sample (`list` of `int`), rouge_l_per_sample (`list` of `float`).
@@ -121,6 +128,15 @@ Examples:
     ([False, True], [0.5, 1.0])
     >>> results["longest_common_prefix_per_sample"], results["rouge_l_per_sample"]
     ([2, 4], [0.6666666666666666, 0.8])
+
+    The goldfish paper's strict exact match: the longer prediction is no longer a match.
+
+    >>> import evaluate
+    >>> import hf_memory
+    >>> metric = evaluate.load(hf_memory.EXTRACTABLE_MEMORIZATION)
+    >>> metric.compute(predictions=[[1, 2, 3, 4, 5], [1, 2, 3, 4]], references=[[1, 2, 3, 4], [1, 2, 3, 4]],
+    ...     strict_exact_match=True)["exact_match"]
+    0.5
 """
 
 
@@ -188,7 +204,9 @@ def _lcs_lengths(pred, pred_mask, ref, ref_mask):
     return previous[:, -1]
 
 
-def extraction_scores(predictions, references, return_per_sample: bool = False) -> dict:
+def extraction_scores(
+    predictions, references, return_per_sample: bool = False, strict_exact_match: bool = False
+) -> dict:
     """Exact match, memorization score, longest common prefix and ROUGE-L of token-id predictions vs references.
 
     The single implementation behind the `evaluate` metric, callable directly. Aggregates are means over samples
@@ -199,19 +217,24 @@ def extraction_scores(predictions, references, return_per_sample: bool = False) 
             integers); each may be empty or of any length.
         references: The true continuation token ids, one non-empty sequence per sample.
         return_per_sample: Also return `<metric>_per_sample` lists, one value per sample.
+        strict_exact_match: Exact match requires the whole prediction to equal the reference, as in the goldfish
+            paper's evaluation; False (the default, Carlini et al.) compares its first len(reference) tokens.
 
     Returns:
         A dict with `exact_match`, `memorization_score`, `longest_common_prefix` and `rouge_l` (means over the
         samples) and, with `return_per_sample=True`, the four per-sample lists.
 
     Raises:
-        ValueError: If the two columns differ in length or are empty, a reference is empty, or a sample is not a
-            1-D sequence of integer token ids.
+        ValueError: If the two columns differ in length or are empty, a reference is empty, a sample is not a
+            1-D sequence of integer token ids, or a flag is not a bool.
 
     Example:
         >>> extraction_scores([[1, 2, 3], [4, 0]], [[1, 2, 3], [4, 5]])
         {'exact_match': 0.5, 'memorization_score': 0.75, 'longest_common_prefix': 2.0, 'rouge_l': 0.75}
     """
+    for name, flag in (("return_per_sample", return_per_sample), ("strict_exact_match", strict_exact_match)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ValueError(f"`{name}` must be True or False, got {flag!r}")
     preds, refs = _validated(predictions, references)
     pred_len = np.array([row.size for row in preds])
     ref_len = np.array([row.size for row in refs])
@@ -223,7 +246,7 @@ def extraction_scores(predictions, references, return_per_sample: bool = False) 
     matches = (pred[:, :width] == ref) & pred_mask[:, :width] & ref_mask
     memorization = matches.sum(axis=1) / ref_len
     prefix = np.logical_and.accumulate(matches, axis=1).sum(axis=1)
-    exact = prefix == ref_len
+    exact = (prefix == ref_len) & (pred_len == ref_len) if strict_exact_match else prefix == ref_len
     lcs = _lcs_lengths(pred[:, :longest], pred_mask[:, :longest], ref, ref_mask)
     rouge_l = 2 * lcs / (pred_len + ref_len)
 
@@ -293,5 +316,7 @@ class ExtractableMemorization(evaluate.Metric):
                 raise ValueError("`reference` is empty: it needs at least one token")
         super().add(prediction=prediction, reference=reference, **kwargs)
 
-    def _compute(self, predictions, references, return_per_sample=False):
-        return extraction_scores(predictions, references, return_per_sample=return_per_sample)
+    def _compute(self, predictions, references, return_per_sample=False, strict_exact_match=False):
+        return extraction_scores(
+            predictions, references, return_per_sample=return_per_sample, strict_exact_match=strict_exact_match
+        )
