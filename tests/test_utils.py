@@ -69,6 +69,71 @@ def test_check_choice():
             check_choice(bad, "method", ("auto", "prefix"))
 
 
+def test_iter_sequences_reads_every_input_lazily():
+    from datasets import Dataset
+
+    from hf_memory._utils import iter_sequences
+
+    rows = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+    masks = [[1, 1, 0], [1, 1], [0, 1, 1, 1]]
+    expected = [[1, 2], [4, 5], [7, 8, 9]]
+    dataset = Dataset.from_dict({"input_ids": rows, "attention_mask": masks, "text": ["a", "b", "c"]})
+    torch_dataset = Dataset.from_dict({"input_ids": rows, "attention_mask": masks}).with_format("torch")
+    sources = {
+        "dataset": dataset,
+        "dataset, torch format": torch_dataset,
+        "iterable dataset": dataset.to_iterable_dataset(),
+        "generator of row dicts": ({"input_ids": r, "attention_mask": m} for r, m in zip(rows, masks)),
+        "mapping": {"input_ids": rows, "attention_mask": masks},
+    }
+    for what, source in sources.items():
+        assert [t.tolist() for t in iter_sequences(source, batch_size=2)] == expected, what
+    mixed = iter([[1, 2], torch.tensor([3]), np.array([4, 5], dtype=np.uint8), {"input_ids": [6]}])
+    assert [t.tolist() for t in iter_sequences(mixed)] == [[1, 2], [3], [4, 5], [6]]
+
+    consumed = []
+
+    def endless():
+        i = 0
+        while True:
+            consumed.append(i)
+            yield [i, i + 1]
+            i += 1
+
+    stream = iter_sequences(endless())
+    assert [next(stream).tolist() for _ in range(3)] == [[0, 1], [1, 2], [2, 3]] and len(consumed) == 3
+    assert list(iter_sequences(iter([]))) == []
+
+
+@pytest.mark.parametrize(
+    "source,message",
+    [
+        (5, "`sequences` must be token id sequences"),
+        ("1 2 3", "`sequences` must be token id sequences"),
+        (iter([[1, 2], [0.5]]), r"`sequences\[1\]` must hold integer token ids"),
+        (iter([{"ids": [1]}]), r"`sequences\[0\]` is a mapping without `input_ids`"),
+        (iter([{"input_ids": [1, 2], "attention_mask": [1]}]), r"`sequences\[0\]`: `attention_mask` has shape"),
+        (torch.zeros(2, 2, 2, dtype=torch.long), "1-D or 2-D tensor"),
+    ],
+)
+def test_iter_sequences_names_the_bad_item(source, message):
+    from hf_memory._utils import iter_sequences
+
+    with pytest.raises(ValueError, match=message):
+        list(iter_sequences(source))
+
+
+def test_iter_sequences_refuses_a_dataset_without_input_ids():
+    from datasets import Dataset
+
+    from hf_memory._utils import iter_sequences
+
+    dataset = Dataset.from_dict({"text": ["a"]})
+    for source in (dataset, dataset.to_iterable_dataset()):
+        with pytest.raises(ValueError, match="without an `input_ids` column"):
+            list(iter_sequences(source))
+
+
 def test_sequences_and_windows():
     rows = as_sequences(np.array([[1, 2, 3], [4, 5, 6]]))
     assert [r.tolist() for r in rows] == [[1, 2, 3], [4, 5, 6]] and rows[0].dtype == torch.long

@@ -16,7 +16,7 @@ from .modeling import (
     restored,
     supports_logits_to_keep,
 )
-from .sequences import as_sequences, leading_windows
+from .sequences import as_sequences, iter_sequences, leading_windows
 
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "find_layers",
     "is_available",
     "is_local_path",
+    "iter_sequences",
     "lazy_getattr",
     "leading_windows",
     "model_device",
