@@ -1,7 +1,12 @@
-"""latent_memorization_scan and ce_diagnostic: right numbers, reproducible noise, weights restored on every exit path."""
+"""latent_memorization_scan and ce_diagnostic: right numbers, reproducible noise, weights restored on every exit path;
+the official setting checked against the official code's algorithm (sunnyddelight/latent_memorization, re-written
+here independently)."""
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -109,20 +114,23 @@ class Interrupt:
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("run", ["scan", "ce"])
+@pytest.mark.parametrize("run", ["scan", "ce", "scan_official", "ce_official"])
 def test_weights_restored_after_keyboard_interrupt(run):
     model = tiny_causal_lm("opt", hidden=32).train()
     first = next(model.parameters())
     first.requires_grad_(False)
     saved = snapshot(model)
-    handle = model.register_forward_hook(Interrupt(at=14 if run == "scan" else 4))
+    handle = model.register_forward_hook(Interrupt(at=14 if run.startswith("scan") else 4))
+    official = run.endswith("official")
     with pytest.raises(KeyboardInterrupt):
-        if run == "scan":
+        if run.startswith("scan"):
+            extra = {"min_new_tokens": SUFFIX, "noise_dtype": "model"} if official else {}
             latent_memorization_scan(
-                model, random_windows(n=2), PREFIX, SUFFIX, sigma=0.1, n_perturbations=4, show_progress=False
+                model, random_windows(n=2), PREFIX, SUFFIX, sigma=0.1, n_perturbations=4, show_progress=False, **extra
             )
         else:
-            ce_diagnostic(model, random_windows(n=3), lr=0.5, show_progress=False)
+            extra = {"mode": "official"} if official else {}
+            ce_diagnostic(model, random_windows(n=3), lr=0.5, show_progress=False, **extra)
     handle.remove()
     assert_restored(model, saved)
     assert model.training and all(p.grad is None for p in model.parameters())
@@ -245,6 +253,337 @@ def test_ce_diagnostic_bad_input(kwargs, match):
     model = tiny_causal_lm("llama")
     with pytest.raises(ValueError, match=match):
         ce_diagnostic(model, **({"sequences": random_windows(n=2), "show_progress": False} | kwargs))
+
+
+# ---------------------------------------------------------------- the official setting
+# The official code, GitHub sunnyddelight/latent_memorization (commit aa35a92), re-written here from its text:
+# scripts/perturbation.py (fp16 model; `generate(ctx, max_length=96, min_length=96)` greedy; every parameter
+# `p2.copy_(param1[k] + torch.randn_like(p2) * 2e-3)`) and scripts/grad_steps.py (`compute_dist`, below).
+
+
+def boost_eos(model, eos, by):
+    """Add `by` to the EOS logit of every output, so that EOS is the argmax (a model that wants to stop)."""
+
+    def hook(module, args, output):
+        output = output.clone()
+        output[..., eos] += by
+        return output
+
+    return model.get_output_embeddings().register_forward_hook(hook)
+
+
+def official_greedy(model, prefixes, suffix_len, eos, min_new_tokens):
+    """`generate(..., min_length=prefix + min_new_tokens)` as the official code runs it (`use_cache=False`): a full
+    forward per token, the EOS logit -inf while the text is too short, argmax."""
+    ids = prefixes
+    with torch.no_grad():
+        for step in range(suffix_len):
+            logits = model(input_ids=ids, use_cache=False).logits[:, -1].float()
+            if step < min_new_tokens:
+                logits[:, eos] = -float("inf")
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
+    return ids[:, prefixes.shape[1] :]
+
+
+def official_perturbation(model, sigma, seed):
+    """A copy of `model` with the official noise, `param + torch.randn_like(param) * sigma` in the parameter's dtype,
+    drawn from one generator seeded `seed` in `named_parameters` order (the official code's is unseeded)."""
+    perturbed = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for (_, p2), p1 in zip(perturbed.named_parameters(), model.parameters()):
+            p2.copy_(p1 + torch.randn(p2.shape, generator=generator, dtype=p2.dtype) * sigma)
+    return perturbed
+
+
+def official_grad_steps(model_orig, sequence, lr, dtype=torch.float16):
+    """scripts/grad_steps.py's `compute_dist`: a fresh copy, plain SGD at `lr`, autocast, `for i in range(2)`,
+    `starting_loss` at i == 0, `if loss < 0.5: break` after backward and before the step; it returns `i`, the last
+    loss and the summed squared parameter change. The steps taken and the starting loss are returned too."""
+    model = copy.deepcopy(model_orig)
+    batch = sequence[None, :96]
+    x, y = batch[:, :-1], batch[:, 1:]
+    opt = torch.optim.SGD(params=model.parameters(), lr=lr)
+    with torch.autocast(device_type="cpu", dtype=dtype, enabled=dtype is not None):
+        for i in range(2):
+            opt.zero_grad()
+            z = model(x).logits
+            y = y.reshape(-1)
+            z = z.view(-1, z.shape[-1])
+            loss = F.cross_entropy(z, y)
+            if i == 0:
+                starting_loss = loss.item()
+            loss.backward()
+            if loss < 0.5:
+                break
+            opt.step()
+    param1 = dict(model.named_parameters())
+    total_dist = 0
+    for k, p2 in model_orig.named_parameters():
+        total_dist += torch.sum(torch.square(p2 - param1[k]))
+    steps_taken = i + int(loss.item() >= 0.5)
+    return i, loss.item(), total_dist.item(), starting_loss, steps_taken
+
+
+@pytest.mark.parametrize("tiny_arch", ["llama", "gpt2", "gpt_neox", "opt"])
+def test_min_new_tokens_never_decodes_eos_and_matches_generate(tiny_arch):
+    model = tiny_causal_lm(tiny_arch, hidden=32).eval()
+    eos = model.generation_config.eos_token_id
+    windows = random_windows(n=4)
+    prefixes = windows[:, :PREFIX]
+    handle = boost_eos(model, eos, by=100.0)
+    kwargs = {"prefix_len": PREFIX, "suffix_len": SUFFIX, "sigma": 0.05, "n_perturbations": 2, "show_progress": False}
+    plain = latent_memorization_scan(model, windows, **kwargs)
+    assert plain.unperturbed_predictions == [[eos] * SUFFIX] * 4  # plain argmax: EOS everywhere
+    full = latent_memorization_scan(model, windows, min_new_tokens=SUFFIX, **kwargs)
+    for rows in (full.unperturbed_predictions, full.best_predictions):
+        assert all(eos not in row for row in rows)
+    generated = model.generate(
+        input_ids=prefixes,
+        attention_mask=torch.ones_like(prefixes),
+        max_new_tokens=SUFFIX,
+        min_new_tokens=SUFFIX,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=0,
+    )
+    assert full.unperturbed_predictions == generated[:, PREFIX:].tolist()
+    assert full.unperturbed_predictions == official_greedy(model, prefixes, SUFFIX, eos, SUFFIX).tolist()
+    # EOS suppressed in the first 4 tokens only: then it comes back (and plain argmax does not stop at it)
+    part = latent_memorization_scan(model, windows, min_new_tokens=np.int64(4), **kwargs)
+    assert part.unperturbed_predictions == official_greedy(model, prefixes, SUFFIX, eos, 4).tolist()
+    assert all(eos not in row[:4] and row[4:] == [eos] * (SUFFIX - 4) for row in part.unperturbed_predictions)
+    assert part.config["min_new_tokens"] == 4 and type(part.config["min_new_tokens"]) is int
+    handle.remove()
+
+
+def test_official_setting_recovers_what_an_official_perturbation_decodes():
+    """fp16 GPT-NeoX (Pythia's architecture), noise in fp16, EOS suppressed: plant as true suffixes what the official
+    algorithm decodes under perturbation 2 of seed 3; the scan in the official setting finds them at distance 0."""
+    model = tiny_causal_lm("gpt_neox", hidden=32).half().eval()
+    eos = model.generation_config.eos_token_id
+    prefixes = random_windows(n=6, length=PREFIX)
+    perturbed = official_perturbation(model, 0.05, 3 + 2)
+    handles = [boost_eos(m, eos, by=2.0) for m in (model, perturbed)]  # EOS often the argmax: suppression matters
+    suffixes = official_greedy(perturbed, prefixes, SUFFIX, eos, SUFFIX)
+    assert (official_greedy(perturbed, prefixes, SUFFIX, eos, 0) == eos).any()
+    windows = torch.cat([prefixes, suffixes], 1)
+    saved = snapshot(model)
+    kwargs = {"sigma": 0.05, "n_perturbations": 3, "seed": 3, "show_progress": False}
+    scan = latent_memorization_scan(
+        model, windows, PREFIX, SUFFIX, min_new_tokens=SUFFIX, noise_dtype="model", **kwargs
+    )
+    assert_restored(model, saved)
+    assert scan.distances[2] == [0] * 6 and scan.best_predictions == suffixes.tolist()
+    assert scan.config["noise_dtype"] == "model" and scan.config["min_new_tokens"] == SUFFIX
+    for handle in handles:
+        handle.remove()
+
+
+def test_noise_in_the_model_dtype_is_the_official_formula():
+    sigma, seed = 2e-3, 7
+    model = tiny_causal_lm("gpt_neox", hidden=32).half()
+    params = dict(model.named_parameters())
+    saved = {n: p.detach().clone() for n, p in params.items()}
+    _add_noise(params, saved, sigma, seed, "model")
+    official = dict(
+        official_perturbation(tiny_causal_lm("gpt_neox", hidden=32).half(), sigma, seed).named_parameters()
+    )
+    assert all(torch.equal(params[n], official[n]) for n in params)
+    # the default, noise in float32 rounded once: against the official formula on the same draws (rounded to fp16
+    # first, as CUDA's fp16 randn_like does), apart by the rounding of the noise and of the sum only, and rarely
+    _add_noise(params, saved, sigma, seed, "float32")
+    generator = torch.Generator().manual_seed(seed)
+    differ = total = 0
+    for name, p in params.items():
+        draws = torch.randn(p.shape, generator=generator, dtype=torch.float32)
+        noise = draws * sigma
+        same_draws = saved[name] + draws.half() * sigma
+        gap = (p.float() - same_draws.float()).abs()
+        rounding = torch.finfo(torch.float16).eps * (noise.abs() + same_draws.float().abs()) + 2.0**-24
+        assert (gap <= rounding).all(), name
+        differ, total = differ + int((gap > 0).sum()), total + gap.numel()
+    assert 0 < differ < total / 4
+    # a float32 model: the two are the same noise
+    model32 = tiny_causal_lm("llama", hidden=32)
+    a, b = dict(model32.named_parameters()), dict(copy.deepcopy(model32).named_parameters())
+    saved32 = {n: p.detach().clone() for n, p in a.items()}
+    _add_noise(a, saved32, sigma, seed, "float32")
+    _add_noise(b, saved32, sigma, seed, "model")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def fitted_llama(sequence):
+    """A tiny Llama fitted on `sequence` just above the official early-stop loss (0.5), and a copy fitted below it."""
+    model = tiny_causal_lm("llama", hidden=32)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    models = []
+    for below in (0.51, 0.45):
+        while True:
+            opt.zero_grad()
+            loss = F.cross_entropy(model(input_ids=sequence[None, :-1]).logits[0], sequence[1:])
+            if loss.item() < below:
+                break
+            loss.backward()
+            opt.step()
+        models.append(copy.deepcopy(model).eval())
+    return models
+
+
+def test_official_ce_diagnostic_is_the_official_loop():
+    rows = random_windows(n=3, length=40, seed=5)
+    just_above, below = fitted_llama(rows[0])
+    cases = [(just_above, 0.3, [1, 2, 2]), (below, 0.3, [0, 2, 2]), (just_above, 1e-5, [2, 2, 2])]
+    for model, lr, expected_steps in cases:
+        saved = snapshot(model)
+        result = ce_diagnostic(model, rows, lr=lr, mode="official", show_progress=False)
+        assert_restored(model, saved)
+        assert result.mode == "official" and result.steps == 2 and result.autocast_dtype == "float16"
+        assert result.steps_taken == expected_steps
+        for k, row in enumerate(rows):
+            i, loss, total_dist, starting_loss, steps_taken = official_grad_steps(model, row, lr)
+            assert result.steps_taken[k] == steps_taken and i == min(steps_taken, 1)
+            assert result.loss[k] == pytest.approx(starting_loss, abs=1e-6)
+            assert result.loss_after[k] == pytest.approx(loss, abs=1e-6)  # the loss after the first step
+            assert result.squared_weight_change[k] == pytest.approx(total_dist, rel=1e-4, abs=1e-30)
+            assert result.weight_change[k] == pytest.approx(result.squared_weight_change[k] ** 0.5)
+        assert (result.squared_weight_change[0] == 0) == (expected_steps[0] == 0)
+    # 1e-5 and two steps: the change is lr^2 * (|g1|^2 + ...), tiny but not zero, and the loss after one step moves
+    assert 0 < result.squared_weight_change[1] < 1e-6
+
+
+def test_official_ce_diagnostic_reads_96_tokens_and_takes_the_dtype():
+    model = tiny_causal_lm("llama", hidden=32).eval()
+    rows = random_windows(n=2, length=120, seed=3)
+    result = ce_diagnostic(model, rows, lr=0.05, mode="official", show_progress=False)
+    cut = ce_diagnostic(model, rows[:, :96], lr=0.05, mode="official", show_progress=False)
+    assert result.loss == cut.loss and result.loss_after == cut.loss_after
+    assert result.squared_weight_change == cut.squared_weight_change
+    for dtype, name in [(torch.float32, "float32"), (torch.bfloat16, torch.bfloat16)]:
+        other = ce_diagnostic(model, rows, lr=0.05, mode="official", autocast_dtype=name, show_progress=False)
+        assert other.autocast_dtype == (None if dtype == torch.float32 else "bfloat16")
+        for k, row in enumerate(rows):
+            _, loss, total_dist, starting_loss, _ = official_grad_steps(
+                model, row, 0.05, None if dtype == torch.float32 else dtype
+            )
+            assert other.loss[k] == pytest.approx(starting_loss, abs=1e-6)
+            assert other.loss_after[k] == pytest.approx(loss, abs=1e-6)
+            assert other.squared_weight_change[k] == pytest.approx(total_dist, rel=1e-4)
+    # the reference model sees the same 96 tokens under the same autocast
+    own = ce_diagnostic(model, rows, lr=0.05, mode="official", reference_model=model, show_progress=False)
+    assert own.reference_loss == pytest.approx(own.loss, abs=1e-6)
+
+
+def test_default_ce_diagnostic_unchanged_by_the_new_options():
+    model = tiny_causal_lm("llama", hidden=32)
+    rows = random_windows(n=2)
+    plain = ce_diagnostic(model, rows, lr=0.05, show_progress=False)
+    same = ce_diagnostic(model, rows, lr=0.05, steps=1, mode="default", autocast_dtype="float32", show_progress=False)
+    assert plain == same and plain.steps == 1 and plain.steps_taken == [1, 1] and plain.autocast_dtype is None
+    assert plain.squared_weight_change == pytest.approx([w**2 for w in plain.weight_change])
+    half = ce_diagnostic(model, rows, lr=0.05, autocast_dtype=torch.float16, show_progress=False)
+    assert half.autocast_dtype == "float16" and half.loss != plain.loss
+    assert half.loss == pytest.approx(plain.loss, abs=1e-2)
+
+
+def forbid_forward(model):
+    def hook(*_):
+        raise AssertionError("a forward pass ran before the arguments were checked")
+
+    return model.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"min_new_tokens": -1}, r"`min_new_tokens` must be an integer in \[0, suffix_len\] = \[0, 10\]"),
+        ({"min_new_tokens": SUFFIX + 1}, r"`min_new_tokens` must be an integer in \[0, suffix_len\]"),
+        ({"min_new_tokens": 2.0}, r"`min_new_tokens` must be an integer in \[0, suffix_len\]"),
+        ({"min_new_tokens": np.float64(2)}, r"`min_new_tokens` must be an integer in \[0, suffix_len\]"),
+        ({"min_new_tokens": "3"}, r"`min_new_tokens` must be an integer in \[0, suffix_len\]"),
+        ({"min_new_tokens": True}, r"`min_new_tokens` must be an integer in \[0, suffix_len\]"),
+        ({"min_new_tokens": None}, r"`min_new_tokens` must be an integer in \[0, suffix_len\]"),
+        ({"noise_dtype": "float16"}, "`noise_dtype` must be one of 'float32', 'model', got 'float16'"),
+        ({"noise_dtype": "Model"}, "`noise_dtype` must be one of 'float32', 'model'"),
+        ({"noise_dtype": torch.float32}, "`noise_dtype` must be one of 'float32', 'model'"),
+        ({"noise_dtype": None}, "`noise_dtype` must be one of 'float32', 'model'"),
+        ({"noise_dtype": ["model"]}, "`noise_dtype` must be one of 'float32', 'model'"),
+    ],
+)
+def test_scan_bad_official_options(kwargs, match):
+    model = tiny_causal_lm("llama")
+    saved = snapshot(model)
+    handle = forbid_forward(model)
+    with pytest.raises(ValueError, match=match):
+        latent_memorization_scan(model, random_windows(n=2), PREFIX, SUFFIX, show_progress=False, **kwargs)
+    handle.remove()
+    assert_restored(model, saved)
+
+
+def test_scan_min_new_tokens_needs_an_eos():
+    model = tiny_causal_lm("llama")
+    model.generation_config.eos_token_id = None
+    model.config.eos_token_id = None
+    handle = forbid_forward(model)
+    with pytest.raises(ValueError, match="`min_new_tokens` = 3 suppresses EOS, but the model has no eos_token_id"):
+        latent_memorization_scan(model, random_windows(n=2), PREFIX, SUFFIX, min_new_tokens=3, show_progress=False)
+    handle.remove()
+    scan = latent_memorization_scan(model, random_windows(n=2), PREFIX, SUFFIX, n_perturbations=1, show_progress=False)
+    assert scan.config["min_new_tokens"] == 0
+    model.generation_config.eos_token_id = [2, 500]
+    with pytest.raises(ValueError, match=r"eos_token_id \[2, 500\] is not a token id of its vocabulary"):
+        latent_memorization_scan(model, random_windows(n=2), PREFIX, SUFFIX, min_new_tokens=3, show_progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"mode": "Official"}, "`mode` must be one of 'default', 'official', got 'Official'"),
+        ({"mode": "paper"}, "`mode` must be one of 'default', 'official'"),
+        ({"mode": None}, "`mode` must be one of 'default', 'official'"),
+        ({"mode": 1}, "`mode` must be one of 'default', 'official'"),
+        ({"mode": ["official"]}, "`mode` must be one of 'default', 'official'"),
+        ({"mode": "official", "steps": 1}, "`steps` must be None or 2 with mode='official'"),
+        ({"mode": "official", "steps": 3}, "`steps` must be None or 2 with mode='official'"),
+        ({"steps": 1.0}, "`steps` must be an integer >= 1"),
+        ({"steps": np.float32(1)}, "`steps` must be an integer >= 1"),
+        ({"autocast_dtype": "fp16"}, "`autocast_dtype` must be None, 'float16', 'bfloat16' or 'float32'"),
+        ({"autocast_dtype": "float64"}, "`autocast_dtype` must be None, 'float16', 'bfloat16' or 'float32'"),
+        ({"autocast_dtype": torch.float64}, "`autocast_dtype` must be None, 'float16', 'bfloat16' or 'float32'"),
+        ({"autocast_dtype": np.float16}, "`autocast_dtype` must be None, 'float16', 'bfloat16' or 'float32'"),
+        ({"autocast_dtype": 16}, "`autocast_dtype` must be None, 'float16', 'bfloat16' or 'float32'"),
+        ({"autocast_dtype": ["float16"]}, "`autocast_dtype` must be None, 'float16', 'bfloat16' or 'float32'"),
+    ],
+)
+def test_ce_diagnostic_bad_official_options(kwargs, match):
+    model, reference = tiny_causal_lm("llama"), tiny_causal_lm("llama", seed=1)
+    saved = snapshot(model)
+    handles = [forbid_forward(model), forbid_forward(reference)]
+    with pytest.raises(ValueError, match=match):
+        ce_diagnostic(model, random_windows(n=2), show_progress=False, reference_model=reference, **kwargs)
+    for handle in handles:
+        handle.remove()
+    assert_restored(model, saved)
+
+
+def test_autocast_a_torch_lacks_is_refused(monkeypatch):
+    """Where torch has no autocast for the dtype on the device it warns and runs in float32: refuse instead."""
+    model = tiny_causal_lm("llama")
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda *_: False)
+    with pytest.raises(ValueError, match="`autocast_dtype` = 'float16': torch .* has no float16 autocast on cpu"):
+        ce_diagnostic(model, random_windows(n=2), mode="official", show_progress=False)
+    assert ce_diagnostic(model, random_windows(n=2), mode="official", autocast_dtype="float32", show_progress=False)
+
+
+def test_official_options_take_numpy_scalars():
+    model = tiny_causal_lm("llama", hidden=32)
+    rows = random_windows(n=2)
+    result = ce_diagnostic(model, rows, lr=np.float32(0.05), steps=np.int64(2), mode=np.str_("official"))
+    assert result.mode == "official" and type(result.mode) is str and result.steps == 2 and type(result.steps) is int
+    scan = latent_memorization_scan(
+        model, rows, PREFIX, SUFFIX, n_perturbations=1, min_new_tokens=np.int64(SUFFIX), noise_dtype=np.str_("model")
+    )
+    assert scan.config["noise_dtype"] == "model" and type(scan.config["noise_dtype"]) is str
 
 
 @pytest.mark.slow
