@@ -35,6 +35,7 @@ _LAZY = {
     ],
     "extraction": ["ExtractionResult", "extraction_scores", "measure_extraction"],
     "fastmem": [
+        "FASTMEM_PRESETS",
         "FastMem",
         "FastMemCallback",
         "FastMemConfig",
@@ -100,6 +101,7 @@ if TYPE_CHECKING:
     from .data import document_windows, load_token_sequences, stdlib_docstrings, word_level_tokenizer
     from .extraction import ExtractionResult, extraction_scores, measure_extraction
     from .fastmem import (
+        FASTMEM_PRESETS,
         FastMem,
         FastMemCallback,
         FastMemConfig,

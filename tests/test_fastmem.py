@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import json
+
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from hf_memory import FastMem, FastMemConfig, context_as_assistant_turn, fastmem_generate
+from hf_memory import FastMem, FastMemConfig, context_as_assistant_turn, fastmem_generate, is_memorizing
+from hf_memory.fastmem import FASTMEM_PRESETS
 from tests.conftest import tiny_causal_lm
 
 
@@ -160,19 +167,22 @@ def decoder_models():
     return {name: case for name, case in CASES.items() if not name.startswith("t5")}
 
 
+@pytest.mark.parametrize("layers", [None, 2, [0, 2]])
 @pytest.mark.parametrize("arch", sorted(decoder_models()))
-def test_fast_path_trains_the_same_weights_as_full_forwards(arch):
-    """The cached-trunk steps (FFN -> norm -> lm_head) must equal re-running the whole model every step."""
+def test_fast_path_trains_the_same_weights_as_full_forwards(arch, layers):
+    """The cached-trunk steps (FFN -> norm -> lm_head, or the layers from the earliest trained one -> norm ->
+    lm_head) must equal re-running the whole model every step."""
     model_class, config, *_ = decoder_models()[arch]
     torch.manual_seed(0)
     model = model_class(config).eval()
     ids = torch.randint(3, 64, (2, 14), generator=torch.Generator().manual_seed(1))
     if arch == "mixtral":
         with pytest.raises(NotImplementedError, match="fused expert parameters"):
-            FastMem(model)
+            FastMem(model, FastMemConfig(layers=layers))
         return
-    fastmem = FastMem(model, FastMemConfig(steps=4, lr=1e-2))
+    fastmem = FastMem(model, FastMemConfig(steps=4, lr=1e-2, layers=layers))
     assert fastmem.ffn.fast_path == (arch not in ("opt", "gemma2", "gemma3_text"))
+    assert fastmem.ffn.ffn_only == (fastmem.ffn.fast_path and layers is None)
     trained = []
     for fast in (fastmem.ffn.fast_path, False):
         fastmem.ffn.fast_path = fast
@@ -180,7 +190,7 @@ def test_fast_path_trains_the_same_weights_as_full_forwards(arch):
             trained.append(
                 {name: {k: t.clone() for k, t in tensors.items()} for name, tensors in fastmem.ffn.rows.items()}
             )
-            assert memorized.fast_path == fast and memorized.cache is not None
+            assert memorized.fast_path == fast and (memorized.cache is not None) == (layers is None)
     for name, tensors in trained[0].items():
         for key, value in tensors.items():
             torch.testing.assert_close(value, trained[1][name][key], rtol=1e-4, atol=1e-5)
@@ -225,10 +235,13 @@ def reference_answers(model, prompts, config):
     return answers
 
 
-def test_kv_cache_reuse_and_batches_give_the_same_tokens(tiny_arch):
+@pytest.mark.parametrize("layers", [None, 2])
+def test_kv_cache_reuse_and_batches_give_the_same_tokens(tiny_arch, layers):
+    """With the last FFN alone, generation resumes from the memorization's cache; with both layers (`layers=2`) it
+    prefills again. Either way, and in a left-padded batch, the tokens are those of memorizing each prompt alone."""
     model = tiny_causal_lm(tiny_arch, hidden=32).eval()
     before = snapshot(model)
-    config = FastMemConfig(steps=4, lr=3e-2)
+    config = FastMemConfig(steps=4, lr=3e-2, layers=layers)
     g = torch.Generator().manual_seed(2)
     prompts = [torch.randint(3, 128, (12,), generator=g), torch.randint(3, 128, (9,), generator=g)]
     expected = reference_answers(model, prompts, config)
@@ -284,7 +297,7 @@ def test_lora_updates_only_low_rank_and_restores(model):
     with FastMem(model, FastMemConfig(steps=3, lr=3e-2, lora=only_up)).memorize(ids):
         changed = {k for k, v in model.state_dict().items() if not torch.equal(before[0][k], v)}
     assert changed == {"model.layers.1.mlp.up_proj.weight"}
-    with pytest.raises(ValueError, match="names none of this layer's FFN modules"):
+    with pytest.raises(ValueError, match="names none of the trained layers' FFN modules"):
         FastMem(model, FastMemConfig(lora=LoraConfig(r=2, target_modules=["q_proj"])))
     for bad, match in [("lora", "`lora` must be None or a peft.LoraConfig"), (LoraConfig(use_dora=True), "use_dora")]:
         with pytest.raises(ValueError, match=match):
@@ -412,3 +425,313 @@ def test_counterfactual_qa_example_runs(smollm2):
     results = main(limit=2, model=model, tokenizer=tokenizer)
     assert set(results) == {"zero-shot", "FastMem", "FastMem+CD (α=0.5)"}
     assert all(0 <= r["context"] <= 1 and len(r["answers"]) == 2 for r in results.values())
+
+
+# --- the official settings: weight decay, several layers, autocast, presets ---------------------------------------
+
+
+def reference_memorize(model, ids, loss_mask, names, config):
+    """The official loop, written plainly: a full forward every step, CrossEntropy + λ·KL(batchmean) against the
+    step-0 log-probabilities in float32, torch AdamW, one clip over all trained weights (the Trainer's)."""
+    params = [p for n, p in model.named_parameters() if n in names]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    targets, selected = ids[1:][loss_mask[1:]], loss_mask[1:]
+    reference = None
+    for _ in range(config.steps):
+        dtype = config.autocast_dtype
+        with torch.autocast("cpu", dtype=getattr(torch, dtype)) if dtype else contextlib.nullcontext():
+            logits = model(input_ids=ids[None, :-1]).logits[0]
+        log_probs = F.log_softmax(logits.float()[selected], dim=-1)
+        if reference is None:
+            reference = log_probs.detach()
+        kl = F.kl_div(log_probs, reference, log_target=True, reduction="batchmean")
+        loss = F.nll_loss(log_probs, targets) + config.kl_weight * kl
+        optimizer.zero_grad()
+        loss.backward()
+        if config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+    return {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
+
+
+def memorized_and_reference(config, fast=True, layers=3, seed=0):
+    """Our memorized weights (read inside the block), the reference loop's, the original weights, and the names."""
+    model = tiny_causal_lm("llama", hidden=32, layers=layers).eval()
+    original = copy.deepcopy(model.state_dict())
+    twin = copy.deepcopy(model)
+    ids = torch.randint(3, 128, (20,), generator=torch.Generator().manual_seed(seed))
+    loss_mask = torch.arange(20) >= 6  # memorize part of the prompt
+    fastmem = FastMem(model, config)
+    fastmem.ffn.fast_path = fast and fastmem.ffn.fast_path
+    names = [n for n, _ in model.named_parameters() if n.rpartition(".")[0] in fastmem.ffn.linears]
+    before = snapshot(model)
+    with fastmem.memorize(ids, loss_mask=loss_mask) as memorized:
+        inside = {k: v.clone() for k, v in model.state_dict().items()}
+    assert_restored(model, before)
+    assert memorized.fast_path == (fast and fastmem.ffn.fast_path)
+    return inside, reference_memorize(twin, ids, loss_mask, names, config), original, names
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("layers,trained", [(2, {1, 2}), ([0, 2], {0, 2}), ([-1, 0], {0, 2}), (None, {2})])
+def test_multi_layer_update_equals_a_full_forward_reference_loop(layers, trained, fast):
+    # max_grad_norm 0.05 is below every step's gradient norm here (0.18 to 0.42): the joint clip acts at each step
+    config = FastMemConfig(steps=5, lr=1e-2, kl_weight=0.5, weight_decay=0.1, max_grad_norm=0.05, layers=layers)
+    inside, expected, original, names = memorized_and_reference(config, fast=fast)
+    assert {int(name.split(".")[2]) for name in names} == trained
+    for name in names:  # every trained weight moved (by up to 5e-2), and as the reference loop moved it
+        assert not torch.equal(inside[name], original[name])
+        # 1 % of lr: AdamW's first step is lr·g/(|g| + ε), so the rare element whose gradient is about ε (1 of 2048
+        # here) moves by a fraction of lr that float32 rounding of g shifts by up to 2e-5; all others agree to 1e-6
+        torch.testing.assert_close(inside[name], expected[name], rtol=0, atol=1e-4)
+    untouched = [k for k in original if k not in names]
+    assert {int(k.split(".")[2]) for k in untouched if ".mlp." in k} == {0, 1, 2} - trained
+    assert all(torch.equal(inside[k], original[k]) for k in untouched)  # bit-identical, other layers' FFNs too
+
+
+@pytest.mark.parametrize("layers", [None, 2])
+def test_bf16_autocast_matches_an_autocast_reference(layers):
+    config = FastMemConfig(steps=4, lr=1e-2, kl_weight=0.3, layers=layers, autocast_dtype="bfloat16")
+    inside, expected, original, names = memorized_and_reference(config)
+    fp32, *_ = memorized_and_reference(FastMemConfig(steps=4, lr=1e-2, kl_weight=0.3, layers=layers))
+    for name in names:
+        assert inside[name].dtype == torch.float32  # autocast: the weights and AdamW stay float32
+        torch.testing.assert_close(inside[name], expected[name], rtol=0, atol=1e-5)
+    assert any(not torch.equal(inside[name], fp32[name]) for name in names)  # bf16 really was used
+
+
+def test_weight_decay_matches_a_hand_computed_adamw_step():
+    """One AdamW step: p ← p·(1 − lr·λ) − lr·m̂/(√v̂ + ε), with m̂ = g and v̂ = g² after bias correction (decoupled:
+    the decay never enters the gradient or the moments)."""
+    lr, decay, eps = 1e-2, 5.0, 1e-8
+    model = tiny_causal_lm("llama", hidden=32).eval()
+    twin = copy.deepcopy(model)
+    ids = torch.randint(3, 128, (16,), generator=torch.Generator().manual_seed(3))
+    config = FastMemConfig(steps=1, lr=lr, weight_decay=decay, max_grad_norm=None)
+    with FastMem(model, config).memorize(ids):
+        inside = {n: p.detach().clone() for n, p in model.named_parameters() if ".1.mlp." in n}
+    names = list(inside)
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    params = [twin.get_parameter(n).requires_grad_() for n in names]
+    F.cross_entropy(twin(input_ids=ids[None, :-1]).logits[0], ids[1:]).backward()
+    for name, p in zip(names, params):
+        g = p.grad
+        by_hand = p.detach() * (1 - lr * decay) - lr * g / (g.abs() + eps)
+        torch.testing.assert_close(inside[name], by_hand, rtol=0, atol=1e-5)  # measured: 1.4e-7
+        assert (inside[name] - (p.detach() - lr * g / (g.abs() + eps))).abs().max() > 1e-3  # the decay mattered
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"layers": "2"}, "`layers` must be an integer n >= 1 for the last n layers"),
+        ({"layers": 1.5}, "`layers`"),
+        ({"layers": True}, "`layers`"),
+        ({"layers": 0}, "`layers`"),
+        ({"layers": -2}, "`layers`"),
+        ({"layers": []}, "`layers`.*got \\[\\]"),
+        ({"layers": [1, 1]}, "`layers`.*distinct"),
+        ({"layers": [0, "1"]}, "`layers`"),
+        ({"layers": [0, 1.0]}, "`layers`"),
+        ({"layers": {0, 1}}, "`layers`"),
+        ({"layers": np.float64(2)}, "`layers`"),
+        ({"layers": np.zeros((1, 1), dtype=int)}, "`layers`"),
+        ({"layer": 0, "layers": 2}, "Set `layer` \\(one layer\\) or `layers`.*not both"),
+        ({"layer": -1, "layers": [-1]}, "not both"),
+        ({"layer": "0"}, "`layer` must be an integer"),
+        ({"weight_decay": -0.01}, "`weight_decay` must be a finite number >= 0"),
+        ({"weight_decay": float("nan")}, "`weight_decay`"),
+        ({"weight_decay": True}, "`weight_decay`"),
+        ({"autocast_dtype": "bf16"}, "`autocast_dtype` must be one of 'bfloat16', 'float16', None"),
+        ({"autocast_dtype": "float32"}, "`autocast_dtype`"),
+        ({"autocast_dtype": torch.float32}, "`autocast_dtype`"),
+        ({"autocast_dtype": ["bfloat16"]}, "`autocast_dtype`"),
+        ({"autocast_dtype": 16}, "`autocast_dtype`"),
+    ],
+)
+def test_config_rejects_hostile_values_of_the_new_fields(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FastMemConfig(**kwargs)
+
+
+def test_config_takes_numpy_and_torch_values_and_stores_plain_ones():
+    config = FastMemConfig(layers=np.int64(2), weight_decay=np.float32(0.5), autocast_dtype=torch.bfloat16, layer=None)
+    assert (config.layers, config.weight_decay, config.autocast_dtype) == (2, 0.5, "bfloat16")
+    assert type(config.layers) is int and type(config.weight_decay) is float
+    listed = FastMemConfig(layers=np.array([0, -1]))
+    assert listed.layers == [0, -1] and all(type(i) is int for i in listed.layers)
+    assert FastMemConfig(layers=(np.int32(1), 2)).layers == [1, 2]
+    assert FastMemConfig(layers=torch.tensor([2])).layers == [2]
+    assert FastMemConfig(layer=np.int8(-2)).layer == -2
+
+
+def test_new_fields_save_load_and_old_configs_still_load(tmp_path):
+    config = FastMemConfig(layers=[0, -1], weight_decay=0.01, autocast_dtype="float16", steps=3)
+    config.save_pretrained(tmp_path / "new")
+    assert FastMemConfig.from_pretrained(tmp_path / "new") == config
+    saved = json.loads((tmp_path / "new" / FastMemConfig.config_name).read_text())
+    assert saved["layers"] == [0, -1] and saved["weight_decay"] == 0.01 and saved["autocast_dtype"] == "float16"
+    # a file written before these fields existed: `layer` -1, no `layers`, `weight_decay` or `autocast_dtype`
+    old = {"steps": 10, "lr": 1e-4, "kl_weight": 0.1, "layer": -1, "lora": None, "max_grad_norm": 1.0}
+    old["contrastive"] = 0.0
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / FastMemConfig.config_name).write_text(json.dumps(old))
+    loaded = FastMemConfig.from_pretrained(tmp_path / "old")
+    assert (loaded.layer, loaded.layers, loaded.weight_decay, loaded.autocast_dtype) == (-1, None, 0.0, None)
+    assert loaded.layer_indices(4) == FastMemConfig().layer_indices(4) == [3]
+    with pytest.raises(ValueError, match="not both"):  # an override that contradicts the file
+        FastMemConfig.from_pretrained(tmp_path / "old", layers=2)
+    assert FastMemConfig.from_pretrained(tmp_path / "old", layer=None, layers=2).layers == 2
+
+
+# Read off the official scripts: scripts/run_qa.sh (lr 1e-5, kl_coeff 0.1, 10 epochs = steps with one example) and
+# the table in scripts/run_summary.sh ("Ours" and "Ours+CD"); AdamW without weight_decay (torch's 0.01), --bf16 True.
+OFFICIAL = {
+    "qa": (10, 1e-5, 0.1, 0.0),
+    "qa_cd": (10, 1e-5, 0.1, 0.5),
+    "xsum": (10, 1e-5, 1.0, 0.0),
+    "xsum_cd": (10, 1e-5, 0.3, 0.5),
+    "cnndm": (10, 3e-6, 1.0, 0.0),
+    "cnndm_cd": (10, 3e-6, 0.01, 0.5),
+    "wikihow": (20, 1e-5, 0.03, 0.0),
+    "wikihow_cd": (20, 1e-5, 0.03, 0.5),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(OFFICIAL))
+def test_presets_hold_the_official_settings(preset, tmp_path):
+    config = FastMemConfig.from_preset(preset)
+    assert (config.steps, config.lr, config.kl_weight, config.contrastive) == OFFICIAL[preset]
+    assert (config.weight_decay, config.max_grad_norm, config.autocast_dtype) == (0.01, 1.0, "bfloat16")
+    assert (config.layer, config.layers, config.lora) == (None, None, None)  # the last layer's FFN, full rank
+    config.save_pretrained(tmp_path)
+    assert FastMemConfig.from_pretrained(tmp_path) == config
+
+
+def test_presets_take_overrides_and_refuse_unknown_names():
+    assert set(FASTMEM_PRESETS) == set(OFFICIAL)
+    config = FastMemConfig.from_preset("cnndm", layers=2, autocast_dtype=None)
+    assert (config.lr, config.layers, config.autocast_dtype) == (3e-6, 2, None)
+    with pytest.raises(ValueError, match="`preset` must be one of 'qa', 'qa_cd', 'xsum'.*'wikihow_cd', got 'cnn'"):
+        FastMemConfig.from_preset("cnn")
+    for bad in (None, ["qa"], 1):
+        with pytest.raises(ValueError, match="`preset` must be one of"):
+            FastMemConfig.from_preset(bad)
+    with pytest.raises(ValueError, match="Unknown FastMemConfig field"):
+        FastMemConfig.from_preset("qa", learning_rate=1e-5)
+    with pytest.raises(ValueError, match="`kl_weight`"):
+        FastMemConfig.from_preset("qa", kl_weight=-1)
+    assert FASTMEM_PRESETS["qa"]["lr"] == 1e-5  # from_preset never writes into the table
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"layers": [5]}, "`layers` \\[5\\] holds \\[5\\], out of range for the 2 layers.*-2 to 1"),
+        ({"layers": [0, -3]}, "`layers`.*out of range"),
+        ({"layers": 3}, "`layers`=3 asks for the last 3 layers, but this model has 2"),
+        ({"layers": [-1, 1]}, "`layers` \\[-1, 1\\] names a layer twice"),
+        ({"layer": -3}, "layer=-3 is out of range for the 2 layers.*-2 to 1"),
+    ],
+)
+def test_layers_that_do_not_fit_the_model_are_refused_before_any_work(model, kwargs, match):
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=match):
+        FastMem(model, FastMemConfig(**kwargs))
+    assert_restored(model, before)
+    assert not is_memorizing(model) and all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_several_layers_generate_without_the_cache_and_restore(model):
+    """Two layers' FFNs change the last layer's keys and values: generation prefills again, and equals generating
+    from scratch inside `memorize`. Contrastive decoding needs the last layer alone."""
+    prompt = torch.randint(3, 128, (12,), generator=torch.Generator().manual_seed(6))
+    before = snapshot(model)
+    config = FastMemConfig(steps=4, lr=3e-2, layers=2, weight_decay=0.01)
+    with FastMem(model, config).memorize(prompt) as memorized:
+        assert memorized.cache is None and memorized.fast_path
+        expected = model.generate(input_ids=prompt[None], **GREEDY)
+    assert torch.equal(fastmem_generate(model, prompt, config, **GREEDY), expected)
+    assert_restored(model, before)
+    for bad in ({"layers": 2}, {"layers": [-1, 0]}, {"layer": 0}):
+        with pytest.raises(NotImplementedError, match="`contrastive` needs the last layer's FFN alone"):
+            FastMem(model, FastMemConfig(contrastive=0.5, **bad))
+    FastMem(model, FastMemConfig(contrastive=0.5, layers=[-1]))  # the last layer alone, written as a list
+
+
+@pytest.mark.parametrize("contrastive", [0.0, 0.5])
+def test_autocast_generation_reuses_the_cache_and_matches_autocast_decoding(model, contrastive):
+    prompt = torch.randint(3, 128, (12,), generator=torch.Generator().manual_seed(7))
+    before = snapshot(model)
+    config = FastMemConfig(steps=4, lr=3e-2, autocast_dtype="bfloat16", contrastive=contrastive)
+    with FastMem(model, config).memorize(prompt) as memorized:
+        assert memorized.cache is not None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = model.generate(input_ids=prompt[None], **GREEDY)
+    assert torch.equal(fastmem_generate(model, prompt, config, **GREEDY), expected)
+    assert_restored(model, before)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        FastMemConfig(steps=2, lr=1e-2, layers=2, weight_decay=0.1),
+        FastMemConfig(steps=2, lr=1e-2, layers=[0], autocast_dtype="bfloat16"),
+        FastMemConfig(steps=2, lr=1e-2, layer=0, autocast_dtype="float16", contrastive=0.0),
+    ],
+)
+def test_every_new_setting_restores_the_model_on_an_exception(model, config):
+    model.eval()
+    before = snapshot(model)
+    batch = torch.randint(3, 128, (2, 10), generator=torch.Generator().manual_seed(8))
+    for prompts in (batch[0], batch):  # one prompt (weights written in) and a batch (per-prompt rows)
+        with pytest.raises(KeyboardInterrupt):
+            with FastMem(model, config).memorize(prompts):
+                raise KeyboardInterrupt
+        assert_restored(model, before)
+        assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_lora_over_several_layers(model):
+    from peft import LoraConfig
+
+    from hf_memory import last_ffn_lora_config
+
+    ids = torch.randint(0, 128, (24,), generator=torch.Generator().manual_seed(9))
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="names none of the FFN modules of trained layer\\(s\\) \\[0\\]"):
+        FastMem(model, FastMemConfig(layers=2, lora=last_ffn_lora_config(model, r=2)))
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["mlp.down_proj"])
+    with FastMem(model, FastMemConfig(steps=4, lr=3e-2, layers=2, lora=lora)).memorize(ids):
+        changed = {k for k, v in model.state_dict().items() if not torch.equal(before[0][k], v)}
+        deltas = [model.get_parameter(k).detach() - before[0][k] for k in sorted(changed)]
+    assert changed == {"model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"}
+    assert all(0 < torch.linalg.matrix_rank(d) <= 2 for d in deltas)
+    assert_restored(model, before)
+
+
+def test_a_rerun_that_does_not_reproduce_the_model_falls_back_to_full_forwards(model, monkeypatch):
+    ids = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(10))
+    fastmem = FastMem(model, FastMemConfig(steps=3, lr=1e-2, layers=2))
+    fastmem.ffn.fast_path = False
+    with fastmem.memorize(ids):
+        expected = {name: {k: t.clone() for k, t in tensors.items()} for name, tensors in fastmem.ffn.rows.items()}
+    fastmem.ffn.fast_path = True
+    run_trunk = fastmem._run_trunk
+
+    def corrupted(*args, **kwargs):  # as if a layer read something the captured call does not hold
+        trunk = run_trunk(*args, **kwargs)
+        trunk["layer"] = trunk["layer"] + 1.0
+        return trunk
+
+    monkeypatch.setattr(fastmem, "_run_trunk", corrupted)
+    with fastmem.memorize(ids) as memorized:
+        assert not memorized.fast_path
+        for name, tensors in fastmem.ffn.rows.items():
+            for key, value in tensors.items():
+                torch.testing.assert_close(value, expected[name][key], rtol=0, atol=1e-6)

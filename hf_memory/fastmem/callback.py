@@ -70,7 +70,7 @@ class FastMemCallback(TrainerCallback):
 
         Raises:
             NotImplementedError: If FastMem does not support the model (see `FastMem`).
-            ValueError: If the config's `layer` or `lora` does not fit the model.
+            ValueError: If the config's `layer`, `layers` or `lora` does not fit the model.
             RuntimeError: If another `FastMemCallback` already wraps the model's `generate`.
         """
         if model is not None:
@@ -87,7 +87,7 @@ class FastMemCallback(TrainerCallback):
 
         Raises:
             NotImplementedError: If FastMem does not support the model (see `FastMem`).
-            ValueError: If the config's `layer` or `lora` does not fit the model.
+            ValueError: If the config's `layer`, `layers` or `lora` does not fit the model.
             RuntimeError: If another `FastMemCallback` already wraps the model's `generate`.
         """
         FastMem(model, self.config)  # validates the architecture, layer and contrastive setting now, not mid-eval

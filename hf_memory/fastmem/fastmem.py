@@ -1,18 +1,20 @@
 """FastMem (Zhu et al. 2024): memorize the prompt before answering, so an instruction model follows its context.
 
-Before generating, only one layer's feed-forward block (by default the last) is fine-tuned for a few steps to raise
-the likelihood of the prompt, with a KL term that keeps the next-token distributions near the original model's.
-`FastMem.memorize` is a context manager: inside it the model generates with the memorized weights; on every exit
-(normal, exception, KeyboardInterrupt) the parameters, their `requires_grad` and `.grad`, and `model.training` are
-restored bit for bit.
+Before generating, only some layers' feed-forward blocks (by default the last layer's) are fine-tuned for a few steps
+to raise the likelihood of the prompt, with a KL term that keeps the next-token distributions near the original
+model's. `FastMem.memorize` is a context manager: inside it the model generates with the memorized weights; on every
+exit (normal, exception, KeyboardInterrupt) the parameters, their `requires_grad` and `.grad`, and `model.training`
+are restored bit for bit.
 
-Why it is fast. Only the FFN of the last layer changes, so everything below it is computed once: the first forward
-caches the FFN's input and the rest of the layer's output, and every step is FFN → final norm → lm_head, with the
-loss's gradient with respect to the logits written in one pass (`MemorizationLoss`). The keys and values of every
-layer are unchanged by FastMem, so when the memorized tokens are the prompt, generation resumes from that first
-forward's KV cache. Contrastive decoding runs one trunk and two FFN heads (memorized and original) per token. A batch
-of prompts is memorized at once: each prompt gets its own copy of the FFN weights (a leading batch dimension), which
-AdamW updates independently, and the FFN's linear modules apply each row's weights to its own row.
+Why it is fast. Only the trained FFNs change, so everything below the earliest of them is computed once: the first
+forward caches the inputs of the layers from there up. When only the last layer's FFN is trained, every step is
+FFN → final norm → lm_head (the rest of that layer's output is cached too); otherwise every step re-runs the layers
+from the earliest trained one, then final norm → lm_head. The loss's gradient with respect to the logits is written
+in one pass (`MemorizationLoss`). The keys and values of every layer are unchanged by the last layer's FFN, so when
+the memorized tokens are the prompt and only that FFN is trained, generation resumes from that first forward's KV
+cache. Contrastive decoding runs one trunk and two FFN heads (memorized and original) per token. A batch of prompts
+is memorized at once: each prompt gets its own copy of the FFN weights (a leading batch dimension), which AdamW
+updates independently, and the FFN's linear modules apply each row's weights to its own row.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from transformers.cache_utils import Cache
 from transformers.utils import logging
 
 from .._utils import (
@@ -76,11 +79,12 @@ class MemorizedPrompt:
         loss: Per step, NLL + λ·KL averaged over each prompt's memorized tokens, then over the prompts.
         nll: Per step, the negative log-likelihood of the memorized tokens, averaged the same way.
         kl: Per step, KL(p_original ‖ p_current) over the memorized positions, averaged the same way (0 at step 0).
-        cache: The KV cache of `input_ids[:, :-1]` from the first forward, kept when the memorized FFN is the last
-            layer's (no key or value depends on it); None otherwise. Pass it to `generate` with the same
-            `input_ids`, as `cache` or `past_key_values` (the keyword the transformers version uses).
-        fast_path: Whether the steps ran only FFN -> final norm -> lm_head on cached inputs; False when each step ran
-            a full forward.
+        cache: The KV cache of `input_ids[:, :-1]` from the first forward, kept when the only memorized FFN is the
+            last layer's (no key or value depends on it); None otherwise. Pass it to `generate` with the same
+            `input_ids`, as `cache` or `past_key_values` (the keyword the transformers version uses); with
+            `autocast_dtype` set it was computed under autocast, so decode under the same `torch.autocast`.
+        fast_path: Whether the steps ran on cached inputs (FFN -> final norm -> lm_head, or the layers from the
+            earliest trained one); False when each step ran a full forward.
     """
 
     loss: list[float] = field(default_factory=list)
@@ -91,9 +95,9 @@ class MemorizedPrompt:
 
 
 class FastMem:
-    """Memorize prompts into one FFN of `model`, temporarily.
+    """Memorize prompts into one or more FFNs of `model`, temporarily.
 
-    Building a `FastMem` checks the model, layer and settings; `memorize` does the work.
+    Building a `FastMem` checks the model, layers and settings; `memorize` does the work.
 
     Args:
         model: A decoder-only transformers causal LM whose FFN layout hf-memory knows (see `last_ffn_modules`).
@@ -105,10 +109,11 @@ class FastMem:
 
     Raises:
         TypeError: If `config` is not a `FastMemConfig`.
-        ValueError: If `config.layer` is out of range for the model, or `config.lora` targets none of its FFN modules.
+        ValueError: If `config.layer` or `config.layers` is out of range for the model or names a layer twice, or
+            `config.lora` targets none of a trained layer's FFN modules.
         NotImplementedError: If the model is encoder-decoder or of an unsupported architecture, its FFN has no
-            linear modules (fused experts), or `contrastive` is set for an FFN other than the last layer's of an
-            architecture with a known final norm.
+            linear modules (fused experts), or `contrastive` is set for anything but the last layer's FFN alone in
+            an architecture with a known final norm.
 
     Example:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -133,14 +138,22 @@ class FastMem:
                 "FastMem memorizes the prompt of a decoder-only causal LM; this model is encoder-decoder."
             )
         self.ffn = MemorizedFFN(model, self.config)
-        if self.config.contrastive and not self.ffn.fast_path:
+        if self.config.contrastive and not self.ffn.ffn_only:
             raise NotImplementedError(
-                f"`contrastive` needs the last layer's FFN (layer=-1) of an architecture in {sorted(FINAL_NORM)}; "
-                f"got layer={self.config.layer} on {model.config.model_type!r}."
+                f"`contrastive` needs the last layer's FFN alone (layer and layers None, or layer=-1) of an "
+                f"architecture in {sorted(FINAL_NORM)}; got layer={self.config.layer}, layers={self.config.layers!r} "
+                f"on {model.config.model_type!r}."
             )
         self._cache_name, self._cache_of = cache_io(model)
         self._position_ids = "position_ids" in inspect.signature(model.forward).parameters
         self._logits_to_keep = supports_logits_to_keep(model)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """`torch.autocast` in the config's `autocast_dtype` on the model's device type, or a null context."""
+        if self.config.autocast_dtype is None:
+            return contextlib.nullcontext()
+        dtype = getattr(torch, self.config.autocast_dtype)
+        return torch.autocast(device_type=model_device(self.model).type, dtype=dtype)
 
     @contextlib.contextmanager
     def memorize(
@@ -149,12 +162,13 @@ class FastMem:
         loss_mask: torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]] | None = None,
         attention_mask: torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]] | None = None,
     ) -> Iterator[MemorizedPrompt]:
-        """Fine-tune the FFN on the prompt(s), yield a `MemorizedPrompt`, and restore the model on exit.
+        """Fine-tune the FFN(s) on the prompt(s), yield a `MemorizedPrompt`, and restore the model on exit.
 
-        Inside the block the model generates with the memorized weights (row r of a batch with prompt r's). On every
-        exit path (normal, exception, KeyboardInterrupt) the FFN's parameters and their `.grad`, every parameter's
-        `requires_grad` and `model.training` are restored bit for bit. Two `memorize` blocks cannot be active on one
-        model at once (a `RuntimeError`, also across threads).
+        Inside the block the model generates with the memorized weights (row r of a batch with prompt r's); with
+        `autocast_dtype` set, the memorization ran under `torch.autocast`, and decoding inside the block should too,
+        to match (`fastmem_generate` does so). On every exit path (normal, exception, KeyboardInterrupt) the FFNs'
+        parameters and their `.grad`, every parameter's `requires_grad` and `model.training` are restored bit for
+        bit. Two `memorize` blocks cannot be active on one model at once (a `RuntimeError`, also across threads).
 
         Args:
             input_ids: One prompt (1-D) or a left-padded batch (2-D) of token ids.
@@ -208,30 +222,27 @@ class FastMem:
         rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(mask)[mask]
         counts = mask.sum(1)
         weights = (1.0 / counts.float())[rows]
-        keep_cache = ffn.is_last_layer  # keys/values of every layer are unchanged by the last layer's FFN
+        keep_cache = ffn.only_last_layer  # keys/values of every layer are unchanged by the last layer's FFN
         result = MemorizedPrompt(fast_path=ffn.fast_path)
 
         trunk = self._run_trunk(inputs, in_mask, keep_cache) if ffn.fast_path else None
         if trunk is not None:
             result.cache = trunk.pop("cache")
-        else:
-            result.fast_path = False
 
         tensors = ffn.init_rows(ids.shape[0], config.lora)
         ffn.mode = "rows"
-        optimizer = torch.optim.AdamW(tensors, lr=config.lr, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(tensors, lr=config.lr, weight_decay=config.weight_decay)
         ref_probs = ref_neg_entropy = None
         for step in range(config.steps):
             with torch.enable_grad():
-                if trunk is not None:
-                    out = ffn.container(*trunk["args"], **trunk["kwargs"])
-                    hidden = (trunk["rest"] + out)[mask]
-                    logits = ffn.lm_head(ffn.norm(hidden))
-                else:
-                    output = model(**self._forward_kwargs(inputs, in_mask, keep_cache and step == 0))
-                    if step == 0 and keep_cache:
-                        result.cache = self._cache_of(output)
-                    logits = output.logits[mask]
+                with self._autocast():  # the forward only: the loss below is computed in float32
+                    logits = self._cached_logits(trunk, mask, check=step == 0) if trunk is not None else None
+                    if logits is None:
+                        trunk = None
+                        output = model(**self._forward_kwargs(inputs, in_mask, keep_cache and step == 0))
+                        if step == 0 and keep_cache:
+                            result.cache = self._cache_of(output)
+                        logits = output.logits[mask]
                 loss, nll, kl, ref_probs, ref_neg_entropy = MemorizationLoss.apply(
                     logits, targets, weights, float(config.kl_weight), ref_probs, ref_neg_entropy
                 )
@@ -244,14 +255,42 @@ class FastMem:
             result.loss.append(loss.item() / b)
             result.nll.append((torch.zeros(b, device=nll.device).index_add_(0, rows, nll * weights).sum() / b).item())
             result.kl.append((torch.zeros(b, device=kl.device).index_add_(0, rows, kl * weights).sum() / b).item())
+        result.fast_path = trunk is not None
         for t in tensors:
             t.grad = None
         return result
 
+    def _cached_logits(self, trunk: dict, mask: torch.Tensor, check: bool) -> torch.Tensor | None:
+        """The memorized positions' logits from the trunk's cached inputs: FFN -> norm -> lm_head, or the layers from
+        the earliest trained one -> norm -> lm_head. With `check`, None (use full forwards) if the re-run layers do
+        not give the trunk's last-layer output back."""
+        ffn = self.ffn
+        if ffn.ffn_only:
+            out = ffn.container(*trunk["args"], **trunk["kwargs"])
+            return ffn.lm_head(ffn.norm((trunk["rest"] + out)[mask]))
+        hidden = trunk["hidden"]
+        for layer, (args, kwargs) in zip(ffn.rerun, trunk["inputs"]):
+            out = (
+                layer(hidden, *args, **kwargs) if trunk["positional"] else layer(*args, hidden_states=hidden, **kwargs)
+            )
+            hidden = out[0] if isinstance(out, tuple) else out
+        expected = trunk["layer"]
+        if check and not torch.allclose(
+            hidden.detach().float(), expected.float(), equal_nan=True, **self._tolerance()
+        ):
+            logger.warning_once("FastMem: re-running the layers does not reproduce the model; using full forwards.")
+            return None
+        return ffn.lm_head(ffn.norm(hidden[mask]))
+
+    def _tolerance(self) -> dict[str, float]:
+        return {"atol": 1e-3, "rtol": 1e-3} if self.config.autocast_dtype is None else {"atol": 3e-2, "rtol": 3e-2}
+
     def _run_trunk(self, inputs, in_mask, keep_cache) -> dict | None:
-        """One no-grad forward with the original weights, capturing the FFN's inputs and what the layer adds to its
-        output. Returns None (full forward every step) if the layer's output does not decompose that way."""
-        ffn, captured = self.ffn, {}
+        """One no-grad forward with the original weights, capturing what the steps need: for `ffn_only`, the FFN's
+        inputs and what the layer adds to its output; otherwise the inputs of every layer to re-run. Returns None
+        (full forward every step) if the layer's output does not decompose that way or the head does not give the
+        model's logits back."""
+        ffn, captured, inputs_of = self.ffn, {}, {}
 
         def capture_container(_, args, kwargs, output):  # cloned: some layers add to it in place (Falcon)
             captured.update(
@@ -261,34 +300,48 @@ class FastMem:
         def capture_layer(_, __, output):
             captured["layer"] = output[0] if isinstance(output, tuple) else output
 
-        handles = [
-            ffn.container.register_forward_hook(capture_container, with_kwargs=True),
-            ffn.layer.register_forward_hook(capture_layer),
-        ]
+        def capture_inputs(index):
+            def hook(_, args, kwargs):
+                inputs_of.setdefault(index, (args, kwargs))
+
+            return hook
+
+        last = ffn.layer if ffn.ffn_only else ffn.rerun[-1]
+        handles = [last.register_forward_hook(capture_layer)]
+        if ffn.ffn_only:
+            handles.append(ffn.container.register_forward_hook(capture_container, with_kwargs=True))
+        else:
+            for index, layer in enumerate(ffn.rerun):
+                handles.append(layer.register_forward_pre_hook(capture_inputs(index), with_kwargs=True))
         kwargs = self._forward_kwargs(inputs, in_mask, keep_cache)
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = 1
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self._autocast():
                 output = self.model(**kwargs)
+                check = ffn.lm_head(ffn.norm(captured["layer"][:, -1:])) if "layer" in captured else None
         finally:
             for handle in handles:
                 handle.remove()
-        if not isinstance(captured.get("out"), torch.Tensor) or captured["out"].shape != captured["layer"].shape:
-            logger.warning_once("FastMem: the FFN output does not match the layer output; using full forwards.")
-            return None
-        rest = captured["layer"] - captured["out"]
-        with torch.no_grad():  # the decomposition must give the model's own last logits back
-            check = ffn.lm_head(ffn.norm(captured["layer"][:, -1:]))
-        if not torch.allclose(check.float(), output.logits[:, -1:].float(), atol=1e-3, rtol=1e-3):
+        # the head must give the model's own last logits back
+        if check is None or not torch.allclose(check.float(), output.logits[:, -1:].float(), **self._tolerance()):
             logger.warning_once("FastMem: final norm + lm_head do not reproduce the logits; using full forwards.")
             return None
-        return {
-            "args": captured["args"],
-            "kwargs": captured["kwargs"],
-            "rest": rest,
-            "cache": self._cache_of(output) if keep_cache else None,
-        }
+        trunk = {"layer": captured["layer"], "cache": self._cache_of(output) if keep_cache else None}
+        if ffn.ffn_only:
+            if not isinstance(captured.get("out"), torch.Tensor) or captured["out"].shape != captured["layer"].shape:
+                logger.warning_once("FastMem: the FFN output does not match the layer output; using full forwards.")
+                return None
+            trunk.update(args=captured["args"], kwargs=captured["kwargs"], rest=captured["layer"] - captured["out"])
+            return trunk
+        if len(inputs_of) != len(ffn.rerun):
+            logger.warning_once("FastMem: a layer to re-run was not called by the forward; using full forwards.")
+            return None
+        first_args, first_kwargs = inputs_of[0]
+        trunk["positional"] = bool(first_args)
+        trunk["hidden"] = first_args[0] if first_args else first_kwargs["hidden_states"]
+        trunk["inputs"] = [_replayable(*inputs_of[index]) for index in range(len(ffn.rerun))]
+        return trunk
 
     def _contrastive_hooks(self, alpha: float) -> list:
         """FastMem+CD on one trunk: the FFN output with the original weights is computed next to the memorized one,
@@ -344,7 +397,12 @@ def fastmem_generate(
     and return what `generate` returned.
 
     A batch of prompts (left-padded, with `attention_mask`) is memorized at once, one set of FFN weights per prompt.
-    When the prompt itself is memorized with the last layer's FFN, generation reuses the memorization's KV cache.
+    When the prompt itself is memorized into the last layer's FFN alone, generation reuses the memorization's KV
+    cache. With `autocast_dtype` set, `generate` runs under the same `torch.autocast` as the memorization.
+
+    The paper memorizes the context only (as an assistant turn), then answers a prompt that holds the context and the
+    question: pass that turn as `memorize_ids` and `loss_mask` (see `context_as_assistant_turn`). Without them the
+    whole prompt is memorized, which skips a second prefill.
 
     Args:
         model: A decoder-only transformers causal LM (see `FastMem`).
@@ -389,5 +447,15 @@ def fastmem_generate(
             # Beams and extra return sequences expand the batch inside generate; a cache of one row per prompt
             # would not match, so generation then prefills again (the memorized weights expand with the rows).
             generate_kwargs[fastmem._cache_name] = memorized.cache
-        with torch.inference_mode():
+        with torch.inference_mode(), fastmem._autocast():
             return model.generate(input_ids=prompt, **generate_kwargs)
+
+
+def _replayable(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A layer's captured call without its hidden states (the steps pass their own) and without a KV cache (a re-run
+    must not append to it): the arguments the steps call the layer with."""
+    args = tuple(None if isinstance(a, Cache) else a for a in args[1:])
+    kwargs = {k: None if isinstance(v, Cache) else v for k, v in kwargs.items() if k != "hidden_states"}
+    if "use_cache" in kwargs:
+        kwargs["use_cache"] = False
+    return args, kwargs

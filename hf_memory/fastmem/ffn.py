@@ -1,4 +1,4 @@
-"""The FFN FastMem memorizes into: per-prompt copies of its weights (a leading batch dimension) and a forward that
+"""The FFNs FastMem memorizes into: per-prompt copies of their weights (a leading batch dimension) and a forward that
 applies row r's weights to row r of the batch."""
 
 from __future__ import annotations
@@ -22,22 +22,28 @@ if TYPE_CHECKING:
 
 
 class MemorizedFFN:
-    """The FFN being memorized into: its linear modules, their original tensors, the per-prompt trainable copies, and
-    (for the fast path) the modules between it and the logits.
+    """The FFNs being memorized into: their linear modules, the per-prompt trainable copies, and (for the fast path)
+    the modules between them and the logits.
 
     Args:
-        model: The decoder-only transformers model whose FFN is memorized into.
-        config: The FastMem settings; `layer` picks the FFN and `lora` the modules that get a low-rank update.
+        model: The decoder-only transformers model whose FFNs are memorized into.
+        config: The FastMem settings; `layer` / `layers` pick the FFNs and `lora` the modules that get a low-rank
+            update.
 
     Attributes:
-        linears: Full module name -> the FFN's `nn.Linear` / `Conv1D` modules.
+        linears: Full module name -> the trained FFNs' `nn.Linear` / `Conv1D` modules (every trained layer's).
         lora: Names of the modules that get a LoRA update (empty for a full-rank update).
-        layer_name: Full name of the transformer layer that holds the FFN.
-        is_last_layer: Whether that layer is the model's last one (then no key or value depends on the FFN).
-        container_name: Full name of the module that holds the FFN's linear modules (e.g. `model.layers.31.mlp`).
-        fast_path: Whether the training steps may run FFN -> final norm -> lm_head only, on cached inputs.
-        layer: The transformer layer module.
-        container: The module that holds the FFN's linear modules.
+        layer_indices: The trained layers' indices, from 0, ascending.
+        only_last_layer: Whether the one trained layer is the model's last (then no key or value depends on it).
+        layer_name: Full name of the last trained transformer layer.
+        container_name: Full name of the module that holds that layer's FFN modules (e.g. `model.layers.31.mlp`).
+        layer: The last trained transformer layer module.
+        container: The module that holds its FFN's linear modules.
+        ffn_only: Whether the training steps may run FFN -> final norm -> lm_head only, on cached inputs (the last
+            layer's FFN alone, in a layer whose output is "FFN output + something that does not depend on it").
+        rerun: Otherwise, the transformer layers the steps re-run on cached inputs (from the earliest trained layer
+            to the last layer) before final norm -> lm_head; empty when they cannot.
+        fast_path: Whether the steps run on cached inputs at all (`ffn_only` or `rerun`); False: full forwards.
         norm: The final norm before the output embeddings, or None when unknown for the architecture.
         lm_head: The output embeddings (`model.get_output_embeddings()`).
         mode: "base" (the modules' own weights) or "rows" (the per-prompt weights in `rows`).
@@ -46,15 +52,18 @@ class MemorizedFFN:
         lora_scale: `lora_alpha / r` (or `/ sqrt(r)` with rsLoRA) of the LoRA update.
 
     Raises:
-        ValueError: If `config.layer` is out of range, or `config.lora.target_modules` is a regex or names none of
-            the FFN's modules.
+        ValueError: If `config.layer` or `config.layers` is out of range or names a layer twice, or
+            `config.lora.target_modules` is a regex or names none of some trained layer's FFN modules.
         NotImplementedError: If the architecture is not supported, or its FFN has no linear modules (fused experts).
     """
 
     def __init__(self, model: PreTrainedModel, config: FastMemConfig):
-        names = last_ffn_modules(
-            model, layer=config.layer
-        )  # bad layer -> ValueError, unknown arch -> NotImplementedError
+        last_ffn_modules(model)  # an unsupported architecture -> NotImplementedError, before anything else
+        spec = FFN_LAYOUTS[model.config.model_type]["decoder"]
+        prefix, num_layers = find_layers(model, spec.layers)
+        self.layer_indices = config.layer_indices(num_layers)  # out of range, twice -> ValueError
+        per_layer = {i: last_ffn_modules(model, layer=i) for i in self.layer_indices}
+        names = [name for i in self.layer_indices for name in per_layer[i]]
         modules = dict(model.named_modules())
         if not all(isinstance(modules.get(name), (nn.Linear, Conv1D)) for name in names):
             raise NotImplementedError(
@@ -63,20 +72,24 @@ class MemorizedFFN:
             )
         self.linears = {name: modules[name] for name in names}
         self.lora = _lora_targets(config.lora, names)
-        spec = FFN_LAYOUTS[model.config.model_type]["decoder"]
-        prefix, num_layers = find_layers(model, spec.layers)
-        self.layer_name = f"{prefix}.{config.layer % num_layers}"
-        self.is_last_layer = config.layer % num_layers == num_layers - 1
-        self.container_name = ".".join(_common_prefix([name.split(".") for name in names]))
-        norm = FINAL_NORM.get(model.config.model_type)
-        self.fast_path = (
-            self.is_last_layer
-            and self.container_name != self.layer_name
-            and norm in modules
-            and model.get_output_embeddings() is not None
-        )
+        untargeted = [i for i in self.layer_indices if self.lora and not self.lora.intersection(per_layer[i])]
+        if untargeted:
+            raise ValueError(
+                f"`lora.target_modules` names none of the FFN modules of trained layer(s) {untargeted}: target "
+                "every trained layer (short names such as 'mlp.down_proj' match them all), or train fewer layers."
+            )
+        last = self.layer_indices[-1]
+        self.only_last_layer = self.layer_indices == [num_layers - 1]
+        self.layer_name = f"{prefix}.{last}"
+        self.container_name = ".".join(_common_prefix([name.split(".") for name in per_layer[last]]))
         self.layer, self.container = modules[self.layer_name], modules[self.container_name]
+        norm = FINAL_NORM.get(model.config.model_type)
         self.norm, self.lm_head = modules.get(norm), model.get_output_embeddings()
+        head = norm in modules and self.lm_head is not None
+        self.ffn_only = head and self.only_last_layer and self.container_name != self.layer_name
+        first = self.layer_indices[0]
+        self.rerun = [] if self.ffn_only or not head else [modules[f"{prefix}.{i}"] for i in range(first, num_layers)]
+        self.fast_path = self.ffn_only or bool(self.rerun)
         self.mode = "base"  # "base": original weights; "rows": per-prompt weights in `self.rows`
         self.rows: dict[str, dict[str, torch.Tensor]] = {}
         self.lora_scale = 0.0
@@ -241,7 +254,9 @@ def _lora_targets(lora: LoraConfig | None, names: list[str]) -> set[str]:
         )
     chosen = {name for name in names if any(name == t or name.endswith("." + t) for t in targets)}
     if not chosen:
-        raise ValueError(f"`lora.target_modules` {sorted(targets)} names none of this layer's FFN modules {names}.")
+        raise ValueError(
+            f"`lora.target_modules` {sorted(targets)} names none of the trained layers' FFN modules {names}."
+        )
     return chosen
 
 
