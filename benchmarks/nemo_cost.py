@@ -1,4 +1,9 @@
-"""NeMo cost: UNet evaluations of our localization vs the official scheme, and the hook's per-step overhead.
+"""NeMo cost: the two scores side by side, UNet evaluations of our localization vs the official scheme, and the
+hook's per-step overhead.
+
+Scores (``score_cost``): ours (plain SSIM at the first timestep) and the official one (``NeMoScorerConfig.official``:
+MS-SSIM at the second timestep), timed interleaved on the same pipeline, prompts and 64 x 64 latents, with the
+similarity alone timed on the same noise differences; the ratio official / ours is printed.
 
 Unit: one *UNet evaluation* is one latent row through the UNet once (a batched call over 10 seeds = 10).
 Per check (one score of one neuron set):
@@ -6,8 +11,9 @@ Per check (one score of one neuron set):
             seeds reaches the threshold ("no": early exit) or every seed is scored ("yes")
                                                                               -> 2 to ``seeds`` evaluations
             (``seeds`` for every check with ``early_exit=False``, also measured);
-* official: 2 denoising steps per seed (its noise difference is taken after the second UNet pass, at
-            guidance 0)                                                       -> ``2 * seeds`` evaluations,
+* official: 2 UNet passes per seed (its noise difference is the output of the second pass, at timesteps[1]
+            on the initial latents; the first pass, at timesteps[0], is computed and discarded; guidance 0)
+                                                                              -> ``2 * seeds`` evaluations,
   with one check per layer and then per channel in the refinement, plus its two extra reference passes
   (unblocked and all-blocked) at the start of the refinement, and no reuse of repeated checks.
 Both run on the same prompts, seeds and threshold, and both results are verified against the same refined
@@ -15,6 +21,7 @@ criterion: score under the threshold, and every single kept channel needed (remo
 over the threshold).
 
     python benchmarks/nemo_cost.py              # needs examples/nemo_tiny_memorization.py's pipeline (its cache)
+    python benchmarks/nemo_cost.py --scores-only   # just the two scores; an untrained pipeline if none is cached
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from hf_memory.nemo import (
 from hf_memory.nemo.statistics import STATISTICS_NAME
 
 
-OFFICIAL_PASSES_PER_CHECK = 2  # the official compute_noise_diff stops after the second denoising step
+OFFICIAL_PASSES_PER_CHECK = 2  # the official compute_noise_diff returns at the second UNet pass (early_stopping=1)
 OFFICIAL_EXTRA_CHECKS = 2  # neuron_refinement recomputes the unblocked and the all-blocked noise differences
 
 
@@ -108,6 +115,77 @@ def localization_cost(pipe, statistics: ActivationStatistics, prompts, seeds: in
         "ours_checks": ours_checks,
         "official_checks": official_checks,
     }
+
+
+def score_cost(pipe, prompts, height: int = 64, seeds: int = 10, repeats: int = 5) -> dict:
+    """Seconds per memorization score, ours vs the official one, interleaved on the same prompts and latent size.
+
+    A score here is what `nemo_memorization_score` does: encode the prompt, one batched UNet call over `seeds`
+    latents, the similarity of every pair of seeds. The similarity alone (45 pairs for 10 seeds) is timed as well,
+    on the same noise differences (the official ones). Also returns the scores: ours, the official one, and SSIM vs
+    MS-SSIM on the same noise differences.
+    """
+    from hf_memory.nemo.scoring import _ms_ssim, _ssim
+
+    ours_config = NeMoScorerConfig(seeds=seeds, height=height)
+    official_config = NeMoScorerConfig.official(seeds=seeds, height=height)
+    times = {"ours": [], "official": [], "ssim": [], "ms_ssim": []}
+    values = {"ours": [], "official": [], "ssim_same_inputs": [], "ms_ssim_same_inputs": []}
+    for prompt in prompts:
+        # The first calls also warm up (imports, allocations); they give the scores.
+        values["ours"].append(nemo_memorization_score(pipe, prompt, scorer=ours_config))
+        values["official"].append(nemo_memorization_score(pipe, prompt, scorer=official_config))
+        for _ in range(repeats):
+            for name, config in (("ours", ours_config), ("official", official_config)):
+                start = time.perf_counter()
+                nemo_memorization_score(pipe, prompt, scorer=config)
+                times[name].append(time.perf_counter() - start)
+        images = MemorizationScorer(pipe, prompt, official_config).noise_differences()
+        pairs = torch.combinations(torch.arange(seeds), r=2)
+        first, second = images[pairs[:, 0]], images[pairs[:, 1]]
+        for name, similarity in (("ssim", _ssim), ("ms_ssim", _ms_ssim)):
+            values[f"{name}_same_inputs"].append(float(similarity(first, second, 11).max()))
+        for _ in range(repeats):
+            for name, similarity in (("ssim", _ssim), ("ms_ssim", _ms_ssim)):
+                start = time.perf_counter()
+                similarity(first, second, 11)
+                times[name].append(time.perf_counter() - start)
+    medians = {name: stats_lib.median(t) for name, t in times.items()}
+    return {
+        "seconds": medians,
+        "score_ratio": medians["official"] / medians["ours"],
+        "similarity_ratio": medians["ms_ssim"] / medians["ssim"],
+        "values": values,
+        "pairs": seeds * (seeds - 1) // 2,
+        "unet_evaluations": {
+            "ours": seeds,
+            "official here": seeds,
+            "official code": OFFICIAL_PASSES_PER_CHECK * seeds,
+        },
+    }
+
+
+def print_score_cost(cost: dict, prompts, height: int, description: str) -> None:
+    seconds, values = cost["seconds"], cost["values"]
+    print(f"\nthe two scores, {description}, {height}x{height} latents, medians of interleaved calls")
+    print(
+        f"score (encode + 1 UNet call + {cost['pairs']} pairs): ours {seconds['ours'] * 1e3:.1f} ms, official "
+        f"{seconds['official'] * 1e3:.1f} ms -> ratio official/ours {cost['score_ratio']:.3f}"
+    )
+    print(
+        f"similarity alone, same noise differences: SSIM {seconds['ssim'] * 1e3:.1f} ms, MS-SSIM "
+        f"{seconds['ms_ssim'] * 1e3:.1f} ms -> ratio {cost['similarity_ratio']:.3f}"
+    )
+    evals = cost["unet_evaluations"]
+    print(
+        f"UNet evaluations per score: ours {evals['ours']}, official here {evals['official here']} (the official "
+        f"code's discarded first pass skipped), official code {evals['official code']}"
+    )
+    for i, prompt in enumerate(prompts):
+        print(
+            f"  {prompt[:34]:34s} ours {values['ours'][i]:.4f}  official {values['official'][i]:.4f}  "
+            f"same inputs: SSIM {values['ssim_same_inputs'][i]:.4f} vs MS-SSIM {values['ms_ssim_same_inputs'][i]:.4f}"
+        )
 
 
 @torch.no_grad()
@@ -188,12 +266,32 @@ def main(
     sd_latent: int = 16,
     num_threads: int = 1,
     skip_sd: bool = False,
+    scores_only: bool = False,
+    score_height: int = 64,
+    score_repeats: int = 5,
 ):
     from diffusers import StableDiffusionPipeline
 
     torch.set_num_threads(num_threads)
     example = load_example()
     MEMORIZED, generic_captions = example.MEMORIZED, example.generic_captions
+    score_prompts = [*MEMORIZED[:3], *generic_captions()[1][:2]]
+
+    if scores_only:
+        trained = os.path.isdir(pipeline_dir)
+        if trained:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                pipeline_dir, safety_checker=None, requires_safety_checker=False
+            )
+            pipe.set_progress_bar_config(disable=True)
+        else:  # the cost of a score does not depend on training: the example's architecture, untrained
+            train_captions, held_out = generic_captions()
+            pipe = example.build_pipeline(train_captions + held_out + list(MEMORIZED), image_size=score_height)
+        description = "example pipeline" + ("" if trained else " (untrained)")
+        print(f"machine: {os.cpu_count()} CPU cores, {num_threads} torch thread(s); {seeds} seeds")
+        cost = score_cost(pipe, score_prompts, score_height, seeds, score_repeats)
+        print_score_cost(cost, score_prompts, score_height, description)
+        return cost
 
     pipe = StableDiffusionPipeline.from_pretrained(pipeline_dir, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -235,6 +333,10 @@ def main(
             f"{cost['whole'] / cost['official']:.3f}; checks: {cost['ours_checks']} vs {cost['official_checks']}, "
             f"ratio {cost['ours_checks'] / cost['official_checks']:.3f})"
         )
+
+    scores = score_cost(pipe, score_prompts, score_height, seeds, score_repeats)
+    print_score_cost(scores, score_prompts, score_height, "the example's trained pipeline")
+    cost["scores"] = scores
 
     layers = statistics.layers
     tiny_config = NeMoConfig({name: [0, 1, 2] for name in layers})
@@ -278,4 +380,9 @@ if __name__ == "__main__":
     parser.add_argument("--sd-latent", type=int, default=16)
     parser.add_argument("--num-threads", type=int, default=1)
     parser.add_argument("--skip-sd", action="store_true", help="Skip the SD-1.x-sized timing.")
+    parser.add_argument(
+        "--scores-only", action="store_true", help="Only time the two scores (no trained pipeline needed)."
+    )
+    parser.add_argument("--score-height", type=int, default=64, help="Latent side for the score timing (>= 44).")
+    parser.add_argument("--score-repeats", type=int, default=5)
     main(**vars(parser.parse_args()))

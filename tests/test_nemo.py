@@ -43,24 +43,25 @@ def word_tokenizer(max_length: int = 12) -> PreTrainedTokenizerFast:
     return word_level_tokenizer(WORDS, max_length)
 
 
-def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
+def tiny_unet(seed: int = 0, attention_at_full_size: bool = True) -> UNet2DConditionModel:
     torch.manual_seed(seed)
+    cross = "CrossAttnDownBlock2D" if attention_at_full_size else "DownBlock2D"  # the latter: cheap at 64 x 64
     return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
         out_channels=4,
         block_out_channels=(8, 16),
         layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=(cross, "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", cross.replace("Down", "Up")),
         cross_attention_dim=16,
         attention_head_dim=4,
         norm_num_groups=4,
     ).eval()
 
 
-def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    unet = tiny_unet(seed)
+def tiny_pipeline(seed: int = 0, attention_at_full_size: bool = True) -> StableDiffusionPipeline:
+    unet = tiny_unet(seed, attention_at_full_size)
     torch.manual_seed(seed)
     vae = AutoencoderKL(
         in_channels=3,
@@ -102,6 +103,13 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 @pytest.fixture(scope="module")
 def pipe():
     return tiny_pipeline()
+
+
+@pytest.fixture(scope="module")
+def pipe64():
+    """The tiny pipeline without self-attention at full resolution, so that 64 x 64 latents (the official score's
+    size) stay cheap; its cross-attention value projections sit in the second down block and the mid block."""
+    return tiny_pipeline(attention_at_full_size=False)
 
 
 def unet_inputs(unet, batch: int = 3, seed: int = 1):
@@ -370,13 +378,13 @@ class PlantedDenoiser(torch.nn.Module):
     A = "down_blocks.0.attn2.to_v"
     B = "mid_block.attn2.to_v"
 
-    def __init__(self, dim: int = 8):
+    def __init__(self, dim: int = 8, size: int = 16):
         super().__init__()
         g = torch.Generator().manual_seed(0)
         self.down_blocks = torch.nn.ModuleList([_Leaf(attn2=_Leaf(to_v=torch.nn.Linear(dim, 16, bias=False)))])
         self.mid_block = _Leaf(attn2=_Leaf(to_v=torch.nn.Linear(dim, 16, bias=False)))
-        self.config = SimpleNamespace(sample_size=16, in_channels=1, encoder_hid_dim_type=None)
-        self.register_buffer("pattern", torch.rand(1, 1, 16, 16, generator=g))
+        self.config = SimpleNamespace(sample_size=size, in_channels=1, encoder_hid_dim_type=None)
+        self.register_buffer("pattern", torch.rand(1, 1, size, size, generator=g))
 
     @property
     def device(self):
@@ -399,8 +407,8 @@ class PlantedDenoiser(torch.nn.Module):
 class PlantedPipeline:
     """Just what the localization needs: text embeddings per prompt, the denoiser and a scheduler."""
 
-    def __init__(self):
-        self.unet = PlantedDenoiser()
+    def __init__(self, size: int = 16):
+        self.unet = PlantedDenoiser(size=size)
         self.tokenizer, self.text_encoder, self.scheduler = object(), object(), DDIMScheduler()
         g = torch.Generator().manual_seed(1)
         self.trigger = torch.zeros(8)
@@ -571,6 +579,355 @@ def test_localization_runs_on_a_real_tiny_pipeline(pipe):
         assert set(result.refined.neurons) <= set(result.initial.neurons)
     apply_nemo(pipe, result.refined if result.refined.neurons else NeMoConfig({LAYER: [0]}))
     remove_nemo(pipe)
+
+
+# ---------------------------------------------------------------- the official setting (score="official")
+# Every official quantity below is computed in the test from the official code's definition
+# (utils/activation_detection.py and 3_detect_memorized_neurons.py of ml-research/localizing_memorization_in_
+# diffusion_models), with direct UNet, forward-hook and torchmetrics calls, and compared with the option.
+
+OFFICIAL_BETAS = (0.33, 0.33, 0.33)
+
+
+def torchmetrics_before_1_5() -> bool:
+    import torchmetrics
+
+    return tuple(int(part) for part in torchmetrics.__version__.split(".")[:2]) < (1, 5)
+
+
+def official_ms_ssim(first, second):
+    """MS-SSIM as the official code computes it: torchmetrics' `multiscale_structural_similarity_index_measure(
+    kernel_size=11, betas=(0.33, 0.33, 0.33))` in torchmetrics 1.3.2, the version its requirements.txt pins.
+
+    From 1.5 (PR #2721) torchmetrics averages the SSIM term over the reflect-padded border too, so on a newer
+    torchmetrics the 1.3.2 value is rebuilt from public calls: per scale, the contrast term (border-free in every
+    version) and the SSIM map without its 5-pixel border, each clipped at 0, then 2 x 2 pooling; cs, cs, SSIM, each
+    to the power 0.33, multiplied. (Checked against torchmetrics 1.3.2 itself: equal within 2e-8.)
+    """
+    import torch.nn.functional as F
+    from torchmetrics.functional import multiscale_structural_similarity_index_measure as ms_ssim
+    from torchmetrics.functional import structural_similarity_index_measure as ssim
+
+    if torchmetrics_before_1_5():
+        return ms_ssim(first, second, reduction="none", kernel_size=11, betas=OFFICIAL_BETAS)
+    terms = []
+    for scale in range(3):
+        _, contrast = ssim(first, second, reduction="none", return_contrast_sensitivity=True)
+        _, ssim_map = ssim(first, second, reduction="none", return_full_image=True)
+        terms.append((contrast if scale < 2 else ssim_map[..., 5:-5, 5:-5].flatten(1).mean(1)).relu())
+        first, second = F.avg_pool2d(first, 2), F.avg_pool2d(second, 2)
+    return torch.stack([term**0.33 for term in terms]).prod(dim=0)
+
+
+def min_max(diff):
+    low, high = diff.amin(dim=[2, 3]), diff.amax(dim=[2, 3])
+    return (diff - low.unsqueeze(-1).unsqueeze(-1)) / (high - low).unsqueeze(-1).unsqueeze(-1)
+
+
+def official_latents(channels, seeds, size=64, seed=1):
+    """The official draw: `torch.randn((n, c, h, w), generator=torch.manual_seed(seed))` (the same stream)."""
+    return torch.randn((seeds, channels, size, size), generator=torch.Generator().manual_seed(seed))
+
+
+def official_timestep(pipe, steps=50):
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(steps)
+    return scheduler.timesteps[1]  # compute_noise_diff(early_stopping=1): the output at i = 1, no scheduler.step
+
+
+@torch.no_grad()
+def unet_output(unet, latents, t, text, blocked=None):
+    """The UNet's noise prediction with `blocked` (layer -> channels) zeroed by plain forward hooks."""
+    handles = []
+    for name, channels in (blocked or {}).items():
+        if channels:
+            index = torch.tensor(sorted(set(channels)))
+            handles.append(
+                unet.get_submodule(name).register_forward_hook(lambda m, a, out, i=index: out.index_fill(-1, i, 0.0))
+            )
+    try:
+        return unet(latents, t, encoder_hidden_states=text.expand(len(latents), -1, -1)).sample
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def official_text_embedding(pipe, prompt):
+    ids = pipe.tokenizer(
+        [prompt],
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    with torch.no_grad():
+        return pipe.text_encoder(ids)[0]
+
+
+def test_official_scorer_config_refuses_bad_values_before_any_work(pipe, tmp_path):
+    for bad in ("Official", "ssim", "", None, 1, True, ["official"], {"score": "official"}):
+        with pytest.raises(ValueError, match=r"`score` must be one of 'ours', 'official', got"):
+            NeMoScorerConfig(score=bad)
+    with pytest.raises(ValueError, match="`score` must be one of 'ours', 'official'"):
+        NeMoScorerConfig.from_dict({"score": "OFFICIAL"})
+    with pytest.raises(ValueError, match="`early_exit` must be False or None with score='official'"):
+        NeMoScorerConfig(score="official", early_exit=True)
+    with pytest.raises(ValueError, match=r"at least 44×44; got 43×43 \(`height`\)"):
+        NeMoScorerConfig.official(height=43)
+    assert NeMoScorerConfig.official(height=44).height == 44
+    assert NeMoScorerConfig.official(kernel_size=7, height=28).height == 28  # 4 × the window for three scales
+
+    # The size rule is torchmetrics' own: its MS-SSIM with the official arguments takes 44 × 44 and refuses 43 × 43.
+    from torchmetrics.functional import multiscale_structural_similarity_index_measure as ms_ssim
+
+    images = torch.rand(2, 1, 44, 44)
+    assert ms_ssim(images[:1], images[1:], kernel_size=11, betas=OFFICIAL_BETAS).numel() == 1
+    with pytest.raises(ValueError, match="must be larger than 40"):
+        ms_ssim(images[:1, :, :43, :43], images[1:, :, :43, :43], kernel_size=11, betas=OFFICIAL_BETAS)
+
+    # Configs written before the option load as ours, early exit on; the official preset round-trips.
+    old = {"seeds": 4, "seed": 0, "num_inference_steps": 50, "guidance_scale": 0.0, "height": None}
+    old.update({"kernel_size": 11, "cache": True, "early_exit": True})
+    (tmp_path / "nemo_scorer_config.json").write_text(json.dumps(old))
+    loaded = NeMoScorerConfig.from_pretrained(tmp_path)
+    assert loaded.score == "ours" and loaded.early_exit is True and NeMoScorerConfig().early_exit is True
+    official = NeMoScorerConfig.official(height=64)
+    assert (official.seeds, official.seed, official.num_inference_steps, official.guidance_scale) == (10, 1, 50, 0.0)
+    assert official.early_exit is False and NeMoScorerConfig.from_dict(official.to_dict()) == official
+
+    # Latents too small for MS-SSIM (this pipeline's sample_size is 8): refused before the text encoder or the
+    # UNet runs, naming `height`.
+    calls = []
+    handles = [m.register_forward_pre_hook(lambda *a: calls.append(1)) for m in (pipe.unet, pipe.text_encoder)]
+    try:
+        for run in (
+            lambda: nemo_memorization_score(pipe, "a red circle", scorer=NeMoScorerConfig.official()),
+            lambda: MemorizationScorer(pipe, "a red circle", NeMoScorerConfig(score="official")),
+            lambda: compute_activation_statistics(
+                pipe, ["a red circle", "the big dog"], scorer=NeMoScorerConfig.official(), show_progress=False
+            ),
+            lambda: localize_memorization_neurons(
+                pipe,
+                "a red circle",
+                ActivationStatistics({LAYER: torch.zeros(8)}, {LAYER: torch.ones(8)}, 0.5),
+                scorer=NeMoScorerConfig.official(),
+            ),
+        ):
+            with pytest.raises(ValueError, match=r"got 8×8 \(`height`=None takes unet.config.sample_size=8\)"):
+                run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == []
+    with pytest.raises(ValueError, match="needs NeMoScorerConfig\\(score='official'\\)"):
+        MemorizationScorer(pipe, "a red circle", NeMoScorerConfig(seeds=2, num_inference_steps=2)).memorized_seeds(0.5)
+
+
+def test_official_score_is_the_ms_ssim_of_the_second_timestep_noise(pipe64):
+    pipe = pipe64
+    seeds, prompt = 10, "a photo of a cat"
+    scorer = MemorizationScorer(pipe, prompt, NeMoScorerConfig.official(height=64))
+    t = official_timestep(pipe)
+    assert int(t) == 961 and int(scorer.timestep) == 961  # timesteps[1] of DDIM-50 with steps_offset 1, as SD's
+    assert torch.equal(
+        official_latents(4, seeds), torch.randn((seeds, 4, 64, 64), generator=torch.manual_seed(1))
+    )  # the official generator call draws the same latents
+
+    latents, text = official_latents(4, seeds), official_text_embedding(pipe, prompt)
+    expected_images = min_max(unet_output(pipe.unet, latents, t, text) - latents)
+    torch.testing.assert_close(scorer.noise_differences(), expected_images, atol=1e-5, rtol=0)
+    pairs = torch.combinations(torch.arange(seeds), r=2)
+    expected = official_ms_ssim(expected_images[pairs[:, 0]], expected_images[pairs[:, 1]])
+    torch.testing.assert_close(scorer.pairwise_similarities(), expected, atol=1e-5, rtol=0)
+    official = nemo_memorization_score(pipe, prompt, scorer=NeMoScorerConfig.official(height=64))
+    assert official == pytest.approx(expected.max().item(), abs=1e-5)
+    if not torchmetrics_before_1_5():  # why the official score does not call the installed torchmetrics
+        from torchmetrics.functional import multiscale_structural_similarity_index_measure as ms_ssim
+
+        installed = ms_ssim(
+            expected_images[pairs[:, 0]],
+            expected_images[pairs[:, 1]],
+            reduction="none",
+            kernel_size=11,
+            betas=OFFICIAL_BETAS,
+        )
+        assert (installed - expected).abs().max() > 0.01
+
+    # Neither the first timestep nor plain SSIM (ours) gives that number.
+    first = min_max(unet_output(pipe.unet, latents, official_timestep(pipe) + 20, text) - latents)
+    assert official_ms_ssim(first[pairs[:, 0]], first[pairs[:, 1]]).max().item() != pytest.approx(official, abs=1e-4)
+    from torchmetrics.functional import structural_similarity_index_measure
+
+    plain = structural_similarity_index_measure(
+        expected_images[pairs[:, 0]], expected_images[pairs[:, 1]], data_range=1.0, reduction="none"
+    )
+    assert plain.max().item() != pytest.approx(official, abs=1e-3)
+    ours = NeMoScorerConfig(height=64, seed=1)
+    assert nemo_memorization_score(pipe, prompt, scorer=ours) != pytest.approx(official, abs=1e-3)
+
+    # The seeds the official code localizes on: each seed's largest pairwise MS-SSIM over the threshold.
+    per_seed = torch.stack([expected[(pairs == s).any(dim=1)].max() for s in range(seeds)])
+    threshold = per_seed.median().item()
+    assert scorer.memorized_seeds(threshold) == [s for s in range(seeds) if per_seed[s] > threshold]
+    assert 0 < len(scorer.memorized_seeds(threshold)) < seeds
+
+
+def test_official_guidance_swaps_the_halves_and_only_there(pipe64):
+    pipe = pipe64
+    prompt, g, seeds = "the big dog", 7.0, 4
+    latents, text, uncond = official_latents(4, seeds), official_text_embedding(pipe, prompt), None
+    uncond = official_text_embedding(pipe, "")
+    t = official_timestep(pipe)
+    text_out, uncond_out = unet_output(pipe.unet, latents, t, text), unet_output(pipe.unet, latents, t, uncond)
+    swapped = min_max(text_out + g * (uncond_out - text_out) - latents)  # the official code's formula at g != 0
+    standard = min_max(uncond_out + g * (text_out - uncond_out) - latents)
+    assert (swapped - standard).abs().max() > 0.1
+
+    official = MemorizationScorer(pipe, prompt, NeMoScorerConfig.official(seeds=seeds, guidance_scale=g, height=64))
+    torch.testing.assert_close(official.noise_differences(), swapped, atol=1e-4, rtol=0)
+    assert official.unet_evaluations == 2 * seeds
+
+    # Ours keeps the standard formula (at its own timestep, the first).
+    ours = MemorizationScorer(pipe, prompt, NeMoScorerConfig(seeds=seeds, seed=1, guidance_scale=g, height=64))
+    first = ours.timestep
+    text_out, uncond_out = unet_output(pipe.unet, latents, first, text), unet_output(pipe.unet, latents, first, uncond)
+    torch.testing.assert_close(
+        ours.noise_differences(), min_max(uncond_out + g * (text_out - uncond_out) - latents), atol=1e-4, rtol=0
+    )
+
+
+def test_official_scan_stops_before_theta_one_and_hands_on_its_last_score():
+    from hf_memory.nemo.search import official_scan
+
+    acts = {"a": torch.arange(20.0)}
+    z = {"a": torch.linspace(0, 6, 20)}
+    tested = []
+
+    def never(neurons):  # a score that never reaches the threshold: the loop runs out
+        tested.append(len(neurons["a"]))
+        return 0.9 - 0.01 * len(tested)
+
+    selection, score, k, theta, refine_at = official_scan(never, acts, z, 0.428, 5.0, 0.25, 1.0, 1280)
+    # The official loop: θ = 5, 4.75, ..., 1.25 and k = 0, ..., 15 are tested; θ = 1 never is.
+    assert len(tested) == 16 and (theta, k) == (1.25, 15)
+    expected = (z["a"] > 1.25).nonzero().flatten().tolist() + acts["a"].topk(15).indices.tolist()
+    assert selection == {"a": expected} and len(expected) > len(set(expected))  # duplicates kept, as listed there
+    assert score == refine_at == pytest.approx(0.9 - 0.16)  # the refinement threshold is the last score
+
+    calls = []
+
+    def third(neurons):  # passes at step 2, at exactly the threshold (the official loop runs while score > it)
+        calls.append(1)
+        return 0.428 if len(calls) == 3 else 0.9
+
+    selection, score, k, theta, refine_at = official_scan(third, acts, z, 0.428, 5.0, 0.25, 1.0, 1280)
+    assert (len(calls), k, theta, score, refine_at) == (3, 2, 4.5, 0.428, 0.428)
+    # k >= the widest layer stops it too (the official 1280 is SD-1.x's widest layer).
+    assert official_scan(lambda n: 0.9, acts, z, 0.428, 5.0, 0.25, 1.0, 4)[2] == 3
+
+
+@pytest.fixture(scope="module")
+def planted64():
+    torch.manual_seed(0)  # the decoy weights of the planted layers
+    pipe = PlantedPipeline(size=64)
+    others = [f"ordinary prompt number {i}" for i in range(6)]
+    scorer = NeMoScorerConfig.official(seeds=6, guidance_scale=7.0)  # the official calibration's guidance
+    return pipe, others, compute_activation_statistics(pipe, others, scorer=scorer, show_progress=False)
+
+
+def test_official_threshold_is_mean_plus_std_of_every_pairwise_ms_ssim(planted64):
+    pipe, others, stats = planted64
+    t, latents = official_timestep(pipe), official_latents(1, 6)
+    pairs = torch.combinations(torch.arange(6), r=2)
+    values, maxima = [], []
+    for prompt in others:
+        text, uncond = pipe.encode_prompt([prompt], "cpu", 1, True)
+        text_out = unet_output(pipe.unet, latents, t, text)
+        uncond_out = unet_output(pipe.unet, latents, t, uncond)
+        images = min_max(text_out + 7.0 * (uncond_out - text_out) - latents)
+        pair_values = official_ms_ssim(images[pairs[:, 0]], images[pairs[:, 1]])
+        values.append(pair_values)
+        maxima.append(pair_values.max().item())
+    values = torch.cat(values).double()
+    assert stats.threshold == pytest.approx((values.mean() + values.std()).item(), abs=1e-6)
+    assert stats.scores == pytest.approx(maxima, abs=1e-6)
+
+
+@pytest.mark.parametrize("case", ["passes", "runs_out"])
+def test_official_localization_follows_the_official_loops(planted64, case):
+    pipe, _, stats = planted64
+    A, B = PlantedDenoiser.A, PlantedDenoiser.B
+    prompt, seeds = "a memorized prompt", 6
+    scorer = NeMoScorerConfig.official(seeds=seeds)  # the official localization: guidance 0
+    # "passes": the calibrated threshold (guidance 7, as the official one), which the blocked noise gets under;
+    # "runs_out": one under the floor of the blocked-vs-unblocked MS-SSIM here (about 0.06), so the θ loop stops
+    # at θ = 1.25 and hands its last score on to the refinement.
+    threshold = stats.threshold if case == "passes" else 0.01
+    result = localize_memorization_neurons(pipe, prompt, stats, threshold=threshold, scorer=scorer)
+
+    # The official quantities, from their definitions.
+    t, latents = official_timestep(pipe), official_latents(1, seeds)
+    text = pipe.encode_prompt([prompt], "cpu", 1, False)[0]
+    unblocked = min_max(unet_output(pipe.unet, latents, t, text) - latents)
+    pairs = torch.combinations(torch.arange(seeds), r=2)
+    pairwise = official_ms_ssim(unblocked[pairs[:, 0]], unblocked[pairs[:, 1]])
+    memorized = [s for s in range(seeds) if pairwise[(pairs == s).any(dim=1)].max() > threshold]
+    assert result.memorized and result.seeds == memorized == list(range(seeds))
+    assert result.score_before == pytest.approx(pairwise.max().item(), abs=1e-6)
+
+    # In "runs_out" the refinement threshold is a score of the same kind, and the decoy channels change the blocked
+    # noise only by float rounding (their constant offset vanishes in the min-max normalization), so every
+    # refinement decision there turns on the last bits: that case uses the score's own MS-SSIM (checked against the
+    # torchmetrics definition above) to compare the loops bit for bit.
+    from hf_memory.nemo.scoring import _ms_ssim
+
+    similarity = official_ms_ssim if case == "passes" else lambda a, b: _ms_ssim(a, b, 11)
+
+    def check(blocked):  # blocked against unblocked noise of the same seed, max over the memorized seeds
+        noise = min_max(unet_output(pipe.unet, latents[memorized], t, text, blocked) - latents[memorized])
+        return similarity(unblocked[memorized], noise).max().item()
+
+    acts = {name: pipe.unet.get_submodule(name)(text)[0].abs().mean(0).detach() for name in (A, B)}
+    z = {name: (acts[name] - stats.mean[name]).abs() / stats.std[name] for name in (A, B)}
+    widest = 16
+    theta, k, ssim, refine_at = 5.0, 0, 1.0, threshold
+    while ssim > threshold:  # 3_detect_memorized_neurons.py, the initial selection loop
+        blocked = {
+            name: (z[name] > theta).nonzero().flatten().tolist() + acts[name].topk(min(k, widest)).indices.tolist()
+            for name in (A, B)
+        }
+        ssim, tested = check(blocked), (theta, k)
+        if ssim > threshold:
+            theta = theta - 0.25 if theta > 1 else theta
+            k += 1
+        if theta == 1 or k >= widest:
+            refine_at = ssim
+            break
+    refined = copy.deepcopy(blocked)  # neuron_refinement: layers, then neurons, last layer first
+    for name in reversed(list(refined)):
+        if refined[name]:
+            trial = {**copy.deepcopy(refined), name: []}
+            if check(trial) < refine_at:
+                refined[name] = []
+    for name in reversed(list(refined)):
+        for neuron in list(refined[name]):
+            trial = copy.deepcopy(refined)
+            trial[name].remove(neuron)
+            if check(trial) < refine_at:
+                refined[name].remove(neuron)
+
+    assert (result.theta, result.k) == tested
+    assert result.initial == NeMoConfig(blocked) and result.score_initial == pytest.approx(ssim, abs=1e-6)
+    assert result.refinement_threshold == pytest.approx(refine_at, abs=1e-6)
+    assert result.refined == NeMoConfig(refined)
+    assert result.score_after == pytest.approx(check(refined), abs=1e-6)
+    if case == "passes":
+        assert tested == (5.0, 0) and refine_at == threshold
+        assert result.refined.neurons == {A: [3], B: [5]}  # the planted pair
+    else:
+        assert tested == (1.25, 15) and refine_at > threshold and result.score_initial > threshold
+    # Every check is one UNet call over the memorized seeds (no early exit, no discarded first pass).
+    assert result.unet_evaluations == seeds * result.score_checks
 
 
 @pytest.mark.slow

@@ -15,7 +15,14 @@ from .localization import (  # noqa: E402
     refine_selection,
     search_initial_selection,
 )
-from .scoring import MemorizationScorer, NeMoScorerConfig, memorization_score, nemo_memorization_score  # noqa: E402
+from .scoring import (  # noqa: E402
+    SCORES,
+    MemorizationScorer,
+    NeMoScorerConfig,
+    memorization_score,
+    nemo_memorization_score,
+    official_min_size,
+)
 from .statistics import (  # noqa: E402
     PAPER_BLOCKS,
     ActivationStatistics,
@@ -28,6 +35,7 @@ __all__ = [
     "NEMO_HOOK",
     "PAPER_BLOCKS",
     "REFINEMENTS",
+    "SCORES",
     "ActivationStatistics",
     "MemorizationScorer",
     "NeMoConfig",
@@ -39,6 +47,7 @@ __all__ = [
     "localize_memorization_neurons",
     "memorization_score",
     "nemo_memorization_score",
+    "official_min_size",
     "refine_selection",
     "remove_nemo",
     "search_initial_selection",

@@ -12,6 +12,10 @@ Three steps, as in the paper and its official code:
 3. `localize_memorization_neurons`: an initial set of out-of-distribution (z-score > theta) and top-k channels,
    grown until silencing it brings the score under the threshold, then refined to a minimal set.
 
+With ``scorer=NeMoScorerConfig.official()`` the localization follows the official code instead (see
+`localize_memorization_neurons`): its score, its blocked-versus-unblocked criterion, its step-by-step initial loop
+with its stopping rule, and its one-check-per-layer-and-channel refinement.
+
 Cost is counted in *UNet evaluations*: latent rows pushed through the UNet once (a batch of 10 seeds in one call
 counts 10). Ours: at most ``seeds`` rows per check (``2 * seeds`` with classifier-free guidance) in batched calls,
 fewer when a check fails early (one pair of seeds over the threshold settles it), the text embedding computed once,
@@ -30,7 +34,14 @@ from .._utils import check_choice, check_integer, check_number
 from ._common import pipeline_denoiser
 from .config import NeMoConfig
 from .scoring import MemorizationScorer, NeMoScorerConfig, scorer_config
-from .search import first_passing_step, initial_selection, refine_greedy, refine_group
+from .search import (
+    first_passing_step,
+    initial_selection,
+    official_refinement,
+    official_scan,
+    refine_greedy,
+    refine_group,
+)
 from .statistics import ActivationStatistics, check_layers, value_activations
 
 
@@ -49,19 +60,25 @@ class NeMoResult:
 
     Attributes:
         prompt: The prompt localized.
-        memorized: Whether `score_before` >= `threshold`; otherwise nothing was localized and the configs are empty.
+        memorized: Whether `score_before` >= `threshold` (> with the official score); otherwise nothing was
+            localized and the configs are empty.
         threshold: The memorization-score threshold used.
         score_before: The score with no channel silenced.
-        score_initial: The score with the initial selection silenced; None if not memorized.
+        score_initial: The score with the initial selection silenced (with the official score: its blocked-vs-
+            unblocked MS-SSIM, see `seeds`); None if not memorized.
         score_after: The score with the refined selection silenced; None if not memorized. Equal to
             `score_initial` when even the largest initial selection stayed over the threshold (then `refined` is
-            `initial`).
+            `initial`; the official loop refines anyway, against its last initial score).
         initial: The initial selection (z-score above `theta` plus the top-`k` channels per layer).
         refined: The refined selection, a subset of `initial`.
         theta: The z-score threshold of the initial selection; None if not memorized.
         k: The top-k per layer of the initial selection; None if not memorized.
         unet_evaluations: Latent rows pushed through the UNet (one seed, one pass = 1).
         score_checks: Scores computed (each one batched UNet call).
+        refinement_threshold: The threshold the refinement used: `threshold`, or with the official score the
+            last initial score when its loop stopped without passing; None if nothing was refined.
+        seeds: With the official score, the seeds localized on (`MemorizationScorer.memorized_seeds`), against
+            which `score_initial` and `score_after` compare the blocked with the unblocked noise; None otherwise.
     """
 
     prompt: str
@@ -76,6 +93,8 @@ class NeMoResult:
     k: int | None
     unet_evaluations: int
     score_checks: int
+    refinement_threshold: float | None = None
+    seeds: list[int] | None = None
 
 
 def search_initial_selection(
@@ -175,7 +194,7 @@ def localize_memorization_neurons(
     theta_step: float = 0.25,
     min_theta: float = 1.0,
     max_k: int | None = None,
-    refinement: str = "group",
+    refinement: str | None = None,
     scale: float = 0.0,
     scorer: NeMoScorerConfig | None = None,
     **scorer_kwargs,
@@ -189,6 +208,16 @@ def localize_memorization_neurons(
     channel brings it back over. A prompt scoring under the threshold unhooked is not memorized: the result then
     has empty configs.
 
+    With ``scorer=NeMoScorerConfig.official()`` (``score="official"``) every step is the official code's, to
+    reproduce its numbers: memorized when some seed's largest pairwise MS-SSIM is over the threshold, and only those
+    seeds are used; a neuron set is judged by the largest MS-SSIM between a seed's blocked and unblocked noise
+    difference (`MemorizationScorer.similarity_to_unblocked`), not by comparing seeds with each other; the initial
+    loop scans step by step, passes at a score at most the threshold, and stops untested when θ reaches `min_theta`
+    (or k `max_k`), its last score then becoming the refinement threshold (`search.official_scan`); the refinement
+    defaults to the official one-check-per-layer-and-channel loop (`search.official_refinement`, on the official
+    code's channel lists) and keeps a channel when removing it does not bring the score strictly under that
+    threshold.
+
     Args:
         pipe: A text-to-image pipeline (`StableDiffusionPipeline` or alike).
         prompt: The prompt to localize.
@@ -198,9 +227,11 @@ def localize_memorization_neurons(
         theta_step: How much `theta` falls per step.
         min_theta: Floor of `theta`.
         max_k: Largest top-k of the initial selection; None = the widest layer's channel count.
-        refinement: "group" (default: group testing, far fewer checks) or "greedy" (the official loops).
+        refinement: "group" (group testing, far fewer checks) or "greedy" (the official loops); None (default) =
+            "group", or "greedy" with the official score.
         scale: Multiplier of the silenced channels (0 switches them off).
-        scorer: Seeds, timestep, guidance, SSIM window, cache and early exit (default `NeMoScorerConfig()`).
+        scorer: Seeds, timestep, guidance, SSIM window, cache, early exit and which score (default
+            `NeMoScorerConfig()`).
         **scorer_kwargs: Deprecated: the scorer fields passed loose (`seeds=...`); a `FutureWarning` says so.
 
     Returns:
@@ -208,13 +239,16 @@ def localize_memorization_neurons(
 
     Raises:
         ValueError: If `refinement` is unknown, no threshold is given or stored in `statistics`, a search setting
-            is out of range (`min_theta` > `theta`, a negative `max_k`, `scale` outside [0, 1], ...), or a layer of
-            `statistics` is not in the model.
+            is out of range (`min_theta` > `theta`, a negative `max_k`, `scale` outside [0, 1], ...), a layer of
+            `statistics` is not in the model, or the official score gets latents under `official_min_size`.
         TypeError: If `statistics` is not an `ActivationStatistics`, or `scorer` / `scorer_kwargs` are not valid
             scorer settings.
     """
-    check_choice(refinement, "refinement", REFINEMENTS)
+    if refinement is not None:
+        check_choice(refinement, "refinement", REFINEMENTS)
     scorer = scorer_config(scorer, scorer_kwargs, "localize_memorization_neurons")
+    official = scorer.score == "official"
+    refinement = ("greedy" if official else "group") if refinement is None else refinement
     if not isinstance(statistics, ActivationStatistics):
         raise TypeError(f"`statistics` must be ActivationStatistics, got {type(statistics).__name__}.")
     threshold = statistics.threshold if threshold is None else check_number(threshold, "threshold")
@@ -233,9 +267,6 @@ def localize_memorization_neurons(
     layers = check_layers(unet, statistics.layers)
     score = MemorizationScorer(pipe, prompt, scorer)
 
-    def check(neurons):  # only "under the threshold or not" is asked
-        return score(neurons, scale, threshold)
-
     def result(**kwargs):
         return NeMoResult(
             prompt=prompt,
@@ -247,7 +278,9 @@ def localize_memorization_neurons(
         )
 
     before = score(None, scale)
-    if before < threshold:
+    seeds = score.memorized_seeds(threshold) if official else None
+    memorized = bool(seeds) if official else before >= threshold  # official: some seed's pairs over the threshold
+    if not memorized:
         return result(
             memorized=False,
             score_initial=None,
@@ -256,6 +289,7 @@ def localize_memorization_neurons(
             refined=NeMoConfig(scale=scale),
             theta=None,
             k=None,
+            seeds=seeds,
         )
 
     acts = {name: a[0] for name, a in value_activations(unet, layers, score.cond).items()}
@@ -266,6 +300,37 @@ def localize_memorization_neurons(
                 f"channels there and {values.numel()} here."
             )
     z = statistics.z_scores(acts)
+
+    if official:
+
+        def check(neurons):  # the official criterion: blocked against unblocked noise, on the memorized seeds
+            return score.similarity_to_unblocked(neurons, scale, seeds)
+
+        widest = max(len(a) for a in acts.values()) if max_k is None else max_k
+        selection, initial_score, k, current_theta, refine_at = official_scan(
+            check, acts, z, threshold, theta, theta_step, min_theta, widest
+        )
+        if refinement == "greedy":
+            refined = official_refinement(check, selection, refine_at)
+            after = check(refined)
+        else:
+            unique = {name: list(dict.fromkeys(channels)) for name, channels in selection.items()}
+            refined, after = refine_selection(check, unique, refine_at, z, refinement)
+        return result(
+            memorized=True,
+            score_initial=initial_score,
+            score_after=after,
+            initial=NeMoConfig(selection, scale=scale),
+            refined=NeMoConfig(refined, scale=scale),
+            theta=current_theta,
+            k=k,
+            refinement_threshold=refine_at,
+            seeds=seeds,
+        )
+
+    def check(neurons):  # only "under the threshold or not" is asked
+        return score(neurons, scale, threshold)
+
     selection, initial_score, k, current_theta = search_initial_selection(
         check, acts, z, threshold, theta, theta_step, min_theta, max_k, search=refinement
     )
@@ -291,4 +356,5 @@ def localize_memorization_neurons(
         refined=NeMoConfig(refined, scale=scale),
         theta=current_theta,
         k=k,
+        refinement_threshold=threshold,
     )

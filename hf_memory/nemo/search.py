@@ -40,6 +40,74 @@ def initial_selection(
     }
 
 
+def official_initial_selection(
+    acts: dict[str, torch.Tensor], z: dict[str, torch.Tensor], theta: float, k: int
+) -> dict[str, list[int]]:
+    """The same channels as `initial_selection`, listed as the official code lists them for its refinement.
+
+    Per layer: the channels with z-score above `theta` (ascending), then the top-`k` channels (largest activation
+    first), duplicates kept. The order and the duplicates matter to `official_refinement`, which removes one copy
+    at a time, as the official code does; silencing a list silences its set of channels.
+
+    Args:
+        acts: Layer name -> activations of the prompt (1-D tensor over channels).
+        z: Layer name -> z-scores of those activations.
+        theta: The z-score threshold.
+        k: How many top activations per layer to add (at most the layer's channel count).
+
+    Returns:
+        Layer name -> channel ids in that order, for every layer of `acts` (possibly an empty list).
+
+    Example:
+        >>> import torch
+        >>> official_initial_selection({"a": torch.tensor([5.0, 1.0, 9.0])}, {"a": torch.tensor([3.0, 4.0, 1.5])}, 2.0, 1)
+        {'a': [0, 1, 2]}
+        >>> official_initial_selection({"a": torch.tensor([5.0, 1.0, 9.0])}, {"a": torch.tensor([3.0, 4.0, 3.5])}, 2.0, 1)
+        {'a': [0, 1, 2, 2]}
+    """
+    return {
+        name: (z[name] > theta).nonzero().flatten().tolist()
+        + acts[name].topk(min(k, len(acts[name]))).indices.tolist()
+        for name in acts
+    }
+
+
+def official_refinement(
+    score: Callable[[dict[str, list[int]]], float], selection: dict[str, list[int]], threshold: float
+) -> dict[str, list[int]]:
+    """The official refinement, list operations included: drop each layer, then each listed channel, whenever the
+    score of what remains is strictly under `threshold`.
+
+    Layers are tried last to first (empty ones skipped); then, for the layers left (last to first), each entry of
+    the layer's list as it stood when the layer's turn came, in order: one copy of it is removed (`list.remove`, the
+    first copy), so a duplicated channel stays silenced until its last copy goes, as in the official code. One
+    ``score`` call per layer and per entry.
+
+    Args:
+        score: ``score(neurons)`` -> the score with the channels of those lists silenced.
+        selection: Layer name -> channel ids, as `official_initial_selection` lists them.
+        threshold: A removal is kept when the score is under this value.
+
+    Returns:
+        Layer name -> the remaining entries, for every layer of `selection` (possibly an empty list).
+
+    Example:
+        >>> official_refinement(lambda kept: 0.0 if 4 in kept.get("a", []) else 1.0, {"a": [1, 4, 4], "b": [2]}, 0.5)
+        {'a': [4], 'b': []}
+    """
+    current = {name: list(channels) for name, channels in selection.items()}
+    for name in reversed(list(current)):
+        if current[name] and score({**current, name: []}) < threshold:
+            current[name] = []
+    for name in reversed(list(current)):
+        for channel in list(current[name]):
+            trial = list(current[name])
+            trial.remove(channel)
+            if score({**current, name: trial}) < threshold:
+                current[name].remove(channel)
+    return current
+
+
 def drop_unneeded(
     atoms: list[Atom], holds: Callable[[list[Atom]], bool], order: list[Atom] | None = None
 ) -> list[Atom]:
@@ -191,6 +259,53 @@ def refine_greedy(
             if score(without) < threshold:
                 current = without
     return {name: c for name, c in current.items() if c}
+
+
+def official_scan(
+    check: Callable[[dict[str, list[int]]], float],
+    acts: dict[str, torch.Tensor],
+    z: dict[str, torch.Tensor],
+    threshold: float,
+    theta: float,
+    theta_step: float,
+    min_theta: float,
+    max_k: int,
+) -> tuple[dict[str, list[int]], float, int, float, float]:
+    """The official initial selection loop, step by step, with its stopping rule.
+
+    Step s tests `official_initial_selection` at z-threshold θ and top-k (θ = `theta`, k = 0 first). A step passes
+    when its score is at most `threshold`. After a failing step θ falls by `theta_step` (while above `min_theta`)
+    and k grows by 1; the loop then stops *without testing* once θ has reached `min_theta` or k `max_k` (the
+    official code: ``theta == 1 or k >= 1280``, SD-1.x's widest layer), and the last score tested becomes the
+    refinement threshold. With the defaults (θ from 5 by 0.25 to 1) that is 16 steps, the last at θ = 1.25, k = 15.
+
+    Args:
+        check: `check(neurons)` -> the score with those neurons silenced (called once per step).
+        acts: Layer name -> the prompt's activations.
+        z: Layer name -> their z-scores.
+        threshold: A step passes when its score is at most this.
+        theta: The starting z-score threshold.
+        theta_step: How much θ falls per failing step.
+        min_theta: The θ at which the loop stops untested.
+        max_k: The k at which the loop stops untested.
+
+    Returns:
+        `(selection, score, k, theta, refinement_threshold)` of the last step tested; `refinement_threshold` is
+        `threshold` when that step passed, else its score.
+    """
+    k = 0
+    while True:
+        selection, tested_theta, tested_k = official_initial_selection(acts, z, theta, k), theta, k
+        score = check(selection)
+        passed = score <= threshold
+        if not passed:
+            if theta > min_theta:
+                theta -= theta_step
+            k += 1
+        if theta <= min_theta + 1e-9 or k >= max_k:  # float slack: θ comes from repeated subtraction
+            return selection, score, tested_k, tested_theta, score
+        if passed:
+            return selection, score, tested_k, tested_theta, threshold
 
 
 def first_passing_step(passes: Callable[[int], bool], max_step: int, exhaustive: bool = False) -> int:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .._utils import atomic_write, check_integer, check_number, is_local_path
 from ._common import pipeline_denoiser
 from .hooks import value_projection_names
-from .scoring import MemorizationScorer, NeMoScorerConfig, encode_prompts, scorer_config
+from .scoring import MemorizationScorer, NeMoScorerConfig, encode_prompts, latent_size, scorer_config
 
 
 if TYPE_CHECKING:
@@ -35,8 +35,9 @@ class ActivationStatistics:
         mean: Layer name -> per-channel mean activation (1-D tensor).
         std: Layer name -> per-channel standard deviation (1-D tensor, same length as the mean).
         threshold: The memorization-score threshold, `score_mean + score_std`; None if the scores were not computed.
-        score_mean: Mean memorization score of the prompts; None if not computed.
-        score_std: Standard deviation of those scores; None if not computed.
+        score_mean: Mean memorization score of the prompts (with the official score: mean pairwise MS-SSIM over
+            every pair of seeds of every prompt, as the official code calibrates); None if not computed.
+        score_std: Standard deviation of those scores (or pairwise values); None if not computed.
         num_prompts: How many prompts the statistics were computed over.
         scores: The memorization score of every prompt, in input order (empty if not computed).
 
@@ -287,6 +288,9 @@ def compute_activation_statistics(
     ``layers`` defaults to the value projections of the down and mid blocks (the paper's choice), or all
     ``attn2.to_v`` if the model has no such blocks. With ``calibrate_threshold`` (default) the memorization score
     of every prompt is computed too (``seeds`` UNet evaluations each) and ``threshold = mean + std`` of the scores.
+    With the official score (``scorer=NeMoScorerConfig.official(guidance_scale=7)`` reproduces the official
+    calibration) the mean and std are taken over every pairwise MS-SSIM of every prompt, as the official code does;
+    `scores` still holds each prompt's largest one.
 
     Args:
         pipe: A text-to-image pipeline (`StableDiffusionPipeline` or alike).
@@ -303,8 +307,8 @@ def compute_activation_statistics(
         ``calibrate_threshold``.
 
     Raises:
-        ValueError: If there are fewer than 2 prompts or one is not a string, `batch_size` < 1, or a layer is
-            unknown.
+        ValueError: If there are fewer than 2 prompts or one is not a string, `batch_size` < 1, a layer is
+            unknown, or the official score gets latents under `official_min_size`.
         TypeError: If `scorer` is not a `NeMoScorerConfig`, or `scorer_kwargs` holds a name that is not a scorer
             field.
     """
@@ -317,8 +321,10 @@ def compute_activation_statistics(
     scorer = scorer_config(scorer, scorer_kwargs, "compute_activation_statistics")
     unet = pipeline_denoiser(pipe)
     layers = check_layers(unet, layers)
+    if calibrate_threshold:
+        latent_size(unet, scorer)  # the official score refuses latents too small for MS-SSIM, before any work
     per_layer = {name: [] for name in layers}
-    scores = []
+    scores, pairwise, official = [], [], scorer.score == "official"
     chunks = range(0, len(prompts), batch_size)
     for start in tqdm(chunks, desc="NeMo statistics", disable=not show_progress):
         batch = prompts[start : start + batch_size]
@@ -328,7 +334,10 @@ def compute_activation_statistics(
         if calibrate_threshold:
             for i, prompt in enumerate(batch):
                 pair = (cond[i : i + 1], None if uncond is None else uncond[i : i + 1])
-                scores.append(MemorizationScorer(pipe, prompt, scorer, embeddings=pair)())
+                score = MemorizationScorer(pipe, prompt, scorer, embeddings=pair)
+                if official:
+                    pairwise.append(score.pairwise_similarities())
+                scores.append(score())
     acts = {name: torch.cat(chunks) for name, chunks in per_layer.items()}
     stats = ActivationStatistics(
         {name: a.mean(0) for name, a in acts.items()},
@@ -336,7 +345,9 @@ def compute_activation_statistics(
         num_prompts=len(prompts),
     )
     if scores:
-        values = torch.tensor(scores, dtype=torch.float64)
+        # The official threshold is mean + 1 std of every pairwise MS-SSIM (its README: load the pairwise scores
+        # and take their mean and std); ours, of each prompt's score (its largest pairwise SSIM).
+        values = torch.cat(pairwise).double() if official else torch.tensor(scores, dtype=torch.float64)
         stats.score_mean, stats.score_std = float(values.mean()), float(values.std())
         stats.threshold = stats.score_mean + stats.score_std
         stats.scores = scores
