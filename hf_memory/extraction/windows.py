@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .._utils import as_sequences, iter_sequences
+from .._utils import iter_sequences
 
 
 if TYPE_CHECKING:
@@ -41,17 +41,11 @@ def extraction_windows(
         >>> [w.tolist() for w in windows], index, skipped
         ([[0, 1, 2, 3, 4], [4, 5, 6, 7, 8]], [(0, 0), (0, 4)], 1)
     """
-    length = prefix_len + suffix_len
-    windows, index, skipped = [], [], 0
-    for i, seq in enumerate(as_sequences(sequences)):
-        if len(seq) < length:
-            skipped += 1
-            continue
-        starts = range(0, len(seq) - length + 1, stride) if stride else [0]
-        for start in starts:
-            windows.append(seq[start : start + length])
-            index.append((i, start))
-    return windows, index, skipped
+    stream = WindowStream(sequences, prefix_len, suffix_len, stride)
+    cut = list(stream)
+    if stream.num_sequences == 0:
+        raise ValueError("`sequences` is empty: give at least one sequence of token ids.")
+    return [window for _, _, window in cut], [(seq, start) for seq, start, _ in cut], stream.num_skipped
 
 
 class WindowStream:
