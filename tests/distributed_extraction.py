@@ -1,4 +1,5 @@
-"""Run under 2 processes by test_extraction.py: measure_extraction splits the windows and gathers them in order."""
+"""Run under 2 processes by test_extraction.py and test_extraction_store.py: measure_extraction shares the batches
+and gathers them in order; with a folder argument, both processes also write their shards there."""
 
 from __future__ import annotations
 
@@ -26,16 +27,19 @@ if __name__ == "__main__":
     from accelerate import PartialState
 
     state = PartialState(cpu=True)
-    with state.split_between_processes(list(range(12))) as share:
-        share = list(share)
     result = score()
     out = {
         "num_processes": state.num_processes,
-        "share": share,
         "predictions": result.predictions,
         "longest_common_prefix": result.longest_common_prefix,
         "metrics": result.metrics,
     }
+    if len(sys.argv) > 2:  # results on disk, one writer per process
+        from tests.test_extraction_store import corpus, model, run
+
+        m, rows = model(), corpus()
+        out["memory_predictions"] = run(m, rows).predictions
+        out["metrics"] = run(m, iter(rows), output_dir=sys.argv[2], flush_every=1).metrics
     from accelerate.utils import gather_object
 
     everyone = gather_object([out])

@@ -22,6 +22,11 @@ from hf_memory.cli import main
             ["measure", "--data", "README.md", "--method", "prefix", "--text-rouge"],
             "argument --text-rouge: needs whole predictions",
         ),
+        (
+            ["measure", "--data", "README.md", "--out", "x.jsonl", "--out-dir", "out"],
+            "argument --out: not with --out-dir",
+        ),
+        (["measure", "--data", "README.md", "--out-dir", "README.md"], "argument --out-dir: 'README.md' is a file"),
         (["demo", "--goldfish-k", "1"], "argument --goldfish-k: must be an integer >= 2, got 1"),
         (["demo", "--epochs", "0"], "argument --epochs: must be an integer >= 1, got 0"),
         (["demo", "--lr", "nan"], "argument --lr: must be a finite number > 0"),
@@ -84,3 +89,24 @@ def test_text_rouge_without_the_extra_is_refused_before_any_work(capsys, monkeyp
     assert (
         'argument --text-rouge: needs the analysis extra: pip install "hf-memory[analysis]"' in capsys.readouterr().err
     )
+
+
+def test_measure_out_dir_writes_shards_and_resumes(tmp_path, capsys, monkeypatch):
+    import hf_memory.models
+    from hf_memory import ExtractionResult
+    from hf_memory.data.tokenizers import word_level_tokenizer
+    from tests.conftest import TINY_VOCAB, tiny_causal_lm
+
+    words = [f"w{i}" for i in range(TINY_VOCAB - 4)]
+    tokenizer, model = word_level_tokenizer(words), tiny_causal_lm("llama")
+    monkeypatch.setattr(hf_memory.models, "load_model", lambda *a, **k: (model, tokenizer))
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(words[i % 50] for i in range(300)))
+    argv = ["measure", "--data", str(doc), "--prefix", "8", "--suffix", "8", "--stride", "16", "--out-dir"]
+    assert main(argv + [str(tmp_path / "out")]) == 0
+    first = capsys.readouterr().out
+    assert "18 windows of 8+8 tokens" in first and "Parquet" in first
+    result = ExtractionResult.from_output_dir(tmp_path / "out")
+    assert result.num_windows == 18 and len(result.dataset()) == 18
+    assert main(argv + [str(tmp_path / "out")]) == 0  # a rerun finds everything done
+    assert capsys.readouterr().out.split("\n")[1:] == first.split("\n")[1:]

@@ -128,7 +128,6 @@ def test_two_processes_give_the_one_process_numbers(tmp_path):
 
     single = score()
     assert [r["num_processes"] for r in ranks] == [2, 2]
-    assert [r["share"] for r in ranks] == [list(range(0, 6)), list(range(6, 12))]
     for r in ranks:  # both ranks end with the gathered, ordered result
         assert r["predictions"] == single.predictions
         assert r["longest_common_prefix"] == single.longest_common_prefix

@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--method", default="auto", choices=["auto", "prefix", "generate"])  # EXTRACTION_METHODS
     measure.add_argument("--out", default=None, help="Write one JSON line per window here.")
     measure.add_argument(
+        "--out-dir",
+        default=None,
+        help="Write the per-window rows to Parquet shards in this folder as the run goes; rerunning the same "
+        "command after an interruption continues where it stopped.",
+    )
+    measure.add_argument(
         "--text-rouge",
         action="store_true",
         help="Also report ROUGE-L of the decoded texts (rouge_l_text, the goldfish paper's number; needs the "
@@ -103,7 +109,7 @@ def run_measure(args: argparse.Namespace) -> dict:
 
     Args:
         args: The parsed `measure` arguments (`model`, `gguf_file`, `data`, `text_field`, `prefix`, `suffix`,
-            `stride`, `batch_size`, `method`, `out`, `text_rouge`).
+            `stride`, `batch_size`, `method`, `out`, `out_dir`, `text_rouge`).
 
     Returns:
         The aggregate metrics, as in `ExtractionResult.metrics`.
@@ -126,9 +132,10 @@ def run_measure(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         method=args.method,
         tokenizer=tokenizer if args.text_rouge else None,
+        output_dir=args.out_dir,
     )
     print(
-        f"\n{len(result.predictions)} windows of {args.prefix}+{args.suffix} tokens from {len(sequences)} documents "
+        f"\n{result.num_windows} windows of {args.prefix}+{args.suffix} tokens from {len(sequences)} documents "
         f"({result.num_skipped} too short, skipped)"
     )
     print(f"{'metric':<24}{'value':>10}")
@@ -156,6 +163,8 @@ def run_measure(args: argparse.Namespace) -> dict:
                 )
                 f.write(json.dumps(row) + "\n")
         print(f"per-window results: {args.out}")
+    if args.out_dir:
+        print(f"per-window results: {args.out_dir} (Parquet; datasets.load_dataset('parquet', data_dir=...))")
     return result.metrics
 
 
@@ -182,6 +191,10 @@ def check_paths(args: argparse.Namespace) -> str | None:
                 return f"argument --out: {args.out!r} is a folder; give a file name"
             if not os.path.isdir(folder):
                 return f"argument --out: the folder {folder!r} does not exist"
+        if args.out is not None and args.out_dir is not None:
+            return "argument --out: not with --out-dir (the rows are in the folder's Parquet shards)"
+        if args.out_dir is not None and os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+            return f"argument --out-dir: {args.out_dir!r} is a file; give a folder"
         if args.text_rouge and args.method == "prefix":
             return "argument --text-rouge: needs whole predictions, which --method prefix does not produce"
         if args.text_rouge:

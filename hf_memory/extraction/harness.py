@@ -1,26 +1,50 @@
-"""Extractable memorization at forward-pass cost.
+"""Extractable memorization at forward-pass cost, on inputs of any size.
 
 Greedy decoding from a training prefix reproduces the true suffix exactly up to the first position where the
-teacher-forced argmax differs from the true token. One forward pass over prefix + suffix therefore gives the greedy
-longest common prefix and exact match of a whole batch. For the position-wise score, greedy decoding resumes at the
-divergence point from that forward's KV cache (positions past the divergence are masked out), only for the windows
-that diverged. All numbers come from the `extractable_memorization` metric.
+teacher-forced argmax differs from the true token, so verifying the true suffix (in chunks, from the KV cache)
+gives the greedy longest common prefix and exact match, and greedy decoding is needed only where a window diverges
+(`verify_and_decode`). Windows are cut from the input as it streams in and scored batch by batch; with an
+`output_dir`, each batch's rows go to Parquet shards and an interrupted run resumes where it stopped. All numbers
+come from the `extractable_memorization` metric.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
-from .._utils import check_choice, check_integer, check_vocabulary, eval_mode, model_device, require_extra
+from .._utils import (
+    as_sequences,
+    check_choice,
+    check_integer,
+    check_vocabulary,
+    eval_mode,
+    model_device,
+    require_extra,
+)
 from ..metrics.extractable_memorization.extractable_memorization import extraction_scores
-from .decoding import generate_suffixes, resume_greedy, teacher_forced
+from .decoding import generate_suffixes, verify_and_decode
+from .store import (
+    SCORE_COLUMNS,
+    STORE_FORMAT,
+    ShardWriter,
+    check_writable,
+    iter_score_batches,
+    model_identity,
+    open_results_folder,
+    read_manifest,
+    read_summary,
+    write_summary,
+)
 from .text import decode_for_rouge, text_rouge_l
-from .windows import extraction_windows
+from .windows import WindowStream
 
 
 if TYPE_CHECKING:
@@ -28,11 +52,16 @@ if TYPE_CHECKING:
 
 
 EXTRACTION_METHODS = ("auto", "prefix", "generate")
+_IN_MEMORY = (list, tuple, torch.Tensor, Mapping)  # inputs checked whole before any work
+_PREFIX_METRICS = ("exact_match", "longest_common_prefix")
 
 
 @dataclass
 class ExtractionResult:
     """Per-window greedy continuations and true suffixes, in input order, with the metric's aggregate numbers.
+
+    A run with `output_dir` keeps its per-window rows on disk: the lists below are then empty, `output_dir` says
+    where the rows are, and `dataset()` loads them.
 
     Attributes:
         predictions: The greedy continuation of each window's prefix, as token ids (with
@@ -46,6 +75,8 @@ class ExtractionResult:
         num_skipped: How many sequences were shorter than `prefix_len + suffix_len` and gave no window.
         rouge_l_text: Per window, ROUGE-L of the decoded texts as `evaluate`'s `rouge` computes it (see
             `text_rouge_l`); None unless `measure_extraction` was given a tokenizer.
+        output_dir: The results folder of a run with `output_dir`, else None.
+        num_windows: How many windows were scored (for a run on disk: written so far).
     """
 
     predictions: list[list[int]]
@@ -55,6 +86,12 @@ class ExtractionResult:
     windows: list[tuple[int, int]] = field(default_factory=list)  # (sequence index, start token) per window
     num_skipped: int = 0  # sequences shorter than prefix_len + suffix_len
     rouge_l_text: list[float] | None = None
+    output_dir: str | None = None
+    num_windows: int | None = None
+
+    def __post_init__(self):
+        if self.num_windows is None:
+            self.num_windows = len(self.predictions)
 
     def per_sample(self) -> dict:
         """The metric's per-window lists (exact match, positional score, longest common prefix, ROUGE-L).
@@ -65,18 +102,125 @@ class ExtractionResult:
         Returns:
             The `extraction_scores(..., return_per_sample=True)` dict: the four means and, per metric, a
             `<name>_per_sample` list in window order; with text ROUGE-L also `rouge_l_text` and its list.
+
+        Raises:
+            ValueError: For a result on disk (`output_dir`): its rows are in `dataset()`.
         """
+        if self.output_dir is not None:
+            raise ValueError(
+                f"The per-window rows of this result are on disk in {self.output_dir!r}: use `result.dataset()`."
+            )
         scores = extraction_scores(self.predictions, self.references, return_per_sample=True)
         if self.rouge_l_text is not None:
             scores["rouge_l_text"] = self.metrics["rouge_l_text"]
             scores["rouge_l_text_per_sample"] = list(self.rouge_l_text)
         return scores
 
+    def dataset(self) -> datasets.Dataset:
+        """The per-window rows of a result on disk, as a `datasets.Dataset` in input order.
+
+        Columns: `sequence`, `start`, `exact_match`, `longest_common_prefix`, `memorization_score`, `rouge_l`,
+        `rouge_l_text` (None where not computed), `prediction` and `reference` (token ids). The same rows load with
+        `datasets.load_dataset("parquet", data_dir=output_dir)` (unsorted when several processes wrote them).
+
+        Raises:
+            ValueError: For a result held in memory (no `output_dir`).
+        """
+        if self.output_dir is None:
+            raise ValueError("This result is held in memory (no `output_dir`): read its lists directly.")
+        from datasets import load_dataset
+
+        rows = load_dataset("parquet", data_dir=self.output_dir, split="train")
+        return rows.sort(["sequence", "start"])
+
+    @classmethod
+    def from_output_dir(cls, output_dir: str | os.PathLike) -> ExtractionResult:
+        """The aggregate numbers of the run written to `output_dir`, read from its shards' score columns.
+
+        No prediction or reference is loaded (`dataset()` gives them); each mean is an exactly rounded sum
+        (`math.fsum`) over the windows, so it does not depend on how many processes wrote the shards, and agrees
+        with the in-memory means to the last bit or two. A run that has not finished gives the numbers of the
+        windows written so far, with a warning.
+
+        Args:
+            output_dir: A folder written by `measure_extraction(..., output_dir=...)`.
+
+        Returns:
+            An `ExtractionResult` with `metrics`, `num_skipped`, `num_windows` and `output_dir` set and empty lists.
+
+        Raises:
+            FileNotFoundError: If the folder holds no results.
+            ValueError: If its manifest or a shard is damaged (naming the file).
+        """
+        folder = os.fspath(output_dir)
+        manifest = read_manifest(folder)
+        summary = read_summary(folder)
+        settings = manifest["settings"]
+        names = list(_PREFIX_METRICS) if settings["method"] == "prefix" else list(SCORE_COLUMNS[:4])
+        if settings.get("text_rouge"):
+            names.append("rouge_l_text")
+        order = [n for n in ("exact_match", "memorization_score", "longest_common_prefix", "rouge_l") if n in names]
+        count = sum(len(batch["sequence"]) for batch in iter_score_batches(folder))
+        metrics = {}
+        for name in order + (["rouge_l_text"] if "rouge_l_text" in names else []):
+            total = math.fsum(float(v) for batch in iter_score_batches(folder) for v in batch[name])
+            metrics[name] = total / count if count else float("nan")
+        if summary is None:
+            warnings.warn(
+                f"The run in {folder!r} has not finished: these numbers cover the {count} windows written so far. "
+                "Rerun the same measure_extraction call to complete it.",
+                stacklevel=2,
+            )
+        num_skipped = summary["num_skipped"] if summary else 0
+        return cls([], [], [], metrics, [], num_skipped, None, output_dir=folder, num_windows=count)
+
+
+def _decode_batch(model, batch: torch.Tensor, prefix_len: int, method: str) -> tuple[list, torch.Tensor]:
+    """Greedy continuations and longest common prefixes of one batch of windows, by `method`."""
+    suffix = batch[:, prefix_len:]
+    if method == "generate":
+        preds = generate_suffixes(model, batch, prefix_len)
+        lcp = (preds == suffix).long().cumprod(1).sum(1)
+    else:
+        preds, lcp = verify_and_decode(model, batch, prefix_len, decode=method == "auto")
+        if method == "prefix":  # the greedy continuation is known up to and including its first wrong token
+            preds = [p[: n + 1] for p, n in zip(preds, lcp.tolist())]
+    return preds, lcp
+
+
+def _batches(stream: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in stream:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _rows(items, predictions, references, lcp, method, rouge_text) -> dict:
+    """One batch's shard rows, column by column."""
+    n = len(items)
+    scores = extraction_scores(predictions, references, return_per_sample=True)
+    whole = method != "prefix"
+    return {
+        "sequence": [seq for seq, _, _ in items],
+        "start": [start for _, start, _ in items],
+        "exact_match": scores["exact_match_per_sample"],
+        "longest_common_prefix": lcp,
+        "memorization_score": scores["memorization_score_per_sample"] if whole else [None] * n,
+        "rouge_l": scores["rouge_l_per_sample"] if whole else [None] * n,
+        "rouge_l_text": rouge_text if rouge_text is not None else [None] * n,
+        "prediction": predictions,
+        "reference": references,
+    }
+
 
 @torch.inference_mode()
 def measure_extraction(
     model: torch.nn.Module,
-    sequences: Sequence[Sequence[int]] | torch.Tensor | datasets.Dataset,
+    sequences: Sequence[Sequence[int]] | torch.Tensor | datasets.Dataset | Iterable,
     prefix_len: int = 32,
     suffix_len: int = 32,
     stride: int | None = None,
@@ -84,36 +228,55 @@ def measure_extraction(
     method: str = "auto",
     show_progress: bool = True,
     tokenizer=None,
+    output_dir: str | os.PathLike | None = None,
+    flush_every: int = 16,
 ) -> ExtractionResult:
     """Greedy extraction of each window's suffix from its prefix, scored by the `extractable_memorization` metric.
 
     One window per sequence (its first prefix_len + suffix_len tokens), or one every `stride` tokens; shorter
-    sequences are skipped and counted in `num_skipped`. Under `accelerate launch` each process scores a share and
-    the results are gathered in input order. The model is put in eval mode for the call and given back its mode.
+    sequences are skipped and counted in `num_skipped`. Windows are cut as the input streams in: a generator, a
+    `datasets.IterableDataset` (`load_dataset(..., streaming=True)`) or a `Dataset` read in batches are never
+    turned into one list. Under `accelerate launch` / `torchrun` process r scores batches r, r + n, r + 2n, ... of
+    the stream, so the rows do not depend on the number of processes. The model is put in eval mode for the call
+    and given back its mode.
+
+    With `output_dir`, every window's row (sequence index, window start, the four scores, predicted and true ids)
+    goes to Parquet shards there, a shard every `flush_every` batches per process, and the result is read back from
+    them (`ExtractionResult.from_output_dir`): memory no longer grows with the number of windows. Rerunning the
+    same call after a crash or a kill continues after the last complete shard; the final rows equal a clean run's.
+    A different model or different settings into the same folder is refused.
 
     Args:
         model: A causal language model (transformers `...ForCausalLM`), on the device to run on.
-        sequences: Token id sequences (lists, 1-D tensors, a 2-D tensor) or a `datasets.Dataset` with `input_ids`.
+        sequences: Token id sequences (lists, 1-D tensors, a 2-D tensor), a `datasets.Dataset` or
+            `IterableDataset` with `input_ids`, or any iterable of id sequences or row dicts with `input_ids`.
         prefix_len: Tokens of each window given to the model.
         suffix_len: Tokens of each window the model must reproduce greedily.
         stride: Cut a window every `stride` tokens of each sequence; None cuts one window, at its start.
         batch_size: Windows per forward pass.
-        method: "auto" (teacher-forced shortcut, greedy resumed from the KV cache where it diverges), "prefix"
-            (shortcut only: exact match and longest common prefix are exact, predictions stop at the first wrong
+        method: "auto" (the true suffix verified from the KV cache, greedy decoding where it diverges), "prefix"
+            (verification only: exact match and longest common prefix are exact, predictions stop at the first wrong
             token, so only those two metrics are reported) or "generate" (plain batched greedy `generate`, the
             reference).
-        show_progress: Show a progress bar (on the local main process only).
+        show_progress: Show a progress bar in windows/s (on the local main process only).
         tokenizer: The model's tokenizer; when given, predictions and references are also decoded (special tokens
             skipped, as the goldfish paper's evaluation does) and scored by text-level ROUGE-L (`rouge_l_text`,
             the number Hans et al. report; needs the `analysis` extra). Not with `method="prefix"`.
+        output_dir: A folder for the per-window rows (Parquet shards and a manifest); None keeps everything in
+            memory.
+        flush_every: With `output_dir`, batches per shard: at most this many batches are redone after a crash.
 
     Returns:
-        An `ExtractionResult` with the predictions, references and scores of every window, in input order.
+        An `ExtractionResult`: with the predictions, references and scores of every window, in input order; with
+        `output_dir`, the aggregate numbers (the rows are in `result.dataset()`).
 
     Raises:
-        ValueError: If a length, `stride` or `batch_size` is not a positive integer, `method` is unknown, a
-            sequence is not integer token ids, no sequence is long enough for one window, or `tokenizer` cannot
-            decode or comes with `method="prefix"`.
+        ValueError: If a length, `stride`, `batch_size` or `flush_every` is not a positive integer, `method` is
+            unknown, a sequence is not integer token ids or holds an id outside the vocabulary, no sequence is long
+            enough for one window, `tokenizer` cannot decode or comes with `method="prefix"`, `output_dir` is a
+            file, cannot be written or holds another run, or a shard there is damaged. An in-memory input (list,
+            tensor, mapping) is checked whole before any work; a streamed one batch by batch, and rows already
+            written are kept.
         ImportError: If `tokenizer` is given and rouge_score (the `analysis` extra) is missing.
 
     Example:
@@ -129,6 +292,7 @@ def measure_extraction(
     suffix_len = check_integer(suffix_len, "suffix_len", minimum=1)
     stride = check_integer(stride, "stride", minimum=1, allow_none=True)
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    flush_every = check_integer(flush_every, "flush_every", minimum=1)
     check_choice(method, "method", EXTRACTION_METHODS)
     if tokenizer is not None:
         if not callable(getattr(tokenizer, "batch_decode", None)):
@@ -141,47 +305,138 @@ def measure_extraction(
                 "use method='auto' or 'generate'."
             )
         require_extra("analysis", "Text-level ROUGE-L (`tokenizer=`)")
-    windows, index, skipped = extraction_windows(sequences, prefix_len, suffix_len, stride)
-    if not windows:
-        raise ValueError(
-            f"No sequence in `sequences` has prefix_len + suffix_len = {prefix_len + suffix_len} tokens "
-            f"({skipped} skipped): lower `prefix_len` / `suffix_len` or give longer sequences."
-        )
-    check_vocabulary(torch.stack(windows), model, "sequences")
+    if output_dir is not None:
+        if not isinstance(output_dir, (str, os.PathLike)):
+            raise ValueError(f"`output_dir` must be a folder path, got {type(output_dir).__name__}.")
+        output_dir = os.fspath(output_dir)
+        check_writable(output_dir)
+
+    length = prefix_len + suffix_len
+    total = None
+    if isinstance(sequences, _IN_MEMORY):  # already in memory: check all of it before any work
+        sequences = as_sequences(sequences)
+        long_enough = [row for row in sequences if len(row) >= length]
+        if not long_enough:
+            raise ValueError(
+                f"No sequence in `sequences` has prefix_len + suffix_len = {length} tokens "
+                f"({len(sequences)} skipped): lower `prefix_len` / `suffix_len` or give longer sequences."
+            )
+        check_vocabulary(torch.cat(long_enough), model, "sequences")
+        total = sum(len(range(0, len(row) - length + 1, stride)) if stride else 1 for row in long_enough)
+    stream = WindowStream(sequences, prefix_len, suffix_len, stride)
 
     from accelerate import PartialState
 
     device = model_device(model)
     state = PartialState(cpu=device.type == "cpu")  # a CPU model under torchrun / accelerate launch: gloo
-    predictions, lcps = [], []
-    with eval_mode(model), state.split_between_processes(list(range(len(windows)))) as mine:
-        batches = range(0, len(mine), batch_size)
-        for b in tqdm(batches, desc="extraction", disable=not show_progress or not state.is_local_main_process):
-            batch = torch.stack([windows[i] for i in mine[b : b + batch_size]]).to(device)
-            suffix = batch[:, prefix_len:]
-            if method == "generate":
-                preds = generate_suffixes(model, batch, prefix_len)
-                lcp = (preds == suffix).long().cumprod(1).sum(1)
-            else:
-                greedy, out = teacher_forced(model, batch, prefix_len, use_cache=method == "auto")
-                lcp = (greedy == suffix).long().cumprod(1).sum(1)
-                if method == "auto":
-                    preds = resume_greedy(model, out, batch, greedy, lcp, prefix_len)
-                else:  # the greedy continuation is known up to and including its first wrong token
-                    preds = [torch.cat([s[:n], g[n : n + 1]]) for s, g, n in zip(suffix, greedy, lcp.tolist())]
-            predictions += [p.tolist() for p in preds]
-            lcps += lcp.tolist()
+    rank, world = state.process_index, state.num_processes
+    writer = None
+    if output_dir is not None:
+        settings = {
+            "prefix_len": prefix_len,
+            "suffix_len": suffix_len,
+            "stride": stride,
+            "batch_size": batch_size,
+            "method": method,
+            "text_rouge": tokenizer is not None,
+        }
+        manifest = {
+            "format": STORE_FORMAT,
+            "settings": settings,
+            "model": model_identity(model),
+            "num_processes": world,
+        }
+        open_results_folder(output_dir, manifest, is_main=state.is_main_process)
+        state.wait_for_everyone()
+        writer = ShardWriter(output_dir, rank, flush_every)
 
-    if state.num_processes > 1:
+    records = []  # in memory: (window number, sequence, start, prediction, reference, lcp, text ROUGE-L)
+    done = writer.done if writer is not None else 0  # windows of this process's share already on disk
+    seen = 0  # windows of this process's share met so far
+    mine = (
+        None
+        if total is None
+        else sum(min(batch_size, total - b) for b in range(rank * batch_size, total, world * batch_size))
+    )
+    bar = tqdm(
+        total=mine,
+        unit="window",
+        desc="extraction",
+        disable=not show_progress or not state.is_local_main_process,
+    )
+    number = -1
+    try:
+        with eval_mode(model):
+            for number, items in enumerate(_batches(stream, batch_size)):
+                if number % world != rank:
+                    continue
+                if seen < done:  # written by an earlier, interrupted run of the same call
+                    seen += len(items)
+                    bar.update(len(items))
+                    if seen >= done and (seen > done or writer.last_written() != items[-1][:2]):
+                        raise ValueError(
+                            f"`sequences` differ from those of the run that wrote {output_dir!r}: its last window "
+                            f"is {writer.last_written()} (sequence, start), not where the input has one. Use another "
+                            "folder for other data."
+                        )
+                    continue
+                batch = torch.stack([window for _, _, window in items])
+                if total is None:  # streamed: checked batch by batch
+                    check_vocabulary(batch, model, "sequences")
+                preds, lcp = _decode_batch(model, batch.to(device), prefix_len, method)
+                predictions = [p.tolist() for p in preds]
+                references = batch[:, prefix_len:].tolist()
+                rouge_text = None
+                if tokenizer is not None:
+                    rouge_text = text_rouge_l(
+                        decode_for_rouge(tokenizer, predictions), decode_for_rouge(tokenizer, references)
+                    )
+                if writer is not None:
+                    writer.add(_rows(items, predictions, references, lcp.tolist(), method, rouge_text))
+                else:
+                    first = number * batch_size
+                    for j, ((seq, start, _), pred, ref, n) in enumerate(
+                        zip(items, predictions, references, lcp.tolist())
+                    ):
+                        records.append((first + j, seq, start, pred, ref, n, rouge_text and rouge_text[j]))
+                seen += len(items)
+                bar.update(len(items))
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()  # every batch scored so far is kept, whatever stopped the loop
+    if seen < done:
+        raise ValueError(
+            f"`sequences` hold fewer windows than the run that wrote {output_dir!r} had already scored: use another "
+            "folder for other data."
+        )
+    if stream.num_sequences == 0:
+        raise ValueError("`sequences` is empty: give at least one sequence of token ids.")
+    if number < 0:
+        raise ValueError(
+            f"No sequence in `sequences` has prefix_len + suffix_len = {length} tokens "
+            f"({stream.num_skipped} skipped): lower `prefix_len` / `suffix_len` or give longer sequences."
+        )
+
+    if writer is not None:
+        state.wait_for_everyone()
+        if state.is_main_process:
+            counts = {"num_skipped": stream.num_skipped, "num_sequences": stream.num_sequences}
+            write_summary(output_dir, counts)
+        state.wait_for_everyone()
+        return ExtractionResult.from_output_dir(output_dir)
+
+    if world > 1:
         from accelerate.utils import gather_object
 
-        predictions, lcps = gather_object(predictions), gather_object(lcps)
-    references = [w[prefix_len:].tolist() for w in windows]
+        records = sorted(gather_object(records))
+    _, seqs, starts, predictions, references, lcps, texts = (list(column) for column in zip(*records))
+    index = list(zip(seqs, starts))
     metrics = extraction_scores(predictions, references)
     if method == "prefix":
-        metrics = {k: metrics[k] for k in ("exact_match", "longest_common_prefix")}
+        metrics = {k: metrics[k] for k in _PREFIX_METRICS}
     rouge_text = None
     if tokenizer is not None:
-        rouge_text = text_rouge_l(decode_for_rouge(tokenizer, predictions), decode_for_rouge(tokenizer, references))
+        rouge_text = texts
         metrics["rouge_l_text"] = sum(rouge_text) / len(rouge_text)
-    return ExtractionResult(predictions, references, lcps, metrics, index, skipped, rouge_text)
+    return ExtractionResult(predictions, references, lcps, metrics, index, stream.num_skipped, rouge_text)

@@ -1,0 +1,331 @@
+"""measure_extraction on streams and into a results folder: the same rows as in memory, resumed after a crash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_memory import ExtractionResult, measure_extraction
+from tests.conftest import TINY_VOCAB, run_two_processes, tiny_causal_lm
+
+
+PREFIX, SUFFIX = 6, 8
+
+
+def corpus(n=23, seed=0):
+    """Sequences of varied lengths (some too short for a window), some repeating a planted pattern."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        length = int(torch.randint(5, 60, (1,), generator=gen))
+        rows.append(torch.randint(0, TINY_VOCAB, (length,), generator=gen).tolist())
+    return rows
+
+
+def model():
+    return tiny_causal_lm("llama", hidden=32).eval()
+
+
+def run(model, sequences, **kwargs):
+    kwargs = {
+        "prefix_len": PREFIX,
+        "suffix_len": SUFFIX,
+        "stride": 5,
+        "batch_size": 4,
+        "show_progress": False,
+    } | kwargs
+    return measure_extraction(model, sequences, **kwargs)
+
+
+def rows_of(result: ExtractionResult) -> list[dict]:
+    """A result's per-window rows, from memory or from disk, in one shape."""
+    if result.output_dir is None:
+        per_sample = result.per_sample()
+        return [
+            {
+                "sequence": seq,
+                "start": start,
+                "exact_match": per_sample["exact_match_per_sample"][i],
+                "longest_common_prefix": result.longest_common_prefix[i],
+                "memorization_score": per_sample["memorization_score_per_sample"][i],
+                "rouge_l": per_sample["rouge_l_per_sample"][i],
+                "prediction": result.predictions[i],
+                "reference": result.references[i],
+            }
+            for i, (seq, start) in enumerate(result.windows)
+        ]
+    return [{k: v for k, v in row.items() if k != "rouge_l_text"} for row in result.dataset()]
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_after(model, forwards: int):
+    """A forward hook that raises `Crash` on the model's `forwards + 1`-th top-level call."""
+    calls = []
+
+    def hook(module, args, output):
+        calls.append(1)
+        if len(calls) > forwards:
+            raise Crash
+
+    return model.register_forward_hook(hook)
+
+
+# ---------------------------------------------------------------- streaming input
+
+
+def test_every_input_form_gives_the_rows_of_a_list():
+    m, rows = model(), corpus()
+    reference = run(m, rows)
+    assert reference.num_skipped > 0 and len(reference.predictions) > 20
+    dataset = Dataset.from_dict({"input_ids": rows})
+    forms = {
+        "generator": (r for r in rows),
+        "generator of row dicts": ({"input_ids": r} for r in rows),
+        "dataset": dataset,
+        "iterable dataset": dataset.to_iterable_dataset(),
+        "tuple of tensors": tuple(torch.tensor(r) for r in rows),
+    }
+    for what, source in forms.items():
+        result = run(m, source)
+        assert result.predictions == reference.predictions, what
+        assert result.windows == reference.windows and result.references == reference.references, what
+        assert result.metrics == reference.metrics and result.num_skipped == reference.num_skipped, what
+
+
+def test_a_streamed_input_is_read_as_it_goes():
+    m, rows = model(), corpus()
+    taken = []
+
+    def source():
+        for row in rows:
+            taken.append(len(taken))
+            yield row
+
+    crash = crash_after(m, 0)  # the first forward: only the first batch's sequences may have been read
+    with pytest.raises(Crash):
+        run(m, source())
+    crash.remove()
+    assert 0 < len(taken) < len(rows)
+
+
+@pytest.mark.parametrize(
+    "source,message",
+    [
+        (iter([]), "`sequences` is empty"),
+        (iter([[1, 2, 3]]), "No sequence in `sequences` has"),
+        (iter([list(range(20)), [0.5] * 20]), r"`sequences\[1\]` must hold integer token ids"),
+        (iter([[TINY_VOCAB + 5] * 20]), "outside the model's vocabulary"),
+    ],
+)
+def test_bad_streams_name_the_problem(source, message):
+    with pytest.raises(ValueError, match=message):
+        run(model(), source)
+
+
+# ---------------------------------------------------------------- results on disk
+
+
+def test_output_dir_holds_the_in_memory_rows(tmp_path):
+    m, rows = model(), corpus()
+    memory = run(m, rows)
+    disk = run(m, iter(rows), output_dir=tmp_path / "out", flush_every=2)
+    assert (
+        disk.output_dir == str(tmp_path / "out") and disk.predictions == [] and disk.num_windows == len(memory.windows)
+    )
+    assert rows_of(disk) == rows_of(memory)
+    assert disk.num_skipped == memory.num_skipped
+    assert disk.metrics.keys() == memory.metrics.keys()
+    for name, value in memory.metrics.items():
+        assert disk.metrics[name] == pytest.approx(value, rel=1e-12, abs=1e-12)
+    again = ExtractionResult.from_output_dir(tmp_path / "out")
+    assert again.metrics == disk.metrics
+    with pytest.raises(ValueError, match="use `result.dataset\\(\\)`"):
+        disk.per_sample()
+
+    from datasets import load_dataset
+
+    loaded = load_dataset("parquet", data_dir=str(tmp_path / "out"), split="train")
+    assert loaded.num_rows == len(memory.windows) and "prediction" in loaded.column_names
+    shards = sorted(p for p in os.listdir(tmp_path / "out") if p.endswith(".parquet"))
+    batches = -(-len(memory.windows) // 4)
+    assert len(shards) == -(-batches // 2)  # a shard every 2 batches
+
+
+def test_prefix_method_and_text_rouge_on_disk(tmp_path):
+    from hf_memory.data.tokenizers import word_level_tokenizer
+
+    m, rows = model(), corpus()
+    fast = run(m, rows, method="prefix", output_dir=tmp_path / "prefix")
+    assert list(fast.metrics) == ["exact_match", "longest_common_prefix"]
+    assert fast.metrics == pytest.approx(run(m, rows, method="prefix").metrics)
+    tokenizer = word_level_tokenizer([f"w{i}" for i in range(TINY_VOCAB - 4)])
+    text = run(m, rows, tokenizer=tokenizer, output_dir=tmp_path / "text")
+    memory = run(m, rows, tokenizer=tokenizer)
+    assert text.metrics["rouge_l_text"] == pytest.approx(memory.metrics["rouge_l_text"])
+    assert text.dataset()["rouge_l_text"] == pytest.approx(memory.rouge_l_text)
+
+
+@pytest.mark.parametrize("crash_at", [0, 3, 7])
+def test_rerun_after_an_exception_continues_and_matches_a_clean_run(tmp_path, crash_at):
+    m, rows = model(), corpus()
+    clean = rows_of(run(m, rows, output_dir=tmp_path / "clean"))
+    folder = tmp_path / "crashed"
+    hook = crash_after(m, crash_at)
+    with pytest.raises(Crash):
+        run(m, iter(rows), output_dir=folder, flush_every=1)
+    hook.remove()
+    partial = ExtractionResult.from_output_dir  # an unfinished run reads, with a warning
+    with pytest.warns(UserWarning, match="has not finished"):
+        assert partial(folder).num_windows < len(clean)
+    resumed = run(m, iter(rows), output_dir=folder, flush_every=1)
+    assert rows_of(resumed) == clean
+    keys = [(r["sequence"], r["start"]) for r in rows_of(resumed)]
+    assert len(keys) == len(set(keys))
+
+
+def test_rerun_of_a_finished_run_decodes_nothing(tmp_path):
+    m, rows = model(), corpus()
+    first = run(m, rows, output_dir=tmp_path)
+    hook = crash_after(m, 0)  # any forward would raise
+    second = run(m, rows, output_dir=tmp_path)
+    hook.remove()
+    assert second.metrics == first.metrics and rows_of(second) == rows_of(first)
+
+
+@pytest.mark.slow
+def test_rerun_after_sigkill_matches_a_clean_run(tmp_path):
+    folder = tmp_path / "killed"
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
+from tests.test_extraction_store import corpus, model, run
+m = model()
+calls = []
+def hook(module, args, output):
+    calls.append(1)
+    if len(calls) == 9:
+        os.kill(os.getpid(), signal.SIGKILL)
+m.register_forward_hook(hook)
+run(m, corpus(), output_dir={str(folder)!r}, flush_every=1)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    written = [p for p in os.listdir(folder) if p.endswith(".parquet")]
+    assert written, "the killed run wrote no shard"
+    m, rows = model(), corpus()
+    resumed = run(m, rows, output_dir=folder, flush_every=1)
+    assert rows_of(resumed) == rows_of(run(m, rows))
+    assert not [p for p in os.listdir(folder) if p.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"prefix_len": PREFIX + 1}, "prefix_len"),
+        ({"method": "generate"}, "method"),
+        ({"batch_size": 3}, "batch_size"),
+    ],
+)
+def test_a_different_run_into_the_same_folder_is_refused(tmp_path, change, message):
+    m, rows = model(), corpus()
+    run(m, rows, output_dir=tmp_path)
+    with pytest.raises(ValueError, match=f"holds results of a different run.*{message}"):
+        run(m, rows, output_dir=tmp_path, **change)
+
+
+def test_another_model_or_other_data_into_the_same_folder_is_refused(tmp_path):
+    m, rows = model(), corpus()
+    run(m, rows, output_dir=tmp_path)
+    other = tiny_causal_lm("llama", hidden=16)
+    with pytest.raises(ValueError, match="different run.*model"):
+        run(other, rows, output_dir=tmp_path)
+    with pytest.raises(ValueError, match="`sequences` differ from those of the run"):
+        run(m, corpus(seed=1), output_dir=tmp_path)
+    with pytest.raises(ValueError, match="fewer windows than the run"):
+        run(m, rows[:5], output_dir=tmp_path)
+
+
+def test_a_damaged_shard_is_named_and_can_be_redone(tmp_path):
+    m, rows = model(), corpus()
+    clean = rows_of(run(m, rows))
+    run(m, rows, output_dir=tmp_path, flush_every=1)
+    shard = sorted(p for p in os.listdir(tmp_path) if p.endswith(".parquet"))[-1]
+    (tmp_path / shard).write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match=f"The shard .*{shard} cannot be read"):
+        run(m, rows, output_dir=tmp_path, flush_every=1)
+    with pytest.raises(ValueError, match=f"{shard} cannot be read"):
+        ExtractionResult.from_output_dir(tmp_path)
+    (tmp_path / shard).unlink()
+    assert rows_of(run(m, rows, output_dir=tmp_path, flush_every=1)) == clean
+
+
+def test_bad_output_dirs_are_refused_before_any_work(tmp_path, monkeypatch):
+    m = model()
+    crash = crash_after(m, 0)
+    file = tmp_path / "file.txt"
+    file.write_text("x")
+    for folder, message in [(file, "is a file"), (file / "sub", "cannot be created"), (3, "must be a folder path")]:
+        with pytest.raises(ValueError, match=message):
+            run(m, corpus(), output_dir=folder)
+    with pytest.raises(ValueError, match="`flush_every` must be an integer >= 1"):
+        run(m, corpus(), output_dir=tmp_path, flush_every=0)
+    # a folder without write permission (simulated: this suite may run as root, whom permissions do not stop)
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "access", lambda path, mode: False)
+        with pytest.raises(ValueError, match="cannot be written"):
+            run(m, corpus(), output_dir=tmp_path / "new")
+    crash.remove()
+    with pytest.raises(FileNotFoundError, match="not a measure_extraction results folder"):
+        ExtractionResult.from_output_dir(tmp_path)
+
+
+def test_a_bad_item_mid_stream_keeps_the_rows_already_written(tmp_path):
+    m, rows = model(), corpus()
+    broken = rows[:10] + [[0.5] * 30] + rows[10:]
+    with pytest.raises(ValueError, match=r"`sequences\[10\]` must hold integer token ids"):
+        run(m, iter(broken), output_dir=tmp_path, flush_every=1)
+    with pytest.warns(UserWarning, match="has not finished"):
+        kept = ExtractionResult.from_output_dir(tmp_path)
+    assert kept.num_windows > 0
+    with pytest.warns(UserWarning):
+        assert kept.num_windows == len(rows_of(ExtractionResult.from_output_dir(tmp_path)))
+
+
+# ---------------------------------------------------------------- several processes
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_rows_of_one(tmp_path):
+    ranks = run_two_processes("distributed_extraction.py", tmp_path / "ranks.json", str(tmp_path / "shared"))
+    assert [r["num_processes"] for r in ranks] == [2, 2]
+    m, rows = model(), corpus()
+    one = run(m, rows)
+    two = ExtractionResult.from_output_dir(tmp_path / "shared")
+    assert rows_of(two) == rows_of(one)
+    names = sorted(p for p in os.listdir(tmp_path / "shared") if p.endswith(".parquet"))
+    assert {n[:9] for n in names} == {"rank00000", "rank00001"}
+    for rank in ranks:  # every process gets the whole result back
+        assert rank["metrics"] == pytest.approx(two.metrics)
+        assert rank["memory_predictions"] == one.predictions
+
+
+def test_two_runs_cannot_write_one_folder_at_once(tmp_path):
+    """A second run into a folder another run is writing is refused (the lock dies with its process)."""
+    from hf_memory.extraction.store import ShardWriter
+
+    m, rows = model(), corpus()
+    run(m, rows[:3], output_dir=tmp_path)  # creates the folder and its manifest
+    holder = ShardWriter(str(tmp_path), 0, 1)  # as if a run were in progress
+    with pytest.raises(ValueError, match="Another run is writing to"):
+        run(m, rows[:3], output_dir=tmp_path)
+    holder.close()
+    assert run(m, rows[:3], output_dir=tmp_path).num_windows == len(run(m, rows[:3]).predictions)
