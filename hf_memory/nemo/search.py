@@ -31,13 +31,7 @@ def initial_selection(
     Returns:
         Layer name -> sorted channel ids, for every layer of `acts` (possibly an empty list).
     """
-    return {
-        name: sorted(
-            set((z[name] > theta).nonzero().flatten().tolist())
-            | set(acts[name].topk(min(k, len(acts[name]))).indices.tolist())
-        )
-        for name in acts
-    }
+    return {name: sorted(set(ids)) for name, ids in official_initial_selection(acts, z, theta, k).items()}
 
 
 def official_initial_selection(
