@@ -44,8 +44,9 @@ def verify_and_decode(
         prefix_len: Tokens of each window's prefix; the rest is the suffix.
         decode: Decode every row to the end of the suffix. Without it, only the longest common prefix and the first
             wrong token are computed, and prediction positions after that token hold the true suffix.
-        chunks: Tokens per verification chunk: "doubling" (1, 2, 4, ...: measured fastest at every memorization
-            level, see docs/extraction.md) or a fixed positive integer.
+        chunks: Tokens per verification chunk: "doubling" (1, 2, 4, ...; close to the best fixed size on memorized
+            batches and better than a large one where a window diverges early, see docs/extraction.md) or a
+            fixed positive integer.
 
     Returns:
         `(predictions, longest_common_prefix)`: the greedy continuation of every row, shape `(batch, suffix_len)`,
