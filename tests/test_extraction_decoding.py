@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from hf_memory.extraction.decoding import generate_suffixes, verify_and_decode
+from hf_memory.extraction.decoding import Regrouper, generate_suffixes, verify_and_decode
 from tests.conftest import TINY_VOCAB, tiny_causal_lm
 
 
@@ -146,3 +146,84 @@ def test_chunks_accepts_numpy_integers():
     model = tiny_causal_lm("llama").eval()
     windows = planted(model, [0, 4, 9], 9)
     check_against_generate(model, windows, [0, 4, 9], chunks=np.int64(4))
+
+
+def regrouped(model, windows, batch_size, max_lag=4, prefix_len=PREFIX):
+    """Run `Regrouper` over `windows` in batches; check the batches come back in order and each is complete."""
+    regrouper = Regrouper(model, prefix_len, batch_size, max_lag=max_lag)
+    done, lags = [], []
+    with torch.inference_mode():
+        for i, batch in enumerate(windows.split(batch_size)):
+            done += regrouper.submit(i, batch)
+            lags.append(len(regrouper._pending))
+            assert regrouper._parked_rows < batch_size  # parked rows decode once a batch of them has gathered
+        done += regrouper.finish()
+    assert [key for key, _, _ in done] == list(range(len(windows.split(batch_size))))
+    assert not regrouper._pending and not regrouper._parked
+    return torch.cat([p for _, p, _ in done]), torch.cat([n for _, _, n in done]), lags
+
+
+@pytest.mark.parametrize("batch_size,max_lag", [(1, 1), (3, 1), (4, 4), (7, 2), (64, 4), (5, 100)])
+def test_regrouped_decoding_equals_generate(tiny_arch, batch_size, max_lag):
+    """Diverged rows of several batches decoded together (padded caches of different lengths, segments split
+    between decoding batches) give `generate`'s tokens, with divergence at every position and at chunk edges."""
+    suffix_len = 13
+    model = tiny_causal_lm(tiny_arch, hidden=32).eval()
+    breaks = torch.randint(0, suffix_len + 1, (50,), generator=torch.Generator().manual_seed(batch_size)).tolist()
+    windows = planted(model, breaks, suffix_len, seed=batch_size)
+    predictions, lcp, lags = regrouped(model, windows, batch_size, max_lag)
+    with torch.inference_mode():
+        assert predictions.tolist() == generate_suffixes(model, windows, PREFIX).tolist()
+    assert lcp.tolist() == breaks
+    assert max(lags) <= max_lag
+
+
+def test_regrouping_shares_decoding_passes_between_batches():
+    """Half-memorized batches: verified alone, their diverged halves decoded together in full batches, so the
+    one-token decoding passes are half of what decoding in each batch makes; a batch waits at most `max_lag`."""
+    model = tiny_causal_lm("llama", hidden=32).eval()
+    suffix_len, batch = 12, 8
+    breaks = [0, suffix_len] * (2 * batch)  # 4 batches, half of each diverging at once
+    windows = planted(model, breaks, suffix_len)
+    in_batch = forward_shapes(model, lambda: [verify_and_decode(model, b, PREFIX) for b in windows.split(batch)])
+    shapes = forward_shapes(model, lambda: regrouped(model, windows, batch))
+    assert in_batch.count((batch, 1)) == 4 * (suffix_len - 1)  # memorized rows ride along
+    assert shapes.count((batch, 1)) == 2 * (suffix_len - 1)  # two full batches of diverged rows
+    assert (
+        regrouped(model, windows, batch)[0].tolist()
+        == torch.cat([verify_and_decode(model, b, PREFIX)[0] for b in windows.split(batch)]).tolist()
+    )
+    few = planted(model, ([0] + [suffix_len] * (batch - 1)) * 6, suffix_len)  # one diverged row per batch
+    predictions, _, lags = regrouped(model, few, batch, max_lag=2)
+    assert max(lags) <= 2
+    with torch.inference_mode():
+        assert predictions.tolist() == generate_suffixes(model, few, PREFIX).tolist()
+
+
+def test_regrouping_falls_back_for_sliding_window_caches():
+    """A cache with sliding-window layers cannot be padded and merged: such a model decodes batch by batch."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=TINY_VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+    )
+    model = MistralForCausalLM(config).eval()
+    breaks = [0, 13, 5, 13, 2, 0, 13, 9]
+    windows = planted(model, breaks, 13)
+    predictions, lcp, _ = regrouped(model, windows, 4)
+    with torch.inference_mode():
+        assert predictions.tolist() == generate_suffixes(model, windows, PREFIX).tolist()
+    assert lcp.tolist() == breaks
+
+
+@pytest.mark.parametrize("max_lag", [0, -1, 1.5, True, "2"])
+def test_bad_max_lag(max_lag):
+    with pytest.raises(ValueError, match="max_lag"):
+        Regrouper(tiny_causal_lm("llama"), PREFIX, 4, max_lag=max_lag)

@@ -134,7 +134,7 @@ def test_bad_streams_name_the_problem(source, message):
 # ---------------------------------------------------------------- results on disk
 
 
-def test_output_dir_holds_the_in_memory_rows(tmp_path):
+def test_output_dir_holds_the_in_memory_rows(tmp_path, monkeypatch):
     m, rows = model(), corpus()
     memory = run(m, rows)
     disk = run(m, iter(rows), output_dir=tmp_path / "out", flush_every=2)
@@ -146,8 +146,13 @@ def test_output_dir_holds_the_in_memory_rows(tmp_path):
     assert disk.metrics.keys() == memory.metrics.keys()
     for name, value in memory.metrics.items():
         assert disk.metrics[name] == pytest.approx(value, rel=1e-12, abs=1e-12)
+    import hf_memory.extraction.harness as harness
+
+    reads, iterate = [], harness.iter_score_batches
+    monkeypatch.setattr(harness, "iter_score_batches", lambda folder: reads.append(folder) or iterate(folder))
     again = ExtractionResult.from_output_dir(tmp_path / "out")
     assert again.metrics == disk.metrics
+    assert len(reads) == 1  # one pass over the shards for every mean
     with pytest.raises(ValueError, match="use `result.dataset\\(\\)`"):
         disk.per_sample()
 
@@ -329,3 +334,23 @@ def test_two_runs_cannot_write_one_folder_at_once(tmp_path):
         run(m, rows[:3], output_dir=tmp_path)
     holder.close()
     assert run(m, rows[:3], output_dir=tmp_path).num_windows == len(run(m, rows[:3]).predictions)
+
+
+def test_exact_sum_over_pieces_equals_fsum_over_all():
+    """The means read from shards one at a time are exactly rounded sums, whatever the split into shards."""
+    import math
+    import random
+
+    from hf_memory.extraction.harness import _ExactSum
+
+    rng = random.Random(0)
+    values = [rng.choice([1e16, -1e16, 1.0, 1e-16, 0.1, 3.0, -0.3]) * rng.random() for _ in range(3000)]
+    values += [1e100, 1.0, -1e100, 1e-300]
+    for pieces in (1, 7, 500):
+        total = _ExactSum()
+        bounds = sorted(rng.sample(range(1, len(values)), pieces - 1)) if pieces > 1 else []
+        for lo, hi in zip([0, *bounds], [*bounds, len(values)]):
+            total.add(values[lo:hi])
+        assert total.value() == math.fsum(values)
+    assert sum(values) != math.fsum(values)  # a plain running sum would differ
+    assert _ExactSum().value() == 0.0

@@ -5,6 +5,8 @@ batched `generate` (the reference)."""
 from __future__ import annotations
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from .._utils import cache_io, check_integer, supports_logits_to_keep
 
@@ -56,6 +58,14 @@ def verify_and_decode(
         ValueError: If `chunks` is neither "doubling" nor a positive integer.
     """
     chunks = _check_chunks(chunks)
+    predictions = _verify(model, windows, prefix_len, chunks, decode)
+    return predictions, (predictions == windows[:, prefix_len:]).long().cumprod(1).sum(1)
+
+
+def _verify(model, windows: torch.Tensor, prefix_len: int, chunks: str | int, decode: bool, park=None) -> torch.Tensor:
+    """The loop of `verify_and_decode`, returning the predictions. Where rows diverge, `park(rows, start, cache,
+    local)` (if given) may take them (returning True: they leave the batch, their first wrong token written);
+    otherwise they are decoded in the batch (`decode`) or leave it."""
     batch, length = windows.shape
     suffix_len = length - prefix_len
     device = windows.device
@@ -73,7 +83,12 @@ def verify_and_decode(
         wrong = matched < width
         if wrong.any():
             predictions[rows[wrong], pos + matched[wrong]] = greedy[wrong, matched[wrong]]
-            if decode:  # verified rows resume after their last fed token, the others at their first wrong one
+            parked = park is not None and park(
+                rows[wrong], (pos + matched)[wrong], cache, torch.nonzero(wrong).flatten()
+            )
+            if (
+                decode and not parked
+            ):  # verified rows resume after their last fed token, the others at their first wrong one
                 start = torch.where(wrong, pos + matched, pos + width - 1)
                 _resume_greedy(model, cache, rows, start, predictions, prefix_len)
                 break
@@ -90,7 +105,132 @@ def verify_and_decode(
         out = model(input_ids=suffix[rows, pos - 1 : pos - 1 + width], use_cache=True, **{cache_name: cache})
         cache = get_cache(out)
         greedy = out.logits.argmax(-1)
-    return predictions, (predictions == suffix).long().cumprod(1).sum(1)
+    return predictions
+
+
+class Regrouper:
+    """`verify_and_decode` over a stream of batches, with the diverged rows of several batches decoded together.
+
+    Within one batch, a row that diverges needs one forward per remaining token, and the rows still matching ride
+    along in those passes: a half-memorized batch costs what `generate` pays. Across batches that cost can be
+    shared: each batch is only verified (a row leaves as soon as it diverges), the cache rows of the diverged
+    windows are parked, and greedy decoding runs once `batch_size` parked rows have gathered, from their caches
+    (padded to one length, the padding masked like every position past a row's divergence). A memorized window
+    then costs about its share of one forward, a diverged one its share of `generate`'s passes, whatever the
+    windows next to it do.
+
+    Batches come back complete and in the order they were submitted. At most `max_lag` batches wait for their
+    parked rows; parked caches hold at most about `2 * batch_size` rows. A model whose cache is not a plain
+    `DynamicCache` of full-attention layers (sliding windows, static caches) is decoded batch by batch by
+    `verify_and_decode`.
+
+    Args:
+        model: A causal language model.
+        prefix_len: Tokens of each window's prefix.
+        batch_size: Rows per decoding batch.
+        chunks: The verification schedule, as in `verify_and_decode`.
+        max_lag: Submitted batches that may wait for their parked rows before those are decoded in a smaller batch.
+    """
+
+    def __init__(self, model, prefix_len: int, batch_size: int, chunks: str | int = "doubling", max_lag: int = 4):
+        self.model, self.prefix_len, self.batch_size = model, prefix_len, batch_size
+        self.chunks = _check_chunks(chunks)
+        self.max_lag = check_integer(max_lag, "max_lag", minimum=1)
+        self._pending = []  # [key, predictions, rows still to decode], in submission order
+        self._parked = []  # segments: [pending entry, row indices, starts, per-layer (keys, values)]
+        self._parked_rows = 0
+
+    def submit(self, key, windows: torch.Tensor) -> list[tuple[object, torch.Tensor, torch.Tensor]]:
+        """Verify one batch of windows and return every batch completed so far, in order.
+
+        Args:
+            key: Anything; handed back with the batch's results.
+            windows: Token ids, shape `(batch, prefix_len + suffix_len)`, on the model's device.
+
+        Returns:
+            A list of `(key, predictions, longest_common_prefix)` for the batches now complete (possibly empty).
+        """
+        entry = [key, windows[:, self.prefix_len :], None, 0]
+        self._pending.append(entry)
+        entry[2] = _verify(
+            self.model, windows, self.prefix_len, self.chunks, decode=True, park=lambda *seg: self._park(entry, *seg)
+        )
+        while self._parked_rows >= self.batch_size:
+            self._decode(self.batch_size)
+        while len(self._pending) > self.max_lag and self._pending[0][3]:
+            self._decode(min(self.batch_size, self._parked_rows))
+        return self._complete()
+
+    def finish(self) -> list[tuple[object, torch.Tensor, torch.Tensor]]:
+        """Decode every parked row and return the remaining batches, in order.
+
+        Returns:
+            A list of `(key, predictions, longest_common_prefix)`.
+        """
+        while self._parked_rows:
+            self._decode(min(self.batch_size, self._parked_rows))
+        return self._complete()
+
+    def _park(self, entry, rows, start, cache, local) -> bool:
+        """Keep the diverged rows `rows` of `entry`'s batch (rows `local` of `cache`) for later decoding; False if
+        the cache cannot be regrouped (then the caller decodes in the batch)."""
+        layers = getattr(cache, "layers", None)
+        if type(cache) is not DynamicCache or not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            return False
+        keep = start < entry[1].shape[1] - 1  # a row wrong at its last position has nothing left to decode
+        rows, start, local = rows[keep], start[keep], local[keep]
+        whole = local.numel() == layers[0].keys.shape[0]  # every row of the cache, in order
+        if whole and not self._parked_rows and rows.numel() >= self.batch_size:
+            return False  # a full batch that diverges at once: decoded where it is, nothing to share
+        if rows.numel():
+            kv = [
+                (layer.keys, layer.values) if whole else (layer.keys[local], layer.values[local]) for layer in layers
+            ]
+            self._parked.append([entry, rows, start, kv])
+            self._parked_rows += rows.numel()
+            entry[3] += rows.numel()
+        return True
+
+    def _decode(self, count: int) -> None:
+        """Greedy decoding of the first `count` parked rows, written into their batches' predictions."""
+        taken, need = [], count
+        while need:
+            entry, rows, start, kv = self._parked[0]
+            if rows.numel() <= need:
+                taken.append(self._parked.pop(0))
+                need -= rows.numel()
+            else:  # split the segment: its first `need` rows now, the rest stay parked
+                taken.append([entry, rows[:need], start[:need], [(k[:need], v[:need]) for k, v in kv]])
+                self._parked[0] = [entry, rows[need:], start[need:], [(k[need:], v[need:]) for k, v in kv]]
+                need = 0
+        self._parked_rows -= count
+        length = max(seg[3][0][0].shape[-2] for seg in taken)
+
+        def merged(i: int, j: int) -> torch.Tensor:  # layer i's keys (j = 0) or values (j = 1), padded to `length`
+            parts = [seg[3][i][j] for seg in taken]
+            parts = [
+                p if p.shape[-2] == length else torch.nn.functional.pad(p, (0, 0, 0, length - p.shape[-2]))
+                for p in parts
+            ]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+        cache = DynamicCache([(merged(i, 0), merged(i, 1)) for i in range(len(taken[0][3]))])
+        start = torch.cat([seg[2] for seg in taken])
+        predictions = torch.cat([seg[0][2][seg[1]] for seg in taken])  # each row's first wrong token at `start`
+        local = torch.arange(count, device=start.device)
+        _resume_greedy(self.model, cache, local, start, predictions, self.prefix_len)
+        offset = 0
+        for entry, rows, _, _ in taken:
+            entry[2][rows] = predictions[offset : offset + rows.numel()]
+            entry[3] -= rows.numel()
+            offset += rows.numel()
+
+    def _complete(self) -> list[tuple[object, torch.Tensor, torch.Tensor]]:
+        done = []
+        while self._pending and not self._pending[0][3]:
+            key, suffix, predictions, _ = self._pending.pop(0)
+            done.append((key, predictions, (predictions == suffix).long().cumprod(1).sum(1)))
+        return done
 
 
 def _resume_greedy(model, cache, rows: torch.Tensor, start: torch.Tensor, predictions: torch.Tensor, prefix_len: int):

@@ -30,7 +30,7 @@ from .._utils import (
     require_extra,
 )
 from ..metrics.extractable_memorization.extractable_memorization import extraction_scores
-from .decoding import generate_suffixes, verify_and_decode
+from .decoding import Regrouper, generate_suffixes, verify_and_decode
 from .store import (
     SCORE_COLUMNS,
     STORE_FORMAT,
@@ -160,11 +160,13 @@ class ExtractionResult:
         if settings.get("text_rouge"):
             names.append("rouge_l_text")
         order = [n for n in ("exact_match", "memorization_score", "longest_common_prefix", "rouge_l") if n in names]
-        count = sum(len(batch["sequence"]) for batch in iter_score_batches(folder))
-        metrics = {}
-        for name in order + (["rouge_l_text"] if "rouge_l_text" in names else []):
-            total = math.fsum(float(v) for batch in iter_score_batches(folder) for v in batch[name])
-            metrics[name] = total / count if count else float("nan")
+        columns = order + (["rouge_l_text"] if "rouge_l_text" in names else [])
+        sums, count = {name: _ExactSum() for name in columns}, 0
+        for batch in iter_score_batches(folder):  # one pass over the shards
+            count += len(batch["sequence"])
+            for name in columns:
+                sums[name].add(batch[name])
+        metrics = {name: sums[name].value() / count if count else float("nan") for name in columns}
         if summary is None:
             warnings.warn(
                 f"The run in {folder!r} has not finished: these numbers cover the {count} windows written so far. "
@@ -175,17 +177,42 @@ class ExtractionResult:
         return cls([], [], [], metrics, [], num_skipped, None, output_dir=folder, num_windows=count)
 
 
+class _ExactSum:
+    """A running sum of floats with no rounding error until `value()` (Shewchuk's partials, as `math.fsum` keeps
+    them), so a sum over shards read one at a time equals `math.fsum` over all the values."""
+
+    def __init__(self):
+        self.partials: list[float] = []
+
+    def add(self, values) -> None:
+        partials = self.partials
+        for x in values:
+            x = float(x)
+            i = 0
+            for y in partials:
+                if abs(x) < abs(y):
+                    x, y = y, x
+                high = x + y
+                low = y - (high - x)
+                if low:
+                    partials[i] = low
+                    i += 1
+                x = high
+            partials[i:] = [x]
+
+    def value(self) -> float:
+        return math.fsum(self.partials)
+
+
 def _decode_batch(model, batch: torch.Tensor, prefix_len: int, method: str) -> tuple[list, torch.Tensor]:
-    """Greedy continuations and longest common prefixes of one batch of windows, by `method`."""
-    suffix = batch[:, prefix_len:]
+    """Greedy continuations and longest common prefixes of one batch of windows, by `method` ("generate" or
+    "prefix"; "auto" goes through `Regrouper`)."""
     if method == "generate":
         preds = generate_suffixes(model, batch, prefix_len)
-        lcp = (preds == suffix).long().cumprod(1).sum(1)
-    else:
-        preds, lcp = verify_and_decode(model, batch, prefix_len, decode=method == "auto")
-        if method == "prefix":  # the greedy continuation is known up to and including its first wrong token
-            preds = [p[: n + 1] for p, n in zip(preds, lcp.tolist())]
-    return preds, lcp
+        return preds, (preds == batch[:, prefix_len:]).long().cumprod(1).sum(1)
+    preds, lcp = verify_and_decode(model, batch, prefix_len, decode=False)
+    # the greedy continuation is known up to and including its first wrong token
+    return [p[: n + 1] for p, n in zip(preds, lcp.tolist())], lcp
 
 
 def _batches(stream: Iterable, size: int) -> Iterator[list]:
@@ -364,6 +391,27 @@ def measure_extraction(
         desc="extraction",
         disable=not show_progress or not state.is_local_main_process,
     )
+    regrouper = Regrouper(model, prefix_len, batch_size) if method == "auto" else None
+
+    def record(number: int, items: list, preds, lcp: torch.Tensor) -> None:
+        """Score one completed batch and write its rows (or keep them)."""
+        nonlocal seen
+        predictions = [p.tolist() for p in preds]
+        references = [window[prefix_len:].tolist() for _, _, window in items]
+        rouge_text = None
+        if tokenizer is not None:
+            rouge_text = text_rouge_l(
+                decode_for_rouge(tokenizer, predictions), decode_for_rouge(tokenizer, references)
+            )
+        if writer is not None:
+            writer.add(_rows(items, predictions, references, lcp.tolist(), method, rouge_text))
+        else:
+            first = number * batch_size
+            for j, ((seq, start, _), pred, ref, n) in enumerate(zip(items, predictions, references, lcp.tolist())):
+                records.append((first + j, seq, start, pred, ref, n, rouge_text and rouge_text[j]))
+        seen += len(items)
+        bar.update(len(items))
+
     number = -1
     try:
         with eval_mode(model):
@@ -383,24 +431,14 @@ def measure_extraction(
                 batch = torch.stack([window for _, _, window in items])
                 if total is None:  # streamed: checked batch by batch
                     check_vocabulary(batch, model, "sequences")
-                preds, lcp = _decode_batch(model, batch.to(device), prefix_len, method)
-                predictions = [p.tolist() for p in preds]
-                references = batch[:, prefix_len:].tolist()
-                rouge_text = None
-                if tokenizer is not None:
-                    rouge_text = text_rouge_l(
-                        decode_for_rouge(tokenizer, predictions), decode_for_rouge(tokenizer, references)
-                    )
-                if writer is not None:
-                    writer.add(_rows(items, predictions, references, lcp.tolist(), method, rouge_text))
+                if regrouper is not None:  # diverged rows of several batches decoded together
+                    for key, preds, lcp in regrouper.submit((number, items), batch.to(device)):
+                        record(*key, preds, lcp)
                 else:
-                    first = number * batch_size
-                    for j, ((seq, start, _), pred, ref, n) in enumerate(
-                        zip(items, predictions, references, lcp.tolist())
-                    ):
-                        records.append((first + j, seq, start, pred, ref, n, rouge_text and rouge_text[j]))
-                seen += len(items)
-                bar.update(len(items))
+                    record(number, items, *_decode_batch(model, batch.to(device), prefix_len, method))
+            if regrouper is not None:
+                for key, preds, lcp in regrouper.finish():
+                    record(*key, preds, lcp)
     finally:
         bar.close()
         if writer is not None:
