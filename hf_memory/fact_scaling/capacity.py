@@ -1,0 +1,255 @@
+"""Fact capacity: how many facts a model knows, by greedy exact match of the value, at one forward per batch.
+
+Greedy decoding from a prompt produces the value exactly iff at every value position the argmax of the logits,
+with the true value tokens teacher-forced before it, equals the value token (the shortcut `measure_extraction`
+uses): so one teacher-forced forward pass per batch decides every fact, with no decoding loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from .._utils import check_choice, check_integer, check_vocabulary, eval_mode, model_device, supports_logits_to_keep
+from .facts import Fact, SyntheticFactSet
+
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+PADDING_SIDES = ("left", "right")
+
+
+@dataclass
+class FactCapacityResult:
+    """How many facts a model knows.
+
+    Attributes:
+        count: Facts whose value greedy decoding reproduces exactly.
+        total: Facts measured.
+        known: Per fact (in the order measured), whether it is known.
+        by_attribute: Attribute name -> `{"known": k, "total": n}` (empty when the rows name no attribute).
+        bits: Information of the known facts in bits (sum of log2 of their value-set sizes); None when the facts
+            came without value-set sizes.
+    """
+
+    count: int
+    total: int
+    known: list[bool] = field(default_factory=list)
+    by_attribute: dict[str, dict[str, int]] = field(default_factory=dict)
+    bits: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        """The known share of the facts measured (NaN for none)."""
+        return self.count / self.total if self.total else float("nan")
+
+
+def encode_prompt_target(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str) -> tuple[list[int], list[int]]:
+    """Token ids of a prompt and of its answer, cut from the encoding of the whole text `prompt + target`.
+
+    The whole text is encoded once (with the tokenizer's special tokens, e.g. a leading BOS; a trailing EOS is
+    dropped) and split where the answer starts, so training rows and `fact_capacity` see exactly the tokens a
+    tokenizer gives the full sentence. A slow tokenizer (no offsets) encodes the two parts separately.
+
+    Args:
+        tokenizer: Any transformers tokenizer.
+        prompt: The prompt text.
+        target: The answer, usually with its leading space (" Kavo").
+
+    Returns:
+        `(prompt_ids, target_ids)`, both non-empty.
+
+    Raises:
+        ValueError: If the tokenizer merges the end of the prompt and the start of the answer into one token, or
+            either part encodes to no token.
+    """
+    return encode_facts(tokenizer, [prompt], [target])[0]
+
+
+def encode_facts(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], targets: Sequence[str]
+) -> list[tuple[list[int], list[int]]]:
+    """`encode_prompt_target` for many facts at once (one batched tokenizer call).
+
+    Args:
+        tokenizer: Any transformers tokenizer.
+        prompts: The prompt texts.
+        targets: The answers, one per prompt.
+
+    Returns:
+        `(prompt_ids, target_ids)` per fact.
+
+    Raises:
+        ValueError: As `encode_prompt_target`, naming the fact.
+    """
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets.")
+    for prompt, target in zip(prompts, targets):
+        if not isinstance(prompt, str) or not isinstance(target, str) or not prompt or not target.strip():
+            raise ValueError(f"A fact needs a non-empty prompt and target string, got {prompt!r} and {target!r}.")
+    if not prompts:
+        return []
+    out = []
+    if getattr(tokenizer, "is_fast", False):
+        texts = [p + t for p, t in zip(prompts, targets)]
+        enc = tokenizer(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
+        for n, prompt in enumerate(prompts):
+            ids, offsets, special = enc["input_ids"][n], enc["offset_mapping"][n], enc["special_tokens_mask"][n]
+            boundary = len(prompt)
+            prompt_ids: list[int] = []
+            target_ids: list[int] = []
+            for token, (start, end), is_special in zip(ids, offsets, special):
+                if is_special:
+                    if not target_ids:
+                        prompt_ids.append(token)  # leading special tokens (BOS) belong to the prompt
+                    continue
+                if start < boundary < end:
+                    raise ValueError(
+                        f"The tokenizer merges the end of the prompt {prompt!r} with the answer {targets[n]!r} into "
+                        "one token: the value cannot be scored on its own. Start the target with a space."
+                    )
+                if target_ids or (start >= boundary and end > start):
+                    target_ids.append(token)
+                else:
+                    prompt_ids.append(token)
+            out.append((prompt_ids, target_ids))
+    else:
+        for prompt, target in zip(prompts, targets):
+            enc = tokenizer(prompt, return_special_tokens_mask=True)
+            ids, special = list(enc["input_ids"]), list(enc["special_tokens_mask"])
+            while ids and special[-1]:  # a trailing EOS
+                ids, special = ids[:-1], special[:-1]
+            out.append((ids, list(tokenizer(target, add_special_tokens=False)["input_ids"])))
+    for (prompt_ids, target_ids), prompt, target in zip(out, prompts, targets):
+        if not prompt_ids or not target_ids:
+            raise ValueError(
+                f"The prompt {prompt!r} or the target {target!r} encodes to no token with this tokenizer."
+            )
+    return out
+
+
+def _fact_rows(facts, split: str, direction: str, template: int) -> tuple[list[dict], list[int] | None]:
+    """The rows to score, and per row the value-set size (None when unknown)."""
+    if isinstance(facts, SyntheticFactSet):
+        template = check_integer(template, "template", minimum=0)
+        if not facts.split(split):
+            raise ValueError(f"`facts` has no {split} facts: nothing to measure.")
+        rows = [r for r in facts.rows(split, direction, repeat=False) if r["template"] == template]
+        if not rows:
+            raise ValueError(f"`template` = {template} selects no row: the fact set has fewer templates.")
+        sizes = [facts.split(split)[r["fact"]].num_values for r in rows]
+        return rows, sizes
+    if isinstance(facts, (str, bytes)) or not hasattr(facts, "__iter__"):
+        raise ValueError(
+            "`facts` must be a SyntheticFactSet, a datasets.Dataset or a list of rows with `prompt` and `target`, "
+            f"got {type(facts).__name__}."
+        )
+    if hasattr(facts, "column_names"):
+        missing = [c for c in ("prompt", "target") if c not in facts.column_names]
+        if missing:
+            raise ValueError(f"`facts` is a dataset without the columns {missing} (columns: {facts.column_names}).")
+    rows = []
+    for i, row in enumerate(facts):
+        if isinstance(row, Fact):
+            raise ValueError("`facts` holds Fact objects: pass the SyntheticFactSet, which knows their templates.")
+        if not isinstance(row, Mapping) or "prompt" not in row or "target" not in row:
+            raise ValueError(f"`facts[{i}]` must be a mapping with `prompt` and `target`, got {row!r}.")
+        rows.append(row)
+    return rows, None
+
+
+@torch.inference_mode()
+def fact_capacity(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    facts: SyntheticFactSet | Sequence[Mapping] | object,
+    split: str = "train",
+    direction: str = "forward",
+    template: int = 0,
+    batch_size: int = 256,
+    padding_side: str = "left",
+) -> FactCapacityResult:
+    """How many facts the model knows: greedy exact match of each value given its prompt.
+
+    One teacher-forced forward per batch decides every fact of the batch exactly as greedy decoding would (the
+    value is produced iff the argmax at each value position is the value token). Prompts of different lengths are
+    padded (`padding_side`) with the attention mask and position ids a real row would get, so a fact's verdict
+    does not depend on its batch. The model runs in eval mode and gets its own mode back.
+
+    Args:
+        model: A causal language model, on the device to run on.
+        tokenizer: The tokenizer the facts were trained with.
+        facts: A `SyntheticFactSet` (each fact once, with template `template`), or a `datasets.Dataset` / list of
+            rows with `prompt` and `target` columns (and optionally `attribute`), e.g. `fact_set.to_dataset()`.
+        split: For a `SyntheticFactSet`: "train" or "held_out".
+        direction: For a `SyntheticFactSet`: "forward" (prompt -> value) or "inverse" (value prompt -> entity).
+        template: For a `SyntheticFactSet`: which paraphrase template to ask with.
+        batch_size: Facts per forward pass.
+        padding_side: "left" (the default; only the last positions' logits are computed) or "right".
+
+    Returns:
+        A `FactCapacityResult`: the count, the per-fact mask and the per-attribute breakdown.
+
+    Raises:
+        ValueError: On empty facts, bad arguments, or a token id outside the model's vocabulary.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> facts = SyntheticFactSet(num_entities=4, attributes={"pet": 4}, seed=0)
+        >>> tok = facts.build_tokenizer()
+        >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+        ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+        >>> result = fact_capacity(model, tok, facts)
+        >>> result.total, len(result.known), sorted(result.by_attribute)
+        (4, 4, ['pet'])
+    """
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    check_choice(padding_side, "padding_side", PADDING_SIDES)
+    check_choice(direction, "direction", ("forward", "inverse"))
+    rows, sizes = _fact_rows(facts, split, direction, template)
+    if not rows:
+        raise ValueError("`facts` is empty: give at least one fact.")
+    encoded = encode_facts(tokenizer, [str(r["prompt"]) for r in rows], [str(r["target"]) for r in rows])
+    pad = tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else 0
+    device = model_device(model)
+    keep_last = padding_side == "left" and supports_logits_to_keep(model)
+    known: list[bool] = []
+    with eval_mode(model):
+        for start in range(0, len(encoded), batch_size):
+            batch = encoded[start : start + batch_size]
+            lengths = [len(p) + len(t) for p, t in batch]
+            width = max(lengths)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for i, (p, t) in enumerate(batch):
+                row = torch.tensor(p + t, dtype=torch.long)
+                if padding_side == "left":
+                    ids[i, width - len(row) :], mask[i, width - len(row) :] = row, 1
+                else:
+                    ids[i, : len(row)], mask[i, : len(row)] = row, 1
+            check_vocabulary(ids, model, "the encoded facts")
+            ids, mask = ids.to(device), mask.to(device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            longest_target = max(len(t) for _, t in batch)
+            extra = {"logits_to_keep": longest_target + 1} if keep_last else {}
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **extra).logits
+            offset = width - logits.shape[1]  # logits[:, j] is the prediction made at position offset + j
+            greedy = logits.argmax(-1).cpu()
+            for i, (p, t) in enumerate(batch):
+                first = (width - len(t) if padding_side == "left" else len(p)) - 1  # position predicting t[0]
+                predicted = greedy[i, first - offset : first - offset + len(t)]
+                known.append(predicted.tolist() == t)
+    by_attribute: dict[str, dict[str, int]] = {}
+    for row, ok in zip(rows, known):
+        if "attribute" in row and row["attribute"] is not None:
+            entry = by_attribute.setdefault(str(row["attribute"]), {"known": 0, "total": 0})
+            entry["known"] += int(ok)
+            entry["total"] += 1
+    bits = None if sizes is None else float(sum(math.log2(s) for s, ok in zip(sizes, known) if ok))
+    return FactCapacityResult(sum(known), len(known), known, by_attribute, bits)

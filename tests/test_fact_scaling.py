@@ -1,0 +1,560 @@
+"""Fact-memorization scaling laws: the synthetic fact set, fact capacity against plain greedy `generate`, the
+callback inside `Trainer`, the fitted laws and their inverse, the experiments, and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hf_memory.fact_scaling import (
+    FactCapacityCallback,
+    SyntheticFactSet,
+    compatibility_experiment,
+    encode_prompt_target,
+    fact_capacity,
+    fit_epoch_capacity,
+    fit_linear_capacity,
+    non_embedding_parameters,
+    overwriting_experiment,
+    preference_experiment,
+    required_scale,
+    train_on_facts,
+)
+from tests.conftest import tiny_causal_lm
+
+
+def small_facts(**kwargs) -> SyntheticFactSet:
+    settings = {"num_entities": 12, "attributes": {"birthplace": 8, "pet": 4}, "seed": 0}
+    return SyntheticFactSet(**{**settings, **kwargs})
+
+
+def tiny_llama(vocab_size: int, hidden: int = 32, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config)
+
+
+def partly_trained(model, tokenizer, facts, lr=1e-2, batch_size=8):
+    """Train one epoch at a time until the model knows some facts but not all (so agreement tests can fail)."""
+    for epoch in range(80):
+        train_on_facts(model, tokenizer, facts, epochs=1, lr=lr, batch_size=batch_size, seed=epoch)
+        if 0.3 < fact_capacity(model, tokenizer, facts).fraction < 0.9:
+            return model
+    raise AssertionError("the tiny model never reached a mix of known and unknown facts")
+
+
+def greedy_knows(model, tokenizer, rows) -> list[bool]:
+    """The reference: plain `generate`, one unpadded prompt at a time, as many new tokens as the value has."""
+    known = []
+    for row in rows:
+        prompt_ids, target_ids = encode_prompt_target(tokenizer, row["prompt"], row["target"])
+        ids = torch.tensor([prompt_ids])
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=len(target_ids),
+            min_new_tokens=len(target_ids),
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        known.append(out[0, len(prompt_ids) :].tolist() == target_ids)
+    return known
+
+
+# ---------------------------------------------------------------- the fact set
+
+
+def test_fact_set_is_deterministic_and_seed_dependent():
+    a, b = small_facts(seed=3), small_facts(seed=3)
+    assert a.facts == b.facts and a.entities == b.entities and a.values == b.values
+    assert a.to_dataset().to_list() == b.to_dataset().to_list()
+    assert small_facts(seed=4).facts != a.facts
+    assert small_facts(seed=np.int64(3)).facts == a.facts  # numpy integers are integers
+
+
+def test_entities_are_distinct_multi_token_names_from_a_small_shared_vocabulary():
+    facts = SyntheticFactSet(num_entities=3000, attributes={"pet": 4}, syllables=["ka", "lo", "mi", "tu", "re"])
+    assert len(set(facts.entities)) == 3000
+    tok = facts.build_tokenizer()
+    pieces = [tok.tokenize(name) for name in facts.entities[:300]]
+    assert all(len(p) >= 4 for p in pieces)  # two name parts of >= 2 syllables each
+    assert "<unk>" not in {t for p in pieces for t in p}
+    assert len({t for p in pieces for t in p}) <= 2 * 5  # syllables and continuing syllables, never a value word
+    assert len(facts) == 3000 and all(f.attribute == "pet" for f in facts.train)
+
+
+def test_values_cover_each_attribute_and_information_counts_bits():
+    facts = small_facts(num_entities=200)
+    for attribute, size in {"birthplace": 8, "pet": 4}.items():
+        assert len(facts.values[attribute]) == size
+        assert {f.value for f in facts.train if f.attribute == attribute} <= set(facts.values[attribute])
+    assert facts.information_bits() == pytest.approx(200 * (3 + 2))
+
+
+def test_rendering_with_a_locally_trained_tokenizer(tokenizer):
+    facts = small_facts(templates=["The {attribute} of {entity} is", "{entity} has {attribute}"])
+    rows = facts.to_dataset(tokenizer=tokenizer)
+    assert len(rows) == 2 * len(facts)  # one row per paraphrase
+    for row in rows:
+        assert row["text"] == row["prompt"] + row["target"] and row["target"] == " " + row["value"]
+        prompt_ids, target_ids = encode_prompt_target(tokenizer, row["prompt"], row["target"])
+        assert row["input_ids"] == prompt_ids + target_ids
+        assert row["labels"] == [-100] * len(prompt_ids) + target_ids
+        assert tokenizer.decode(target_ids).strip() == row["value"]
+        assert tokenizer.decode(row["input_ids"], skip_special_tokens=True) == row["text"]
+    assert {r["template"] for r in rows} == {0, 1}
+
+
+def test_rendering_with_the_fact_set_tokenizer_gives_one_token_values():
+    facts = small_facts()
+    tok = facts.build_tokenizer()
+    for row in facts.to_dataset(tokenizer=tok):
+        assert row["input_ids"][0] == tok.bos_token_id
+        assert len([x for x in row["labels"] if x != -100]) == 1
+        assert tok.decode(row["input_ids"][-1:]) == row["value"].lower()
+
+
+def test_rendering_with_smollm2_tokenizer(smollm2):
+    _, tok = smollm2
+    facts = small_facts(inverse=False)
+    for row in facts.to_dataset(tokenizer=tok):
+        prompt_ids = [i for i, label in zip(row["input_ids"], row["labels"]) if label == -100]
+        target_ids = [label for label in row["labels"] if label != -100]
+        assert tok.decode(prompt_ids) == row["prompt"]
+        assert tok.decode(target_ids) == row["target"]
+
+
+def test_paraphrases_inverse_zipf_and_held_out_rule_split():
+    facts = SyntheticFactSet(
+        num_entities=40,
+        attributes={"code": 64},
+        templates=["The {attribute} of {entity} is", "{entity}'s {attribute} is"],
+        inverse=True,
+        zipf_exponent=1.0,
+        max_repetitions=8,
+        seed=1,
+    )
+    reps = [f.repetitions for f in facts.train]
+    assert max(reps) == 8 and min(reps) == 1 and sorted(reps)[-2] == 4  # rank 1 -> 8, rank 2 -> 4
+    assert len(facts.rows()) == 2 * sum(reps)
+    assert len(facts.rows(repeat=False)) == 2 * 40
+    inverse = facts.rows(direction="inverse", repeat=False)
+    assert len({r["prompt"] for r in inverse}) == 40  # each value names one entity
+    assert all(r["target"] == " " + r["entity"] for r in inverse)
+    ruled = SyntheticFactSet(
+        num_entities=200, attributes={"pet": 4}, rule_attributes={"clan": 8}, held_out_fraction=0.25, seed=2
+    )
+    held = ruled.held_out
+    assert len(held) == 50 and all(f.rule and f.attribute == "clan" for f in held)
+    train_rows = {(r["entity"], r["attribute"]) for r in ruled.rows()}
+    assert not any((f.entity, f.attribute) in train_rows for f in held)
+    surname_rule = {}
+    for f in ruled.facts:
+        if f.rule:
+            key = f.entity.split()[1][:2].lower()
+            assert surname_rule.setdefault(key, f.value) == f.value  # the value is a function of the surname
+    assert len(ruled) == 200 + 150
+
+
+def test_select_keeps_chosen_training_facts():
+    facts = small_facts()
+    part = facts.select([3, 1])
+    assert part.train == [facts.train[3], facts.train[1]]
+    assert len(facts) == 24  # the original is untouched
+    with pytest.raises(ValueError, match="indices"):
+        facts.select([0, 0])
+    with pytest.raises(ValueError, match="indices"):
+        facts.select([24])
+
+
+# ---------------------------------------------------------------- fact capacity
+
+
+@pytest.fixture(scope="module")
+def trained_bpe_llama(tokenizer):
+    """A tiny Llama trained a little on facts with multi-token values (BPE): some facts known, some not."""
+    torch.set_num_threads(1)
+    facts = SyntheticFactSet(num_entities=24, attributes={"birthplace": 16, "pet": 4}, seed=5)
+    model = tiny_causal_lm("llama", vocab_size=len(tokenizer), hidden=32)
+    partly_trained(model, tokenizer, facts, batch_size=16)
+    return model, facts
+
+
+def test_fact_capacity_agrees_with_greedy_generate_on_padded_batches(trained_bpe_llama, tokenizer):
+    model, facts = trained_bpe_llama
+    rows = facts.rows(repeat=False)
+    assert len({len(encode_prompt_target(tokenizer, r["prompt"], r["target"])[1]) for r in rows}) > 1
+    assert len({len(encode_prompt_target(tokenizer, r["prompt"], r["target"])[0]) for r in rows}) > 1
+    model.eval()
+    reference = greedy_knows(model, tokenizer, rows)
+    assert 0 < sum(reference) < len(reference)  # a mix of known and unknown facts, or the test proves nothing
+    for padding_side in ("left", "right"):
+        for batch_size in (1, 5, 64):
+            result = fact_capacity(model, tokenizer, facts, batch_size=batch_size, padding_side=padding_side)
+            assert result.known == reference, (padding_side, batch_size)
+            assert result.count == sum(reference) and result.total == len(rows)
+    by_attribute = result.by_attribute
+    assert sum(v["total"] for v in by_attribute.values()) == len(rows)
+    for name, entry in by_attribute.items():
+        assert entry["known"] == sum(k for k, r in zip(reference, rows) if r["attribute"] == name)
+    assert result.bits == pytest.approx(sum(math.log2(f.num_values) for f, k in zip(facts.train, reference) if k))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox"])
+def test_fact_capacity_agrees_with_generate_on_other_architectures(arch):
+    facts = small_facts(num_entities=10)
+    tok = facts.build_tokenizer()
+    model = tiny_causal_lm(arch, vocab_size=len(tok), hidden=32)
+    partly_trained(model, tok, facts)
+    model.eval()
+    reference = greedy_knows(model, tok, facts.rows(repeat=False))
+    assert 0 < sum(reference) < len(reference)
+    for padding_side in ("left", "right"):
+        assert fact_capacity(model, tok, facts, batch_size=7, padding_side=padding_side).known == reference
+
+
+def test_fact_capacity_takes_rows_and_datasets_and_restores_training_mode(trained_bpe_llama, tokenizer):
+    model, facts = trained_bpe_llama
+    model.train()
+    model.model.layers[0].eval()  # a submodule with its own flag
+    direct = fact_capacity(model, tokenizer, facts)
+    assert model.training and not model.model.layers[0].training and model.model.layers[1].training
+    model.eval()
+    dataset = facts.to_dataset(repeat=False)
+    assert fact_capacity(model, tokenizer, dataset).known == direct.known
+    rows = [{"prompt": r["prompt"], "target": r["target"]} for r in facts.rows(repeat=False)]
+    result = fact_capacity(model, tokenizer, rows)
+    assert result.known == direct.known and result.by_attribute == {} and result.bits is None
+
+
+def test_fact_capacity_counts_a_model_that_was_taught_every_fact():
+    facts = small_facts(num_entities=6)
+    tok = facts.build_tokenizer()
+    model = tiny_llama(len(tok)).eval()
+    history = train_on_facts(model, tok, facts, epochs=150, lr=2e-2, measure_every=50)
+    assert not model.training  # trained in train mode, given its own mode back
+    assert [e for e, _ in history.capacity] == [50, 100, 150]
+    assert history.capacity[-1][1].count == len(facts) == 12
+    assert history.losses[-1] < history.losses[0] / 10
+    untrained = fact_capacity(tiny_llama(len(tok), seed=1), tok, facts)
+    assert untrained.count < len(facts)
+
+
+def test_non_embedding_parameters_leave_out_embeddings_and_head():
+    model = tiny_llama(100, hidden=16)
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    head = 0 if model.config.tie_word_embeddings else model.get_output_embeddings().weight.numel()
+    assert non_embedding_parameters(model) == total - embedding - head
+    gpt2 = tiny_causal_lm("gpt2", vocab_size=100, hidden=16)
+    positions = gpt2.transformer.wpe.weight.numel()
+    total = sum(p.numel() for p in gpt2.parameters())
+    assert non_embedding_parameters(gpt2) == total - 100 * 16 - positions
+
+
+# ---------------------------------------------------------------- callback
+
+
+@pytest.mark.parametrize("logging_steps", [1000, 1])
+def test_callback_logs_what_a_direct_call_measures(tmp_path, logging_steps):
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    facts = small_facts(num_entities=8)
+    tok = facts.build_tokenizer()
+    model = tiny_llama(len(tok))
+    data = facts.to_dataset(tokenizer=tok).select_columns(["input_ids", "attention_mask", "labels"])
+    callback = FactCapacityCallback(facts, tokenizer=tok)
+    modes = []
+    original = callback.on_epoch_end
+
+    def spy(args, state, control, model=None, **kwargs):
+        out = original(args, state, control, model=model, **kwargs)
+        modes.append(model.training)
+        return out
+
+    callback.on_epoch_end = spy
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        num_train_epochs=3,
+        per_device_train_batch_size=8,
+        learning_rate=2e-2,
+        logging_strategy="steps",
+        logging_steps=logging_steps,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=DataCollatorForSeq2Seq(tok, padding=True),
+        callbacks=[callback],
+    )
+    trainer.train()
+    assert modes == [True, True, True]  # training mode given back at every epoch end
+    logged = [entry for entry in trainer.state.log_history if "fact_capacity" in entry]
+    assert [round(e["epoch"]) for e in logged] == [1, 2, 3]
+    assert [e["fact_capacity"] for e in logged] == [r.count for _, r in callback.history]
+    direct = fact_capacity(model, tok, facts)
+    assert logged[-1]["fact_capacity"] == direct.count
+    assert logged[-1]["fact_capacity/pet"] == direct.by_attribute["pet"]["known"]
+    assert logged[-1]["fact_capacity_fraction"] == pytest.approx(direct.fraction)
+    if logging_steps == 1000:  # the numbers ride on the Trainer's own epoch-end log entry, with the loss
+        assert all("loss" in e for e in logged)
+
+
+# ---------------------------------------------------------------- fitting
+
+
+def test_linear_fit_recovers_known_constants_from_noisy_points():
+    rng = np.random.default_rng(0)
+    params = np.array([5e3, 1e4, 2e4, 3e4, 4e4, 6e4])
+    capacities = 0.25 * params + 300 + rng.normal(0, 150, len(params))
+    fit = fit_linear_capacity(params, capacities, seed=1)
+    assert set(fit.params) == set(fit.ci) == {"slope", "intercept"}
+    low, high = fit.ci["slope"]
+    assert low < 0.25 < high and high - low < 0.05
+    low, high = fit.ci["intercept"]
+    assert low < 300 < high
+    assert fit.r2 > 0.99
+    assert fit.predict(1e5) == pytest.approx(fit.params["slope"] * 1e5 + fit.params["intercept"])
+
+
+def test_epoch_fit_recovers_known_constants_from_noisy_points():
+    rng = np.random.default_rng(0)
+    epochs = np.arange(0, 201, 10)
+    capacities = 5000 - 4500 * np.exp(-0.03 * epochs) + rng.normal(0, 60, len(epochs))
+    fit = fit_epoch_capacity(epochs.tolist(), capacities, n_bootstrap=300)
+    for name, true in {"c_max": 5000, "alpha": 4500, "beta": 0.03}.items():
+        low, high = fit.ci[name]
+        assert low < true < high, (name, fit.ci[name])
+        assert abs(fit.params[name] - true) < 0.1 * true
+    assert fit.r2 > 0.99
+
+
+def test_fits_are_deterministic_and_bootstrap_intervals_widen_with_noise():
+    x = [1e4, 2e4, 4e4, 8e4]
+    clean = [0.2 * v for v in x]
+    noisy = [c + n for c, n in zip(clean, [300, -400, 350, -250])]
+    a, b = fit_linear_capacity(x, noisy, seed=3), fit_linear_capacity(x, noisy, seed=3)
+    assert a.params == b.params and a.ci == b.ci
+    exact = fit_linear_capacity(x, clean)
+    assert exact.ci["slope"][1] - exact.ci["slope"][0] < 1e-9
+    assert a.ci["slope"][1] - a.ci["slope"][0] > 1e-3
+
+
+def test_required_scale_inverts_the_laws():
+    linear = fit_linear_capacity([1e4, 2e4, 4e4], [2e3 + 100, 4e3 + 100, 8e3 + 100])
+    scale = required_scale(1e6, linear)
+    assert scale.non_embedding_params == pytest.approx((1e6 - 100) / 0.2)
+    assert scale.epochs is None
+    assert linear.predict(scale.non_embedding_params) == pytest.approx(1e6)
+    e = np.arange(0, 100, 5)
+    epoch = fit_epoch_capacity(e, 1000 - 800 * np.exp(-0.1 * e), n_bootstrap=20)
+    scale = required_scale(1e6, linear, epoch, fraction=0.9)
+    assert scale.non_embedding_params == pytest.approx((1e6 / 0.9 - 100) / 0.2)
+    assert epoch.predict(scale.epochs) / epoch.params["c_max"] == pytest.approx(0.9, rel=1e-4)
+    assert required_scale(10, linear).non_embedding_params == 0.0  # fewer facts than the intercept
+    with pytest.raises(ValueError, match="slope"):
+        required_scale(10, fit_linear_capacity([1, 2, 3], [9, 8, 7]))
+    with pytest.raises(ValueError, match="fraction"):
+        required_scale(10, linear, epoch, fraction=1.0)
+    with pytest.raises(ValueError, match="linear_fit"):
+        required_scale(10, epoch)
+    with pytest.raises(ValueError, match="n_facts"):
+        required_scale(0, linear)
+
+
+# ---------------------------------------------------------------- experiments
+
+
+def test_experiments_return_their_numbers():
+    facts = SyntheticFactSet(num_entities=8, attributes={"code": 16}, inverse=True, seed=0)
+    tok = facts.build_tokenizer()
+    settings = {"epochs": 60, "lr": 2e-2}
+    out = compatibility_experiment(lambda: tiny_llama(len(tok)), tok, facts, **settings)
+    assert out["unique_facts"] == 8
+    assert out["alone"]["forward"]["known"] == 8  # 8 facts fit easily
+    assert out["with_inverse"]["inverse"]["total"] == 8
+    assert out["forward_change"] == out["with_inverse"]["forward"]["known"] - 8
+    zipf = SyntheticFactSet(
+        num_entities=30, attributes={"a": 4, "b": 64}, zipf_exponent=1.0, max_repetitions=8, seed=0
+    )
+    tok = zipf.build_tokenizer()
+    out = preference_experiment(tiny_llama(len(tok), hidden=16), tok, zipf, epochs=5, lr=1e-2)
+    assert list(out["by_frequency"]) == ["1", "2-3", "4-7", "8-15"]
+    assert sum(v["total"] for v in out["by_frequency"].values()) == 60
+    assert out["by_value_set_size"][4]["chance"] == 0.25 and out["by_value_set_size"][64]["total"] == 30
+    facts = small_facts(num_entities=6)
+    tok = facts.build_tokenizer()
+    a, b = facts.select(range(6)), facts.select(range(6, 12))
+    out = overwriting_experiment(lambda: tiny_llama(len(tok)), tok, a, b, epochs=80, lr=2e-2)
+    assert out["sequential"]["a_after_a"]["known"] == 6 and out["sequential"]["b_after_b"]["known"] == 6
+    assert out["a_retained"] == out["sequential"]["a_after_b"]["known"] / 6
+    assert out["mixed"]["a"]["total"] == out["mixed"]["b"]["total"] == 6
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_entities": 0}, "num_entities"),
+        ({"num_entities": 2.0}, "num_entities"),
+        ({"num_entities": True}, "num_entities"),
+        ({"attributes": {}}, "both empty"),
+        ({"attributes": {"pet": 1}}, r"attributes\['pet'\]"),
+        ({"attributes": {"pet": 4.5}}, r"attributes\['pet'\]"),
+        ({"attributes": ["pet"]}, "mapping"),
+        ({"attributes": {"": 4}}, "attribute names"),
+        ({"templates": []}, "empty"),
+        ({"templates": "The {attribute} of {entity} is"}, "list"),
+        ({"templates": ["The {attribute} of someone is"]}, "no {entity} slot"),
+        ({"templates": ["{entity} is"]}, "no {attribute} slot"),
+        ({"templates": ["{entity} {attribute} {colour}"]}, "unknown slots"),
+        ({"templates": ["{entity} {attribute"]}, "not a valid template"),
+        ({"templates": {"birthplace": ["{entity} born in"]}}, "missing"),
+        ({"inverse": 1}, "inverse"),
+        ({"inverse": True}, "fewer than num_entities"),
+        ({"inverse_templates": ["the {attribute} of"]}, r"no \{value\} slot"),
+        ({"zipf_exponent": 0}, "zipf_exponent"),
+        ({"max_repetitions": 0}, "max_repetitions"),
+        ({"held_out_fraction": 0.5}, "rule_attributes"),
+        ({"held_out_fraction": 1.0, "rule_attributes": {"c": 2}}, "held_out_fraction"),
+        ({"syllables": []}, "syllables"),
+        ({"syllables": ["ka", "ka"]}, "syllables"),
+        ({"syllables": ["Ka", "lo"]}, "syllables"),
+        ({"name_syllables": (3, 2)}, r"name_syllables\[1\]"),
+        ({"name_syllables": 2}, "name_syllables"),
+        ({"value_syllables": 0}, "value_syllables"),
+        ({"attributes": {"pet": 5000}, "value_syllables": 1}, "raise `value_syllables`"),
+        (
+            {"num_entities": 10**6, "attributes": {"p": 2}, "syllables": ["ka", "lo"], "name_syllables": (1, 1)},
+            "too many",
+        ),
+        ({"seed": -1}, "seed"),
+        ({"seed": 1.5}, "seed"),
+    ],
+)
+def test_bad_fact_set_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        small_facts(**kwargs)
+
+
+def test_bad_capacity_and_fit_inputs_are_named(tokenizer):
+    facts = small_facts()
+    tok = facts.build_tokenizer()
+    model = tiny_llama(len(tok), hidden=16)
+    with pytest.raises(ValueError, match="empty"):
+        fact_capacity(model, tok, [])
+    with pytest.raises(ValueError, match="prompt"):
+        fact_capacity(model, tok, [{"text": "x"}])
+    with pytest.raises(ValueError, match="batch_size"):
+        fact_capacity(model, tok, facts, batch_size=0)
+    with pytest.raises(ValueError, match="padding_side"):
+        fact_capacity(model, tok, facts, padding_side="middle")
+    with pytest.raises(ValueError, match="split"):
+        fact_capacity(model, tok, facts, split="test")
+    with pytest.raises(ValueError, match="inverse=True"):
+        fact_capacity(model, tok, facts, direction="inverse")
+    with pytest.raises(ValueError, match="template"):
+        fact_capacity(model, tok, facts, template=3)
+    with pytest.raises(ValueError, match="vocabulary"):
+        fact_capacity(tiny_llama(8, hidden=16), tok, facts)
+    with pytest.raises(ValueError, match="SyntheticFactSet"):
+        fact_capacity(model, tok, "The pet of Bob is")
+    with pytest.raises(ValueError, match="fewer than 3|at least 3"):
+        fit_linear_capacity([1, 2], [1, 2])
+    with pytest.raises(ValueError, match="at least 3"):
+        fit_epoch_capacity([], [])
+    with pytest.raises(ValueError, match="> 0"):
+        fit_linear_capacity([0, 1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="> 0"):
+        fit_linear_capacity([-5, 1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="4 values but `capacities` has 3"):
+        fit_linear_capacity([1, 2, 3, 4], [1, 2, 3])
+    with pytest.raises(ValueError, match=r"capacities\[1\]"):
+        fit_linear_capacity([1, 2, 3], [1, float("nan"), 3])
+    with pytest.raises(ValueError, match=r"params\[0\]"):
+        fit_linear_capacity([True, 2, 3], [1, 2, 3])
+    with pytest.raises(ValueError, match="distinct"):
+        fit_epoch_capacity([1, 1, 2, 2], [1, 2, 3, 4])
+    with pytest.raises(ValueError, match="n_bootstrap"):
+        fit_linear_capacity([1, 2, 3], [1, 2, 3], n_bootstrap=0)
+    with pytest.raises(ValueError, match="confidence"):
+        fit_linear_capacity([1, 2, 3], [1, 2, 3], confidence=1.0)
+    with pytest.raises(ValueError, match="epochs"):
+        train_on_facts(model, tok, facts, epochs=0, lr=1e-3)
+    with pytest.raises(ValueError, match="every"):
+        FactCapacityCallback(facts, every=0)
+    with pytest.raises(ValueError, match="unknown fact_capacity arguments"):
+        FactCapacityCallback(facts, batchsize=4)
+    with pytest.raises(ValueError, match="inverse=True"):
+        compatibility_experiment(lambda: model, tok, facts, epochs=1, lr=1e-3)
+    with pytest.raises(ValueError, match="make_model"):
+        overwriting_experiment(model, tok, facts, facts, epochs=1, lr=1e-3)
+
+
+# ---------------------------------------------------------------- the house rules
+
+
+def test_every_public_name_documents_its_arguments():
+    import hf_memory.fact_scaling as package
+
+    problems = []
+    for name in package.__all__:
+        obj = getattr(package, name)
+        functions = [(name, obj)] if inspect.isfunction(obj) else []
+        if dataclasses.is_dataclass(obj):
+            fields = [f.name for f in dataclasses.fields(obj)]
+            described = (obj.__doc__ or "").split("Attributes:", 1)[-1]
+            problems += [f"{name}.{f}" for f in fields if f"{f}:" not in described]
+        elif inspect.isclass(obj):
+            functions += [(f"{name}.__init__", obj.__init__)] if "__init__" in vars(obj) else []
+        if inspect.isclass(obj):
+            functions += [
+                (f"{name}.{k}", v) for k, v in vars(obj).items() if inspect.isfunction(v) and not k.startswith("_")
+            ]
+        assert inspect.getdoc(obj), name
+        for label, function in functions:
+            doc = (obj.__doc__ or "") + (function.__doc__ or "") if label.endswith("__init__") else function.__doc__
+            assert doc, label
+            parameters = [
+                p.name
+                for p in inspect.signature(function).parameters.values()
+                if p.name not in ("self", "cls") and p.kind is not p.VAR_POSITIONAL
+            ]
+            if parameters:
+                described = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+                problems += [f"{label}({p})" for p in parameters if f"{p}:" not in described]
+    assert problems == []
+
+
+@pytest.mark.slow
+def test_example_small_mode_runs(tmp_path):
+    from tests.conftest import load_example
+
+    summary = load_example("fact_scaling").main(["--small", "--output-dir", str(tmp_path)])
+    assert len(summary["scaling"]["sizes"]) >= 3
+    assert 0 <= summary["scaling"]["fit"]["r2"] <= 1
+    assert summary["overwriting"]["sequential"]["a_after_a"]["total"] > 0
