@@ -39,7 +39,7 @@ style: $(STAMP)
 # The API reference, generated from the docstrings (Google style) into site/; open site/index.html.
 docs: $(STAMP)
 	$(BIN)/pdoc --docformat google --no-show-source --output-directory site \
-		hf_memory hf_memory.goldfish hf_memory.extraction hf_memory.fastmem hf_memory.nemo hf_memory.analysis hf_memory.data
+		hf_memory hf_memory.goldfish hf_memory.extraction hf_memory.fastmem hf_memory.nemo hf_memory.analysis hf_memory.data hf_memory.fact_scaling hf_memory.graph_reasoning
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/hf-memory demo

@@ -10,7 +10,7 @@ from importlib.metadata import version as _version
 from typing import TYPE_CHECKING
 
 from ._utils import lazy_getattr
-from .metrics import EXTRACTABLE_MEMORIZATION
+from .metrics import EXTRACTABLE_MEMORIZATION, GRAPH_REASONING
 
 
 try:
@@ -78,6 +78,32 @@ _LAZY = {
         "value_activations",
         "value_projection_names",
     ],
+    "fact_scaling": [
+        "CapacityFit",
+        "FactCapacityCallback",
+        "FactCapacityResult",
+        "RequiredScale",
+        "SyntheticFactSet",
+        "compatibility_experiment",
+        "fact_capacity",
+        "fit_epoch_capacity",
+        "fit_linear_capacity",
+        "non_embedding_parameters",
+        "overwriting_experiment",
+        "preference_experiment",
+        "required_scale",
+        "train_on_facts",
+    ],
+    "graph_reasoning": [
+        "GRAPH_PATTERNS",
+        "GRAPH_TASKS",
+        "TransferReport",
+        "generate_graph_problems",
+        "graph_reasoning_scores",
+        "mcnemar_exact",
+        "score_graph_answer",
+        "transfer_report",
+    ],
 }
 
 if TYPE_CHECKING:
@@ -100,6 +126,22 @@ if TYPE_CHECKING:
     )
     from .data import document_windows, load_token_sequences, stdlib_docstrings, word_level_tokenizer
     from .extraction import ExtractionResult, extraction_scores, measure_extraction
+    from .fact_scaling import (
+        CapacityFit,
+        FactCapacityCallback,
+        FactCapacityResult,
+        RequiredScale,
+        SyntheticFactSet,
+        compatibility_experiment,
+        fact_capacity,
+        fit_epoch_capacity,
+        fit_linear_capacity,
+        non_embedding_parameters,
+        overwriting_experiment,
+        preference_experiment,
+        required_scale,
+        train_on_facts,
+    )
     from .fastmem import (
         FASTMEM_PRESETS,
         FastMem,
@@ -123,6 +165,16 @@ if TYPE_CHECKING:
         apply_goldfish,
         goldfish_mask,
     )
+    from .graph_reasoning import (
+        GRAPH_PATTERNS,
+        GRAPH_TASKS,
+        TransferReport,
+        generate_graph_problems,
+        graph_reasoning_scores,
+        mcnemar_exact,
+        score_graph_answer,
+        transfer_report,
+    )
     from .models import default_model_path, load_model
     from .nemo import (
         NEMO_HOOK,
@@ -143,4 +195,6 @@ if TYPE_CHECKING:
 
 __getattr__, __dir__ = lazy_getattr(__name__, globals(), _LAZY)
 
-__all__ = sorted(["EXTRACTABLE_MEMORIZATION", *(name for names in _LAZY.values() for name in names)])
+__all__ = sorted(
+    ["EXTRACTABLE_MEMORIZATION", "GRAPH_REASONING", *(name for names in _LAZY.values() for name in names)]
+)

@@ -30,7 +30,17 @@ NAMES_IN_0_1 = [
     "stdlib_docstrings", "token_entropy", "value_activations", "value_projection_names",
 ]  # fmt: skip
 
-CAPABILITIES = ("goldfish", "extraction", "fastmem", "nemo", "analysis", "cli", "data")
+CAPABILITIES = (
+    "goldfish",
+    "extraction",
+    "fastmem",
+    "nemo",
+    "analysis",
+    "cli",
+    "data",
+    "fact_scaling",
+    "graph_reasoning",
+)
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:

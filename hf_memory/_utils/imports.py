@@ -11,6 +11,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "diffusers": ("diffusers", "torchmetrics", "safetensors"),
     "analysis": ("sklearn", "rapidfuzz", "scipy", "rouge_score"),
     "plots": ("matplotlib",),
+    "graphs": ("networkx",),
 }
 
 

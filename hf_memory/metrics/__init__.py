@@ -6,4 +6,7 @@ import os
 # `evaluate.load(EXTRACTABLE_MEMORIZATION)` loads the metric offline from its folder.
 EXTRACTABLE_MEMORIZATION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "extractable_memorization")
 
-__all__ = ["EXTRACTABLE_MEMORIZATION"]
+# `evaluate.load(GRAPH_REASONING)`: the exact scorer of graph-reasoning answers (hf_memory.graph_reasoning).
+GRAPH_REASONING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "graph_reasoning")
+
+__all__ = ["EXTRACTABLE_MEMORIZATION", "GRAPH_REASONING"]

@@ -1,0 +1,292 @@
+"""Exact scoring of free-text answers to graph problems: parse the model's answer, then check it against the graph.
+
+The answer is read after the last "answer is" when the text has one (the format the prompts ask for), otherwise
+from the whole text. Connectivity: the word yes or no. Shortest path: a chain of node names ("0 -> 3 -> 4",
+"A, C, D", "Evan then Mary"); it must start at the source, end at the target, use only edges of the graph and have
+the optimal total weight, so every optimal path counts. Topological sort: the longest chain of node names; it must
+list every node once with every edge pointing forward, so every valid order counts. Maximum flow: a number (units
+and thousands separators allowed) within `flow_tolerance` of the true value. An answer with none of these is
+unparseable: it counts as wrong and is reported separately.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+
+from .._utils import check_number, require_extra
+from .generator import DIRECTED_TASKS, GRAPH_TASKS, WEIGHTED_TASKS
+
+
+_ANSWER_IS = re.compile(r"answer\s+is\s*:?", re.IGNORECASE)
+_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+_NUMBER = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d])|(?<![\w.])-?\d+(?:\.\d+)?(?![\d])")
+_STATED_NUMBER = re.compile(r"(?:\bis|=|:)\s*(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
+_SEPARATORS = r"->|→|⟶|=>|-->|--|—|–|-|,|;|\band\b|\bthen\b"
+
+
+def _answer_segment(text: str) -> tuple[str, bool]:
+    """The text after the last "answer is", and whether there was one."""
+    found = list(_ANSWER_IS.finditer(text))
+    return (text[found[-1].end() :], True) if found else (text, False)
+
+
+def _parse_yes_no(text: str):
+    text = re.sub(r"\byes\s*(?:or|/)\s*no\b", " ", text, flags=re.IGNORECASE)  # echoing the question
+    segment, marked = _answer_segment(text)
+    words = [word.lower() for word in _YES_NO.findall(segment)]
+    if marked:
+        return words[0] if words else None
+    if len(set(words)) == 1:
+        return words[0]
+    first = re.match(r"\W*(yes|no)\b", text, re.IGNORECASE)
+    return first.group(1).lower() if first else None
+
+
+def _node_chains(text: str, nodes: list[str]) -> list[tuple[list[str], bool]]:
+    """Runs of node names joined only by separators (arrows, commas, "and", "then", spaces), with whether the run
+    used an arrow. The words "node(s)" and "person" are skipped; any other word or sign ends a run."""
+    lookup = {node.lower(): node for node in nodes}
+    names = "|".join(re.escape(name) for name in sorted(lookup, key=len, reverse=True))
+    token = re.compile(
+        rf"(?P<node>(?<![\w.])(?:{names})(?!\w|\.\d))|(?P<sep>{_SEPARATORS})|(?P<skip>\bnodes?\b|\bperson\b)|(?P<other>\w+|\S)",
+        re.IGNORECASE,
+    )
+    chains, current, arrow, joinable = [], [], False, False
+    for match in token.finditer(text):
+        kind = match.lastgroup
+        if kind == "node":
+            if not joinable and current:
+                chains.append((current, arrow))
+                current, arrow = [], False
+            current.append(lookup[match.group().lower()])
+            joinable = True
+        elif kind == "sep":
+            arrow = arrow or (current != [] and joinable and match.group().lower() not in (",", ";", "and", "then"))
+        elif kind == "other":
+            joinable = False
+    if current:
+        chains.append((current, arrow))
+    return chains
+
+
+def _parse_path(text: str, nodes: list[str]):
+    segment, marked = _answer_segment(text)
+    chains = [(chain, arrow) for chain, arrow in _node_chains(segment, nodes) if len(chain) >= 2]
+    if not chains:
+        return None
+    if marked:
+        return chains[0][0]
+    with_arrows = [chain for chain, arrow in chains if arrow]
+    return with_arrows[-1] if with_arrows else chains[-1][0]
+
+
+def _parse_order(text: str, nodes: list[str]):
+    segment, _ = _answer_segment(text)
+    chains = [chain for chain, _ in _node_chains(segment, nodes)]
+    return max(chains, key=len) if chains else None
+
+
+def _as_number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def _parse_number(text: str):
+    segment, marked = _answer_segment(text)
+    if marked:
+        found = _NUMBER.search(segment)
+        return _as_number(found.group()) if found else None
+    stated = [match.group(1).rstrip(",") for match in _STATED_NUMBER.finditer(text)]
+    if stated:
+        return _as_number(stated[-1])
+    found = _NUMBER.findall(text)
+    return _as_number(found[-1]) if found else None
+
+
+def _graph_record(graph, label: str) -> dict:
+    """The `graph` JSON (a string or an already-parsed dict), checked enough that scoring cannot fail later."""
+    if isinstance(graph, str):
+        try:
+            graph = json.loads(graph)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"`{label}` must be the `graph` JSON of a generated problem: {err}") from None
+    if not isinstance(graph, Mapping):
+        raise ValueError(f"`{label}` must be a `graph` JSON string or dict, got {type(graph).__name__}.")
+    task = graph.get("task")
+    if task not in GRAPH_TASKS:
+        raise ValueError(f"`{label}` has task {task!r}; it must be one of {', '.join(map(repr, GRAPH_TASKS))}.")
+    nodes, edges = graph.get("nodes"), graph.get("edges")
+    if not isinstance(nodes, list) or not nodes or not all(isinstance(x, str) for x in nodes):
+        raise ValueError(f"`{label}` needs `nodes`, a non-empty list of node names (strings).")
+    if len(set(nodes)) != len(nodes):
+        raise ValueError(f"`{label}` lists a node twice in `nodes`.")
+    width = 3 if task in WEIGHTED_TASKS else 2
+    known = set(nodes)
+    for edge in edges if isinstance(edges, list) else [None]:
+        ok = isinstance(edge, list) and len(edge) == width and edge[0] in known and edge[1] in known
+        if ok and width == 3:
+            ok = isinstance(edge[2], (int, float)) and not isinstance(edge[2], bool) and math.isfinite(edge[2])
+            ok = ok and edge[2] > 0
+        if not ok:
+            shape = "[u, v, weight > 0]" if width == 3 else "[u, v]"
+            raise ValueError(f"`{label}` has edge {edge!r}; every edge must be {shape} with u and v in `nodes`.")
+    if task != "topological_sort":
+        for key in ("source", "target"):
+            if graph.get(key) not in known:
+                raise ValueError(f"`{label}` needs `{key}`, a node of `nodes`, for task {task!r}.")
+        if task != "connectivity" and graph["source"] == graph["target"]:
+            raise ValueError(f"`{label}` has the same `source` and `target`, {graph['source']!r}: nothing to ask.")
+    directed = graph.get("directed", task in DIRECTED_TASKS)
+    if not isinstance(directed, bool):
+        raise ValueError(f"`{label}` has `directed` {directed!r}; it must be true or false.")
+    return {**graph, "directed": directed}
+
+
+def _networkx_graph(record: dict):
+    import networkx as nx
+
+    graph = nx.DiGraph() if record["directed"] else nx.Graph()
+    graph.add_nodes_from(record["nodes"])
+    for u, v, *weight in record["edges"]:
+        graph.add_edge(u, v, **({"weight": weight[0]} if weight else {}))
+    return graph
+
+
+def _check(task: str, answer, record: dict, graph, flow_tolerance: float) -> bool:
+    import networkx as nx
+
+    if task == "connectivity":
+        return answer == ("yes" if nx.has_path(graph, record["source"], record["target"]) else "no")
+    if task == "shortest_path":
+        source, target = record["source"], record["target"]
+        if answer[0] != source or answer[-1] != target or not nx.has_path(graph, source, target):
+            return False
+        if not all(graph.has_edge(u, v) for u, v in zip(answer, answer[1:])):
+            return False
+        length = sum(graph[u][v]["weight"] for u, v in zip(answer, answer[1:]))
+        best = nx.dijkstra_path_length(graph, source, target)
+        return math.isclose(length, best, rel_tol=1e-9, abs_tol=1e-9)
+    if task == "topological_sort":
+        if sorted(answer) != sorted(record["nodes"]):
+            return False
+        position = {node: i for i, node in enumerate(answer)}
+        return all(position[u] < position[v] for u, v in graph.edges)
+    value = nx.maximum_flow_value(graph, record["source"], record["target"], capacity="weight")
+    return abs(answer - value) <= flow_tolerance
+
+
+def score_graph_answer(prediction: str, graph, flow_tolerance: float = 0.01) -> dict:
+    """Parse one free-text answer and check it exactly against its problem's graph.
+
+    Args:
+        prediction: The model's answer, free text (a rationale is fine; the part after the last "answer is" is read
+            when there is one).
+        graph: The problem's `graph` column: a JSON string (or the dict it decodes to) with `task`, `directed`,
+            `nodes`, `edges` and, except for topological sort, `source` and `target`.
+        flow_tolerance: How far a maximum-flow answer may be from the true value and still count (absolute).
+
+    Returns:
+        A dict with `task`, `parsed` (whether an answer of the task's kind was found), `correct` (never True when
+        not parsed) and `answer`, the parsed answer: "yes"/"no", a list of node names, or a float; None if
+        unparseable.
+
+    Raises:
+        ValueError: If `prediction` is not a string, `graph` is not a valid problem graph, or `flow_tolerance` is
+            not a finite number >= 0.
+        ImportError: If networkx is missing (`pip install "hf-memory[graphs]"`).
+
+    Example:
+        >>> graph = {"task": "shortest_path", "directed": False, "nodes": ["0", "1", "2"],
+        ...          "edges": [["0", "1", 1], ["1", "2", 1], ["0", "2", 2]], "source": "0", "target": "2"}
+        >>> score_graph_answer("Both routes cost 2. The answer is 0 -> 1 -> 2.", graph)["correct"]
+        True
+        >>> score_graph_answer("I think it is node 0, then node 2.", graph)["correct"]
+        True
+        >>> score_graph_answer("No idea.", graph)
+        {'task': 'shortest_path', 'parsed': False, 'correct': False, 'answer': None}
+    """
+    flow_tolerance = check_number(flow_tolerance, "flow_tolerance", minimum=0.0)
+    return _score(prediction, _graph_record(graph, "graph"), flow_tolerance, "prediction")
+
+
+def _score(prediction, record: dict, flow_tolerance: float, label: str) -> dict:
+    if not isinstance(prediction, str):
+        raise ValueError(f"`{label}` must be the model's answer as a string, got {type(prediction).__name__}.")
+    require_extra("graphs", "Scoring graph-reasoning answers")
+    task = record["task"]
+    if task == "connectivity":
+        answer = _parse_yes_no(prediction)
+    elif task == "shortest_path":
+        answer = _parse_path(prediction, record["nodes"])
+    elif task == "topological_sort":
+        answer = _parse_order(prediction, record["nodes"])
+    else:
+        answer = _parse_number(prediction)
+    parsed = answer is not None
+    correct = parsed and _check(task, answer, record, _networkx_graph(record), flow_tolerance)
+    return {"task": task, "parsed": parsed, "correct": bool(correct), "answer": answer}
+
+
+def graph_reasoning_scores(
+    predictions, references, return_per_sample: bool = False, flow_tolerance: float = 0.01
+) -> dict:
+    """Accuracy and the unparseable fraction of free-text answers to generated graph problems, overall and per task.
+
+    The single implementation behind the `graph_reasoning` metric, callable directly.
+
+    Args:
+        predictions: The model's answers, one string per problem.
+        references: The problems' `graph` JSON strings (the `graph` column of `generate_graph_problems`).
+        return_per_sample: Also return `correct` and `parsed`, one bool per problem.
+        flow_tolerance: How far a maximum-flow answer may be from the true value and still count (absolute).
+
+    Returns:
+        A dict with `accuracy` (unparseable answers count as wrong), `unparseable` (the fraction of answers in
+        which no answer of the task's kind was found) and `per_task`: for each task present, its `accuracy`,
+        `unparseable` and `count`. With `return_per_sample=True` also `correct` and `parsed` lists.
+
+    Raises:
+        ValueError: Naming the argument, if the two lists differ in length or are empty, an answer is not a
+            string, a reference is not a valid problem graph, or a setting is out of range.
+
+    Example:
+        >>> graph = '{"task": "connectivity", "directed": false, "nodes": ["A", "B", "C"], "edges": [["A", "B"]], "source": "A", "target": "C"}'
+        >>> graph_reasoning_scores(["The answer is no.", "Hmm."], [graph, graph])
+        {'accuracy': 0.5, 'unparseable': 0.5, 'per_task': {'connectivity': {'accuracy': 0.5, 'unparseable': 0.5, 'count': 2}}}
+    """
+    if not isinstance(return_per_sample, bool):
+        raise ValueError(f"`return_per_sample` must be True or False, got {return_per_sample!r}.")
+    flow_tolerance = check_number(flow_tolerance, "flow_tolerance", minimum=0.0)
+    for name, column in (("predictions", predictions), ("references", references)):
+        if isinstance(column, (str, bytes, Mapping)) or not hasattr(column, "__len__"):
+            raise ValueError(f"`{name}` must be a list, one entry per problem, got {type(column).__name__}.")
+        if len(column) == 0:
+            raise ValueError(f"`{name}` is empty: pass at least one problem.")
+    if len(predictions) != len(references):
+        raise ValueError(
+            f"`predictions` and `references` must have the same length, got {len(predictions)} and {len(references)}."
+        )
+    records = [_graph_record(graph, f"references[{i}]") for i, graph in enumerate(references)]
+    scored = [
+        _score(prediction, record, flow_tolerance, f"predictions[{i}]")
+        for i, (prediction, record) in enumerate(zip(predictions, records))
+    ]
+
+    def summary(rows):
+        return {
+            "accuracy": sum(row["correct"] for row in rows) / len(rows),
+            "unparseable": sum(not row["parsed"] for row in rows) / len(rows),
+        }
+
+    result = summary(scored)
+    result["per_task"] = {
+        task: {**summary(rows), "count": len(rows)}
+        for task in GRAPH_TASKS
+        if (rows := [row for row in scored if row["task"] == task])
+    }
+    if return_per_sample:
+        result["correct"] = [row["correct"] for row in scored]
+        result["parsed"] = [row["parsed"] for row in scored]
+    return result
