@@ -58,6 +58,10 @@ def learning_rate(hidden: int) -> float:
     return 3e-3 * math.sqrt(32 / hidden)
 
 
+# every run trains the same way; only the epochs and the per-size learning rate change
+RECIPE = {"batch_size": 128, "warmup_steps": 50, "schedule": "cosine"}
+
+
 def tiny_llama(vocab_size: int, hidden: int, seed: int = 0):
     """A 2-layer Llama of width `hidden` (MLP 2x), tied embeddings, eager attention."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -113,9 +117,7 @@ def train_one_size(job: tuple) -> dict:
         facts,
         epochs=epochs,
         lr=lr,
-        batch_size=128,
-        warmup_steps=50,
-        schedule="cosine",
+        **RECIPE,
         on_epoch_end=measure,
     )
     return {
@@ -202,9 +204,7 @@ def run_preference(config: dict) -> dict:
         facts,
         epochs=config["epochs"],
         lr=learning_rate(config["hidden"]),
-        batch_size=128,
-        warmup_steps=50,
-        schedule="cosine",
+        **RECIPE,
     )
     out["capacity"] = out["capacity"].count
     out["facts"] = len(facts)
@@ -232,9 +232,7 @@ def run_overwriting(config: dict) -> dict:
         b,
         epochs=config["epochs"],
         lr=learning_rate(config["hidden"]),
-        batch_size=128,
-        warmup_steps=50,
-        schedule="cosine",
+        **RECIPE,
     )
 
 
@@ -257,9 +255,7 @@ def run_compatibility(config: dict) -> dict:
         facts,
         epochs=config["epochs"],
         lr=learning_rate(config["hidden"]),
-        batch_size=128,
-        warmup_steps=50,
-        schedule="cosine",
+        **RECIPE,
     )
 
 

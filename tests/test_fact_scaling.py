@@ -34,19 +34,7 @@ def small_facts(**kwargs) -> SyntheticFactSet:
 
 
 def tiny_llama(vocab_size: int, hidden: int = 32, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config)
+    return tiny_causal_lm("llama", vocab_size=vocab_size, hidden=hidden, seed=seed)
 
 
 def partly_trained(model, tokenizer, facts, lr=1e-2, batch_size=8):
