@@ -3,7 +3,8 @@ callback, the linear (parameters) and negative-exponential (epochs) laws fitted 
 inverted, and the compatibility, preference and overwriting experiments."""
 
 from .callback import FactCapacityCallback
-from .capacity import FactCapacityResult, encode_facts, encode_prompt_target, fact_capacity
+from .capacity import FactCapacityResult, fact_capacity
+from .encoding import encode_facts, encode_prompt_target
 from .experiments import compatibility_experiment, overwriting_experiment, preference_experiment
 from .facts import Fact, SyntheticFactSet
 from .fitting import CapacityFit, RequiredScale, fit_epoch_capacity, fit_linear_capacity, required_scale

@@ -36,7 +36,7 @@ class FactCapacityCallback(TrainerCallback):
     Raises:
         ValueError: On unusable facts or an unknown `fact_capacity` argument, at construction.
 
-    Example:
+    Examples:
         >>> from hf_memory.fact_scaling import SyntheticFactSet
         >>> facts = SyntheticFactSet(num_entities=4, attributes={"pet": 4}, seed=0)
         >>> callback = FactCapacityCallback(facts, tokenizer=facts.build_tokenizer())

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._utils import check_integer, check_number
+from .encoding import encode_facts
 
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ class SyntheticFactSet:
     Raises:
         ValueError: On an argument outside its allowed values, naming the argument.
 
-    Example:
+    Examples:
         >>> facts = SyntheticFactSet(num_entities=3, attributes={"birthplace": 8}, seed=0)
         >>> len(facts), facts.train[0].attribute
         (3, 'birthplace')
@@ -498,8 +499,6 @@ class SyntheticFactSet:
 
         rows = self.rows(split, direction, repeat)
         if tokenizer is not None:
-            from .capacity import encode_facts
-
             encoded = encode_facts(tokenizer, [r["prompt"] for r in rows], [r["target"] for r in rows])
             for row, (prompt_ids, target_ids) in zip(rows, encoded):
                 row["input_ids"] = prompt_ids + target_ids

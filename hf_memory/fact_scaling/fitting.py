@@ -194,7 +194,7 @@ def fit_linear_capacity(
         ValueError: With fewer than 3 points, lengths that differ, a size <= 0, a negative or non-finite number.
         ImportError: If scipy (the `analysis` extra) is missing.
 
-    Example:
+    Examples:
         >>> fit = fit_linear_capacity([1e4, 2e4, 4e4, 8e4], [2e3, 4e3, 8e3, 16e3])
         >>> round(fit.params["slope"], 6), round(fit.r2, 6)
         (0.2, 1.0)
@@ -230,7 +230,7 @@ def fit_epoch_capacity(
             number.
         ImportError: If scipy (the `analysis` extra) is missing.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> e = np.arange(0, 50, 5)
         >>> fit = fit_epoch_capacity(e, 1000 - 900 * np.exp(-0.1 * e), n_bootstrap=20)
@@ -280,7 +280,7 @@ def required_scale(
         ValueError: On a non-positive `n_facts`, a fit of the wrong law, a non-increasing linear law or an epoch
             law with `c_max` <= 0.
 
-    Example:
+    Examples:
         >>> fit = fit_linear_capacity([1e4, 2e4, 4e4], [2e3, 4e3, 8e3])
         >>> round(required_scale(1e9, fit).non_embedding_params)
         5000000000

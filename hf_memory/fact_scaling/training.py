@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .._utils import check_choice, check_integer, check_number, model_device
-from .capacity import FactCapacityResult, encode_facts, fact_capacity
+from .capacity import FactCapacityResult, fact_capacity
+from .encoding import encode_facts
 from .facts import SyntheticFactSet
 
 
