@@ -33,7 +33,13 @@ _LAZY = {
         "apply_goldfish",
         "goldfish_mask",
     ],
-    "extraction": ["ExtractionResult", "extraction_scores", "measure_extraction"],
+    "extraction": [
+        "MEMORIZATION_LOG_PREFIX",
+        "ExtractionResult",
+        "MemorizationCallback",
+        "extraction_scores",
+        "measure_extraction",
+    ],
     "fastmem": [
         "FASTMEM_PRESETS",
         "FastMem",
@@ -77,6 +83,18 @@ _LAZY = {
         "remove_nemo",
         "value_activations",
         "value_projection_names",
+    ],
+    "auditing": ["AuditReport", "audit"],
+    "memcontrol": [
+        "ExtractionAttackResult",
+        "MemControlMask",
+        "MemControlResult",
+        "MemControlSearch",
+        "MemControlTrial",
+        "denoising_loss",
+        "diffusion_extraction_attack",
+        "maskable_groups",
+        "noise_magnitude",
     ],
     "fact_scaling": [
         "CapacityFit",
@@ -125,7 +143,13 @@ if TYPE_CHECKING:
         token_entropy,
     )
     from .data import document_windows, load_token_sequences, stdlib_docstrings, word_level_tokenizer
-    from .extraction import ExtractionResult, extraction_scores, measure_extraction
+    from .extraction import (
+        MEMORIZATION_LOG_PREFIX,
+        ExtractionResult,
+        MemorizationCallback,
+        extraction_scores,
+        measure_extraction,
+    )
     from .fact_scaling import (
         CapacityFit,
         FactCapacityCallback,
@@ -174,6 +198,18 @@ if TYPE_CHECKING:
         mcnemar_exact,
         score_graph_answer,
         transfer_report,
+    )
+    from .auditing import AuditReport, audit
+    from .memcontrol import (
+        ExtractionAttackResult,
+        MemControlMask,
+        MemControlResult,
+        MemControlSearch,
+        MemControlTrial,
+        denoising_loss,
+        diffusion_extraction_attack,
+        maskable_groups,
+        noise_magnitude,
     )
     from .models import default_model_path, load_model
     from .nemo import (

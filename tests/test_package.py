@@ -40,6 +40,8 @@ CAPABILITIES = (
     "data",
     "fact_scaling",
     "graph_reasoning",
+    "memcontrol",
+    "auditing",
 )
 
 

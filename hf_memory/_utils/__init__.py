@@ -13,6 +13,7 @@ from .modeling import (
     eval_mode,
     exclusive,
     model_device,
+    model_identity,
     restored,
     supports_logits_to_keep,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "lazy_getattr",
     "leading_windows",
     "model_device",
+    "model_identity",
     "require_extra",
     "restored",
     "supports_logits_to_keep",

@@ -12,6 +12,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "analysis": ("sklearn", "rapidfuzz", "scipy", "rouge_score"),
     "plots": ("matplotlib",),
     "graphs": ("networkx",),
+    "memcontrol": ("optuna",),
 }
 
 

@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
+
+
+def model_identity(model, name: str | None = None) -> dict:
+    """What identifies a model in a results manifest or report: its name or path and a hash of its configuration.
+
+    Args:
+        model: A transformers model (anything with a `config` that has `to_json_string`, else its class name).
+        name: The name to record (e.g. the folder it was loaded from); None uses the config's `_name_or_path`.
+
+    Returns:
+        `{"name_or_path": ..., "config_sha256": ...}`.
+    """
+    config = getattr(model, "config", None)
+    if name is None:
+        name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None) or type(model).__name__
+    if config is not None and hasattr(config, "to_json_string"):
+        text = config.to_json_string(use_diff=False)
+    else:
+        text = type(model).__qualname__
+    return {"name_or_path": str(name), "config_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
 
 
 def cache_io(model) -> tuple[str, Callable]:

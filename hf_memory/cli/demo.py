@@ -1,75 +1,33 @@
 """The main job on the embedded model: fine-tune with the standard loss and with goldfish, measure extraction.
 
-Both arms start from the same weights and see the same batches; only the loss differs. After every epoch the
-extraction harness scores the training documents (greedy `suffix_len` tokens from each document's first
-`prefix_len`); at the end each arm's loss on held-out documents (every token counted) shows what the model kept.
+Both arms start from the same weights and see the same batches; only the loss differs. After every epoch a
+`MemorizationCallback` scores the training documents (greedy `suffix_len` tokens from each document's first
+`prefix_len`) and logs the numbers through the Trainer; at the end each arm's loss on held-out documents (every
+token counted) shows what the model kept.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import tempfile
 import time
 
 import torch
 from datasets import Dataset
-from transformers import (
-    Trainer,
-    TrainerCallback,
-    TrainerControl,
-    TrainerState,
-    TrainingArguments,
-    default_data_collator,
-)
+from transformers import Trainer, TrainingArguments, default_data_collator
 from transformers.utils import logging as hf_logging
 
 from .._utils import require_extra
 from ..data import document_windows, stdlib_docstrings
-from ..extraction import measure_extraction
+from ..extraction import MemorizationCallback, measure_extraction
 from ..goldfish import GoldfishTrainer, GoldfishTrainingArguments
 from ..models import load_model
 
 
 CURVES = ("exact_match", "memorization_score")
-
-
-class ExtractionCallback(TrainerCallback):
-    """Measures extraction of the training documents at the end of every epoch.
-
-    Args:
-        windows: The training documents, as token id sequences of at least `prefix_len + suffix_len` tokens.
-        prefix_len: Tokens of each document given to the model.
-        suffix_len: Tokens the model must then reproduce.
-
-    Attributes:
-        history: One dict per epoch: `epoch` and the extraction metrics of `measure_extraction`.
-    """
-
-    def __init__(self, windows: list[list[int]], prefix_len: int, suffix_len: int) -> None:
-        self.windows, self.prefix_len, self.suffix_len = windows, prefix_len, suffix_len
-        self.history = []
-
-    def on_epoch_end(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        model: torch.nn.Module | None = None,
-        **kwargs,
-    ) -> None:
-        """Measure extraction with the model as it is now and append the metrics to `history`.
-
-        Args:
-            args: The trainer's training arguments (unused).
-            state: The trainer's state; its `epoch` labels the entry.
-            control: The trainer's control flags (unused).
-            model: The model being trained.
-            **kwargs: The other objects the trainer passes to callbacks (unused).
-        """
-        result = measure_extraction(model, self.windows, self.prefix_len, self.suffix_len, show_progress=False)
-        self.history.append({"epoch": round(state.epoch), **result.metrics})
 
 
 def _arm_args(args_class, output_dir, epochs, lr, batch_size, seed, **extra):
@@ -96,7 +54,7 @@ def plot_curves(histories: dict, before: dict, path: str, title: str) -> None:
     """Memorization of the training documents against epoch, one line per arm, for each metric in CURVES.
 
     Args:
-        histories: Per arm name, the `ExtractionCallback.history` of its run.
+        histories: Per arm name, one dict per epoch: `epoch` and the extraction metrics after it.
         before: The extraction metrics before fine-tuning, plotted at epoch 0 for every arm.
         path: Where the PNG image is written.
         title: The figure's title.
@@ -202,8 +160,9 @@ def run_demo(
         results["before fine-tuning"] = {**before, "held_out_loss": reference.evaluate(held_data)["eval_loss"]}
         for name, (args_class, trainer_class, extra) in arms.items():
             print(f"\n[{name}] fine-tuning on {docs} documents for {epochs} epochs")
-            callback = ExtractionCallback(train, prefix_len, suffix_len)
             args = _arm_args(args_class, f"{tmp}/{len(results)}", epochs, lr, batch_size, seed, **extra)
+            steps_per_epoch = math.ceil(docs / args.train_batch_size)  # measure at the last step of every epoch
+            callback = MemorizationCallback(train, prefix_len, suffix_len, max_windows=None, every=steps_per_epoch)
             trainer = trainer_class(
                 model=copy.deepcopy(base),
                 args=args,
@@ -211,10 +170,18 @@ def run_demo(
                 data_collator=default_data_collator,
                 callbacks=[callback],
             )
-            trainer.train()
-            results[name] = {**callback.history[-1], "held_out_loss": trainer.evaluate(held_data)["eval_loss"]}
+            train_seconds = trainer.train().metrics["train_runtime"]
+            print(
+                f"[{name}] memorization measured {len(callback.history)} times: {callback.seconds:.1f} s of "
+                f"{train_seconds:.1f} s of training ({100 * callback.seconds / train_seconds:.1f} %)"
+            )
+            history = [
+                {"epoch": round(h["epoch"]), **{k: v for k, v in h.items() if k not in ("step", "epoch")}}
+                for h in callback.history
+            ]
+            results[name] = {**history[-1], "held_out_loss": trainer.evaluate(held_data)["eval_loss"]}
             results[name].pop("epoch")
-            histories[name] = callback.history
+            histories[name] = history
             del trainer
 
     print(

@@ -1,4 +1,5 @@
-"""`hf-memory` command line: `demo` (goldfish vs standard fine-tuning) and `measure` (extractable memorization)."""
+"""`hf-memory` command line: `demo` (goldfish vs standard fine-tuning), `measure` (extractable memorization) and
+`audit` (a memorization report on a model's fine-tuning data)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def _add_model_arguments(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `hf-memory` argument parser, with its `demo` and `measure` subcommands.
+    """The `hf-memory` argument parser, with its `demo`, `measure` and `audit` subcommands.
 
     Returns:
         The parser; `parse_args` gives a namespace whose `command` names the subcommand.
@@ -98,7 +99,190 @@ def build_parser() -> argparse.ArgumentParser:
         help="Also report ROUGE-L of the decoded texts (rouge_l_text, the goldfish paper's number; needs the "
         "[analysis] extra; not with --method prefix).",
     )
+
+    audit = commands.add_parser(
+        "audit",
+        help="Did a fine-tune memorize its data? Extraction, signals and a calibrated score, as an HTML report.",
+    )
+    _add_model_arguments(audit)
+    audit.add_argument("--data", nargs="+", required=True, help="Text files, .jsonl files, or save_to_disk folders.")
+    audit.add_argument("--text-field", default="text", help="Text column / JSON key when there is no input_ids.")
+    audit.add_argument(
+        "--reference-model",
+        default=None,
+        help="A local model folder that did not train on the data, same tokenizer (e.g. the checkpoint before "
+        "fine-tuning): adds its extraction and the calibrated CE diagnostic.",
+    )
+    audit.add_argument(
+        "--reference-gguf-file", default=None, help="GGUF file name inside --reference-model, if it is one."
+    )
+    audit.add_argument("--prefix", type=_integer(1), default=32, help="Prefix tokens given to the model.")
+    audit.add_argument("--suffix", type=_integer(1), default=32, help="Suffix tokens it must reproduce.")
+    audit.add_argument(
+        "--stride", type=_integer(1), default=None, help="A window every N tokens (default: prefix + suffix)."
+    )
+    audit.add_argument(
+        "--max-windows", type=_integer(1), default=512, help="Most windows scored, drawn uniformly (default 512)."
+    )
+    audit.add_argument("--batch-size", type=_integer(1), default=16)
+    audit.add_argument("--seed", type=_integer(0), default=0, help="Seed of the window draw.")
+    audit.add_argument(
+        "--out", required=True, help="Report folder: results.json, windows.parquet and index.html are written there."
+    )
+    audit.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="REPO_ID",
+        help="Also write the numbers and a Memorization section into this Hub model repo's card.",
+    )
     return parser
+
+
+def run_audit(args: argparse.Namespace) -> dict:
+    """`hf-memory audit`: load the model(s) and the documents, audit, write the report, print the headline.
+
+    Args:
+        args: The parsed `audit` arguments (`model`, `gguf_file`, `data`, `text_field`, `reference_model`,
+            `reference_gguf_file`, `prefix`, `suffix`, `stride`, `max_windows`, `batch_size`, `seed`, `out`,
+            `push_to_hub`).
+
+    Returns:
+        The audited model's headline metrics, as in `AuditReport.metrics`.
+    """
+    from ..auditing import audit
+    from ..data import load_token_sequences
+    from ..models import load_model
+
+    model, tokenizer = load_model(args.model, args.gguf_file)
+    sequences, sources = load_token_sequences(args.data, tokenizer, args.text_field)
+    reference = reference_tokenizer = None
+    if args.reference_model is not None:
+        reference, reference_tokenizer = load_model(args.reference_model, args.reference_gguf_file)
+
+    def name(folder, gguf_file):
+        if folder is None:
+            return "SmolLM2-135M-Instruct (embedded)"
+        return os.path.join(folder, gguf_file) if gguf_file else folder
+
+    report = audit(
+        model,
+        tokenizer,
+        sequences,
+        reference_model=reference,
+        prefix_len=args.prefix,
+        suffix_len=args.suffix,
+        stride=args.stride,
+        max_windows=args.max_windows,
+        out=args.out,
+        reference_tokenizer=reference_tokenizer,
+        sources=sources,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        model_name=name(args.model, args.gguf_file),
+        reference_name=None if reference is None else name(args.reference_model, args.reference_gguf_file),
+    )
+    metrics, reference_metrics = report.metrics, report.reference_metrics
+    print(
+        f"\n{report.data['num_windows']} windows of {args.prefix}+{args.suffix} tokens from {len(sequences)} documents"
+    )
+    print(f"{'metric':<34}{'model':>10}" + (f"{'reference':>12}" if reference_metrics else ""))
+    for key in ("exact_match", "half_suffix_rate", "longest_common_prefix", "memorization_score", "rouge_l"):
+        line = f"{key:<34}{metrics[key]:>10.4f}"
+        if reference_metrics and key in reference_metrics:
+            line += f"{reference_metrics[key]:>12.4f}"
+        print(line)
+    if report.calibrated:
+        print(f"{'calibrated_loss_median':<34}{metrics['calibrated_loss_median']:>10.4f}")
+    print(f"report: {os.path.join(args.out, 'index.html')}")
+    if args.push_to_hub:
+        url = report.push_to_hub(args.push_to_hub)
+        print(f"model card updated: {url}")
+    return metrics
+
+
+def _model_folder_problem(option: str, folder: str | None, gguf_option: str, gguf_file: str | None) -> str | None:
+    """What is wrong with a model folder (and GGUF file) given on the command line, or None."""
+    if folder is None:
+        if gguf_file is not None:
+            return f"argument {gguf_option}: give {option}, the folder that holds the file"
+        return None
+    if not os.path.isdir(folder):
+        return f"argument {option}: {folder!r} is not a local folder (nothing is downloaded)"
+    if gguf_file is not None:
+        if not os.path.isfile(os.path.join(folder, gguf_file)):
+            return f"argument {gguf_option}: no file {gguf_file!r} in {folder!r}"
+    elif not os.path.isfile(os.path.join(folder, "config.json")):
+        return (
+            f"argument {option}: {folder!r} is not a model folder (no config.json; for a GGUF file add {gguf_option})"
+        )
+    return None
+
+
+def _vocabulary_size(folder: str) -> int | None:
+    """`vocab_size` of a model folder's config.json, or None when unknown (a GGUF file, no such key)."""
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    size = config.get("vocab_size", config.get("text_config", {}).get("vocab_size"))
+    return size if isinstance(size, int) else None
+
+
+def check_audit_paths(args: argparse.Namespace) -> str | None:
+    """What is wrong with the `audit` arguments, checked before any model is loaded (None if nothing).
+
+    Args:
+        args: The parsed `audit` arguments.
+    """
+    from .._utils import EXTRAS, is_available
+
+    for option, folder, gguf_option, gguf_file in (
+        ("--model", args.model, "--gguf-file", args.gguf_file),
+        ("--reference-model", args.reference_model, "--reference-gguf-file", args.reference_gguf_file),
+    ):
+        problem = _model_folder_problem(option, folder, gguf_option, gguf_file)
+        if problem:
+            return problem
+    if args.reference_model is not None and args.gguf_file is None and args.reference_gguf_file is None:
+        model_folder = args.model
+        if model_folder is not None:
+            size, reference_size = _vocabulary_size(model_folder), _vocabulary_size(args.reference_model)
+            if size is not None and reference_size is not None and size != reference_size:
+                return (
+                    f"argument --reference-model: its vocabulary has {reference_size} tokens, the model's {size}: "
+                    "the reference must share the model's tokenizer"
+                )
+    for path in args.data:
+        if not os.path.exists(path):
+            return f"argument --data: {path!r} does not exist"
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                if not f.read(1 << 16).strip():
+                    return f"argument --data: {path!r} is empty"
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return f"argument --out: {args.out!r} is a file; give a folder for the report"
+    if args.push_to_hub is not None:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(args.push_to_hub)
+        except HFValidationError:
+            return f"argument --push-to-hub: {args.push_to_hub!r} is not a Hub repo id (user/name)"
+        from huggingface_hub import constants, get_token
+
+        if constants.HF_HUB_OFFLINE:
+            return "argument --push-to-hub: HF_HUB_OFFLINE is set, so nothing can be uploaded"
+        if get_token() is None:
+            return "argument --push-to-hub: no Hub token (run `hf auth login` or set HF_TOKEN)"
+    if not all(is_available(module) for module in EXTRAS["plots"]):
+        return 'argument --out: the HTML report needs matplotlib: pip install "hf-memory[plots]"'
+    if args.reference_model is not None and not all(is_available(module) for module in EXTRAS["analysis"]):
+        return (
+            "argument --reference-model: the calibrated CE diagnostic needs the analysis extra: "
+            'pip install "hf-memory[analysis]"'
+        )
+    return None
 
 
 def run_measure(args: argparse.Namespace) -> dict:
@@ -174,6 +358,8 @@ def check_paths(args: argparse.Namespace) -> str | None:
     Args:
         args: The parsed arguments.
     """
+    if args.command == "audit":
+        return check_audit_paths(args)
     if args.model is not None and not os.path.isdir(args.model):
         return f"argument --model: {args.model!r} is not a local folder (nothing is downloaded)"
     if args.gguf_file is not None:
@@ -247,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "measure":
             run_measure(args)
+        elif args.command == "audit":
+            run_audit(args)
     except KeyboardInterrupt:
         if debug:
             raise

@@ -3,6 +3,7 @@
 
 from ..metrics import EXTRACTABLE_MEMORIZATION
 from ..metrics.extractable_memorization.extractable_memorization import extraction_scores
+from .callback import MEMORIZATION_LOG_PREFIX, MemorizationCallback
 from .harness import EXTRACTION_METHODS, ExtractionResult, measure_extraction
 from .text import text_rouge_l
 from .windows import extraction_windows
@@ -11,7 +12,9 @@ from .windows import extraction_windows
 __all__ = [
     "EXTRACTABLE_MEMORIZATION",
     "EXTRACTION_METHODS",
+    "MEMORIZATION_LOG_PREFIX",
     "ExtractionResult",
+    "MemorizationCallback",
     "extraction_scores",
     "extraction_windows",
     "measure_extraction",

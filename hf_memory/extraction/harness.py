@@ -27,6 +27,7 @@ from .._utils import (
     check_vocabulary,
     eval_mode,
     model_device,
+    model_identity,
     require_extra,
 )
 from ..metrics.extractable_memorization.extractable_memorization import extraction_scores
@@ -37,7 +38,6 @@ from .store import (
     ShardWriter,
     check_writable,
     iter_score_batches,
-    model_identity,
     open_results_folder,
     read_manifest,
     read_summary,
@@ -306,7 +306,7 @@ def measure_extraction(
             written are kept.
         ImportError: If `tokenizer` is given and rouge_score (the `analysis` extra) is missing.
 
-    Example:
+    Examples:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
         >>> _ = torch.manual_seed(0)
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,

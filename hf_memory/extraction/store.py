@@ -10,7 +10,6 @@ summary are hidden.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -41,24 +40,6 @@ def _schema():
             ("reference", pa.list_(pa.int64())),
         ]
     )
-
-
-def model_identity(model) -> dict:
-    """What identifies a model in a manifest: its name or path and a hash of its configuration.
-
-    Args:
-        model: A transformers model (anything with a `config` that has `to_json_string`, else its class name).
-
-    Returns:
-        `{"name_or_path": ..., "config_sha256": ...}`.
-    """
-    config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None) or type(model).__name__
-    if config is not None and hasattr(config, "to_json_string"):
-        text = config.to_json_string(use_diff=False)
-    else:
-        text = type(model).__qualname__
-    return {"name_or_path": str(name), "config_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
 
 
 def _shard_name(rank: int, index: int) -> str:

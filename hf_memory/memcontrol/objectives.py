@@ -1,0 +1,231 @@
+"""The search's objectives, as plain functions of a trained model: memorization (lower is better) and quality."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._utils import as_sequences, check_choice, check_integer, eval_mode, model_device
+from .training import default_noise_scheduler, diffusion_data, lm_batch
+
+
+def _timesteps(timesteps, scheduler) -> list[int]:
+    if isinstance(timesteps, int) or getattr(timesteps, "ndim", None) == 0:
+        timesteps = [timesteps]
+    steps = [check_integer(t, "timesteps", minimum=0) for t in list(timesteps)]
+    limit = scheduler.config.num_train_timesteps
+    if not steps or max(steps) >= limit:
+        raise ValueError(f"`timesteps` must be a non-empty list of integers in [0, {limit - 1}], got {timesteps!r}.")
+    return steps
+
+
+@torch.no_grad()
+def noise_magnitude(
+    unet: nn.Module,
+    encoder_hidden_states: torch.Tensor,
+    empty_hidden_states: torch.Tensor,
+    images: torch.Tensor | None = None,
+    timesteps=(999,),
+    num_noise: int = 4,
+    seed: int = 0,
+    noise_scheduler=None,
+) -> float:
+    """Wen et al. (ICLR 2024)'s memorization score: the text-conditional noise magnitude ‖ε(x_t, c) − ε(x_t, ∅)‖₂,
+    averaged over `num_noise` seeded noises, the fixed `timesteps` and the prompts. Memorized prompts pull the
+    prediction far from the unconditional one. Fixed seeds and timesteps (the official MemControl code draws a random
+    timestep per call) make it a deterministic objective.
+
+    Args:
+        unet: A text-conditioned UNet, called as `unet(x, t, encoder_hidden_states=...)` returning `.sample`.
+        encoder_hidden_states: (P, L, D) text embeddings of the P prompts to score (the duplicated captions).
+        empty_hidden_states: The empty prompt's embedding, (L, D) or (1, L, D).
+        images: Optional (P, C, H, W) training images (or latents) of the prompts: x_t is each image noised to t.
+            None: x_t is pure noise (Wen et al.'s first sampling step; use t = 999).
+        timesteps: The timesteps to score at (integers).
+        num_noise: Seeded noise draws per prompt and timestep (the same draws for every prompt).
+        seed: Seed of the noise.
+        noise_scheduler: A diffusers scheduler with `add_noise` (for `images`); default Stable Diffusion's.
+
+    Returns:
+        The mean L2 norm (over all C·H·W values of a sample) of the difference.
+
+    Example:
+        >>> class Echo(torch.nn.Module):  # ε = x + mean of the text embedding
+        ...     config = type("C", (), {"in_channels": 1, "sample_size": 2})
+        ...     def forward(self, x, t, encoder_hidden_states):
+        ...         return type("O", (), {"sample": x + encoder_hidden_states.mean((1, 2)).view(-1, 1, 1, 1)})
+        >>> round(noise_magnitude(Echo(), torch.full((1, 3, 2), 0.5), torch.zeros(3, 2)), 4)  # 0.5 * sqrt(4)
+        1.0
+    """
+    scheduler = noise_scheduler or default_noise_scheduler()
+    steps = _timesteps(timesteps, scheduler)
+    num_noise = check_integer(num_noise, "num_noise", minimum=1)
+    seed = check_integer(seed, "seed")
+    if not isinstance(encoder_hidden_states, torch.Tensor) or encoder_hidden_states.ndim != 3:
+        raise ValueError("`encoder_hidden_states` must be a (P, L, D) tensor of prompt embeddings.")
+    empty = empty_hidden_states if empty_hidden_states.ndim == 3 else empty_hidden_states[None]
+    if empty.shape[1:] != encoder_hidden_states.shape[1:]:
+        raise ValueError(
+            f"`empty_hidden_states` has shape {tuple(empty_hidden_states.shape)}, which does not match the prompts' "
+            f"(L, D) = {tuple(encoder_hidden_states.shape[1:])}."
+        )
+    if images is not None and (images.ndim != 4 or len(images) != len(encoder_hidden_states)):
+        raise ValueError("`images` must be a (P, C, H, W) tensor with one image per prompt.")
+    if images is not None:
+        shape = tuple(images.shape[1:])
+    else:
+        size = unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (unet.config.in_channels, *size)
+    device = model_device(unet) if any(True for _ in unet.parameters()) else torch.device("cpu")
+    noise = torch.randn((num_noise, *shape), generator=torch.Generator().manual_seed(seed))
+    norms = []
+    with eval_mode(unet):
+        for p in range(len(encoder_hidden_states)):
+            for t in steps:
+                timestep = torch.full((num_noise,), t, dtype=torch.long)
+                x = noise if images is None else scheduler.add_noise(images[p].expand_as(noise), noise, timestep)
+                text = torch.cat(
+                    [encoder_hidden_states[p : p + 1].expand(num_noise, -1, -1), empty.expand(num_noise, -1, -1)]
+                )
+                out = unet(
+                    torch.cat([x, x]).to(device),
+                    torch.cat([timestep, timestep]).to(device),
+                    encoder_hidden_states=text.to(device),
+                ).sample.float()
+                conditional, unconditional = out.chunk(2)
+                norms.append((conditional - unconditional).flatten(1).norm(dim=1).cpu())
+    return float(torch.cat(norms).mean())
+
+
+@torch.no_grad()
+def denoising_loss(
+    unet: nn.Module,
+    data: dict,
+    timesteps=(100, 300, 500, 700, 900),
+    seed: int = 0,
+    noise_scheduler=None,
+    batch_size: int = 64,
+) -> float:
+    """Held-out denoising loss: the mean squared error of the predicted noise at fixed timesteps and seeded noise
+    (the training objective, made deterministic), on data the model was not fine-tuned on.
+
+    Args:
+        unet: A text-conditioned UNet, called as `unet(x, t, encoder_hidden_states=...)` returning `.sample`.
+        data: A dict with "images" (N, C, H, W) and "encoder_hidden_states" (N, L, D).
+        timesteps: The timesteps (integers); every example is scored at each.
+        seed: Seed of the noise.
+        noise_scheduler: A diffusers scheduler with `add_noise`; default Stable Diffusion's.
+        batch_size: Examples per forward pass.
+
+    Returns:
+        The mean MSE over examples, timesteps and values.
+    """
+    scheduler = noise_scheduler or default_noise_scheduler()
+    steps = _timesteps(timesteps, scheduler)
+    seed = check_integer(seed, "seed")
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    images, text = diffusion_data(data, "data")
+    device = model_device(unet)
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    with eval_mode(unet):
+        for t in steps:
+            noise = torch.randn(images.shape, generator=generator)
+            for start in range(0, len(images), batch_size):
+                x, n = images[start : start + batch_size], noise[start : start + batch_size]
+                timestep = torch.full((len(x),), t, dtype=torch.long)
+                noisy = scheduler.add_noise(x, n, timestep)
+                out = unet(
+                    noisy.to(device),
+                    timestep.to(device),
+                    encoder_hidden_states=text[start : start + batch_size].to(device),
+                )
+                total += F.mse_loss(out.sample.float(), n.to(device), reduction="sum").item()
+                count += n.numel()
+    return total / count
+
+
+def frechet_distance(generated: torch.Tensor, reference: torch.Tensor, feature_extractor: nn.Module) -> float:
+    """Fréchet distance between the features of generated and reference images (FID with your own features, as
+    MemControl uses a domain network), through torchmetrics' `FrechetInceptionDistance(feature=...)`.
+
+    Args:
+        generated: (N, C, H, W) float images, as the feature extractor takes them.
+        reference: (M, C, H, W) float images.
+        feature_extractor: A module mapping a batch of images to (batch, d) features; it needs at least d + 1 images
+            on each side for a full-rank covariance.
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    if not isinstance(feature_extractor, nn.Module):
+        raise ValueError(f"`feature_extractor` must be a torch.nn.Module, got {type(feature_extractor).__name__}.")
+    for name, images in (("generated", generated), ("reference", reference)):
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) < 2:
+            raise ValueError(f"`{name}` must be a (N, C, H, W) tensor of at least 2 images.")
+    metric = FrechetInceptionDistance(
+        feature=feature_extractor, normalize=True, input_img_size=tuple(reference.shape[1:])
+    )
+    metric.update(reference.float(), real=True)
+    metric.update(generated.float(), real=False)
+    return float(metric.compute())
+
+
+@torch.no_grad()
+def causal_lm_loss(model: nn.Module, sequences, batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy (nats per token) of a causal LM on `sequences`: the held-out quality objective.
+
+    Args:
+        model: A transformers causal LM.
+        sequences: Token id sequences (lists, 1-D tensors or a 2-D tensor).
+        batch_size: Sequences per forward pass.
+    """
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    rows = as_sequences(sequences, "sequences")
+    device = model_device(model)
+    total, count = 0.0, 0
+    with eval_mode(model):
+        for start in range(0, len(rows), batch_size):
+            batch = lm_batch(rows[start : start + batch_size], device)
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+            ).logits
+            labels = batch["labels"][:, 1:]
+            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(), reduction="sum")
+            total += loss.item()
+            count += int((labels != -100).sum())
+    return total / count
+
+
+EXTRACTION_METRICS = ("memorization_score", "exact_match", "longest_common_prefix")
+
+
+def extraction_rate(
+    model: nn.Module,
+    sequences,
+    prefix_len: int = 32,
+    suffix_len: int = 32,
+    metric: str = "memorization_score",
+    batch_size: int = 16,
+) -> float:
+    """How much of the training data the model reproduces: greedy extraction of each sequence's suffix from its
+    prefix (`hf_memory.measure_extraction`), one metric's mean.
+
+    Args:
+        model: A transformers causal LM.
+        sequences: The training sequences (each at least `prefix_len + suffix_len` tokens).
+        prefix_len: Tokens given to the model.
+        suffix_len: Tokens it must reproduce.
+        metric: "memorization_score" (share of suffix tokens reproduced at their position), "exact_match" (share
+            of suffixes reproduced whole) or "longest_common_prefix".
+        batch_size: Windows per forward pass.
+    """
+    from ..extraction import measure_extraction
+
+    check_choice(metric, "metric", EXTRACTION_METRICS)
+    method = "auto" if metric == "memorization_score" else "prefix"
+    result = measure_extraction(
+        model, sequences, prefix_len, suffix_len, batch_size=batch_size, method=method, show_progress=False
+    )
+    return float(result.metrics[metric])

@@ -1,0 +1,176 @@
+"""The default inner loops of the search: a short, seeded fine-tuning run of whatever the mask left trainable."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._utils import as_sequences, check_integer, check_number, model_device
+
+
+def diffusion_data(data, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`data` as (images or latents (N, C, H, W), text embeddings (N, L, D)), checked.
+
+    Args:
+        data: A dict with "images" (or "latents") and "encoder_hidden_states", one row per example.
+        name: The argument name shown in error messages.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"`{name}` must be a dict with 'images' (N, C, H, W) and 'encoder_hidden_states' (N, L, D) tensors, got "
+            f"{type(data).__name__}."
+        )
+    images = data.get("images", data.get("latents"))
+    text = data.get("encoder_hidden_states")
+    if (
+        not isinstance(images, torch.Tensor)
+        or images.ndim != 4
+        or not isinstance(text, torch.Tensor)
+        or text.ndim != 3
+    ):
+        raise ValueError(
+            f"`{name}` must hold 'images' as a 4-D (N, C, H, W) tensor and 'encoder_hidden_states' as a 3-D "
+            f"(N, L, D) tensor; got keys {sorted(data)}."
+        )
+    if len(images) != len(text) or not len(images):
+        raise ValueError(f"`{name}` has {len(images)} images for {len(text)} text embeddings: give one per image.")
+    return images.float(), text.float()
+
+
+def default_noise_scheduler():
+    """Stable Diffusion's training noise schedule (DDPM, scaled linear betas 0.00085 to 0.012, 1000 steps)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+
+
+def _optimizer(model: nn.Module, lr: float) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError("The model has no trainable parameter: apply a MemControlMask first.")
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0), parameters
+
+
+def train_unet(
+    model: nn.Module,
+    train_data: dict,
+    mask,
+    steps: int = 100,
+    batch_size: int = 16,
+    seed: int = 0,
+    noise_scheduler=None,
+    max_grad_norm: float | None = 1.0,
+) -> list[float]:
+    """Fine-tune a text-conditioned UNet (epsilon prediction, MSE) on `train_data` for `steps` AdamW steps at
+    `mask.lr`: only the parameters left trainable (by `mask.apply`) change. Batches, noise and timesteps are drawn
+    from `seed`, so two runs with the same mask give the same model.
+
+    Args:
+        model: A diffusers UNet2DConditionModel (or any module called as `model(x, t, encoder_hidden_states=...)`
+            returning `.sample`), already masked.
+        train_data: A dict with "images" (N, C, H, W) in the model's input space and "encoder_hidden_states"
+            (N, L, D); repeat an example in it to duplicate it.
+        mask: The `MemControlMask` (its `lr` is used).
+        steps: Optimizer steps.
+        batch_size: Examples per step (drawn with replacement).
+        seed: Seed of the batches, noise and timesteps.
+        noise_scheduler: A diffusers noise scheduler with `add_noise`; default `default_noise_scheduler()`.
+        max_grad_norm: Gradient-norm clip; None turns it off.
+
+    Returns:
+        The loss of every step.
+    """
+    steps = check_integer(steps, "steps", minimum=1)
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    seed = check_integer(seed, "seed")
+    max_grad_norm = check_number(max_grad_norm, "max_grad_norm", minimum=0, exclusive_minimum=True, allow_none=True)
+    images, text = diffusion_data(train_data, "train_data")
+    scheduler = noise_scheduler or default_noise_scheduler()
+    optimizer, parameters = _optimizer(model, mask.lr)
+    device = model_device(model)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        index = torch.randint(len(images), (batch_size,), generator=generator)
+        batch = images[index]
+        noise = torch.randn(batch.shape, generator=generator)
+        timesteps = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        noisy = scheduler.add_noise(batch, noise, timesteps)
+        out = model(noisy.to(device), timesteps.to(device), encoder_hidden_states=text[index].to(device)).sample
+        loss = F.mse_loss(out.float(), noise.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def lm_batch(sequences: list[torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids`, `attention_mask` and `labels` (-100 on padding) for a causal LM.
+
+    Args:
+        sequences: 1-D token id tensors.
+        device: Where to put the batch.
+    """
+    length = max(len(s) for s in sequences)
+    ids = torch.zeros(len(sequences), length, dtype=torch.long)
+    attention = torch.zeros(len(sequences), length, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = sequence
+        attention[row, : len(sequence)] = 1
+    labels = ids.masked_fill(attention == 0, -100)
+    return {"input_ids": ids.to(device), "attention_mask": attention.to(device), "labels": labels.to(device)}
+
+
+def train_causal_lm(
+    model: nn.Module,
+    train_data,
+    mask,
+    steps: int = 50,
+    batch_size: int = 8,
+    seed: int = 0,
+    max_grad_norm: float | None = 1.0,
+) -> list[float]:
+    """Fine-tune a causal LM with the standard next-token loss on `train_data` for `steps` AdamW steps at `mask.lr`:
+    only the parameters left trainable (by `mask.apply`) change. Batches are drawn from `seed`.
+
+    Args:
+        model: A transformers causal LM, already masked.
+        train_data: Token id sequences (lists, 1-D tensors or a 2-D tensor); the model learns each whole sequence.
+        mask: The `MemControlMask` (its `lr` is used).
+        steps: Optimizer steps.
+        batch_size: Sequences per step (drawn with replacement).
+        seed: Seed of the batches.
+        max_grad_norm: Gradient-norm clip; None turns it off.
+
+    Returns:
+        The loss of every step.
+    """
+    steps = check_integer(steps, "steps", minimum=1)
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    seed = check_integer(seed, "seed")
+    max_grad_norm = check_number(max_grad_norm, "max_grad_norm", minimum=0, exclusive_minimum=True, allow_none=True)
+    sequences = as_sequences(train_data, "train_data")
+    if not sequences:
+        raise ValueError("`train_data` holds no sequence.")
+    optimizer, parameters = _optimizer(model, mask.lr)
+    device = model_device(model)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        index = torch.randint(len(sequences), (batch_size,), generator=generator).tolist()
+        loss = model(**lm_batch([sequences[i] for i in index], device), use_cache=False).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses

@@ -1,0 +1,393 @@
+"""`audit` / `hf-memory audit`: the report's three files, the self-contained page, the model card, bad inputs, and the
+goldfish-vs-standard evidence on the embedded SmolLM2."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+from html.parser import HTMLParser
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from hf_memory.auditing import HTML_FILE, RESULTS_FILE, WINDOWS_FILE, AuditReport, audit
+from hf_memory.cli import main
+from hf_memory.data import stdlib_docstrings
+from hf_memory.extraction import measure_extraction
+from tests.conftest import tiny_causal_lm
+
+
+PREFIX, SUFFIX = 16, 16
+PLANTED = 3  # documents whose first window the model reproduces by construction
+HOSTILE = "<script>alert('x')</script> & <b>bold</b> "
+
+
+def _greedy(model, prefix: list[int], steps: int) -> list[int]:
+    ids = torch.tensor([prefix])
+    with torch.no_grad():
+        for _ in range(steps):
+            ids = torch.cat([ids, model(input_ids=ids).logits[:, -1:].argmax(-1)], dim=1)
+    return ids[0, len(prefix) :].tolist()
+
+
+def _documents(model, tokenizer) -> list[list[int]]:
+    """Docstrings as token ids; the first PLANTED have the model's own greedy continuation as their first suffix,
+    so the audit must find exactly those windows extracted. The first document starts with HTML."""
+    texts = stdlib_docstrings(max_docs=8)
+    texts[0] = HOSTILE + texts[0]
+    docs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    for i in range(PLANTED):
+        docs[i] = docs[i][:PREFIX] + _greedy(model, docs[i][:PREFIX], SUFFIX) + docs[i][PREFIX + SUFFIX :]
+    return docs
+
+
+@pytest.fixture(scope="module")
+def audited(tokenizer, tmp_path_factory):
+    """A tiny model audited against another (same vocabulary), written to a report folder, once per module."""
+    torch.set_num_threads(1)
+    model = tiny_causal_lm("llama", vocab_size=len(tokenizer), hidden=32)
+    reference = tiny_causal_lm("llama", vocab_size=len(tokenizer), hidden=32, seed=1)
+    docs = _documents(model, tokenizer)
+    out = tmp_path_factory.mktemp("report")
+    report = audit(
+        model,
+        tokenizer,
+        docs,
+        reference_model=reference,
+        prefix_len=PREFIX,
+        suffix_len=SUFFIX,
+        max_windows=60,
+        out=out,
+        sources=[f"doc{i}.txt" for i in range(len(docs))],
+        show_progress=False,
+    )
+    return report, out, model, docs
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.links, self.text = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.links += [(tag, name, value) for name, value in attrs if name in ("src", "href") and value]
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_the_report_folder_holds_the_three_files_with_every_window(audited):
+    report, out, model, docs = audited
+    assert sorted(os.listdir(out)) == sorted([HTML_FILE, RESULTS_FILE, WINDOWS_FILE])
+    table = pq.read_table(out / WINDOWS_FILE)
+    assert table.num_rows == report.data["num_windows"] == len(report.rows) == 60
+    assert report.data["num_candidate_windows"] > 60  # sampled down to max_windows
+    assert {"source", "start", "exact_match", "longest_common_prefix", "calibrated_loss", "prefix_text"} <= set(
+        table.column_names
+    )
+
+    def no_nan(text):
+        raise ValueError(f"results.json holds {text}")
+
+    results = json.loads((out / RESULTS_FILE).read_text(), parse_constant=no_nan)
+    assert results["settings"]["prefix_len"] == PREFIX and results["settings"]["suffix_len"] == SUFFIX
+    assert results["model"]["num_parameters"] == sum(p.numel() for p in model.parameters())
+    assert results["data"]["num_windows"] == 60 and results["reference_model"] is not None
+    assert results["metrics"] == pytest.approx(report.metrics)
+    assert sum(results["lcp_histogram"]["model"]) == 60
+
+    # the numbers are the harness's on the same windows
+    rows = table.to_pylist()
+    windows = [r["prefix_ids"] + r["suffix_ids"] for r in rows]
+    direct = measure_extraction(model, windows, PREFIX, SUFFIX, show_progress=False)
+    for name in ("exact_match", "memorization_score", "longest_common_prefix", "rouge_l"):
+        assert results["metrics"][name] == pytest.approx(direct.metrics[name])
+    assert [r["longest_common_prefix"] for r in rows] == direct.longest_common_prefix
+    assert all(math.isclose(r["calibrated_loss"], r["loss_after"] - r["reference_loss"]) for r in rows)
+
+
+def test_the_planted_windows_are_the_extracted_ones(audited):
+    report, _, _, docs = audited
+    planted = {(doc, 0) for doc in range(PLANTED)}
+    extracted = {(r["document"], r["start"]) for r in report.rows if r["exact_match"]}
+    sampled = {(r["document"], r["start"]) for r in report.rows}
+    assert extracted == planted & sampled and extracted
+    top = [report.rows[w] for w in report.figures()["top_windows"]]
+    assert {(r["document"], r["start"]) for r in top[: len(extracted)]} == extracted
+    assert all(r["reproduced_text"] and not r["missed_text"] for r in top[: len(extracted)])
+    assert report.reference_metrics["exact_match"] < report.metrics["exact_match"]
+
+
+def test_the_page_is_self_contained_and_escapes_the_documents(audited):
+    _, out, _, _ = audited
+    page = (out / HTML_FILE).read_text(encoding="utf-8")
+    parser = _Collector()
+    parser.feed(page)
+    parser.close()
+    assert "script" not in parser.tags and "link" not in parser.tags and "iframe" not in parser.tags
+    images = [value for tag, name, value in parser.links if tag == "img"]
+    assert len(images) >= 4 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert [link for link in parser.links if link[2].startswith(("http:", "https:", "//"))] == []
+    assert "url(" not in page and "@import" not in page
+    assert "&lt;script&gt;" in page and "<b>bold</b>" not in page
+    text = " ".join(parser.text)
+    for heading in ("Headline", "How far into the suffix", "position in the document", "n-gram frequency"):
+        assert heading in text
+    assert "Calibrated CE diagnostic" in text and "Most extracted windows" in text
+    assert page.count('class="window"') == len(audited[0].figures()["top_windows"])
+
+
+def test_without_a_reference_the_page_says_so_and_the_columns_are_empty(tokenizer):
+    model = tiny_causal_lm("llama", vocab_size=len(tokenizer))
+    docs = [ids[:32] for ids in _documents(model, tokenizer)]  # one window per document
+    report = audit(model, tokenizer, docs, prefix_len=PREFIX, suffix_len=SUFFIX, show_progress=False)
+    assert report.reference_metrics is None and report.calibrated is None
+    table = report.table()
+    assert table.column("calibrated_loss").null_count == table.num_rows == len(docs)
+    page = report.to_html()
+    assert "No reference model was given" in page and "Every window starts at token 0" in page
+    assert [r.metric_type for r in report.eval_results()] == [
+        "exact_match",
+        "memorization_score",
+        "longest_common_prefix",
+        "rouge_l",
+    ]
+
+
+def test_texts_and_datasets_are_accepted_as_data(tokenizer):
+    from datasets import Dataset
+
+    model = tiny_causal_lm("llama", vocab_size=len(tokenizer))
+    texts = stdlib_docstrings(max_docs=3)
+    kwargs = {"prefix_len": 8, "suffix_len": 8, "max_windows": 10, "show_progress": False}
+    from_texts = audit(model, tokenizer, texts, **kwargs)
+    from_dataset = audit(model, tokenizer, Dataset.from_dict({"text": texts}), **kwargs)
+    assert from_texts.rows[0]["prefix_ids"] == from_dataset.rows[0]["prefix_ids"]
+    assert from_texts.metrics == from_dataset.metrics
+
+
+def _card_results(card):
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    parsed = ModelCard(str(card))  # what the Hub would read back
+    name, results = model_index_to_eval_results(parsed.data.to_dict()["model-index"])
+    return parsed, name, results
+
+
+def test_the_model_card_gets_eval_results_and_a_memorization_section(audited):
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    report = audited[0]
+    other = EvalResult(
+        task_type="text-generation", dataset_type="wikitext", dataset_name="WikiText", metric_type="perplexity",
+        metric_value=12.5,
+    )  # fmt: skip
+    card = ModelCard.from_template(
+        ModelCardData(model_name="tiny", eval_results=[other]), template_str="---\n{{ card_data }}\n---\n# tiny\n"
+    )
+    card = report.to_model_card(card)
+    parsed, name, results = _card_results(card)
+    assert name == "tiny"
+    by_type = {r.metric_type: r for r in results}
+    assert by_type["perplexity"].metric_value == 12.5  # kept
+    assert by_type["exact_match"].metric_value == pytest.approx(report.metrics["exact_match"], abs=1e-6)
+    assert by_type["calibrated_ce"].metric_value == pytest.approx(report.metrics["calibrated_loss_median"], abs=1e-6)
+    assert by_type["exact_match"].metric_config == f"prefix={PREFIX},suffix={SUFFIX},windows=60"
+    assert "memorization-audit" in parsed.data.tags
+    assert parsed.text.count("## Memorization") == 1 and parsed.text.startswith("# tiny")
+    assert f"{100 * report.metrics['exact_match']:.1f}%" in parsed.text
+
+    again = report.to_model_card(parsed)  # a second audit replaces the first, nothing doubles
+    _, _, results_again = _card_results(again)
+    assert len(results_again) == len(results) and again.text.count("## Memorization") == 1
+
+
+def test_push_to_hub_writes_the_card_through_a_stubbed_hub(audited, tmp_path, monkeypatch):
+    import huggingface_hub.repocard as repocard
+    from huggingface_hub import ModelCard
+
+    existing = tmp_path / "README.md"
+    existing.write_text("---\nlicense: mit\n---\n# my fine-tune\n\nTrained on my notes.\n", encoding="utf-8")
+    calls = {}
+
+    def download(repo_id, filename, **kwargs):
+        calls["download"] = (repo_id, filename)
+        return str(existing)
+
+    def upload_file(path_or_fileobj, path_in_repo, repo_id, **kwargs):
+        with open(path_or_fileobj, encoding="utf-8") as f:
+            calls["upload"] = (path_in_repo, repo_id, f.read(), kwargs["commit_message"])
+        return "https://stub/commit/1"
+
+    monkeypatch.setattr(repocard, "hf_hub_download", download)
+    monkeypatch.setattr(repocard, "upload_file", upload_file)
+    monkeypatch.setattr(ModelCard, "validate", lambda self, repo_type=None: calls.setdefault("validated", True))
+    assert audited[0].push_to_hub("me/my-fine-tune", token="t") == "https://stub/commit/1"
+    path, repo_id, text, message = calls["upload"]
+    assert (path, repo_id) == ("README.md", "me/my-fine-tune") and calls["validated"]
+    card, _, results = _card_results(ModelCard(text))
+    assert card.data.license == "mit" and "Trained on my notes." in card.text and "## Memorization" in card.text
+    assert {r.metric_type for r in results} >= {"exact_match", "memorization_score", "calibrated_ce"}
+    assert "memorization audit" in message.lower()
+
+
+def _save_tiny(folder, tokenizer, seed=0, vocab_size=None):
+    model = tiny_causal_lm("llama", vocab_size=vocab_size or len(tokenizer), seed=seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
+def test_cli_audits_a_saved_model_end_to_end(tokenizer, tmp_path, capsys):
+    _save_tiny(tmp_path / "model", tokenizer)
+    _save_tiny(tmp_path / "base", tokenizer, seed=1)
+    data = tmp_path / "notes.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in stdlib_docstrings(max_docs=4)))
+    argv = ["audit", "--model", str(tmp_path / "model"), "--reference-model", str(tmp_path / "base")]
+    argv += ["--data", str(data), "--prefix", "8", "--suffix", "8", "--max-windows", "20", "--out"]
+    assert main(argv + [str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "20 windows of 8+8 tokens from 4 documents" in out and "calibrated_loss_median" in out
+    results = json.loads((tmp_path / "report" / RESULTS_FILE).read_text())
+    assert results["model"]["name_or_path"] == str(tmp_path / "model")
+    assert results["reference_model"]["name_or_path"] == str(tmp_path / "base")
+    assert pq.read_table(tmp_path / "report" / WINDOWS_FILE).num_rows == 20
+    sources = {r["source"] for r in pq.read_table(tmp_path / "report" / WINDOWS_FILE).to_pylist()}
+    assert all(s.startswith(f"{data}:") for s in sources)
+
+
+@pytest.mark.parametrize(
+    "case", ["empty data", "not a model", "out is a file", "other vocabulary", "bad repo id", "push offline"]
+)
+def test_cli_refuses_bad_input_in_one_line_before_any_work(case, tokenizer, tmp_path, capsys, monkeypatch):
+    import hf_memory.models
+
+    monkeypatch.setattr(hf_memory.models, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    _save_tiny(tmp_path / "model", tokenizer)
+    data = tmp_path / "notes.txt"
+    data.write_text(stdlib_docstrings(max_docs=1)[0])
+    args = {"--model": str(tmp_path / "model"), "--data": str(data), "--out": str(tmp_path / "report")}
+    if case == "empty data":
+        (tmp_path / "empty.txt").write_text(" \n")
+        args["--data"], message = str(tmp_path / "empty.txt"), "argument --data: '.*empty.txt' is empty"
+    elif case == "not a model":
+        (tmp_path / "notes").mkdir()
+        args["--model"], message = str(tmp_path / "notes"), "argument --model: '.*notes' is not a model folder"
+    elif case == "out is a file":
+        args["--out"], message = str(data), "argument --out: '.*notes.txt' is a file"
+    elif case == "other vocabulary":
+        _save_tiny(tmp_path / "other", tokenizer, vocab_size=64)
+        args["--reference-model"], message = str(tmp_path / "other"), "argument --reference-model: its vocabulary"
+    elif case == "bad repo id":
+        args["--push-to-hub"], message = "not a/repo id", "argument --push-to-hub: 'not a/repo id' is not a Hub repo"
+    else:
+        import huggingface_hub.constants
+
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        args["--push-to-hub"], message = "me/model", "argument --push-to-hub: HF_HUB_OFFLINE is set"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["audit", *(x for pair in args.items() for x in pair)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(message, err.strip().splitlines()[-1]), err
+
+
+def test_bad_arguments_of_the_function_are_refused_before_any_work(tokenizer, tmp_path, monkeypatch):
+    import hf_memory.extraction
+
+    monkeypatch.setattr(
+        hf_memory.extraction, "measure_extraction", lambda *a, **k: (_ for _ in ()).throw(AssertionError)
+    )
+    model = tiny_causal_lm("llama", vocab_size=len(tokenizer))
+    texts = stdlib_docstrings(max_docs=2)
+    (tmp_path / "file").write_text("x")
+    cases = [
+        ({"data": []}, "`data` is empty"),
+        ({"data": ["a text", "  "]}, r"`data\[1\]` is an empty text"),
+        ({"data": "one string"}, "not one string"),
+        ({"out": tmp_path / "file"}, "is a file"),
+        ({"reference_model": tiny_causal_lm("llama", vocab_size=64)}, "another vocabulary"),
+        ({"prefix_len": 0}, "`prefix_len` must be an integer >= 1"),
+        ({"max_windows": 0}, "`max_windows` must be an integer >= 1"),
+        ({"prefix_len": 4000}, "No document of `data` has"),
+        ({"data": [[1, 2, 3] * 30, [len(tokenizer) + 5] * 64]}, "outside the model's vocabulary"),
+    ]
+    for change, message in cases:
+        kwargs = {"data": texts, **change}
+        with pytest.raises(ValueError, match=message):
+            audit(model, tokenizer, show_progress=False, **kwargs)
+    with pytest.raises(ValueError, match="another vocabulary"):  # same size, other tokens
+        other = copy.deepcopy(tokenizer)
+        other.add_tokens(["<not-in-the-model>"])
+        audit(model, tokenizer, texts, reference_model=model, reference_tokenizer=other, show_progress=False)
+    assert not (tmp_path / "report").exists()
+
+
+def test_an_existing_report_folder_is_rewritten_and_reads_back(audited, tmp_path):
+    report = audited[0]
+    (tmp_path / "old.txt").write_text("kept")
+    report.save(tmp_path)
+    report.save(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == sorted(["old.txt", HTML_FILE, RESULTS_FILE, WINDOWS_FILE])
+    loaded = AuditReport.load(tmp_path)  # read back: the same rows and numbers
+    assert loaded.metrics == pytest.approx(report.metrics) and loaded.model == report.model
+    assert [r["suffix_ids"] for r in loaded.rows] == [r["suffix_ids"] for r in report.rows]
+    with pytest.raises(ValueError, match="not the results of an hf-memory audit"):
+        (tmp_path / RESULTS_FILE).write_text("{}")
+        AuditReport.load(tmp_path)
+
+
+def test_smollm2_report_shows_the_standard_arm_memorized_and_the_goldfish_arm_not(smollm2, tmp_path):
+    """The demo's two arms, shortened: 16 documents of 64 tokens, 8 epochs, then an audit of each against the base."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from hf_memory import GoldfishTrainer, GoldfishTrainingArguments, document_windows
+
+    base, tokenizer = smollm2
+    train = document_windows(tokenizer, stdlib_docstrings(), 64)[:16]
+    data = Dataset.from_dict({"input_ids": train, "labels": train})
+    common = {
+        "num_train_epochs": 8,
+        "learning_rate": 2e-4,
+        "lr_scheduler_type": "constant",
+        "weight_decay": 0.0,
+        "per_device_train_batch_size": 8,
+        "logging_strategy": "no",
+        "save_strategy": "no",
+        "report_to": [],
+        "seed": 0,
+        "data_seed": 0,
+        "use_cpu": True,
+    }
+    reports = {}
+    for name, args, trainer_class in (
+        ("standard", TrainingArguments(output_dir=str(tmp_path / "s"), **common), Trainer),
+        (
+            "goldfish",
+            GoldfishTrainingArguments(output_dir=str(tmp_path / "g"), goldfish_k=4, goldfish_h=13, **common),
+            GoldfishTrainer,
+        ),
+    ):
+        model = copy.deepcopy(base)
+        trainer_class(model=model, args=args, train_dataset=data, data_collator=default_data_collator).train()
+        reports[name] = audit(model, tokenizer, train, reference_model=base, out=tmp_path / name, show_progress=False)
+        del model
+    standard, goldfish = reports["standard"], reports["goldfish"]
+    for name, report in reports.items():  # shown with `pytest -s`: the numbers docs/audit.md reports
+        print(name, json.dumps({"model": report.metrics, "reference": report.reference_metrics}))
+    assert standard.reference_metrics["exact_match"] == goldfish.reference_metrics["exact_match"] == 0.0
+    assert standard.metrics["exact_match"] >= 0.5  # memorized
+    assert goldfish.metrics["exact_match"] <= 0.2  # not
+    assert standard.metrics["longest_common_prefix"] > 2 * goldfish.metrics["longest_common_prefix"]
+    # the membership score moves too: the standard arm knows its data better than the goldfish arm does
+    assert standard.metrics["calibrated_loss_median"] < goldfish.metrics["calibrated_loss_median"] < 0
+    page = (tmp_path / "standard" / HTML_FILE).read_text(encoding="utf-8")
+    assert "Most extracted windows" in page and page.count("<mark>") >= 2

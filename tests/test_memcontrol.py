@@ -1,0 +1,716 @@
+"""MemControl: the groups, the mask <-> trainable parameters, the objectives, the attack and the Optuna search."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hf_memory.memcontrol import (
+    MemControlMask,
+    MemControlResult,
+    MemControlSearch,
+    causal_lm_loss,
+    count_parameters,
+    denoising_loss,
+    diffusion_extraction_attack,
+    extraction_rate,
+    frechet_distance,
+    hypervolume,
+    maskable_groups,
+    noise_magnitude,
+    pareto_front,
+    tile_distance,
+    train_causal_lm,
+    train_unet,
+)
+from tests.conftest import tiny_causal_lm
+
+
+optuna = pytest.importorskip("optuna")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_unet(layers_per_block: int = 1, seed: int = 0):
+    """A tiny UNet: a cross-attention down block, the mid block and a cross-attention up block (which holds
+    layers_per_block + 1 transformers: 3 for Stable Diffusion's layers_per_block=2)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=layers_per_block,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    ).eval()
+
+
+def unet_data(n: int = 6, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "images": torch.rand(n, 3, 8, 8, generator=g) * 2 - 1,
+        "encoder_hidden_states": torch.randn(n, 4, 8, generator=g),
+        "empty_hidden_states": torch.zeros(4, 8),
+    }
+
+
+def lm_data(n: int = 8, length: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.randint(3, 128, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- groups
+
+
+def test_unet_groups_hold_every_transformer_including_the_third_up_block_attention():
+    unet = tiny_unet(layers_per_block=2)
+    groups = maskable_groups(unet)
+    transformers = [n for n, m in unet.named_modules() if type(m).__name__ == "Transformer2DModel"]
+    assert sorted(groups) == sorted(transformers)
+    # data-flow order: down, mid, up; the up block has 3 transformers and the third is a group (the official code
+    # never masks it)
+    assert list(groups) == [
+        "down_blocks.0.attentions.0",
+        "down_blocks.0.attentions.1",
+        "mid_block.attentions.0",
+        "up_blocks.1.attentions.0",
+        "up_blocks.1.attentions.1",
+        "up_blocks.1.attentions.2",
+    ]
+    assert all(paths == [name] for name, paths in groups.items())
+    modules = maskable_groups(unet, "module")
+    assert "up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_k" in modules
+    assert "up_blocks.1.attentions.2.proj_in" in modules
+    assert all(isinstance(unet.get_submodule(n), (nn.Linear, nn.Conv2d)) for n in modules)
+
+
+def test_dit_groups_are_its_transformer_blocks():
+    from diffusers import DiTTransformer2DModel
+
+    model = DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=4, in_channels=3, out_channels=3, num_layers=3, sample_size=8,
+        patch_size=2, norm_num_groups=1, num_embeds_ada_norm=10,
+    )  # fmt: skip
+    assert list(maskable_groups(model)) == ["transformer_blocks.0", "transformer_blocks.1", "transformer_blocks.2"]
+
+
+@pytest.mark.parametrize(
+    ("arch", "attention", "ffn"),
+    [
+        ("llama", "model.layers.{}.self_attn", ["model.layers.{}.mlp"]),
+        ("gpt2", "transformer.h.{}.attn", ["transformer.h.{}.mlp"]),
+        ("gpt_neox", "gpt_neox.layers.{}.attention", ["gpt_neox.layers.{}.mlp"]),
+        ("opt", "model.decoder.layers.{}.self_attn", ["model.decoder.layers.{}.fc1", "model.decoder.layers.{}.fc2"]),
+    ],
+)
+def test_language_model_groups_split_attention_and_ffn_per_layer(arch, attention, ffn):
+    model = tiny_causal_lm(arch, layers=3)
+    groups = maskable_groups(model)
+    assert len(groups) == 6
+    names = list(groups)
+    for i in range(3):
+        assert names[2 * i] == attention.format(i) and groups[names[2 * i]] == [attention.format(i)]
+        assert groups[names[2 * i + 1]] == [p.format(i) for p in ffn]
+    modules = maskable_groups(model, "module")
+    assert len(modules) == sum(len(list(_linears(model, paths))) for paths in groups.values())
+
+
+def _linears(model, paths):
+    for name, module in model.named_modules():
+        if any(name == p or name.startswith(p + ".") for p in paths) and (
+            isinstance(module, (nn.Linear, nn.Conv2d)) or type(module).__name__ == "Conv1D"
+        ):
+            yield name
+
+
+def test_llama_module_granularity_names_qkvo_and_ffn_projections():
+    modules = list(maskable_groups(tiny_causal_lm("llama", layers=1), "module"))
+    suffixes = [m.rsplit(".", 1)[1] for m in modules]
+    assert suffixes == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def test_model_without_maskable_group_and_bad_granularity_raise():
+    with pytest.raises(ValueError, match="no maskable group"):
+        maskable_groups(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    with pytest.raises(ValueError, match="`granularity` must be one of 'block', 'module'"):
+        maskable_groups(tiny_causal_lm(), "layer")
+    with pytest.raises(ValueError, match="torch.nn.Module"):
+        maskable_groups("gpt2")
+
+
+# ---------------------------------------------------------------- masks <-> trainable parameters
+
+
+def _is_norm(module):
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower()
+
+
+def _expected_trainable(model, paths, method):
+    """What the mask must train, written independently of the library: everything under the selected paths that
+    the method trains, nothing else."""
+    under = lambda name: any(name.startswith(p + ".") for p in paths)  # noqa: E731
+    norm_params = {
+        f"{m_name}.{p_name}"
+        for m_name, module in model.named_modules()
+        if _is_norm(module)
+        for p_name, _ in module.named_parameters(recurse=False)
+    }
+    expected = set()
+    for name, _ in model.named_parameters():
+        if not under(name):
+            continue
+        if method == "full" and "lora_" not in name and "ia3_" not in name:
+            expected.add(name)
+        elif method == "lora" and "lora_" in name:
+            expected.add(name)
+        elif method == "scale_bias" and ("ia3_" in name or name.endswith(".bias") or name in norm_params):
+            expected.add(name)
+    return expected
+
+
+def _train_steps(model, kind, steps=3):
+    """A few AdamW steps at a large learning rate on whatever is trainable."""
+    mask = MemControlMask(["g"], [1], lr=5e-2)
+    if kind == "unet":
+        train_unet(model, unet_data(), mask, steps=steps, batch_size=4, max_grad_norm=None)
+    else:
+        train_causal_lm(model, lm_data(), mask, steps=steps, batch_size=4, max_grad_norm=None)
+
+
+MODELS = {
+    "llama": lambda: tiny_causal_lm("llama"),
+    "gpt2": lambda: tiny_causal_lm("gpt2"),
+    "unet": lambda: tiny_unet(layers_per_block=2),
+}
+
+
+@pytest.mark.parametrize("method", ["lora", "full", "scale_bias"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "unet"])
+def test_mask_trains_exactly_its_groups_for_every_group_and_method(kind, method):
+    groups = maskable_groups(MODELS[kind]())
+    masks = [[int(i == j) for i in range(len(groups))] for j in range(len(groups))]
+    masks.append([int(i % 2 == 0) for i in range(len(groups))])  # several groups at once
+    for bits in masks:
+        mask = MemControlMask(list(groups), bits, method=method)
+        model = mask.apply(MODELS[kind]())
+        paths = [p for g, b in zip(groups, bits) if b for p in groups[g]]
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == _expected_trainable(model, paths, method), (kind, method, bits)
+        assert trainable, (kind, method, bits)
+        assert set(mask.trainable_names(model)) == trainable
+    # the last model (several groups): train, then compare every parameter
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _train_steps(model, "unet" if kind == "unet" else "lm")
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed <= trainable
+    assert len(changed) >= 0.8 * len(trainable), sorted(trainable - changed)
+    if method == "full":
+        assert changed == trainable
+
+
+def test_the_up_block_third_transformer_can_be_switched_on_alone_and_trains():
+    unet = tiny_unet(layers_per_block=2)
+    mask = MemControlMask.for_model(unet, ["up_blocks.1.attentions.2"], method="lora")
+    model = mask.apply(unet)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("up_blocks.1.attentions.2.") for n in trainable)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _train_steps(model, "unet")
+    assert {n for n, p in model.named_parameters() if not torch.equal(p, before[n])} == trainable
+
+
+def test_lora_config_targets_exactly_the_selected_groups_linears():
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_causal_lm("llama")
+    mask = MemControlMask.for_model(model, ["model.layers.1.mlp", "model.layers.0.self_attn"], lora_r=2)
+    config = mask.to_peft_config(model)
+    assert isinstance(config, LoraConfig) and config.r == 2
+    assert sorted(config.target_modules) == sorted(
+        [f"model.layers.0.self_attn.{p}_proj" for p in "qkvo"]
+        + [f"model.layers.1.mlp.{p}_proj" for p in ("gate", "up", "down")]
+    )
+    peft_model = get_peft_model(tiny_causal_lm("llama"), config)
+    peft_trainable = {n.removeprefix("base_model.model.") for n, p in peft_model.named_parameters() if p.requires_grad}
+    applied = mask.apply(tiny_causal_lm("llama"))
+    assert peft_trainable == {n for n, p in applied.named_parameters() if p.requires_grad}
+    assert MemControlMask.for_model(model, method="full").to_peft_config(model) is None
+    gpt2 = tiny_causal_lm("gpt2")
+    assert MemControlMask.for_model(gpt2).to_peft_config(gpt2).fan_in_fan_out
+
+
+def test_mask_validates_its_fields():
+    groups = ["a", "b", "c"]
+    assert MemControlMask(groups, np.array([1, 0, 1])).bits == [1, 0, 1]  # numpy ints
+    assert MemControlMask(groups, [np.int64(1), True, torch.tensor(0)]).bits == [1, 1, 0]
+    assert MemControlMask(groups, [1, 0, 0], lr=np.float32(0.001)).lr == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="all 0: an empty mask trains nothing"):
+        MemControlMask(groups, [0, 0, 0])
+    with pytest.raises(ValueError, match="3 groups"):
+        MemControlMask(groups, [1, 0])
+    with pytest.raises(ValueError, match=r"`bits\[1\]` must be 0 or 1"):
+        MemControlMask(groups, [1, 2, 0])
+    with pytest.raises(ValueError, match="`method` must be one of 'lora', 'full', 'scale_bias'"):
+        MemControlMask(groups, [1, 0, 0], method="dora")
+    with pytest.raises(ValueError, match="more than once"):
+        MemControlMask(["a", "a"], [1, 0])
+    with pytest.raises(ValueError, match="non-empty list"):
+        MemControlMask([], [])
+    with pytest.raises(ValueError, match="`lr` must be a finite number > 0"):
+        MemControlMask(groups, [1, 0, 0], lr=0)
+    with pytest.raises(ValueError, match="`lora_r` must be an integer >= 1"):
+        MemControlMask(groups, [1, 0, 0], lora_r=1.5)
+
+
+def test_apply_refuses_a_foreign_mask_and_an_adapted_model():
+    mask = MemControlMask.for_model(tiny_causal_lm("llama"), ["model.layers.1.mlp"])
+    with pytest.raises(ValueError, match=r"does not have; its block groups are \['transformer.h.0.attn'"):
+        mask.apply(tiny_causal_lm("gpt2"))
+    with pytest.raises(ValueError, match="not groups of the model"):
+        MemControlMask.for_model(tiny_causal_lm("llama"), ["model.layers.7.mlp"])
+    adapted = mask.apply(tiny_causal_lm("llama"))
+    with pytest.raises(ValueError, match="already holds LoRA"):
+        mask.apply(adapted)
+
+
+def test_mask_json_round_trip_and_transfer_to_a_fresh_model(tmp_path):
+    model = tiny_causal_lm("llama", seed=0)
+    mask = MemControlMask.for_model(model, ["model.layers.0.mlp"], method="scale_bias", lr=3e-4)
+    mask.save_pretrained(tmp_path)
+    loaded = MemControlMask.from_pretrained(tmp_path)
+    assert loaded == mask and loaded.to_dict() == mask.to_dict()
+    fresh = loaded.apply(tiny_causal_lm("llama", seed=1))  # same architecture, other weights (another dataset's run)
+    original = mask.apply(model)
+    assert {n for n, p in fresh.named_parameters() if p.requires_grad} == {
+        n for n, p in original.named_parameters() if p.requires_grad
+    }
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "memcontrol_mask.json").write_text('{"groups": ["a"], "bits": [0]}')
+    with pytest.raises(ValueError, match="empty mask"):
+        MemControlMask.from_pretrained(tmp_path / "bad")
+
+
+def test_count_parameters_counts_adapters_as_trainable_not_in_the_total():
+    model = tiny_causal_lm("llama")
+    total = sum(p.numel() for p in model.parameters())
+    mask = MemControlMask.for_model(model, ["model.layers.0.mlp"], lora_r=2)
+    trainable, base = count_parameters(mask.apply(model))
+    # gate/up: 16 -> 32, down: 32 -> 16; LoRA r=2 adds r * (in + out) each
+    assert (trainable, base) == (3 * 2 * (16 + 32), total)
+
+
+# ---------------------------------------------------------------- objectives
+
+
+class Echo(nn.Module):
+    """ε(x, t, c) = x + mean(c): the conditional and unconditional predictions differ by a known constant."""
+
+    def __init__(self, channels=1, size=2):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.config = type("Config", (), {"in_channels": channels, "sample_size": size})
+
+    def forward(self, x, t, encoder_hidden_states):
+        shift = encoder_hidden_states.mean((1, 2)).view(-1, 1, 1, 1) + self.weight
+        return type("Output", (), {"sample": x + shift})
+
+
+def test_noise_magnitude_is_the_conditional_shift_norm_and_deterministic():
+    text = torch.stack([torch.full((3, 2), 0.5), torch.full((3, 2), 2.0)])
+    empty = torch.zeros(3, 2)
+    # per prompt: |shift| * sqrt(C*H*W) = 0.5 * 2 and 2 * 2 -> mean 2.5, whatever the noise or timestep
+    assert noise_magnitude(Echo(), text, empty, timesteps=[10, 999]) == pytest.approx(2.5)
+    images = torch.rand(2, 1, 2, 2)
+    assert noise_magnitude(Echo(), text, empty[None], images=images, timesteps=500) == pytest.approx(2.5)
+    unet = tiny_unet()
+    data = unet_data(3)
+    first = noise_magnitude(unet, data["encoder_hidden_states"], data["empty_hidden_states"], num_noise=2)
+    assert first == noise_magnitude(unet, data["encoder_hidden_states"], data["empty_hidden_states"], num_noise=2)
+    assert first > 0
+    with pytest.raises(ValueError, match="`empty_hidden_states` has shape"):
+        noise_magnitude(unet, data["encoder_hidden_states"], torch.zeros(5, 8))
+    with pytest.raises(ValueError, match=r"`timesteps` must be a non-empty list of integers in \[0, 999\]"):
+        noise_magnitude(unet, data["encoder_hidden_states"], data["empty_hidden_states"], timesteps=[1000])
+
+
+def test_denoising_loss_matches_a_hand_computation():
+    from diffusers import DDPMScheduler
+
+    class Zero(Echo):
+        def forward(self, x, t, encoder_hidden_states):
+            return type("Output", (), {"sample": torch.zeros_like(x) + self.weight})
+
+    data = unet_data(5)
+    # predicting 0 everywhere: the loss is the mean square of the seeded noise, one draw per timestep
+    g = torch.Generator().manual_seed(3)
+    expected = torch.cat([torch.randn(5, 3, 8, 8, generator=g).flatten() for _ in range(2)]).pow(2).mean()
+    got = denoising_loss(Zero(), data, timesteps=[10, 900], seed=3, batch_size=2, noise_scheduler=DDPMScheduler())
+    assert got == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="'encoder_hidden_states' as a 3-D"):
+        denoising_loss(Zero(), {"images": data["images"]})
+
+
+def test_causal_lm_loss_equals_the_models_own_loss():
+    model = tiny_causal_lm("llama").eval()
+    data = lm_data(4)
+    with torch.no_grad():
+        expected = model(input_ids=data, labels=data).loss.item()
+    assert causal_lm_loss(model, data, batch_size=3) == pytest.approx(expected, rel=1e-5)
+
+
+def test_extraction_rate_is_the_harness_metric():
+    from hf_memory.extraction import measure_extraction
+
+    model = tiny_causal_lm("llama")
+    data = lm_data(4, 12)
+    result = measure_extraction(model, data, 6, 6, show_progress=False)
+    assert extraction_rate(model, data, 6, 6) == pytest.approx(result.metrics["memorization_score"])
+    assert extraction_rate(model, data, 6, 6, metric="exact_match") == pytest.approx(result.metrics["exact_match"])
+    with pytest.raises(ValueError, match="`metric` must be one of"):
+        extraction_rate(model, data, 6, 6, metric="bleu")
+
+
+def test_frechet_distance_with_a_custom_feature_extractor():
+    x = torch.rand(40, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    features = nn.Flatten()
+    # same covariance, mean shifted by 0.1 in each of 4 features: FID = 4 * 0.1^2
+    assert frechet_distance(x + 0.1, x, features) == pytest.approx(0.04, abs=1e-4)
+    assert frechet_distance(x, x, features) == pytest.approx(0.0, abs=1e-4)
+    with pytest.raises(ValueError, match="`feature_extractor` must be a torch.nn.Module"):
+        frechet_distance(x, x, lambda im: im)
+
+
+# ---------------------------------------------------------------- the extraction attack
+
+
+def test_tile_distance_takes_the_worst_tile():
+    a = torch.zeros(1, 1, 8, 8)
+    b = a.clone()
+    b[0, 0, :4, :4] = 0.2  # one of 4 tiles off by 0.2 everywhere
+    assert tile_distance(a, b, tile_grid=2).item() == pytest.approx(0.2)
+    assert tile_distance(a, b, tile_grid=1).item() == pytest.approx(0.1)  # whole-image RMS: sqrt(0.04 / 4)
+    with pytest.raises(ValueError, match="does not divide"):
+        tile_distance(a, b, tile_grid=3)
+
+
+def test_attack_finds_the_planted_duplicates_only():
+    g = torch.Generator().manual_seed(0)
+    training = torch.rand(5, 3, 8, 8, generator=g)
+
+    def sampler(prompt, n, seed):
+        rng = torch.Generator().manual_seed(seed + len(prompt))
+        images = torch.rand(n, 3, 8, 8, generator=rng)
+        if prompt == "memorized":  # 4 near-copies of training image 2
+            images[:4] = training[2] + 0.01 * torch.randn(4, 3, 8, 8, generator=rng)
+        if prompt == "two copies":  # 2 copies: under min_cluster=3
+            images[:2] = training[1]
+        if prompt == "mode collapse":  # a cluster, but of an image that is not in the training set
+            images[:5] = 0.5
+        return images.clamp(0, 1)
+
+    prompts = ["memorized", "two copies", "mode collapse", "novel"]
+    result = diffusion_extraction_attack(sampler, prompts, training, n_generations=10, threshold=0.1)
+    assert result.memorized == [True, False, True, False]
+    assert result.extracted == [True, False, False, False]
+    assert result.cluster_sizes[:3] == [4, 2, 5]
+    assert result.nearest_training[0] == 2 and result.training_distances[0] < 0.05
+    assert (result.num_memorized, result.num_extracted, result.extracted_training_images) == (2, 1, [2])
+    no_training = diffusion_extraction_attack(sampler, prompts, None, n_generations=10, min_cluster=2)
+    assert no_training.extracted == [True, True, True, False]
+    with pytest.raises(ValueError, match="`min_cluster`=11 exceeds `n_generations`=10"):
+        diffusion_extraction_attack(sampler, prompts, training, n_generations=10, min_cluster=11)
+    with pytest.raises(ValueError, match="`prompts` must be a non-empty list of strings"):
+        diffusion_extraction_attack(sampler, "memorized", training)
+    with pytest.raises(ValueError, match="`threshold` must be a finite number > 0"):
+        diffusion_extraction_attack(sampler, prompts, training, threshold=0)
+
+
+# ---------------------------------------------------------------- geometry helpers
+
+
+def test_pareto_front_and_hypervolume_agree_with_optuna():
+    from optuna._hypervolume import compute_hypervolume
+
+    rng = np.random.default_rng(0)
+    points = rng.random((30, 2))
+    front = pareto_front(points)
+    for i in range(30):
+        dominated = any(np.all(points[j] <= points[i]) and np.any(points[j] < points[i]) for j in range(30))
+        assert (i in front) == (not dominated)
+    ref = np.array([1.1, 1.1])
+    assert hypervolume(points, ref) == pytest.approx(compute_hypervolume(points[front], ref))
+    assert hypervolume(points[front], ref) == pytest.approx(hypervolume(points, ref))
+    assert hypervolume([[2.0, 2.0]], ref) == 0.0
+    three = rng.random((10, 3))
+    assert hypervolume(three, [1, 1, 1]) == pytest.approx(compute_hypervolume(three[pareto_front(three)], np.ones(3)))
+
+
+# ---------------------------------------------------------------- the search
+
+
+def lm_search(tmp_path=None, **kwargs):
+    settings = {
+        "model_factory": lambda: tiny_causal_lm("llama"),
+        "train_data": lm_data(6, 12),
+        "val_data": lm_data(3, 12, seed=1),
+        "train_steps": 2,
+        "batch_size": 2,
+        "lr": 1e-2,
+        "objective_kwargs": {"extraction": {"prefix_len": 6, "suffix_len": 6}},
+        "show_progress": False,
+    }
+    settings.update(kwargs)
+    return MemControlSearch(**settings)
+
+
+def test_search_returns_a_pareto_front_with_ready_peft_configs():
+    result = lm_search(n_trials=4, sampler="random").run()
+    assert 1 <= len(result.trials) <= 4 and result.objective_names == ["extraction", "heldout_loss"]
+    points = result.points(result.trials)
+    front_keys = {t.mask.key for t in result.pareto_front}
+    assert front_keys == {result.trials[i].mask.key for i in pareto_front(points)}
+    for trial in result.pareto_front:
+        model = tiny_causal_lm("llama")
+        config = trial.peft_config
+        assert config.target_modules == set(trial.mask.to_peft_config(model).target_modules)
+        assert all(any(m.startswith(g + ".") for g in trial.mask.selected_groups) for m in config.target_modules)
+
+
+def test_exhaustive_enumeration_evaluates_every_mask_once_and_caches(tmp_path):
+    calls = []
+
+    def train_fn(model, data, mask):
+        calls.append(mask.key)
+        train_causal_lm(model, data, mask, steps=1, batch_size=2)
+
+    search = lm_search(sampler="exhaustive", train_fn=train_fn)
+    result = search.run()
+    assert sorted(t.mask.key for t in result.trials) == sorted(
+        "".join(map(str, b)) for b in itertools.product((0, 1), repeat=4) if any(b)
+    )
+    assert sorted(calls) == sorted(t.mask.key for t in result.trials)  # each mask trained exactly once
+    front = pareto_front(result.points(result.trials))
+    assert {result.trials[i].mask.key for i in front} == {t.mask.key for t in result.pareto_front}
+    for trial in result.trials:
+        assert 0 < trial.trainable_fraction < 1
+        model = trial.mask.apply(tiny_causal_lm("llama"))
+        assert trial.trainable_parameters == count_parameters(model)[0]
+        assert sorted(trial.peft_config.target_modules) == sorted(
+            n for n, m in model.named_modules() if hasattr(m, "lora_A")
+        )
+    # a later search reuses the enumeration's values: nothing is trained again
+    calls.clear()
+    again = lm_search(n_trials=5, sampler="nsga2", train_fn=train_fn, cache=result).run()
+    assert calls == [] and again.num_trained == 0 and len(again.trials) == 5
+    for trial in again.trials:
+        assert trial.values == next(t.values for t in result.trials if t.mask.key == trial.mask.key)
+
+
+def test_search_resumes_from_sqlite_after_an_interrupted_trial(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    calls = []
+
+    def interrupted(model, data, mask):
+        if len(calls) == 2:
+            calls.append("interrupted")
+            raise KeyboardInterrupt
+        calls.append(mask.key)
+        train_causal_lm(model, data, mask, steps=1, batch_size=2)
+
+    with pytest.raises(KeyboardInterrupt):
+        lm_search(n_trials=6, sampler="tpe", storage=storage, study_name="resume", train_fn=interrupted).run()
+    study = optuna.load_study(study_name="resume", storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    finished = sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states)
+    assert finished == 2
+    resumed_calls = []
+
+    def plain(model, data, mask):
+        resumed_calls.append(mask.key)
+        train_causal_lm(model, data, mask, steps=1, batch_size=2)
+
+    result = lm_search(n_trials=6, sampler="tpe", storage=storage, study_name="resume", train_fn=plain).run()
+    study = optuna.load_study(study_name="resume", storage=storage)
+    finished = [t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]
+    assert len(finished) == 6  # 2 before the interruption + 4 after
+    assert len(resumed_calls) <= 4  # never the first run's masks again (they are cached from the storage)
+    assert len(result.trials) == sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    # a finished study runs nothing more
+    resumed_calls.clear()
+    lm_search(n_trials=6, sampler="tpe", storage=storage, study_name="resume", train_fn=plain).run()
+    assert resumed_calls == []
+
+
+def test_result_json_round_trip_and_transfer(tmp_path):
+    result = lm_search(n_trials=3, sampler="random", seed=1).run()
+    result.save_json(tmp_path / "result.json")
+    loaded = MemControlResult.from_json(tmp_path / "result.json")
+    assert [t.mask for t in loaded.trials] == [t.mask for t in result.trials]
+    assert [t.values for t in loaded.trials] == [t.values for t in result.trials]
+    assert [t.number for t in loaded.pareto_front] == [t.number for t in result.pareto_front]
+    for old, new in zip(result.trials, loaded.trials):
+        assert sorted(new.peft_config.target_modules) == sorted(old.peft_config.target_modules)
+    best = loaded.pareto_front[0]
+    best.mask.save_pretrained(tmp_path / "mask")
+    fresh = MemControlMask.from_pretrained(tmp_path / "mask").apply(tiny_causal_lm("llama", seed=5))
+    assert count_parameters(fresh)[0] == best.trainable_parameters
+
+
+def test_search_on_a_unet_with_the_diffusion_objectives():
+    data = unet_data(6)
+    search = MemControlSearch(
+        lambda: tiny_unet(),
+        data,
+        unet_data(3, seed=1),
+        n_trials=2,
+        sampler="random",
+        train_steps=1,
+        batch_size=2,
+        method="scale_bias",
+        objective_kwargs={"noise_magnitude": {"num_noise": 1}, "denoising_loss": {"timesteps": [500]}},
+        show_progress=False,
+    )
+    assert search.groups == ["down_blocks.0.attentions.0", "mid_block.attentions.0", "up_blocks.1.attentions.0",
+                             "up_blocks.1.attentions.1"]  # fmt: skip
+    result = search.run()
+    assert result.objective_names == ["noise_magnitude", "denoising_loss"]
+    assert all(v > 0 for t in result.trials for v in t.values.values())
+    assert all(type(t.peft_config).__name__ == "IA3Config" for t in result.trials)
+
+
+def test_search_refuses_bad_input_before_any_training(tmp_path):
+    def never(model, data, mask):
+        raise AssertionError("trained")
+
+    with pytest.raises(ValueError, match="`objectives` must be one of 'extraction', 'exact_match', 'heldout_loss'"):
+        lm_search(objectives=["extraction", "fid"], train_fn=never)
+    with pytest.raises(ValueError, match="at least two objectives"):
+        lm_search(objectives=["extraction"], train_fn=never)
+    with pytest.raises(ValueError, match="needs `val_data`"):
+        lm_search(val_data=None, train_fn=never)
+    with pytest.raises(ValueError, match="cannot be opened as an Optuna storage"):
+        lm_search(storage=f"sqlite:///{tmp_path}/missing/folder/study.db", train_fn=never)
+    with pytest.raises(ValueError, match="cannot be opened as an Optuna storage"):
+        lm_search(storage="nosuchdb://host/study", train_fn=never)
+    with pytest.raises(ValueError, match="no maskable group"):
+        lm_search(model_factory=lambda: nn.Sequential(nn.Linear(2, 2)), train_fn=never)
+    with pytest.raises(ValueError, match="`sampler` must be one of 'nsga2', 'tpe', 'random', 'exhaustive'"):
+        lm_search(sampler="cmaes", train_fn=never)
+    with pytest.raises(ValueError, match="one learning rate"):
+        lm_search(sampler="exhaustive", lr=(1e-5, 1e-3), train_fn=never)
+    with pytest.raises(ValueError, match="`n_trials` must be an integer >= 1"):
+        lm_search(n_trials=0, train_fn=never)
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        lm_search(method="sv_diff", train_fn=never)
+    with pytest.raises(ValueError, match="'noise_magnitude' objective needs"):
+        MemControlSearch(tiny_unet, {"images": torch.zeros(2, 3, 8, 8), "encoder_hidden_states": torch.zeros(2, 4, 8)},
+                         unet_data(2), train_fn=never)  # fmt: skip
+    with pytest.raises(ValueError, match="`objective_kwargs` names"):
+        lm_search(objective_kwargs={"rouge": {}}, train_fn=never)
+    with pytest.raises(ValueError, match=r"`train_data\[0\]` must hold integer token ids"):
+        lm_search(train_data=[[1.5, 2.5]])
+    with pytest.raises(ValueError, match="`val_data` must be a dict with 'images'"):
+        MemControlSearch(tiny_unet, unet_data(2), [[1, 2]], train_fn=never)
+    assert lm_search(n_trials=np.int64(3), train_fn=never).n_trials == 3  # numpy integers are fine
+
+
+def test_searched_learning_rate_and_custom_objectives():
+    seen = []
+
+    def train_fn(model, data, mask):
+        seen.append(mask.lr)
+
+    result = lm_search(
+        n_trials=3,
+        sampler="random",
+        lr=(1e-5, 1e-3),
+        train_fn=train_fn,
+        objective_kwargs={},
+        objectives={"size": lambda m: float(count_parameters(m)[0]), "loss": "heldout_loss"},
+    ).run()
+    assert all(1e-5 <= lr <= 1e-3 for lr in seen) and len(set(seen)) == len(seen)
+    assert result.objective_names == ["size", "loss"]
+    assert [t.mask.lr for t in result.trials] == pytest.approx(seen[: len(result.trials)])
+
+
+# ---------------------------------------------------------------- examples
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["memcontrol_diffusion", "memcontrol_lm"])
+def test_example_small_mode_runs(name, tmp_path):
+    if not os.path.exists(os.path.join(ROOT, "examples", f"{name}.py")):
+        pytest.skip(f"examples/{name}.py not written")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, f"examples/{name}.py", "--small", "--output-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "results.json").exists()
+
+
+def test_search_over_a_subset_of_groups_leaves_the_others_frozen():
+    seen = []
+
+    def train_fn(model, data, mask):
+        seen.append({n.split(".lora_")[0].rsplit(".", 1)[0] for n, p in model.named_parameters() if p.requires_grad})
+
+    subset = ["model.layers.1.mlp", "model.layers.0.self_attn"]
+    search = lm_search(n_trials=3, sampler="exhaustive", groups=subset, train_fn=train_fn, objective_kwargs={},
+                       objectives={"a": lambda m: 0.0, "b": lambda m: 1.0})  # fmt: skip
+    assert search.groups == ["model.layers.0.self_attn", "model.layers.1.mlp"]  # the model's order
+    result = search.run()
+    assert sorted(t.mask.key for t in result.trials) == ["01", "10", "11"]
+    assert all(modules <= set(subset) for modules in seen) and set.union(*seen) == set(subset)
+    with pytest.raises(ValueError, match=r"`groups` names \['model.layers.9.mlp'\]"):
+        lm_search(groups=["model.layers.9.mlp"])
+
+
+def test_evaluating_a_mask_twice_gives_the_same_values_whatever_the_global_seed():
+    search = lm_search(n_trials=1)
+    mask = MemControlMask(search.groups, [1, 0, 1, 1], lr=1e-2)
+    torch.manual_seed(123)
+    first = search.evaluate(mask)
+    torch.manual_seed(999)
+    assert search.evaluate(mask) == first
+
+
+def test_attack_runs_a_diffusers_pipeline_with_seeded_generations():
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from hf_memory.data import word_level_tokenizer
+
+    tokenizer = word_level_tokenizer(["a", "red", "square"], max_length=8)
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                       num_attention_heads=2, max_position_embeddings=8, pad_token_id=0, bos_token_id=1,
+                       eos_token_id=2)
+    ).eval()  # fmt: skip
+    pipe = StableDiffusionPipeline(
+        vae=None, text_encoder=text_encoder, tokenizer=tokenizer, unet=tiny_unet(), scheduler=DDIMScheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    # without a VAE the pipeline assumes a scale factor of 8: 64 x 64 "pixels" are 8 x 8 latents, the UNet's size
+    kwargs = {"num_inference_steps": 2, "guidance_scale": 1.0, "height": 64, "width": 64, "output_type": "latent"}
+    training = torch.rand(2, 3, 8, 8)
+    first = diffusion_extraction_attack(pipe, ["a red square"], training, 3, tile_grid=2, generation_kwargs=kwargs)
+    again = diffusion_extraction_attack(pipe, ["a red square"], training, 3, tile_grid=2, generation_kwargs=kwargs)
+    assert first.training_distances == again.training_distances  # generation i always uses seed + i
+    assert first.cluster_sizes[0] >= 1 and first.nearest_training[0] in (0, 1)
