@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-CHECK_DIRS := hf_memory tests examples benchmarks
+CHECK_DIRS := hf_memory tests examples benchmarks conftest.py
 
 .PHONY: install test test-fast quality style docs demo bench clean
 
@@ -36,10 +36,10 @@ style: $(STAMP)
 	$(BIN)/ruff check --fix $(CHECK_DIRS)
 	$(BIN)/ruff format $(CHECK_DIRS)
 
-# The API reference, generated from the docstrings (Google style) into site/; open site/index.html.
+# The docs site (mkdocs-material; the API reference from the Google-style docstrings) into site/: open
+# site/index.html. --strict: a broken link, a missing page or an unresolved reference fails the build.
 docs: $(STAMP)
-	$(BIN)/pdoc --docformat google --no-show-source --output-directory site \
-		hf_memory hf_memory.goldfish hf_memory.extraction hf_memory.fastmem hf_memory.nemo hf_memory.analysis hf_memory.data hf_memory.fact_scaling hf_memory.graph_reasoning
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --clean
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/hf-memory demo

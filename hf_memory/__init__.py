@@ -142,6 +142,7 @@ if TYPE_CHECKING:
         representation_similarity,
         token_entropy,
     )
+    from .auditing import AuditReport, audit
     from .data import document_windows, load_token_sequences, stdlib_docstrings, word_level_tokenizer
     from .extraction import (
         MEMORIZATION_LOG_PREFIX,
@@ -199,7 +200,6 @@ if TYPE_CHECKING:
         score_graph_answer,
         transfer_report,
     )
-    from .auditing import AuditReport, audit
     from .memcontrol import (
         ExtractionAttackResult,
         MemControlMask,

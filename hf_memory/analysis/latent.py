@@ -95,7 +95,7 @@ class LatentScanResult:
         Returns:
             One flag per sequence, in input order: the latently memorized ones are True.
 
-        Example:
+        Examples:
             >>> result = LatentScanResult([3, 0, 4], [0, 0, 2], [1, 0, 0], [[3, 0, 2], [0, 1, 5]], [], [], 2e-3, 0)
             >>> result.recovered(), result.recovered(max_distance=2)
             ([True, False, False], [True, False, True])
@@ -296,7 +296,7 @@ def latent_memorization_scan(
     Raises:
         ValueError: If a sequence is shorter than `prefix_len + suffix_len`, or a setting is out of range.
 
-    Example:
+    Examples:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
         >>> _ = torch.manual_seed(0)
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
@@ -434,7 +434,7 @@ def ce_diagnostic(
         ValueError: If a sequence has fewer than 2 tokens, or `lr`, `steps`, `mode` or `autocast_dtype` is out of
             range.
 
-    Example:
+    Examples:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
         >>> _ = torch.manual_seed(0)
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,

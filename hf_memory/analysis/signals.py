@@ -52,7 +52,7 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     Returns:
         The entropies, shaped like `logits` without its last dimension.
 
-    Example:
+    Examples:
         >>> import math
         >>> round(token_entropy(torch.zeros(4)).item(), 6) == round(math.log(4), 6)  # uniform: log of the vocabulary size
         True
@@ -89,7 +89,7 @@ class NgramCounts:
         Raises:
             ValueError: If order `n` was not counted.
 
-        Example:
+        Examples:
             >>> ngram_counts([[1, 2, 1, 2]]).lookup([2, 1, 2, 3], 2).tolist()
             [nan, 1.0, 2.0, 0.0]
         """
@@ -121,7 +121,7 @@ def ngram_counts(
     Raises:
         ValueError: If `n` is empty or holds an order below 1, or `sequences` is empty or not token ids.
 
-    Example:
+    Examples:
         >>> counts = ngram_counts([[1, 2, 1, 2], [2, 1]])
         >>> counts.counts[1][(2,)], counts.counts[2][(1, 2)], counts.total[2]
         (3, 2, 4)
@@ -245,7 +245,7 @@ def memorization_signals(
         ValueError: If a sequence is too short, `pool` is unknown, `batch_size` < 1, or `ngram_counts` lacks order
             1 or 2.
 
-    Example:
+    Examples:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
         >>> _ = torch.manual_seed(0)
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
@@ -378,7 +378,7 @@ def representation_similarity(
         ValueError: If `concept_contexts` is empty, a concept has fewer than 2 contexts, a concept is not found in
             its context, or a span is empty or outside its context.
 
-    Example:
+    Examples:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
         >>> _ = torch.manual_seed(0)
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,

@@ -118,7 +118,7 @@ def document_windows(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], l
     Returns:
         One list of `length` token ids per document long enough, in the order of `texts`.
 
-    Example:
+    Examples:
         >>> from hf_memory.data import word_level_tokenizer
         >>> tok = word_level_tokenizer(["a", "b", "c"])
         >>> document_windows(tok, ["a b c a", "b c", "c c c"], 3)

@@ -28,7 +28,7 @@ def word_level_tokenizer(words: Sequence[str], max_length: int = 16) -> PreTrain
     Raises:
         ValueError: If `words` holds an empty string, a non-string or a duplicate.
 
-    Example:
+    Examples:
         >>> tok = word_level_tokenizer(["red", "circle"], max_length=8)
         >>> tok("red circle")["input_ids"], len(tok)
         ([1, 4, 5, 2], 6)

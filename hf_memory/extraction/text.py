@@ -27,7 +27,7 @@ def text_rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[
         ImportError: If rouge_score (the `analysis` extra) is not installed.
         ValueError: If an argument is not a list of strings, or the two differ in length.
 
-    Example:
+    Examples:
         >>> text_rouge_l(["The cat sat, on the mat!"], ["the cat sat on a mat"])
         [0.8333333333333334]
     """

@@ -36,7 +36,7 @@ def extraction_windows(
     Raises:
         ValueError: If `sequences` is empty or holds something other than integer token ids.
 
-    Example:
+    Examples:
         >>> windows, index, skipped = extraction_windows([list(range(10)), [1, 2]], 3, 2, stride=4)
         >>> [w.tolist() for w in windows], index, skipped
         ([[0, 1, 2, 3, 4], [4, 5, 6, 7, 8]], [(0, 0), (0, 4)], 1)
@@ -62,7 +62,7 @@ class WindowStream:
         suffix_len: Tokens of each window's suffix.
         stride: Start a window every `stride` tokens; None cuts one window per sequence, at its start.
 
-    Example:
+    Examples:
         >>> stream = WindowStream(iter([list(range(10)), [1, 2]]), 3, 2, stride=4)
         >>> [(i, start, w.tolist()) for i, start, w in stream], stream.num_skipped
         ([(0, 0, [0, 1, 2, 3, 4]), (0, 4, [4, 5, 6, 7, 8])], 1)

@@ -38,7 +38,7 @@ class FastMemCallback(TrainerCallback):
     Raises:
         TypeError: If `config` is not a `FastMemConfig`.
 
-    Example:
+    Examples:
         >>> callback = FastMemCallback(FastMemConfig(steps=10, lr=1e-4))
         >>> # Seq2SeqTrainer(model, Seq2SeqTrainingArguments(..., predict_with_generate=True), callbacks=[callback])
         >>> callback.config.steps

@@ -73,7 +73,7 @@ class FastMemConfig(HubConfigMixin):
             is neither a count nor a non-empty list of distinct integers, `autocast_dtype` is not one of the allowed
             names, `lora` is not a `peft.LoraConfig`, or it has `use_dora=True`.
 
-    Example:
+    Examples:
         >>> FastMemConfig(steps=5).steps
         5
         >>> FastMemConfig(layers=2).layers  # the last two layers' FFNs
@@ -172,7 +172,7 @@ class FastMemConfig(HubConfigMixin):
             ValueError: If `preset` is not a preset (the message lists them), or an override is not a field or has a
                 bad value.
 
-        Example:
+        Examples:
             >>> FastMemConfig.from_preset("wikihow", autocast_dtype=None).steps
             20
         """
@@ -192,7 +192,7 @@ class FastMemConfig(HubConfigMixin):
             ValueError: If `layer` or an index in `layers` is out of range, `layers` asks for more layers than there
                 are, or two entries of `layers` name the same layer (e.g. -1 and 2 in a 3-layer model).
 
-        Example:
+        Examples:
             >>> FastMemConfig(layers=2).layer_indices(4), FastMemConfig(layers=[-1, 0]).layer_indices(4)
             ([2, 3], [0, 3])
         """

@@ -115,7 +115,7 @@ class FastMem:
             linear modules (fused experts), or `contrastive` is set for anything but the last layer's FFN alone in
             an architecture with a known final norm.
 
-    Example:
+    Examples:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
         >>> _ = torch.manual_seed(0)
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,

@@ -45,7 +45,7 @@ def last_ffn_modules(
         ValueError: If `layer` is out of range, `stack` does not exist for the model, or the model's modules do not
             have the expected names.
 
-    Example:
+    Examples:
         >>> from transformers import LlamaConfig
         >>> last_ffn_modules(LlamaConfig(num_hidden_layers=4))
         ['model.layers.3.mlp.gate_proj', 'model.layers.3.mlp.up_proj', 'model.layers.3.mlp.down_proj']
@@ -78,7 +78,7 @@ def last_ffn_lora_config(
         ValueError: If `layer` is out of range, `stack` does not exist for the model, or the model's modules do not
             have the expected names.
 
-    Example:
+    Examples:
         >>> from transformers import LlamaConfig
         >>> config = last_ffn_lora_config(LlamaConfig(num_hidden_layers=4), layer=0, r=4)
         >>> sorted(config.target_modules)

@@ -26,7 +26,7 @@ class GoldfishDataCollator:
     Raises:
         TypeError: If `base_collator` is not callable or `config` is not a `GoldfishConfig`.
 
-    Example:
+    Examples:
         >>> from transformers import default_data_collator
         >>> collator = GoldfishDataCollator(default_data_collator, GoldfishConfig(k=2, strategy="static"))
         >>> batch = collator([{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9]}])

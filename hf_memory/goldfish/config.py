@@ -52,7 +52,7 @@ class GoldfishConfig(HubConfigMixin):
         hash_table_device: Device whose random generator builds the "hash-table" table; None = the input's device
             (as the official code).
 
-    Example:
+    Examples:
         >>> config = GoldfishConfig(k=4, h=13)
         >>> GoldfishConfig.from_dict(config.to_dict()) == config
         True

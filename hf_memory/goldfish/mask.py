@@ -61,7 +61,7 @@ def document_offsets(position_ids: torch.Tensor) -> torch.Tensor:
     Returns:
         A tensor of the same shape: 0 at the first token of each document, then 1, 2, ...
 
-    Example:
+    Examples:
         >>> document_offsets(torch.tensor([[0, 1, 2, 0, 1], [-1, -1, 0, 1, 2]])).tolist()
         [[0, 1, 2, 0, 1], [0, 0, 0, 1, 2]]
     """
@@ -112,7 +112,7 @@ def avalanche_hash(keys: torch.Tensor) -> torch.Tensor:
     Returns:
         An int64 tensor of keys' shape with values in [0, 2**32).
 
-    Example:
+    Examples:
         >>> avalanche_hash(torch.tensor([0, 1, -1])).tolist()
         [791250447, 4151993710, 58270011]
     """
@@ -174,7 +174,7 @@ def goldfish_mask(
         TypeError: If `config` is not a `GoldfishConfig`.
         ValueError: If `input_ids` or `position_ids` are not 1-D or 2-D integer ids, or their shapes differ.
 
-    Example:
+    Examples:
         >>> ids = torch.arange(100, 132).unsqueeze(0)
         >>> goldfish_mask(ids, GoldfishConfig(k=4, strategy="static")).nonzero()[:, 1].tolist()
         [1, 5, 9, 13, 17, 21, 25, 29]
@@ -223,7 +223,7 @@ def apply_goldfish(
         TypeError: If `config` is not a `GoldfishConfig`.
         ValueError: If `input_ids` or `position_ids` are not valid token-id tensors of one shape.
 
-    Example:
+    Examples:
         >>> ids = torch.arange(10, 18).unsqueeze(0)
         >>> apply_goldfish(ids.clone(), ids, GoldfishConfig(k=2, strategy="static")).tolist()
         [[10, -100, 12, -100, 14, -100, 16, -100]]

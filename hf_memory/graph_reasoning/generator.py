@@ -268,7 +268,7 @@ def generate_graph_problems(
             node range too small for the task.
         ImportError: If networkx is missing (`pip install "hf-memory[graphs]"`).
 
-    Example:
+    Examples:
         >>> problems = generate_graph_problems("connectivity", "semantic", "friendship", n=4, seed=0)
         >>> problems.column_names
         ['prompt', 'target', 'answer', 'graph']

@@ -197,7 +197,7 @@ def score_graph_answer(prediction: str, graph, flow_tolerance: float = 0.01) -> 
             not a finite number >= 0.
         ImportError: If networkx is missing (`pip install "hf-memory[graphs]"`).
 
-    Example:
+    Examples:
         >>> graph = {"task": "shortest_path", "directed": False, "nodes": ["0", "1", "2"],
         ...          "edges": [["0", "1", 1], ["1", "2", 1], ["0", "2", 2]], "source": "0", "target": "2"}
         >>> score_graph_answer("Both routes cost 2. The answer is 0 -> 1 -> 2.", graph)["correct"]
@@ -251,7 +251,7 @@ def graph_reasoning_scores(
         ValueError: Naming the argument, if the two lists differ in length or are empty, an answer is not a
             string, a reference is not a valid problem graph, or a setting is out of range.
 
-    Example:
+    Examples:
         >>> graph = '{"task": "connectivity", "directed": false, "nodes": ["A", "B", "C"], "edges": [["A", "B"]], "source": "A", "target": "C"}'
         >>> graph_reasoning_scores(["The answer is no.", "Hmm."], [graph, graph])
         {'accuracy': 0.5, 'unparseable': 0.5, 'per_task': {'connectivity': {'accuracy': 0.5, 'unparseable': 0.5, 'count': 2}}}

@@ -34,7 +34,7 @@ def mcnemar_exact(base_correct, tuned_correct) -> dict:
     Raises:
         ValueError: If the lists differ in length, are empty, or hold anything but bools or 0/1.
 
-    Example:
+    Examples:
         >>> mcnemar_exact([0, 0, 0, 0, 0, 1], [1, 1, 1, 1, 1, 1])
         {'tuned_only': 5, 'base_only': 0, 'p_value': 0.0625}
     """
@@ -179,7 +179,7 @@ def transfer_report(base_scores, tuned_scores, alpha: float = 0.05, threshold: f
             length, a train pattern lacks its in-distribution split, an outcome is not a bool or 0/1, or `alpha`
             or `threshold` is out of range.
 
-    Example:
+    Examples:
         >>> base = {"edge_list": [0, 0, 1, 0, 1, 0], "friendship": [0, 1, 0, 0, 1, 0]}
         >>> tuned = {"edge_list": {"edge_list": [1, 1, 1, 1, 1, 1], "friendship": [1, 1, 0, 1, 1, 0]}}
         >>> for row in transfer_report(base, tuned).rows:

@@ -22,7 +22,7 @@ class NeMoConfig(HubConfigMixin):
         ValueError: If `scale` is outside [0, 1], or `neurons` is not a dict of non-empty module names to lists of
             non-negative integer channel ids.
 
-    Example:
+    Examples:
         >>> config = NeMoConfig({"mid_block.attentions.0.transformer_blocks.0.attn2.to_v": [7, 3, 7]})
         >>> config.neurons
         {'mid_block.attentions.0.transformer_blocks.0.attn2.to_v': [3, 7]}

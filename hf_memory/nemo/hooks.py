@@ -5,7 +5,7 @@ a diffusers hook (under `NEMO_HOOK`) that multiplies those channels by ``scale``
 at every denoising step and for the whole classifier-free-guidance batch. `remove_nemo` takes it off again, after
 which the model computes exactly what it computed before.
 
-Example:
+Examples:
     >>> import torch
     >>> from diffusers import UNet2DConditionModel
     >>> unet = UNet2DConditionModel(
@@ -121,7 +121,7 @@ def value_projection_names(
     Returns:
         The module names, in the model's module order.
 
-    Example:
+    Examples:
         >>> from diffusers import UNet2DConditionModel
         >>> unet = UNet2DConditionModel(
         ...     sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,

@@ -50,7 +50,7 @@ def official_min_size(kernel_size: int = 11) -> int:
     Returns:
         The smallest height (and width) in latent pixels.
 
-    Example:
+    Examples:
         >>> official_min_size(11)
         44
     """
@@ -123,7 +123,7 @@ class NeMoScorerConfig(HubConfigMixin):
             a `score` other than "ours" / "official"), or, with ``score="official"``, `early_exit` is True or
             `height` is under `official_min_size(kernel_size)`.
 
-    Example:
+    Examples:
         >>> NeMoScorerConfig(seeds=4).seeds
         4
         >>> official = NeMoScorerConfig.official()

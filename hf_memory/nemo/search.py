@@ -52,7 +52,7 @@ def official_initial_selection(
     Returns:
         Layer name -> channel ids in that order, for every layer of `acts` (possibly an empty list).
 
-    Example:
+    Examples:
         >>> import torch
         >>> official_initial_selection({"a": torch.tensor([5.0, 1.0, 9.0])}, {"a": torch.tensor([3.0, 4.0, 1.5])}, 2.0, 1)
         {'a': [0, 1, 2]}
@@ -85,7 +85,7 @@ def official_refinement(
     Returns:
         Layer name -> the remaining entries, for every layer of `selection` (possibly an empty list).
 
-    Example:
+    Examples:
         >>> official_refinement(lambda kept: 0.0 if 4 in kept.get("a", []) else 1.0, {"a": [1, 4, 4], "b": [2]}, 0.5)
         {'a': [4], 'b': []}
     """
@@ -120,7 +120,7 @@ def drop_unneeded(
     Returns:
         The kept atoms, in the order of ``atoms``.
 
-    Example:
+    Examples:
         >>> drop_unneeded([1, 2, 3, 4, 5], lambda kept: 2 in kept and 4 in kept)
         [2, 4]
     """
@@ -146,7 +146,7 @@ def as_neurons(pairs: Iterable[tuple[str, int]]) -> dict[str, list[int]]:
     Returns:
         Layer name -> its channel ids, both in order of first appearance (not sorted, not deduplicated).
 
-    Example:
+    Examples:
         >>> as_neurons([("a", 3), ("b", 1), ("a", 0)])
         {'a': [3, 0], 'b': [1]}
     """
@@ -169,7 +169,7 @@ def shortest_sufficient_prefix(atoms: list[Atom], holds: Callable[[list[Atom]], 
     Returns:
         The prefix (a slice of ``atoms``, at least one atom long when ``atoms`` is not empty).
 
-    Example:
+    Examples:
         >>> shortest_sufficient_prefix([5, 4, 3, 2, 1], lambda prefix: sum(prefix) >= 9)
         [5, 4]
     """

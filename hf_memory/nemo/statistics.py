@@ -44,7 +44,7 @@ class ActivationStatistics:
     Raises:
         ValueError: If `mean` and `std` name different layers, or a layer's tensors are not 1-D of one length.
 
-    Example:
+    Examples:
         >>> import tempfile, os
         >>> stats = ActivationStatistics({"a.to_v": torch.zeros(4)}, {"a.to_v": torch.ones(4)}, threshold=0.5)
         >>> folder = tempfile.mkdtemp()

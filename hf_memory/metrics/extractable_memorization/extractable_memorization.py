@@ -228,7 +228,7 @@ def extraction_scores(
         ValueError: If the two columns differ in length or are empty, a reference is empty, a sample is not a
             1-D sequence of integer token ids, or a flag is not a bool.
 
-    Example:
+    Examples:
         >>> extraction_scores([[1, 2, 3], [4, 0]], [[1, 2, 3], [4, 5]])
         {'exact_match': 0.5, 'memorization_score': 0.75, 'longest_common_prefix': 2.0, 'rouge_l': 0.75}
     """
