@@ -18,6 +18,7 @@ from .modeling import (
     supports_logits_to_keep,
 )
 from .sequences import as_sequences, iter_sequences, leading_windows
+from .training import calling_trainer, log_through_trainer
 
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "as_token_ids",
     "atomic_write",
     "cache_io",
+    "calling_trainer",
     "changing_model",
     "check_choice",
     "check_integer",
@@ -43,6 +45,7 @@ __all__ = [
     "iter_sequences",
     "lazy_getattr",
     "leading_windows",
+    "log_through_trainer",
     "model_device",
     "model_identity",
     "require_extra",

@@ -4,16 +4,13 @@ The sample is cut and drawn once, at construction, with the callback's own seede
 `measure_extraction` on that sample (eval mode, no gradient, the global random states given back), and its means
 go through the Trainer's own `log`, so `state.log_history` and every `report_to` integration get them.
 
-A `TrainerCallback` is not handed the Trainer; `log` is reached through the Trainer that is calling the callback,
-found on the call stack (`_calling_trainer`). The base class's `log` is called, not a subclass override: TRL's
-`SFTTrainer.log` folds its running training metrics into whatever is logged and resets them, which would move them
-from the next loss entry into ours.
+A `TrainerCallback` is not handed the Trainer; `log` is reached through the Trainer that is calling the callback
+(`_utils.log_through_trainer`, which says why the base class's `log` is the one called).
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import random
 import time
 import warnings
@@ -24,13 +21,20 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from .._utils import check_choice, check_integer, check_vocabulary, iter_sequences, model_device
+from .._utils import (
+    check_choice,
+    check_integer,
+    check_vocabulary,
+    iter_sequences,
+    log_through_trainer,
+    model_device,
+)
 from .harness import EXTRACTION_METHODS, measure_extraction
 from .windows import WindowStream
 
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, Trainer, TrainerControl, TrainerState, TrainingArguments
+    from transformers import PreTrainedModel, TrainerControl, TrainerState, TrainingArguments
 
 
 MEMORIZATION_LOG_PREFIX = "memorization/"
@@ -233,13 +237,7 @@ class MemorizationCallback(TrainerCallback):
         self._measured_step = state.global_step
         self.history.append({"step": state.global_step, "epoch": state.epoch, **result.metrics})
         logs = {f"{MEMORIZATION_LOG_PREFIX}{name}": value for name, value in result.metrics.items()}
-        trainer = _calling_trainer(self)
-        if trainer is not None:
-            from transformers import Trainer
-
-            should_log = control.should_log  # `on_log` clears it: the Trainer's own log at this step must still happen
-            Trainer.log(trainer, logs)  # the base class's: see the module docstring
-            control.should_log = trainer.control.should_log = should_log
+        if log_through_trainer(self, control, logs):
             return
         if not self._warned_no_trainer:
             warnings.warn(
@@ -268,22 +266,6 @@ def _unwrapped(model):
     from accelerate.utils import extract_model_from_parallel
 
     return extract_model_from_parallel(model)
-
-
-def _calling_trainer(callback: TrainerCallback) -> Trainer | None:
-    """The `transformers.Trainer` up the call stack whose callbacks include `callback`, or None."""
-    from transformers import Trainer
-
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            candidate = frame.f_locals.get("self")
-            if isinstance(candidate, Trainer) and callback in candidate.callback_handler.callbacks:
-                return candidate
-            frame = frame.f_back
-    finally:
-        del frame  # a frame held in a local keeps the whole stack alive
-    return None
 
 
 @contextlib.contextmanager

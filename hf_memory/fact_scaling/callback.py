@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
-from .._utils import check_integer
+from .._utils import check_integer, log_through_trainer
 from .capacity import _fact_rows, fact_capacity
 
 
@@ -17,11 +17,12 @@ if TYPE_CHECKING:
 class FactCapacityCallback(TrainerCallback):
     """Measure `fact_capacity` at the end of every epoch and log it through the Trainer's logging.
 
-    At each epoch end the callback measures the facts (model in eval mode, its mode given back), asks the Trainer
-    to log, and adds `fact_capacity` (the count), `fact_capacity_fraction` and, per attribute,
-    `fact_capacity/<attribute>` to that log entry: they land in `trainer.state.log_history` and reach the
-    reporting integrations that run after this callback. If the Trainer logs nothing more at that step (it logged
-    the step already), the numbers get their own `log_history` entry with `epoch` and `step`.
+    At each epoch end the callback measures the facts (model in eval mode, its mode given back) and logs
+    `fact_capacity` (the count), `fact_capacity_fraction` and, per attribute, `fact_capacity/<attribute>` through
+    the Trainer's own `log`, in an entry of their own with `epoch` and `step`: they land in
+    `trainer.state.log_history` and reach every `report_to` integration (TensorBoard, W&B, ...). Called by
+    something other than a `transformers.Trainer`, it asks for a log instead and adds the numbers to that entry
+    (or to an entry of their own) in `state.log_history`.
 
     Args:
         facts: What `fact_capacity` takes: a `SyntheticFactSet` or rows with `prompt` and `target`.
@@ -82,7 +83,7 @@ class FactCapacityCallback(TrainerCallback):
         Args:
             args: The Trainer's training arguments (unused).
             state: The Trainer's state (epoch and step of the measurement).
-            control: The Trainer's control object: `should_log` is set.
+            control: The Trainer's control object (`should_log` is set when no Trainer is calling).
             model: The model being trained.
             processing_class: The Trainer's tokenizer, used when the callback was given none.
             **kwargs: The other objects the Trainer passes to callbacks (unused).
@@ -102,6 +103,8 @@ class FactCapacityCallback(TrainerCallback):
         self.history.append((state.epoch, result))
         logs = {"fact_capacity": result.count, "fact_capacity_fraction": result.fraction}
         logs.update({f"fact_capacity/{name}": entry["known"] for name, entry in result.by_attribute.items()})
+        if log_through_trainer(self, control, logs):
+            return control
         self._pending = {**logs, "epoch": state.epoch, "step": state.global_step}
         control.should_log = True
         return control
