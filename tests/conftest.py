@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -108,9 +109,10 @@ def tiny_arch(request):
     return request.param
 
 
-@pytest.fixture(scope="session")
-def tokenizer():
-    """A byte-level BPE tokenizer trained here on standard-library docstrings: no download."""
+@functools.cache
+def docstring_bpe():
+    """A byte-level BPE (a `tokenizers.Tokenizer`, 512 ids, <pad> <bos> <eos> first) trained here on standard-library
+    docstrings: no download. Trained once per process."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     bpe = Tokenizer(models.BPE(unk_token=None))
@@ -123,7 +125,15 @@ def tokenizer():
         show_progress=False,
     )
     bpe.train_from_iterator(stdlib_docstrings(min_chars=200), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+    return bpe
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The docstring BPE as a transformers tokenizer."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=docstring_bpe(), pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerFast
 
 from hf_memory.data import stdlib_docstrings
-from tests.conftest import tiny_causal_lm
+from tests.conftest import docstring_bpe, tiny_causal_lm
 
 
 CHAT_TEMPLATE = (
@@ -26,27 +26,10 @@ CHAT_TEMPLATE = (
 )
 
 
-@functools.cache
-def _tokenizer_object():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    bpe = Tokenizer(models.BPE(unk_token=None))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=["<pad>", "<bos>", "<eos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(stdlib_docstrings(min_chars=200), trainer=trainer)
-    return bpe
-
-
 def snippet_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on standard-library docstrings, with a chat template."""
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_tokenizer_object(), pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+        tokenizer_object=docstring_bpe(), pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
