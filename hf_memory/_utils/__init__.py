@@ -2,7 +2,7 @@
 sibling capability's private names."""
 
 from .architectures import FFN_LAYOUTS, FINAL_NORM, LayerStack, find_layers
-from .checks import as_token_ids, check_choice, check_integer, check_number, check_vocabulary
+from .checks import as_token_ids, check_choice, check_integer, check_number, check_vocabulary, vocabulary_size
 from .config import HubConfigMixin
 from .files import atomic_write, is_local_path
 from .imports import EXTRAS, is_available, require_extra
@@ -51,4 +51,5 @@ __all__ = [
     "require_extra",
     "restored",
     "supports_logits_to_keep",
+    "vocabulary_size",
 ]

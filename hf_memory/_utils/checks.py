@@ -47,6 +47,16 @@ def as_token_ids(values, name: str, dims: tuple[int, ...] = (1, 2), allow_negati
     return tensor
 
 
+def vocabulary_size(model) -> int | None:
+    """The number of rows of the model's input embedding, or None when it has none to read.
+
+    Args:
+        model: A transformers model (anything with `get_input_embeddings`).
+    """
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return getattr(embeddings, "num_embeddings", None)
+
+
 def check_vocabulary(ids: torch.Tensor, model, name: str) -> None:
     """Raise a `ValueError` naming `name`, the offending id and the vocabulary size if an id is outside the model's
     vocabulary (the embedding would fail with an `IndexError` deep in torch, or on a GPU with a device assert).
@@ -56,8 +66,7 @@ def check_vocabulary(ids: torch.Tensor, model, name: str) -> None:
         model: A transformers model with input embeddings.
         name: The argument name shown in the error message.
     """
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    size = getattr(embeddings, "num_embeddings", None)
+    size = vocabulary_size(model)
     if size is None or not ids.numel():
         return
     largest = int(ids.max())

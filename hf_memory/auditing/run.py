@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .._utils import as_sequences, check_integer, check_number, check_vocabulary, model_identity, require_extra
+from .._utils import (
+    as_sequences,
+    check_integer,
+    check_number,
+    check_vocabulary,
+    model_identity,
+    require_extra,
+    vocabulary_size,
+)
 from .report import AuditReport
 from .windows import candidate_windows, cut_windows, sample_windows
 
@@ -33,11 +41,6 @@ def _describe_model(model, name: str | None = None) -> dict:
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "dtype": None if first is None else str(first.dtype).removeprefix("torch."),
     }
-
-
-def _vocabulary_size(model) -> int | None:
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    return getattr(embeddings, "num_embeddings", None)
 
 
 def _documents(data, tokenizer, sources) -> tuple[list[torch.Tensor], list[str]]:
@@ -78,7 +81,7 @@ def _check_reference(model, tokenizer, reference_model, reference_tokenizer) -> 
         if reference_tokenizer is not None:
             raise ValueError("`reference_tokenizer` was given without a `reference_model`.")
         return
-    size, reference_size = _vocabulary_size(model), _vocabulary_size(reference_model)
+    size, reference_size = vocabulary_size(model), vocabulary_size(reference_model)
     if size is not None and reference_size is not None and size != reference_size:
         raise ValueError(
             f"`reference_model` has another vocabulary ({reference_size} token embeddings, the model {size}): the "
