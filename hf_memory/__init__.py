@@ -21,7 +21,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 _LAZY = {
     "_utils": ["HubConfigMixin"],
     "models": ["default_model_path", "load_model"],
-    "data": ["document_windows", "load_token_sequences", "stdlib_docstrings", "word_level_tokenizer"],
+    "data": [
+        "document_windows",
+        "iter_token_sequences",
+        "load_token_sequences",
+        "stdlib_docstrings",
+        "word_level_tokenizer",
+    ],
     "goldfish": [
         "GOLDFISH_STRATEGIES",
         "GoldfishConfig",
@@ -143,7 +149,13 @@ if TYPE_CHECKING:
         token_entropy,
     )
     from .auditing import AuditReport, audit
-    from .data import document_windows, load_token_sequences, stdlib_docstrings, word_level_tokenizer
+    from .data import (
+        document_windows,
+        iter_token_sequences,
+        load_token_sequences,
+        stdlib_docstrings,
+        word_level_tokenizer,
+    )
     from .extraction import (
         MEMORIZATION_LOG_PREFIX,
         ExtractionResult,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from hf_memory.cli import main
@@ -110,3 +112,22 @@ def test_measure_out_dir_writes_shards_and_resumes(tmp_path, capsys, monkeypatch
     assert result.num_windows == 18 and len(result.dataset()) == 18
     assert main(argv + [str(tmp_path / "out")]) == 0  # a rerun finds everything done
     assert capsys.readouterr().out.split("\n")[1:] == first.split("\n")[1:]
+
+
+def test_token_sequences_stream_from_files_lazily(tmp_path, tokenizer):
+    from hf_memory.data import iter_token_sequences, load_token_sequences
+
+    (tmp_path / "a.txt").write_text("def f(x):\n    return x\n")
+    (tmp_path / "b.jsonl").write_text('{"text": "one line"}\n\n{"input_ids": [5, 6, 7]}\n')
+    paths = [str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")]
+    stream = iter_token_sequences([*paths, str(tmp_path / "missing.txt")], tokenizer)  # nothing is read yet
+    first = next(stream)
+    assert first == (tokenizer("def f(x):\n    return x\n", add_special_tokens=False)["input_ids"], paths[0])
+    assert [source for _, source in itertools.islice(stream, 2)] == [f"{paths[1]}:1", f"{paths[1]}:3"]
+    with pytest.raises(ValueError, match="missing.txt' is not a file"):
+        next(stream)  # the bad path is reported when it is reached
+    sequences, sources = load_token_sequences(paths, tokenizer)
+    assert list(zip(sequences, sources)) == list(iter_token_sequences(paths, tokenizer))
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    with pytest.raises(ValueError, match="gave no documents"):
+        list(iter_token_sequences([str(tmp_path / "blank.jsonl")], tokenizer))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
+import numpy as np
 import pytest
 import torch
 from datasets import Dataset
 
 from hf_memory import ExtractionResult, measure_extraction
-from hf_memory.extraction import extraction_windows
+from hf_memory.extraction import extraction_windows, sample_windows
 from tests.conftest import TINY_VOCAB, run_two_processes, tiny_causal_lm
 
 
@@ -239,3 +242,35 @@ def test_text_rouge_names_the_extra_when_rouge_score_is_missing(monkeypatch):
     tokenizer = word_level_tokenizer([f"w{i}" for i in range(TINY_VOCAB - 4)])
     with pytest.raises(ImportError, match=r"hf-memory\[analysis\]"):
         measure_extraction(tiny_causal_lm("llama"), [list(range(40))], 8, 8, show_progress=False, tokenizer=tokenizer)
+
+
+def test_sample_windows_streams_once_and_keeps_every_window_equally_likely():
+    sequences = [list(range(i, i + 30)) for i in range(0, 300, 30)] + [[1, 2]]
+    whole = sample_windows(sequences, 4, 4, stride=8)
+    windows, index, skipped = extraction_windows(sequences, 4, 4, stride=8)
+    assert whole.index == index and torch.equal(whole.windows, torch.stack(windows))
+    assert (whole.num_sequences, whole.num_skipped, whole.num_candidates) == (11, 1, 30)
+
+    drawn = sample_windows(sequences, 4, 4, stride=8, max_windows=5, seed=3)
+    assert drawn.index == sorted(drawn.index) and len(drawn.index) == 5 and drawn.num_candidates == 30
+    streamed = sample_windows((s for s in sequences), 4, 4, stride=8, max_windows=5, seed=3)
+    assert streamed.index == drawn.index and torch.equal(streamed.windows, drawn.windows)
+    assert sample_windows(sequences, 4, 4, stride=8, max_windows=5, seed=4).index != drawn.index
+
+    # reservoir sampling: each of the 30 windows is kept with probability 5/30 whatever its place in the stream
+    kept = Counter(w for seed in range(3000) for w in sample_windows(sequences, 4, 4, 8, 5, seed).index)
+    rates = np.array([kept[w] / 3000 for w in index])
+    assert np.abs(rates - 5 / 30).max() < 0.03, rates
+
+
+def test_sample_windows_bad_input_names_the_argument():
+    with pytest.raises(ValueError, match="`corpus` is empty"):
+        sample_windows(iter([]), 4, 4, name="corpus")
+    with pytest.raises(
+        ValueError, match=r"No sequence of `corpus` has prefix_len \+ suffix_len = 8 tokens \(the longest"
+    ):
+        sample_windows([[1, 2, 3]], 4, 4, name="corpus")
+    with pytest.raises(ValueError, match="`max_windows` must be an integer >= 1"):
+        sample_windows([[1] * 10], 4, 4, max_windows=0)
+    with pytest.raises(ValueError, match=r"`corpus\[1\]`"):
+        sample_windows([[1] * 10, ["a"]], 4, 4, name="corpus")

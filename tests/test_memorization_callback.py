@@ -296,7 +296,7 @@ def test_outside_a_trainer_the_numbers_go_to_log_history_with_a_warning():
         ({"windows_or_dataset": [[1.5] * 20]}, r"`windows_or_dataset\[0\]` must hold integer token ids"),
         (
             {"windows_or_dataset": [[1, 2, 3]]},
-            "No sequence in `windows_or_dataset` has prefix_len \\+ suffix_len = 16",
+            "No sequence of `windows_or_dataset` has prefix_len \\+ suffix_len = 16",
         ),
         ({"windows_or_dataset": Dataset.from_dict({"text": ["a"]})}, "without an `input_ids` column"),
     ],

@@ -11,6 +11,7 @@ import torch
 from hf_memory.analysis import (
     MemorizationPredictor,
     MemorizationSignals,
+    NgramCounts,
     extraction_labels,
     memorization_signals,
     ngram_counts,
@@ -232,3 +233,18 @@ def test_signals_on_smollm2(smollm2):
         model, {"Python": ["I write Python code.", "Python is a language", "Learn Python"]}, tok
     )
     assert sim.mean.shape == (model.config.num_hidden_layers + 1,) and (sim.mean[1:] > 0).all()
+
+
+def test_ngram_counts_stream_a_generator_and_count_as_added():
+    corpus = [[1, 2, 1, 2], [2, 1], [3]]
+    whole = ngram_counts(corpus)
+    streamed = ngram_counts(iter(corpus))
+    added = NgramCounts.empty((1, 2))
+    for seq in corpus:
+        added.add(torch.tensor(seq))
+    for counts in (streamed, added):
+        assert counts.counts == whole.counts and counts.total == whole.total and counts.num_sequences == 3
+    with pytest.raises(ValueError, match="`sequences` is empty"):
+        ngram_counts(iter([]))
+    with pytest.raises(ValueError, match="`n` must be an integer >= 1"):
+        NgramCounts.empty((1, 0))

@@ -4,7 +4,7 @@ sibling capability's private names."""
 from .architectures import FFN_LAYOUTS, FINAL_NORM, LayerStack, find_layers
 from .checks import as_token_ids, check_choice, check_integer, check_number, check_vocabulary, vocabulary_size
 from .config import HubConfigMixin
-from .files import atomic_write, is_local_path
+from .files import atomic_write, check_writable, folder_lock, is_local_path, read_json, write_json
 from .imports import EXTRAS, is_available, require_extra
 from .lazy import lazy_getattr
 from .modeling import (
@@ -37,9 +37,11 @@ __all__ = [
     "check_integer",
     "check_number",
     "check_vocabulary",
+    "check_writable",
     "eval_mode",
     "exclusive",
     "find_layers",
+    "folder_lock",
     "is_available",
     "is_local_path",
     "iter_sequences",
@@ -48,8 +50,10 @@ __all__ = [
     "log_through_trainer",
     "model_device",
     "model_identity",
+    "read_json",
     "require_extra",
     "restored",
     "supports_logits_to_keep",
     "vocabulary_size",
+    "write_json",
 ]

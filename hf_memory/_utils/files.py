@@ -1,7 +1,9 @@
-"""Writing files so that an interrupted or killed write never leaves a truncated file behind."""
+"""Files and folders: writes that an interrupted or killed process never leaves truncated, JSON records, a lock
+held while a folder is written, and checks of an output folder before any work."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -39,3 +41,88 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def read_json(path: str, hint: str = "delete the results folder to start over") -> dict:
+    """The JSON object in `path`.
+
+    Args:
+        path: A JSON file holding one object.
+        hint: What the user should do when the file is damaged, appended to the error.
+
+    Raises:
+        ValueError: If the file is not valid JSON or does not hold an object (naming the file).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); {hint}.") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a JSON object; {hint}.")
+    return data
+
+
+def write_json(path: str, data: dict) -> None:
+    """Write `data` to `path` as indented JSON with sorted keys (atomically: see `atomic_write`).
+
+    Args:
+        path: The file to write.
+        data: A JSON-ready dict.
+    """
+
+    def write(temporary: str) -> None:
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    atomic_write(path, write)
+
+
+def folder_lock(path: str):
+    """Hold an exclusive lock on the file `path` while the returned handle is open (the OS releases it if the process
+    dies), so that two runs never write one folder at once.
+
+    Args:
+        path: The lock file, inside the folder it guards.
+
+    Returns:
+        The open handle: close it to release the lock.
+
+    Raises:
+        ValueError: If another process holds the lock.
+    """
+    handle = open(path, "a")
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return handle
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ValueError(
+            f"Another run is writing to {os.path.dirname(path)!r} right now: wait for it, or use another folder."
+        ) from None
+    return handle
+
+
+def check_writable(folder: str, name: str = "output_dir") -> None:
+    """Refuse an output folder that is a file or cannot be created or written, before any work.
+
+    Args:
+        folder: The folder (it may not exist yet).
+        name: The argument's name in the error.
+
+    Raises:
+        ValueError: Naming the argument, the folder and what is wrong.
+    """
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"`{name}` {folder!r} is a file; give a folder.")
+    existing = folder
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if existing and not os.path.isdir(existing):
+        raise ValueError(f"`{name}` {folder!r} cannot be created: {existing!r} is a file.")
+    if not os.access(existing or ".", os.W_OK | os.X_OK):
+        raise ValueError(f"`{name}` {folder!r} cannot be written (no write permission on {existing or '.'!r}).")

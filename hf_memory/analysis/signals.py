@@ -20,7 +20,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._utils import as_sequences, check_integer, check_vocabulary, eval_mode, leading_windows, model_device
+from .._utils import (
+    as_sequences,
+    check_integer,
+    check_vocabulary,
+    eval_mode,
+    iter_sequences,
+    leading_windows,
+    model_device,
+)
 
 
 if TYPE_CHECKING:
@@ -71,10 +79,50 @@ class NgramCounts:
     Attributes:
         counts: n-gram order -> `Counter` of the n-grams (tuples of n token ids) seen in the corpus.
         total: n-gram order -> how many n-grams of that order the corpus holds (with repeats).
+        num_sequences: How many sequences were counted.
     """
 
     counts: dict[int, Counter]
     total: dict[int, int]
+    num_sequences: int = 0
+
+    @classmethod
+    def empty(cls, n: int | Sequence[int] = (1, 2)) -> NgramCounts:
+        """Counts of no sequence yet, for the orders in `n`: `add` sequences one at a time (a corpus read as a stream).
+
+        Args:
+            n: One n-gram order, or several (each >= 1).
+
+        Returns:
+            The empty `NgramCounts`.
+
+        Raises:
+            ValueError: If `n` is empty or holds an order below 1.
+
+        Examples:
+            >>> counts = NgramCounts.empty(2)
+            >>> counts.add([1, 2, 1]); counts.add([1, 2])
+            >>> counts.counts[2][(1, 2)], counts.total[2], counts.num_sequences
+            (2, 3, 2)
+        """
+        orders = (n,) if isinstance(n, int) else tuple(n)
+        if not orders:
+            raise ValueError(f"`n` must be a positive integer or a non-empty tuple of them, got {n!r}.")
+        orders = tuple(check_integer(k, "n", minimum=1, hint="an n-gram order, or a tuple of them") for k in orders)
+        return cls({k: Counter() for k in orders}, {k: 0 for k in orders})
+
+    def add(self, ids: Sequence[int] | torch.Tensor) -> None:
+        """Count the n-grams of one more sequence (n-grams never cross sequence boundaries).
+
+        Args:
+            ids: One token id sequence.
+        """
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else [int(t) for t in ids]
+        for k, table in self.counts.items():
+            grams = list(zip(*(ids[i:] for i in range(k))))
+            table.update(grams)
+            self.total[k] += len(grams)
+        self.num_sequences += 1
 
     def lookup(self, ids: Sequence[int] | torch.Tensor, n: int) -> np.ndarray:
         """Count of the n-gram ending at each position of `ids` (NaN where fewer than n - 1 tokens precede it).
@@ -108,7 +156,8 @@ def ngram_counts(
 ) -> NgramCounts:
     """Count the n-grams (for each order in `n`) of a corpus of token id sequences.
 
-    The corpus takes the same inputs as `measure_extraction`; n-grams do not cross sequence boundaries.
+    The corpus takes the same inputs as `measure_extraction`, read as a stream (a generator or `IterableDataset`
+    works); n-grams do not cross sequence boundaries.
 
     Args:
         sequences: Token id sequences (lists, 1-D tensors), a 2-D tensor (one sequence per row), or a
@@ -126,18 +175,12 @@ def ngram_counts(
         >>> counts.counts[1][(2,)], counts.counts[2][(1, 2)], counts.total[2]
         (3, 2, 4)
     """
-    orders = (n,) if isinstance(n, int) else tuple(n)
-    if not orders:
-        raise ValueError(f"`n` must be a positive integer or a non-empty tuple of them, got {n!r}.")
-    orders = tuple(check_integer(k, "n", minimum=1, hint="an n-gram order, or a tuple of them") for k in orders)
-    counts, total = {k: Counter() for k in orders}, {k: 0 for k in orders}
-    for seq in as_sequences(sequences):
-        ids = seq.tolist()
-        for k in orders:
-            grams = list(zip(*(ids[i:] for i in range(k))))
-            counts[k].update(grams)
-            total[k] += len(grams)
-    return NgramCounts(counts, total)
+    counts = NgramCounts.empty(n)
+    for seq in iter_sequences(sequences):
+        counts.add(seq)
+    if not counts.num_sequences:
+        raise ValueError("`sequences` is empty: give at least one sequence of token ids.")
+    return counts
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""Read token sequences for the CLI: text files, JSON Lines, or a dataset saved with `save_to_disk`."""
+"""Read token sequences for the CLI, streamed or into memory: text files, JSON Lines, or a dataset saved with
+`save_to_disk`."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from .._utils import as_token_ids
@@ -31,14 +32,85 @@ def _lines(handle, path: str):
         ) from None
 
 
-def load_token_sequences(
+def iter_token_sequences(
     paths: Iterable[str], tokenizer: PreTrainedTokenizerBase, text_field: str = "text"
-) -> tuple[list[list[int]], list[str]]:
-    """Token id sequences and, per sequence, where it came from.
+) -> Iterator[tuple[list[int], str]]:
+    """Yield each document's token ids and where it came from, reading the files lazily (one record at a time).
 
     A text file is one document; a `.jsonl` file holds one JSON object per line with `input_ids` or `text_field`;
     a folder written by `Dataset.save_to_disk` gives its `input_ids` column, or else its `text_field` column. Text is
-    tokenized without special tokens, as documents are usually seen in training.
+    tokenized without special tokens, as documents are usually seen in training. Nothing is read before iteration
+    starts, and only the current record is held: a corpus larger than memory streams through.
+
+    Args:
+        paths: Text files, `.jsonl` / `.json` files (one JSON object per line) and `save_to_disk` folders, in order.
+        tokenizer: The tokenizer for records given as text (called with `add_special_tokens=False`).
+        text_field: The JSON key or dataset column holding the text, used where there is no `input_ids`.
+
+    Yields:
+        `(ids, source)`: the token id list, and a label saying where it came from (`path`, `path:line` or
+        `path[/split][row]`).
+
+    Raises:
+        ValueError: When the record at fault is reached: a path that is neither a file nor a saved dataset folder, a
+            record with neither `input_ids` nor `text_field`, invalid JSON, an empty text file; and at the end, if
+            the paths gave no document.
+    """
+
+    def text_or_ids(record: dict, where: str) -> list[int]:
+        if not isinstance(record, dict):
+            raise ValueError(f"{where} holds a JSON {type(record).__name__}; each line must be an object.")
+        if "input_ids" in record:
+            return as_token_ids(record["input_ids"], f"input_ids of {where}", dims=(1,)).tolist()
+        if text_field in record:
+            if not isinstance(record[text_field], str):
+                raise ValueError(f"{where}: `{text_field}` must be a string, got {type(record[text_field]).__name__}.")
+            return tokenizer(record[text_field], add_special_tokens=False)["input_ids"]
+        raise ValueError(f"{where} has neither `input_ids` nor `{text_field}` (set --text-field).")
+
+    found = False
+    for path in paths:
+        if _is_saved_dataset(path):
+            from datasets import DatasetDict, load_from_disk
+
+            data = load_from_disk(path)
+            splits = data.items() if isinstance(data, DatasetDict) else [(None, data)]
+            for split, dataset in splits:
+                for i, row in enumerate(dataset):
+                    where = f"{path}{'/' + split if split else ''}[{i}]"
+                    yield text_or_ids(row, where), where
+                    found = True
+        elif path.endswith((".jsonl", ".json")):
+            with open(path, encoding="utf-8", errors="strict") as f:
+                for line_no, line in enumerate(_lines(f, path), 1):
+                    if line.strip():
+                        try:
+                            record = json.loads(line)
+                        except json.JSONDecodeError as err:
+                            raise ValueError(
+                                f"{path}:{line_no} is not valid JSON ({err.msg}); a .jsonl file holds one JSON object "
+                                "per line."
+                            ) from None
+                        yield text_or_ids(record, f"{path}:{line_no}"), f"{path}:{line_no}"
+                        found = True
+        elif os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                text = "".join(_lines(f, path))
+            if not text.strip():
+                raise ValueError(f"{path} is empty: a text file is one document.")
+            yield text_or_ids({text_field: text}, path), path
+            found = True
+        else:
+            raise ValueError(f"`--data` {path!r} is not a file or a saved dataset folder.")
+    if not found:
+        raise ValueError("`--data` gave no documents.")
+
+
+def load_token_sequences(
+    paths: Iterable[str], tokenizer: PreTrainedTokenizerBase, text_field: str = "text"
+) -> tuple[list[list[int]], list[str]]:
+    """Token id sequences and, per sequence, where it came from, all read into memory (`iter_token_sequences` streams
+    them instead).
 
     Args:
         paths: Text files, `.jsonl` / `.json` files (one JSON object per line) and `save_to_disk` folders, in order.
@@ -53,50 +125,5 @@ def load_token_sequences(
         ValueError: If a path is neither a file nor a saved dataset folder, a record has neither `input_ids` nor
             `text_field`, or no document was found.
     """
-    sequences, sources = [], []
-
-    def add_text_or_ids(record: dict, where: str):
-        if not isinstance(record, dict):
-            raise ValueError(f"{where} holds a JSON {type(record).__name__}; each line must be an object.")
-        if "input_ids" in record:
-            sequences.append(as_token_ids(record["input_ids"], f"input_ids of {where}", dims=(1,)).tolist())
-        elif text_field in record:
-            if not isinstance(record[text_field], str):
-                raise ValueError(f"{where}: `{text_field}` must be a string, got {type(record[text_field]).__name__}.")
-            sequences.append(tokenizer(record[text_field], add_special_tokens=False)["input_ids"])
-        else:
-            raise ValueError(f"{where} has neither `input_ids` nor `{text_field}` (set --text-field).")
-        sources.append(where)
-
-    for path in paths:
-        if _is_saved_dataset(path):
-            from datasets import DatasetDict, load_from_disk
-
-            data = load_from_disk(path)
-            splits = data.items() if isinstance(data, DatasetDict) else [(None, data)]
-            for split, dataset in splits:
-                for i, row in enumerate(dataset):
-                    add_text_or_ids(row, f"{path}{'/' + split if split else ''}[{i}]")
-        elif path.endswith((".jsonl", ".json")):
-            with open(path, encoding="utf-8", errors="strict") as f:
-                for line_no, line in enumerate(_lines(f, path), 1):
-                    if line.strip():
-                        try:
-                            record = json.loads(line)
-                        except json.JSONDecodeError as err:
-                            raise ValueError(
-                                f"{path}:{line_no} is not valid JSON ({err.msg}); a .jsonl file holds one JSON object "
-                                "per line."
-                            ) from None
-                        add_text_or_ids(record, f"{path}:{line_no}")
-        elif os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                text = "".join(_lines(f, path))
-            if not text.strip():
-                raise ValueError(f"{path} is empty: a text file is one document.")
-            add_text_or_ids({text_field: text}, path)
-        else:
-            raise ValueError(f"`--data` {path!r} is not a file or a saved dataset folder.")
-    if not sequences:
-        raise ValueError("`--data` gave no documents.")
-    return sequences, sources
+    pairs = list(iter_token_sequences(paths, tokenizer, text_field))
+    return [ids for ids, _ in pairs], [source for _, source in pairs]

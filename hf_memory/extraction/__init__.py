@@ -6,7 +6,7 @@ from ..metrics.extractable_memorization.extractable_memorization import extracti
 from .callback import MEMORIZATION_LOG_PREFIX, MemorizationCallback
 from .harness import EXTRACTION_METHODS, ExtractionResult, measure_extraction
 from .text import text_rouge_l
-from .windows import extraction_windows
+from .windows import WindowSample, WindowStream, extraction_windows, sample_windows
 
 
 __all__ = [
@@ -15,8 +15,11 @@ __all__ = [
     "MEMORIZATION_LOG_PREFIX",
     "ExtractionResult",
     "MemorizationCallback",
+    "WindowSample",
+    "WindowStream",
     "extraction_scores",
     "extraction_windows",
     "measure_extraction",
+    "sample_windows",
     "text_rouge_l",
 ]

@@ -25,12 +25,11 @@ from .._utils import (
     check_choice,
     check_integer,
     check_vocabulary,
-    iter_sequences,
     log_through_trainer,
     model_device,
 )
 from .harness import EXTRACTION_METHODS, measure_extraction
-from .windows import WindowStream
+from .windows import sample_windows
 
 
 if TYPE_CHECKING:
@@ -117,35 +116,20 @@ class MemorizationCallback(TrainerCallback):
         self.stride = check_integer(stride, "stride", minimum=1, allow_none=True)
         self.batch_size = check_integer(batch_size, "batch_size", minimum=1)
         self.seed = check_integer(seed, "seed", minimum=0)
-        self.windows, self.window_index, self.num_skipped = self._draw_sample(windows_or_dataset)
+        sample = sample_windows(
+            windows_or_dataset,
+            self.prefix_len,
+            self.suffix_len,
+            self.stride,
+            self.max_windows,
+            self.seed,
+            name="windows_or_dataset",
+        )
+        self.windows, self.window_index, self.num_skipped = sample.windows, sample.index, sample.num_skipped
         self.history: list[dict] = []
         self.seconds = 0.0
         self._measured_step: int | None = None
         self._warned_no_trainer = False
-
-    def _draw_sample(self, data) -> tuple[torch.Tensor, list[tuple[int, int]], int]:
-        """Cut every window of `data` and keep a uniform sample of `max_windows` (reservoir sampling, one pass)."""
-        rows = iter_sequences(data, "windows_or_dataset")  # errors name the argument and the row
-        stream = WindowStream(rows, self.prefix_len, self.suffix_len, self.stride)
-        rng = random.Random(self.seed)  # the callback's own: the global generators are never drawn from
-        kept: list[tuple[int, int, torch.Tensor]] = []
-        for seen, item in enumerate(stream):
-            if self.max_windows is None or len(kept) < self.max_windows:
-                kept.append(item)
-            else:
-                slot = rng.randrange(seen + 1)
-                if slot < self.max_windows:
-                    kept[slot] = item
-        if stream.num_sequences == 0:
-            raise ValueError("`windows_or_dataset` is empty: give at least one sequence of token ids.")
-        if not kept:
-            raise ValueError(
-                f"No sequence in `windows_or_dataset` has prefix_len + suffix_len = "
-                f"{self.prefix_len + self.suffix_len} tokens ({stream.num_skipped} skipped): lower `prefix_len` / "
-                "`suffix_len` or give longer sequences."
-            )
-        kept.sort(key=lambda item: item[:2])
-        return torch.stack([w for _, _, w in kept]), [(s, start) for s, start, _ in kept], stream.num_skipped
 
     def on_train_begin(
         self,

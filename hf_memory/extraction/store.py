@@ -10,12 +10,11 @@ summary are hidden.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .._utils import atomic_write
+from .._utils import atomic_write, folder_lock, read_json, write_json
 
 
 MANIFEST_NAME = ".manifest.json"
@@ -51,17 +50,6 @@ def _shards(folder: str, rank: int | None = None) -> list[str]:
     return sorted(glob.glob(os.path.join(folder, pattern)))
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); delete the results folder to start over.") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a JSON object; delete the results folder to start over.")
-    return data
-
-
 def _rows_in(path: str) -> int:
     import pyarrow.parquet as pq
 
@@ -90,7 +78,7 @@ def open_results_folder(folder: str, manifest: dict, is_main: bool) -> None:
         raise ValueError(f"`output_dir` {folder!r} is a file; give a folder.")
     path = os.path.join(folder, MANIFEST_NAME)
     if os.path.exists(path):
-        existing = _read_json(path)
+        existing = read_json(path)
         differences = [
             f"{key}: {existing.get(key)!r} there, {manifest[key]!r} now"
             for key in ("format", "settings", "model", "num_processes")
@@ -106,33 +94,7 @@ def open_results_folder(folder: str, manifest: dict, is_main: bool) -> None:
         raise ValueError(f"`output_dir` {folder!r} holds shards but no {MANIFEST_NAME}; use another folder.")
     if is_main:
         os.makedirs(folder, exist_ok=True)
-        atomic_write(path, lambda tmp: _write_json(tmp, manifest))
-
-
-def _write_json(path: str, data: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-
-
-def check_writable(folder: str) -> None:
-    """Refuse an `output_dir` that is a file or cannot be created or written, before any work.
-
-    Args:
-        folder: The results folder (it may not exist yet).
-
-    Raises:
-        ValueError: Naming the folder and what is wrong.
-    """
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise ValueError(f"`output_dir` {folder!r} is a file; give a folder.")
-    existing = folder
-    while existing and not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if existing and not os.path.isdir(existing):
-        raise ValueError(f"`output_dir` {folder!r} cannot be created: {existing!r} is a file.")
-    if not os.access(existing or ".", os.W_OK | os.X_OK):
-        raise ValueError(f"`output_dir` {folder!r} cannot be written (no write permission on {existing or '.'!r}).")
+        write_json(path, manifest)
 
 
 @dataclass
@@ -150,7 +112,7 @@ class ShardWriter:
     flush_every: int
 
     def __post_init__(self):
-        self._lock = _lock(os.path.join(self.folder, f".rank{self.rank:05d}.lock"))
+        self._lock = folder_lock(os.path.join(self.folder, f".rank{self.rank:05d}.lock"))
         for stale in glob.glob(os.path.join(self.folder, f".rank{self.rank:05d}-*.tmp")):
             os.remove(stale)  # left by a run killed mid-write: never renamed, so never counted
         self.done = sum(_rows_in(path) for path in _shards(self.folder, self.rank))
@@ -205,23 +167,6 @@ class ShardWriter:
         self.pending = []
 
 
-def _lock(path: str):
-    """Hold an exclusive lock on `path` while the returned file is open (released by the OS if the process dies)."""
-    handle = open(path, "a")
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        return handle
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise ValueError(
-            f"Another run is writing to {os.path.dirname(path)!r} right now: wait for it, or use another folder."
-        ) from None
-    return handle
-
-
 def write_summary(folder: str, summary: dict) -> None:
     """Mark the run in `folder` finished, with its counts.
 
@@ -229,7 +174,7 @@ def write_summary(folder: str, summary: dict) -> None:
         folder: The results folder.
         summary: `num_windows`, `num_skipped`, `num_sequences`.
     """
-    atomic_write(os.path.join(folder, SUMMARY_NAME), lambda tmp: _write_json(tmp, summary))
+    write_json(os.path.join(folder, SUMMARY_NAME), summary)
 
 
 def read_manifest(folder: str) -> dict:
@@ -244,7 +189,7 @@ def read_manifest(folder: str) -> dict:
     path = os.path.join(folder, MANIFEST_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{folder!r} holds no {MANIFEST_NAME}: it is not a measure_extraction results folder.")
-    return _read_json(path)
+    return read_json(path)
 
 
 def read_summary(folder: str) -> dict | None:
@@ -254,7 +199,7 @@ def read_summary(folder: str) -> dict | None:
         folder: A results folder.
     """
     path = os.path.join(folder, SUMMARY_NAME)
-    return _read_json(path) if os.path.isfile(path) else None
+    return read_json(path) if os.path.isfile(path) else None
 
 
 def iter_score_batches(folder: str) -> Iterator[dict]:

@@ -1,13 +1,16 @@
-"""Cut token sequences into fixed-length extraction windows (prefix + suffix)."""
+"""Cut token sequences into fixed-length extraction windows (prefix + suffix), and draw a seeded sample of them in
+one pass."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from .._utils import iter_sequences
+from .._utils import check_integer, iter_sequences
 
 
 if TYPE_CHECKING:
@@ -61,6 +64,7 @@ class WindowStream:
         prefix_len: Tokens of each window's prefix.
         suffix_len: Tokens of each window's suffix.
         stride: Start a window every `stride` tokens; None cuts one window per sequence, at its start.
+        name: The argument's name in error messages.
 
     Examples:
         >>> stream = WindowStream(iter([list(range(10)), [1, 2]]), 3, 2, stride=4)
@@ -68,18 +72,115 @@ class WindowStream:
         ([(0, 0, [0, 1, 2, 3, 4]), (0, 4, [4, 5, 6, 7, 8])], 1)
     """
 
-    def __init__(self, sequences: Iterable, prefix_len: int, suffix_len: int, stride: int | None = None) -> None:
-        self.sequences, self.length, self.stride = sequences, prefix_len + suffix_len, stride
+    def __init__(
+        self, sequences: Iterable, prefix_len: int, suffix_len: int, stride: int | None = None, name: str = "sequences"
+    ) -> None:
+        self.sequences, self.length, self.stride, self.name = sequences, prefix_len + suffix_len, stride, name
         self.num_skipped = 0
         self.num_sequences = 0
+        self.longest = 0
 
     def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
-        self.num_skipped = self.num_sequences = 0
-        for i, seq in enumerate(iter_sequences(self.sequences)):
+        self.num_skipped = self.num_sequences = self.longest = 0
+        for i, seq in enumerate(iter_sequences(self.sequences, self.name)):
             self.num_sequences += 1
+            self.longest = max(self.longest, len(seq))
             if len(seq) < self.length:
                 self.num_skipped += 1
                 continue
             starts = range(0, len(seq) - self.length + 1, self.stride) if self.stride else [0]
             for start in starts:
                 yield i, start, seq[start : start + self.length]
+
+
+@dataclass
+class WindowSample:
+    """A seeded sample of extraction windows, with counts of what the pass over the data saw.
+
+    Attributes:
+        windows: The sampled windows, a (num_windows, prefix_len + suffix_len) int64 tensor, in input order.
+        index: Per window, `(sequence index, start token)`: where in the data it was cut.
+        num_sequences: Sequences read.
+        num_skipped: Sequences shorter than one window (they give none).
+        num_candidates: Windows cut from all sequences, before sampling.
+    """
+
+    windows: torch.Tensor
+    index: list[tuple[int, int]]
+    num_sequences: int
+    num_skipped: int
+    num_candidates: int
+
+
+def sample_windows(
+    sequences: Iterable,
+    prefix_len: int,
+    suffix_len: int,
+    stride: int | None = None,
+    max_windows: int | None = None,
+    seed: int = 0,
+    name: str = "sequences",
+) -> WindowSample:
+    """Cut the extraction windows of `sequences` and keep a uniform sample of `max_windows`, in one pass.
+
+    Reservoir sampling (Vitter's algorithm R) with a generator of its own seeded by `seed`: the data is read once and
+    only the kept windows are held, so a generator or a streamed `IterableDataset` works and memory does not grow with
+    the data. The same data and seed give the same sample; every window is equally likely to be kept. The sample is
+    returned in input order. `MemorizationCallback` and `audit` draw their windows with it.
+
+    Args:
+        sequences: Anything `WindowStream` takes: token id sequences, a 2-D tensor, a `Dataset` or `IterableDataset`
+            with `input_ids`, or any finite iterable of id sequences or row dicts.
+        prefix_len: Tokens of each window's prefix.
+        suffix_len: Tokens of each window's suffix.
+        stride: Cut a window every `stride` tokens of each sequence; None cuts one window per sequence, at its start.
+        max_windows: Most windows kept; None keeps every window.
+        seed: Seed of the draw; the global random generators are never drawn from.
+        name: The argument's name in error messages.
+
+    Returns:
+        The `WindowSample`.
+
+    Raises:
+        ValueError: If a length, `stride`, `max_windows` or `seed` is out of range, `sequences` is empty or not token
+            ids, or no sequence holds `prefix_len + suffix_len` tokens (naming `name`).
+
+    Examples:
+        >>> sample = sample_windows([list(range(10)), list(range(20, 30)), [1]], 3, 2, stride=5, max_windows=3)
+        >>> sample.windows.shape, sample.num_candidates, sample.num_skipped
+        (torch.Size([3, 5]), 4, 1)
+        >>> sample.index == sorted(sample.index)  # kept in input order
+        True
+    """
+    prefix_len = check_integer(prefix_len, "prefix_len", minimum=1)
+    suffix_len = check_integer(suffix_len, "suffix_len", minimum=1)
+    stride = check_integer(stride, "stride", minimum=1, allow_none=True)
+    max_windows = check_integer(max_windows, "max_windows", minimum=1, allow_none=True)
+    seed = check_integer(seed, "seed", minimum=0)
+    stream = WindowStream(sequences, prefix_len, suffix_len, stride, name)
+    rng = random.Random(seed)
+    kept: list[tuple[int, int, torch.Tensor]] = []
+    seen = 0
+    for item in stream:
+        if max_windows is None or len(kept) < max_windows:
+            kept.append(item)
+        else:
+            slot = rng.randrange(seen + 1)
+            if slot < max_windows:
+                kept[slot] = item
+        seen += 1
+    if stream.num_sequences == 0:
+        raise ValueError(f"`{name}` is empty: give at least one sequence of token ids.")
+    if not kept:
+        raise ValueError(
+            f"No sequence of `{name}` has prefix_len + suffix_len = {prefix_len + suffix_len} tokens (the longest "
+            f"has {stream.longest}): lower `prefix_len` / `suffix_len` or give longer sequences."
+        )
+    kept.sort(key=lambda item: item[:2])
+    return WindowSample(
+        windows=torch.stack([window for _, _, window in kept]),
+        index=[(seq, start) for seq, start, _ in kept],
+        num_sequences=stream.num_sequences,
+        num_skipped=stream.num_skipped,
+        num_candidates=seen,
+    )
