@@ -17,7 +17,7 @@ import torch
 from hf_memory.auditing import HTML_FILE, RESULTS_FILE, WINDOWS_FILE, AuditReport, audit
 from hf_memory.cli import main
 from hf_memory.data import stdlib_docstrings
-from hf_memory.extraction import measure_extraction
+from hf_memory.extraction import measure_extraction, sample_windows
 from tests.conftest import tiny_causal_lm
 
 
@@ -53,6 +53,12 @@ def audited(tokenizer, tmp_path_factory):
     reference = tiny_causal_lm("llama", vocab_size=len(tokenizer), hidden=32, seed=1)
     docs = _documents(model, tokenizer)
     out = tmp_path_factory.mktemp("report")
+    # a seed whose draw holds planted windows (the audit draws with `sample_windows`, as here)
+    seed = next(
+        s
+        for s in range(100)
+        if {(0, 0), (1, 0)} <= set(sample_windows(docs, PREFIX, SUFFIX, PREFIX + SUFFIX, 60, s).index)
+    )
     report = audit(
         model,
         tokenizer,
@@ -61,6 +67,7 @@ def audited(tokenizer, tmp_path_factory):
         prefix_len=PREFIX,
         suffix_len=SUFFIX,
         max_windows=60,
+        seed=seed,
         out=out,
         sources=[f"doc{i}.txt" for i in range(len(docs))],
         show_progress=False,
@@ -316,7 +323,7 @@ def test_bad_arguments_of_the_function_are_refused_before_any_work(tokenizer, tm
         ({"reference_model": tiny_causal_lm("llama", vocab_size=64)}, "another vocabulary"),
         ({"prefix_len": 0}, "`prefix_len` must be an integer >= 1"),
         ({"max_windows": 0}, "`max_windows` must be an integer >= 1"),
-        ({"prefix_len": 4000}, "No document of `data` has"),
+        ({"prefix_len": 4000}, "No sequence of `data` has"),
         ({"data": [[1, 2, 3] * 30, [len(tokenizer) + 5] * 64]}, "outside the model's vocabulary"),
     ]
     for change, message in cases:
@@ -391,3 +398,152 @@ def test_smollm2_report_shows_the_standard_arm_memorized_and_the_goldfish_arm_no
     assert standard.metrics["calibrated_loss_median"] < goldfish.metrics["calibrated_loss_median"] < 0
     page = (tmp_path / "standard" / HTML_FILE).read_text(encoding="utf-8")
     assert "Most extracted windows" in page and page.count("<mark>") >= 2
+
+
+# --- streaming input and resuming an interrupted audit -------------------------------------------------------------
+
+RESUME = {"prefix_len": 4, "suffix_len": 4, "max_windows": 40, "batch_size": 4, "flush_every": 1}
+
+
+def resume_case():
+    """A tiny model, a reference and a word-level corpus of 12 documents: 40 windows in 10 chunks of 4."""
+    import random
+
+    from hf_memory.data import word_level_tokenizer
+
+    tok = word_level_tokenizer([f"w{i}" for i in range(40)])
+    model = tiny_causal_lm("llama", vocab_size=len(tok), hidden=16, seed=0)
+    reference = tiny_causal_lm("llama", vocab_size=len(tok), hidden=16, seed=1)
+    rng = random.Random(0)
+    texts = [" ".join(f"w{rng.randrange(40)}" for _ in range(rng.randrange(20, 60))) for _ in range(12)]
+    return model, reference, tok, texts
+
+
+def run_resume_case(out, **change):
+    model, reference, tok, texts = resume_case()
+    kwargs = {**RESUME, "reference_model": reference, "out": out, "show_progress": False, **change}
+    return audit(model, tok, texts, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def clean_resume_run(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the tests that compare with it run (conftest): float sums depend on the thread count
+    try:
+        return run_resume_case(tmp_path_factory.mktemp("clean")).table()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_generator_a_streamed_dataset_and_a_list_give_the_same_report(tokenizer):
+    from datasets import Dataset, IterableDataset
+
+    model = tiny_causal_lm("llama", vocab_size=len(tokenizer))
+    texts = stdlib_docstrings(max_docs=6)
+    kwargs = {"prefix_len": 8, "suffix_len": 8, "max_windows": 12, "show_progress": False}
+    expected = audit(model, tokenizer, texts, sources=[f"t{i}" for i in range(6)], **kwargs).table()
+    streamed = IterableDataset.from_generator(lambda: ({"text": t} for t in texts))
+    ids = Dataset.from_dict({"input_ids": tokenizer(texts, add_special_tokens=False)["input_ids"]})
+    for data in (iter(texts), streamed, ids, (t for t in texts)):
+        report = audit(model, tokenizer, data, sources=(f"t{i}" for i in range(6)), **kwargs)
+        assert report.table().equals(expected), type(data)
+        assert report.data["num_documents"] == 6 and report.data["sources"] == [f"t{i}" for i in range(6)]
+
+
+def test_data_is_read_once_and_sources_must_match_it(tokenizer):
+    model = tiny_causal_lm("llama", vocab_size=len(tokenizer))
+    texts = stdlib_docstrings(max_docs=3)
+
+    class Once:
+        passes = 0
+
+        def __iter__(self):
+            Once.passes += 1
+            return iter(texts)
+
+    audit(model, tokenizer, Once(), prefix_len=8, suffix_len=8, max_windows=4, show_progress=False)
+    assert Once.passes == 1
+    for labels, message in ((["a", "b"], "`sources` has 2 labels for more"), (list("abcd"), "more labels than the 3")):
+        with pytest.raises(ValueError, match=message):
+            audit(model, tokenizer, texts, sources=iter(labels), prefix_len=8, suffix_len=8, show_progress=False)
+    with pytest.raises(ValueError, match=r"`data\[1\]` is a text: `data` mixes"):
+        audit(model, tokenizer, [[1, 2, 3], "text"], prefix_len=1, suffix_len=1, show_progress=False)
+
+
+def test_chunking_does_not_change_the_numbers(clean_resume_run, tmp_path):
+    one_chunk = run_resume_case(tmp_path, flush_every=100).table()
+    assert one_chunk.equals(clean_resume_run)
+    assert os.listdir(tmp_path) and ".partial" not in os.listdir(tmp_path)  # removed once the report is written
+
+
+def test_an_interrupted_audit_resumes_and_equals_a_clean_one(clean_resume_run, tmp_path, monkeypatch):
+    import hf_memory.analysis
+
+    real, calls, interrupt_at = hf_memory.analysis.ce_diagnostic, [], [4]
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) in interrupt_at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf_memory.analysis, "ce_diagnostic", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_resume_case(tmp_path)
+    partial = tmp_path / ".partial"
+    assert len(list(partial.glob("chunk-*.parquet"))) == 3 and not (tmp_path / RESULTS_FILE).exists()
+
+    with pytest.raises(ValueError, match="unfinished audit with different settings"):
+        run_resume_case(tmp_path, max_windows=39)
+    with pytest.raises(ValueError, match="unfinished audit with different data"):
+        model, reference, tok, texts = resume_case()
+        audit(model, tok, texts[1:], **RESUME, reference_model=reference, out=tmp_path, show_progress=False)
+
+    calls.clear()
+    interrupt_at.clear()
+    resumed = run_resume_case(tmp_path)
+    assert len(calls) == 7  # the 3 chunks on disk are not scored again
+    assert resumed.table().equals(clean_resume_run)
+    assert AuditReport.load(tmp_path).table().equals(clean_resume_run)
+    assert not partial.exists()
+
+
+def test_a_second_audit_into_a_folder_being_written_is_refused(tmp_path):
+    from hf_memory._utils import folder_lock
+
+    (tmp_path / ".partial").mkdir()
+    lock = folder_lock(str(tmp_path / ".partial" / ".lock"))
+    try:
+        with pytest.raises(ValueError, match="Another run is writing"):
+            run_resume_case(tmp_path)
+    finally:
+        lock.close()
+
+
+@pytest.mark.slow
+def test_an_audit_killed_mid_way_resumes_and_equals_a_clean_one(clean_resume_run, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import hf_memory.analysis
+from tests.test_audit import run_resume_case
+real, calls = hf_memory.analysis.ce_diagnostic, []
+def killed(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 6:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+hf_memory.analysis.ce_diagnostic = killed
+run_resume_case({str(tmp_path)!r})
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert len(list((tmp_path / ".partial").glob("chunk-*.parquet"))) == 5
+    resumed = run_resume_case(tmp_path)
+    assert resumed.table().equals(clean_resume_run)
+    assert sorted(os.listdir(tmp_path)) == sorted([HTML_FILE, RESULTS_FILE, WINDOWS_FILE])

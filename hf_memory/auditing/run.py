@@ -3,24 +3,32 @@ and, with a reference model, the calibrated CE diagnostic."""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import os
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .._utils import (
-    as_sequences,
     check_integer,
     check_number,
     check_vocabulary,
+    check_writable,
+    iter_sequences,
     model_identity,
     require_extra,
     vocabulary_size,
 )
+from ..analysis import NgramCounts
+from ..extraction import sample_windows
+from .partial import PARTIAL_DIR, PARTIAL_FORMAT, PartialRows
 from .report import AuditReport
-from .windows import candidate_windows, cut_windows, sample_windows
 
 
 if TYPE_CHECKING:
@@ -28,6 +36,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 DEFAULT_MAX_WINDOWS = 512
+TOKENIZE_BATCH = 256  # texts tokenized per call: a fast tokenizer's batch speed, memory bounded
 BOUNDARY_WINDOW = 8  # positions averaged on each side of the prefix/suffix boundary (as MemorizationPredictor)
 
 
@@ -43,37 +52,105 @@ def _describe_model(model, name: str | None = None) -> dict:
     }
 
 
-def _documents(data, tokenizer, sources) -> tuple[list[torch.Tensor], list[str]]:
-    """The documents as token id tensors and a label for each; texts are tokenized without special tokens."""
+def _texts(data) -> Iterator[str]:
+    """The `text` column of a `Dataset` (read in batches) or of an `IterableDataset` / iterable of row dicts."""
+    if hasattr(data, "iter") and hasattr(data, "__len__"):
+        for batch in data.select_columns(["text"]).iter(batch_size=TOKENIZE_BATCH):
+            yield from batch["text"]
+    else:
+        for row in data:
+            yield row["text"] if isinstance(row, dict) else row
+
+
+def _tokenized(texts: Iterable, tokenizer) -> Iterator[list[int]]:
+    """Token ids of each text (no special tokens), tokenized `TOKENIZE_BATCH` texts at a time."""
+    batch: list[str] = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"`data[{i}]` is not a text ({type(text).__name__}): `data` mixes texts and token ids.")
+        if not text.strip():
+            raise ValueError(f"`data[{i}]` is an empty text: every document must hold some text.")
+        batch.append(text)
+        if len(batch) == TOKENIZE_BATCH:
+            yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
+            batch = []
+    if batch:
+        yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
+
+
+def _token_ids(items: Iterable) -> Iterator:
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            raise ValueError(f"`data[{i}]` is a text: `data` mixes texts and token ids.")
+        yield item
+
+
+def _document_stream(data, tokenizer) -> Iterable:
+    """`data` as an iterable of token id sequences, read lazily: texts are tokenized as they come, in batches."""
     if isinstance(data, (str, bytes)):
         raise ValueError("`data` must be a list of documents (texts or token ids), not one string.")
-    if hasattr(data, "column_names") and "input_ids" not in (data.column_names or ()):
-        if "text" not in (data.column_names or ()):
+    if isinstance(data, (torch.Tensor, Mapping)):  # a 2-D tensor; a tokenizer's output with `input_ids`
+        return data
+    if hasattr(data, "column_names"):  # a datasets Dataset or IterableDataset
+        columns = data.column_names
+        if columns is None:  # an IterableDataset whose features are unknown until read
+            first = next(iter(data), None)
+            columns = [] if first is None else list(first)
+        if "input_ids" in columns:
+            return data
+        if "text" not in columns:
+            raise ValueError(f"`data` is a dataset with neither `input_ids` nor `text` (columns: {columns}).")
+        return _tokenized(_texts(data), tokenizer)
+    if not hasattr(data, "__iter__"):
+        raise ValueError(f"`data` must be texts, token id sequences or a dataset, got {type(data).__name__}.")
+    items = iter(data)
+    first = next(items, None)
+    if first is None:
+        return []
+    if isinstance(first, str):
+        return _tokenized(itertools.chain([first], items), tokenizer)
+    return _token_ids(itertools.chain([first], items))
+
+
+class _Scan:
+    """One pass over the documents for `sample_windows`: each is checked against the vocabulary, its n-grams are
+    counted and its tokens tallied, and its label kept, as it goes by."""
+
+    def __init__(self, data, tokenizer, model, sources) -> None:
+        if isinstance(sources, (str, bytes)) or not (sources is None or hasattr(sources, "__iter__")):
             raise ValueError(
-                f"`data` is a dataset with neither `input_ids` nor `text` (columns: {data.column_names})."
+                f"`sources` must be a list (or iterable) of labels, one per document, got {sources!r:.60}."
             )
-        data = list(data["text"])
-    items = list(data) if not isinstance(data, torch.Tensor) and not hasattr(data, "column_names") else data
-    if isinstance(items, list) and not items:
-        raise ValueError("`data` is empty: give at least one document.")
-    if isinstance(items, list) and all(isinstance(x, str) for x in items):
-        empty = [i for i, text in enumerate(items) if not text.strip()]
-        if empty:
-            raise ValueError(f"`data[{empty[0]}]` is an empty text: every document must hold some text.")
-        documents = [
-            torch.tensor(ids, dtype=torch.long) for ids in tokenizer(items, add_special_tokens=False)["input_ids"]
-        ]
-    elif isinstance(items, list) and any(isinstance(x, str) for x in items):
-        raise ValueError("`data` mixes texts and token ids: give one kind.")
-    else:
-        documents = as_sequences(items, "data")
-    if sources is None:
-        sources = [f"document {i}" for i in range(len(documents))]
-    else:
-        sources = [str(s) for s in sources]
-        if len(sources) != len(documents):
-            raise ValueError(f"`sources` has {len(sources)} labels for {len(documents)} documents.")
-    return documents, sources
+        self.documents = _document_stream(data, tokenizer)
+        self.model, self.sources = model, sources
+        self.counts = NgramCounts.empty((1, 2))
+        self.labels: list[str] = []
+        self.num_tokens = 0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        sources = None if self.sources is None else iter(self.sources)
+        for i, ids in enumerate(iter_sequences(self.documents, "data")):
+            check_vocabulary(ids, self.model, f"data[{i}]")
+            if sources is not None:
+                label = next(sources, None)
+                if label is None:
+                    raise ValueError(f"`sources` has {i} labels for more documents: give one label per document.")
+                self.labels.append(str(label))
+            self.counts.add(ids)
+            self.num_tokens += len(ids)
+            yield ids
+        if sources is not None and next(sources, None) is not None:
+            raise ValueError(f"`sources` has more labels than the {len(self.labels)} documents of `data`.")
+
+    def label(self, document: int) -> str:
+        return self.labels[document] if self.sources is not None else f"document {document}"
+
+    def distinct_labels(self, count: int, limit: int = 50) -> list[str] | None:
+        """The distinct labels of the `count` documents read, in order; None when there are more than `limit`."""
+        if self.sources is None:
+            return [self.label(i) for i in range(count)] if count <= limit else None
+        distinct = list(dict.fromkeys(self.labels))
+        return distinct if len(distinct) <= limit else None
 
 
 def _check_reference(model, tokenizer, reference_model, reference_tokenizer) -> None:
@@ -100,8 +177,7 @@ def _check_out(out) -> str | None:
     if not isinstance(out, (str, os.PathLike)):
         raise ValueError(f"`out` must be a folder path, got {type(out).__name__}.")
     out = os.fspath(out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"`out` {out!r} is a file: give a folder for the report.")
+    check_writable(out, "out")
     return out
 
 
@@ -112,8 +188,8 @@ def _log_count_mean(counts: np.ndarray) -> np.ndarray:
     return np.where(valid, logs, 0.0).sum(1) / np.maximum(valid.sum(1), 1)
 
 
-def _decode(tokenizer, ids: list[int]) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+def _decode(decode, ids: list[int]) -> str:
+    return decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
 def audit(
@@ -135,21 +211,32 @@ def audit(
     model_name: str | None = None,
     reference_name: str | None = None,
     show_progress: bool = True,
+    flush_every: int = 8,
 ) -> AuditReport:
     """Audit a model for memorization of `data`: extraction, signals and (with a reference) the calibrated CE score.
 
     Every document is cut into windows of `prefix_len + suffix_len` tokens, one every `stride` tokens; at most
-    `max_windows` of them are drawn (seeded, uniformly). Per window: greedy extraction of the suffix from the prefix
+    `max_windows` of them are drawn (seeded, uniformly: `hf_memory.extraction.sample_windows`). `data` is read once,
+    as a stream, and only the drawn windows and the n-gram table are held: a generator, a streamed `IterableDataset`
+    or files larger than memory work. Per window: greedy extraction of the suffix from the prefix
     (`measure_extraction`), the memorization signals of one forward pass (`memorization_signals`, with the n-gram
     counts of all of `data`), and with `reference_model` (e.g. the checkpoint before fine-tuning) its extraction of
     the same windows and the calibrated CE diagnostic (`ce_diagnostic(..., reference_model=...)`:
-    `loss_after - reference_loss`, lower = more likely trained on). Every argument is checked before any work.
+    `loss_after - reference_loss`, lower = more likely trained on). Every argument, and every document, is checked
+    before the model runs.
+
+    The windows are scored in chunks of `batch_size * flush_every`. With `out`, each finished chunk's rows are
+    written to `out/.partial/` at once: an audit that is interrupted (an exception, Ctrl-C, a killed process) and run
+    again with the same arguments scores only the chunks that are missing, and its report equals an uninterrupted
+    one's. A rerun with other settings, another model or other data into that folder is refused until
+    `out/.partial/` is deleted; the folder is removed once the report is written.
 
     Args:
         model: The causal language model to audit (a transformers `...ForCausalLM`), on the device to run on.
         tokenizer: The model's tokenizer: it tokenizes texts and decodes the windows shown in the report.
         data: The documents the model may have memorized (usually its fine-tuning data): texts, token id
-            sequences, or a `datasets.Dataset` with `input_ids` or `text`.
+            sequences, a `datasets.Dataset` or `IterableDataset` with `input_ids` or `text`, or any finite iterable
+            of texts or of id sequences (a generator: it is read once).
         reference_model: A model that did not train on `data`, with the same tokenizer (e.g. the base model); None
             skips the reference columns and the calibrated CE diagnostic.
         prefix_len: Tokens of each window given to the model.
@@ -161,26 +248,30 @@ def audit(
             nothing (`report.save(folder)` later).
         reference_tokenizer: The reference model's tokenizer, if loaded separately: checked to map tokens to the
             same ids.
-        sources: A label per document (a file name, `file:line`), shown in the report; None numbers them.
+        sources: A label per document (a file name, `file:line`), shown in the report, read alongside `data` (a
+            list or an iterable); None numbers them.
         batch_size: Windows per forward pass.
         ce_lr: Learning rate of the CE diagnostic's SGD step (> 0).
         seed: Seed of the window draw.
         top_k: How many of the most extracted windows the report shows with their text.
         model_name: The model's name in the report; None uses its config's `_name_or_path`.
         reference_name: The reference model's name in the report; None uses its config's `_name_or_path`.
-        show_progress: Show progress bars.
+        show_progress: Show a progress bar.
+        flush_every: Batches per chunk: with `out`, at most this many batches are scored again after an
+            interruption.
 
     Returns:
         The `AuditReport` (written to `out` when given).
 
     Raises:
         ValueError: If `data` is empty, holds an empty text or ids outside the vocabulary, no document has
-            `prefix_len + suffix_len` tokens, a number is out of range, `out` is a file, or `reference_model` has
-            another vocabulary.
+            `prefix_len + suffix_len` tokens, `sources` has another length, a number is out of range, `out` is a
+            file or cannot be written, `out/.partial/` holds an unfinished audit of other settings, another model or
+            other data, or `reference_model` has another vocabulary.
         ImportError: If `out` is given without matplotlib (the `plots` extra), or `reference_model` without the
             `analysis` extra.
 
-    Example:
+    Examples:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
         >>> from hf_memory.data import word_level_tokenizer
         >>> tok = word_level_tokenizer([str(i) for i in range(20)])
@@ -198,6 +289,7 @@ def audit(
     stride = check_integer(stride, "stride", minimum=1, allow_none=True) or length
     max_windows = check_integer(max_windows, "max_windows", minimum=1, allow_none=True)
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    flush_every = check_integer(flush_every, "flush_every", minimum=1)
     ce_lr = check_number(ce_lr, "ce_lr", minimum=0, exclusive_minimum=True)
     seed = check_integer(seed, "seed", minimum=0)
     top_k = check_integer(top_k, "top_k", minimum=0)
@@ -209,99 +301,9 @@ def audit(
         require_extra("plots", "The audit's HTML report")
     if reference_model is not None:
         require_extra("analysis", "The audit's calibrated CE diagnostic (`reference_model`)")
-    documents, sources = _documents(data, tokenizer, sources)
-    for i, doc in enumerate(documents):
-        check_vocabulary(doc, model, f"data[{i}]")
-    candidates = candidate_windows([len(d) for d in documents], length, stride)
-    if not candidates:
-        longest = max(len(d) for d in documents)
-        raise ValueError(
-            f"No document of `data` has prefix_len + suffix_len = {length} tokens (the longest has {longest}): "
-            "lower `prefix_len` / `suffix_len` or give longer documents."
-        )
-    positions = sample_windows(candidates, max_windows, seed)
-    windows = cut_windows(documents, positions, length)
-    if out is not None:
-        os.makedirs(out, exist_ok=True)
-
-    from ..analysis import memorization_signals, ngram_counts
-    from ..extraction import measure_extraction
-
-    result = measure_extraction(
-        model, windows, prefix_len, suffix_len, batch_size=batch_size, show_progress=show_progress
-    )
-    per_window = result.per_sample()
-    reference = None
-    if reference_model is not None:
-        reference = measure_extraction(
-            reference_model, windows, prefix_len, suffix_len, batch_size=batch_size, show_progress=show_progress
-        )
-    counts = ngram_counts(documents, n=(1, 2))
-    signals = memorization_signals(
-        model,
-        windows,
-        prefix_len,
-        suffix_len,
-        ngram_counts=counts,
-        hidden_states=False,
-        batch_size=batch_size,
-        show_progress=show_progress,
-    )
-    _, entropy = signals.boundary("entropy", BOUNDARY_WINDOW)
-    offsets, _ = signals.boundary("entropy", BOUNDARY_WINDOW)
-    entropy_prefix, entropy_suffix = entropy[:, offsets < 0].mean(1), entropy[:, offsets >= 0].mean(1)
-    suffix_columns = signals.ngram_offsets >= 0
-    unigram_suffix = _log_count_mean(signals.unigram[:, suffix_columns])
-    bigram_suffix = _log_count_mean(signals.bigram[:, suffix_columns])
-    diagnostic = None
-    if reference_model is not None:
-        from ..analysis import ce_diagnostic
-
-        diagnostic = ce_diagnostic(
-            model, windows, lr=ce_lr, reference_model=reference_model, show_progress=show_progress
-        )
-
-    rows = []
-    for i, (doc, start) in enumerate(positions):
-        ids = windows[i].tolist()
-        prefix, suffix = ids[:prefix_len], ids[prefix_len:]
-        prediction = result.predictions[i]
-        lcp = int(result.longest_common_prefix[i])
-        row = {
-            "window": i,
-            "document": doc,
-            "source": sources[doc],
-            "start": start,
-            "exact_match": bool(per_window["exact_match_per_sample"][i]),
-            "longest_common_prefix": lcp,
-            "memorization_score": float(per_window["memorization_score_per_sample"][i]),
-            "rouge_l": float(per_window["rouge_l_per_sample"][i]),
-            "reference_exact_match": None if reference is None else reference.longest_common_prefix[i] == suffix_len,
-            "reference_longest_common_prefix": None if reference is None else int(reference.longest_common_prefix[i]),
-            "confidence": float(signals.confidence[i]),
-            "true_prob": float(signals.true_prob[i]),
-            "logit_mean": float(signals.logit_mean[i]),
-            "logit_var": float(signals.logit_var[i]),
-            "entropy_prefix": float(entropy_prefix[i]),
-            "entropy_suffix": float(entropy_suffix[i]),
-            "entropy_jump": float(entropy_suffix[i] - entropy_prefix[i]),
-            "unigram_suffix": float(unigram_suffix[i]),
-            "bigram_suffix": float(bigram_suffix[i]),
-            "loss": None if diagnostic is None else diagnostic.loss[i],
-            "loss_after": None if diagnostic is None else diagnostic.loss_after[i],
-            "reference_loss": None if diagnostic is None else diagnostic.reference_loss[i],
-            "calibrated_loss": None if diagnostic is None else diagnostic.calibrated_loss[i],
-            "prefix_ids": prefix,
-            "suffix_ids": suffix,
-            "prediction_ids": prediction,
-            "prefix_text": _decode(tokenizer, prefix),
-            "suffix_text": _decode(tokenizer, suffix),
-            "prediction_text": _decode(tokenizer, prediction),
-            "reproduced_text": _decode(tokenizer, suffix[:lcp]),
-            "missed_text": _decode(tokenizer, suffix[lcp:]),
-            "diverged_text": _decode(tokenizer, prediction[lcp:]),
-        }
-        rows.append(row)
+    scan = _Scan(data, tokenizer, model, sources)
+    sample = sample_windows(scan, prefix_len, suffix_len, stride, max_windows, seed, name="data")
+    windows, positions = sample.windows, sample.index
     settings = {
         "prefix_len": prefix_len,
         "suffix_len": suffix_len,
@@ -315,21 +317,156 @@ def audit(
         "boundary_window": BOUNDARY_WINDOW,
         "top_k": top_k,
     }
+    model_info = _describe_model(model, model_name)
+    reference_info = None if reference_model is None else _describe_model(reference_model, reference_name)
+    labels = [scan.label(doc) for doc, _ in positions]
+    scorer = _ChunkScorer(model, tokenizer, reference_model, prefix_len, suffix_len, batch_size, ce_lr, scan.counts)
+    chunk = batch_size * flush_every
+    starts = range(0, len(windows), chunk)
+
+    def score(begin: int, bar) -> list[dict]:
+        return scorer(windows[begin : begin + chunk], positions[begin : begin + chunk], labels, begin, bar)
+
+    with tqdm(total=len(windows), desc="audit", unit="window", disable=not show_progress) as bar:
+        if out is None:
+            rows = [row for begin in starts for row in score(begin, bar)]
+        else:
+            manifest = {
+                "format": PARTIAL_FORMAT,
+                "settings": {**settings, "flush_every": flush_every},
+                "model": model_info,
+                "reference_model": reference_info,
+                "windows": _fingerprint(windows, positions, labels),
+            }
+            with PartialRows(os.path.join(out, PARTIAL_DIR), manifest) as partial:
+                for begin in starts:
+                    if partial.has(begin):
+                        bar.update(min(chunk, len(windows) - begin))
+                    else:
+                        partial.write(begin, score(begin, bar))
+                rows = partial.rows(list(starts))
     data_summary = {
-        "num_documents": len(documents),
-        "num_tokens": int(sum(len(d) for d in documents)),
-        "num_short_documents": sum(len(d) < length for d in documents),
-        "num_candidate_windows": len(candidates),
+        "num_documents": sample.num_sequences,
+        "num_tokens": scan.num_tokens,
+        "num_short_documents": sample.num_skipped,
+        "num_candidate_windows": sample.num_candidates,
         "num_windows": len(positions),
-        "sources": list(dict.fromkeys(sources)) if len(set(sources)) <= 50 else None,
+        "sources": scan.distinct_labels(sample.num_sequences),
     }
     report = AuditReport(
-        rows=rows,
-        settings=settings,
-        model=_describe_model(model, model_name),
-        reference_model=None if reference_model is None else _describe_model(reference_model, reference_name),
-        data=data_summary,
+        rows=rows, settings=settings, model=model_info, reference_model=reference_info, data=data_summary
     )
     if out is not None:
         report.save(out)
+        shutil.rmtree(os.path.join(out, PARTIAL_DIR), ignore_errors=True)
     return report
+
+
+def _fingerprint(windows: torch.Tensor, positions: list[tuple[int, int]], labels: list[str]) -> str:
+    """sha256 of the sampled windows, where they were cut and their documents' labels: a resumed audit must score
+    the same windows."""
+    digest = hashlib.sha256(windows.numpy().tobytes())
+    digest.update(json.dumps([positions, labels]).encode())
+    return digest.hexdigest()
+
+
+class _ChunkScorer:
+    """Every per-window number of the report for a chunk of windows: extraction (and the reference's), the signals
+    and, with a reference, the CE diagnostic. A chunk is a whole number of batches, so the numbers do not depend on
+    how the windows were chunked."""
+
+    def __init__(self, model, tokenizer, reference_model, prefix_len, suffix_len, batch_size, ce_lr, counts) -> None:
+        self.model, self.tokenizer, self.reference_model = model, tokenizer, reference_model
+        self.prefix_len, self.suffix_len, self.batch_size, self.ce_lr = prefix_len, suffix_len, batch_size, ce_lr
+        self.counts = counts
+
+    def __call__(self, windows: torch.Tensor, positions, labels: list[str], offset: int, bar) -> list[dict]:
+        from ..analysis import memorization_signals
+        from ..extraction import measure_extraction
+
+        prefix_len, suffix_len, batch_size = self.prefix_len, self.suffix_len, self.batch_size
+        bar.set_postfix_str("extraction")
+        result = measure_extraction(
+            self.model, windows, prefix_len, suffix_len, batch_size=batch_size, show_progress=False
+        )
+        per_window = result.per_sample()
+        reference = None
+        if self.reference_model is not None:
+            bar.set_postfix_str("reference extraction")
+            reference = measure_extraction(
+                self.reference_model, windows, prefix_len, suffix_len, batch_size=batch_size, show_progress=False
+            )
+        bar.set_postfix_str("signals")
+        signals = memorization_signals(
+            self.model,
+            windows,
+            prefix_len,
+            suffix_len,
+            ngram_counts=self.counts,
+            hidden_states=False,
+            batch_size=batch_size,
+            show_progress=False,
+        )
+        offsets, entropy = signals.boundary("entropy", BOUNDARY_WINDOW)
+        entropy_prefix, entropy_suffix = entropy[:, offsets < 0].mean(1), entropy[:, offsets >= 0].mean(1)
+        suffix_columns = signals.ngram_offsets >= 0
+        unigram_suffix = _log_count_mean(signals.unigram[:, suffix_columns])
+        bigram_suffix = _log_count_mean(signals.bigram[:, suffix_columns])
+        diagnostic = None
+        if self.reference_model is not None:
+            from ..analysis import ce_diagnostic
+
+            bar.set_postfix_str("CE diagnostic")
+            diagnostic = ce_diagnostic(
+                self.model, windows, lr=self.ce_lr, reference_model=self.reference_model, show_progress=False
+            )
+
+        decode = self.tokenizer.decode
+        rows = []
+        for i, (doc, start) in enumerate(positions):
+            ids = windows[i].tolist()
+            prefix, suffix = ids[:prefix_len], ids[prefix_len:]
+            prediction = result.predictions[i]
+            lcp = int(result.longest_common_prefix[i])
+            rows.append(
+                {
+                    "window": offset + i,
+                    "document": doc,
+                    "source": labels[offset + i],
+                    "start": start,
+                    "exact_match": bool(per_window["exact_match_per_sample"][i]),
+                    "longest_common_prefix": lcp,
+                    "memorization_score": float(per_window["memorization_score_per_sample"][i]),
+                    "rouge_l": float(per_window["rouge_l_per_sample"][i]),
+                    "reference_exact_match": None
+                    if reference is None
+                    else reference.longest_common_prefix[i] == suffix_len,
+                    "reference_longest_common_prefix": None
+                    if reference is None
+                    else int(reference.longest_common_prefix[i]),
+                    "confidence": float(signals.confidence[i]),
+                    "true_prob": float(signals.true_prob[i]),
+                    "logit_mean": float(signals.logit_mean[i]),
+                    "logit_var": float(signals.logit_var[i]),
+                    "entropy_prefix": float(entropy_prefix[i]),
+                    "entropy_suffix": float(entropy_suffix[i]),
+                    "entropy_jump": float(entropy_suffix[i] - entropy_prefix[i]),
+                    "unigram_suffix": float(unigram_suffix[i]),
+                    "bigram_suffix": float(bigram_suffix[i]),
+                    "loss": None if diagnostic is None else diagnostic.loss[i],
+                    "loss_after": None if diagnostic is None else diagnostic.loss_after[i],
+                    "reference_loss": None if diagnostic is None else diagnostic.reference_loss[i],
+                    "calibrated_loss": None if diagnostic is None else diagnostic.calibrated_loss[i],
+                    "prefix_ids": prefix,
+                    "suffix_ids": suffix,
+                    "prediction_ids": prediction,
+                    "prefix_text": _decode(decode, prefix),
+                    "suffix_text": _decode(decode, suffix),
+                    "prediction_text": _decode(decode, prediction),
+                    "reproduced_text": _decode(decode, suffix[:lcp]),
+                    "missed_text": _decode(decode, suffix[lcp:]),
+                    "diverged_text": _decode(decode, prediction[lcp:]),
+                }
+            )
+        bar.update(len(positions))
+        return rows

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -150,11 +151,13 @@ def run_audit(args: argparse.Namespace) -> dict:
         The audited model's headline metrics, as in `AuditReport.metrics`.
     """
     from ..auditing import audit
-    from ..data import load_token_sequences
+    from ..data import iter_token_sequences
     from ..models import load_model
 
     model, tokenizer = load_model(args.model, args.gguf_file)
-    sequences, sources = load_token_sequences(args.data, tokenizer, args.text_field)
+    # the files stream through the audit once; tee hands it the ids and the labels in step (it buffers one pair)
+    pairs, labels = itertools.tee(iter_token_sequences(args.data, tokenizer, args.text_field))
+    sequences, sources = (ids for ids, _ in pairs), (source for _, source in labels)
     reference = reference_tokenizer = None
     if args.reference_model is not None:
         reference, reference_tokenizer = load_model(args.reference_model, args.reference_gguf_file)
@@ -183,7 +186,8 @@ def run_audit(args: argparse.Namespace) -> dict:
     )
     metrics, reference_metrics = report.metrics, report.reference_metrics
     print(
-        f"\n{report.data['num_windows']} windows of {args.prefix}+{args.suffix} tokens from {len(sequences)} documents"
+        f"\n{report.data['num_windows']} windows of {args.prefix}+{args.suffix} tokens from "
+        f"{report.data['num_documents']} documents"
     )
     print(f"{'metric':<34}{'model':>10}" + (f"{'reference':>12}" if reference_metrics else ""))
     for key in ("exact_match", "half_suffix_rate", "longest_common_prefix", "memorization_score", "rouge_l"):
@@ -301,12 +305,23 @@ def run_measure(args: argparse.Namespace) -> dict:
     Raises:
         ValueError: If the data gives no documents or no document is long enough for one window.
     """
-    from ..data import load_token_sequences
+    from ..data import iter_token_sequences, load_token_sequences
     from ..extraction import measure_extraction
     from ..models import load_model
 
     model, tokenizer = load_model(args.model, args.gguf_file)
-    sequences, sources = load_token_sequences(args.data, tokenizer, args.text_field)
+    if args.out:  # the JSON lines name each window's source: the documents are read into memory
+        sequences, sources = load_token_sequences(args.data, tokenizer, args.text_field)
+        num_documents = len(sequences)
+    else:  # streamed: only the batch being scored is held (with --out-dir, the rows go to disk)
+        counted = [0]
+
+        def stream():
+            for ids, _ in iter_token_sequences(args.data, tokenizer, args.text_field):
+                counted[0] += 1
+                yield ids
+
+        sequences, num_documents = stream(), None
     result = measure_extraction(
         model,
         sequences,
@@ -319,7 +334,8 @@ def run_measure(args: argparse.Namespace) -> dict:
         output_dir=args.out_dir,
     )
     print(
-        f"\n{result.num_windows} windows of {args.prefix}+{args.suffix} tokens from {len(sequences)} documents "
+        f"\n{result.num_windows} windows of {args.prefix}+{args.suffix} tokens from "
+        f"{num_documents if num_documents is not None else counted[0]} documents "
         f"({result.num_skipped} too short, skipped)"
     )
     print(f"{'metric':<24}{'value':>10}")
