@@ -275,6 +275,7 @@ BAD_GENERATOR_ARGUMENTS = {
     "n_bool": ({"task": "connectivity", "n": True}, "`n` must be an integer"),
     "n_float": ({"task": "connectivity", "n": 2.0}, "`n` must be an integer"),
     "n_string": ({"task": "connectivity", "n": "5"}, "`n` must be an integer"),
+    "n_huge": ({"task": "connectivity", "n": np.int64(10**12)}, "`n` must be at most 100,000"),
     "seed_negative": ({"task": "connectivity", "seed": -1}, "`seed` must be an integer >= 0"),
     "too_small_for_connectivity": ({"task": "connectivity", "num_nodes": (2, 5)}, "too small"),
     "too_small_for_paths": ({"task": "shortest_path", "num_nodes": (1, 1)}, "2 <= smallest"),

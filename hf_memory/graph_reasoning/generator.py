@@ -51,6 +51,7 @@ NODE_RANGES = {"small": (3, 10), "large": (11, 25)}
 # Weights are drawn as integers in these ranges; "float" weights are tenths (1..100 -> 0.1..10.0).
 WEIGHT_RANGES = {"small_int": (1, 10), "large_int": (1, 100), "float": (1, 100)}
 _ATTEMPTS = 1000
+MAX_PROBLEMS = 100_000  # about a minute and 100 MB in memory; the paper's splits hold 500
 
 
 def _structure_graph(nx, count: int, structure: str, rng: np.random.Generator):
@@ -251,7 +252,7 @@ def generate_graph_problems(
         task: One of `GRAPH_TASKS`: "connectivity", "shortest_path", "topological_sort" or "max_flow".
         pattern: "semantic", "numeric" (weighted tasks only: "shortest_path" and "max_flow") or "structural".
         variant: One of `GRAPH_PATTERNS[pattern]`, e.g. "friendship", "float" or "large".
-        n: How many problems (an integer >= 1; numpy integers are accepted).
+        n: How many problems (an integer from 1 to `MAX_PROBLEMS`, 100,000; numpy integers are accepted).
         seed: The random seed (an integer >= 0).
         num_nodes: A (smallest, largest) node-count range instead of the variant's; not with the structural
             variants "small" and "large", which set it. Between the task's minimum (`MIN_NODES`) and 40.
@@ -264,7 +265,7 @@ def generate_graph_problems(
 
     Raises:
         ValueError: Naming the argument and its allowed values, for an unknown task, pattern or variant, a numeric
-            variant for an unweighted task, `n` or `seed` that is not a non-negative integer (`n` >= 1), or a
+            variant for an unweighted task, `n` or `seed` that is not a non-negative integer (`n` from 1 to `MAX_PROBLEMS`), or a
             node range too small for the task.
         ImportError: If networkx is missing (`pip install "hf-memory[graphs]"`).
 
@@ -288,6 +289,11 @@ def generate_graph_problems(
             f"({' or '.join(map(repr, WEIGHTED_TASKS))}), got {task!r}."
         )
     n = check_integer(n, "n", minimum=1, hint="the number of problems")
+    if n > MAX_PROBLEMS:
+        raise ValueError(
+            f"`n` must be at most {MAX_PROBLEMS:,} (one dataset is built in memory), got {n:,}: generate several "
+            "datasets with different seeds and `datasets.concatenate_datasets` them."
+        )
     seed = check_integer(seed, "seed", minimum=0)
     encoding, numeric, structure, node_range = _settings(pattern, variant)
     if num_nodes is not None:
