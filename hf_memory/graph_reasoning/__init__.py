@@ -3,7 +3,7 @@ recall surface patterns? A problem generator, an exact answer scorer (the `graph
 `evaluate.load(GRAPH_REASONING)`) and transfer reports between train and test patterns."""
 
 from ..metrics import GRAPH_REASONING
-from .generator import GRAPH_PATTERNS, GRAPH_TASKS, MIN_NODES, generate_graph_problems
+from .generator import GRAPH_PATTERNS, GRAPH_TASKS, MAX_PROBLEMS, MIN_NODES, generate_graph_problems
 from .scoring import graph_reasoning_scores, score_graph_answer
 from .transfer import TransferReport, mcnemar_exact, transfer_report
 
@@ -12,6 +12,7 @@ __all__ = [
     "GRAPH_PATTERNS",
     "GRAPH_REASONING",
     "GRAPH_TASKS",
+    "MAX_PROBLEMS",
     "MIN_NODES",
     "TransferReport",
     "generate_graph_problems",
