@@ -582,6 +582,12 @@ def test_example_small_mode_runs(tmp_path):
     assert len(summary["scaling"]["sizes"]) >= 3
     assert 0 <= summary["scaling"]["fit"]["r2"] <= 1
     assert summary["overwriting"]["sequential"]["a_after_a"]["total"] > 0
+    generalization = summary["generalization"]
+    assert generalization["held_out_rule"]["total"] > 0 and generalization["trained_rule"]["total"] > 0
+    paraphrase = summary["paraphrase"]
+    assert len(paraphrase["templates_3"]["known_by_template"]) == 3
+    assert paraphrase["templates_1_same_rows"]["epochs"] == 3 * paraphrase["templates_1"]["epochs"]
+    assert paraphrase["templates_3"]["known_in_every_template"] <= min(paraphrase["templates_3"]["known_by_template"])
 
 
 def test_callback_outside_a_trainer_asks_for_a_log_and_keeps_its_numbers():
@@ -596,3 +602,22 @@ def test_callback_outside_a_trainer_asks_for_a_log_and_keeps_its_numbers():
     callback.on_train_end(None, state, control)
     (entry,) = state.log_history
     assert entry["step"] == 3 and entry["fact_capacity"] == callback.history[0][1].count
+
+
+@pytest.mark.slow
+def test_lora_capacity_example_small_mode_agrees_with_peft(tmp_path):
+    from pathlib import Path
+
+    from tests.conftest import load_example
+
+    summary = load_example("fact_capacity_lora").main(["--small", "--output-dir", str(tmp_path)])
+    runs = summary["runs"]
+    assert [r["rank"] for r in runs] == [1, 2] and summary["facts"] <= 150
+    assert summary["capacity_before"] == summary["capacity_before_peft"]
+    for run in runs:  # the cached last-block computation is exact: PEFT's own fact_capacity counts the same facts
+        assert run["capacity"] == run["peft_capacity"] and run["disagreements"] == 0
+        assert run["trainable_params"] == run["rank"] * (1536 + 576)
+    counts = [summary["capacity_before"]] + [r["capacity"] for r in runs]
+    assert all(b >= a - 2 for a, b in zip(counts, counts[1:]))
+    assert (tmp_path / "summary.json").is_file()
+    assert summary["plots"] and all(Path(p).is_file() for p in summary["plots"])
