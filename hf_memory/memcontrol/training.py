@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,11 +47,45 @@ def default_noise_scheduler():
     return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 
 
-def _optimizer(model: nn.Module, lr: float) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
+def _check_steps(steps, batch_size, seed, max_grad_norm) -> tuple[int, int, int, float | None]:
+    """The arguments both inner loops share, checked."""
+    return (
+        check_integer(steps, "steps", minimum=1),
+        check_integer(batch_size, "batch_size", minimum=1),
+        check_integer(seed, "seed"),
+        check_number(max_grad_norm, "max_grad_norm", minimum=0, exclusive_minimum=True, allow_none=True),
+    )
+
+
+def _run_steps(
+    model: nn.Module,
+    lr: float,
+    steps: int,
+    seed: int,
+    max_grad_norm: float | None,
+    step_loss: Callable[[torch.Generator, torch.device], torch.Tensor],
+) -> list[float]:
+    """`steps` AdamW steps (lr `lr`, no weight decay) on the model's trainable parameters, in train mode, with the
+    loss `step_loss(generator, device)` of a batch it draws from the seeded generator; the model is left in eval
+    mode. Returns the loss of every step."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("The model has no trainable parameter: apply a MemControlMask first.")
-    return torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0), parameters
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    device = model_device(model)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = step_loss(generator, device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
 
 
 def train_unet(
@@ -81,33 +117,20 @@ def train_unet(
     Returns:
         The loss of every step.
     """
-    steps = check_integer(steps, "steps", minimum=1)
-    batch_size = check_integer(batch_size, "batch_size", minimum=1)
-    seed = check_integer(seed, "seed")
-    max_grad_norm = check_number(max_grad_norm, "max_grad_norm", minimum=0, exclusive_minimum=True, allow_none=True)
+    steps, batch_size, seed, max_grad_norm = _check_steps(steps, batch_size, seed, max_grad_norm)
     images, text = diffusion_data(train_data, "train_data")
     scheduler = noise_scheduler or default_noise_scheduler()
-    optimizer, parameters = _optimizer(model, mask.lr)
-    device = model_device(model)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    losses = []
-    for _ in range(steps):
+
+    def step_loss(generator: torch.Generator, device: torch.device) -> torch.Tensor:
         index = torch.randint(len(images), (batch_size,), generator=generator)
         batch = images[index]
         noise = torch.randn(batch.shape, generator=generator)
         timesteps = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
         noisy = scheduler.add_noise(batch, noise, timesteps)
         out = model(noisy.to(device), timesteps.to(device), encoder_hidden_states=text[index].to(device)).sample
-        loss = F.mse_loss(out.float(), noise.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-        optimizer.step()
-        losses.append(loss.item())
-    model.eval()
-    return losses
+        return F.mse_loss(out.float(), noise.to(device))
+
+    return _run_steps(model, mask.lr, steps, seed, max_grad_norm, step_loss)
 
 
 def lm_batch(sequences: list[torch.Tensor], device) -> dict[str, torch.Tensor]:
@@ -151,26 +174,11 @@ def train_causal_lm(
     Returns:
         The loss of every step.
     """
-    steps = check_integer(steps, "steps", minimum=1)
-    batch_size = check_integer(batch_size, "batch_size", minimum=1)
-    seed = check_integer(seed, "seed")
-    max_grad_norm = check_number(max_grad_norm, "max_grad_norm", minimum=0, exclusive_minimum=True, allow_none=True)
-    sequences = as_sequences(train_data, "train_data")
-    if not sequences:
-        raise ValueError("`train_data` holds no sequence.")
-    optimizer, parameters = _optimizer(model, mask.lr)
-    device = model_device(model)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    losses = []
-    for _ in range(steps):
+    steps, batch_size, seed, max_grad_norm = _check_steps(steps, batch_size, seed, max_grad_norm)
+    sequences = as_sequences(train_data, "train_data")  # raises on an empty `train_data`
+
+    def step_loss(generator: torch.Generator, device: torch.device) -> torch.Tensor:
         index = torch.randint(len(sequences), (batch_size,), generator=generator).tolist()
-        loss = model(**lm_batch([sequences[i] for i in index], device), use_cache=False).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-        optimizer.step()
-        losses.append(loss.item())
-    model.eval()
-    return losses
+        return model(**lm_batch([sequences[i] for i in index], device), use_cache=False).loss
+
+    return _run_steps(model, mask.lr, steps, seed, max_grad_norm, step_loss)
