@@ -168,6 +168,18 @@ def run_two_processes(script: str, out_path, *args) -> list:
         return json.load(f)
 
 
+def gather_to_json(mine: dict, out_path: str) -> None:
+    """In a `run_two_processes` script: gather every rank's `mine` and have rank 0 write the list to `out_path`
+    (what `run_two_processes` returns)."""
+    import torch.distributed as dist
+
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    if dist.get_rank() == 0:
+        with open(out_path, "w") as f:
+            json.dump(everyone, f)
+
+
 def leave_process_group() -> None:
     """End a `run_two_processes` script: wait for every rank, then exit without interpreter teardown.
 

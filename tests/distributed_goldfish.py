@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -10,7 +9,6 @@ import tempfile
 
 def main(out_path: str, strategy: str) -> None:
     import torch
-    import torch.distributed as dist
     from datasets import Dataset
 
     from hf_memory import GoldfishTrainingArguments, goldfish_mask
@@ -55,13 +53,9 @@ def main(out_path: str, strategy: str) -> None:
                 if "goldfish/dropped_fraction" in log
             ],
         }
-    everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
-    if rank == 0:
-        with open(out_path, "w") as f:
-            json.dump(everyone, f)
-    from tests.conftest import leave_process_group
+    from tests.conftest import gather_to_json, leave_process_group
 
+    gather_to_json(mine, out_path)
     leave_process_group()
 
 

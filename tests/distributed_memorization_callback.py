@@ -3,7 +3,6 @@ gradient accumulation, dump what each rank logged; rank 0 also saves the final w
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -11,7 +10,6 @@ import tempfile
 
 def main(out_path: str) -> None:
     import torch
-    import torch.distributed as dist
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
@@ -57,13 +55,9 @@ def main(out_path: str) -> None:
     }
     if rank == 0:
         torch.save(model.state_dict(), out_path + ".weights.pt")
-    everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
-    if rank == 0:
-        with open(out_path, "w") as f:
-            json.dump(everyone, f)
-    from tests.conftest import leave_process_group
+    from tests.conftest import gather_to_json, leave_process_group
 
+    gather_to_json(mine, out_path)
     leave_process_group()
 
 
