@@ -170,11 +170,13 @@ def _expected_trainable(model, paths, method):
     for name, _ in model.named_parameters():
         if not under(name):
             continue
-        if method == "full" and "lora_" not in name and "ia3_" not in name:
+        if method == "full" and "lora_" not in name and "ia3_" not in name and "svdiff_" not in name:
             expected.add(name)
         elif method == "lora" and "lora_" in name:
             expected.add(name)
         elif method == "scale_bias" and ("ia3_" in name or name.endswith(".bias") or name in norm_params):
+            expected.add(name)
+        elif method == "svdiff" and name.endswith(".parametrizations.weight.0.svdiff_delta"):
             expected.add(name)
     return expected
 
@@ -195,7 +197,7 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("method", ["lora", "full", "scale_bias"])
+@pytest.mark.parametrize("method", ["lora", "full", "scale_bias", "svdiff"])
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "unet"])
 def test_mask_trains_exactly_its_groups_for_every_group_and_method(kind, method):
     groups = maskable_groups(MODELS[kind]())
@@ -714,3 +716,177 @@ def test_attack_runs_a_diffusers_pipeline_with_seeded_generations():
     again = diffusion_extraction_attack(pipe, ["a red square"], training, 3, tile_grid=2, generation_kwargs=kwargs)
     assert first.training_distances == again.training_distances  # generation i always uses seed + i
     assert first.cluster_sizes[0] >= 1 and first.nearest_training[0] in (0, 1)
+
+
+# ---------------------------------------------------------------- SV-Diff (spectral shifts)
+
+
+def _shifts(model):
+    """Layer name -> its SV-Diff parametrization, for every layer that has one."""
+    from hf_memory.memcontrol.svdiff import SpectralShift
+
+    return {
+        name.removesuffix(".parametrizations.weight.0"): module
+        for name, module in model.named_modules()
+        if isinstance(module, SpectralShift)
+    }
+
+
+def _model_output(model, kind):
+    with torch.no_grad():
+        if kind == "unet":
+            data = unet_data(2)
+            return model(data["images"], torch.tensor([10, 700]), encoder_hidden_states=data["encoder_hidden_states"])
+        return model(lm_data(2, 10)).logits
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "unet"])
+def test_svdiff_at_zero_shift_is_bit_exact_and_adapts_every_layer_of_the_groups(kind):
+    model = MODELS[kind]().eval()
+    groups = maskable_groups(model)
+    selected = list(groups)[::2]
+    paths = [p for g in selected for p in groups[g]]
+    layers = set(_linears(model, paths))
+    weights = {name: model.get_submodule(name).weight.detach().clone() for name in layers}
+    reference = _model_output(model, kind)
+    mask = MemControlMask.for_model(model, selected, method="svdiff")
+    assert mask.to_peft_config(model) is None  # peft has no SV-Diff
+    model = mask.apply(model)
+    assert set(_shifts(model)) == layers  # every linear / conv layer of the selected groups, nothing else
+    output = _model_output(model, kind)
+    if kind == "unet":
+        reference, output = reference.sample, output.sample
+    assert torch.equal(output, reference)  # bit for bit, not just close
+    for name in layers:
+        assert torch.equal(model.get_submodule(name).weight, weights[name])
+        shift = _shifts(model)[name]
+        assert not shift.U.requires_grad and not shift.S.requires_grad and not shift.Vh.requires_grad
+        assert {n for n, _ in shift.named_buffers()} == {"U", "S", "Vh"}
+    if kind == "unet":  # the transformers' proj_in / proj_out are 1x1 convolutions
+        assert any(isinstance(model.get_submodule(name), nn.Conv2d) for name in layers)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [nn.Linear(6, 4), nn.Linear(7, 1), nn.Conv2d(3, 5, 3), nn.Conv1d(4, 2, 3), "gpt2_conv1d"],
+    ids=["linear", "linear_1xN", "conv2d", "conv1d", "gpt2_conv1d"],
+)
+def test_svdiff_shift_gives_u_relu_sigma_plus_delta_vt(layer):
+    from transformers.pytorch_utils import Conv1D
+
+    from hf_memory.memcontrol.svdiff import add_svdiff
+
+    torch.manual_seed(0)
+    if layer == "gpt2_conv1d":
+        layer = Conv1D(nf=5, nx=3)  # weight stored (in, out) = (3, 5)
+        nn.init.normal_(layer.weight)
+    model = nn.Sequential(layer)
+    weight = layer.weight.detach().clone()
+    transposed = isinstance(layer, Conv1D)
+    matrix = (weight.t() if transposed else weight.reshape(weight.shape[0], -1)).double()
+    add_svdiff(model, ["0"])
+    shift = _shifts(model)["0"]
+    rank = min(matrix.shape)
+    assert shift.svdiff_delta.shape == (rank,) and torch.equal(shift.svdiff_delta, torch.zeros(rank))
+    with torch.no_grad():
+        shift.svdiff_delta.copy_(torch.linspace(-3.0, 0.5, rank))  # the largest shifts push σ below 0: ReLU clamps
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)  # an independent float64 SVD
+    expected = u @ torch.diag(torch.relu(s + shift.svdiff_delta.double())) @ vh
+    expected = expected.t() if transposed else expected.reshape(weight.shape)
+    torch.testing.assert_close(layer.weight.double(), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(layer.weight, weight)
+    # and exactly W + U diag(ReLU(σ + δ) − σ) Vᵀ with the stored (float32) factors
+    update = (shift.U * (torch.relu(shift.S + shift.svdiff_delta) - shift.S)) @ shift.Vh
+    assert torch.equal(layer.weight, weight + (update.t() if transposed else update.reshape(weight.shape)))
+    torch.testing.assert_close(shift.U @ torch.diag(shift.S) @ shift.Vh, matrix.float(), atol=1e-5, rtol=1e-5)
+    assert torch.equal(layer.parametrizations.weight.original, weight)  # the original weight is kept, unchanged
+
+
+def test_svdiff_training_changes_only_the_selected_deltas():
+    model = tiny_causal_lm("llama")
+    mask = MemControlMask.for_model(model, ["model.layers.0.mlp", "model.layers.1.self_attn"], method="svdiff")
+    model = mask.apply(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(".svdiff_delta") for n in trainable)
+    assert {n.split(".parametrizations.")[0] for n in trainable} == {
+        *(f"model.layers.0.mlp.{p}_proj" for p in ("gate", "up", "down")),
+        *(f"model.layers.1.self_attn.{p}_proj" for p in "qkvo"),
+    }
+    before = {n: t.detach().clone() for n, t in itertools.chain(model.named_parameters(), model.named_buffers())}
+    _train_steps(model, "lm")
+    after = dict(itertools.chain(model.named_parameters(), model.named_buffers()))
+    changed = {n for n, t in after.items() if not torch.equal(t, before[n])}
+    assert changed == trainable  # every delta moved; weights, U, σ, V and everything else are bit-identical
+    layer = model.model.layers[0].mlp.up_proj
+    assert not torch.equal(layer.weight, layer.parametrizations.weight.original)  # the effective weight moved
+
+
+def test_svdiff_count_parameters_json_round_trip_and_refusals(tmp_path):
+    model = tiny_causal_lm("llama")
+    total = sum(p.numel() for p in model.parameters())
+    mask = MemControlMask.for_model(model, ["model.layers.0.mlp"], method="svdiff", lr=3e-4)
+    # gate/up: 32 x 16, down: 16 x 32 -> 16 singular values each
+    assert count_parameters(mask.apply(model)) == (3 * 16, total)
+    mask.save_pretrained(tmp_path)
+    loaded = MemControlMask.from_pretrained(tmp_path)
+    assert loaded == mask and loaded.method == "svdiff" and loaded.to_dict() == mask.to_dict()
+    fresh = loaded.apply(tiny_causal_lm("llama", seed=1))
+    assert {n for n, p in fresh.named_parameters() if p.requires_grad} == set(mask.trainable_names(model))
+    with pytest.raises(ValueError, match="already holds LoRA, IA3 or SV-Diff parameters"):
+        mask.apply(model)
+    with pytest.raises(ValueError, match="already holds LoRA, IA3 or SV-Diff parameters"):
+        MemControlMask.for_model(model, ["model.layers.1.mlp"]).apply(model)  # LoRA on top of SV-Diff
+    lora = MemControlMask.for_model(model, ["model.layers.1.mlp"]).apply(tiny_causal_lm("llama"))
+    with pytest.raises(ValueError, match="already holds LoRA"):
+        mask.apply(lora)  # SV-Diff on top of LoRA
+    with pytest.raises(ValueError, match="torch.nn.Module"):
+        mask.apply("model")
+
+
+def test_svdiff_runs_forward_backward_in_bf16_and_in_module_granularity():
+    model = tiny_causal_lm("gpt2").eval().to(torch.bfloat16)
+    reference = _model_output(model, "gpt2")
+    mask = MemControlMask.for_model(model, ["transformer.h.1.mlp.c_fc"], method="svdiff", granularity="module")
+    model = mask.apply(model)
+    assert torch.equal(_model_output(model, "gpt2"), reference)
+    shift = _shifts(model)["transformer.h.1.mlp.c_fc"]
+    assert shift.svdiff_delta.dtype == shift.U.dtype == torch.bfloat16 and shift.transposed
+    data = lm_data(2, 10)
+    model(input_ids=data, labels=data).loss.backward()
+    assert shift.svdiff_delta.grad is not None and shift.svdiff_delta.grad.abs().sum() > 0
+    # the adapted model's groups are still read correctly (GPT-2's Conv1D is now a ParametrizedConv1D)
+    assert list(maskable_groups(model, "module")) == list(maskable_groups(tiny_causal_lm("gpt2"), "module"))
+
+
+def test_svdiff_refuses_layers_it_cannot_decompose():
+    from hf_memory.memcontrol.svdiff import add_svdiff
+
+    with pytest.raises(ValueError, match="SV-Diff adapts linear and convolution layers"):
+        add_svdiff(nn.Sequential(nn.LayerNorm(3)), ["0"])
+    with pytest.raises(ValueError, match="has no module 'nope'"):
+        add_svdiff(nn.Sequential(nn.Linear(2, 2)), ["nope"])
+    with pytest.raises(ValueError, match="`targets` must be a list of module names"):
+        add_svdiff(nn.Sequential(nn.Linear(2, 2)), "0")
+    broken = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    with torch.no_grad():
+        broken[1].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="'1' holds NaN or infinite values"):
+        add_svdiff(broken, ["0", "1"])
+    assert not hasattr(broken[0], "parametrizations")  # checked before anything changed
+    normed = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match="already has a parametrization"):
+        add_svdiff(normed, ["0"])
+    quantized = nn.Sequential(nn.Linear(2, 2))
+    quantized[0].weight = nn.Parameter(torch.ones(2, 2, dtype=torch.int8), requires_grad=False)
+    with pytest.raises(ValueError, match="SV-Diff needs floating-point weights"):
+        add_svdiff(quantized, ["0"])
+
+
+def test_search_with_svdiff():
+    result = lm_search(n_trials=2, sampler="random", method="svdiff").run()
+    assert result.trials and all(t.mask.method == "svdiff" for t in result.trials)
+    assert all(t.peft_config is None and 0 < t.trainable_fraction < 0.05 for t in result.trials)
+    for trial in result.trials:
+        model = trial.mask.apply(tiny_causal_lm("llama"))
+        assert trial.trainable_parameters == count_parameters(model)[0]
+        assert all(np.isfinite(v) for v in trial.values.values())

@@ -8,6 +8,7 @@ from .groups import maskable_groups
 from .mask import MemControlMask, count_parameters
 from .objectives import causal_lm_loss, denoising_loss, extraction_rate, frechet_distance, noise_magnitude
 from .search import MemControlResult, MemControlSearch, MemControlTrial, hypervolume, pareto_front
+from .svdiff import SpectralShift, add_svdiff
 from .training import train_causal_lm, train_unet
 
 
@@ -17,6 +18,8 @@ __all__ = [
     "MemControlResult",
     "MemControlSearch",
     "MemControlTrial",
+    "SpectralShift",
+    "add_svdiff",
     "causal_lm_loss",
     "count_parameters",
     "denoising_loss",

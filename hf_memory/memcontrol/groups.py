@@ -17,7 +17,10 @@ def _is_adaptable(module: nn.Module) -> bool:
     """A leaf module a PEFT method can adapt: linear layers (and GPT-2's `Conv1D`) and convolutions, or a peft layer
     already wrapping one (its `base_layer`)."""
     module = getattr(module, "base_layer", module)
-    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or type(module).__name__ == "Conv1D"
+    # GPT-2's Conv1D, also once parametrized (torch then makes a subclass named ParametrizedConv1D)
+    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or any(
+        cls.__name__ == "Conv1D" for cls in type(module).__mro__
+    )
 
 
 def _inside_adapter(name: str) -> bool:

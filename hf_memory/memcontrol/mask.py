@@ -1,5 +1,5 @@
 """`MemControlMask`: which groups may learn, with which PEFT method and learning rate; applied to a model, or turned
-into the peft config that adapts exactly those groups."""
+into the peft config that adapts exactly those groups (SV-Diff has no peft config: `apply` adds it itself)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,16 @@ from torch import nn
 
 from .._utils import HubConfigMixin, check_choice, check_integer, check_number
 from .groups import GRANULARITIES, adaptable_modules, maskable_groups
+from .svdiff import SVDIFF_MARKER, add_svdiff
 
 
-METHODS = ("lora", "full", "scale_bias")
-_ADAPTER_MARKERS = {"lora": "lora_", "scale_bias": "ia3_"}
+METHODS = ("lora", "full", "scale_bias", "svdiff")
+_ADAPTER_MARKERS = {"lora": "lora_", "scale_bias": "ia3_", "svdiff": SVDIFF_MARKER}
+
+
+def _is_adapter(name: str) -> bool:
+    """Whether a parameter name belongs to an adapter (LoRA, IA3 or SV-Diff), not to the base model."""
+    return any(marker in name for marker in _ADAPTER_MARKERS.values())
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -43,12 +49,15 @@ class MemControlMask(HubConfigMixin):
     Methods: "lora" (a `peft.LoraConfig` whose `target_modules` are exactly the linear and convolution layers of the
     selected groups), "full" (every parameter of the selected groups, no adapter), "scale_bias" (DiffFit-style:
     learned per-channel scales on the outputs of the selected groups' linear layers, through peft's `IA3Config`,
-    plus the biases and the normalization parameters inside those groups).
+    plus the biases and the normalization parameters inside those groups), "svdiff" (SV-Diff, Han et al. 2023: one
+    learned shift per singular value of every linear and convolution layer of the selected groups, the weight
+    W = U diag(σ) Vᵀ becoming U diag(ReLU(σ + δ)) Vᵀ, see `memcontrol.svdiff.SpectralShift`; peft has no SV-Diff, so
+    `to_peft_config` gives None and `apply` adds the shifts itself).
 
     Args:
         groups: The names of all maskable groups, in order (the keys of `maskable_groups(model, granularity)`).
         bits: One 0/1 per group (booleans, numpy or torch scalars accepted); at least one must be 1.
-        method: "lora", "full" or "scale_bias".
+        method: "lora", "full", "scale_bias" or "svdiff".
         granularity: The `maskable_groups` granularity the group names come from: "block" or "module".
         lr: The learning rate of the fine-tuning run (the official search treats it as a searched hyper-parameter).
         lora_r: LoRA rank (method "lora").
@@ -70,7 +79,7 @@ class MemControlMask(HubConfigMixin):
 
     groups: list[str] = field(default_factory=list, metadata={"help": "all maskable group names, in order"})
     bits: list[int] = field(default_factory=list, metadata={"help": "one 0/1 per group; 1 = the group trains"})
-    method: str = field(default="lora", metadata={"help": "lora, full or scale_bias"})
+    method: str = field(default="lora", metadata={"help": "lora, full, scale_bias or svdiff"})
     granularity: str = field(default="block", metadata={"help": "block or module (see maskable_groups)"})
     lr: float = field(default=1e-4, metadata={"help": "learning rate of the fine-tuning run"})
     lora_r: int = field(default=4, metadata={"help": "LoRA rank"})
@@ -163,12 +172,13 @@ class MemControlMask(HubConfigMixin):
 
     def to_peft_config(self, model: nn.Module):
         """The peft config that adapts exactly the selected groups of `model`: a `LoraConfig` (method "lora") or an
-        `IA3Config` (method "scale_bias"; the biases and norms it also trains are set by `apply`); None for "full".
+        `IA3Config` (method "scale_bias"; the biases and norms it also trains are set by `apply`); None for "full"
+        (no adapter) and for "svdiff" (peft has no SV-Diff: `apply` registers the spectral shifts itself).
 
         Args:
             model: A model with the mask's groups.
         """
-        if self.method == "full":
+        if self.method in ("full", "svdiff"):
             return None
         targets = adaptable_modules(model, self.module_paths(model))
         fan_in_fan_out = any(type(model.get_submodule(t)).__name__ == "Conv1D" for t in targets)
@@ -187,7 +197,8 @@ class MemControlMask(HubConfigMixin):
         return IA3Config(target_modules=targets, feedforward_modules=[], fan_in_fan_out=fan_in_fan_out)
 
     def trainable_names(self, model: nn.Module) -> list[str]:
-        """The parameter names `apply` makes trainable in `model` (once adapted, for "lora" and "scale_bias").
+        """The parameter names `apply` makes trainable in `model` (once adapted, for "lora", "scale_bias" and
+        "svdiff").
 
         Args:
             model: The model, after `apply`.
@@ -218,8 +229,12 @@ class MemControlMask(HubConfigMixin):
         """Make exactly the mask's parameters of `model` trainable, in place, and return it.
 
         For "lora" and "scale_bias" the adapter is injected with `peft.inject_adapter_in_model` (module names stay
-        those of the base model); then every parameter is frozen except those of the selected groups that the method
-        trains. The model must not carry an adapter already.
+        those of the base model). For "svdiff" every linear and convolution layer of the selected groups gets a
+        `SpectralShift` parametrization of its `weight` (`torch.nn.utils.parametrize`): its original weight moves to
+        `<layer>.parametrizations.weight.original` (frozen), the shifts are
+        `<layer>.parametrizations.weight.0.svdiff_delta`, and U, σ, Vᵀ are buffers; with the shifts at 0 the model
+        computes exactly what it did before. Then every parameter is frozen except those of the selected groups that
+        the method trains. The model must not carry an adapter already.
 
         Args:
             model: The model (a fresh one of the architecture the mask was made for, for transfer).
@@ -228,13 +243,20 @@ class MemControlMask(HubConfigMixin):
             The same model object, adapted.
 
         Raises:
-            ValueError: If a selected group is not a group of `model`, or `model` already holds LoRA / IA3 layers.
+            ValueError: If a selected group is not a group of `model`, `model` already holds LoRA / IA3 / SV-Diff
+                parameters, or (for "svdiff") a layer's weight cannot be decomposed (see `add_svdiff`).
         """
-        if any("lora_" in name or "ia3_" in name for name, _ in model.named_parameters()):
-            raise ValueError("`model` already holds LoRA or IA3 parameters: apply a mask to an unadapted model.")
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+        if any(_is_adapter(name) for name, _ in model.named_parameters()):
+            raise ValueError(
+                "`model` already holds LoRA, IA3 or SV-Diff parameters: apply a mask to an unadapted model."
+            )
         paths = self.module_paths(model)  # before the adapter changes the module tree; also checks the groups
         config = self.to_peft_config(model)
-        if config is not None:
+        if self.method == "svdiff":
+            model = add_svdiff(model, adaptable_modules(model, paths))
+        elif config is not None:
             from peft import inject_adapter_in_model
 
             model = inject_adapter_in_model(config, model)
@@ -245,7 +267,8 @@ class MemControlMask(HubConfigMixin):
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable parameters, parameters of the base model): adapter weights count as trainable, not in the total.
+    """(trainable parameters, parameters of the base model): adapter weights (LoRA, IA3, SV-Diff shifts) count as
+    trainable, not in the total.
 
     Args:
         model: A model, adapted or not.
@@ -255,5 +278,5 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         (8, 8)
     """
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n and "ia3_" not in n)
+    total = sum(p.numel() for n, p in model.named_parameters() if not _is_adapter(n))
     return trainable, total

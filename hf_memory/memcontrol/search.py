@@ -100,9 +100,9 @@ class MemControlTrial:
         number: The Optuna trial number.
         mask: The mask (with its learning rate).
         values: Objective name -> value (lower is better).
-        trainable_parameters: Parameters the mask trains (adapter weights for LoRA / IA3).
+        trainable_parameters: Parameters the mask trains (adapter weights for LoRA / IA3, shifts for SV-Diff).
         trainable_fraction: `trainable_parameters` over the base model's parameters.
-        peft_config: The peft config adapting exactly the mask's groups (None for method "full").
+        peft_config: The peft config adapting exactly the mask's groups (None for methods "full" and "svdiff").
         cached: Whether the values were reused from an earlier evaluation of the same mask (no training ran).
     """
 
@@ -267,7 +267,7 @@ class MemControlSearch:
         storage: An Optuna storage URL ("sqlite:///path.db"), or None for an in-memory study.
         study_name: The study's name in `storage` (needed to resume); None: a generated name.
         seed: Seed of the sampler and of the default training runs.
-        method: The PEFT method of every mask: "lora", "full" or "scale_bias" (see `MemControlMask`).
+        method: The PEFT method of every mask: "lora", "full", "scale_bias" or "svdiff" (see `MemControlMask`).
         granularity: "block" or "module" (see `maskable_groups`).
         groups: The group names to search over (a subset of `maskable_groups(model, granularity)`, e.g. every
             fifth layer of a deep LM); the other groups stay frozen. None: every group.
