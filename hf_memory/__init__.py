@@ -126,6 +126,7 @@ _LAZY = {
         "graph_reasoning_scores",
         "mcnemar_exact",
         "score_graph_answer",
+        "shortcut_answers",
         "transfer_report",
     ],
 }
@@ -210,6 +211,7 @@ if TYPE_CHECKING:
         graph_reasoning_scores,
         mcnemar_exact,
         score_graph_answer,
+        shortcut_answers,
         transfer_report,
     )
     from .memcontrol import (

@@ -21,6 +21,7 @@ from hf_memory.graph_reasoning import (  # noqa: E402
     graph_reasoning_scores,
     mcnemar_exact,
     score_graph_answer,
+    shortcut_answers,
     transfer_report,
 )
 
@@ -628,6 +629,74 @@ def test_bad_thresholds(name, value):
 def test_mcnemar_refuses_unpaired_lists():
     with pytest.raises(ValueError, match="same items"):
         mcnemar_exact([1, 0], [1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Surface-pattern baselines
+
+
+def _connectivity_graph(edges, source, target, nodes=("a", "b", "c", "d")):
+    return json.dumps(
+        {"task": "connectivity", "nodes": list(nodes), "edges": edges, "source": source, "target": target}
+    )
+
+
+@pytest.mark.parametrize(
+    "edges, source, target, direct, endpoints",
+    [
+        ([["a", "b"]], "a", "b", "yes", "yes"),
+        ([["b", "a"]], "a", "b", "yes", "yes"),  # undirected: either order is the edge
+        ([["a", "c"], ["c", "b"]], "a", "b", "no", "yes"),  # connected through c, no direct edge
+        ([["a", "c"]], "a", "b", "no", "no"),  # b has no edge
+        ([], "a", "b", "no", "no"),
+        ([["c", "d"]], "a", "b", "no", "no"),
+    ],
+)
+def test_shortcut_rules_on_hand_built_graphs(edges, source, target, direct, endpoints):
+    graph = _connectivity_graph(edges, source, target)
+    assert shortcut_answers([graph]) == [f"The answer is {direct}."]
+    assert shortcut_answers([graph], rule="no_isolated_endpoint") == [f"The answer is {endpoints}."]
+    assert shortcut_answers([json.loads(graph)], rule="always_yes") == ["The answer is yes."]
+
+
+def test_direct_edge_rule_scores_far_above_chance_on_small_graphs_and_less_on_large_ones():
+    """The generator's small graphs put most connected pairs next to each other: the rule needs no path to score
+    high there, and the large-graph shift takes much of that away (the control documented next to tuned models)."""
+    accuracy = {}
+    for pattern, variant in (("semantic", "edge_list"), ("structural", "large")):
+        problems = generate_graph_problems("connectivity", pattern, variant, n=200, seed=5)
+        answers = shortcut_answers(problems["graph"])
+        scores = graph_reasoning_scores(answers, problems["graph"], return_per_sample=True)
+        assert scores["unparseable"] == 0.0
+        # the rule is never wrong on a "yes" it gives: a shared edge is a path
+        assert all(c for a, c in zip(answers, scores["correct"]) if a.endswith("yes."))
+        accuracy[variant] = scores["accuracy"]
+    assert accuracy["edge_list"] > 0.8
+    assert 0.55 < accuracy["large"] < accuracy["edge_list"] - 0.1
+    problems = generate_graph_problems("connectivity", "semantic", "edge_list", n=50, seed=5)
+    assert (
+        graph_reasoning_scores(shortcut_answers(problems["graph"], "always_yes"), problems["graph"])["accuracy"] == 0.5
+    )
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda g: shortcut_answers([g], rule="path"), "`rule` must be one of 'direct_edge'"),
+        (lambda g: shortcut_answers(g), "`references` must be a list"),
+        (lambda g: shortcut_answers([]), "`references` is empty"),
+        (lambda g: shortcut_answers(["{"]), "references\\[0\\]"),
+    ],
+)
+def test_bad_shortcut_inputs_name_the_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(_connectivity_graph([["a", "b"]], "a", "b"))
+
+
+def test_shortcut_rules_refuse_other_tasks():
+    problems = generate_graph_problems("shortest_path", "semantic", "edge_list", n=2, seed=0)
+    with pytest.raises(ValueError, match="connectivity problems only"):
+        shortcut_answers(problems["graph"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
