@@ -148,11 +148,18 @@ def run_scaling(config: dict, workers: int) -> dict:
     return analyse_scaling(config, sizes)
 
 
+def _inflection(counts) -> int:
+    """The index of the end of the epoch interval with the largest gain: the approach to saturation starts there."""
+    growth = [b - a for a, b in zip(counts, counts[1:])]
+    return 1 + growth.index(max(growth))
+
+
 def analyse_scaling(config: dict, sizes: list[dict]) -> dict:
     """The laws fitted to the sizes' curves: capacity at the last epoch against parameters, and the epoch curve of
     the middle size, on every point and from its inflection (the end of the epoch with the largest gain) on: before
     it a tiny model's curve is a slow start, flat and then accelerating, which a negative exponential cannot
-    follow; after it the curve approaches its limit."""
+    follow; after it the curve approaches its limit. Each size's own epoch law, fitted from its inflection, gives
+    its limit C*; the linear law is fitted to those limits too (`fit_on_limits`)."""
     from hf_memory.fact_scaling import fit_epoch_capacity, fit_linear_capacity, required_scale
 
     facts = scaling_fact_set(config["entities"], config["value_set"])
@@ -168,9 +175,22 @@ def analyse_scaling(config: dict, sizes: list[dict]) -> dict:
     middle = sizes[len(sizes) // 2]
     epochs, counts = zip(*middle["curve"])
     epoch_fit = fit_epoch_capacity(epochs, counts)
-    growth = [b - a for a, b in zip(counts, counts[1:])]
-    onset = 1 + growth.index(max(growth))  # the inflection: the approach to saturation starts here
+    onset = _inflection(counts)
     onset_fit = fit_epoch_capacity(epochs[onset:], counts[onset:]) if len(epochs) - onset >= 3 else None
+    # Each size's limit C* from its own epoch law (fitted from its inflection on): a capacity at saturation that
+    # the curve is heading to, extrapolated where the last epoch is still climbing; the size law fitted to those.
+    for size in sizes:
+        size_epochs, size_counts = zip(*size["curve"])
+        start = _inflection(size_counts)
+        try:
+            limit = fit_epoch_capacity(size_epochs[start:], size_counts[start:])
+        except ValueError:  # too few points after the inflection, or no fit (a smoke run)
+            size["limit"] = None
+            continue
+        size["limit"] = {"from_epoch": size_epochs[start], "c_max": limit.params["c_max"]}
+        size["limit"].update(c_max_ci=limit.ci["c_max"], r2=limit.r2)
+    limits = [s["limit"]["c_max"] if s["limit"] else None for s in sizes]
+    limit_fit = fit_linear_capacity(params, limits) if None not in limits else None
     scale = required_scale(100e6, fit, onset_fit or epoch_fit, fraction=0.95)  # ~Wikidata-sized: 100M facts
     return {
         "facts": len(facts),
@@ -183,6 +203,14 @@ def analyse_scaling(config: dict, sizes: list[dict]) -> dict:
             "ci": fit.ci,
             "r2": fit.r2,
             "bits_per_param": fit.params["slope"] * bits_per_fact,
+        },
+        "fit_on_limits": None
+        if limit_fit is None
+        else {
+            "params": limit_fit.params,
+            "ci": limit_fit.ci,
+            "r2": limit_fit.r2,
+            "bits_per_param": limit_fit.params["slope"] * bits_per_fact,
         },
         "epoch_fit": {"hidden": middle["hidden"], "params": epoch_fit.params, "ci": epoch_fit.ci, "r2": epoch_fit.r2},
         "epoch_fit_from_onset": None
@@ -406,8 +434,30 @@ def plot(summary: dict, folder: str) -> list[str]:
     grid = np.linspace(0, params.max() * 1.1, 50)
     fit = scaling["fit"]["params"]
     axes[0].plot(grid, fit["slope"] * grid + fit["intercept"], "-", label=f"linear fit, R²={scaling['fit']['r2']:.3f}")
-    axes[0].axhline(scaling["facts"], color="grey", ls=":", label="facts in the set")
-    axes[0].set(xlabel="non-embedding parameters", ylabel="facts known (greedy exact match)", title="capacity vs size")
+    limited = [s for s in scaling["sizes"] if s.get("limit")]
+    if limited and scaling.get("fit_on_limits"):
+        c_max = np.array([s["limit"]["c_max"] for s in limited])
+        ci = np.array([s["limit"]["c_max_ci"] for s in limited])
+        axes[0].errorbar(
+            [s["non_embedding_params"] for s in limited],
+            c_max,
+            yerr=[c_max - ci[:, 0], ci[:, 1] - c_max],
+            fmt="s",
+            capsize=3,
+            label="limit C* of each epoch curve (95% CI)",
+        )
+        lf = scaling["fit_on_limits"]
+        axes[0].plot(
+            grid, lf["params"]["slope"] * grid + lf["params"]["intercept"], "--", label=f"fit on C*, R²={lf['r2']:.3f}"
+        )
+    top = max(s["capacity"] for s in scaling["sizes"])
+    if scaling["facts"] < 1.5 * top:  # a far-away ceiling would squash the points
+        axes[0].axhline(scaling["facts"], color="grey", ls=":", label="facts in the set")
+    axes[0].set(
+        xlabel="non-embedding parameters",
+        ylabel="facts known (greedy exact match)",
+        title=f"capacity vs size ({scaling['facts']:,} facts in the set)",
+    )
     axes[0].legend(fontsize=8)
     for size in scaling["sizes"]:
         e, c = zip(*size["curve"])

@@ -581,6 +581,11 @@ def test_example_small_mode_runs(tmp_path):
     summary = load_example("fact_scaling").main(["--small", "--output-dir", str(tmp_path)])
     assert len(summary["scaling"]["sizes"]) >= 3
     assert 0 <= summary["scaling"]["fit"]["r2"] <= 1
+    # each size's epoch-law limit, or None where a smoke curve is too short to fit; the size law on the limits only
+    # when every size has one
+    limits = [size["limit"] for size in summary["scaling"]["sizes"]]
+    assert all(limit is None or limit["c_max_ci"][0] <= limit["c_max"] <= limit["c_max_ci"][1] for limit in limits)
+    assert (summary["scaling"]["fit_on_limits"] is None) == (None in limits)
     assert summary["overwriting"]["sequential"]["a_after_a"]["total"] > 0
     generalization = summary["generalization"]
     assert generalization["held_out_rule"]["total"] > 0 and generalization["trained_rule"]["total"] > 0
