@@ -105,6 +105,14 @@ def _parse_number(text: str):
     return _as_number(found[-1]) if found else None
 
 
+def _check_problem_list(column, name: str) -> None:
+    """One entry per problem: a non-empty list (or any sized sequence that is not a string or a dict)."""
+    if isinstance(column, (str, bytes, Mapping)) or not hasattr(column, "__len__"):
+        raise ValueError(f"`{name}` must be a list, one entry per problem, got {type(column).__name__}.")
+    if len(column) == 0:
+        raise ValueError(f"`{name}` is empty: pass at least one problem.")
+
+
 def _graph_record(graph, label: str) -> dict:
     """The `graph` JSON (a string or an already-parsed dict), checked enough that scoring cannot fail later."""
     if isinstance(graph, str):
@@ -259,11 +267,8 @@ def graph_reasoning_scores(
     if not isinstance(return_per_sample, bool):
         raise ValueError(f"`return_per_sample` must be True or False, got {return_per_sample!r}.")
     flow_tolerance = check_number(flow_tolerance, "flow_tolerance", minimum=0.0)
-    for name, column in (("predictions", predictions), ("references", references)):
-        if isinstance(column, (str, bytes, Mapping)) or not hasattr(column, "__len__"):
-            raise ValueError(f"`{name}` must be a list, one entry per problem, got {type(column).__name__}.")
-        if len(column) == 0:
-            raise ValueError(f"`{name}` is empty: pass at least one problem.")
+    _check_problem_list(predictions, "predictions")
+    _check_problem_list(references, "references")
     if len(predictions) != len(references):
         raise ValueError(
             f"`predictions` and `references` must have the same length, got {len(predictions)} and {len(references)}."

@@ -3,10 +3,8 @@ answers, they show how far a pattern alone goes on a split, and so what a tuned 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from .._utils import check_choice
-from .scoring import _graph_record
+from .scoring import _check_problem_list, _graph_record
 
 
 SHORTCUT_RULES = ("direct_edge", "no_isolated_endpoint", "always_yes")
@@ -42,10 +40,7 @@ def shortcut_answers(references, rule: str = "direct_edge") -> list[str]:
         (['The answer is yes.'], ['The answer is yes.'])
     """
     check_choice(rule, "rule", SHORTCUT_RULES)
-    if isinstance(references, (str, bytes, Mapping)) or not hasattr(references, "__len__"):
-        raise ValueError(f"`references` must be a list of `graph` JSON strings, got {type(references).__name__}.")
-    if len(references) == 0:
-        raise ValueError("`references` is empty: pass at least one problem.")
+    _check_problem_list(references, "references")
     records = [_graph_record(graph, f"references[{i}]") for i, graph in enumerate(references)]
     for i, record in enumerate(records):
         if record["task"] != "connectivity":

@@ -13,14 +13,17 @@ _ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _FFN_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe")
 
 
+def _is_gpt2_conv1d(module: nn.Module) -> bool:
+    """transformers' GPT-2 `Conv1D` (a linear layer storing its weight as (in, out)), also once parametrized (torch
+    then makes a subclass named ParametrizedConv1D)."""
+    return any(cls.__name__ == "Conv1D" for cls in type(module).__mro__)
+
+
 def _is_adaptable(module: nn.Module) -> bool:
     """A leaf module a PEFT method can adapt: linear layers (and GPT-2's `Conv1D`) and convolutions, or a peft layer
     already wrapping one (its `base_layer`)."""
     module = getattr(module, "base_layer", module)
-    # GPT-2's Conv1D, also once parametrized (torch then makes a subclass named ParametrizedConv1D)
-    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or any(
-        cls.__name__ == "Conv1D" for cls in type(module).__mro__
-    )
+    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or _is_gpt2_conv1d(module)
 
 
 def _inside_adapter(name: str) -> bool:

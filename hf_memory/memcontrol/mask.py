@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .._utils import HubConfigMixin, check_choice, check_integer, check_number
-from .groups import GRANULARITIES, adaptable_modules, maskable_groups
+from .groups import GRANULARITIES, _is_gpt2_conv1d, adaptable_modules, maskable_groups
 from .svdiff import SVDIFF_MARKER, add_svdiff
 
 
@@ -181,7 +181,7 @@ class MemControlMask(HubConfigMixin):
         if self.method in ("full", "svdiff"):
             return None
         targets = adaptable_modules(model, self.module_paths(model))
-        fan_in_fan_out = any(type(model.get_submodule(t)).__name__ == "Conv1D" for t in targets)
+        fan_in_fan_out = any(_is_gpt2_conv1d(model.get_submodule(t)) for t in targets)
         if self.method == "lora":
             from peft import LoraConfig
 

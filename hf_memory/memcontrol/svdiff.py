@@ -8,19 +8,16 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .groups import _is_gpt2_conv1d
+
 
 SVDIFF_MARKER = "svdiff_"
 """Every parameter SV-Diff adds has this in its name (the shifts are `...parametrizations.weight.0.svdiff_delta`)."""
 
 
-def _is_transposed(module: nn.Module) -> bool:
-    """Whether the layer stores its weight as (in, out): transformers' GPT-2 `Conv1D`."""
-    return any(cls.__name__ == "Conv1D" for cls in type(module).__mro__)  # also once another tensor is parametrized
-
-
 def _check_layer(module: nn.Module, name: str) -> torch.Tensor:
     """The layer's weight, checked: a finite, non-empty float parameter of a linear or convolution layer."""
-    if not (isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or _is_transposed(module)):
+    if not (isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or _is_gpt2_conv1d(module)):
         raise ValueError(
             "SV-Diff adapts linear and convolution layers (nn.Linear, nn.Conv1d/2d/3d, transformers' Conv1D); "
             f"{name!r} is a {type(module).__name__}."
@@ -115,14 +112,5 @@ def add_svdiff(model: nn.Module, targets: list[str]) -> nn.Module:
             seen.add(id(module))
             layers.append((module, _check_layer(module, name)))
     for module, weight in layers:
-        parametrize.register_parametrization(module, "weight", SpectralShift(weight, _is_transposed(module)))
+        parametrize.register_parametrization(module, "weight", SpectralShift(weight, _is_gpt2_conv1d(module)))
     return model
-
-
-def has_svdiff(model: nn.Module) -> bool:
-    """Whether `model` already carries SV-Diff shifts (a parameter named with `svdiff_`).
-
-    Args:
-        model: The model.
-    """
-    return any(SVDIFF_MARKER in name for name, _ in model.named_parameters())
