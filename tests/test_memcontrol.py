@@ -22,6 +22,7 @@ from hf_memory.memcontrol import (
     diffusion_extraction_attack,
     extraction_rate,
     frechet_distance,
+    generated_fid,
     hypervolume,
     maskable_groups,
     noise_magnitude,
@@ -570,6 +571,42 @@ def test_result_json_round_trip_and_transfer(tmp_path):
     assert count_parameters(fresh)[0] == best.trainable_parameters
 
 
+@pytest.mark.parametrize("loop", ["unet", "causal_lm"])
+def test_inner_loops_follow_the_learning_rate_schedule(loop, monkeypatch):
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+
+    def run(**kwargs):
+        seen.clear()
+        if loop == "unet":
+            model = tiny_unet()
+            mask = MemControlMask.for_model(model, list(maskable_groups(model))[:1], method="full", lr=0.1)
+            train_unet(model, unet_data(), mask, steps=4, batch_size=2, **kwargs)
+        else:
+            model = tiny_causal_lm("llama")
+            mask = MemControlMask.for_model(model, list(maskable_groups(model))[:1], method="full", lr=0.1)
+            train_causal_lm(model, lm_data(), mask, steps=4, batch_size=2, **kwargs)
+        return list(seen)
+
+    assert run() == [0.1] * 4  # "constant", the default: what the loops always did
+    assert run(lr_scheduler="linear") == pytest.approx([0.1, 0.075, 0.05, 0.025])
+    assert run(lr_scheduler="cosine", warmup_steps=2) == pytest.approx([0.0, 0.05, 0.1, 0.05])
+    assert run(lr_scheduler="constant_with_warmup", warmup_steps=1) == pytest.approx([0.0, 0.1, 0.1, 0.1])
+    with pytest.raises(ValueError, match="`lr_scheduler` must be one of"):
+        run(lr_scheduler="one_cycle")
+    with pytest.raises(ValueError, match="`warmup_steps` must be below `steps`=4"):
+        run(lr_scheduler="cosine", warmup_steps=4)
+    with pytest.raises(ValueError, match="'constant' has no warm-up"):
+        run(warmup_steps=1)
+    assert seen == []  # refused before any step
+
+
 def test_search_on_a_unet_with_the_diffusion_objectives():
     data = unet_data(6)
     search = MemControlSearch(
@@ -616,6 +653,10 @@ def test_search_refuses_bad_input_before_any_training(tmp_path):
         lm_search(n_trials=0, train_fn=never)
     with pytest.raises(ValueError, match="`method` must be one of"):
         lm_search(method="sv_diff", train_fn=never)
+    with pytest.raises(ValueError, match="`lr_scheduler` must be one of"):
+        lm_search(lr_scheduler="step")
+    with pytest.raises(ValueError, match="`warmup_steps` must be below `steps`=2"):
+        lm_search(lr_scheduler="cosine", warmup_steps=5)
     with pytest.raises(ValueError, match="'noise_magnitude' objective needs"):
         MemControlSearch(tiny_unet, {"images": torch.zeros(2, 3, 8, 8), "encoder_hidden_states": torch.zeros(2, 4, 8)},
                          unet_data(2), train_fn=never)  # fmt: skip
@@ -690,14 +731,14 @@ def test_evaluating_a_mask_twice_gives_the_same_values_whatever_the_global_seed(
     assert search.evaluate(mask) == first
 
 
-def test_attack_runs_a_diffusers_pipeline_with_seeded_generations():
+def tiny_pipeline(unet=None):
+    """A pixel-space StableDiffusionPipeline around `tiny_unet()` with a tiny local CLIP text encoder (no VAE)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     from hf_memory.data import word_level_tokenizer
 
-    tokenizer = word_level_tokenizer(["a", "red", "square"], max_length=8)
-    from transformers import CLIPTextConfig, CLIPTextModel
-
+    tokenizer = word_level_tokenizer(["a", "red", "blue", "square"], max_length=8)
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
@@ -705,17 +746,128 @@ def test_attack_runs_a_diffusers_pipeline_with_seeded_generations():
                        eos_token_id=2)
     ).eval()  # fmt: skip
     pipe = StableDiffusionPipeline(
-        vae=None, text_encoder=text_encoder, tokenizer=tokenizer, unet=tiny_unet(), scheduler=DDIMScheduler(),
+        vae=None, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet or tiny_unet(), scheduler=DDIMScheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
-    # without a VAE the pipeline assumes a scale factor of 8: 64 x 64 "pixels" are 8 x 8 latents, the UNet's size
-    kwargs = {"num_inference_steps": 2, "guidance_scale": 1.0, "height": 64, "width": 64, "output_type": "latent"}
+    return pipe
+
+
+# without a VAE the pipeline assumes a scale factor of 8: 64 x 64 "pixels" are 8 x 8 latents, the UNet's size
+TINY_GENERATION = {"num_inference_steps": 2, "guidance_scale": 1.0, "height": 64, "width": 64, "output_type": "latent"}
+
+
+def test_attack_runs_a_diffusers_pipeline_with_seeded_generations():
+    pipe = tiny_pipeline()
+    kwargs = TINY_GENERATION
     training = torch.rand(2, 3, 8, 8)
     first = diffusion_extraction_attack(pipe, ["a red square"], training, 3, tile_grid=2, generation_kwargs=kwargs)
     again = diffusion_extraction_attack(pipe, ["a red square"], training, 3, tile_grid=2, generation_kwargs=kwargs)
     assert first.training_distances == again.training_distances  # generation i always uses seed + i
     assert first.cluster_sizes[0] >= 1 and first.nearest_training[0] in (0, 1)
+
+
+# ---------------------------------------------------------------- FID of generations (the "fid" objective)
+
+
+def _fid_kwargs(pipe, **overrides):
+    kwargs = {
+        "pipeline": pipe,
+        "prompts": ["a red square", "a blue square"],
+        "reference_images": torch.rand(12, 3, 8, 8, generator=torch.Generator().manual_seed(3)),
+        "feature_extractor": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),  # 3 features: mean colour
+        "n_per_prompt": 4,
+        "generation_kwargs": TINY_GENERATION,
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
+def test_generated_fid_is_the_frechet_distance_of_the_models_generations_and_puts_the_unet_back():
+    pipe = tiny_pipeline()
+    own_unet = pipe.unet
+    model = tiny_unet(seed=5).train()
+    kwargs = _fid_kwargs(pipe)
+    value = generated_fid(model, **kwargs)
+    assert pipe.unet is own_unet and model.training  # the pipeline's UNet and the model's mode are restored
+    assert generated_fid(model, **kwargs) == value  # seeded generations
+    # the same images by hand: the model in the pipeline, generation i of each prompt from seed i, [-1, 1] -> [0, 1]
+    hand = tiny_pipeline(unet=tiny_unet(seed=5))
+    images = []
+    for prompt in kwargs["prompts"]:
+        generators = [torch.Generator().manual_seed(i) for i in range(4)]
+        out = hand([prompt] * 4, generator=generators, **TINY_GENERATION).images
+        images.append(((torch.as_tensor(out) + 1) / 2).clamp(0, 1))
+    expected = frechet_distance(torch.cat(images), kwargs["reference_images"], kwargs["feature_extractor"])
+    assert value == pytest.approx(expected, rel=1e-6)
+    assert generated_fid(tiny_unet(seed=6), **kwargs) != pytest.approx(value, rel=1e-3)  # another model, another FID
+
+
+def test_generated_fid_restores_the_pipeline_on_an_interrupt_and_refuses_to_share_it():
+    from hf_memory._utils import exclusive
+
+    pipe = tiny_pipeline()
+    own_unet = pipe.unet
+    broken = tiny_unet(seed=5)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    broken.forward = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        generated_fid(broken, **_fid_kwargs(pipe))
+    assert pipe.unet is own_unet
+    with exclusive(pipe, "another call"):  # e.g. a second thread scoring with the same pipeline
+        with pytest.raises(RuntimeError, match="another call is already doing so"):
+            generated_fid(tiny_unet(seed=5), **_fid_kwargs(pipe))
+    assert pipe.unet is own_unet
+    assert generated_fid(tiny_unet(seed=5), **_fid_kwargs(pipe)) > 0  # and the pipeline is free again
+
+
+def test_generated_fid_bad_input():
+    pipe = tiny_pipeline()
+    model = tiny_unet()
+    cases = [
+        ({"pipeline": lambda prompt: None}, "`pipeline` must be a diffusers text-to-image pipeline"),
+        ({"prompts": "a red square"}, "`prompts` must be a non-empty list of strings"),
+        ({"prompts": []}, "`prompts` must be a non-empty list of strings"),
+        ({"reference_images": torch.rand(1, 3, 8, 8)}, "`reference_images` must be a"),
+        ({"feature_extractor": lambda x: x}, "`feature_extractor` must be a torch.nn.Module"),
+        ({"n_per_prompt": 0}, "`n_per_prompt`"),
+        ({"generation_kwargs": [("height", 64)]}, "`generation_kwargs` must be a dict"),
+        ({"prompts": ["a red square"], "n_per_prompt": 1}, "at least 2 generated images"),
+        ({"reference_images": torch.rand(4, 3, 16, 16)}, "generate at the reference size"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ValueError, match=message):
+            generated_fid(model, **_fid_kwargs(pipe, **overrides))
+    with pytest.raises(ValueError, match="`model` must be a torch.nn.Module"):
+        generated_fid("unet", **_fid_kwargs(pipe))
+
+
+def test_search_takes_fid_by_name_and_checks_its_arguments_before_training():
+    def never(model, data, mask):
+        raise AssertionError("trained")
+
+    pipe = tiny_pipeline()
+    fid = _fid_kwargs(pipe)
+    search = MemControlSearch(
+        tiny_unet, unet_data(4), unet_data(2, seed=1), objectives=["noise_magnitude", "fid"], n_trials=1,
+        sampler="random", train_steps=1, batch_size=2, objective_kwargs={"fid": fid}, show_progress=False,
+    )  # fmt: skip
+    model = tiny_unet(seed=7)
+    assert search.objectives["fid"](model) == generated_fid(model, **fid)
+    result = search.run()
+    assert result.objective_names == ["noise_magnitude", "fid"] and result.trials[0].values["fid"] > 0
+    with pytest.raises(ValueError, match=r"missing: \['reference_images', 'feature_extractor'\]"):
+        MemControlSearch(tiny_unet, unet_data(4), unet_data(2), objectives=["denoising_loss", "fid"], train_fn=never,
+                         objective_kwargs={"fid": {"pipeline": pipe, "prompts": ["a"]}})  # fmt: skip
+    with pytest.raises(ValueError, match=r"unknown keys \['steps'\]"):
+        MemControlSearch(tiny_unet, unet_data(4), unet_data(2), objectives=["denoising_loss", "fid"], train_fn=never,
+                         objective_kwargs={"fid": {**fid, "steps": 3}})  # fmt: skip
+    with pytest.raises(ValueError, match="`n_per_prompt`"):
+        MemControlSearch(tiny_unet, unet_data(4), unet_data(2), objectives=["denoising_loss", "fid"], train_fn=never,
+                         objective_kwargs={"fid": {**fid, "n_per_prompt": -1}})  # fmt: skip
 
 
 # ---------------------------------------------------------------- SV-Diff (spectral shifts)

@@ -6,7 +6,14 @@ extraction attack for diffusion models (`diffusion_extraction_attack`)."""
 from .attack import ExtractionAttackResult, diffusion_extraction_attack, tile_distance
 from .groups import maskable_groups
 from .mask import MemControlMask, count_parameters
-from .objectives import causal_lm_loss, denoising_loss, extraction_rate, frechet_distance, noise_magnitude
+from .objectives import (
+    causal_lm_loss,
+    denoising_loss,
+    extraction_rate,
+    frechet_distance,
+    generated_fid,
+    noise_magnitude,
+)
 from .search import MemControlResult, MemControlSearch, MemControlTrial, hypervolume, pareto_front
 from .svdiff import SpectralShift, add_svdiff
 from .training import train_causal_lm, train_unet
@@ -26,6 +33,7 @@ __all__ = [
     "diffusion_extraction_attack",
     "extraction_rate",
     "frechet_distance",
+    "generated_fid",
     "hypervolume",
     "maskable_groups",
     "noise_magnitude",

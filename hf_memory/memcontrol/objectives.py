@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._utils import as_sequences, check_choice, check_integer, eval_mode, model_device
+from .._utils import as_sequences, check_choice, check_integer, eval_mode, exclusive, model_device
+from .attack import _sampler_from_pipeline
 from .training import default_noise_scheduler, diffusion_data, lm_batch
 
 
@@ -170,6 +171,93 @@ def frechet_distance(generated: torch.Tensor, reference: torch.Tensor, feature_e
     metric.update(reference.float(), real=True)
     metric.update(generated.float(), real=False)
     return float(metric.compute())
+
+
+def _check_fid_arguments(
+    pipeline, prompts, reference_images, feature_extractor, n_per_prompt, seed, generation_kwargs
+):
+    """`generated_fid`'s argument checks (also run by the search before any training); returns (n_per_prompt, seed)."""
+    if not hasattr(pipeline, "unet") or not callable(pipeline):
+        raise ValueError(
+            "`pipeline` must be a diffusers text-to-image pipeline with a `unet` (e.g. StableDiffusionPipeline)."
+        )
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("`prompts` must be a non-empty list of strings.")
+    if not isinstance(reference_images, torch.Tensor) or reference_images.ndim != 4 or len(reference_images) < 2:
+        raise ValueError("`reference_images` must be a (M, C, H, W) tensor of at least 2 images in [0, 1].")
+    if not isinstance(feature_extractor, nn.Module):
+        raise ValueError(f"`feature_extractor` must be a torch.nn.Module, got {type(feature_extractor).__name__}.")
+    n_per_prompt = check_integer(n_per_prompt, "n_per_prompt", minimum=1)
+    seed = check_integer(seed, "seed")
+    if generation_kwargs is not None and not isinstance(generation_kwargs, dict):
+        raise ValueError(f"`generation_kwargs` must be a dict or None, got {type(generation_kwargs).__name__}.")
+    if len(prompts) * n_per_prompt < 2:
+        raise ValueError("`prompts` × `n_per_prompt` must give at least 2 generated images.")
+    return n_per_prompt, seed
+
+
+def generated_fid(
+    model: nn.Module,
+    pipeline,
+    prompts,
+    reference_images: torch.Tensor,
+    feature_extractor: nn.Module,
+    n_per_prompt: int = 4,
+    seed: int = 0,
+    generation_kwargs: dict | None = None,
+) -> float:
+    """FID of the images a text-to-image pipeline generates with `model` as its UNet, against reference images, in
+    your feature network's space (`frechet_distance`): MemControl's quality objective. The search calls it as
+    `objectives=[..., "fid"]` with `objective_kwargs={"fid": {"pipeline": ..., "prompts": ..., ...}}`.
+
+    Generation `i` of every prompt uses seed `seed + i`, so two calls on the same model give the same number. The
+    pipeline's own UNet is put back on every exit path (an exception or Ctrl-C included), and two calls cannot share
+    one pipeline at once.
+
+    Args:
+        model: The fine-tuned UNet, swapped into `pipeline` for the generations.
+        pipeline: A diffusers text-to-image pipeline (e.g. `StableDiffusionPipeline`) whose `unet` attribute the
+            model replaces while it generates.
+        prompts: The prompts to generate from (e.g. held-out captions), a non-empty list of strings.
+        reference_images: (M, C, H, W) real images in [0, 1] at the generations' size.
+        feature_extractor: A module mapping a batch of images in [0, 1] to (batch, d) features; each side needs at
+            least d + 1 images for a full-rank covariance.
+        n_per_prompt: Generations per prompt.
+        seed: Seed of the first generation of every prompt.
+        generation_kwargs: Extra keyword arguments of the pipeline call (steps, guidance, size); with
+            `output_type="latent"` a pixel-space pipeline's outputs in [-1, 1] are mapped to [0, 1].
+
+    Returns:
+        The Fréchet distance (lower is better).
+
+    Raises:
+        ValueError: Before any generation, if `pipeline` has no `unet`, `prompts` is empty or not strings,
+            `reference_images` is not a 4-D tensor of at least 2 images, or a count is out of range.
+        RuntimeError: If another call is using `pipeline`.
+
+    Example:
+        >>> score = generated_fid(unet, pipe, ["a red circle"], real_images, nn.Flatten(), n_per_prompt=8)  # doctest: +SKIP
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"`model` must be a torch.nn.Module (a UNet), got {type(model).__name__}.")
+    n_per_prompt, seed = _check_fid_arguments(
+        pipeline, prompts, reference_images, feature_extractor, n_per_prompt, seed, generation_kwargs
+    )
+    sample = _sampler_from_pipeline(pipeline, dict(generation_kwargs or {}))
+    with exclusive(pipeline, "generated_fid"):
+        original = pipeline.unet
+        pipeline.unet = model
+        try:
+            with eval_mode(model):
+                generated = torch.cat([torch.as_tensor(sample(p, n_per_prompt, seed)) for p in prompts])
+        finally:
+            pipeline.unet = original
+    if generated.shape[1:] != reference_images.shape[1:]:
+        raise ValueError(
+            f"The generations are {tuple(generated.shape[1:])}, `reference_images` {tuple(reference_images.shape[1:])}: "
+            "generate at the reference size (`generation_kwargs` height / width)."
+        )
+    return frechet_distance(generated, reference_images, feature_extractor)
 
 
 @torch.no_grad()

@@ -20,13 +20,20 @@ from torch import nn
 from .._utils import as_sequences, check_choice, check_integer, check_number, require_extra
 from .groups import _diffusion_groups, maskable_groups
 from .mask import METHODS, MemControlMask, count_parameters
-from .objectives import causal_lm_loss, denoising_loss, extraction_rate, noise_magnitude
-from .training import diffusion_data, train_causal_lm, train_unet
+from .objectives import (
+    _check_fid_arguments,
+    causal_lm_loss,
+    denoising_loss,
+    extraction_rate,
+    generated_fid,
+    noise_magnitude,
+)
+from .training import _check_steps, diffusion_data, train_causal_lm, train_unet
 
 
 SAMPLERS = ("nsga2", "tpe", "random", "exhaustive")
 OBJECTIVES = {
-    "diffusion": ("noise_magnitude", "denoising_loss"),
+    "diffusion": ("noise_magnitude", "denoising_loss", "fid"),
     "causal_lm": ("extraction", "exact_match", "heldout_loss"),
 }
 DEFAULT_OBJECTIVES = {"diffusion": ("noise_magnitude", "denoising_loss"), "causal_lm": ("extraction", "heldout_loss")}
@@ -252,7 +259,7 @@ class MemControlSearch:
         train_data: Fine-tuning data: for a UNet a dict with "images" (N, C, H, W) and "encoder_hidden_states"
             (N, L, D) (repeat an example to duplicate it); for an LM token id sequences.
         val_data: Held-out data of the same form, for "denoising_loss" / "heldout_loss".
-        objectives: Objective names (for a UNet "noise_magnitude", "denoising_loss"; for an LM "extraction",
+        objectives: Objective names (for a UNet "noise_magnitude", "denoising_loss", "fid"; for an LM "extraction",
             "exact_match", "heldout_loss"), callables `model -> float`, or a dict name -> either; at least two.
             None: ("noise_magnitude", "denoising_loss") or ("extraction", "heldout_loss").
         memorization_data: Data the memorization objectives probe: for a UNet a dict with "encoder_hidden_states"
@@ -274,6 +281,9 @@ class MemControlSearch:
         lr: A learning rate, or a (low, high) pair searched log-uniformly (the official code: 1e-5 to 1e-3).
         train_steps: Optimizer steps of the default training run.
         batch_size: Batch size of the default training run.
+        lr_scheduler: Learning-rate schedule of the default training run: "constant", "constant_with_warmup",
+            "linear" or "cosine" (see `train_unet`).
+        warmup_steps: Warm-up steps of the default training run.
         mask_kwargs: Other `MemControlMask` fields for every mask (`lora_r`, `lora_alpha`, `lora_dropout`).
         objective_kwargs: Objective name -> keyword arguments of its function (e.g. {"extraction": {"prefix_len":
             16, "suffix_len": 16}}, {"noise_magnitude": {"timesteps": [999]}}).
@@ -307,6 +317,8 @@ class MemControlSearch:
         lr: float | tuple[float, float] = 1e-4,
         train_steps: int = 50,
         batch_size: int = 8,
+        lr_scheduler: str = "constant",
+        warmup_steps: int = 0,
         mask_kwargs: dict | None = None,
         objective_kwargs: dict | None = None,
         cache: MemControlResult | None = None,
@@ -319,6 +331,9 @@ class MemControlSearch:
         self.seed = check_integer(seed, "seed")
         self.train_steps = check_integer(train_steps, "train_steps", minimum=1)
         self.batch_size = check_integer(batch_size, "batch_size", minimum=1)
+        *_, self.lr_scheduler, self.warmup_steps = _check_steps(
+            self.train_steps, self.batch_size, seed, None, lr_scheduler, warmup_steps
+        )
         self.method = check_choice(method, "method", METHODS)
         self.granularity = granularity
         self.show_progress = bool(show_progress)
@@ -363,7 +378,14 @@ class MemControlSearch:
         if train_fn is None:  # the default loops' data formats, checked before any training
             _check_data(self.kind, train_data, "train_data")
             default = train_unet if self.kind == "diffusion" else train_causal_lm
-            train_fn = functools.partial(default, steps=self.train_steps, batch_size=self.batch_size, seed=self.seed)
+            train_fn = functools.partial(
+                default,
+                steps=self.train_steps,
+                batch_size=self.batch_size,
+                seed=self.seed,
+                lr_scheduler=self.lr_scheduler,
+                warmup_steps=self.warmup_steps,
+            )
         elif not callable(train_fn):
             raise ValueError("`train_fn` must be a function (model, train_data, mask) -> None, or None.")
         self.train_fn = train_fn
@@ -443,6 +465,24 @@ class MemControlSearch:
             return functools.partial(_call_first, denoising_loss, self.val_data, kwargs)
         if name == "heldout_loss":
             return functools.partial(_call_first, causal_lm_loss, self.val_data, kwargs)
+        if name == "fid":
+            required = ("pipeline", "prompts", "reference_images", "feature_extractor")
+            missing = [key for key in required if key not in kwargs]
+            if missing:
+                raise ValueError(
+                    f"The 'fid' objective needs `objective_kwargs['fid']` with {list(required)} (see `generated_fid`); "
+                    f"missing: {missing}."
+                )
+            unknown = sorted(set(kwargs) - set(required) - {"n_per_prompt", "seed", "generation_kwargs"})
+            if unknown:
+                raise ValueError(f"`objective_kwargs['fid']` has unknown keys {unknown} (see `generated_fid`).")
+            _check_fid_arguments(
+                *(kwargs[key] for key in required),
+                kwargs.get("n_per_prompt", 4),
+                kwargs.get("seed", 0),
+                kwargs.get("generation_kwargs"),
+            )
+            return functools.partial(generated_fid, **kwargs)
         if name == "noise_magnitude":
             data = self.memorization_data
             if (

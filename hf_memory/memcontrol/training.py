@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._utils import as_sequences, check_integer, check_number, model_device
+from .._utils import as_sequences, check_choice, check_integer, check_number, model_device
+
+
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 
 
 def diffusion_data(data, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,13 +50,21 @@ def default_noise_scheduler():
     return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 
 
-def _check_steps(steps, batch_size, seed, max_grad_norm) -> tuple[int, int, int, float | None]:
+def _check_steps(steps, batch_size, seed, max_grad_norm, lr_scheduler, warmup_steps) -> tuple:
     """The arguments both inner loops share, checked."""
+    steps = check_integer(steps, "steps", minimum=1)
+    warmup_steps = check_integer(warmup_steps, "warmup_steps", minimum=0)
+    if warmup_steps >= steps:
+        raise ValueError(f"`warmup_steps` must be below `steps`={steps}, got {warmup_steps}.")
+    if warmup_steps and lr_scheduler == "constant":
+        raise ValueError("`lr_scheduler`='constant' has no warm-up: use 'constant_with_warmup', or `warmup_steps`=0.")
     return (
-        check_integer(steps, "steps", minimum=1),
+        steps,
         check_integer(batch_size, "batch_size", minimum=1),
         check_integer(seed, "seed"),
         check_number(max_grad_norm, "max_grad_norm", minimum=0, exclusive_minimum=True, allow_none=True),
+        check_choice(lr_scheduler, "lr_scheduler", LR_SCHEDULERS),
+        warmup_steps,
     )
 
 
@@ -63,15 +74,20 @@ def _run_steps(
     steps: int,
     seed: int,
     max_grad_norm: float | None,
+    lr_scheduler: str,
+    warmup_steps: int,
     step_loss: Callable[[torch.Generator, torch.device], torch.Tensor],
 ) -> list[float]:
-    """`steps` AdamW steps (lr `lr`, no weight decay) on the model's trainable parameters, in train mode, with the
-    loss `step_loss(generator, device)` of a batch it draws from the seeded generator; the model is left in eval
-    mode. Returns the loss of every step."""
+    """`steps` AdamW steps (peak lr `lr` on transformers' `lr_scheduler` schedule, no weight decay) on the model's
+    trainable parameters, in train mode, with the loss `step_loss(generator, device)` of a batch it draws from the
+    seeded generator; the model is left in eval mode. Returns the loss of every step."""
+    from transformers import get_scheduler
+
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("The model has no trainable parameter: apply a MemControlMask first.")
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    schedule = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=steps)
     device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
     model.train()
@@ -83,6 +99,7 @@ def _run_steps(
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
         optimizer.step()
+        schedule.step()
         losses.append(loss.item())
     model.eval()
     return losses
@@ -97,6 +114,8 @@ def train_unet(
     seed: int = 0,
     noise_scheduler=None,
     max_grad_norm: float | None = 1.0,
+    lr_scheduler: str = "constant",
+    warmup_steps: int = 0,
 ) -> list[float]:
     """Fine-tune a text-conditioned UNet (epsilon prediction, MSE) on `train_data` for `steps` AdamW steps at
     `mask.lr`: only the parameters left trainable (by `mask.apply`) change. Batches, noise and timesteps are drawn
@@ -113,11 +132,16 @@ def train_unet(
         seed: Seed of the batches, noise and timesteps.
         noise_scheduler: A diffusers noise scheduler with `add_noise`; default `default_noise_scheduler()`.
         max_grad_norm: Gradient-norm clip; None turns it off.
+        lr_scheduler: The learning-rate schedule (transformers' `get_scheduler`): "constant" (the default, as
+            diffusers' training scripts), "constant_with_warmup", "linear" or "cosine" (decay to 0 at `steps`).
+        warmup_steps: Linear warm-up steps from 0 to `mask.lr` (below `steps`).
 
     Returns:
         The loss of every step.
     """
-    steps, batch_size, seed, max_grad_norm = _check_steps(steps, batch_size, seed, max_grad_norm)
+    steps, batch_size, seed, max_grad_norm, lr_scheduler, warmup_steps = _check_steps(
+        steps, batch_size, seed, max_grad_norm, lr_scheduler, warmup_steps
+    )
     images, text = diffusion_data(train_data, "train_data")
     scheduler = noise_scheduler or default_noise_scheduler()
 
@@ -130,7 +154,7 @@ def train_unet(
         out = model(noisy.to(device), timesteps.to(device), encoder_hidden_states=text[index].to(device)).sample
         return F.mse_loss(out.float(), noise.to(device))
 
-    return _run_steps(model, mask.lr, steps, seed, max_grad_norm, step_loss)
+    return _run_steps(model, mask.lr, steps, seed, max_grad_norm, lr_scheduler, warmup_steps, step_loss)
 
 
 def lm_batch(sequences: list[torch.Tensor], device) -> dict[str, torch.Tensor]:
@@ -158,6 +182,8 @@ def train_causal_lm(
     batch_size: int = 8,
     seed: int = 0,
     max_grad_norm: float | None = 1.0,
+    lr_scheduler: str = "constant",
+    warmup_steps: int = 0,
 ) -> list[float]:
     """Fine-tune a causal LM with the standard next-token loss on `train_data` for `steps` AdamW steps at `mask.lr`:
     only the parameters left trainable (by `mask.apply`) change. Batches are drawn from `seed`.
@@ -170,15 +196,20 @@ def train_causal_lm(
         batch_size: Sequences per step (drawn with replacement).
         seed: Seed of the batches.
         max_grad_norm: Gradient-norm clip; None turns it off.
+        lr_scheduler: The learning-rate schedule (transformers' `get_scheduler`): "constant" (the default, as
+            diffusers' training scripts), "constant_with_warmup", "linear" or "cosine" (decay to 0 at `steps`).
+        warmup_steps: Linear warm-up steps from 0 to `mask.lr` (below `steps`).
 
     Returns:
         The loss of every step.
     """
-    steps, batch_size, seed, max_grad_norm = _check_steps(steps, batch_size, seed, max_grad_norm)
+    steps, batch_size, seed, max_grad_norm, lr_scheduler, warmup_steps = _check_steps(
+        steps, batch_size, seed, max_grad_norm, lr_scheduler, warmup_steps
+    )
     sequences = as_sequences(train_data, "train_data")  # raises on an empty `train_data`
 
     def step_loss(generator: torch.Generator, device: torch.device) -> torch.Tensor:
         index = torch.randint(len(sequences), (batch_size,), generator=generator).tolist()
         return model(**lm_batch([sequences[i] for i in index], device), use_cache=False).loss
 
-    return _run_steps(model, mask.lr, steps, seed, max_grad_norm, step_loss)
+    return _run_steps(model, mask.lr, steps, seed, max_grad_norm, lr_scheduler, warmup_steps, step_loss)
