@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -556,6 +557,83 @@ def test_search_resumes_from_sqlite_after_an_interrupted_trial(tmp_path):
     assert resumed_calls == []
 
 
+ALL_MASKS = sorted("".join(map(str, b)) for b in itertools.product((0, 1), repeat=4) if any(b))
+
+
+def test_exhaustive_enumeration_resumed_after_ctrl_c_trains_the_interrupted_mask(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    calls = []
+
+    def interrupted(model, data, mask):
+        if len(calls) == 3:
+            calls.append(f"interrupted {mask.key}")
+            raise KeyboardInterrupt
+        calls.append(mask.key)
+
+    with pytest.raises(KeyboardInterrupt):
+        lm_search(sampler="exhaustive", storage=storage, study_name="enum", train_fn=interrupted).run()
+    lost = calls[-1].split()[-1]
+    resumed = []
+    result = lm_search(
+        sampler="exhaustive", storage=storage, study_name="enum", train_fn=lambda m, d, mask: resumed.append(mask.key)
+    ).run()
+    assert sorted(t.mask.key for t in result.trials) == ALL_MASKS  # every mask once, the interrupted one included
+    assert lost in resumed and not set(resumed) & set(calls[:3])  # finished masks are not trained again
+
+
+def test_exhaustive_enumeration_resumed_after_sigkill_fails_the_dead_trial_and_trains_its_mask(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {ROOT!r})
+from tests.test_memcontrol import lm_search
+calls = []
+def killed(model, data, mask):
+    calls.append(mask.key)
+    if len(calls) == 3:
+        print(mask.key, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+lm_search(sampler="exhaustive", storage={storage!r}, study_name="enum", train_fn=killed).run()
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == -9, out.stderr[-2000:]
+    lost = out.stdout.split()[-1]
+    study = optuna.load_study(study_name="enum", storage=storage)
+    assert [t.state for t in study.trials].count(optuna.trial.TrialState.RUNNING) == 1  # killed: no time to fail it
+    resumed = []
+    result = lm_search(
+        sampler="exhaustive", storage=storage, study_name="enum", train_fn=lambda m, d, mask: resumed.append(mask.key)
+    ).run()
+    study = optuna.load_study(study_name="enum", storage=storage)
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states and states.count(optuna.trial.TrialState.FAIL) == 1
+    assert sorted(t.mask.key for t in result.trials) == ALL_MASKS
+    assert lost in resumed and len(resumed) == len(ALL_MASKS) - 2  # the two masks finished before the kill stay
+
+
+def test_a_running_trial_of_a_live_process_is_left_alone(tmp_path):
+    from hf_memory.memcontrol.search import _fail_killed_trials
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=storage, study_name="s", directions=["minimize", "minimize"])
+    alive, dead, elsewhere = study.ask(), study.ask(), study.ask()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    try:
+        import socket
+
+        for trial, host, pid in ((alive, socket.gethostname(), sleeper.pid),
+                                 (dead, socket.gethostname(), int(finished.stdout)),
+                                 (elsewhere, "another-machine", int(finished.stdout))):  # fmt: skip
+            trial.set_user_attr("host", host)
+            trial.set_user_attr("pid", pid)
+        assert _fail_killed_trials(study) == [dead.number]
+    finally:
+        sleeper.kill()
+    states = {t.number: t.state for t in study.trials}
+    assert states[alive.number] == states[elsewhere.number] == optuna.trial.TrialState.RUNNING
+
+
 def test_result_json_round_trip_and_transfer(tmp_path):
     result = lm_search(n_trials=3, sampler="random", seed=1).run()
     result.save_json(tmp_path / "result.json")
@@ -703,6 +781,12 @@ def test_example_small_mode_runs(name, tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "results.json").exists()
+    if name == "memcontrol_diffusion":  # the long (memorizing) arms: full, all-blocks LoRA, one sparse mask
+        with open(tmp_path / "results.json") as f:
+            arms = json.load(f)["long"]["arms"]
+        assert list(arms)[:2] == ["full fine-tune (whole UNet)", "all-blocks LoRA"] and len(arms) == 3
+        assert all(len(arm["attack"]["distance_to_training"]) == 5 for arm in arms.values())
+        assert (tmp_path / "generations.png").exists()
 
 
 def test_search_over_a_subset_of_groups_leaves_the_others_frozen():

@@ -9,7 +9,7 @@ import itertools
 import json
 import math
 import os
-import warnings
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -249,9 +249,10 @@ class MemControlSearch:
     objectives (all minimized), typically memorization and held-out quality.
 
     `run()` returns the Pareto front with a ready peft config per mask. With a `storage` URL (e.g.
-    "sqlite:///memcontrol.db") the study persists: run again with the same `study_name` after a crash or Ctrl-C and
-    it continues where it stopped (the interrupted trial is recorded as failed and not counted); several processes
-    can share it. Training is seeded, so a mask proposed twice is not trained again: its values are reused.
+    "sqlite:///memcontrol.db") the study persists: run again with the same `study_name` after a crash, Ctrl-C or
+    SIGKILL and it continues where it stopped (the interrupted trial is recorded as failed, not counted, and its
+    mask runs again; a trial whose process on this machine was killed is marked failed by the next `run()`);
+    several processes can share it. Training is seeded, so a mask proposed twice is not trained again: its values are reused.
 
     Args:
         model_factory: A function returning a fresh model (called once per trial), or a model (deep-copied per trial).
@@ -513,11 +514,9 @@ class MemControlSearch:
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, self.n_trials // 3)))
         if self._sampler == "tpe":
             return optuna.samplers.TPESampler(seed=seed, multivariate=True)
-        if self._sampler == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        with warnings.catch_warnings():  # experimental in optuna, and exactly what "every mask once" needs
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.BruteForceSampler(seed=seed)
+        # "exhaustive" queues every mask itself (`_enqueue_missing_masks`), so its sampler never picks one. Optuna's
+        # brute-force sampler would count a failed trial as explored and stop the study before a resumed mask runs.
+        return optuna.samplers.RandomSampler(seed=seed)
 
     # ------------------------------------------------------------------ the trial
 
@@ -541,6 +540,8 @@ class MemControlSearch:
     def _objective(self, trial):
         import optuna
 
+        trial.set_user_attr("host", socket.gethostname())  # lets a later run tell a killed trial from a live one
+        trial.set_user_attr("pid", os.getpid())
         bits = [trial.suggest_int(group, 0, 1) for group in self.groups]
         lr = self.lr if not isinstance(self.lr, tuple) else trial.suggest_float("lr", *self.lr, log=True)
         if not any(bits):
@@ -591,6 +592,7 @@ class MemControlSearch:
         from tqdm.auto import tqdm
 
         study = self._study()
+        _fail_killed_trials(study)
         finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         finished = [t for t in study.get_trials(deepcopy=False) if t.state in finished_states]
         for trial in finished:  # values of a resumed study are not trained again
@@ -601,6 +603,8 @@ class MemControlSearch:
         total = 2 ** len(self.groups) if self._sampler == "exhaustive" else self.n_trials
         remaining = max(0, total - len(finished))
         study.sampler = self._make_sampler(len(study.get_trials(deepcopy=False)))
+        if self._sampler == "exhaustive":
+            remaining = self._enqueue_missing_masks(study)
         if remaining:
             bar = tqdm(total=total, initial=len(finished), desc="MemControl trials", disable=not self.show_progress)
 
@@ -615,6 +619,30 @@ class MemControlSearch:
             finally:
                 bar.close()
         return self.result(study)
+
+    def _enqueue_missing_masks(self, study) -> int:
+        """Queue every mask (the empty one included: it is pruned) that no finished, running or queued trial holds;
+        returns how many masks are left for this process to run."""
+        import optuna
+
+        states = optuna.trial.TrialState
+
+        def bits_of(trial) -> tuple:
+            params = trial.system_attrs.get("fixed_params", {}) if trial.state == states.WAITING else trial.params
+            return tuple(params.get(group) for group in self.groups)
+
+        trials = study.get_trials(deepcopy=False)
+        done = {bits_of(t) for t in trials if t.state in (states.COMPLETE, states.PRUNED)}
+        running = {bits_of(t) for t in trials if t.state == states.RUNNING}  # live: `_fail_killed_trials` ran
+        queued = {bits_of(t) for t in trials if t.state == states.WAITING}
+        missing = 0
+        for bits in itertools.product((0, 1), repeat=len(self.groups)):
+            if bits in done or bits in running:
+                continue
+            if bits not in queued:  # a failed trial's mask, or one never proposed
+                study.enqueue_trial(dict(zip(self.groups, bits)))
+            missing += 1
+        return missing
 
     def result(self, study=None) -> MemControlResult:
         """The `MemControlResult` of the study's completed trials so far.
@@ -649,6 +677,35 @@ class MemControlSearch:
     def all_masks(self) -> list[list[int]]:
         """Every non-empty mask over this search's groups, as bit lists (2^n − 1 of them)."""
         return [list(bits) for bits in itertools.product((0, 1), repeat=len(self.groups)) if any(bits)]
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _fail_killed_trials(study) -> list[int]:
+    """Mark as failed the study's running trials whose process, on this machine, no longer exists (a SIGKILL, a
+    closed terminal, an out-of-memory kill: no chance to record the failure). Left running, such a trial would hold
+    its mask forever, and the exhaustive sampler would never train that mask. Trials of live processes and of other
+    machines are left alone. Returns the failed trials' numbers."""
+    import optuna
+
+    host = socket.gethostname()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid = trial.user_attrs.get("pid")
+        if trial.user_attrs.get("host") != host or not isinstance(pid, int) or pid == os.getpid():
+            continue
+        if not _process_alive(pid):
+            study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+            failed.append(trial.number)
+    return failed
 
 
 def _check_data(kind: str, data, name: str) -> None:
