@@ -14,8 +14,11 @@ timestep) and the held-out denoising loss on never-trained generic captions.
    enumeration's values (training is seeded, so a mask's values are the same whoever trains it): hypervolume ratio.
 3. Full fine-tuning of the whole UNet and all-blocks LoRA vs the sparse Pareto masks: noise magnitude, held-out
    denoising loss and the tile-L2 extraction attack (how many of the 5 duplicated mosaics are regenerated).
+4. Full fine-tuning, all-blocks LoRA and the first sparse Pareto mask trained long enough to memorize (`--long-steps`, default 2,500 steps of batch 16 on a cosine
+   schedule; the 80-step budget of 1-3 copies nothing): do the sparse masks copy less than full fine-tuning?
 
-    python examples/memcontrol_diffusion.py            # ~15 min on 2 busy CPU cores
+    python examples/memcontrol_diffusion.py            # ~35 min on 2 CPU cores (steps 1-3 ~12 min, step 4 ~25)
+    python examples/memcontrol_diffusion.py --long-steps 0   # steps 1-3 only
     python examples/memcontrol_diffusion.py --small    # smoke test, ~1 min
 """
 
@@ -164,6 +167,39 @@ def make_plot(exhaustive: MemControlResult, found: MemControlResult, baselines: 
     plt.close(fig)
 
 
+def make_generations_plot(pipe, models: dict, mosaics, steps: int, path: str, seed: int = 0):
+    """One generation (seed `seed`) per duplicated caption and arm, next to the training mosaic."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = ["training image", *models]
+    fig, axes = plt.subplots(len(nemo.MEMORIZED), len(columns), figsize=(1.5 * len(columns), 1.45 * len(mosaics)))
+    for c, (label, model) in enumerate([(None, None), *models.items()]):
+        for r, caption in enumerate(nemo.MEMORIZED):
+            if model is None:
+                image = mosaics[r]
+            else:
+                pipe.unet = model.eval()
+                size = model.config.sample_size
+                out = pipe(caption, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps,
+                           guidance_scale=3.0, height=size, width=size, output_type="latent").images  # fmt: skip
+                image = ((torch.as_tensor(out[0]) + 1) / 2).clamp(0, 1)
+            ax = axes[r, c]
+            ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c].replace(" (", "\n("), fontsize=7)
+            if c == 0:
+                ax.set_ylabel(caption.replace(" of ", "\nof ").replace(" for ", "\nfor "), fontsize=6)
+    fig.suptitle(f"Long fine-tuning: one generation per duplicated caption (seed {seed}, {steps} steps)", fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(
     output_dir: str = DEFAULT_DIR,
     small: bool = False,
@@ -178,12 +214,16 @@ def main(
     threshold: float = 0.1,
     figure: str | None = os.path.join("docs", "memcontrol_diffusion_pareto.png"),
     num_threads: int = 1,
-    attack_steps: int = 10,
+    attack_steps: int = 50,
+    long_steps: int = 2500,
+    long_lr_full: float = 5e-3,
+    long_lr_lora: float = 1e-2,
 ) -> dict:
     torch.set_num_threads(num_threads)
     image_size, width = 16, 16
     if small:
         pretrain_steps, finetune_steps, search_seeds, generations, attack_steps = 5, 2, 2, 3, 2
+        long_steps = min(long_steps, 4)
         figure = os.path.join(output_dir, "pareto.png")
     os.makedirs(output_dir, exist_ok=True)
     results: dict = {"machine": f"{os.cpu_count()} CPU cores, {num_threads} torch threads", "small": small}
@@ -312,6 +352,41 @@ def main(
         "attack": attack(pipe, unet, mosaics, generations, steps=attack_steps, threshold=threshold, guidance=3.0),
     }
     results["comparison"] = comparison
+
+    # 4. Long enough to memorize: the same arms, `long_steps` steps on a cosine schedule (5% warm-up).
+    if long_steps:
+        long_arms = {"full fine-tune (whole UNet)": MemControlMask(["all"], [1], method="full", lr=long_lr_full)}
+        for trial in [next(t for t in exhaustive.trials if t.mask.key == all_key), *candidates[:1]]:
+            mask = MemControlMask(search.groups, trial.mask.bits, method="lora", lr=long_lr_lora)
+            long_arms["all-blocks LoRA" if trial.mask.key == all_key else f"Pareto mask {trial.mask.key}"] = mask
+        long_results, long_models = {}, {}
+        for label, mask in long_arms.items():
+            t0 = time.time()
+            torch.manual_seed(0)
+            model = factory() if mask.method == "full" else mask.apply(factory())
+            losses = train_unet(
+                model, finetune, mask, steps=long_steps, batch_size=finetune_batch, seed=0,
+                lr_scheduler="cosine", warmup_steps=max(1, long_steps // 20),
+            )  # fmt: skip
+            long_results[label] = {
+                **score(model),
+                "lr": mask.lr,
+                "final_train_loss": float(np.mean(losses[-50:])),
+                "attack": attack(
+                    pipe, model, mosaics, generations, steps=attack_steps, threshold=threshold, guidance=3.0
+                ),
+                "seconds": round(time.time() - t0, 1),
+            }
+            long_models[label] = model
+            print(label, json.dumps(long_results[label]), flush=True)
+        if figure:
+            long_figure = os.path.join(os.path.dirname(figure), "memcontrol_diffusion_generations.png")
+            if small:
+                long_figure = os.path.join(output_dir, "generations.png")
+            make_generations_plot(pipe, long_models, mosaics, attack_steps, long_figure)
+            results["long_figure"] = long_figure
+        results["long"] = {"steps": long_steps, "batch_size": finetune_batch, "lr_scheduler": "cosine",
+                           "arms": long_results}  # fmt: skip
     if figure and found_example is not None:
         baselines = {k: v for k, v in comparison.items() if k.startswith("full")}
         make_plot(exhaustive, found_example, baselines, figure)
@@ -334,4 +409,5 @@ if __name__ == "__main__":
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--search-seeds", type=int, default=10)
     parser.add_argument("--num-threads", type=int, default=1)
+    parser.add_argument("--long-steps", type=int, default=2500, help="Steps of the memorizing runs (0: skip them).")
     print(json.dumps(main(**vars(parser.parse_args())), indent=2))
