@@ -14,8 +14,9 @@ timestep) and the held-out denoising loss on never-trained generic captions.
    enumeration's values (training is seeded, so a mask's values are the same whoever trains it): hypervolume ratio.
 3. Full fine-tuning of the whole UNet and all-blocks LoRA vs the sparse Pareto masks: noise magnitude, held-out
    denoising loss and the tile-L2 extraction attack (how many of the 5 duplicated mosaics are regenerated).
-4. Full fine-tuning, all-blocks LoRA and the first sparse Pareto mask trained long enough to memorize (`--long-steps`, default 2,500 steps of batch 16 on a cosine
-   schedule; the 80-step budget of 1-3 copies nothing): do the sparse masks copy less than full fine-tuning?
+4. Full fine-tuning, all-blocks LoRA and the first sparse Pareto mask trained long enough to memorize
+   (`--long-steps`, default 2,500 steps of batch 16 on a cosine schedule; the 80-step budget of 1-3 copies
+   nothing): does the sparse mask copy less than full fine-tuning?
 
     python examples/memcontrol_diffusion.py            # ~35 min on 2 CPU cores (steps 1-3 ~12 min, step 4 ~25)
     python examples/memcontrol_diffusion.py --long-steps 0   # steps 1-3 only

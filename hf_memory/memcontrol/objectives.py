@@ -236,7 +236,7 @@ def generated_fid(
         RuntimeError: If another call is using `pipeline`.
 
     Example:
-        >>> score = generated_fid(unet, pipe, ["a red circle"], real_images, nn.Flatten(), n_per_prompt=8)  # doctest: +SKIP
+        >>> fid = generated_fid(unet, pipe, ["a red circle"], real, nn.Flatten(), n_per_prompt=8)  # doctest: +SKIP
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"`model` must be a torch.nn.Module (a UNet), got {type(model).__name__}.")
@@ -254,8 +254,8 @@ def generated_fid(
             pipeline.unet = original
     if generated.shape[1:] != reference_images.shape[1:]:
         raise ValueError(
-            f"The generations are {tuple(generated.shape[1:])}, `reference_images` {tuple(reference_images.shape[1:])}: "
-            "generate at the reference size (`generation_kwargs` height / width)."
+            f"The generations are {tuple(generated.shape[1:])}, `reference_images` "
+            f"{tuple(reference_images.shape[1:])}: generate at the reference size (`generation_kwargs` height / width)."
         )
     return frechet_distance(generated, reference_images, feature_extractor)
 

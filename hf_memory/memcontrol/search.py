@@ -252,7 +252,8 @@ class MemControlSearch:
     "sqlite:///memcontrol.db") the study persists: run again with the same `study_name` after a crash, Ctrl-C or
     SIGKILL and it continues where it stopped (the interrupted trial is recorded as failed, not counted, and its
     mask runs again; a trial whose process on this machine was killed is marked failed by the next `run()`);
-    several processes can share it. Training is seeded, so a mask proposed twice is not trained again: its values are reused.
+    several processes can share it. Training is seeded, so a mask proposed twice is not trained again: its values
+    are reused.
 
     Args:
         model_factory: A function returning a fresh model (called once per trial), or a model (deep-copied per trial).
