@@ -234,9 +234,6 @@ def generated_fid(
         ValueError: Before any generation, if `pipeline` has no `unet`, `prompts` is empty or not strings,
             `reference_images` is not a 4-D tensor of at least 2 images, or a count is out of range.
         RuntimeError: If another call is using `pipeline`.
-
-    Example:
-        >>> fid = generated_fid(unet, pipe, ["a red circle"], real, nn.Flatten(), n_per_prompt=8)  # doctest: +SKIP
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"`model` must be a torch.nn.Module (a UNet), got {type(model).__name__}.")
