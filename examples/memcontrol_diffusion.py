@@ -334,8 +334,9 @@ def main(
     train_unet(full_model, finetune, full_mask, steps=finetune_steps, batch_size=finetune_batch, seed=0)
     compared = {"full fine-tune (whole UNet)": (full_model, 1.0)}
     all_key = "1" * len(search.groups)
+    all_trial = next(t for t in exhaustive.trials if t.mask.key == all_key)
     candidates = [t for t in exhaustive.pareto_front if t.mask.key != all_key][:3]
-    for trial in [next(t for t in exhaustive.trials if t.mask.key == all_key), *candidates]:
+    for trial in [all_trial, *candidates]:
         torch.manual_seed(0)  # as the search seeds each trial's adapter initialization
         model = trial.mask.apply(factory())
         train_unet(model, finetune, trial.mask, steps=finetune_steps, batch_size=finetune_batch, seed=0)
@@ -357,7 +358,7 @@ def main(
     # 4. Long enough to memorize: the same arms, `long_steps` steps on a cosine schedule (5% warm-up).
     if long_steps:
         long_arms = {"full fine-tune (whole UNet)": MemControlMask(["all"], [1], method="full", lr=long_lr_full)}
-        for trial in [next(t for t in exhaustive.trials if t.mask.key == all_key), *candidates[:1]]:
+        for trial in [all_trial, *candidates[:1]]:
             mask = MemControlMask(search.groups, trial.mask.bits, method="lora", lr=long_lr_lora)
             long_arms["all-blocks LoRA" if trial.mask.key == all_key else f"Pareto mask {trial.mask.key}"] = mask
         long_results, long_models = {}, {}

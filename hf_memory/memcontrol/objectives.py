@@ -148,6 +148,16 @@ def denoising_loss(
     return total / count
 
 
+def _check_feature_extractor(feature_extractor) -> None:
+    if not isinstance(feature_extractor, nn.Module):
+        raise ValueError(f"`feature_extractor` must be a torch.nn.Module, got {type(feature_extractor).__name__}.")
+
+
+def _check_fid_images(images, name: str) -> None:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) < 2:
+        raise ValueError(f"`{name}` must be a (N, C, H, W) tensor of at least 2 images in [0, 1].")
+
+
 def frechet_distance(generated: torch.Tensor, reference: torch.Tensor, feature_extractor: nn.Module) -> float:
     """Fréchet distance between the features of generated and reference images (FID with your own features, as
     MemControl uses a domain network), through torchmetrics' `FrechetInceptionDistance(feature=...)`.
@@ -160,11 +170,9 @@ def frechet_distance(generated: torch.Tensor, reference: torch.Tensor, feature_e
     """
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    if not isinstance(feature_extractor, nn.Module):
-        raise ValueError(f"`feature_extractor` must be a torch.nn.Module, got {type(feature_extractor).__name__}.")
-    for name, images in (("generated", generated), ("reference", reference)):
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) < 2:
-            raise ValueError(f"`{name}` must be a (N, C, H, W) tensor of at least 2 images.")
+    _check_feature_extractor(feature_extractor)
+    _check_fid_images(generated, "generated")
+    _check_fid_images(reference, "reference")
     metric = FrechetInceptionDistance(
         feature=feature_extractor, normalize=True, input_img_size=tuple(reference.shape[1:])
     )
@@ -183,10 +191,8 @@ def _check_fid_arguments(
         )
     if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError("`prompts` must be a non-empty list of strings.")
-    if not isinstance(reference_images, torch.Tensor) or reference_images.ndim != 4 or len(reference_images) < 2:
-        raise ValueError("`reference_images` must be a (M, C, H, W) tensor of at least 2 images in [0, 1].")
-    if not isinstance(feature_extractor, nn.Module):
-        raise ValueError(f"`feature_extractor` must be a torch.nn.Module, got {type(feature_extractor).__name__}.")
+    _check_fid_images(reference_images, "reference_images")
+    _check_feature_extractor(feature_extractor)
     n_per_prompt = check_integer(n_per_prompt, "n_per_prompt", minimum=1)
     seed = check_integer(seed, "seed")
     if generation_kwargs is not None and not isinstance(generation_kwargs, dict):

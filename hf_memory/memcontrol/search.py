@@ -601,11 +601,12 @@ class MemControlSearch:
                 bits = [trial.params[g] for g in self.groups]
                 lr = trial.params.get("lr", self.lr)
                 self._cache.setdefault(("".join(map(str, bits)), lr), dict(zip(self.objectives, trial.values)))
-        total = 2 ** len(self.groups) if self._sampler == "exhaustive" else self.n_trials
-        remaining = max(0, total - len(finished))
         study.sampler = self._make_sampler(len(study.get_trials(deepcopy=False)))
         if self._sampler == "exhaustive":
-            remaining = self._enqueue_missing_masks(study)
+            total, remaining = 2 ** len(self.groups), self._enqueue_missing_masks(study)
+        else:
+            total = self.n_trials
+            remaining = max(0, total - len(finished))
         if remaining:
             bar = tqdm(total=total, initial=len(finished), desc="MemControl trials", disable=not self.show_progress)
 
@@ -681,6 +682,8 @@ class MemControlSearch:
 
 
 def _process_alive(pid: int) -> bool:
+    if os.name != "posix":  # on Windows, os.kill(pid, 0) sends CTRL_C_EVENT: assume alive, fail nothing
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
