@@ -11,12 +11,14 @@
 * Paraphrases: the same facts with one prompt template and with three.
 * LoRA on the embedded SmolLM2: facts learned against LoRA rank (with --lora).
 
-Every model trains on one CPU thread (tiny models gain nothing from more, and lose a lot on a busy machine); the
-sizes train in `--workers` processes at once.
+Every model trains on one CPU thread (tiny models gain nothing from more, and lose a lot on a busy machine); every
+training job of every part (one per scaling size, one per other part) runs in a pool of `--workers` processes,
+longest first. The LoRA part runs after them, in the main process, on every thread.
 
-    python examples/fact_scaling.py                 # the evidence in docs/fact_scaling.md (~42 min on 2 cores)
-    python examples/fact_scaling.py --only lora     # the LoRA part alone (~25 min on 2 busy cores)
-    python examples/fact_scaling.py --small         # smoke run, ~1 min
+    python examples/fact_scaling.py                     # the evidence in docs/fact_scaling.md (~14 min on 2 cores)
+    python examples/fact_scaling.py --scaling-epochs 240  # run D of the docs: the scaling part twice as long
+    python examples/fact_scaling.py --only lora         # the LoRA part alone (~25 min on 2 busy cores)
+    python examples/fact_scaling.py --small             # smoke run, ~1 min
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 
 
 DEFAULT_DIR = os.path.join("demo_output", "fact_scaling")
-DEFAULT_PARTS = ("scaling", "preference", "overwriting", "compatibility", "generalization", "paraphrase")
+DEFAULT_PARTS = ("scaling", "paraphrase", "preference", "overwriting", "compatibility", "generalization")
 DOCS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
 
@@ -55,8 +57,8 @@ def settings(small: bool) -> dict:
             "entities": 12000,
             "value_set": 256,
             "hidden": [16, 24, 32, 40],
-            "epochs": 240,
-            "every": 10,
+            "epochs": 120,
+            "every": 5,
             "lr": {16: learning_rate(16), 24: learning_rate(24), 32: 1.5e-3, 40: 1.5e-3},
         },
         "preference": {"entities": 1500, "hidden": 16, "epochs": 60},
@@ -115,7 +117,6 @@ def train_one_size(job: tuple) -> dict:
     from hf_memory.fact_scaling import fact_capacity, non_embedding_parameters, train_on_facts
 
     hidden, entities, value_set, epochs, every, lr = job
-    torch.set_num_threads(1)
     facts = scaling_fact_set(entities, value_set)
     tok = facts.build_tokenizer()
     model = tiny_llama(len(tok), hidden)
@@ -147,19 +148,13 @@ def train_one_size(job: tuple) -> dict:
     }
 
 
-def run_scaling(config: dict, workers: int) -> dict:
+def scaling_jobs(config: dict) -> list[tuple]:
+    """One job per model size: (hidden, entities, value set, epochs, measure every, learning rate or None)."""
     rates = config.get("lr") or {}  # width -> rate; a width not in it: learning_rate(hidden), as the other parts use
-    jobs = [
+    return [
         (h, config["entities"], config["value_set"], config["epochs"], config["every"], rates.get(h))
-        for h in config["hidden"]
+        for h in sorted(config["hidden"], reverse=True)
     ]
-    if workers > 1:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            sizes = pool.map(train_one_size, sorted(jobs, reverse=True), chunksize=1)
-        sizes.sort(key=lambda s: s["hidden"])
-    else:
-        sizes = [train_one_size(job) for job in jobs]
-    return analyse_scaling(config, sizes)
 
 
 def _inflection(counts) -> int:
@@ -397,7 +392,6 @@ def run_lora(config: dict) -> dict:
         templates=["The birthplace of {entity} is"],
         seed=4,
     )
-    torch.set_num_threads(max(1, os.cpu_count() or 2))
     base, tok = load_model()
     layers = base.config.num_hidden_layers
     before = fact_capacity(base, tok, facts, batch_size=64).count
@@ -420,13 +414,43 @@ def run_lora(config: dict) -> dict:
         )
         print(f"lora rank {rank}: {after}/{len(facts)} facts", flush=True)
         del model
-    torch.set_num_threads(1)
     return {
         "facts": len(facts),
         "known_before": before,
         "non_embedding_params": non_embedding_parameters(base),
         "runs": out,
     }
+
+
+PART_RUNNERS = {
+    "scaling": train_one_size,  # one job per size; `analyse_scaling` joins them
+    "preference": run_preference,
+    "overwriting": run_overwriting,
+    "compatibility": run_compatibility,
+    "generalization": run_generalization,
+    "paraphrase": run_paraphrase,
+}
+
+
+def run_job(job: tuple) -> tuple:
+    """Run one training job on one thread (in a worker process or in the main one): (part, argument) ->
+    (part, result, seconds)."""
+    part, argument = job
+    torch.set_num_threads(1)
+    start = time.time()
+    return part, PART_RUNNERS[part](argument), round(time.time() - start, 1)
+
+
+def run_parts(parts: list[str], config: dict, workers: int):
+    """Every training job of the parts, `workers` at a time, the longest first (the scaling sizes, then the parts
+    in the order of `DEFAULT_PARTS`, longest first there too); yields (part, result, seconds) as each ends."""
+    jobs = [("scaling", job) for job in scaling_jobs(config["scaling"])] if "scaling" in parts else []
+    jobs += [(part, config[part]) for part in DEFAULT_PARTS if part in parts and part != "scaling"]
+    if workers <= 1:
+        yield from map(run_job, jobs)
+        return
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap_unordered(run_job, jobs, chunksize=1)
 
 
 def plot(summary: dict, folder: str) -> list[str]:
@@ -527,7 +551,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="smoke run (about a minute)")
     parser.add_argument("--output-dir", default=DEFAULT_DIR)
-    parser.add_argument("--workers", type=int, default=2, help="processes training model sizes at once")
+    parser.add_argument("--workers", type=int, default=2, help="processes training models at once")
+    parser.add_argument(
+        "--scaling-epochs",
+        type=int,
+        default=0,
+        help="epochs of the scaling part (default 120; 240 is run D of docs/fact_scaling.md, about twice as long)",
+    )
     parser.add_argument(
         "--lora", action="store_true", help="also run LoRA on the embedded SmolLM2 (~25 min more on a busy 2-core CPU)"
     )
@@ -536,6 +566,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--reanalyse", action="store_true", help="refit and replot the scaling part of an earlier summary.json"
     )
     args = parser.parse_args(argv)
+    if args.scaling_epochs < 0 or args.workers < 1:
+        parser.error("--scaling-epochs must be >= 0 (0: the default) and --workers >= 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.makedirs(args.output_dir, exist_ok=True)
     config = settings(args.small)
@@ -557,25 +589,31 @@ def main(argv: list[str] | None = None) -> dict:
     if args.reanalyse:
         summary["scaling"] = analyse_scaling(summary["settings"]["scaling"], summary["scaling"]["sizes"])
         parts = []
-    runners = {
-        "scaling": lambda: run_scaling(config["scaling"], 1 if args.small else args.workers),
-        "preference": lambda: run_preference(config["preference"]),
-        "overwriting": lambda: run_overwriting(config["overwriting"]),
-        "compatibility": lambda: run_compatibility(config["compatibility"]),
-        "generalization": lambda: run_generalization(config["generalization"]),
-        "paraphrase": lambda: run_paraphrase(config["paraphrase"]),
-        "lora": lambda: run_lora(config["lora"]),
-    }
+    config["scaling"]["epochs"] = args.scaling_epochs or config["scaling"]["epochs"]
+    sizes = []
+    start = time.time()
     try:
-        for part in parts:
-            start = time.time()
-            summary[part] = runners[part]()
-            summary["seconds"][part] = round(time.time() - start, 1)
-            print(f"{part}: {summary['seconds'][part]} s", flush=True)
+        for part, result, seconds in run_parts(parts, config, args.workers):
+            if part == "scaling":
+                sizes.append(result)
+                print(f"scaling, width {result['hidden']}: {result['capacity']} facts, {seconds} s", flush=True)
+                if len(sizes) < len(config["scaling"]["hidden"]):
+                    continue
+                result = analyse_scaling(config["scaling"], sorted(sizes, key=lambda size: size["hidden"]))
+                seconds = round(sum(size["seconds"] for size in sizes), 1)
+            summary[part] = result
+            summary["seconds"][part] = seconds  # one thread's time; the parts ran `--workers` at a time
+            print(f"{part}: {seconds} s", flush=True)
             with open(os.path.join(args.output_dir, "summary.json"), "w") as f:
                 json.dump(_jsonable(summary), f, indent=1)
+        if "lora" in parts:
+            torch.set_num_threads(threads)
+            lora_start = time.time()
+            summary["lora"] = run_lora(config["lora"])
+            summary["seconds"]["lora"] = round(time.time() - lora_start, 1)
     finally:
         torch.set_num_threads(threads)
+    summary["seconds"]["wall"] = round(time.time() - start, 1)
     if "scaling" in summary:
         summary["plots"] = plot(summary, args.output_dir if summary["small"] else DOCS_DIR)
     with open(os.path.join(args.output_dir, "summary.json"), "w") as f:

@@ -201,5 +201,6 @@ def load_example(name: str):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spec = importlib.util.spec_from_file_location(name, os.path.join(root, "examples", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as `import` would: worker processes find the example's functions by name
     spec.loader.exec_module(module)
     return module

@@ -55,12 +55,13 @@ def _fact_rows(facts, split: str, direction: str, template: int) -> tuple[list[d
     """The rows to score, and per row the value-set size (None when unknown)."""
     if isinstance(facts, SyntheticFactSet):
         template = check_integer(template, "template", minimum=0)
-        if not facts.split(split):
+        chosen = facts.split(split)  # a fresh list on every call: take it once
+        if not chosen:
             raise ValueError(f"`facts` has no {split} facts: nothing to measure.")
         rows = [r for r in facts.rows(split, direction, repeat=False) if r["template"] == template]
         if not rows:
             raise ValueError(f"`template` = {template} selects no row: the fact set has fewer templates.")
-        sizes = [facts.split(split)[r["fact"]].num_values for r in rows]
+        sizes = [chosen[r["fact"]].num_values for r in rows]
         return rows, sizes
     if isinstance(facts, (str, bytes)) or not hasattr(facts, "__iter__"):
         raise ValueError(
