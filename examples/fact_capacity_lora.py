@@ -10,7 +10,14 @@ also gives the capacity before training), z and h are cached at the positions th
 
     logits = lm_head(final_norm(h + scaling * (z @ A.T) @ B.T)),   cross-entropy over the full 49,152-token vocabulary
 
-which is exactly what the PEFT model computes there (not an approximation). Greedy exact match = the argmax at every
+which is exactly what the PEFT model computes there (not an approximation). With `--modules mlp` LoRA sits on the
+last block's gate_proj, up_proj and down_proj (rank r trains r * 3 * (1536 + 576) parameters); the MLP acts position
+by position too, so the cache holds r (the residual entering the MLP) and n (the MLP input) instead, and the tail is
+
+    logits = lm_head(final_norm(r + down'(silu(gate'(n)) * up'(n)))),   x' = W x + scaling * B A x for each projection
+
+Through the SiLU gate the update moves h along directions that depend on the fact, not inside one r-dimensional
+subspace as `--modules down` does. Greedy exact match = the argmax at every
 value position is the value token. After each rank, A and B are copied into a real PEFT model
 (`LoraConfig(r, lora_alpha=2r, target_modules=["down_proj"], layers_to_transform=[29])`) and
 `hf_memory.fact_scaling.fact_capacity` on it must give the same count (asserted).
@@ -27,9 +34,12 @@ What it showed (docs/fact_scaling.md): this module is not a capacity probe. Rank
 ln 16 = 2.77: the update learned the attribute's value set, not which value belongs to which entity. A rank-r
 update moves h inside an r-dimensional subspace, and only tokens on the hull of the readout projected there can
 win the argmax, so reachability, not parameter count, binds (1,024 values: rank 1 knew 2 of 256 facts after 125
-epochs). Measuring LoRA capacity needs LoRA on several blocks, which this exact shortcut cannot cache.
+epochs). With `--modules mlp` (LoRA on gate, up and down) the same facts are learned beyond the value set: 319 /
+454 / 623 / 1,174 known at ranks 1 / 2 / 4 / 8 after 60 epochs, linear in LoRA parameters (R² 0.99) at 0.08 bits
+per parameter, still a training budget rather than a capacity (the loss keeps falling with rank).
 
     python examples/fact_capacity_lora.py            # ranks 1, 2, 4, 8 on 2,000 facts, 60 epochs
+    python examples/fact_capacity_lora.py --modules mlp   # the same with LoRA on the last block's whole MLP
     python examples/fact_capacity_lora.py --ranks 1 --values 1024 --entities 128 --epochs 125   # reachability
     python examples/fact_capacity_lora.py --small    # smoke run: 64 facts, ranks 1 and 2 (~15 s after loading)
 
@@ -68,6 +78,7 @@ def settings(small: bool) -> dict:
             "batch_size": 16,
             "capacity_batch_size": 64,
             "seed": 0,
+            "modules": "down",
         }
     return {
         "entities": 1000,
@@ -79,6 +90,7 @@ def settings(small: bool) -> dict:
         "batch_size": 64,
         "capacity_batch_size": 128,
         "seed": 0,
+        "modules": "down",
     }
 
 
@@ -112,44 +124,60 @@ def last_block(model):
     return model.model.layers[-1]
 
 
+TARGETS = {"down": ["down_proj"], "mlp": ["gate_proj", "up_proj", "down_proj"]}
+
+
 @torch.no_grad()
-def cache_features(base, tok, facts, batch_size: int) -> dict:
-    """One `fact_capacity` pass of the base model with hooks: z (down_proj input) and h (last block output) at the
-    positions that predict value tokens, the fact each position belongs to, its target, and the rank-0 count.
+def cache_features(base, tok, facts, batch_size: int, modules: str = "down") -> dict:
+    """One `fact_capacity` pass of the base model with hooks, at the positions that predict value tokens: for
+    `modules="down"` z (down_proj input) and h (last block output); for `"mlp"` r (the residual entering the last
+    MLP, the input of post_attention_layernorm) and n (the MLP input, that norm's output). Also the fact each
+    position belongs to, its target, and the rank-0 count.
 
     The batches, padding and position ids are `fact_capacity`'s own, so the cached features are the very numbers
-    the PEFT verification pass computes before its LoRA term."""
+    the PEFT verification pass computes before its LoRA terms."""
     from hf_memory.fact_scaling import encode_facts, fact_capacity
 
     rows = facts.rows("train", "forward", repeat=False)
     encoded = encode_facts(tok, [r["prompt"] for r in rows], [r["target"] for r in rows])
-    captured: dict[str, list] = {"z": [], "h": []}
     block = last_block(base)
-    hooks = [
-        block.mlp.down_proj.register_forward_hook(lambda m, args, out: captured["z"].append(args[0].detach())),
-        block.register_forward_hook(
-            lambda m, args, out: captured["h"].append((out[0] if isinstance(out, tuple) else out).detach())
-        ),
-    ]
+    if modules == "down":
+        captured: dict[str, list] = {"z": [], "h": []}
+        hooks = [
+            block.mlp.down_proj.register_forward_hook(lambda m, args, out: captured["z"].append(args[0].detach())),
+            block.register_forward_hook(
+                lambda m, args, out: captured["h"].append((out[0] if isinstance(out, tuple) else out).detach())
+            ),
+        ]
+    else:
+        captured = {"r": [], "n": []}
+
+        def keep(module, args, out):
+            captured["r"].append(args[0].detach())
+            captured["n"].append(out.detach())
+
+        hooks = [block.post_attention_layernorm.register_forward_hook(keep)]
     try:
         before = fact_capacity(base, tok, facts, batch_size=batch_size)
     finally:
         for hook in hooks:
             hook.remove()
-    assert len(captured["z"]) == len(captured["h"]) == math.ceil(len(encoded) / batch_size)
-    zs, hs, fact_ids, targets = [], [], [], []
-    for b, (z, h) in enumerate(zip(captured["z"], captured["h"])):
+    names = list(captured)
+    assert all(len(captured[k]) == math.ceil(len(encoded) / batch_size) for k in names)
+    features: dict[str, list] = {k: [] for k in names}
+    fact_ids, targets = [], []
+    for b, batch_features in enumerate(zip(*(captured[k] for k in names))):
         batch = encoded[b * batch_size : (b + 1) * batch_size]
-        width = z.shape[1]
+        width = batch_features[0].shape[1]
         for i, (_, t) in enumerate(batch):
             first = width - len(t) - 1  # left padding: the position predicting t[0]
-            zs.append(z[i, first : first + len(t)].clone())
-            hs.append(h[i, first : first + len(t)].clone())
+            for k, x in zip(names, batch_features):
+                features[k].append(x[i, first : first + len(t)].clone())
             fact_ids += [b * batch_size + i] * len(t)
             targets += t
     return {
-        "z": torch.cat(zs).clone(),  # plain tensors (not inference tensors): autograd may save them
-        "h": torch.cat(hs).clone(),
+        # plain tensors (not inference tensors): autograd may save them
+        "features": {k: torch.cat(v).clone() for k, v in features.items()},
         "fact": torch.tensor(fact_ids),
         "target": torch.tensor(targets),
         "n_facts": len(encoded),
@@ -158,49 +186,80 @@ def cache_features(base, tok, facts, batch_size: int) -> dict:
     }
 
 
-class CachedHead(torch.nn.Module):
-    """The frozen tail of the model after the last block: final RMSNorm and lm_head, on cached h."""
+def _lora_linear(x, weight, lora, scaling):
+    """PEFT's LoRA Linear (no bias, no dropout): the base layer, plus the low-rank term when there is one."""
+    out = torch.nn.functional.linear(x, weight)
+    if lora is None:
+        return out
+    A, B = lora
+    return out + torch.nn.functional.linear(torch.nn.functional.linear(x, A), B) * scaling
 
-    def __init__(self, base):
+
+class CachedHead(torch.nn.Module):
+    """The frozen tail of the model from the cached features on: for `modules="down"` h plus the down_proj LoRA
+    term; for `"mlp"` r plus the last MLP with LoRA on gate, up and down; then final RMSNorm and lm_head."""
+
+    def __init__(self, base, modules: str = "down"):
         super().__init__()
+        mlp = last_block(base).mlp
+        assert all(getattr(mlp, name).bias is None for name in TARGETS["mlp"])
+        self.modules_mode = modules
+        self.mlp_weights = {name: getattr(mlp, name).weight.detach().clone() for name in TARGETS["mlp"]}
+        self.act = mlp.act_fn
         self.norm = copy.deepcopy(base.model.norm).requires_grad_(False)
         self.weight = base.lm_head.weight.detach().clone()
         self.bias = None if base.lm_head.bias is None else base.lm_head.bias.detach().clone()
 
-    def forward(self, h, z, A, B, scaling):
-        hidden = h if A is None else h + scaling * ((z @ A.T) @ B.T)
+    def forward(self, features: dict, lora: dict | None, scaling: float):
+        lora = lora or {}
+        if self.modules_mode == "down":
+            hidden = features["h"]
+            if "down_proj" in lora:
+                A, B = lora["down_proj"]
+                hidden = hidden + scaling * ((features["z"] @ A.T) @ B.T)
+        else:
+            n, w = features["n"], self.mlp_weights
+            gate = _lora_linear(n, w["gate_proj"], lora.get("gate_proj"), scaling)
+            up = _lora_linear(n, w["up_proj"], lora.get("up_proj"), scaling)
+            hidden = features["r"] + _lora_linear(self.act(gate) * up, w["down_proj"], lora.get("down_proj"), scaling)
         return torch.nn.functional.linear(self.norm(hidden), self.weight, self.bias)
 
 
+def _select(cache: dict, index) -> dict:
+    return {k: v[index] for k, v in cache["features"].items()}
+
+
 @torch.no_grad()
-def cached_count(head, cache, A, B, scaling, chunk: int = 1024) -> tuple[int, torch.Tensor]:
-    """Facts known under LoRA (A, B) from the cache: greedy exact match at every value position."""
+def cached_count(head, cache, lora, scaling, chunk: int = 1024) -> tuple[int, torch.Tensor]:
+    """Facts known under the LoRA weights (`{module name: (A, B)}`, None for none) from the cache: greedy exact
+    match at every value position."""
     ok = []
     for start in range(0, len(cache["target"]), chunk):
         sl = slice(start, start + chunk)
-        logits = head(cache["h"][sl], cache["z"][sl], A, B, scaling)
+        logits = head(_select(cache, sl), lora, scaling)
         ok.append(logits.argmax(-1) == cache["target"][sl])
     ok = torch.cat(ok)
     known = torch.ones(cache["n_facts"], dtype=torch.bool).scatter_reduce(0, cache["fact"], ok, "amin")
     return int(known.sum()), known
 
 
-def peft_model(base, rank: int):
+def peft_model(base, rank: int, modules: str = "down"):
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
         r=rank,
         lora_alpha=2 * rank,
-        target_modules=["down_proj"],
+        target_modules=TARGETS[modules],
         layers_to_transform=[base.config.num_hidden_layers - 1],
         lora_dropout=0.0,
     )
     return get_peft_model(copy.deepcopy(base), config)
 
 
-def lora_module(model):
-    (module,) = [m for n, m in model.named_modules() if n.endswith("mlp.down_proj") and hasattr(m, "lora_A")]
-    return module
+def lora_modules(model) -> dict:
+    """The LoRA layers of the PEFT model by projection name (all in the last block's MLP)."""
+    found = {n.rsplit(".", 1)[-1]: m for n, m in model.named_modules() if hasattr(m, "lora_A") and ".mlp." in n}
+    return found
 
 
 def train_rank(base, tok, facts, cache, head, rank: int, config: dict) -> dict:
@@ -210,20 +269,27 @@ def train_rank(base, tok, facts, cache, head, rank: int, config: dict) -> dict:
     from hf_memory.fact_scaling import fact_capacity
 
     torch.manual_seed(config["seed"] + rank)
-    model = peft_model(base, rank)  # its lora_A holds PEFT's own initialisation (kaiming-uniform, a=sqrt(5))
-    module = lora_module(model)
-    scaling = module.scaling["default"]
-    A = module.lora_A["default"].weight.detach().clone().requires_grad_(True)
-    B = module.lora_B["default"].weight.detach().clone().requires_grad_(True)
-    assert torch.all(B == 0) and scaling == 2.0
+    model = peft_model(base, rank, config["modules"])  # lora_A: PEFT's own initialisation (kaiming-uniform)
+    modules = lora_modules(model)
+    assert sorted(modules) == sorted(TARGETS[config["modules"]])
+    (scaling,) = {module.scaling["default"] for module in modules.values()}
+    lora = {
+        name: (
+            module.lora_A["default"].weight.detach().clone().requires_grad_(True),
+            module.lora_B["default"].weight.detach().clone().requires_grad_(True),
+        )
+        for name, module in modules.items()
+    }
+    tensors = [t for pair in lora.values() for t in pair]
+    assert all(torch.all(B == 0) for _, B in lora.values()) and scaling == 2.0
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert trainable == A.numel() + B.numel()
-    optimizer = torch.optim.AdamW([A, B], lr=config["lr"], weight_decay=0.0)
+    assert trainable == sum(t.numel() for t in tensors)
+    optimizer = torch.optim.AdamW(tensors, lr=config["lr"], weight_decay=0.0)
     n = len(cache["target"])
     steps = config["epochs"] * math.ceil(n / config["batch_size"])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)  # decays to 0: the count settles
     generator = torch.Generator().manual_seed(config["seed"])
-    curve = [(0, cached_count(head, cache, A, B, scaling)[0])]
+    curve = [(0, cached_count(head, cache, lora, scaling)[0])]
     losses = []
     start = time.time()
     train_seconds = 0.0
@@ -232,7 +298,7 @@ def train_rank(base, tok, facts, cache, head, rank: int, config: dict) -> dict:
         t0 = time.time()
         total = 0.0
         for idx in torch.randperm(n, generator=generator).split(config["batch_size"]):
-            logits = head(cache["h"][idx], cache["z"][idx], A, B, scaling)
+            logits = head(_select(cache, idx), lora, scaling)
             loss = torch.nn.functional.cross_entropy(logits, cache["target"][idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -242,13 +308,14 @@ def train_rank(base, tok, facts, cache, head, rank: int, config: dict) -> dict:
         train_seconds += time.time() - t0
         losses.append(round(total / n, 4))
         if epoch % config["every"] == 0 or epoch == config["epochs"]:
-            curve.append((epoch, cached_count(head, cache, A, B, scaling)[0]))
+            curve.append((epoch, cached_count(head, cache, lora, scaling)[0]))
             bar.set_postfix(loss=losses[-1], known=curve[-1][1])
-    count, known = cached_count(head, cache, A, B, scaling)
+    count, known = cached_count(head, cache, lora, scaling)
     train_total = time.time() - start
     t0 = time.time()
-    module.lora_A["default"].weight.data.copy_(A.detach())
-    module.lora_B["default"].weight.data.copy_(B.detach())
+    for name, (A, B) in lora.items():
+        modules[name].lora_A["default"].weight.data.copy_(A.detach())
+        modules[name].lora_B["default"].weight.data.copy_(B.detach())
     verified = fact_capacity(model, tok, facts, batch_size=config["capacity_batch_size"])
     verify_seconds = time.time() - t0
     disagree = int((known != torch.tensor(verified.known)).sum())
@@ -340,11 +407,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--values", type=int, help="value-set size of each of the 2 attributes (log2 = bits/fact)")
     parser.add_argument("--batch-size", type=int, help="facts per AdamW step")
+    parser.add_argument(
+        "--modules",
+        choices=sorted(TARGETS),
+        help="LoRA on the last block's down_proj only (default), or on its whole MLP: gate, up and down",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.makedirs(args.output_dir, exist_ok=True)
     config = settings(args.small)
-    for key in ("ranks", "entities", "epochs", "every", "lr", "values", "batch_size"):
+    for key in ("ranks", "entities", "epochs", "every", "lr", "values", "batch_size", "modules"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     from hf_memory import load_model
@@ -362,11 +434,11 @@ def main(argv: list[str] | None = None) -> dict:
         seconds["facts"] = round(time.time() - t0, 1)
         bits_per_fact = facts.information_bits() / len(facts)
         t0 = time.time()
-        cache = cache_features(base, tok, facts, config["capacity_batch_size"])
+        cache = cache_features(base, tok, facts, config["capacity_batch_size"], config["modules"])
         cache["bits_per_fact"] = bits_per_fact
-        head = CachedHead(base)
+        head = CachedHead(base, config["modules"])
         seconds["cache_and_rank0"] = round(time.time() - t0, 1)
-        rank0 = cached_count(head, cache, None, None, 0.0)[0]
+        rank0 = cached_count(head, cache, None, 0.0)[0]
         assert rank0 == cache["before"].count, (rank0, cache["before"].count)
         print(
             f"{len(facts)} facts, {bits_per_fact:.2f} bits each ({facts.information_bits():,.0f} bits), value tokens "
@@ -383,7 +455,8 @@ def main(argv: list[str] | None = None) -> dict:
         "small": args.small,
         "settings": config,
         "torch_threads": os.cpu_count() or 1,
-        "model": "SmolLM2-135M-Instruct (embedded GGUF), LoRA on layers[-1].mlp.down_proj only",
+        "model": "SmolLM2-135M-Instruct (embedded GGUF), LoRA on layers[-1].mlp: "
+        + ", ".join(TARGETS[config["modules"]]),
         "facts": len(facts),
         "entities": len(facts.entities),
         "value_set_sizes": {k: len(v) for k, v in facts.values.items()},
