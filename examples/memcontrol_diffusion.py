@@ -210,7 +210,7 @@ def main(
     copies: int = 8,
     lr: float = 2e-3,
     search_trials: int = 5,
-    search_seeds: int = 10,
+    search_seeds: int = 60,
     generations: int = 8,
     threshold: float = 0.1,
     figure: str | None = os.path.join("docs", "memcontrol_diffusion_pareto.png"),
@@ -409,7 +409,7 @@ if __name__ == "__main__":
         "--copies", type=int, default=8, help="Copies of each duplicated image in the fine-tuning set."
     )
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--search-seeds", type=int, default=10)
+    parser.add_argument("--search-seeds", type=int, default=60)
     parser.add_argument("--num-threads", type=int, default=1)
     parser.add_argument("--long-steps", type=int, default=2500, help="Steps of the memorizing runs (0: skip them).")
     print(json.dumps(main(**vars(parser.parse_args())), indent=2))
