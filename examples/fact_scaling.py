@@ -116,10 +116,10 @@ def train_one_size(job: tuple) -> dict:
     """Train one size on the scaling fact set; capacity every `every` epochs (run in a worker process)."""
     from hf_memory.fact_scaling import fact_capacity, non_embedding_parameters, train_on_facts
 
-    hidden, entities, value_set, epochs, every, lr = job
+    hidden, entities, value_set, epochs, every, lr, seed = job
     facts = scaling_fact_set(entities, value_set)
     tok = facts.build_tokenizer()
-    model = tiny_llama(len(tok), hidden)
+    model = tiny_llama(len(tok), hidden, seed=seed)
     start = time.time()
     curve = []
 
@@ -136,6 +136,7 @@ def train_one_size(job: tuple) -> dict:
         epochs=epochs,
         lr=lr,
         **RECIPE,
+        seed=seed,
         on_epoch_end=measure,
     )
     return {
@@ -149,10 +150,18 @@ def train_one_size(job: tuple) -> dict:
 
 
 def scaling_jobs(config: dict) -> list[tuple]:
-    """One job per model size: (hidden, entities, value set, epochs, measure every, learning rate or None)."""
+    """One job per model size: (hidden, entities, value set, epochs, measure every, learning rate or None, seed)."""
     rates = config.get("lr") or {}  # width -> rate; a width not in it: learning_rate(hidden), as the other parts use
     return [
-        (h, config["entities"], config["value_set"], config["epochs"], config["every"], rates.get(h))
+        (
+            h,
+            config["entities"],
+            config["value_set"],
+            config["epochs"],
+            config["every"],
+            rates.get(h),
+            config.get("seed", 0),
+        )
         for h in sorted(config["hidden"], reverse=True)
     ]
 
@@ -559,6 +568,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="epochs of the scaling part (default 120; 240 is run D of docs/fact_scaling.md, about twice as long)",
     )
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the scaling part's model initialisation and row order (the fact set stays the same)",
+    )
+    parser.add_argument(
         "--lora", action="store_true", help="also run LoRA on the embedded SmolLM2 (~25 min more on a busy 2-core CPU)"
     )
     parser.add_argument("--only", default="", help="comma-separated parts to run (scaling,preference,...)")
@@ -566,8 +581,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--reanalyse", action="store_true", help="refit and replot the scaling part of an earlier summary.json"
     )
     args = parser.parse_args(argv)
-    if args.scaling_epochs < 0 or args.workers < 1:
-        parser.error("--scaling-epochs must be >= 0 (0: the default) and --workers >= 1")
+    if args.scaling_epochs < 0 or args.workers < 1 or args.seed < 0:
+        parser.error("--scaling-epochs and --seed must be >= 0 (--scaling-epochs 0: the default), --workers >= 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.makedirs(args.output_dir, exist_ok=True)
     config = settings(args.small)
@@ -590,6 +605,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary["scaling"] = analyse_scaling(summary["settings"]["scaling"], summary["scaling"]["sizes"])
         parts = []
     config["scaling"]["epochs"] = args.scaling_epochs or config["scaling"]["epochs"]
+    config["scaling"]["seed"] = args.seed
     sizes = []
     start = time.time()
     try:

@@ -641,7 +641,10 @@ def test_every_public_name_documents_its_arguments():
 def test_example_small_mode_runs(tmp_path):
     from tests.conftest import load_example
 
-    summary = load_example("fact_scaling").main(["--small", "--workers", "2", "--output-dir", str(tmp_path)])
+    summary = load_example("fact_scaling").main(
+        ["--small", "--workers", "2", "--seed", "1", "--output-dir", str(tmp_path)]
+    )
+    assert summary["settings"]["scaling"]["seed"] == 1
     sizes = summary["scaling"]["sizes"]  # trained in two worker processes, joined in order of width
     assert len(sizes) >= 3 and [s["hidden"] for s in sizes] == sorted(s["hidden"] for s in sizes)
     assert set(summary["seconds"]) == {
