@@ -19,7 +19,8 @@ by position too, so the cache holds r (the residual entering the MLP) and n (the
 Through the SiLU gate the update moves h along directions that depend on the fact, not inside one r-dimensional
 subspace as `--modules down` does. Greedy exact match = the argmax at every
 value position is the value token. After each rank, A and B are copied into a real PEFT model
-(`LoraConfig(r, lora_alpha=2r, target_modules=["down_proj"], layers_to_transform=[29])`) and
+(`LoraConfig(r, lora_alpha=2r, target_modules=["down_proj"] or the three MLP projections,
+layers_to_transform=[29])`) and
 `hf_memory.fact_scaling.fact_capacity` on it must give the same count (asserted).
 
 Facts: `SyntheticFactSet` with one-token values. Values are one "syllable" (`value_syllables=1`) out of a syllable
@@ -201,11 +202,12 @@ class CachedHead(torch.nn.Module):
 
     def __init__(self, base, modules: str = "down"):
         super().__init__()
-        mlp = last_block(base).mlp
-        assert all(getattr(mlp, name).bias is None for name in TARGETS["mlp"])
         self.modules_mode = modules
-        self.mlp_weights = {name: getattr(mlp, name).weight.detach().clone() for name in TARGETS["mlp"]}
-        self.act = mlp.act_fn
+        if modules == "mlp":  # "down" needs no MLP weight: h already holds the MLP's output
+            mlp = last_block(base).mlp
+            assert all(getattr(mlp, name).bias is None for name in TARGETS["mlp"])
+            self.mlp_weights = {name: getattr(mlp, name).weight.detach().clone() for name in TARGETS["mlp"]}
+            self.act = mlp.act_fn
         self.norm = copy.deepcopy(base.model.norm).requires_grad_(False)
         self.weight = base.lm_head.weight.detach().clone()
         self.bias = None if base.lm_head.bias is None else base.lm_head.bias.detach().clone()
@@ -258,8 +260,7 @@ def peft_model(base, rank: int, modules: str = "down"):
 
 def lora_modules(model) -> dict:
     """The LoRA layers of the PEFT model by projection name (all in the last block's MLP)."""
-    found = {n.rsplit(".", 1)[-1]: m for n, m in model.named_modules() if hasattr(m, "lora_A") and ".mlp." in n}
-    return found
+    return {n.rsplit(".", 1)[-1]: m for n, m in model.named_modules() if hasattr(m, "lora_A") and ".mlp." in n}
 
 
 def train_rank(base, tok, facts, cache, head, rank: int, config: dict) -> dict:
