@@ -113,8 +113,9 @@ def train_on_facts(
     The rows are encoded once (as `fact_capacity` encodes them), right-padded into one tensor and shuffled every
     epoch; `batch_size=None` trains full-batch (one step per epoch). Gradients are clipped to norm 1. A model
     whose forward takes `logits_to_keep` (most transformers causal LMs) computes logits only at the columns that
-    predict an answer token. This is the loop the experiments use: for a tiny model it is several times faster than `Trainer`, whose per-step
-    overhead dominates; `FactCapacityCallback` gives the same measurement inside `Trainer`.
+    predict an answer token. This is the loop the experiments use: for a tiny model it is several times faster
+    than `Trainer`, whose per-step overhead dominates; `FactCapacityCallback` gives the same measurement inside
+    `Trainer`.
 
     Args:
         model: A causal language model; trained in place (in train mode; every module gets its own mode back after).
