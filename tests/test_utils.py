@@ -197,6 +197,35 @@ def test_eval_mode_gives_the_flag_back():
     assert not model.training
 
 
+def test_eval_mode_overlapping_calls_from_two_threads_give_the_flags_back():
+    # Thread A enters, thread B enters, A leaves, B leaves: B must not restore the eval flags A had set.
+    model = tiny_causal_lm("llama").train()
+    model.model.layers[0].eval()  # a submodule with its own flag
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with eval_mode(model):
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def second():
+        a_in.wait(5)
+        with eval_mode(model):
+            b_in.set()
+            a_out.wait(5)
+            assert not model.training
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert a_out.is_set() and b_in.is_set()
+    assert model.training and not model.model.layers[0].training
+    assert all(m.training for n, m in model.named_modules() if not n.startswith("model.layers.0"))
+
+
 def test_require_extra_names_every_missing_module(monkeypatch):
     require_extra("plots", "A figure")  # installed: nothing happens
     monkeypatch.setitem(sys.modules, "matplotlib", None)

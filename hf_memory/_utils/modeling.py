@@ -75,19 +75,34 @@ def _set_training_flags(model, modes: list[tuple[torch.nn.Module, bool]]) -> Non
         module.training = training
 
 
+_EVAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> [callers inside, flags saved by the first]
+_EVAL_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def eval_mode(model) -> Iterator[None]:
     """Put `model` in eval mode inside the block; give every module back its own `training` flag on every exit path.
 
+    Calls may overlap on one model (nested, or from several threads): the first to enter saves the flags and the
+    last to leave restores them, so an overlap cannot leave the model in eval mode.
+
     Args:
         model: A `torch.nn.Module`.
     """
-    modes = _training_flags(model)
-    model.eval()
+    with _EVAL_LOCK:
+        entry = _EVAL.get(model)
+        if entry is None:
+            entry = _EVAL[model] = [0, _training_flags(model)]
+            model.eval()
+        entry[0] += 1
     try:
         yield
     finally:
-        _set_training_flags(model, modes)
+        with _EVAL_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                del _EVAL[model]
+                _set_training_flags(model, entry[1])
 
 
 @contextlib.contextmanager
