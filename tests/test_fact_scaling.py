@@ -704,3 +704,214 @@ def test_lora_capacity_example_small_mode_agrees_with_peft(tmp_path, modules, pr
     assert all(b >= a - 2 for a, b in zip(counts, counts[1:]))
     assert (tmp_path / "summary.json").is_file()
     assert summary["plots"] and all(Path(p).is_file() for p in summary["plots"])
+
+
+# ---------------------------------------------------------------- hostile-trial regressions (2026-11-30)
+
+
+def _prompt_tuned(vocab_size: int, virtual_tokens: int = 3):
+    from peft import PromptTuningConfig, get_peft_model
+
+    config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=virtual_tokens)
+    return get_peft_model(tiny_llama(vocab_size), config)
+
+
+def test_prompt_tuning_trains_on_the_answer_positions_and_pads_right():
+    """Prompt tuning prepends virtual tokens (every logit column shifts) and drops `position_ids`: the loss must be
+    the model's own labels loss, and left padding must not change a verdict."""
+    from hf_memory.fact_scaling.training import _accepts_logits_to_keep, _answer_loss
+
+    facts = small_facts()
+    tok = facts.build_tokenizer()
+    model = _prompt_tuned(len(tok))
+    assert not _accepts_logits_to_keep(model)
+    data = facts.to_dataset(tokenizer=tok, repeat=False)
+    rows = [data[i] for i in range(6)]
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in rows])
+    mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows])
+    labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in rows])
+    loss = _answer_loss(model, ids, mask, labels, _accepts_logits_to_keep(model))
+    assert torch.allclose(loss, model(input_ids=ids, attention_mask=mask, labels=labels).loss)
+    # verdicts of a model that knows most facts, alone against padded in one batch (2 of 60 differed)
+    from peft import PromptTuningConfig, get_peft_model
+
+    facts = SyntheticFactSet(num_entities=60, attributes={"birthplace": 64}, name_syllables=(1, 3), seed=3)
+    tok = facts.build_tokenizer()
+    base = tiny_llama(len(tok))
+    train_on_facts(base, tok, facts, epochs=25, lr=1e-2, batch_size=16, seed=0)
+    torch.manual_seed(0)
+    model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    alone = fact_capacity(model, tok, facts, batch_size=1)
+    assert 0 < alone.count < alone.total
+    assert fact_capacity(model, tok, facts, batch_size=256, padding_side="left").known == alone.known
+
+
+def test_a_fit_predicts_by_parameter_name_not_by_key_order():
+    fit = fit_linear_capacity([1e4, 2e4, 4e4, 8e4], [2e3, 4e3, 8e3, 16e3], n_bootstrap=20)
+    shuffled = dataclasses.replace(fit, params=dict(sorted(fit.params.items())))  # e.g. a json sort_keys round trip
+    assert list(shuffled.params) == ["intercept", "slope"]
+    assert shuffled.predict(1e5) == pytest.approx(2e4)
+    e = np.arange(0, 50, 5)
+    epoch = fit_epoch_capacity(e, 1000 - 900 * np.exp(-0.1 * e), n_bootstrap=20)
+    turned = dataclasses.replace(epoch, params=dict(sorted(epoch.params.items())))
+    assert turned.predict(20) == pytest.approx(epoch.predict(20))
+
+
+def test_an_epoch_curve_flat_after_epoch_zero_gives_beta_no_interval():
+    """Saturated before the first measured epoch: no refit can move beta, and a zero-width interval at the fitted
+    value excluded the true one."""
+    rng = np.random.default_rng(1)  # a draw whose fit puts beta far out (others fit the noise at epoch 10)
+    e = np.arange(0, 100, 10)
+    y = 1000 - 900 * np.exp(-4.0 * e) + rng.normal(0, 5, len(e))
+    with pytest.warns(UserWarning, match="beta"):
+        fit = fit_epoch_capacity(e, y, n_bootstrap=50)
+    assert all(math.isnan(v) for v in fit.ci["beta"])
+    assert fit.ci["c_max"][0] < fit.ci["c_max"][1]
+    identified = fit_epoch_capacity(e, 1000 - 900 * np.exp(-0.1 * e) + rng.normal(0, 5, len(e)), n_bootstrap=50)
+    low, high = identified.ci["beta"]
+    assert low < 0.1 < high
+
+
+def test_a_flat_curve_is_a_perfect_fit():
+    assert fit_epoch_capacity(range(10), [500] * 10, n_bootstrap=10).r2 == 1.0
+
+
+def test_callback_checks_every_setting_at_construction_and_keeps_a_generator():
+    facts = small_facts()
+    tok = facts.build_tokenizer()
+    for kwargs, match in (
+        ({"batch_size": 0}, "batch_size"),
+        ({"padding_side": "middle"}, "padding_side"),
+        ({"direction": "both"}, "direction"),
+        ({"split": "tests"}, "split"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            FactCapacityCallback(facts, tokenizer=tok, **kwargs)
+    callback = FactCapacityCallback((row for row in facts.rows(repeat=False)), tokenizer=tok)
+    model = tiny_llama(len(tok))
+    assert fact_capacity(model, tok, callback.facts).total == fact_capacity(model, tok, callback.facts).total == 24
+
+
+def test_train_on_facts_takes_a_generator_and_checks_everything_before_training():
+    facts = small_facts()
+    tok = facts.build_tokenizer()
+    model = tiny_llama(len(tok))
+    history = train_on_facts(model, tok, (r for r in facts.rows()), epochs=2, lr=1e-2, measure_every=1)
+    assert [r.total for _, r in history.capacity] == [24, 24]
+    assert all(p.grad is None for p in model.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad = (
+        ({"measure_facts": [{"prompt": "x"}], "measure_every": 1}, "measure_facts|facts\\[0\\]"),
+        ({"on_epoch_end": 5}, "on_epoch_end"),
+        ({"direction": "sideways"}, "direction"),
+    )
+    for kwargs, match in bad:
+        with pytest.raises(ValueError, match=match):
+            train_on_facts(model, tok, facts.rows(), epochs=1, lr=1e-2, **kwargs)
+    small = tiny_llama(len(tok) - 5)  # the tokenizer's last ids are outside this model's vocabulary
+    with pytest.raises(ValueError, match="vocabulary"):
+        train_on_facts(small, tok, facts, epochs=1, lr=1e-2)
+    with pytest.raises(ValueError, match="non-empty prompt and target string"):
+        train_on_facts(model, tok, [{"prompt": "The pet of Ka is", "target": None}], epochs=1, lr=1e-2)
+    with pytest.raises(ValueError, match="non-empty prompt and target string"):
+        fact_capacity(model, tok, [{"prompt": None, "target": " x"}])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_pad_id_outside_the_vocabulary_is_not_an_error():
+    facts = small_facts()
+    tok = facts.build_tokenizer()
+    model = tiny_llama(len(tok))
+    tok.add_special_tokens({"pad_token": "<newpad>"})  # id len(vocab): outside the model, never attended
+    assert tok.pad_token_id >= model.config.vocab_size
+    assert fact_capacity(model, tok, facts).total == 24
+    train_on_facts(model, tok, facts, epochs=1, lr=1e-2, batch_size=5)
+
+
+def test_training_inverse_facts_measures_the_inverse_direction():
+    facts = small_facts(attributes={"code": 12}, inverse=True)
+    tok = facts.build_tokenizer()
+    model = tiny_llama(len(tok))
+    seen = []
+    original = fact_capacity
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("direction"))
+        return original(*args, **kwargs)
+
+    import hf_memory.fact_scaling.training as training
+
+    training.fact_capacity, restore = spy, training.fact_capacity
+    try:
+        train_on_facts(model, tok, facts, epochs=1, lr=1e-2, direction="inverse", measure_every=1)
+        train_on_facts(model, tok, facts, epochs=1, lr=1e-2, direction="both", measure_every=1)
+    finally:
+        training.fact_capacity = restore
+    assert seen == ["inverse", "forward"]
+
+
+def test_experiments_refuse_settings_they_cannot_honour_before_building_a_model():
+    facts = small_facts(attributes={"code": 12}, inverse=True)
+    tok = facts.build_tokenizer()
+    built = []
+
+    def make():
+        built.append(1)
+        return tiny_llama(len(tok))
+
+    with pytest.raises(ValueError, match="direction"):
+        compatibility_experiment(make, tok, facts, epochs=1, lr=1e-2, direction="forward")
+    with pytest.raises(ValueError, match="typo"):
+        compatibility_experiment(make, tok, facts, epochs=1, lr=1e-2, typo=1)
+    with pytest.raises(ValueError, match="direction"):
+        preference_experiment(tiny_llama(len(tok)), tok, facts, epochs=1, lr=1e-2, direction="inverse")
+    assert not built
+    with pytest.raises(ValueError, match="make_model"):
+        compatibility_experiment(lambda: None, tok, facts, epochs=1, lr=1e-2)
+
+
+def test_overwriting_in_the_inverse_direction_trains_and_measures_inverse_rows():
+    facts = small_facts(attributes={"code": 12}, inverse=True)
+    tok = facts.build_tokenizer()
+    a, b = facts.select(range(6)), facts.select(range(6, 12))
+    import hf_memory.fact_scaling.experiments as experiments
+
+    trained, measured = [], []
+    original_train, original_measure = experiments.train_on_facts, experiments.fact_capacity
+
+    def train(model, tokenizer, data, **kwargs):
+        rows = data.rows("train", kwargs["direction"]) if isinstance(data, SyntheticFactSet) else data
+        trained.append({r["direction"] for r in rows})
+        return original_train(model, tokenizer, data, **kwargs)
+
+    def measure(*args, **kwargs):
+        measured.append(kwargs.get("direction"))
+        return original_measure(*args, **kwargs)
+
+    experiments.train_on_facts, experiments.fact_capacity = train, measure
+    try:
+        out = overwriting_experiment(lambda: tiny_llama(len(tok)), tok, a, b, epochs=1, lr=1e-2, direction="inverse")
+    finally:
+        experiments.train_on_facts, experiments.fact_capacity = original_train, original_measure
+    assert trained == [{"inverse"}] * 3 and measured == ["inverse"] * 5
+    assert out["mixed"]["a"]["total"] == 6
+
+
+def test_default_entity_names_tokenize_without_unknown_tokens():
+    facts = SyntheticFactSet(num_entities=1000)  # "pet" is a whole word: "Peto" once became <unk>
+    tok = facts.build_tokenizer()
+    assert not any(tok.unk_token_id in tok(name)["input_ids"] for name in facts.entities)
+    with pytest.raises(ValueError, match="Fact of this set"):
+        small_facts().prompt(dataclasses.replace(facts.facts[0], attribute="hobby"))
+
+
+def test_non_embedding_parameters_leave_out_embedding_adapters_as_head_adapters():
+    from peft import LoraConfig, get_peft_model
+
+    counts = {}
+    for targets in (["q_proj"], ["q_proj", "lm_head"], ["q_proj", "embed_tokens"]):
+        model = get_peft_model(tiny_llama(100, hidden=16), LoraConfig(r=2, target_modules=targets))
+        counts[tuple(targets)] = non_embedding_parameters(model)
+    assert len(set(counts.values())) == 1
+    assert counts[("q_proj",)] > non_embedding_parameters(tiny_llama(100, hidden=16))

@@ -254,3 +254,11 @@ def test_lazy_getattr_loads_once_and_from_several_threads():
     assert "goldfish_mask" in dir_()
     with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
         getattr_("nothing")
+
+
+def test_check_number_exclusive_maximum_names_the_open_interval():
+    assert check_number(np.float32(0.5), "p", minimum=0, maximum=1, exclusive_maximum=True) == 0.5
+    with pytest.raises(ValueError, match=r"`p` must be a finite number in \(0, 1\), got 1"):
+        check_number(1, "p", minimum=0, maximum=1, exclusive_minimum=True, exclusive_maximum=True)
+    with pytest.raises(ValueError, match=r"< 2"):
+        check_number(2.0, "q", maximum=2, exclusive_maximum=True)

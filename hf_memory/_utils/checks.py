@@ -118,6 +118,7 @@ def check_number(
     exclusive_minimum: bool = False,
     allow_none: bool = False,
     hint: str = "",
+    exclusive_maximum: bool = False,
 ):
     """Return `value` as a finite Python `float`, or raise a `ValueError` naming `name` and the allowed range.
 
@@ -129,6 +130,7 @@ def check_number(
         exclusive_minimum: Whether `minimum` itself is excluded (`> minimum` rather than `>= minimum`).
         allow_none: Whether None is allowed (and returned as is).
         hint: A few words on what the argument means, shown in parentheses.
+        exclusive_maximum: Whether `maximum` itself is excluded (`< maximum` rather than `<= maximum`).
     """
     if value is None and allow_none:
         return None
@@ -141,14 +143,14 @@ def check_number(
     if ok and minimum is not None:
         ok = value > minimum if exclusive_minimum else value >= minimum
     if ok and maximum is not None:
-        ok = value <= maximum
+        ok = value < maximum if exclusive_maximum else value <= maximum
     if not ok:
         if minimum is not None and maximum is not None:
-            bound = f" in {'(' if exclusive_minimum else '['}{minimum}, {maximum}]"
+            bound = f" in {'(' if exclusive_minimum else '['}{minimum}, {maximum}{')' if exclusive_maximum else ']'}"
         elif minimum is not None:
             bound = f" {'>' if exclusive_minimum else '>='} {minimum}"
         elif maximum is not None:
-            bound = f" <= {maximum}"
+            bound = f" {'<' if exclusive_maximum else '<='} {maximum}"
         else:
             bound = ""
         raise ValueError(

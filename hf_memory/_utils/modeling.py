@@ -56,6 +56,16 @@ def supports_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
+def is_prompt_learning(model) -> bool:
+    """Whether `model` is a PEFT prompt-learning model (prompt, prefix or p-tuning): its virtual tokens shift every
+    position of the output, and PEFT drops the `position_ids` it is given.
+
+    Args:
+        model: A `torch.nn.Module`, possibly a `peft.PeftModel`.
+    """
+    return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
+
+
 def model_device(model) -> torch.device:
     """The device of the model's first parameter.
 

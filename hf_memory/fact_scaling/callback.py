@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
 from .._utils import check_integer, log_through_trainer
-from .capacity import _fact_rows, fact_capacity
+from .capacity import _capacity_rows, _reusable, fact_capacity
 
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class FactCapacityCallback(TrainerCallback):
         history: `(epoch, FactCapacityResult)` for every measurement, in order.
 
     Raises:
-        ValueError: On unusable facts or an unknown `fact_capacity` argument, at construction.
+        ValueError: On unusable facts, an unknown `fact_capacity` argument or a bad value of one, at construction.
 
     Examples:
         >>> from hf_memory.fact_scaling import SyntheticFactSet
@@ -47,19 +48,18 @@ class FactCapacityCallback(TrainerCallback):
     """
 
     def __init__(self, facts, tokenizer=None, every: int = 1, **capacity_kwargs: Any):
-        self.facts = facts
+        self.facts = _reusable(facts)  # a generator would be empty at the second epoch
         self.tokenizer = tokenizer
         self.every = check_integer(every, "every", minimum=1)
         unknown = set(capacity_kwargs) - {"split", "direction", "template", "batch_size", "padding_side"}
         if unknown:
             raise ValueError(f"FactCapacityCallback got unknown fact_capacity arguments {sorted(unknown)}.")
         self.capacity_kwargs = capacity_kwargs
-        _fact_rows(  # refuse unusable facts now rather than at the end of the first epoch
-            facts,
-            capacity_kwargs.get("split", "train"),
-            capacity_kwargs.get("direction", "forward"),
-            capacity_kwargs.get("template", 0),
-        )
+        # refuse unusable facts and settings now rather than at the end of the first epoch
+        call = inspect.signature(fact_capacity).bind(None, None, self.facts, **capacity_kwargs)
+        call.apply_defaults()
+        names = ("facts", "split", "direction", "template", "batch_size", "padding_side")
+        _capacity_rows(*(call.arguments[name] for name in names))
         self.history: list = []
         self._pending: dict | None = None
 

@@ -8,15 +8,24 @@ uses): so one teacher-forced forward pass per batch decides every fact, with no 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
-from .._utils import check_choice, check_integer, check_vocabulary, eval_mode, model_device, supports_logits_to_keep
+from .._utils import (
+    check_choice,
+    check_integer,
+    check_vocabulary,
+    eval_mode,
+    is_prompt_learning,
+    model_device,
+    supports_logits_to_keep,
+    vocabulary_size,
+)
 from .encoding import encode_facts
-from .facts import Fact, SyntheticFactSet
+from .facts import FACT_SPLITS, Fact, SyntheticFactSet
 
 
 if TYPE_CHECKING:
@@ -51,10 +60,18 @@ class FactCapacityResult:
         return self.count / self.total if self.total else float("nan")
 
 
+def _reusable(facts):
+    """`facts`, or its rows as a list when it is a one-shot iterator (a generator) that a second pass would find
+    empty."""
+    return list(facts) if isinstance(facts, Iterator) else facts
+
+
 def _fact_rows(facts, split: str, direction: str, template: int) -> tuple[list[dict], list[int] | None]:
-    """The rows to score, and per row the value-set size (None when unknown)."""
+    """The rows to score, and per row the value-set size (None when unknown). `split` and `template` are checked
+    for rows too (where they are not used), so that a typo is not silently ignored."""
+    check_choice(split, "split", FACT_SPLITS)
+    template = check_integer(template, "template", minimum=0)
     if isinstance(facts, SyntheticFactSet):
-        template = check_integer(template, "template", minimum=0)
         chosen = facts.split(split)  # a fresh list on every call: take it once
         if not chosen:
             raise ValueError(f"`facts` has no {split} facts: nothing to measure.")
@@ -82,6 +99,34 @@ def _fact_rows(facts, split: str, direction: str, template: int) -> tuple[list[d
     return rows, None
 
 
+def _encode_rows(model, tokenizer, rows: list) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """Encode rows for `model` before any work: the `(prompt_ids, target_ids)` per row, every id checked against the
+    model's vocabulary, and the id to pad with (the tokenizer's, or 0 where it has none or it lies outside the
+    vocabulary: padding is masked, so any id in the vocabulary will do)."""
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"`model` must be a causal language model (a torch.nn.Module), got {type(model).__name__}.")
+    if not callable(tokenizer):
+        raise ValueError(f"`tokenizer` must be a transformers tokenizer, got {type(tokenizer).__name__}.")
+    encoded = encode_facts(tokenizer, [r["prompt"] for r in rows], [r["target"] for r in rows])
+    largest = max((max(p + t) for p, t in encoded), default=0)
+    check_vocabulary(torch.tensor([largest]), model, "the facts' token ids (encoded with `tokenizer`)")
+    pad = getattr(tokenizer, "pad_token_id", None)
+    size = vocabulary_size(model)
+    return encoded, 0 if pad is None or (size is not None and pad >= size) else pad
+
+
+def _capacity_rows(facts, split, direction, template, batch_size, padding_side) -> tuple[list, list | None, int]:
+    """Every check of `fact_capacity`'s arguments but the model's and tokenizer's: the rows it would score, their
+    value-set sizes and the batch size."""
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    check_choice(padding_side, "padding_side", PADDING_SIDES)
+    check_choice(direction, "direction", ("forward", "inverse"))
+    rows, sizes = _fact_rows(facts, split, direction, template)
+    if not rows:
+        raise ValueError("`facts` is empty: give at least one fact.")
+    return rows, sizes, batch_size
+
+
 @torch.inference_mode()
 def fact_capacity(
     model: torch.nn.Module,
@@ -98,13 +143,16 @@ def fact_capacity(
     One teacher-forced forward per batch decides every fact of the batch exactly as greedy decoding would (the
     value is produced iff the argmax at each value position is the value token). Prompts of different lengths are
     padded (`padding_side`) with the attention mask and position ids a real row would get, so a fact's verdict
-    does not depend on its batch. The model runs in eval mode and gets its own mode back.
+    does not depend on its batch. A PEFT prompt-learning model (prompt, prefix or p-tuning) drops position ids, so
+    its rows are always padded on the right. The model runs in eval mode and gets its own mode back.
 
     Args:
         model: A causal language model, on the device to run on.
         tokenizer: The tokenizer the facts were trained with.
         facts: A `SyntheticFactSet` (each fact once, with template `template`), or a `datasets.Dataset` / list of
-            rows with `prompt` and `target` columns (and optionally `attribute`), e.g. `fact_set.to_dataset()`.
+            rows with `prompt` and `target` columns (and optionally `attribute`). Rows are counted as given:
+            `fact_set.to_dataset()` holds every template and each fact as often as its repetitions, so pass the
+            `SyntheticFactSet` itself (or `to_dataset(repeat=False)` with one template) to count facts.
         split: For a `SyntheticFactSet`: "train" or "held_out".
         direction: For a `SyntheticFactSet`: "forward" (prompt -> value) or "inverse" (value prompt -> entity).
         template: For a `SyntheticFactSet`: which paraphrase template to ask with.
@@ -127,14 +175,10 @@ def fact_capacity(
         >>> result.total, len(result.known), sorted(result.by_attribute)
         (4, 4, ['pet'])
     """
-    batch_size = check_integer(batch_size, "batch_size", minimum=1)
-    check_choice(padding_side, "padding_side", PADDING_SIDES)
-    check_choice(direction, "direction", ("forward", "inverse"))
-    rows, sizes = _fact_rows(facts, split, direction, template)
-    if not rows:
-        raise ValueError("`facts` is empty: give at least one fact.")
-    encoded = encode_facts(tokenizer, [str(r["prompt"]) for r in rows], [str(r["target"]) for r in rows])
-    pad = tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else 0
+    rows, sizes, batch_size = _capacity_rows(facts, split, direction, template, batch_size, padding_side)
+    encoded, pad = _encode_rows(model, tokenizer, rows)
+    if is_prompt_learning(model):
+        padding_side = "right"
     device = model_device(model)
     keep_last = padding_side == "left" and supports_logits_to_keep(model)
     known: list[bool] = []
@@ -151,7 +195,6 @@ def fact_capacity(
                     ids[i, width - len(row) :], mask[i, width - len(row) :] = row, 1
                 else:
                     ids[i, : len(row)], mask[i, : len(row)] = row, 1
-            check_vocabulary(ids, model, "the encoded facts")
             ids, mask = ids.to(device), mask.to(device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             longest_target = max(len(t) for _, t in batch)

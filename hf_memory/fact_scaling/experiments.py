@@ -3,6 +3,7 @@ for frequent and difficult facts, and overwriting of earlier facts by later ones
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,27 @@ from .training import train_on_facts
 def _check_factory(make_model) -> None:
     if isinstance(make_model, torch.nn.Module) or not callable(make_model):
         raise ValueError(f"`make_model` must be a callable returning a fresh model, got {make_model!r}.")
+
+
+_TRAIN_SETTINGS = frozenset(inspect.signature(train_on_facts).parameters) - {"model", "tokenizer", "facts"}
+
+
+def _check_train_kwargs(train_kwargs: dict, reserved: tuple[str, ...] = ()) -> None:
+    """Refuse, before any model is built, a setting `train_on_facts` does not take or one the experiment sets."""
+    allowed = _TRAIN_SETTINGS - set(reserved)
+    unknown = sorted(set(train_kwargs) - allowed)
+    if unknown:
+        raise ValueError(
+            f"Unknown or reserved training settings {unknown}: the experiment takes {sorted(allowed)}"
+            + (f" ({', '.join(reserved)} is set by the experiment)." if reserved else ".")
+        )
+
+
+def _fresh(make_model) -> torch.nn.Module:
+    model = make_model()
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"`make_model` must return a fresh model (a torch.nn.Module), got {type(model).__name__}.")
+    return model
 
 
 def _check_facts(facts, name: str) -> None:
@@ -43,7 +65,8 @@ def compatibility_experiment(
         make_model: Returns a fresh, identically initialised model each call.
         tokenizer: The tokenizer to train and measure with.
         facts: A `SyntheticFactSet` built with `inverse=True`.
-        **train_kwargs: `train_on_facts` settings (`epochs`, `lr`, `batch_size`, ...).
+        **train_kwargs: `train_on_facts` settings (`epochs`, `lr`, `batch_size`, ...; not `direction`, which the
+            experiment sets).
 
     Returns:
         `{"unique_facts": n, "alone": {"forward": share}, "with_inverse": {"forward": share, "inverse": share,
@@ -55,13 +78,14 @@ def compatibility_experiment(
     """
     _check_factory(make_model)
     _check_facts(facts, "facts")
+    _check_train_kwargs(train_kwargs, reserved=("direction",))
     if not facts.inverse:
         raise ValueError("`facts` must be built with inverse=True for the compatibility experiment.")
     n = len(facts)
-    alone = make_model()
+    alone = _fresh(make_model)
     train_on_facts(alone, tokenizer, facts, direction="forward", **train_kwargs)
     forward_alone = fact_capacity(alone, tokenizer, facts)
-    both = make_model()
+    both = _fresh(make_model)
     train_on_facts(both, tokenizer, facts, direction="both", **train_kwargs)
     forward = fact_capacity(both, tokenizer, facts)
     inverse = fact_capacity(both, tokenizer, facts, direction="inverse")
@@ -96,7 +120,8 @@ def preference_experiment(
         model: A fresh model; trained in place.
         tokenizer: The tokenizer to train and measure with.
         facts: A `SyntheticFactSet`, usually with `zipf_exponent` and attributes of different value-set sizes.
-        **train_kwargs: `train_on_facts` settings (`epochs`, `lr`, `batch_size`, ...).
+        **train_kwargs: `train_on_facts` settings (`epochs`, `lr`, `batch_size`, ...; not `direction`: the facts
+            are trained and measured forward).
 
     Returns:
         `{"capacity": FactCapacityResult, "by_frequency": {bucket: share}, "by_value_set_size": {size: share with
@@ -108,6 +133,7 @@ def preference_experiment(
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"`model` must be a fresh model (a torch.nn.Module), got {type(model).__name__}.")
     _check_facts(facts, "facts")
+    _check_train_kwargs(train_kwargs, reserved=("direction",))
     train_on_facts(model, tokenizer, facts, **train_kwargs)
     result = fact_capacity(model, tokenizer, facts)
     by_frequency: dict[str, list[int]] = {}
@@ -142,7 +168,8 @@ def overwriting_experiment(
         tokenizer: The tokenizer to train and measure with.
         facts_a: The facts learned first (e.g. `facts.select(range(n))`).
         facts_b: The facts learned second.
-        **train_kwargs: `train_on_facts` settings (`epochs`, `lr`, `batch_size`, ...).
+        **train_kwargs: `train_on_facts` settings (`epochs`, `lr`, `batch_size`, ...). With `direction`, both runs
+            train in that direction and are measured in it (forward for "both").
 
     Returns:
         `{"sequential": {"a_after_a": share, "a_after_b": share, "b_after_b": share}, "mixed": {"a": share, "b":
@@ -154,17 +181,20 @@ def overwriting_experiment(
     _check_factory(make_model)
     _check_facts(facts_a, "facts_a")
     _check_facts(facts_b, "facts_b")
-    sequential = make_model()
+    _check_train_kwargs(train_kwargs)
+    direction = train_kwargs.get("direction", "forward")
+    rows = facts_a.rows("train", direction) + facts_b.rows("train", direction)  # checks `direction` too
+    measured = {"direction": "inverse" if direction == "inverse" else "forward"}
+    sequential = _fresh(make_model)
     train_on_facts(sequential, tokenizer, facts_a, **train_kwargs)
-    a_after_a = fact_capacity(sequential, tokenizer, facts_a)
+    a_after_a = fact_capacity(sequential, tokenizer, facts_a, **measured)
     train_on_facts(sequential, tokenizer, facts_b, **train_kwargs)
-    a_after_b = fact_capacity(sequential, tokenizer, facts_a)
-    b_after_b = fact_capacity(sequential, tokenizer, facts_b)
-    mixed = make_model()
-    rows = facts_a.rows() + facts_b.rows()
+    a_after_b = fact_capacity(sequential, tokenizer, facts_a, **measured)
+    b_after_b = fact_capacity(sequential, tokenizer, facts_b, **measured)
+    mixed = _fresh(make_model)
     train_on_facts(mixed, tokenizer, rows, **train_kwargs)
-    mixed_a = fact_capacity(mixed, tokenizer, facts_a)
-    mixed_b = fact_capacity(mixed, tokenizer, facts_b)
+    mixed_a = fact_capacity(mixed, tokenizer, facts_a, **measured)
+    mixed_b = fact_capacity(mixed, tokenizer, facts_b, **measured)
     return {
         "sequential": {
             "a_after_a": _share(a_after_a.count, a_after_a.total),

@@ -54,6 +54,20 @@ class Fact:
     num_values: int = 2
 
 
+def _spelled(word: str, first: set[str], rest: set[str]) -> bool:
+    """Whether WordPiece (longest match first) spells `word` without `<unk>`: a piece of `first` (word-initial
+    tokens), then pieces of `rest` (the `##` tokens, without their `##`), as the tokenizer of `build_tokenizer`."""
+    longest = max(len(w) for w in first | rest)
+    start = 0
+    while start < len(word):
+        vocabulary = first if start == 0 else rest
+        end = next((e for e in range(min(len(word), start + longest), start, -1) if word[start:e] in vocabulary), None)
+        if end is None:
+            return False
+        start = end
+    return True
+
+
 def _template_slots(template: str) -> set[str]:
     slots = set()
     for _, field, spec, conversion in string.Formatter().parse(template):
@@ -189,9 +203,9 @@ class SyntheticFactSet:
             zipf_exponent, "zipf_exponent", minimum=0.0, exclusive_minimum=True, allow_none=True
         )
         self.max_repetitions = check_integer(max_repetitions, "max_repetitions", minimum=1)
-        self.held_out_fraction = check_number(held_out_fraction, "held_out_fraction", minimum=0.0)
-        if self.held_out_fraction >= 1.0:
-            raise ValueError(f"`held_out_fraction` must be in [0, 1), got {held_out_fraction!r}.")
+        self.held_out_fraction = check_number(
+            held_out_fraction, "held_out_fraction", minimum=0.0, maximum=1.0, exclusive_maximum=True
+        )
         if self.held_out_fraction > 0 and not self.rule_attributes:
             raise ValueError(
                 "`held_out_fraction` > 0 holds out rule facts, but `rule_attributes` is empty: give at least one."
@@ -285,8 +299,11 @@ class SyntheticFactSet:
             self.values[attribute] = words
         value_words = {w for words in self.values.values() for w in words}
         value_lengths = {len(w) for w in value_words}
+        initial, continuing = set(self._whole_words()) | set(self.syllables), set(self.syllables)
         least, most = self.name_syllables
-        parts_possible = sum(len(self.syllables) ** k for k in range(least, most + 1))
+        parts_possible, k = 0, least
+        while k <= most and parts_possible**2 < 2 * self.num_entities:  # small numbers, however long the names
+            parts_possible, k = parts_possible + len(self.syllables) ** k, k + 1
         if parts_possible**2 < 2 * self.num_entities:
             raise ValueError(
                 f"`num_entities` = {self.num_entities} is too many for names of {least}-{most} of "
@@ -307,8 +324,11 @@ class SyntheticFactSet:
             first, last = (rng.integers(0, len(self.syllables), k) for k in lengths)
             parts = ["".join(self.syllables[i] for i in p).capitalize() for p in (first, last)]
             name = " ".join(parts)
-            # A name part that starts with a value word would tokenize (longest match) into that value's token.
+            # A name part that starts with a value word would tokenize (longest match) into that value's token; one
+            # that starts with another whole word ("pet" in "Peto") can leave a rest no syllable spells (<unk>).
             if name in seen or any(part[:k] in value_words for part in parts for k in value_lengths):
+                continue
+            if not all(_spelled(part.lower(), initial, continuing) for part in parts):
                 continue
             seen.add(name)
             entities.append(name)
@@ -415,6 +435,8 @@ class SyntheticFactSet:
             fact: A fact of this set.
             template: Index of the paraphrase template.
         """
+        if not isinstance(fact, Fact) or fact.attribute not in self.templates:
+            raise ValueError(f"`fact` must be a Fact of this set (attributes {list(self.templates)}), got {fact!r}.")
         templates = self.templates[fact.attribute]
         template = check_integer(template, "template", minimum=0)
         if template >= len(templates):
@@ -506,6 +528,18 @@ class SyntheticFactSet:
                 row["labels"] = [-100] * len(prompt_ids) + target_ids
         return Dataset.from_list(rows)
 
+    def _whole_words(self) -> list[str]:
+        """The words `build_tokenizer` keeps whole, lower-cased and in vocabulary order: every template word and
+        every value."""
+        import re
+
+        words: list[str] = []
+        templates = [t for ts in self.templates.values() for t in ts] + list(self.inverse_templates)
+        filler = [t.format(entity="", attribute=" ".join(self.values), value="") for t in templates]
+        for text in filler:
+            words += re.findall(r"\w+|[^\w\s]", text.lower())
+        return words + [w.lower() for ws in self.values.values() for w in ws]
+
     def build_tokenizer(self, max_length: int = 64) -> PreTrainedTokenizerFast:
         """A local tokenizer for this fact set: whole words for templates and values, syllables for names.
 
@@ -519,19 +553,11 @@ class SyntheticFactSet:
         Returns:
             The tokenizer, built in memory (nothing is downloaded).
         """
-        import re
-
         from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
         from transformers import PreTrainedTokenizerFast
 
         max_length = check_integer(max_length, "max_length", minimum=4)
-        words: list[str] = []
-        templates = [t for ts in self.templates.values() for t in ts] + list(self.inverse_templates)
-        filler = [t.format(entity="", attribute=" ".join(self.values), value="") for t in templates]
-        for text in filler:
-            words += re.findall(r"\w+|[^\w\s]", text.lower())
-        words += [w.lower() for ws in self.values.values() for w in ws]
-        words += list(self.syllables) + ["##" + s for s in self.syllables]
+        words = self._whole_words() + list(self.syllables) + ["##" + s for s in self.syllables]
         vocab = {}
         for token in ["<pad>", "<bos>", "<eos>", "<unk>", *words]:
             vocab.setdefault(token, len(vocab))

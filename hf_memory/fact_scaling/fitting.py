@@ -52,7 +52,7 @@ class CapacityFit:
         Args:
             x: A number or an array of numbers.
         """
-        return _LAWS[self.law](np.asarray(x, dtype=float), *self.params.values())
+        return _LAWS[self.law](np.asarray(x, dtype=float), *(self.params[name] for name in _NAMES[self.law]))
 
 
 def _linear(x, slope, intercept):
@@ -93,8 +93,8 @@ def _points(x, y, x_name: str, y_name: str, positive_x: bool) -> tuple[np.ndarra
 def _r2(y: np.ndarray, fitted: np.ndarray) -> float:
     residual = float(np.sum((y - fitted) ** 2))
     total = float(np.sum((y - y.mean()) ** 2))
-    if total == 0:
-        return 1.0 if residual == 0 else float("nan")
+    if total == 0:  # a flat curve: a perfect fit, up to the fit's rounding, or none
+        return 1.0 if residual <= 1e-12 * max(1.0, float(np.sum(y**2))) else float("nan")
     return 1.0 - residual / total
 
 
@@ -131,13 +131,22 @@ def _fit_once(law: str, x: np.ndarray, y: np.ndarray, p0=None) -> np.ndarray | N
     return params
 
 
+def _beta_identified(x: np.ndarray, y: np.ndarray, params) -> bool:
+    """Whether the points tell the epoch law's beta: changing it by half moves the curve at some measured epoch by
+    more than rounding. When the curve has saturated by the first epoch measured after 0, no refit can move beta,
+    and a bootstrap interval would have no width while saying nothing."""
+    c_max, alpha, beta = params
+    change = np.abs(_epoch(x, c_max, alpha, beta * 1.5) - _epoch(x, c_max, alpha, beta / 1.5))
+    return bool(change.max() > 1e-8 * max(1.0, float(np.abs(y).max())))
+
+
 def _fit(law: str, x, y, x_name: str, n_bootstrap, confidence, seed) -> CapacityFit:
     require_extra("analysis", "Fitting fact-capacity laws")
     x, y = _points(x, y, x_name, "capacities", positive_x=law == "linear")
     n_bootstrap = check_integer(n_bootstrap, "n_bootstrap", minimum=10)
-    confidence = check_number(confidence, "confidence", minimum=0.0, maximum=1.0, exclusive_minimum=True)
-    if confidence >= 1.0:
-        raise ValueError(f"`confidence` must be in (0, 1), got {confidence!r}.")
+    confidence = check_number(
+        confidence, "confidence", minimum=0.0, maximum=1.0, exclusive_minimum=True, exclusive_maximum=True
+    )
     seed = check_integer(seed, "seed", minimum=0)
     names = _NAMES[law]
     if len(np.unique(x)) < len(names):
@@ -160,10 +169,19 @@ def _fit(law: str, x, y, x_name: str, n_bootstrap, confidence, seed) -> Capacity
     draws = np.array(draws).reshape(-1, len(names))
     tail = (1.0 - confidence) / 2 * 100
     low, high = np.percentile(draws, [tail, 100 - tail], axis=0)
+    ci = {n: (float(lo), float(hi)) for n, lo, hi in zip(names, low, high)}
+    if law == "epoch" and not _beta_identified(x, y, params):
+        ci["beta"] = (math.nan, math.nan)
+        warnings.warn(
+            f"Changing beta moves the epoch law's curve at no measured epoch (fitted beta = {params[2]:g}, alpha = "
+            f"{params[1]:g}): the curve saturated before the first epoch measured after 0, or is flat, so the points do "
+            "not tell beta and its interval is (nan, nan). Measure earlier epochs to pin it down.",
+            stacklevel=3,
+        )
     return CapacityFit(
         law=law,
         params={n: float(v) for n, v in zip(names, params)},
-        ci={n: (float(lo), float(hi)) for n, lo, hi in zip(names, low, high)},
+        ci=ci,
         r2=_r2(y, fitted),
         confidence=confidence,
         x=x.tolist(),
@@ -213,7 +231,8 @@ def fit_epoch_capacity(
 
     The starting point comes from a grid over beta with `c_max` and `alpha` solved exactly for each, so the fit
     needs no initial guess; `beta` is kept >= 0. With exactly 3 points the curve passes through them and the
-    bootstrap interval has no width.
+    bootstrap interval has no width. When the points do not tell beta (the curve saturated before the first epoch
+    measured after 0, or is flat), its interval is `(nan, nan)`, with a warning.
 
     Args:
         epochs: Epochs trained (>= 0), one per point.
@@ -286,6 +305,15 @@ def required_scale(
         5000000000
     """
     n_facts = check_number(n_facts, "n_facts", minimum=0.0, exclusive_minimum=True)
+    fraction = check_number(
+        fraction,
+        "fraction",
+        minimum=0.0,
+        maximum=1.0,
+        exclusive_minimum=True,
+        exclusive_maximum=True,
+        hint="saturation itself takes infinitely many epochs",
+    )
     if not isinstance(linear_fit, CapacityFit) or linear_fit.law != "linear":
         raise ValueError("`linear_fit` must be the result of fit_linear_capacity.")
     slope, intercept = linear_fit.params["slope"], linear_fit.params["intercept"]
@@ -297,11 +325,6 @@ def required_scale(
         return RequiredScale(n_facts, max((n_facts - intercept) / slope, 0.0), None, 1.0)
     if not isinstance(epoch_fit, CapacityFit) or epoch_fit.law != "epoch":
         raise ValueError("`epoch_fit` must be the result of fit_epoch_capacity, or None.")
-    fraction = check_number(fraction, "fraction", minimum=0.0, maximum=1.0, exclusive_minimum=True)
-    if fraction >= 1.0:
-        raise ValueError(
-            f"`fraction` must be in (0, 1): saturation itself takes infinitely many epochs, got {fraction}."
-        )
     c_max, alpha, beta = (epoch_fit.params[k] for k in ("c_max", "alpha", "beta"))
     if c_max <= 0 or beta <= 0:
         raise ValueError(f"The epoch law has c_max={c_max:g}, beta={beta:g}: both must be > 0 to be inverted.")

@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .._utils import check_choice, check_integer, check_number, model_device
-from .capacity import FactCapacityResult, fact_capacity
-from .encoding import encode_facts
+from .._utils import check_choice, check_integer, check_number, is_prompt_learning, model_device
+from .capacity import FactCapacityResult, _capacity_rows, _encode_rows, _reusable, fact_capacity
 from .facts import SyntheticFactSet
 
 
@@ -22,15 +21,18 @@ SCHEDULES = ("constant", "cosine")
 def non_embedding_parameters(model: torch.nn.Module) -> int:
     """Parameters outside every embedding table and the output projection (Kaplan et al.'s N).
 
-    Token and position embeddings (every `nn.Embedding`) and the LM head (`get_output_embeddings()`, counted once
-    when tied) are left out; each shared tensor is counted once.
+    Token and position embeddings (every `nn.Embedding`, with any adapter wrapped around one, e.g. PEFT LoRA's) and
+    the LM head (`get_output_embeddings()`, adapters included, counted once when tied) are left out; each shared
+    tensor is counted once.
 
     Args:
         model: A `torch.nn.Module`, usually a transformers causal LM.
     """
     excluded = set()
     for module in model.modules():
-        if isinstance(module, torch.nn.Embedding):
+        if isinstance(module, torch.nn.Embedding) or isinstance(
+            getattr(module, "base_layer", None), torch.nn.Embedding
+        ):
             excluded.update(id(p) for p in module.parameters())
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:
@@ -59,7 +61,10 @@ class TrainingHistory:
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the model's forward (under a PEFT wrapper: the base model's) takes `logits_to_keep`."""
+    """Whether the model's forward (under a PEFT wrapper: the base model's) takes `logits_to_keep` at given columns.
+    Not for PEFT prompt learning, whose virtual tokens shift every column."""
+    if is_prompt_learning(model):
+        return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
         return "logits_to_keep" in inspect.signature(base.forward).parameters
@@ -81,6 +86,7 @@ def _answer_loss(model: torch.nn.Module, ids, mask, labels, keep_logits: bool) -
 
 
 def _training_rows(facts, direction: str) -> list[Mapping]:
+    check_choice(direction, "direction", ("forward", "inverse", "both"))
     if isinstance(facts, SyntheticFactSet):
         return facts.rows("train", direction, repeat=True)
     if isinstance(facts, (str, bytes)) or not hasattr(facts, "__iter__"):
@@ -127,18 +133,19 @@ def train_on_facts(
         batch_size: Rows per step; None for the whole set.
         weight_decay: AdamW weight decay.
         warmup_steps: Linear warm-up steps.
-        schedule: "constant" after warm-up, or "cosine" decay to 10% of `lr` at the last step.
+        schedule: "constant" after warm-up, or "cosine" decay toward 10% of `lr` (reached one step after the last).
         direction: For a `SyntheticFactSet`: "forward", "inverse" or "both".
         measure_every: Measure `fact_capacity` every this many epochs (and after the last); None never.
-        measure_facts: What to measure (default: `facts`); anything `fact_capacity` takes.
+        measure_facts: What to measure (default: `facts`); anything `fact_capacity` takes, measured in the
+            direction trained (forward for "both").
         seed: Seed of the shuffling.
         on_epoch_end: Called as `on_epoch_end(epoch, model)` after every epoch (1-based).
 
     Returns:
-        A `TrainingHistory`.
+        A `TrainingHistory`. Every parameter's `.grad` is None afterwards (also after an error).
 
     Raises:
-        ValueError: On a bad argument, naming it.
+        ValueError: On a bad argument, naming it, before any training.
     """
     epochs = check_integer(epochs, "epochs", minimum=1)
     lr = check_number(lr, "lr", minimum=0.0, exclusive_minimum=True)
@@ -148,14 +155,18 @@ def train_on_facts(
     check_choice(schedule, "schedule", SCHEDULES)
     measure_every = check_integer(measure_every, "measure_every", minimum=1, allow_none=True)
     seed = check_integer(seed, "seed", minimum=0)
+    if on_epoch_end is not None and not callable(on_epoch_end):
+        raise ValueError(f"`on_epoch_end` must be callable as on_epoch_end(epoch, model), got {on_epoch_end!r}.")
+    facts = _reusable(facts)
     rows = _training_rows(facts, direction)
     if not rows:
         raise ValueError("`facts` has no training rows.")
-    if measure_facts is None:
-        measure_facts = facts
-    encoded = encode_facts(tokenizer, [str(r["prompt"]) for r in rows], [str(r["target"]) for r in rows])
+    measure_direction = "inverse" if direction == "inverse" else "forward"
+    measure_facts = facts if measure_facts is None else _reusable(measure_facts)
+    if measure_every is not None:
+        _capacity_rows(measure_facts, "train", measure_direction, 0, 256, "left")
+    encoded, pad = _encode_rows(model, tokenizer, rows)
     width = max(len(p) + len(t) for p, t in encoded)
-    pad = tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else 0
     ids = torch.full((len(encoded), width), pad, dtype=torch.long)
     labels = torch.full((len(encoded), width), -100, dtype=torch.long)
     mask = torch.zeros((len(encoded), width), dtype=torch.long)
@@ -200,10 +211,12 @@ def train_on_facts(
                 history.steps += 1
             history.losses.append(running / len(ids))
             if measure_every is not None and (epoch % measure_every == 0 or epoch == epochs):
-                history.capacity.append((epoch, fact_capacity(model, tokenizer, measure_facts)))
+                measured = fact_capacity(model, tokenizer, measure_facts, direction=measure_direction)
+                history.capacity.append((epoch, measured))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, model)
     finally:  # every module gets its own mode back, also when training is interrupted
         for module, training in modes:
             module.training = training
+        model.zero_grad(set_to_none=True)
     return history

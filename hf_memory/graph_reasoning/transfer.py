@@ -187,9 +187,7 @@ def transfer_report(base_scores, tuned_scores, alpha: float = 0.05, threshold: f
         edge_list 0.667 0.125 1.0 True
         friendship 0.333 0.5 0.5 True
     """
-    alpha = check_number(alpha, "alpha", minimum=0.0, maximum=1.0, exclusive_minimum=True)
-    if alpha >= 1.0:
-        raise ValueError(f"`alpha` must be a finite number in (0, 1), got {alpha!r}.")
+    alpha = check_number(alpha, "alpha", minimum=0.0, maximum=1.0, exclusive_minimum=True, exclusive_maximum=True)
     threshold = check_number(threshold, "threshold", minimum=0.0, exclusive_minimum=True)
     if not isinstance(base_scores, Mapping) or not base_scores:
         raise ValueError("`base_scores` must be a non-empty dict: test pattern -> per-item outcomes.")
