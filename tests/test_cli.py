@@ -131,3 +131,77 @@ def test_token_sequences_stream_from_files_lazily(tmp_path, tokenizer):
     (tmp_path / "blank.jsonl").write_text("\n\n")
     with pytest.raises(ValueError, match="gave no documents"):
         list(iter_token_sequences([str(tmp_path / "blank.jsonl")], tokenizer))
+
+
+def test_paths_and_data_are_looked_at_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """Each of these used to pass the checks and fail after the model had loaded (or, for a demo `--out-dir` under a
+    file, after both arms had trained)."""
+    import hf_memory.models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(hf_memory.models, "load_model", no_model)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile.txt").write_text("hello")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "notmodel").mkdir()
+    (tmp_path / "pretty.json").write_text('{\n "text": "x"}\n')
+    (tmp_path / "nokey.jsonl").write_text('{"x": 1}\n')
+    (tmp_path / "latin1.txt").write_bytes("\xe9t\xe9 caf\xe9".encode("latin-1"))
+    (tmp_path / "blank.txt").write_text(" " * 70_000)
+    cases = [
+        (["demo", "--out-dir", "afile.txt/sub"], "argument --out-dir: 'afile.txt/sub' cannot be created"),
+        (["demo", "--docs", "100000"], "argument --docs: --docs + --held-out must be at most"),
+        (["demo", "--seed", str(2**32)], "argument --seed: must be an integer in [0, 4294967295]"),
+        (["demo", "--model", "notmodel"], "argument --model: 'notmodel' is not a model folder"),
+        (["measure", "--model", "notmodel", "--data", "afile.txt"], "'notmodel' is not a model folder"),
+        (["measure", "--data", "plain"], "argument --data: 'plain' is a folder but not one written by"),
+        (["measure", "--data", "pretty.json"], "the first line of 'pretty.json' is not JSON"),
+        (["measure", "--data", "nokey.jsonl"], "has neither `input_ids` nor `text` (set --text-field)"),
+        (["measure", "--data", "latin1.txt"], "'latin1.txt' is not UTF-8 text"),
+        (["measure", "--data", "blank.txt"], "argument --data: 'blank.txt' is empty"),
+        (["measure", "--data", "afile.txt", "--out-dir", "afile.txt/x"], "argument --out-dir: 'afile.txt/x' cannot"),
+        (["audit", "--data", "afile.txt", "--out", "afile.txt/sub"], "argument --out: 'afile.txt/sub' cannot be"),
+        (["audit", "--data", "plain", "--out", "o"], "argument --data: 'plain' is a folder but not"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, argv
+        assert message in err and "Traceback" not in err, (argv, err)
+    (tmp_path / "late.txt").write_text(" " * 70_000 + "text after 64 KiB of spaces")
+    from hf_memory.cli.main import build_parser, check_paths
+
+    args = build_parser().parse_args(["measure", "--data", "late.txt"])
+    assert check_paths(args) is None  # not empty: its text starts after the first 64 KiB
+
+
+def test_data_readers_check_their_arguments_and_drop_a_byte_order_mark(tmp_path, tokenizer):
+    from hf_memory.data import document_windows, iter_token_sequences, stdlib_docstrings
+
+    (tmp_path / "bom.txt").write_bytes("\ufeffdef f(x):".encode())
+    (tmp_path / "plain.txt").write_text("def f(x):")
+    (tmp_path / "bom.jsonl").write_bytes('\ufeff{"text": "def f(x):"}\n'.encode())
+    plain = next(iter_token_sequences(tmp_path / "plain.txt", tokenizer))[0]  # one path alone, as a PathLike
+    assert next(iter_token_sequences([str(tmp_path / "bom.txt")], tokenizer))[0] == plain
+    assert next(iter_token_sequences([str(tmp_path / "bom.jsonl")], tokenizer))[0] == plain
+    for bad, match in ((None, "`paths` must be a path"), ([3], r"`paths\[0\]` must be a path")):
+        with pytest.raises(ValueError, match=match):
+            iter_token_sequences(bad, tokenizer)  # at the call, not at the first record
+    with pytest.raises(ValueError, match="missing.jsonl' is not a file"):
+        list(iter_token_sequences([str(tmp_path / "missing.jsonl")], tokenizer))
+    assert len(stdlib_docstrings(max_docs=2)) == 2
+    for kwargs, match in (({"max_docs": 0}, "max_docs"), ({"max_docs": 2.5}, "max_docs"), ({"min_chars": "4"}, "min")):
+        with pytest.raises(ValueError, match=match):
+            stdlib_docstrings(**kwargs)
+    assert document_windows(tokenizer, ["def f(x):", "x"], 2) == [plain[:2]]
+    for texts, length, match in (
+        (["a b c"], -1, "length"),
+        (["a b c"], True, "length"),
+        ("hello world", 2, "texts"),
+        ([None], 2, r"texts\[0\]"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            document_windows(tokenizer, texts, length)

@@ -13,20 +13,25 @@ import sys
 DEBUG_ENVIRONMENT = "HF_MEMORY_DEBUG"  # set to 1 for a full traceback on errors (as --debug)
 
 
-def _integer(minimum: int):
-    """An argparse `type` accepting integers >= `minimum`, so a bad value is refused before any work."""
+def _integer(minimum: int, maximum: int | None = None):
+    """An argparse `type` accepting integers >= `minimum` (and <= `maximum`), so a bad value is refused before any
+    work."""
+    allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {value}")
         return value
 
-    parse.__name__ = f"integer >= {minimum}"
+    parse.__name__ = f"integer {allowed}"
     return parse
+
+
+MAX_SEED = 2**32 - 1  # numpy's seeds, which transformers' set_seed reaches
 
 
 def _positive_number(text: str) -> float:
@@ -73,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--suffix", type=_integer(1), default=32, help="Suffix tokens it must reproduce.")
     demo.add_argument("--goldfish-k", type=_integer(2), default=4)
     demo.add_argument("--goldfish-h", type=_integer(1), default=13)
-    demo.add_argument("--seed", type=_integer(0), default=0)
+    demo.add_argument("--seed", type=_integer(0, MAX_SEED), default=0)
     demo.add_argument("--out-dir", default="demo_output", help="Where the plot and the JSON results go.")
 
     measure = commands.add_parser("measure", help="Extractable memorization of documents under greedy decoding.")
@@ -126,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-windows", type=_integer(1), default=512, help="Most windows scored, drawn uniformly (default 512)."
     )
     audit.add_argument("--batch-size", type=_integer(1), default=16)
-    audit.add_argument("--seed", type=_integer(0), default=0, help="Seed of the window draw.")
+    audit.add_argument("--seed", type=_integer(0, MAX_SEED), default=0, help="Seed of the window draw.")
     audit.add_argument(
         "--out", required=True, help="Report folder: results.json, windows.parquet and index.html are written there."
     )
@@ -233,6 +238,52 @@ def _vocabulary_size(folder: str) -> int | None:
     return size if isinstance(size, int) else None
 
 
+def _data_problem(path: str, text_field: str) -> str | None:
+    """What is wrong with a `--data` path, from a look at its start (None if nothing seen): a folder that is no saved
+    dataset, an empty or non-UTF-8 file, a JSON Lines file whose first record is not an object with `input_ids` or
+    the text field."""
+    from ..data.files import _is_saved_dataset
+
+    if not os.path.exists(path):
+        return f"argument --data: {path!r} does not exist"
+    if os.path.isdir(path):
+        if not _is_saved_dataset(path):
+            return f"argument --data: {path!r} is a folder but not one written by Dataset.save_to_disk"
+        return None
+    with open(path, "rb") as f:
+        start = f.read(1 << 16)
+        if not any(chunk.strip() for chunk in (start, *iter(lambda: f.read(1 << 16), b""))):
+            return f"argument --data: {path!r} is empty"
+    try:  # the first 64 KiB, less a multi-byte character cut at the end
+        text = start.decode("utf-8-sig", errors="strict") if len(start) < 1 << 16 else start[:-4].decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return f"argument --data: {path!r} is not UTF-8 text (a binary file?)"
+    if path.endswith((".jsonl", ".json")):
+        first = next((line for line in text.splitlines() if line.strip()), None)
+        if first is not None and (len(start) < 1 << 16 or len(first) < len(text)):  # a whole first line
+            try:
+                record = json.loads(first)
+            except ValueError:
+                return f"argument --data: the first line of {path!r} is not JSON (a .jsonl file holds one object per line)"
+            if not isinstance(record, dict) or ("input_ids" not in record and text_field not in record):
+                return (
+                    f"argument --data: the first record of {path!r} has neither `input_ids` nor `{text_field}` "
+                    "(set --text-field)"
+                )
+    return None
+
+
+def _writable_problem(option: str, folder: str) -> str | None:
+    """What keeps `folder` from being created and written, or None."""
+    from .._utils import check_writable
+
+    try:
+        check_writable(folder, option)
+    except ValueError as err:
+        return f"argument {option}: {str(err).split(' ', 1)[1].rstrip('.')}"
+    return None
+
+
 def check_audit_paths(args: argparse.Namespace) -> str | None:
     """What is wrong with the `audit` arguments, checked before any model is loaded (None if nothing).
 
@@ -258,14 +309,12 @@ def check_audit_paths(args: argparse.Namespace) -> str | None:
                     "the reference must share the model's tokenizer"
                 )
     for path in args.data:
-        if not os.path.exists(path):
-            return f"argument --data: {path!r} does not exist"
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                if not f.read(1 << 16).strip():
-                    return f"argument --data: {path!r} is empty"
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        return f"argument --out: {args.out!r} is a file; give a folder for the report"
+        problem = _data_problem(path, args.text_field)
+        if problem:
+            return problem
+    problem = _writable_problem("--out", args.out)
+    if problem:
+        return problem
     if args.push_to_hub is not None:
         from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -376,17 +425,14 @@ def check_paths(args: argparse.Namespace) -> str | None:
     """
     if args.command == "audit":
         return check_audit_paths(args)
-    if args.model is not None and not os.path.isdir(args.model):
-        return f"argument --model: {args.model!r} is not a local folder (nothing is downloaded)"
-    if args.gguf_file is not None:
-        if args.model is None:
-            return "argument --gguf-file: give --model, the folder that holds the file"
-        if not os.path.isfile(os.path.join(args.model, args.gguf_file)):
-            return f"argument --gguf-file: no file {args.gguf_file!r} in {args.model!r}"
+    problem = _model_folder_problem("--model", args.model, "--gguf-file", args.gguf_file)
+    if problem:
+        return problem
     if args.command == "measure":
         for path in args.data:
-            if not os.path.exists(path):
-                return f"argument --data: {path!r} does not exist"
+            problem = _data_problem(path, args.text_field)
+            if problem:
+                return problem
         if args.out is not None:
             folder = os.path.dirname(os.path.abspath(args.out))
             if os.path.isdir(args.out):
@@ -395,8 +441,8 @@ def check_paths(args: argparse.Namespace) -> str | None:
                 return f"argument --out: the folder {folder!r} does not exist"
         if args.out is not None and args.out_dir is not None:
             return "argument --out: not with --out-dir (the rows are in the folder's Parquet shards)"
-        if args.out_dir is not None and os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
-            return f"argument --out-dir: {args.out_dir!r} is a file; give a folder"
+        if args.out_dir is not None and (problem := _writable_problem("--out-dir", args.out_dir)):
+            return problem
         if args.text_rouge and args.method == "prefix":
             return "argument --text-rouge: needs whole predictions, which --method prefix does not produce"
         if args.text_rouge:
@@ -404,8 +450,19 @@ def check_paths(args: argparse.Namespace) -> str | None:
 
             if not all(is_available(module) for module in EXTRAS["analysis"]):
                 return 'argument --text-rouge: needs the analysis extra: pip install "hf-memory[analysis]"'
-    if args.command == "demo" and os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
-        return f"argument --out-dir: {args.out_dir!r} is a file; give a folder"
+    if args.command == "demo":
+        problem = _writable_problem("--out-dir", args.out_dir)
+        if problem:
+            return problem
+        from ..data import stdlib_docstrings
+
+        length = args.prefix + args.suffix  # a token spans at least one byte: an upper bound, before the tokenizer
+        most = sum(len(doc.encode("utf-8")) >= length for doc in stdlib_docstrings())
+        if args.docs + args.held_out > most:
+            return (
+                f"argument --docs: --docs + --held-out must be at most {most} here (standard-library docstrings of "
+                f"at least {length} bytes; fewer have {length} tokens), got {args.docs} + {args.held_out}"
+            )
     return None
 
 

@@ -7,6 +7,8 @@ import inspect
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from .._utils import check_integer
+
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -87,7 +89,12 @@ def stdlib_docstrings(min_chars: int = 400, max_docs: int | None = None) -> list
 
     Returns:
         The docstrings, as plain strings.
+
+    Raises:
+        ValueError: If `min_chars` is not an integer >= 0 or `max_docs` not an integer >= 1 or None.
     """
+    min_chars = check_integer(min_chars, "min_chars", minimum=0)
+    max_docs = check_integer(max_docs, "max_docs", minimum=1, allow_none=True)
     docs, seen = [], set()
     for name in STDLIB_MODULES:
         try:
@@ -118,14 +125,22 @@ def document_windows(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], l
     Returns:
         One list of `length` token ids per document long enough, in the order of `texts`.
 
+    Raises:
+        ValueError: If `length` is not an integer >= 1, `texts` is a single string, or a text is not a string.
+
     Examples:
         >>> from hf_memory.data import word_level_tokenizer
         >>> tok = word_level_tokenizer(["a", "b", "c"])
         >>> document_windows(tok, ["a b c a", "b c", "c c c"], 3)
         [[4, 5, 6], [6, 6, 6]]
     """
+    length = check_integer(length, "length", minimum=1)
+    if isinstance(texts, (str, bytes)) or not hasattr(texts, "__iter__"):
+        raise ValueError(f"`texts` must be an iterable of strings (a list of documents), got {type(texts).__name__}.")
     windows = []
-    for text in texts:
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"`texts[{i}]` must be a string, got {type(text).__name__}.")
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) >= length:
             windows.append(ids[:length])

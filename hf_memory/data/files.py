@@ -32,18 +32,34 @@ def _lines(handle, path: str):
         ) from None
 
 
+def _paths(paths) -> list[str]:
+    """`paths` as a list of path strings: one path (a string or `os.PathLike`) or an iterable of them."""
+    if isinstance(paths, (str, os.PathLike)):
+        return [os.fspath(paths)]
+    if isinstance(paths, bytes) or not hasattr(paths, "__iter__"):
+        raise ValueError(f"`paths` must be a path or a list of paths, got {type(paths).__name__}.")
+    out = []
+    for i, path in enumerate(paths):
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValueError(f"`paths[{i}]` must be a path (str or os.PathLike), got {type(path).__name__}.")
+        out.append(os.fspath(path))
+    return out
+
+
 def iter_token_sequences(
-    paths: Iterable[str], tokenizer: PreTrainedTokenizerBase, text_field: str = "text"
+    paths: Iterable[str] | str | os.PathLike, tokenizer: PreTrainedTokenizerBase, text_field: str = "text"
 ) -> Iterator[tuple[list[int], str]]:
     """Yield each document's token ids and where it came from, reading the files lazily (one record at a time).
 
     A text file is one document; a `.jsonl` file holds one JSON object per line with `input_ids` or `text_field`;
     a folder written by `Dataset.save_to_disk` gives its `input_ids` column, or else its `text_field` column. Text is
     tokenized without special tokens, as documents are usually seen in training. Nothing is read before iteration
-    starts, and only the current record is held: a corpus larger than memory streams through.
+    starts, and only the current record is held: a corpus larger than memory streams through. Files are read as
+    UTF-8; a leading byte-order mark is dropped.
 
     Args:
-        paths: Text files, `.jsonl` / `.json` files (one JSON object per line) and `save_to_disk` folders, in order.
+        paths: Text files, `.jsonl` / `.json` files (one JSON object per line) and `save_to_disk` folders, in order
+            (one path may be given alone).
         tokenizer: The tokenizer for records given as text (called with `add_special_tokens=False`).
         text_field: The JSON key or dataset column holding the text, used where there is no `input_ids`.
 
@@ -52,10 +68,14 @@ def iter_token_sequences(
         `path[/split][row]`).
 
     Raises:
-        ValueError: When the record at fault is reached: a path that is neither a file nor a saved dataset folder, a
-            record with neither `input_ids` nor `text_field`, invalid JSON, an empty text file; and at the end, if
-            the paths gave no document.
+        ValueError: At once, if `paths` is not a path or a list of them; when the record at fault is reached: a path
+            that is neither a file nor a saved dataset folder, a record with neither `input_ids` nor `text_field`,
+            invalid JSON, an empty text file; and at the end, if the paths gave no document.
     """
+    return _iter_token_sequences(_paths(paths), tokenizer, text_field)
+
+
+def _iter_token_sequences(paths: list[str], tokenizer, text_field: str) -> Iterator[tuple[list[int], str]]:
 
     def text_or_ids(record: dict, where: str) -> list[int]:
         if not isinstance(record, dict):
@@ -66,7 +86,9 @@ def iter_token_sequences(
             if not isinstance(record[text_field], str):
                 raise ValueError(f"{where}: `{text_field}` must be a string, got {type(record[text_field]).__name__}.")
             return tokenizer(record[text_field], add_special_tokens=False)["input_ids"]
-        raise ValueError(f"{where} has neither `input_ids` nor `{text_field}` (set --text-field).")
+        raise ValueError(
+            f"{where} has neither `input_ids` nor `{text_field}` (set `text_field`, --text-field on the command line)."
+        )
 
     found = False
     for path in paths:
@@ -80,8 +102,10 @@ def iter_token_sequences(
                     where = f"{path}{'/' + split if split else ''}[{i}]"
                     yield text_or_ids(row, where), where
                     found = True
+        elif not os.path.isfile(path):
+            raise ValueError(f"`paths` entry {path!r} is not a file or a saved dataset folder.")
         elif path.endswith((".jsonl", ".json")):
-            with open(path, encoding="utf-8", errors="strict") as f:
+            with open(path, encoding="utf-8-sig", errors="strict") as f:
                 for line_no, line in enumerate(_lines(f, path), 1):
                     if line.strip():
                         try:
@@ -93,27 +117,26 @@ def iter_token_sequences(
                             ) from None
                         yield text_or_ids(record, f"{path}:{line_no}"), f"{path}:{line_no}"
                         found = True
-        elif os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
+        else:
+            with open(path, encoding="utf-8-sig") as f:
                 text = "".join(_lines(f, path))
             if not text.strip():
                 raise ValueError(f"{path} is empty: a text file is one document.")
             yield text_or_ids({text_field: text}, path), path
             found = True
-        else:
-            raise ValueError(f"`--data` {path!r} is not a file or a saved dataset folder.")
     if not found:
-        raise ValueError("`--data` gave no documents.")
+        raise ValueError("`paths` gave no documents.")
 
 
 def load_token_sequences(
-    paths: Iterable[str], tokenizer: PreTrainedTokenizerBase, text_field: str = "text"
+    paths: Iterable[str] | str | os.PathLike, tokenizer: PreTrainedTokenizerBase, text_field: str = "text"
 ) -> tuple[list[list[int]], list[str]]:
     """Token id sequences and, per sequence, where it came from, all read into memory (`iter_token_sequences` streams
     them instead).
 
     Args:
-        paths: Text files, `.jsonl` / `.json` files (one JSON object per line) and `save_to_disk` folders, in order.
+        paths: Text files, `.jsonl` / `.json` files (one JSON object per line) and `save_to_disk` folders, in order
+            (one path may be given alone).
         tokenizer: The tokenizer for records given as text (called with `add_special_tokens=False`).
         text_field: The JSON key or dataset column holding the text, used where there is no `input_ids`.
 
