@@ -547,3 +547,109 @@ run_resume_case({str(tmp_path)!r})
     resumed = run_resume_case(tmp_path)
     assert resumed.table().equals(clean_resume_run)
     assert sorted(os.listdir(tmp_path)) == sorted([HTML_FILE, RESULTS_FILE, WINDOWS_FILE])
+
+
+def test_a_resumed_audit_refuses_other_weights_another_tokenizer_and_other_data(tmp_path, monkeypatch):
+    """Each was accepted while the manifest held only names and config hashes: the report mixed two models' rows."""
+    import hf_memory.analysis
+    from hf_memory.data import word_level_tokenizer
+
+    real, calls = hf_memory.analysis.ce_diagnostic, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf_memory.analysis, "ce_diagnostic", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_resume_case(tmp_path)
+    monkeypatch.setattr(hf_memory.analysis, "ce_diagnostic", real)
+    model, reference, tok, texts = resume_case()
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] += 1e-3  # a fine-tune keeps its name and config
+    with pytest.raises(ValueError, match="different model"):
+        audit(model, tok, texts, **RESUME, reference_model=reference, out=tmp_path, show_progress=False)
+    model, reference, tok, texts = resume_case()
+    with torch.no_grad():
+        reference.lm_head.weight[0, 0] += 1e-3
+    with pytest.raises(ValueError, match="different reference model"):
+        audit(model, tok, texts, **RESUME, reference_model=reference, out=tmp_path, show_progress=False)
+    model, reference, tok, texts = resume_case()
+    other = word_level_tokenizer([f"v{i}" for i in range(40)])  # same size, other tokens
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    with pytest.raises(ValueError, match="different (tokenizer|windows)"):
+        audit(model, other, ids, **RESUME, reference_model=reference, out=tmp_path, show_progress=False)
+    short = texts + ["w1 w2"] * 5  # too short for a window: the same windows, other n-gram counts
+    with pytest.raises(ValueError, match="different data"):
+        audit(model, tok, short, **RESUME, reference_model=reference, out=tmp_path, show_progress=False)
+    assert len(run_resume_case(tmp_path).rows) == 40  # the same call still finishes it
+
+
+def test_non_finite_losses_are_left_out_of_the_summary_and_the_page_says_how_many(tmp_path):
+    model, reference, tok, texts = resume_case()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[tok.convert_tokens_to_ids("w3")] = float("nan")
+    report = audit(model, tok, texts, **{**RESUME, "flush_every": 10}, reference_model=reference, out=tmp_path,
+                   show_progress=False)  # fmt: skip
+    losses = [r["calibrated_loss"] for r in report.rows]
+    bad = sum(not math.isfinite(v) for v in losses)
+    assert 0 < bad < len(losses)
+    calibrated = report.calibrated
+    assert calibrated["calibrated_non_finite"] == bad
+    finite = sorted(v for v in losses if math.isfinite(v))
+    assert calibrated["calibrated_loss_median"] == pytest.approx(float(torch.tensor(finite).median()), abs=1e-3)
+    assert "windows whose loss is not finite" in (tmp_path / HTML_FILE).read_text()
+    assert all(math.isfinite(r.metric_value) for r in report.eval_results("data", "custom"))
+
+
+def test_a_re_audit_replaces_every_earlier_result_and_an_unreachable_hub_stops_the_push(audited, monkeypatch):
+    import huggingface_hub.repocard as repocard
+    from huggingface_hub import ModelCard
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    report = audited[0]
+    card = report.to_model_card(None)
+    fewer = copy.deepcopy(report)
+    fewer.data["num_windows"] = 9  # another window count: other metric_config
+    fewer.reference_model = None
+    fewer.rows = [{**r, "calibrated_loss": None} for r in fewer.rows]
+    _, _, results = _card_results(fewer.to_model_card(card))
+    assert sorted(r.metric_type for r in results) == sorted({r.metric_type for r in results})  # nothing twice
+    assert "calibrated_ce" not in {r.metric_type for r in results}  # no stale number from the audit before
+
+    def unreachable(*args, **kwargs):
+        raise LocalEntryNotFoundError("no connection and not in the cache")
+
+    uploads = []
+    monkeypatch.setattr(repocard, "hf_hub_download", unreachable)
+    monkeypatch.setattr(repocard, "upload_file", lambda *args, **kwargs: uploads.append(1))
+    monkeypatch.setattr(ModelCard, "validate", lambda self, repo_type=None: None)
+    with pytest.raises(LocalEntryNotFoundError):
+        report.push_to_hub("me/my-fine-tune", token="t")
+    assert not uploads
+
+
+def test_top_k_zero_and_bad_items_are_named(tmp_path):
+    model, _, tok, texts = resume_case()
+    report = audit(model, tok, texts, prefix_len=4, suffix_len=4, max_windows=4, top_k=0, out=tmp_path,
+                   show_progress=False)  # fmt: skip
+    page = (tmp_path / HTML_FILE).read_text()
+    assert "Not shown (top_k=0)" in page and "not even its first token" not in page
+    assert report.data["num_windows"] == 4
+    for data, match in (
+        ([None, texts[0]], r"`data\[0\]` is None"),
+        ([texts[0], None], r"`data\[1\]` is None"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            audit(model, tok, data, prefix_len=4, suffix_len=4, show_progress=False)
+    with pytest.raises(ValueError, match=r"`sources\[1\]` is None"):
+        audit(model, tok, texts[:2], sources=["a", None], prefix_len=4, suffix_len=4, show_progress=False)
+    with pytest.raises(ValueError, match="`model` must be a causal language model"):
+        audit(None, tok, texts, prefix_len=4, suffix_len=4, show_progress=False)
+    rows = ({"text": t} for t in texts[:3])  # rows of a streamed text dataset
+    assert (
+        audit(model, tok, rows, prefix_len=4, suffix_len=4, max_windows=3, show_progress=False).data["num_documents"]
+        == 3
+    )

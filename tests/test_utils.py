@@ -262,3 +262,36 @@ def test_check_number_exclusive_maximum_names_the_open_interval():
         check_number(1, "p", minimum=0, maximum=1, exclusive_minimum=True, exclusive_maximum=True)
     with pytest.raises(ValueError, match=r"< 2"):
         check_number(2.0, "q", maximum=2, exclusive_maximum=True)
+
+
+def test_a_reader_and_a_writer_of_another_thread_never_overlap_on_one_model():
+    """An audit's CE diagnostic (a writer) moved the weights under an extraction pass of another thread (a reader)."""
+    from hf_memory._utils import exclusive
+
+    model = tiny_causal_lm("llama").train()
+    inside, release, errors = threading.Event(), threading.Event(), []
+
+    def hold(context):
+        with context:
+            inside.set()
+            release.wait(5)
+
+    for first, second in (
+        (lambda: exclusive(model, "writer"), lambda: eval_mode(model, "reader")),
+        (lambda: eval_mode(model, "reader"), lambda: exclusive(model, "writer")),
+    ):
+        inside.clear(), release.clear()
+        thread = threading.Thread(target=hold, args=(first(),))
+        thread.start()
+        inside.wait(5)
+        with pytest.raises(RuntimeError, match="another thread|is changing its weights"):
+            with second():
+                errors.append("overlapped")
+        release.set()
+        thread.join(5)
+    assert not errors and model.training
+    with exclusive(model, "writer"), eval_mode(model, "reader"):  # one thread may nest them
+        assert not model.training
+    with eval_mode(model, "reader"), exclusive(model, "writer"):
+        pass
+    assert model.training

@@ -17,6 +17,8 @@ from .modeling import (
     model_identity,
     restored,
     supports_logits_to_keep,
+    tokenizer_fingerprint,
+    weights_fingerprint,
 )
 from .sequences import as_sequences, iter_sequences, leading_windows
 from .training import calling_trainer, log_through_trainer
@@ -56,6 +58,8 @@ __all__ = [
     "require_extra",
     "restored",
     "supports_logits_to_keep",
+    "tokenizer_fingerprint",
     "vocabulary_size",
+    "weights_fingerprint",
     "write_json",
 ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import itertools
+import json
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +32,37 @@ def model_identity(model, name: str | None = None) -> dict:
     else:
         text = type(model).__qualname__
     return {"name_or_path": str(name), "config_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+
+
+def weights_fingerprint(model) -> str:
+    """A sha256 that changes when any weight changes: per parameter and buffer, its name, shape, dtype, float64 sum
+    and a strided sample of its values. About one pass over the weights; what identifies a model
+    beyond `model_identity` (a fine-tune keeps its base model's name and configuration).
+
+    Args:
+        model: A `torch.nn.Module`.
+    """
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+            flat = tensor.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 1024)].float().cpu().numpy()
+            total = flat.sum(dtype=torch.float64).item() if flat.is_floating_point() else int(flat.sum())
+            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|{total!r}|".encode())
+            digest.update(sample.tobytes())
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str | None:
+    """A sha256 of a tokenizer's vocabulary (token -> id), or None when it has none to read.
+
+    Args:
+        tokenizer: A transformers tokenizer.
+    """
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if not callable(get_vocab):
+        return None
+    return hashlib.sha256(json.dumps(sorted(get_vocab().items())).encode("utf-8")).hexdigest()
 
 
 def cache_io(model) -> tuple[str, Callable]:
@@ -85,31 +118,48 @@ def _set_training_flags(model, modes: list[tuple[torch.nn.Module, bool]]) -> Non
         module.training = training
 
 
-_EVAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> [callers inside, flags saved by the first]
-_EVAL_LOCK = threading.Lock()
+# Who holds a model. Readers (`eval_mode`) may overlap each other; a call changing the weights in place
+# (`exclusive`) overlaps no other writer, and no reader of another thread (one thread may nest them).
+_EVAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> [readers, flags saved by the first, threads]
+_BUSY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (the call changing it, its thread)
+_BUSY_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def eval_mode(model) -> Iterator[None]:
+def eval_mode(model, what: str = "this call") -> Iterator[None]:
     """Put `model` in eval mode inside the block; give every module back its own `training` flag on every exit path.
 
     Calls may overlap on one model (nested, or from several threads): the first to enter saves the flags and the
-    last to leave restores them, so an overlap cannot leave the model in eval mode.
+    last to leave restores them, so an overlap cannot leave the model in eval mode. A call of another thread that
+    changes the model's weights in place (`exclusive`) cannot overlap the block: whichever comes second raises.
 
     Args:
         model: A `torch.nn.Module`.
+        what: The caller's name, shown if it is refused.
+
+    Raises:
+        RuntimeError: If another thread is changing the model's weights in place.
     """
-    with _EVAL_LOCK:
+    me = threading.get_ident()
+    with _BUSY_LOCK:
+        holder = _BUSY.get(model)
+        if holder is not None and holder[1] != me:
+            raise RuntimeError(
+                f"{what} reads the model, but {holder[0]} is changing its weights in place in another thread: wait "
+                "for it to finish, or use a copy of the model."
+            )
         entry = _EVAL.get(model)
         if entry is None:
-            entry = _EVAL[model] = [0, _training_flags(model)]
+            entry = _EVAL[model] = [0, _training_flags(model), []]
             model.eval()
         entry[0] += 1
+        entry[2].append(me)
     try:
         yield
     finally:
-        with _EVAL_LOCK:
+        with _BUSY_LOCK:
             entry[0] -= 1
+            entry[2].remove(me)
             if entry[0] == 0:
                 del _EVAL[model]
                 _set_training_flags(model, entry[1])
@@ -151,17 +201,14 @@ def restored(
         _set_training_flags(model, modes)
 
 
-_BUSY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> the call changing it (not copied with it)
-_BUSY_LOCK = threading.Lock()
-
-
 def changing_model(model) -> str | None:
     """The name of the library call changing `model`'s weights in place right now, or None.
 
     Args:
         model: A `torch.nn.Module`.
     """
-    return _BUSY.get(model)
+    holder = _BUSY.get(model)
+    return None if holder is None else holder[0]
 
 
 @contextlib.contextmanager
@@ -170,7 +217,9 @@ def exclusive(model, what: str) -> Iterator[None]:
 
     Every hf-memory function that changes a model in place (FastMem, the latent scan, the CE diagnostic) takes this
     guard, so two of them can never overlap on one model, from one thread or several: the second raises a
-    `RuntimeError` before any work starts, and the first restores the model undisturbed.
+    `RuntimeError` before any work starts, and the first restores the model undisturbed. Nor can it overlap a
+    reading call of another thread (`eval_mode`: extraction, signals, fact capacity), which would see the weights
+    move.
 
     Args:
         model: A `torch.nn.Module`.
@@ -179,6 +228,7 @@ def exclusive(model, what: str) -> Iterator[None]:
     Raises:
         RuntimeError: If another call holds the model.
     """
+    me = threading.get_ident()
     with _BUSY_LOCK:
         holder = changing_model(model)
         if holder is not None:
@@ -186,7 +236,13 @@ def exclusive(model, what: str) -> Iterator[None]:
                 f"{what} changes the model's weights in place, but {holder} is already doing so on this model (in "
                 "this thread or another): wait for it to finish, or use a copy of the model."
             )
-        _BUSY[model] = what
+        readers = _EVAL.get(model)
+        if readers is not None and any(thread != me for thread in readers[2]):
+            raise RuntimeError(
+                f"{what} changes the model's weights in place, but another thread is reading the model right now: "
+                "wait for it to finish, or use a copy of the model."
+            )
+        _BUSY[model] = (what, me)
     try:
         yield
     finally:

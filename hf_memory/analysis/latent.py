@@ -553,5 +553,5 @@ def _official_steps(model, ids, optimizer) -> tuple[float, float, int]:
 def _plain_losses(model, rows, dtype: torch.dtype | None = None) -> list[float]:
     """Mean next-token CE of each sequence under `model` (eval mode, no gradients; `model.training` restored)."""
     device = model_device(model)
-    with eval_mode(model), torch.no_grad(), _autocast(device, dtype):
+    with eval_mode(model, "the reference loss"), torch.no_grad(), _autocast(device, dtype):
         return [_sequence_ce(model, row[None].to(device)).item() for row in rows]

@@ -310,7 +310,7 @@ def memorization_signals(
     length = prefix_len + suffix_len
     span = {"all": slice(0, length), "prefix": slice(0, prefix_len), "suffix": slice(prefix_len, length)}[pool]
     parts = {k: [] for k in ("confidence", "true_prob", "logit_mean", "logit_var", "entropy", "hidden")}
-    with eval_mode(model):
+    with eval_mode(model, "memorization_signals"):
         for b in tqdm(range(0, len(windows), batch_size), desc="signals", disable=not show_progress):
             ids = windows[b : b + batch_size].to(device)
             out = model(input_ids=ids, use_cache=False, output_hidden_states=hidden_states)
@@ -433,7 +433,7 @@ def representation_similarity(
     spans = _concept_spans(concept_contexts, tokenizer)
     device = model_device(model)
     per_concept = {}
-    with eval_mode(model):
+    with eval_mode(model, "representation_similarity"):
         for concept, rows in spans.items():
             reps = []
             for ids, positions in rows:

@@ -226,6 +226,8 @@ footer { margin-top: 40px; color: #888; font-size: 0.82em; }
 <td class="num">{{ "%.1f%%" | format(100 * calibrated.calibrated_below_zero) }}</td><td></td></tr>
 <tr><td>mean cross-entropy of the windows (nats)</td><td class="num">{{ "%.3f" | format(calibrated.loss_mean) }}</td>
 <td class="num">{{ "%.3f" | format(calibrated.reference_loss_mean) }}</td></tr>
+{% if calibrated.calibrated_non_finite %}<tr><td>windows whose loss is not finite (left out of the rows above)</td>
+<td class="num">{{ calibrated.calibrated_non_finite }}</td><td></td></tr>{% endif %}
 {% endif %}
 </table>
 <p class="sub" style="margin-top:10px">{{ data.num_windows }} windows of {{ settings.prefix_len }} + {{ settings.suffix_len }} tokens
@@ -275,7 +277,7 @@ fine-tuning) for the calibrated membership score.</p>{% endif %}</div>
 <div class="text"><span class="prefix">{{ row.prefix_text }}</span><mark>{{ row.reproduced_text }}</mark><span class="missed">{{ row.missed_text }}</span>
 {%- if not row.exact_match %}<span class="label">the model continued:</span><mark>{{ row.reproduced_text }}</mark><span class="diverged">{{ row.diverged_text }}</span>{% endif %}</div></div>
 {% else %}
-<p class="note">No window's suffix is reproduced, not even its first token.</p>
+<p class="note">{% if settings.top_k == 0 %}Not shown (top_k=0).{% else %}No window's suffix is reproduced, not even its first token.{% endif %}</p>
 {% endfor %}
 
 <h2>What the numbers mean</h2>

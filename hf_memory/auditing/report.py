@@ -269,7 +269,7 @@ class AuditReport:
         config += f",windows={self.data['num_windows']}"
         results = []
         for key, (metric_type, metric_name) in CARD_METRICS.items():
-            if metrics.get(key) is None:
+            if metrics.get(key) is None or not math.isfinite(metrics[key]):
                 continue
             results.append(
                 EvalResult(
@@ -318,8 +318,8 @@ class AuditReport:
         """Add the audit to a model card: `model-index` evaluation results, the `memorization-audit` tag and the
         "Memorization" section.
 
-        Results of an earlier audit with the same task, data and metric are replaced (as
-        `huggingface_hub.metadata_update(..., overwrite=True)` does); other results are kept. An earlier audit
+        Every result of an earlier audit of the same data (same task and dataset, whatever its window settings, with
+        or without a reference model) is replaced; other results are kept. An earlier audit
         section is replaced in place; otherwise the section goes at the end of the card.
 
         Args:
@@ -336,7 +336,12 @@ class AuditReport:
         if card is None:
             card = ModelCard("---\n---\n")
         new = self.eval_results(dataset_name, dataset_type)
-        kept = [old for old in card.data.eval_results or [] if not any(old.is_equal_except_value(r) for r in new)]
+        earlier = (CARD_TASK[1], dataset_name, dataset_type)  # an earlier audit of this data, whatever its settings
+        kept = [
+            old
+            for old in card.data.eval_results or []
+            if (old.task_name, old.dataset_name, old.dataset_type) != earlier
+        ]
         card.data.eval_results = kept + new
         card.data.model_name = (
             model_name or card.data.model_name or os.path.basename(self.model["name_or_path"].rstrip("/"))
@@ -377,11 +382,13 @@ class AuditReport:
             The URL of the commit.
         """
         from huggingface_hub import ModelCard
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
         try:
             card = ModelCard.load(repo_id, token=token)
-        except EntryNotFoundError:  # a repo without a README.md yet
-            card = None
+        except EntryNotFoundError as err:
+            if isinstance(err, LocalEntryNotFoundError):  # the Hub could not be reached: never overwrite its card
+                raise
+            card = None  # a repo without a README.md yet
         card = self.to_model_card(card, dataset_name=dataset_name, dataset_type=dataset_type)
         return card.push_to_hub(repo_id, token=token, commit_message=commit_message)

@@ -23,7 +23,9 @@ from .._utils import (
     iter_sequences,
     model_identity,
     require_extra,
+    tokenizer_fingerprint,
     vocabulary_size,
+    weights_fingerprint,
 )
 from ..analysis import NgramCounts
 from ..extraction import sample_windows
@@ -41,7 +43,8 @@ BOUNDARY_WINDOW = 8  # positions averaged on each side of the prefix/suffix boun
 
 
 def _describe_model(model, name: str | None = None) -> dict:
-    """`model_identity` plus what a reader of `results.json` wants to see: type, size and dtype."""
+    """`model_identity` plus what a reader of `results.json` wants to see: type, size and dtype; and a fingerprint
+    of the weights, so that a resumed audit refuses a fine-tune that kept its base model's name and config."""
     config = getattr(model, "config", None)
     first = next(model.parameters(), None)
     return {
@@ -49,6 +52,7 @@ def _describe_model(model, name: str | None = None) -> dict:
         "model_type": getattr(config, "model_type", None),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "dtype": None if first is None else str(first.dtype).removeprefix("torch."),
+        "weights_sha256": weights_fingerprint(model),
     }
 
 
@@ -59,13 +63,15 @@ def _texts(data) -> Iterator[str]:
             yield from batch["text"]
     else:
         for row in data:
-            yield row["text"] if isinstance(row, dict) else row
+            yield row["text"] if isinstance(row, Mapping) else row
 
 
 def _tokenized(texts: Iterable, tokenizer) -> Iterator[list[int]]:
     """Token ids of each text (no special tokens), tokenized `TOKENIZE_BATCH` texts at a time."""
     batch: list[str] = []
     for i, text in enumerate(texts):
+        if text is None:
+            raise ValueError(f"`data[{i}]` is None: every document must be a text (or every one token ids).")
         if not isinstance(text, str):
             raise ValueError(f"`data[{i}]` is not a text ({type(text).__name__}): `data` mixes texts and token ids.")
         if not text.strip():
@@ -83,6 +89,9 @@ def _token_ids(items: Iterable) -> Iterator:
         if isinstance(item, str):
             raise ValueError(f"`data[{i}]` is a text: `data` mixes texts and token ids.")
         yield item
+
+
+_END = object()  # the end of an iterator (None may be an item)
 
 
 def _document_stream(data, tokenizer) -> Iterable:
@@ -104,11 +113,13 @@ def _document_stream(data, tokenizer) -> Iterable:
     if not hasattr(data, "__iter__"):
         raise ValueError(f"`data` must be texts, token id sequences or a dataset, got {type(data).__name__}.")
     items = iter(data)
-    first = next(items, None)
-    if first is None:
+    first = next(items, _END)
+    if first is _END:
         return []
-    if isinstance(first, str):
-        return _tokenized(itertools.chain([first], items), tokenizer)
+    if first is None:
+        raise ValueError("`data[0]` is None: every document must be a text or a sequence of token ids.")
+    if isinstance(first, str) or (isinstance(first, Mapping) and "input_ids" not in first and "text" in first):
+        return _tokenized(_texts(itertools.chain([first], items)), tokenizer)
     return _token_ids(itertools.chain([first], items))
 
 
@@ -126,20 +137,25 @@ class _Scan:
         self.counts = NgramCounts.empty((1, 2))
         self.labels: list[str] = []
         self.num_tokens = 0
+        self.digest = hashlib.sha256()  # of every document read, so that a resumed audit must read the same data
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         sources = None if self.sources is None else iter(self.sources)
         for i, ids in enumerate(iter_sequences(self.documents, "data")):
             check_vocabulary(ids, self.model, f"data[{i}]")
             if sources is not None:
-                label = next(sources, None)
-                if label is None:
+                label = next(sources, _END)
+                if label is _END:
                     raise ValueError(f"`sources` has {i} labels for more documents: give one label per document.")
+                if label is None:
+                    raise ValueError(f"`sources[{i}]` is None: give each document a label.")
                 self.labels.append(str(label))
             self.counts.add(ids)
             self.num_tokens += len(ids)
+            self.digest.update(len(ids).to_bytes(8, "little"))
+            self.digest.update(torch.as_tensor(ids, dtype=torch.int64).numpy().tobytes())
             yield ids
-        if sources is not None and next(sources, None) is not None:
+        if sources is not None and next(sources, _END) is not _END:
             raise ValueError(f"`sources` has more labels than the {len(self.labels)} documents of `data`.")
 
     def label(self, document: int) -> str:
@@ -283,6 +299,11 @@ def audit(
         >>> report.data["num_windows"], sorted(report.metrics)[:2]
         (6, ['exact_match', 'half_suffix_rate'])
     """
+    for name, value in (("model", model), ("reference_model", reference_model)):
+        if not isinstance(value, torch.nn.Module) and (name == "model" or value is not None):
+            raise ValueError(
+                f"`{name}` must be a causal language model (a torch.nn.Module), got {type(value).__name__}."
+            )
     prefix_len = check_integer(prefix_len, "prefix_len", minimum=1)
     suffix_len = check_integer(suffix_len, "suffix_len", minimum=1)
     length = prefix_len + suffix_len
@@ -336,7 +357,9 @@ def audit(
                 "settings": {**settings, "flush_every": flush_every},
                 "model": model_info,
                 "reference_model": reference_info,
+                "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
                 "windows": _fingerprint(windows, positions, labels),
+                "data_sha256": scan.digest.hexdigest(),
             }
             with PartialRows(os.path.join(out, PARTIAL_DIR), manifest) as partial:
                 for begin in starts:

@@ -68,16 +68,22 @@ def calibrated_summary(rows: list[dict]) -> dict | None:
     """Summary of the calibrated CE diagnostic (`loss_after - reference_loss`; below 0: easier than for the
     reference model even after accounting for how hard the text is), or None without a reference model.
 
+    The mean, median and share below zero are over the windows whose score is finite; `calibrated_non_finite`
+    counts the others.
+
     Args:
         rows: The per-window rows.
     """
     values = np.array([r["calibrated_loss"] for r in rows if r.get("calibrated_loss") is not None], dtype=float)
     if not len(values):
         return None
+    finite = values[np.isfinite(values)]  # a diverged model can give some windows a NaN or infinite loss
+    nan = float("nan")
     return {
-        "calibrated_loss_mean": float(values.mean()),
-        "calibrated_loss_median": float(np.median(values)),
-        "calibrated_below_zero": float((values < 0).mean()),
+        "calibrated_loss_mean": float(finite.mean()) if len(finite) else nan,
+        "calibrated_loss_median": float(np.median(finite)) if len(finite) else nan,
+        "calibrated_below_zero": float((finite < 0).mean()) if len(finite) else nan,
+        "calibrated_non_finite": int(len(values) - len(finite)),
         "loss_mean": _mean(r["loss"] for r in rows),
         "loss_after_mean": _mean(r["loss_after"] for r in rows),
         "reference_loss_mean": _mean(r["reference_loss"] for r in rows),
@@ -172,6 +178,7 @@ def calibrated_histogram(rows: list[dict]) -> dict | None:
         rows: The per-window rows.
     """
     values = [r["calibrated_loss"] for r in rows if r.get("calibrated_loss") is not None]
+    values = [v for v in values if math.isfinite(v)]
     if not values:
         return None
     counts, edges = np.histogram(values, bins=CALIBRATED_BINS)

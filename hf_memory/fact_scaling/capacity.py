@@ -182,7 +182,7 @@ def fact_capacity(
     device = model_device(model)
     keep_last = padding_side == "left" and supports_logits_to_keep(model)
     known: list[bool] = []
-    with eval_mode(model):
+    with eval_mode(model, "fact_capacity"):
         for start in range(0, len(encoded), batch_size):
             batch = encoded[start : start + batch_size]
             lengths = [len(p) + len(t) for p, t in batch]
