@@ -115,12 +115,69 @@ def test_model_mode_is_restored():
         ({"sequences": [[0.5, 1.5] * 20]}, "integer token ids"),
         ({"sequences": [[1, 2, 3]]}, "No sequence"),
         ({"sequences": Dataset.from_dict({"text": ["a"]})}, "`input_ids`"),
+        ({"show_progress": "no"}, "`show_progress` must be True or False"),
+        ({"show_progress": None}, "`show_progress` must be True or False"),
+        ({"sequences": [[1] * 20, [1, TINY_VOCAB + 3] * 10]}, r"`sequences\[1\]` holds token id 131"),
     ],
 )
 def test_bad_input(kwargs, message):
-    args = {"sequences": [list(range(40))], "prefix_len": 8, "suffix_len": 8, **kwargs}
+    args = {"sequences": [list(range(40))], "prefix_len": 8, "suffix_len": 8, "show_progress": False, **kwargs}
     with pytest.raises(ValueError, match=message):
-        measure_extraction(tiny_causal_lm("llama"), show_progress=False, **args)
+        measure_extraction(tiny_causal_lm("llama"), **args)
+
+
+def no_forward(model):
+    """A hook failing the test if the model runs a forward (an argument must be refused before any work)."""
+    return model.register_forward_hook(lambda *args: pytest.fail("a forward ran before the refusal"))
+
+
+@pytest.mark.parametrize("method", ["auto", "prefix", "generate"])
+def test_peft_prompt_learning_models_are_refused_before_any_work(method):
+    """PEFT rewrites every forward's context (virtual tokens, or a replaced KV cache): cached decoding gave wrong
+    tokens (exact match 0.0 on windows that are the model's own greedy continuation). A LoRA model is measured."""
+    peft = pytest.importorskip("peft")
+    windows = torch.randint(0, TINY_VOCAB, (4, PREFIX + SUFFIX), generator=torch.Generator().manual_seed(0))
+    for config in (
+        peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3),
+        peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3),
+    ):
+        model = peft.get_peft_model(tiny_causal_lm("llama", hidden=32), config).eval()
+        hook = no_forward(model)
+        with pytest.raises(ValueError, match="PEFT prompt-learning model.*merge_and_unload"):
+            measure_extraction(model, windows, PREFIX, SUFFIX, method=method, show_progress=False)
+        hook.remove()
+    lora = peft.get_peft_model(
+        tiny_causal_lm("llama", hidden=32), peft.LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj"])
+    ).eval()
+    assert measure_extraction(lora, windows, PREFIX, SUFFIX, method=method, show_progress=False).num_windows == 4
+
+
+@pytest.mark.parametrize("method", ["auto", "prefix", "generate"])
+def test_windows_longer_than_learned_positions_are_refused_before_any_work(method):
+    """GPT-2 with 16 positions: a 20-token window failed with an IndexError deep in torch once work had started (on
+    a GPU, a device-side assert). A window that fits, and a rotary model of the same nominal length, are measured."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=TINY_VOCAB, n_embd=16, n_layer=1, n_head=2, n_positions=16)).eval()
+    windows = torch.randint(0, TINY_VOCAB, (3, 20), generator=torch.Generator().manual_seed(0))
+    hook = no_forward(gpt2)
+    message = r"prefix_len \+ suffix_len = 20 tokens is more than .* \(`config.n_positions` = 16\)"
+    with pytest.raises(ValueError, match=message):
+        measure_extraction(gpt2, windows, 8, 12, method=method, show_progress=False)
+    hook.remove()
+    assert measure_extraction(gpt2, windows, 8, 8, method=method, show_progress=False).num_windows == 3
+    rotary = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=TINY_VOCAB,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+        )
+    ).eval()
+    assert measure_extraction(rotary, windows, 8, 12, method=method, show_progress=False).num_windows == 3
 
 
 @pytest.mark.slow
@@ -261,6 +318,26 @@ def test_sample_windows_streams_once_and_keeps_every_window_equally_likely():
     kept = Counter(w for seed in range(3000) for w in sample_windows(sequences, 4, 4, 8, 5, seed).index)
     rates = np.array([kept[w] / 3000 for w in index])
     assert np.abs(rates - 5 / 30).max() < 0.03, rates
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ((0, 2, None), "`prefix_len` must be an integer >= 1"),
+        ((-1, 2, None), "`prefix_len` must be an integer >= 1"),
+        ((True, 2, None), "`prefix_len` must be an integer >= 1"),
+        ((2.0, 2, None), "`prefix_len` must be an integer >= 1"),
+        ((2, 0, None), "`suffix_len` must be an integer >= 1"),
+        ((2, 2, -1), "`stride` must be an integer >= 0 or None"),
+        ((2, 2, 1.5), "`stride` must be an integer >= 0 or None"),
+    ],
+)
+def test_extraction_windows_validates_its_arguments(args, message):
+    """They were taken as they came: windows of the wrong length, or none at all (stride -1), silently."""
+    with pytest.raises(ValueError, match=message):
+        extraction_windows([list(range(10))], *args)
+    windows, _, _ = extraction_windows([list(range(10))], 2, 2, stride=0)  # documented: one window per sequence
+    assert [w.tolist() for w in windows] == [[0, 1, 2, 3]]
 
 
 def test_sample_windows_bad_input_names_the_argument():

@@ -227,3 +227,135 @@ def test_regrouping_falls_back_for_sliding_window_caches():
 def test_bad_max_lag(max_lag):
     with pytest.raises(ValueError, match="max_lag"):
         Regrouper(tiny_causal_lm("llama"), PREFIX, 4, max_lag=max_lag)
+
+
+def sliding_window_model(arch: str = "mistral", window: int = 4):
+    """A tiny model whose cache keeps a sliding window of `window` tokens in every layer."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    common = {
+        "vocab_size": TINY_VOCAB,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "sliding_window": window,
+        "initializer_range": 0.2,  # a peaked model: planted windows follow it for many tokens
+    }
+    if arch == "mistral":
+        return MistralForCausalLM(MistralConfig(**common)).eval()
+    config = Qwen2Config(**common, use_sliding_window=True, max_window_layers=0, layer_types=["sliding_attention"] * 2)
+    return Qwen2ForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2"])
+def test_sliding_window_models_equal_generate_wherever_a_row_diverges(arch):
+    """Windows (6 + 13 tokens) longer than the sliding window (4), diverging inside a verification chunk: the true
+    tokens fed past the divergence must not push real context out of the window (they did: wrong continuations)."""
+    from hf_memory import measure_extraction
+
+    suffix_len = 13
+    model = sliding_window_model(arch)
+    breaks = list(range(suffix_len + 1))  # every first divergence, and none
+    windows = planted(model, breaks, suffix_len, seed=3)
+    with torch.inference_mode():
+        reference = generate_suffixes(model, windows, PREFIX)
+        for row in range(len(breaks)):  # batch 1: the row's own divergence sets the chunks
+            predictions, lcp = verify_and_decode(model, windows[row : row + 1], PREFIX)
+            assert predictions.tolist() == reference[row : row + 1].tolist(), f"diverging at {breaks[row]}"
+            assert lcp.tolist() == [breaks[row]]
+    for batch_size in (1, 5):
+        predictions, lcp, _ = regrouped(model, windows, batch_size)
+        assert predictions.tolist() == reference.tolist() and lcp.tolist() == breaks
+        auto = measure_extraction(model, windows, PREFIX, suffix_len, batch_size=batch_size, show_progress=False)
+        assert auto.predictions == reference.tolist()
+
+
+def test_sliding_window_models_verify_one_token_at_a_time_and_full_attention_ones_in_chunks():
+    """Chunks of 1 (no masked token in the cache) on a sliding-window cache, doubling chunks under full attention."""
+    suffix_len = 12
+    memorized = [suffix_len] * 3
+    sliding = sliding_window_model(window=4)
+    windows = planted(sliding, memorized, suffix_len)
+    shapes = forward_shapes(sliding, lambda: verify_and_decode(sliding, windows, PREFIX))
+    assert shapes == [(3, PREFIX)] + [(3, 1)] * (suffix_len - 1)
+    # without decoding no row reads a masked token: the doubling chunks stay
+    shapes = forward_shapes(sliding, lambda: verify_and_decode(sliding, windows, PREFIX, decode=False))
+    assert shapes == [(3, PREFIX), (3, 1), (3, 2), (3, 4), (3, 4)]
+    # full attention (a Llama, SmolLM2's architecture) keeps the doubling chunks
+    llama = tiny_causal_lm("llama", hidden=32).eval()
+    windows = planted(llama, memorized, suffix_len)
+    shapes = forward_shapes(llama, lambda: verify_and_decode(llama, windows, PREFIX))
+    assert shapes == [(3, PREFIX), (3, 1), (3, 2), (3, 4), (3, 4)]
+
+
+def test_generate_ignores_the_models_generation_config():
+    """`generate` is plain greedy decoding, whatever the checkpoint's generation_config.json asks for: penalties,
+    suppressed / forced / stop tokens, sampling, a short max_length (a fresh `GenerationConfig` passed as
+    `generation_config=` would not do: generate fills its unset settings from the model's)."""
+    suffix_len = 12
+    model = tiny_causal_lm("llama", hidden=32).eval()
+    windows = torch.randint(0, TINY_VOCAB, (6, PREFIX + suffix_len), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference = generate_suffixes(model, windows, PREFIX)
+        plain_lcp = verify_and_decode(model, windows, PREFIX)[0]
+    assert reference.tolist() == plain_lcp.tolist()
+    settings = [
+        {"repetition_penalty": 1.5},
+        {"no_repeat_ngram_size": 1},
+        {"suppress_tokens": reference[:, 0].tolist()},
+        {"begin_suppress_tokens": reference[:, 0].tolist()},
+        {"forced_eos_token_id": 3},
+        {"bad_words_ids": [[t] for t in reference[:, 1].tolist()]},
+        {"sequence_bias": {(5,): 100.0}},
+        {"do_sample": True, "temperature": 0.01, "top_k": 1, "num_return_sequences": 3},
+        {"eos_token_id": reference[0, 2].item(), "max_length": PREFIX + 3},
+    ]
+    for setting in settings:
+        for key, value in setting.items():
+            setattr(model.generation_config, key, value)
+        with torch.inference_mode():
+            assert generate_suffixes(model, windows, PREFIX).tolist() == reference.tolist(), setting
+        model.generation_config = type(model.generation_config).from_model_config(model.config)
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda m, w: verify_and_decode(m, w, -2), "`prefix_len` must be an integer >= 1"),
+        (lambda m, w: verify_and_decode(m, w, 0), "`prefix_len` must be an integer >= 1"),
+        (lambda m, w: verify_and_decode(m, w, 4.0), "`prefix_len` must be an integer >= 1"),
+        (lambda m, w: verify_and_decode(m, w, 12), "`prefix_len` must be smaller than the windows' length 12"),
+        (lambda m, w: verify_and_decode(m, w[0], PREFIX), "`windows` must be a 2-D tensor"),
+        (lambda m, w: verify_and_decode(m, w.float(), PREFIX), "`windows` must be a 2-D tensor of integer"),
+        (lambda m, w: verify_and_decode(m, w.tolist(), PREFIX), "`windows` must be a 2-D tensor of token ids"),
+        (lambda m, w: verify_and_decode(m, w[:0], PREFIX), "`windows` holds no window"),
+        (lambda m, w: verify_and_decode(m, w + TINY_VOCAB, PREFIX), "outside the model's vocabulary"),
+        (lambda m, w: verify_and_decode(m, w - TINY_VOCAB, PREFIX), "token ids >= 0"),
+        (lambda m, w: verify_and_decode(m, w, PREFIX, decode="no"), "`decode` must be True or False"),
+        (lambda m, w: generate_suffixes(m, w, 12), "`prefix_len` must be smaller"),
+        (lambda m, w: generate_suffixes(m, w.float(), PREFIX), "`windows` must be a 2-D tensor of integer"),
+        (lambda m, w: Regrouper(m, PREFIX, 0), "`batch_size` must be an integer >= 1"),
+        (lambda m, w: Regrouper(m, 0, 4), "`prefix_len` must be an integer >= 1"),
+        (lambda m, w: Regrouper(m, PREFIX, 4).submit(0, w[:, :PREFIX]), "`prefix_len` must be smaller"),
+        (lambda m, w: Regrouper(m, PREFIX, 4).submit(0, w[0]), "`windows` must be a 2-D tensor"),
+    ],
+)
+def test_bad_arguments_to_the_decoding_functions(call, message):
+    model = tiny_causal_lm("llama")
+    crash = model.register_forward_hook(lambda *args: pytest.fail("a forward ran before the arguments were checked"))
+    windows = torch.randint(0, TINY_VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=message):
+        call(model, windows)
+    crash.remove()
+
+
+def test_regrouper_refuses_batches_of_another_length():
+    model = tiny_causal_lm("llama").eval()
+    regrouper = Regrouper(model, PREFIX, 4)
+    with torch.inference_mode():
+        regrouper.submit(0, torch.randint(0, TINY_VOCAB, (2, 12)))
+        with pytest.raises(ValueError, match="windows of 14 tokens, but earlier batches held 12"):
+            regrouper.submit(1, torch.randint(0, TINY_VOCAB, (2, 14)))

@@ -124,6 +124,7 @@ def test_a_streamed_input_is_read_as_it_goes():
         (iter([[1, 2, 3]]), "No sequence in `sequences` has"),
         (iter([list(range(20)), [0.5] * 20]), r"`sequences\[1\]` must hold integer token ids"),
         (iter([[TINY_VOCAB + 5] * 20]), "outside the model's vocabulary"),
+        (iter([list(range(20))] * 6 + [[TINY_VOCAB + 5] * 20]), r"`sequences\[6\]` holds token id 133, outside"),
     ],
 )
 def test_bad_streams_name_the_problem(source, message):
@@ -278,7 +279,13 @@ def test_bad_output_dirs_are_refused_before_any_work(tmp_path, monkeypatch):
     crash = crash_after(m, 0)
     file = tmp_path / "file.txt"
     file.write_text("x")
-    for folder, message in [(file, "is a file"), (file / "sub", "cannot be created"), (3, "must be a folder path")]:
+    bad = [
+        (file, "is a file"),
+        (file / "sub", "cannot be created"),
+        (3, "must be a folder path"),
+        ("", "empty string"),
+    ]
+    for folder, message in bad:
         with pytest.raises(ValueError, match=message):
             run(m, corpus(), output_dir=folder)
     with pytest.raises(ValueError, match="`flush_every` must be an integer >= 1"):
@@ -303,6 +310,196 @@ def test_a_bad_item_mid_stream_keeps_the_rows_already_written(tmp_path):
     assert kept.num_windows > 0
     with pytest.warns(UserWarning):
         assert kept.num_windows == len(rows_of(ExtractionResult.from_output_dir(tmp_path)))
+
+
+def test_dataset_reads_only_the_shards(tmp_path):
+    """Other files in the folder (a backup copy, notes) were read as shards: duplicated rows, or a raw ArrowInvalid."""
+    import shutil
+
+    m, rows = model(), corpus()
+    result = run(m, rows, output_dir=tmp_path, flush_every=2)
+    expected = rows_of(result)
+    shard = sorted(p for p in os.listdir(tmp_path) if p.endswith(".parquet"))[0]
+    shutil.copy(tmp_path / shard, tmp_path / "backup.parquet")
+    shutil.copy(tmp_path / shard, tmp_path / "rank00000-copy.parquet")
+    (tmp_path / "notes.txt").write_text("what this run was")
+    assert rows_of(ExtractionResult.from_output_dir(tmp_path)) == expected
+    assert rows_of(run(m, rows, output_dir=tmp_path, flush_every=2)) == expected  # nor does the rerun count them
+
+
+def test_dataset_of_a_run_stopped_before_its_first_shard_is_empty(tmp_path):
+    m, rows = model(), corpus()
+    hook = crash_after(m, 0)
+    with pytest.raises(Crash):
+        run(m, rows, output_dir=tmp_path)
+    hook.remove()
+    with pytest.warns(UserWarning, match="has not finished"):
+        rows_there = ExtractionResult.from_output_dir(tmp_path).dataset()
+    assert rows_there.num_rows == 0 and "prediction" in rows_there.column_names
+
+
+def test_a_model_with_other_weights_is_refused(tmp_path):
+    """Same class and config, other weights (another seed, a later checkpoint): the rows of two models were mixed."""
+    m, rows = model(), corpus()
+    hook = crash_after(m, 3)
+    with pytest.raises(Crash):
+        run(m, rows, output_dir=tmp_path, flush_every=1)
+    hook.remove()
+    other = tiny_causal_lm("llama", hidden=32, seed=1).eval()
+    with pytest.raises(ValueError, match="different run .*model weights_sha256"):
+        run(other, rows, output_dir=tmp_path, flush_every=1)
+    weight = m.lm_head.weight[3, 5].item()
+    with torch.no_grad():  # one weight changed
+        m.lm_head.weight[3, 5] = weight + 1.0
+    with pytest.raises(ValueError, match="model weights_sha256"):
+        run(m, rows, output_dir=tmp_path, flush_every=1)
+    with torch.no_grad():
+        m.lm_head.weight[3, 5] = weight
+    assert rows_of(run(m, rows, output_dir=tmp_path, flush_every=1)) == rows_of(run(m, rows))
+
+
+def test_the_weight_fingerprint_is_exact_and_cheap_in_memory():
+    from hf_memory._utils import weights_fingerprint
+
+    m = model()
+    first = weights_fingerprint(m)
+    assert weights_fingerprint(tiny_causal_lm("llama", hidden=32).eval()) == first  # same weights, same print
+    with torch.no_grad():
+        m.model.embed_tokens.weight[[0, 1]] = m.model.embed_tokens.weight[[1, 0]].clone()  # two rows swapped
+    assert weights_fingerprint(m) != first
+    assert weights_fingerprint(m.to(torch.bfloat16)) != weights_fingerprint(m.float())
+
+
+def test_a_folder_written_before_weight_fingerprints(tmp_path):
+    """Handled, not refused outright: it reads, and its finished call reruns (nothing decoded); adding rows to it is
+    refused before any decoding, since the model that wrote them cannot be checked."""
+    import json
+
+    m, rows = model(), corpus()
+
+    def make_legacy(folder):
+        path = folder / ".manifest.json"
+        manifest = json.loads(path.read_text())
+        del manifest["model"]["weights_sha256"]
+        path.write_text(json.dumps(manifest))
+
+    finished = run(m, rows, output_dir=tmp_path / "finished", batch_size=1)
+    make_legacy(tmp_path / "finished")
+    hook = crash_after(m, 0)
+    again = run(m, rows, output_dir=tmp_path / "finished", batch_size=1)
+    with pytest.raises(ValueError, match="older hf-memory, which recorded no fingerprint"):
+        run(m, rows + corpus(seed=1), output_dir=tmp_path / "finished", batch_size=1)  # rows would be added
+    hook.remove()
+    assert again.metrics == finished.metrics and rows_of(again) == rows_of(finished)
+    assert rows_of(ExtractionResult.from_output_dir(tmp_path / "finished")) == rows_of(finished)
+
+    hook = crash_after(m, 3)
+    with pytest.raises(Crash):
+        run(m, rows, output_dir=tmp_path / "unfinished", flush_every=1)
+    hook.remove()
+    make_legacy(tmp_path / "unfinished")
+    hook = crash_after(m, 0)
+    with pytest.raises(ValueError, match="older hf-memory"):
+        run(m, rows, output_dir=tmp_path / "unfinished", flush_every=1)
+    hook.remove()
+
+
+def test_other_suffixes_at_the_same_positions_are_refused(tmp_path):
+    """Data of the same shape (the same documents under another tokenizer): rows of two inputs were mixed."""
+    m, rows = model(), corpus()
+    hook = crash_after(m, 20)
+    with pytest.raises(Crash):
+        run(m, rows, output_dir=tmp_path, flush_every=1)
+    hook.remove()
+    assert [p for p in os.listdir(tmp_path) if p.endswith(".parquet")]
+    other = [[(token + 1) % TINY_VOCAB for token in row] for row in rows]  # same lengths, other ids
+    with pytest.raises(ValueError, match="`sequences` differ from those of the run.*suffix tokens"):
+        run(m, other, output_dir=tmp_path, flush_every=1)
+    assert rows_of(run(m, rows, output_dir=tmp_path, flush_every=1)) == rows_of(run(m, rows))
+
+
+def test_a_damaged_shard_before_the_last_names_every_shard_to_delete(tmp_path):
+    """Deleting only the damaged shard (the former advice) left a gap: refused as 'other data', and the next shard
+    name would have been an existing one. Following the message gives the clean rows."""
+    m, rows = model(), corpus()
+    clean = rows_of(run(m, rows))
+    run(m, rows, output_dir=tmp_path, flush_every=1)
+    shards = sorted(p for p in os.listdir(tmp_path) if p.endswith(".parquet"))
+    (tmp_path / shards[2]).write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match=f"{shards[2]} cannot be read.*any later shard of the same process"):
+        run(m, rows, output_dir=tmp_path, flush_every=1)
+    (tmp_path / shards[2]).unlink()
+    with pytest.raises(ValueError, match=f"{shards[2]} is missing, but later shards .*{shards[3]}.*Delete those too"):
+        run(m, rows, output_dir=tmp_path, flush_every=1)
+    for name in shards[3:]:
+        (tmp_path / name).unlink()
+    assert rows_of(run(m, rows, output_dir=tmp_path, flush_every=1)) == clean
+
+
+def test_damaged_data_pages_are_named(tmp_path):
+    """The footer intact, bytes of the data pages flipped: a raw OSError that named no file, from every reader."""
+    m, rows = model(), corpus()
+    run(m, rows, output_dir=tmp_path, flush_every=1)
+    shard = sorted(p for p in os.listdir(tmp_path) if p.endswith(".parquet"))[1]
+    data = bytearray((tmp_path / shard).read_bytes())
+    for i in range(40, 400, 7):
+        data[i] ^= 0xFF
+    (tmp_path / shard).write_bytes(bytes(data))
+    message = f"The shard .*{shard} cannot be read"
+    with pytest.raises(ValueError, match=message):
+        ExtractionResult.from_output_dir(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        ExtractionResult(**{**vars(ExtractionResult([], [], [], {})), "output_dir": str(tmp_path)}).dataset()
+    with pytest.raises(ValueError, match=message):
+        run(m, rows, output_dir=tmp_path, flush_every=1)
+
+
+def test_a_refused_writer_lets_go_of_the_folder_lock(tmp_path):
+    """The lock was held as long as the exception lived (IPython keeps it in sys.last_value): the documented fix
+    (delete the shard, rerun) was refused as 'Another run is writing'."""
+    m, rows = model(), corpus()
+    clean = rows_of(run(m, rows))
+    run(m, rows, output_dir=tmp_path, flush_every=1)
+    last = sorted(p for p in os.listdir(tmp_path) if p.endswith(".parquet"))[-1]
+    (tmp_path / last).write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="cannot be read") as kept:
+        run(m, rows, output_dir=tmp_path, flush_every=1)
+    (tmp_path / last).unlink()
+    assert rows_of(run(m, rows, output_dir=tmp_path, flush_every=1)) == clean
+    assert kept.value is not None  # still alive here
+
+
+def test_a_continued_run_is_unfinished_until_it_ends(tmp_path):
+    """A finished folder's summary outlived a later call adding rows: stopped part-way, it still read as finished."""
+    m, rows = model(), corpus(n=12)
+    settings = {"output_dir": tmp_path, "flush_every": 1, "batch_size": 1}
+    run(m, rows[:6], **settings)
+    assert (tmp_path / ".summary.json").exists()
+    hook = crash_after(m, 0)
+    run(m, rows[:6], **settings)  # nothing to add: still finished, nothing decoded
+    assert (tmp_path / ".summary.json").exists()
+    hook.remove()
+    hook = crash_after(m, 20)
+    with pytest.raises(Crash):
+        run(m, rows, **settings)  # the extended input: rows added, then a crash
+    hook.remove()
+    assert not (tmp_path / ".summary.json").exists()
+    with pytest.warns(UserWarning, match="has not finished"):
+        ExtractionResult.from_output_dir(tmp_path)
+    finished, clean = run(m, rows, **settings), run(m, rows, batch_size=1)
+    assert rows_of(finished) == rows_of(clean) and finished.num_skipped == clean.num_skipped
+
+
+def test_the_summary_holds_what_write_summary_documents(tmp_path):
+    import inspect
+    import json
+    import re
+
+    from hf_memory.extraction.store import write_summary
+
+    run(model(), corpus(), output_dir=tmp_path)
+    documented = inspect.getdoc(write_summary).split("summary:", 1)[1]
+    assert set(json.loads((tmp_path / ".summary.json").read_text())) == set(re.findall(r"`(\w+)`", documented))
 
 
 # ---------------------------------------------------------------- several processes

@@ -194,6 +194,34 @@ def test_token_ids_outside_the_vocabulary_are_refused_before_the_first_step(tmp_
     assert trainer.state.global_step == 0
 
 
+def test_a_model_measure_extraction_refuses_is_refused_before_the_first_step(tmp_path):
+    """A PEFT prompt-tuning model (every method decoded it wrongly, silently), and windows longer than GPT-2's
+    learned positions (an IndexError at the first measurement, after training steps): refused when training starts."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    peft = pytest.importorskip("peft")
+    prompt_tuned = peft.get_peft_model(
+        tiny_causal_lm(), peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2)
+    )
+    torch.manual_seed(0)
+    short_positions = GPT2LMHeadModel(
+        GPT2Config(vocab_size=TINY_VOCAB, n_embd=16, n_layer=1, n_head=2, n_positions=12)
+    )
+    for model, message in [
+        (prompt_tuned, "PEFT prompt-learning model"),
+        (short_positions, r"prefix_len \+ suffix_len = 16 tokens is more than"),
+    ]:
+        trainer = Trainer(
+            model=model,
+            args=training_args(tmp_path),
+            train_dataset=train_data([row[:12] for row in token_rows()]),
+            callbacks=[MemorizationCallback(token_rows(), 8, 8, every=1)],
+        )
+        with pytest.raises(ValueError, match=message):
+            trainer.train()
+        assert trainer.state.global_step == 0
+
+
 def test_works_with_goldfish_trainer(tmp_path):
     rows = token_rows()
     callback = MemorizationCallback(rows, 8, 8, every=2)

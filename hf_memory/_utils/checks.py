@@ -88,7 +88,9 @@ def _is_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_integer(value, name: str, minimum: int | None = None, allow_none: bool = False, hint: str = ""):
+def check_integer(
+    value, name: str, minimum: int | None = None, allow_none: bool = False, hint: str = "", maximum: int | None = None
+):
     """Return `value` as a Python `int`, or raise a `ValueError` naming `name` and the allowed values.
 
     Args:
@@ -97,12 +99,20 @@ def check_integer(value, name: str, minimum: int | None = None, allow_none: bool
         minimum: The smallest allowed value, or None for no bound.
         allow_none: Whether None is allowed (and returned as is).
         hint: A few words on what the argument means, shown in parentheses.
+        maximum: The largest allowed value, or None for no bound.
     """
     if value is None and allow_none:
         return None
     value = _scalar(value)
-    if not _is_integer(value) or (minimum is not None and value < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
+    low = minimum is not None and _is_integer(value) and value < minimum
+    high = maximum is not None and _is_integer(value) and value > maximum
+    if not _is_integer(value) or low or high:
+        if minimum is not None and maximum is not None:
+            bound = f" in [{minimum}, {maximum}]"
+        elif minimum is not None:
+            bound = f" >= {minimum}"
+        else:
+            bound = f" <= {maximum}" if maximum is not None else ""
         raise ValueError(
             f"`{name}` must be an integer{bound}{' or None' if allow_none else ''}{f' ({hint})' if hint else ''}, "
             f"got {value!r}."

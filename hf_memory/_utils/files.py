@@ -107,6 +107,18 @@ def folder_lock(path: str):
     return handle
 
 
+def is_saved_dataset(path: str) -> bool:
+    """Whether `path` is a folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`.
+
+    Args:
+        path: A path.
+    """
+    return os.path.isdir(path) and (
+        os.path.exists(os.path.join(path, "dataset_info.json"))
+        or os.path.exists(os.path.join(path, "dataset_dict.json"))
+    )
+
+
 def check_writable(folder: str, name: str = "output_dir") -> None:
     """Refuse an output folder that is a file or cannot be created or written, before any work.
 

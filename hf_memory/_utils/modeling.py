@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import itertools
 import json
 import threading
 import weakref
@@ -34,22 +33,39 @@ def model_identity(model, name: str | None = None) -> dict:
     return {"name_or_path": str(name), "config_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
 
 
+_FINGERPRINT_CHUNK = 1 << 22  # elements summed at a time: bounds the int64 copy to 32 MiB
+
+
 def weights_fingerprint(model) -> str:
-    """A sha256 that changes when any weight changes: per parameter and buffer, its name, shape, dtype, float64 sum
-    and a strided sample of its values. About one pass over the weights; what identifies a model
-    beyond `model_identity` (a fine-tune keeps its base model's name and configuration).
+    """A SHA-256 over every parameter's name, shape and dtype, an exact integer sum of its bit patterns and an evenly
+    spaced sample of 4,096 of its values: another checkpoint, a fine-tune or a merged adapter changes it. Integer
+    sums do not depend on the order of summation, so the fingerprint is the same on every device; it reads every
+    weight once (about 0.3 s for 150M parameters on one CPU thread). Weights it cannot read as plain tensors (on the
+    meta device, or tensor subclasses) count by their name, shape and dtype only.
 
     Args:
         model: A `torch.nn.Module`.
+
+    Returns:
+        The hex digest.
     """
     digest = hashlib.sha256()
+    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
     with torch.no_grad():
-        for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
-            flat = tensor.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 1024)].float().cpu().numpy()
-            total = flat.sum(dtype=torch.float64).item() if flat.is_floating_point() else int(flat.sum())
-            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|{total!r}|".encode())
-            digest.update(sample.tobytes())
+        for name, param in model.named_parameters():
+            digest.update(f"{name}:{tuple(param.shape)}:{param.dtype};".encode())
+            if param.device.type == "meta" or param.element_size() not in ints:
+                continue  # offloaded or exotic weights: their shape and dtype only
+            try:
+                bits = param.detach().reshape(-1).view(ints[param.element_size()])
+                total = sum(
+                    int(bits[i : i + _FINGERPRINT_CHUNK].sum(dtype=torch.int64))
+                    for i in range(0, bits.numel(), _FINGERPRINT_CHUNK)
+                )
+                sample = bits[:: max(1, bits.numel() // 4096)][:4096].cpu().numpy().tobytes()
+            except (RuntimeError, TypeError, NotImplementedError):  # a tensor subclass without these views
+                continue
+            digest.update(f"{total};".encode() + sample)
     return digest.hexdigest()
 
 

@@ -242,12 +242,12 @@ def _data_problem(path: str, text_field: str) -> str | None:
     """What is wrong with a `--data` path, from a look at its start (None if nothing seen): a folder that is no saved
     dataset, an empty or non-UTF-8 file, a JSON Lines file whose first record is not an object with `input_ids` or
     the text field."""
-    from ..data.files import _is_saved_dataset
+    from .._utils import is_saved_dataset
 
     if not os.path.exists(path):
         return f"argument --data: {path!r} does not exist"
     if os.path.isdir(path):
-        if not _is_saved_dataset(path):
+        if not is_saved_dataset(path):
             return f"argument --data: {path!r} is a folder but not one written by Dataset.save_to_disk"
         return None
     with open(path, "rb") as f:

@@ -8,18 +8,11 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from .._utils import as_token_ids
+from .._utils import as_token_ids, is_saved_dataset
 
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-
-def _is_saved_dataset(path: str) -> bool:
-    return os.path.isdir(path) and (
-        os.path.exists(os.path.join(path, "dataset_info.json"))
-        or os.path.exists(os.path.join(path, "dataset_dict.json"))
-    )
 
 
 def _lines(handle, path: str):
@@ -92,7 +85,7 @@ def _iter_token_sequences(paths: list[str], tokenizer, text_field: str) -> Itera
 
     found = False
     for path in paths:
-        if _is_saved_dataset(path):
+        if is_saved_dataset(path):
             from datasets import DatasetDict, load_from_disk
 
             data = load_from_disk(path)

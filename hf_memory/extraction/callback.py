@@ -28,7 +28,7 @@ from .._utils import (
     log_through_trainer,
     model_device,
 )
-from .harness import EXTRACTION_METHODS, measure_extraction
+from .harness import EXTRACTION_METHODS, check_model, measure_extraction
 from .windows import sample_windows
 
 
@@ -87,7 +87,9 @@ class MemorizationCallback(TrainerCallback):
         ValueError: At construction, if a length, `max_windows`, `stride`, `batch_size` or `seed` is not an
             integer in range, `every` is neither "eval" nor a positive integer, `method` is unknown, the data is
             empty, not token ids, or has no sequence of `prefix_len + suffix_len` tokens. When training starts, if
-            `every="eval"` but the Trainer never evaluates, or a window holds an id outside the model's vocabulary.
+            `every="eval"` but the Trainer never evaluates, a window holds an id outside the model's vocabulary, the
+            model is a PEFT prompt-learning model (prompt or prefix tuning: `measure_extraction` cannot decode it),
+            or its learned position embeddings are shorter than a window.
 
     Example:
         >>> callback = MemorizationCallback([list(range(40)), list(range(5, 45)), [1, 2]], 16, 16, every=10)
@@ -139,7 +141,8 @@ class MemorizationCallback(TrainerCallback):
         model: PreTrainedModel | None = None,
         **kwargs: Any,
     ) -> None:
-        """Refuse a schedule that never measures and windows the model cannot read, before the first step.
+        """Refuse a schedule that never measures, and a model or windows `measure_extraction` would refuse, before the
+        first step.
 
         Args:
             args: The Trainer's training arguments: `eval_strategy` is checked for `every="eval"`.
@@ -149,8 +152,9 @@ class MemorizationCallback(TrainerCallback):
             **kwargs: The other objects the Trainer passes to callbacks (unused).
 
         Raises:
-            ValueError: If `every="eval"` and `args.eval_strategy` is "no", or a window holds a token id outside
-                the model's vocabulary.
+            ValueError: If `every="eval"` and `args.eval_strategy` is "no", a window holds a token id outside the
+                model's vocabulary, the model is a PEFT prompt-learning model, or its learned position embeddings
+                are shorter than a window.
         """
         if self.every == "eval" and getattr(args.eval_strategy, "value", args.eval_strategy) == "no":
             raise ValueError(
@@ -159,6 +163,7 @@ class MemorizationCallback(TrainerCallback):
                 "`every=N` to measure every N optimizer steps."
             )
         if model is not None:
+            check_model(_unwrapped(model), self.prefix_len, self.suffix_len)
             check_vocabulary(self.windows, _unwrapped(model), "windows_or_dataset")
         self._measured_step = None
 

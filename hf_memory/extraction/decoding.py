@@ -5,10 +5,65 @@ batched `generate` (the reference)."""
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 
-from .._utils import cache_io, check_integer, supports_logits_to_keep
+from .._utils import cache_io, check_integer, check_vocabulary, supports_logits_to_keep
+
+
+def _check_windows(windows, prefix_len, model) -> int:
+    """Refuse anything but a non-empty 2-D integer tensor of token ids of `model`'s vocabulary, with at least one
+    suffix token; return `prefix_len` as an int."""
+    if not isinstance(windows, torch.Tensor):
+        raise ValueError(
+            f"`windows` must be a 2-D tensor of token ids, shape (batch, prefix_len + suffix_len), got "
+            f"{type(windows).__name__}."
+        )
+    if windows.dim() != 2 or windows.dtype == torch.bool or windows.is_floating_point() or windows.is_complex():
+        raise ValueError(
+            "`windows` must be a 2-D tensor of integer token ids, shape (batch, prefix_len + suffix_len), got a "
+            f"{windows.dim()}-D tensor of dtype {windows.dtype}."
+        )
+    if windows.shape[0] == 0:
+        raise ValueError("`windows` holds no window (its first dimension is 0).")
+    prefix_len = check_integer(prefix_len, "prefix_len", minimum=1)
+    if prefix_len >= windows.shape[1]:
+        raise ValueError(
+            f"`prefix_len` must be smaller than the windows' length {windows.shape[1]} (at least one suffix token), "
+            f"got {prefix_len}."
+        )
+    if int(windows.min()) < 0:
+        raise ValueError(f"`windows` must hold token ids >= 0, got {int(windows.min())}.")
+    check_vocabulary(windows, model, "windows")
+    return prefix_len
+
+
+def _plain(cache) -> bool:
+    """Whether `cache` is a `DynamicCache` of full-attention `DynamicLayer`s (no sliding window, no recurrent or
+    static layer)."""
+    layers = getattr(cache, "layers", None)
+    return type(cache) is DynamicCache and bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _holes_hidden(model, cache, prefix_len: int, suffix_len: int) -> bool:
+    """Whether cached tokens that the attention mask hides ("holes": true suffix tokens fed past a row's divergence,
+    or padding) leave a row's attention exactly as without them.
+
+    They do in a plain cache of full-attention layers. A sliding-window layer keeps only its last slots, so masked
+    tokens push real context out of the window; a recurrent layer absorbs them into its state; and a sliding window
+    or attention chunk from the config is counted on cache slots, which holes shift: up to `suffix_len` of them come
+    on top of the `prefix_len + suffix_len` tokens of a window.
+    """
+    if not _plain(cache):
+        return False
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config(decoder=True)
+    for name in ("sliding_window", "attention_chunk_size"):
+        limit = getattr(config, name, None)
+        if isinstance(limit, int) and not isinstance(limit, bool) and prefix_len + 2 * suffix_len >= limit:
+            return False
+    return True
 
 
 def _check_chunks(chunks) -> str | int:
@@ -40,6 +95,12 @@ def verify_and_decode(
     `position_ids`. With `decode=False` there is no decoding: a row leaves the batch (`Cache.batch_select_indices`)
     at its first wrong token and the others go on being verified.
 
+    Masked cached tokens are exact only in a plain cache of full-attention layers: a sliding-window (or recurrent,
+    or chunked-attention) layer would let them push real context out of its window. On such a model, or when the
+    window plus those tokens (`prefix_len + 2 * suffix_len`) reaches the config's `sliding_window`, the suffix is
+    verified one token at a time whatever `chunks` says (with decoding; `decode=False` leaves no masked token): no
+    row then holds a masked token, and the result is still `generate`'s, at `generate`'s cost.
+
     Args:
         model: A causal language model.
         windows: Token ids, shape `(batch, prefix_len + suffix_len)`, on the model's device.
@@ -48,15 +109,20 @@ def verify_and_decode(
             wrong token are computed, and prediction positions after that token hold the true suffix.
         chunks: Tokens per verification chunk: "doubling" (1, 2, 4, ...; close to the best fixed size on memorized
             batches and better than a large one where a window diverges early, see docs/extraction.md) or a
-            fixed positive integer.
+            fixed positive integer. Sliding-window models are verified one token at a time (above).
 
     Returns:
         `(predictions, longest_common_prefix)`: the greedy continuation of every row, shape `(batch, suffix_len)`,
         and per row how many leading suffix tokens it reproduces, shape `(batch,)`.
 
     Raises:
-        ValueError: If `chunks` is neither "doubling" nor a positive integer.
+        ValueError: If `windows` is not a non-empty 2-D integer tensor of ids in the model's vocabulary,
+            `prefix_len` is not an integer from 1 to the windows' length - 1, `decode` is not a bool, or `chunks`
+            is neither "doubling" nor a positive integer.
     """
+    prefix_len = _check_windows(windows, prefix_len, model)
+    if not isinstance(decode, bool):
+        raise ValueError(f"`decode` must be True or False, got {decode!r}.")
     chunks = _check_chunks(chunks)
     predictions = _verify(model, windows, prefix_len, chunks, decode)
     return predictions, (predictions == windows[:, prefix_len:]).long().cumprod(1).sum(1)
@@ -75,6 +141,8 @@ def _verify(model, windows: torch.Tensor, prefix_len: int, chunks: str | int, de
     last_only = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
     out = model(input_ids=windows[:, :prefix_len], use_cache=True, **last_only)
     cache = get_cache(out)
+    if decode and not _holes_hidden(model, cache, prefix_len, suffix_len):
+        chunks = 1  # one token per chunk: no row ever holds a masked token
     greedy = out.logits[:, -1:].argmax(-1)  # (rows, width): greedy tokens at suffix positions pos .. pos + width - 1
     rows, pos, size = torch.arange(batch, device=device), 0, 1 if chunks == "doubling" else chunks
     while True:
@@ -121,8 +189,9 @@ class Regrouper:
 
     Batches come back complete and in the order they were submitted. At most `max_lag` batches wait for their
     parked rows; parked caches hold at most about `2 * batch_size` rows. A model whose cache is not a plain
-    `DynamicCache` of full-attention layers (sliding windows, static caches) is decoded batch by batch by
-    `verify_and_decode`.
+    `DynamicCache` of full-attention layers (sliding windows, static or recurrent layers), or whose config's
+    sliding window the window could reach, is decoded batch by batch by `verify_and_decode`, one token per
+    verification chunk: exact, at `generate`'s cost.
 
     Args:
         model: A causal language model.
@@ -130,12 +199,19 @@ class Regrouper:
         batch_size: Rows per decoding batch.
         chunks: The verification schedule, as in `verify_and_decode`.
         max_lag: Submitted batches that may wait for their parked rows before those are decoded in a smaller batch.
+
+    Raises:
+        ValueError: If `prefix_len`, `batch_size` or `max_lag` is not a positive integer, or `chunks` is neither
+            "doubling" nor a positive integer.
     """
 
     def __init__(self, model, prefix_len: int, batch_size: int, chunks: str | int = "doubling", max_lag: int = 4):
-        self.model, self.prefix_len, self.batch_size = model, prefix_len, batch_size
+        self.model = model
+        self.prefix_len = check_integer(prefix_len, "prefix_len", minimum=1)
+        self.batch_size = check_integer(batch_size, "batch_size", minimum=1)
         self.chunks = _check_chunks(chunks)
         self.max_lag = check_integer(max_lag, "max_lag", minimum=1)
+        self._length = None  # tokens per window, set by the first batch
         self._pending = []  # [key, predictions, rows still to decode], in submission order
         self._parked = []  # segments: [pending entry, row indices, starts, per-layer (keys, values)]
         self._parked_rows = 0
@@ -149,7 +225,18 @@ class Regrouper:
 
         Returns:
             A list of `(key, predictions, longest_common_prefix)` for the batches now complete (possibly empty).
+
+        Raises:
+            ValueError: If `windows` is not a non-empty 2-D integer tensor of ids in the model's vocabulary, longer
+                than `prefix_len`, or its windows differ in length from those of earlier batches.
         """
+        _check_windows(windows, self.prefix_len, self.model)
+        if self._length is not None and windows.shape[1] != self._length:
+            raise ValueError(
+                f"`windows` holds windows of {windows.shape[1]} tokens, but earlier batches held {self._length}: "
+                "every batch of one Regrouper must have the same prefix_len + suffix_len."
+            )
+        self._length = windows.shape[1]
         entry = [key, windows[:, self.prefix_len :], None, 0]
         self._pending.append(entry)
         entry[2] = _verify(
@@ -174,9 +261,9 @@ class Regrouper:
     def _park(self, entry, rows, start, cache, local) -> bool:
         """Keep the diverged rows `rows` of `entry`'s batch (rows `local` of `cache`) for later decoding; False if
         the cache cannot be regrouped (then the caller decodes in the batch)."""
-        layers = getattr(cache, "layers", None)
-        if type(cache) is not DynamicCache or not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        if not _holes_hidden(self.model, cache, self.prefix_len, entry[1].shape[1]):
             return False
+        layers = cache.layers
         keep = start < entry[1].shape[1] - 1  # a row wrong at its last position has nothing left to decode
         rows, start, local = rows[keep], start[keep], local[keep]
         whole = local.numel() == layers[0].keys.shape[0]  # every row of the cache, in order
@@ -266,10 +353,47 @@ def _resume_greedy(model, cache, rows: torch.Tensor, start: torch.Tensor, predic
         predictions[rows[:active], start[:active] + 1 + step] = token
 
 
+def _plain_greedy(model, max_new_tokens: int, pad_token_id: int) -> dict:
+    """`generate` keyword arguments for plain greedy decoding of exactly `max_new_tokens` tokens, whatever the
+    model's own `generation_config` says.
+
+    `generate` fills every setting its caller leaves unset (None) from `model.generation_config`, even with a
+    `generation_config=` argument, and many logits processors are off only when their setting is None
+    (`suppress_tokens`, `forced_eos_token_id`, `bad_words_ids`, `sequence_bias`, ...). Only keyword arguments
+    override a setting with None. So every setting in which the model's config differs from a fresh
+    `GenerationConfig` is passed back at its global default: no processor, stopping rule or sampling setting of the
+    model applies.
+    """
+    fresh = GenerationConfig()
+    neutral = fresh.to_dict()
+    defaults = getattr(GenerationConfig, "_get_default_generation_params", dict)()
+    kwargs = {}
+    own = getattr(model, "generation_config", None)
+    if isinstance(own, GenerationConfig):
+        for key, value in own.to_dict().items():
+            if key.startswith("_") or key == "transformers_version" or key not in neutral:
+                continue
+            if value != neutral[key]:
+                kwargs[key] = defaults.get(key, neutral[key])
+    return kwargs | {
+        "max_length": None,  # the model's own would only be overridden by max_new_tokens, with a warning
+        "max_new_tokens": max_new_tokens,
+        "min_new_tokens": 0,
+        "do_sample": False,
+        "num_beams": 1,
+        "num_return_sequences": 1,
+        "eos_token_id": None,
+        "pad_token_id": pad_token_id,
+        "use_cache": True,
+    }
+
+
 def generate_suffixes(model: torch.nn.Module, windows: torch.Tensor, prefix_len: int) -> torch.Tensor:
     """Greedy continuation of each window's prefix with plain batched `generate` (the reference decoding).
 
-    Exactly `suffix_len` tokens are generated for every row: end-of-sequence tokens do not stop generation.
+    Exactly `suffix_len` tokens are generated for every row: end-of-sequence tokens do not stop generation. The
+    model's own `generation_config` (a repetition penalty, suppressed tokens, forced or stop tokens, sampling) is
+    ignored: this is plain greedy decoding, as `verify_and_decode` computes it.
 
     Args:
         model: A causal language model with `generate`.
@@ -278,18 +402,16 @@ def generate_suffixes(model: torch.nn.Module, windows: torch.Tensor, prefix_len:
 
     Returns:
         The generated tokens, shape `(batch, suffix_len)`.
+
+    Raises:
+        ValueError: If `windows` is not a non-empty 2-D integer tensor of ids in the model's vocabulary, or
+            `prefix_len` is not an integer from 1 to the windows' length - 1.
     """
+    prefix_len = _check_windows(windows, prefix_len, model)
     prefix = windows[:, :prefix_len]
     suffix_len = windows.shape[1] - prefix_len
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     out = model.generate(
-        input_ids=prefix,
-        attention_mask=torch.ones_like(prefix),
-        max_new_tokens=suffix_len,
-        min_new_tokens=0,
-        do_sample=False,
-        num_beams=1,
-        eos_token_id=None,
-        pad_token_id=pad,
+        input_ids=prefix, attention_mask=torch.ones_like(prefix), **_plain_greedy(model, suffix_len, pad)
     )
     return out[:, prefix_len:]

@@ -27,20 +27,26 @@ from .._utils import (
     check_vocabulary,
     check_writable,
     eval_mode,
+    is_prompt_learning,
     model_device,
     model_identity,
     require_extra,
+    weights_fingerprint,
 )
 from ..metrics.extractable_memorization.extractable_memorization import extraction_scores
 from .decoding import Regrouper, generate_suffixes, verify_and_decode
 from .store import (
     SCORE_COLUMNS,
     STORE_FORMAT,
+    WEIGHTS_KEY,
     ShardWriter,
+    check_shards,
     iter_score_batches,
     open_results_folder,
     read_manifest,
     read_summary,
+    shard_paths,
+    shard_schema,
     write_summary,
 )
 from .text import decode_for_rouge, text_rouge_l
@@ -120,17 +126,27 @@ class ExtractionResult:
         """The per-window rows of a result on disk, as a `datasets.Dataset` in input order.
 
         Columns: `sequence`, `start`, `exact_match`, `longest_common_prefix`, `memorization_score`, `rouge_l`,
-        `rouge_l_text` (None where not computed), `prediction` and `reference` (token ids). The same rows load with
-        `datasets.load_dataset("parquet", data_dir=output_dir)` (unsorted when several processes wrote them).
+        `rouge_l_text` (None where not computed), `prediction` and `reference` (token ids). Only the shards
+        (`rank*-*.parquet`) are read, whatever else the folder holds. The same rows load with
+        `datasets.load_dataset("parquet", data_files=os.path.join(output_dir, "rank*-*.parquet"))` (unsorted when
+        several processes wrote them).
 
         Raises:
-            ValueError: For a result held in memory (no `output_dir`).
+            ValueError: For a result held in memory (no `output_dir`), or if a shard is damaged (naming it).
         """
         if self.output_dir is None:
             raise ValueError("This result is held in memory (no `output_dir`): read its lists directly.")
-        from datasets import load_dataset
+        from datasets import Dataset, Features, load_dataset
 
-        rows = load_dataset("parquet", data_dir=self.output_dir, split="train")
+        shards = shard_paths(self.output_dir)
+        if not shards:  # a run stopped before its first shard
+            features = Features.from_arrow_schema(shard_schema())
+            return Dataset.from_dict({name: [] for name in features}, features=features)
+        try:
+            rows = load_dataset("parquet", data_files=shards, split="train")
+        except Exception:
+            check_shards(self.output_dir)  # names the damaged shard, if that is what failed
+            raise
         return rows.sort(["sequence", "start"])
 
     @classmethod
@@ -226,6 +242,101 @@ def _batches(stream: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
+def check_model(model, prefix_len: int, suffix_len: int) -> None:
+    """Refuse, before any work, a model no method decodes correctly and windows longer than its learned position
+    embeddings (an `IndexError` deep in torch, or a device-side assert on a GPU).
+
+    Args:
+        model: The model to measure.
+        prefix_len: Tokens of each window's prefix.
+        suffix_len: Tokens of each window's suffix.
+
+    Raises:
+        ValueError: If `model` is a PEFT prompt-learning model, or has learned absolute position embeddings shorter
+            than `prefix_len + suffix_len`.
+    """
+    if is_prompt_learning(model):
+        raise ValueError(
+            "`model` is a PEFT prompt-learning model (prompt tuning, prefix tuning or p-tuning): PEFT rewrites the "
+            "context of every forward (virtual tokens, or a replaced KV cache), so cached decoding gives silently "
+            "wrong tokens, in every method. Measure the base model (`model.get_base_model()`), or an adapter "
+            "merged into its weights (LoRA and the like: `model.merge_and_unload()`)."
+        )
+    limit = _learned_position_limit(model)
+    if limit is not None and prefix_len + suffix_len > limit[1]:
+        raise ValueError(
+            f"prefix_len + suffix_len = {prefix_len + suffix_len} tokens is more than the model's learned position "
+            f"embeddings cover (`config.{limit[0]}` = {limit[1]}): lower `prefix_len` / `suffix_len`."
+        )
+
+
+def _learned_position_limit(model) -> tuple[str, int] | None:
+    """`(config attribute, positions)` for a model with learned absolute position embeddings (GPT-2, OPT,
+    GPT-BigCode, GPT-Neo, BioGPT, ...), None for rotary, ALiBi or other unbounded positions."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config(decoder=True)
+    inputs = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    try:  # the text decoder only: a vision tower's position embedding is no limit on the window
+        decoder = model.get_decoder() if callable(getattr(model, "get_decoder", None)) else model
+    except (AttributeError, NotImplementedError, ValueError):
+        decoder = model
+    learned = any(
+        isinstance(module, torch.nn.Embedding)
+        and module is not inputs
+        and ("pos" in name.rsplit(".", 1)[-1] or name.rsplit(".", 1)[-1] == "wpe")
+        for name, module in (decoder if isinstance(decoder, torch.nn.Module) else model).named_modules()
+    )
+    if not learned:
+        return None
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return key, value
+    return None
+
+
+def _check_vocabulary(items, model, name: str) -> None:
+    """Raise a `ValueError` naming the first item `(index, ...)` of `items` holding an id outside the vocabulary.
+
+    Args:
+        items: `(index, ids)` pairs, or `(index, start, ids)` triples; the ids are the last element.
+        model: The model.
+        name: The argument's name.
+    """
+    ids = [item[-1] for item in items]
+    try:
+        check_vocabulary(torch.cat([row.reshape(-1) for row in ids]) if ids else torch.zeros(0), model, name)
+    except ValueError:
+        for item in items:  # only on failure: find and name the item
+            check_vocabulary(item[-1], model, f"{name}[{item[0]}]")
+        raise
+
+
+def _check_last_written(writer, item, past: bool, prefix_len: int, output_dir: str) -> None:
+    """Refuse to resume unless the input's window where the earlier run stopped is the last one it wrote (same
+    sequence, start and suffix).
+
+    Args:
+        writer: The `ShardWriter`.
+        item: `(sequence, start, window)`: the input's last window among those already written.
+        past: Whether the written rows end inside the input's batch rather than at its end.
+        prefix_len: Tokens of each window's prefix.
+        output_dir: The results folder, for the message.
+    """
+    seq, start, window = item
+    last = writer.last_written()
+    if not past and last is not None and last == (seq, start, window[prefix_len:].tolist()):
+        return
+    where = "nowhere" if last is None else f"(sequence, start) = ({last[0]}, {last[1]})"
+    raise ValueError(
+        f"`sequences` differ from those of the run that wrote {output_dir!r}: its last written window is {where}, "
+        "and the input's window there is not the same (position or suffix tokens). Use another folder for other data."
+    )
+
+
 def _rows(items, predictions, references, lcp, method, rouge_text) -> dict:
     """One batch's shard rows, column by column."""
     n = len(items)
@@ -271,10 +382,14 @@ def measure_extraction(
     goes to Parquet shards there, a shard every `flush_every` batches per process, and the result is read back from
     them (`ExtractionResult.from_output_dir`): memory no longer grows with the number of windows. Rerunning the
     same call after a crash or a kill continues after the last complete shard; the final rows equal a clean run's.
-    A different model or different settings into the same folder is refused.
+    A different model (name, config or weights: the manifest holds a fingerprint of them), different settings or
+    other data into the same folder is refused. A folder written before weight fingerprints were recorded still
+    reads, and rerunning its finished call returns its results; a call that would add rows to it is refused before
+    decoding them.
 
     Args:
-        model: A causal language model (transformers `...ForCausalLM`), on the device to run on.
+        model: A causal language model (transformers `...ForCausalLM`, possibly with a LoRA-style PEFT adapter), on
+            the device to run on. PEFT prompt-learning models (prompt or prefix tuning) are refused.
         sequences: Token id sequences (lists, 1-D tensors, a 2-D tensor), a `datasets.Dataset` or
             `IterableDataset` with `input_ids`, or any iterable of id sequences or row dicts with `input_ids`.
         prefix_len: Tokens of each window given to the model.
@@ -285,12 +400,12 @@ def measure_extraction(
             (verification only: exact match and longest common prefix are exact, predictions stop at the first wrong
             token, so only those two metrics are reported) or "generate" (plain batched greedy `generate`, the
             reference).
-        show_progress: Show a progress bar in windows/s (on the local main process only).
+        show_progress: Show a progress bar in windows/s (on the local main process only): True or False.
         tokenizer: The model's tokenizer; when given, predictions and references are also decoded (special tokens
             skipped, as the goldfish paper's evaluation does) and scored by text-level ROUGE-L (`rouge_l_text`,
             the number Hans et al. report; needs the `analysis` extra). Not with `method="prefix"`.
         output_dir: A folder for the per-window rows (Parquet shards and a manifest); None keeps everything in
-            memory.
+            memory. Files there other than the run's own are ignored.
         flush_every: With `output_dir`, batches per shard: at most this many batches are redone after a crash.
 
     Returns:
@@ -299,11 +414,13 @@ def measure_extraction(
 
     Raises:
         ValueError: If a length, `stride`, `batch_size` or `flush_every` is not a positive integer, `method` is
-            unknown, a sequence is not integer token ids or holds an id outside the vocabulary, no sequence is long
-            enough for one window, `tokenizer` cannot decode or comes with `method="prefix"`, `output_dir` is a
-            file, cannot be written or holds another run, or a shard there is damaged. An in-memory input (list,
-            tensor, mapping) is checked whole before any work; a streamed one batch by batch, and rows already
-            written are kept.
+            unknown, `show_progress` is not a bool, `model` is a PEFT prompt-learning model or has learned position
+            embeddings shorter than `prefix_len + suffix_len`, a sequence is not integer token ids or holds an id
+            outside the vocabulary (naming `sequences[i]`), no sequence is long enough for one window, `tokenizer`
+            cannot decode or comes with `method="prefix"`, `output_dir` is empty, a file, cannot be written or holds
+            another run or other data, or a shard there is damaged or missing. An in-memory input (list, tensor,
+            mapping) is checked whole before any work; a streamed one batch by batch, and rows already written are
+            kept.
         ImportError: If `tokenizer` is given and rouge_score (the `analysis` extra) is missing.
 
     Examples:
@@ -321,6 +438,9 @@ def measure_extraction(
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     flush_every = check_integer(flush_every, "flush_every", minimum=1)
     check_choice(method, "method", EXTRACTION_METHODS)
+    if not isinstance(show_progress, bool):
+        raise ValueError(f"`show_progress` must be True or False, got {show_progress!r}.")
+    check_model(model, prefix_len, suffix_len)
     if tokenizer is not None:
         if not callable(getattr(tokenizer, "batch_decode", None)):
             raise ValueError(
@@ -336,20 +456,22 @@ def measure_extraction(
         if not isinstance(output_dir, (str, os.PathLike)):
             raise ValueError(f"`output_dir` must be a folder path, got {type(output_dir).__name__}.")
         output_dir = os.fspath(output_dir)
+        if not output_dir:
+            raise ValueError("`output_dir` must be a folder path, got an empty string (use '.' for this folder).")
         check_writable(output_dir)
 
     length = prefix_len + suffix_len
     total = None
     if isinstance(sequences, _IN_MEMORY):  # already in memory: check all of it before any work
         sequences = as_sequences(sequences)
-        long_enough = [row for row in sequences if len(row) >= length]
+        long_enough = [(i, row) for i, row in enumerate(sequences) if len(row) >= length]
         if not long_enough:
             raise ValueError(
                 f"No sequence in `sequences` has prefix_len + suffix_len = {length} tokens "
                 f"({len(sequences)} skipped): lower `prefix_len` / `suffix_len` or give longer sequences."
             )
-        check_vocabulary(torch.cat(long_enough), model, "sequences")
-        total = sum(len(range(0, len(row) - length + 1, stride)) if stride else 1 for row in long_enough)
+        _check_vocabulary(long_enough, model, "sequences")
+        total = sum(len(range(0, len(row) - length + 1, stride)) if stride else 1 for _, row in long_enough)
     stream = WindowStream(sequences, prefix_len, suffix_len, stride)
 
     from accelerate import PartialState
@@ -357,7 +479,7 @@ def measure_extraction(
     device = model_device(model)
     state = PartialState(cpu=device.type == "cpu")  # a CPU model under torchrun / accelerate launch: gloo
     rank, world = state.process_index, state.num_processes
-    writer = None
+    writer, legacy = None, False
     if output_dir is not None:
         settings = {
             "prefix_len": prefix_len,
@@ -367,31 +489,17 @@ def measure_extraction(
             "method": method,
             "text_rouge": tokenizer is not None,
         }
-        manifest = {
-            "format": STORE_FORMAT,
-            "settings": settings,
-            "model": model_identity(model),
-            "num_processes": world,
-        }
-        open_results_folder(output_dir, manifest, is_main=state.is_main_process)
+        identity = model_identity(model)
+        identity[WEIGHTS_KEY] = weights_fingerprint(model) if state.is_main_process else None  # checked by main
+        manifest = {"format": STORE_FORMAT, "settings": settings, "model": identity, "num_processes": world}
+        legacy = open_results_folder(output_dir, manifest, is_main=state.is_main_process)
         state.wait_for_everyone()
         writer = ShardWriter(output_dir, rank, flush_every)
 
     records = []  # in memory: (window number, sequence, start, prediction, reference, lcp, text ROUGE-L)
     done = writer.done if writer is not None else 0  # windows of this process's share already on disk
     seen = 0  # windows of this process's share met so far
-    mine = (
-        None
-        if total is None
-        else sum(min(batch_size, total - b) for b in range(rank * batch_size, total, world * batch_size))
-    )
-    bar = tqdm(
-        total=mine,
-        unit="window",
-        desc="extraction",
-        disable=not show_progress or not state.is_local_main_process,
-    )
-    regrouper = Regrouper(model, prefix_len, batch_size) if method == "auto" else None
+    bar = None
 
     def record(number: int, items: list, preds, lcp: torch.Tensor) -> None:
         """Score one completed batch and write its rows (or keep them)."""
@@ -413,24 +521,39 @@ def measure_extraction(
         bar.update(len(items))
 
     number = -1
-    try:
-        with eval_mode(model):
+    try:  # from here on the writer is closed (its lock let go, every scored batch kept) whatever happens
+        mine = (
+            None
+            if total is None
+            else sum(min(batch_size, total - b) for b in range(rank * batch_size, total, world * batch_size))
+        )
+        bar = tqdm(
+            total=mine,
+            unit="window",
+            desc="extraction",
+            disable=not show_progress or not state.is_local_main_process,
+        )
+        regrouper = Regrouper(model, prefix_len, batch_size) if method == "auto" else None
+        with eval_mode(model, "measure_extraction"):
             for number, items in enumerate(_batches(stream, batch_size)):
                 if number % world != rank:
                     continue
                 if seen < done:  # written by an earlier, interrupted run of the same call
                     seen += len(items)
                     bar.update(len(items))
-                    if seen >= done and (seen > done or writer.last_written() != items[-1][:2]):
-                        raise ValueError(
-                            f"`sequences` differ from those of the run that wrote {output_dir!r}: its last window "
-                            f"is {writer.last_written()} (sequence, start), not where the input has one. Use another "
-                            "folder for other data."
-                        )
+                    if seen >= done:
+                        _check_last_written(writer, items[-1], seen > done, prefix_len, output_dir)
                     continue
+                if legacy:
+                    raise ValueError(
+                        f"`output_dir` {output_dir!r} was written by an older hf-memory, which recorded no "
+                        "fingerprint of the model's weights: whether this model wrote its rows cannot be checked, "
+                        "so none is added to them. Use another folder, or delete this one to start over (its rows "
+                        "still load with `ExtractionResult.from_output_dir`)."
+                    )
                 batch = torch.stack([window for _, _, window in items])
                 if total is None:  # streamed: checked batch by batch
-                    check_vocabulary(batch, model, "sequences")
+                    _check_vocabulary(items, model, "sequences")
                 if regrouper is not None:  # diverged rows of several batches decoded together
                     for key, preds, lcp in regrouper.submit((number, items), batch.to(device)):
                         record(*key, preds, lcp)
@@ -440,7 +563,8 @@ def measure_extraction(
                 for key, preds, lcp in regrouper.finish():
                     record(*key, preds, lcp)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if writer is not None:
             writer.close()  # every batch scored so far is kept, whatever stopped the loop
     if seen < done:

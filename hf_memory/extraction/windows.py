@@ -37,7 +37,8 @@ def extraction_windows(
         window, and the number of sequences shorter than one window (they give none).
 
     Raises:
-        ValueError: If `sequences` is empty or holds something other than integer token ids.
+        ValueError: If `prefix_len` or `suffix_len` is not a positive integer, `stride` is not an integer >= 0 or
+            None, or `sequences` is empty or holds something other than integer token ids.
 
     Examples:
         >>> windows, index, skipped = extraction_windows([list(range(10)), [1, 2]], 3, 2, stride=4)
@@ -63,8 +64,12 @@ class WindowStream:
             or `IterableDataset` with `input_ids`, or any iterable of id sequences or row dicts.
         prefix_len: Tokens of each window's prefix.
         suffix_len: Tokens of each window's suffix.
-        stride: Start a window every `stride` tokens; None cuts one window per sequence, at its start.
+        stride: Start a window every `stride` tokens; None or 0 cuts one window per sequence, at its start.
         name: The argument's name in error messages.
+
+    Raises:
+        ValueError: If `prefix_len` or `suffix_len` is not a positive integer, or `stride` is not an integer >= 0 or
+            None (at construction; the items are checked as they are read).
 
     Examples:
         >>> stream = WindowStream(iter([list(range(10)), [1, 2]]), 3, 2, stride=4)
@@ -75,6 +80,9 @@ class WindowStream:
     def __init__(
         self, sequences: Iterable, prefix_len: int, suffix_len: int, stride: int | None = None, name: str = "sequences"
     ) -> None:
+        prefix_len = check_integer(prefix_len, "prefix_len", minimum=1)
+        suffix_len = check_integer(suffix_len, "suffix_len", minimum=1)
+        stride = check_integer(stride, "stride", minimum=0, allow_none=True, hint="0 or None: one window per sequence")
         self.sequences, self.length, self.stride, self.name = sequences, prefix_len + suffix_len, stride, name
         self.num_skipped = 0
         self.num_sequences = 0
