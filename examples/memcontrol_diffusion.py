@@ -282,9 +282,9 @@ def main(
     # 1. Every mask: the true front (resumable: the study lives in a SQLite file).
     storage = f"sqlite:///{os.path.abspath(os.path.join(output_dir, 'studies.db'))}"
     t0 = time.time()
-    search = MemControlSearch(
-        **common, sampler="exhaustive", storage=storage, study_name=f"exhaustive_{pretrain_steps}_{finetune_steps}"
-    )
+    # The study records its settings and refuses a rerun with others, so each setting gets its own study.
+    name = f"exhaustive_{pretrain_steps}_{finetune_steps}_lr{lr}_b{finetune_batch}"
+    search = MemControlSearch(**common, sampler="exhaustive", storage=storage, study_name=name)
     exhaustive = search.run()
     results["groups"] = search.groups
     results["exhaustive"] = {

@@ -158,7 +158,7 @@ def main(
         n_trials=trials,
         sampler="nsga2",
         storage=f"sqlite:///{os.path.abspath(os.path.join(output_dir, 'study.db'))}",
-        study_name=f"smollm2_{docs}_{steps}_{lr}_{'-'.join(map(str, chosen))}",
+        study_name=f"smollm2_{docs}_{steps}_{lr}_b{batch_size}_r{lora_r}_{'-'.join(map(str, chosen))}",
         groups=groups,
         lr=lr,
         train_steps=steps,

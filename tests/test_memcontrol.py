@@ -1126,3 +1126,519 @@ def test_search_with_svdiff():
         model = trial.mask.apply(tiny_causal_lm("llama"))
         assert trial.trainable_parameters == count_parameters(model)[0]
         assert all(np.isfinite(v) for v in trial.values.values())
+
+
+# ---------------------------------------------------------------- settings recorded in a study / a result
+
+
+def _no_training(model, data, mask):
+    pass
+
+
+def _trainable_objectives():
+    return {"trainable": lambda m: float(count_parameters(m)[0]), "heldout": lambda m: 0.0}
+
+
+def test_a_stored_study_refuses_to_resume_with_other_settings(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = {"storage": storage, "study_name": "s", "train_fn": _no_training, "objectives": _trainable_objectives(),
+              "objective_kwargs": {}, "n_trials": 1, "sampler": "random"}  # fmt: skip
+    first = lm_search(method="lora", lr=1e-4, mask_kwargs={"lora_r": 2}, **common).run()
+    changed = [
+        ({"method": "full", "lr": 1e-4, "mask_kwargs": {"lora_r": 2}}, r"method: 'lora' there, 'full' here"),
+        ({"lr": 5e-2, "mask_kwargs": {"lora_r": 2}}, r"lr: 0.0001 there, 0.05 here"),
+        ({"lr": (1e-4, 1e-2), "mask_kwargs": {"lora_r": 2}}, r"lr: 0.0001 there, \[0.0001, 0.01\] here"),
+        ({"lr": 1e-4, "mask_kwargs": {"lora_r": 8}}, "mask_fields"),
+        ({"lr": 1e-4, "mask_kwargs": {"lora_r": 2}, "seed": 1}, "seed: 0 there, 1 here"),
+        ({"lr": 1e-4, "mask_kwargs": {"lora_r": 2}, "val_data": lm_data(3, 12, seed=2)}, "val_data"),
+    ]
+    for settings, message in changed:
+        with pytest.raises(ValueError, match=f"was run with other settings: {message}"):
+            lm_search(**{**common, **settings, "n_trials": 2}).run()
+    # the same settings resume, and a list of ids counts as the same data as a tensor of them
+    resumed = lm_search(method="lora", lr=1e-4, mask_kwargs={"lora_r": 2}, **{**common, "n_trials": 2},
+                        val_data=lm_data(3, 12, seed=1).tolist()).run()  # fmt: skip
+    assert resumed.trials[0].values == first.trials[0].values and len(resumed.trials) >= 1
+    # a study without the record (an older version, or written by hand) is refused once it holds trials
+    legacy = optuna.create_study(storage=storage, study_name="legacy", directions=["minimize", "minimize"])
+    legacy.enqueue_trial({})
+    with pytest.raises(ValueError, match="no record of the MemControlSearch settings"):
+        lm_search(**{**common, "study_name": "legacy"}).run()
+
+
+def test_cache_reuses_only_masks_equal_in_every_field_and_refuses_other_settings():
+    calls = []
+
+    def train_fn(model, data, mask):
+        calls.append((mask.method, mask.key))
+
+    layer0 = ["model.layers.0.self_attn", "model.layers.0.mlp"]
+    layer1 = ["model.layers.1.self_attn", "model.layers.1.mlp"]
+    common = {"train_fn": train_fn, "objectives": _trainable_objectives(), "objective_kwargs": {}}
+    cache = lm_search(sampler="exhaustive", groups=layer0, **common).run()
+    calls.clear()
+    with pytest.warns(UserWarning, match="3 of its 3 trials have other groups"):
+        search = lm_search(sampler="exhaustive", groups=layer1, method="full", cache=cache, **common)
+    result = search.run()
+    assert sorted(calls) == [("full", "01"), ("full", "10"), ("full", "11")]  # nothing reused from another mask
+    for trial in result.trials:
+        assert trial.values["trainable"] == count_parameters(trial.mask.apply(tiny_causal_lm("llama")))[0]
+    calls.clear()
+    again = lm_search(sampler="exhaustive", groups=layer1, method="full", cache=result, **common).run()
+    assert calls == [] and again.num_trained == 0  # the same fields: reused
+    with pytest.raises(ValueError, match="`cache` was made with other settings: val_data"):
+        lm_search(sampler="exhaustive", groups=layer1, method="full", cache=result, val_data=lm_data(3, 12, seed=9),
+                  **common)  # fmt: skip
+
+
+# ---------------------------------------------------------------- objectives of the search
+
+
+def test_a_renamed_builtin_objective_takes_its_kwargs():
+    data = lm_data(6, 12)
+    kwargs = {"prefix_len": 4, "suffix_len": 4}
+    model = tiny_causal_lm("llama")
+    expected = extraction_rate(model, data, 4, 4)
+    for key in ("mem", "extraction"):  # its name in this search, or its built-in name
+        search = lm_search(objectives={"mem": "extraction", "quality": "heldout_loss"}, train_fn=_no_training,
+                           objective_kwargs={key: kwargs})  # fmt: skip
+        assert search.objectives["mem"](model) == expected  # the default 32 + 32 window would not fit 12 tokens
+    with pytest.raises(ValueError, match="under both 'mem' and 'extraction'"):
+        lm_search(objectives={"mem": "extraction", "quality": "heldout_loss"}, train_fn=_no_training,
+                  objective_kwargs={"mem": kwargs, "extraction": kwargs})  # fmt: skip
+
+
+def test_objectives_with_the_same_name_or_a_non_string_name_are_refused():
+    first, second = (lambda m: 1.0), (lambda m: 2.0)
+    with pytest.raises(ValueError, match="Objectives 1 and 2 are both named '<lambda>'"):
+        lm_search(objectives=["heldout_loss", first, second], train_fn=_no_training)
+    with pytest.raises(ValueError, match="Objectives 0 and 1 are both named 'heldout_loss'"):
+        lm_search(objectives=["heldout_loss", "heldout_loss", first], train_fn=_no_training)
+    with pytest.raises(ValueError, match="names must be non-empty strings, got \\[0, 1\\]"):
+        lm_search(objectives={0: "heldout_loss", 1: first}, train_fn=_no_training)
+    search = lm_search(objectives={"one": first, "two": second}, train_fn=_no_training, objective_kwargs={})
+    assert {name: f(None) for name, f in search.objectives.items()} == {"one": 1.0, "two": 2.0}
+    with pytest.raises(ValueError, match="a callable objective takes no arguments from it"):
+        lm_search(objectives={"one": first, "two": second}, train_fn=_no_training, objective_kwargs={"one": {"x": 1}})
+
+
+def test_search_checks_every_objective_argument_before_training():
+    def never(model, data, mask):
+        raise AssertionError("trained")
+
+    lm_cases = [
+        ({"objective_kwargs": {"extraction": {"prefix": 8}}}, r"unknown keys \['prefix'\]; extraction_rate takes"),
+        ({"objective_kwargs": {}}, "prefix_len \\+ suffix_len = 64 tokens"),  # the default window, 12-token data
+        ({"val_data": torch.randint(0, 1000, (3, 12))}, "`val_data` holds token id .* outside the model's vocab"),
+        ({"val_data": [[5], [6]]}, "`val_data` has no sequence of 2 or more tokens"),
+        (
+            {"objective_kwargs": {"extraction": {"prefix_len": 6, "suffix_len": 6}, "heldout_loss": {"batch": 2}}},
+            r"unknown keys \['batch'\]; causal_lm_loss takes \['batch_size'\]",
+        ),
+    ]
+    for overrides, message in lm_cases:
+        with pytest.raises(ValueError, match=message):
+            lm_search(**{"train_fn": never, **overrides})
+    data = unet_data(4)
+    unet_cases = [
+        ({"objective_kwargs": {"noise_magnitude": {"num_noises": 2}}}, r"unknown keys \['num_noises'\]"),
+        ({"objective_kwargs": {"denoising_loss": {"timestep": [10]}}}, r"unknown keys \['timestep'\]"),
+        ({"objective_kwargs": {"noise_magnitude": {"timesteps": [1000]}}}, r"integers in \[0, 999\]"),
+        ({"memorization_data": {**data, "empty_hidden_states": torch.zeros(7, 8)}}, "`empty_hidden_states` has shape"),
+        ({"memorization_data": {**data, "encoder_hidden_states": data["encoder_hidden_states"].numpy()}},
+         "`encoder_hidden_states` must be a \\(P, L, D\\) floating-point tensor"),
+    ]  # fmt: skip
+    for overrides, message in unet_cases:
+        with pytest.raises(ValueError, match=message):
+            MemControlSearch(tiny_unet, data, unet_data(2, seed=1), **{"train_fn": never, **overrides})
+
+
+# ---------------------------------------------------------------- determinism, modes, dtypes and models
+
+
+def test_evaluating_a_mask_with_dropout_is_deterministic_and_leaves_the_global_rng_alone():
+    search = lm_search(n_trials=1, train_steps=3, mask_kwargs={"lora_dropout": 0.5})
+    mask = MemControlMask(search.groups, [1, 1, 1, 1], lr=1e-2, lora_dropout=0.5)
+    torch.manual_seed(1)
+    state = torch.get_rng_state()
+    first = search.evaluate(mask)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG stream is not consumed
+    torch.manual_seed(2)
+    assert search.evaluate(mask) == first  # dropout masks are drawn from the trial's seed, not the global state
+
+
+def test_apply_keeps_the_models_modes_on_its_new_modules():
+    for method in ("lora", "scale_bias", "svdiff"):
+        model = tiny_causal_lm("llama").eval()
+        MemControlMask.for_model(model, method=method, lora_dropout=0.5).apply(model)
+        assert not any(m.training for m in model.modules()), method
+    model = tiny_causal_lm("llama").eval()
+    MemControlMask.for_model(model, lora_dropout=0.5).apply(model)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_()  # trained adapter weights: dropout would now change the output
+    ids = lm_data(2, 8)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, model(ids).logits)
+    trained = MemControlMask.for_model(tiny_causal_lm("llama").train(), lora_dropout=0.5).apply(
+        tiny_causal_lm("llama").train()
+    )
+    assert all(m.training for m in trained.modules())  # a model in train mode: its adapters train too
+
+
+def test_the_diffusion_functions_take_a_half_precision_unet():
+    data = unet_data(4)
+    reference = tiny_unet()
+    expected = denoising_loss(reference, data, timesteps=[500])
+    for dtype in (torch.bfloat16, torch.float16):
+        unet = tiny_unet().to(dtype)
+        assert denoising_loss(unet, data, timesteps=[500]) == pytest.approx(expected, rel=0.05)
+        value = noise_magnitude(
+            unet, data["encoder_hidden_states"].to(dtype), data["empty_hidden_states"], num_noise=1
+        )
+        assert np.isfinite(value) and value > 0
+        if dtype == torch.bfloat16:  # (pure fp16 AdamW needs loss scaling, which this short loop does not do)
+            mask = MemControlMask.for_model(unet, lr=1e-3)
+            losses = train_unet(mask.apply(unet), data, mask, steps=2, batch_size=2)
+            assert all(np.isfinite(losses))
+            trainable = [p for p in unet.parameters() if p.requires_grad]
+            assert trainable and all(p.dtype == dtype for p in trainable)
+
+
+def _tiny_pixart():
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    return PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=4, in_channels=3, out_channels=6, num_layers=2,
+        cross_attention_dim=8, sample_size=8, patch_size=2, norm_num_groups=1, caption_channels=8,
+        use_additional_conditions=False,
+    )  # fmt: skip
+
+
+def test_the_default_loop_and_objectives_call_a_text_conditioned_dit_and_refuse_other_dits():
+    from diffusers import DiTTransformer2DModel
+
+    dit = _tiny_pixart()
+    data = unet_data(4)
+    assert noise_magnitude(dit, data["encoder_hidden_states"], data["empty_hidden_states"], num_noise=1) > 0
+    assert denoising_loss(dit, data, timesteps=[500]) > 0
+    from hf_memory.memcontrol.training import predict_noise
+
+    x, t, text = data["images"][:2], torch.tensor([10, 500]), data["encoder_hidden_states"][:2]
+    with torch.no_grad():
+        full = dit(x, encoder_hidden_states=text, timestep=t).sample  # learned variance: 6 channels for 3
+        assert torch.equal(predict_noise(dit, x, t, text), full[:, :3])
+    result = MemControlSearch(_tiny_pixart, data, unet_data(2, seed=1), n_trials=1, sampler="random", train_steps=1,
+                              batch_size=2, objective_kwargs={"noise_magnitude": {"num_noise": 1}},
+                              show_progress=False).run()  # fmt: skip
+    assert len(result.trials) == 1 and all(np.isfinite(v) for v in result.trials[0].values.values())
+    class_conditional = DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=4, in_channels=3, out_channels=3, num_layers=1, sample_size=8,
+        patch_size=2, norm_num_groups=1, num_embeds_ada_norm=10,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="DiTTransformer2DModel.*cannot be called by the default training loop"):
+        MemControlSearch(class_conditional, data, unet_data(2, seed=1))
+    with pytest.raises(ValueError, match="cannot be called by the default training loop"):
+        denoising_loss(class_conditional, data)
+    MemControlSearch(class_conditional, data, unet_data(2, seed=1), train_fn=_no_training,
+                     objectives={"a": lambda m: 0.0, "b": lambda m: 1.0})  # fmt: skip  # your own calls: accepted
+
+
+def test_training_leaves_the_model_in_eval_mode_without_grads_when_interrupted():
+    model = tiny_causal_lm("llama")
+    mask = MemControlMask.for_model(model, lr=1e-2)
+    mask.apply(model)
+    calls = []
+
+    def interrupt(module, args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    handle = model.model.layers[0].register_forward_pre_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_causal_lm(model, lm_data(), mask, steps=4, batch_size=2)
+    handle.remove()
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    train_causal_lm(model, lm_data(), mask, steps=1, batch_size=2)  # not left held
+    assert all(p.grad is None for p in model.parameters())
+
+
+# ---------------------------------------------------------------- masks
+
+
+def test_scale_bias_refuses_conv1d_layers_before_changing_the_model_and_a_failed_inject_is_undone(monkeypatch):
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Linear(8, 8)
+
+    class Mlp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.conv = nn.Linear(8, 8), nn.Conv1d(8, 8, 1)
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.self_attn, self.mlp = Attention(), Mlp()
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([Layer(), Layer()])
+
+    model = Model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"cannot adapt the nn.Conv1d layers \['layers.0.mlp.conv', 'layers.1.mlp"):
+        MemControlMask.for_model(model, method="scale_bias").apply(model)
+    assert {n for n, _ in model.named_parameters()} == set(before)  # nothing injected
+    # a failure inside peft half-way: the layers already replaced are put back
+    from peft.tuners.lora import LoraModel
+
+    create = LoraModel._create_and_replace
+    calls = []
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("injection failed")
+        return create(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoraModel, "_create_and_replace", failing)
+    with pytest.raises(RuntimeError, match="injection failed"):
+        MemControlMask.for_model(model).apply(model)
+    monkeypatch.undo()
+    assert {n for n, _ in model.named_parameters()} == set(before)
+    assert all(type(m) in (Model, nn.ModuleList, Layer, Attention, Mlp, nn.Linear, nn.Conv1d) for m in model.modules())
+    MemControlMask.for_model(model, ["layers.0.self_attn"]).apply(model)  # the model can be masked again
+
+
+def test_for_model_refuses_a_string_and_reads_a_generator_once():
+    model = tiny_causal_lm("llama")
+    with pytest.raises(ValueError, match=r"got the string 'model.layers.0.mlp': write \['model.layers.0.mlp'\]"):
+        MemControlMask.for_model(model, "model.layers.0.mlp")
+    assert MemControlMask.for_model(model, (g for g in ["model.layers.0.mlp"])).bits == [0, 1, 0, 0]
+    with pytest.raises(ValueError, match=r"do not pass \['groups'\]"):
+        MemControlMask.for_model(model, None, groups=["a"])
+
+
+def test_apply_refuses_a_model_another_call_is_changing():
+    from hf_memory._utils import exclusive
+
+    model = tiny_causal_lm("llama")
+    with exclusive(model, "another call"):  # e.g. a second thread applying another mask
+        with pytest.raises(RuntimeError, match="another call is already doing so"):
+            MemControlMask.for_model(model, ["model.layers.0.mlp"]).apply(model)
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    MemControlMask.for_model(model, ["model.layers.0.mlp"]).apply(model)
+
+
+# ---------------------------------------------------------------- results and studies
+
+
+def test_save_json_keeps_the_previous_file_when_interrupted(tmp_path, monkeypatch):
+    from hf_memory.memcontrol import MemControlTrial
+
+    groups = ["a", "b"]
+    trials = [MemControlTrial(i, MemControlMask(groups, bits), {"x": float(i), "y": 1.0 - i}, 10, 0.1)
+              for i, bits in enumerate([[1, 0], [0, 1], [1, 1]])]  # fmt: skip
+    result = MemControlResult(["x", "y"], trials, trials[:1], "s")
+    path = tmp_path / "result.json"
+    result.save_json(path)
+    saved = path.read_text()
+    to_dict = MemControlTrial.to_dict
+    calls = []
+
+    def interrupted(self):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return to_dict(self)
+
+    monkeypatch.setattr(MemControlTrial, "to_dict", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        result.save_json(path)
+    assert path.read_text() == saved and os.listdir(tmp_path) == ["result.json"]
+    assert [t.values for t in MemControlResult.from_json(path).trials] == [t.values for t in trials]
+
+
+def test_result_of_an_in_memory_search_holds_the_trials_of_its_run():
+    calls = []
+
+    def interrupted(model, data, mask):
+        calls.append(mask.key)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    search = lm_search(n_trials=4, sampler="random", train_fn=interrupted, objectives=_trainable_objectives(),
+                       objective_kwargs={})  # fmt: skip
+    with pytest.raises(ValueError, match="no study yet"):
+        search.result()
+    with pytest.raises(KeyboardInterrupt):
+        search.run()
+    assert len(search.result().trials) == 2  # the trials completed before the interrupt
+    assert len(search.run().trials) + sum(t.state.name == "PRUNED" for t in search._study().trials) == 4  # continued
+
+
+def test_seed_is_checked_and_the_resumed_samplers_seed_wraps(tmp_path):
+    for seed in (-1, 2**32, True):
+        with pytest.raises(ValueError, match=r"`seed` must be an integer"):
+            lm_search(seed=seed, train_fn=_no_training)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = {"storage": storage, "study_name": "s", "seed": 2**32 - 1, "sampler": "random", "train_fn": _no_training,
+              "objectives": _trainable_objectives(), "objective_kwargs": {}}  # fmt: skip
+    lm_search(n_trials=1, **common).run()
+    assert len(lm_search(n_trials=2, **common).run().trials) >= 1  # the resumed sampler's seed 2**32 wraps to 0
+
+
+def _add_trial_of_another_process(study, groups, bits, values, state="COMPLETE", host="another-machine"):
+    distributions = {g: optuna.distributions.IntDistribution(0, 1) for g in groups}
+    params = dict(zip(groups, bits))
+    if state == "COMPLETE":
+        attrs = {"trainable_parameters": 1, "total_parameters": 10}
+        trial = optuna.trial.create_trial(params=params, distributions=distributions, values=values, user_attrs=attrs)
+        study.add_trial(trial)
+        return None
+    study.enqueue_trial(params)
+    trial = study.ask()  # RUNNING, holding the mask
+    for group in groups:
+        trial.suggest_int(group, 0, 1)
+    trial.set_user_attr("host", host)
+    trial.set_user_attr("pid", 1)
+    return trial
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test's own ask()
+def test_processes_sharing_a_study_never_overshoot_n_trials(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    calls = []
+    groups = ["model.layers.0.self_attn", "model.layers.0.mlp", "model.layers.1.self_attn", "model.layers.1.mlp"]
+
+    def train_fn(model, data, mask):
+        calls.append(mask.key)
+        if len(calls) == 1:  # meanwhile, another process completes two trials
+            other = optuna.load_study(study_name="s", storage=storage)
+            for bits in ([1, 0, 0, 0], [0, 1, 0, 0]):
+                _add_trial_of_another_process(other, groups, bits, [1.0, 2.0])
+
+    common = {"storage": storage, "study_name": "s", "sampler": "random", "train_fn": train_fn,
+              "objectives": _trainable_objectives(), "objective_kwargs": {}}  # fmt: skip
+    lm_search(n_trials=3, **common).run()
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 3 and len(calls) <= 1
+    # a trial still running elsewhere takes a slot: this process stops short, and says why
+    _add_trial_of_another_process(study, groups, [0, 0, 1, 0], None, state="RUNNING", host="node-a")
+    calls.clear()
+    with pytest.warns(UserWarning, match=r"holds 4 finished trials of n_trials=5; still running elsewhere: trial \d+ "
+                                         r"\(mask 0010, host 'node-a'"):  # fmt: skip
+        lm_search(n_trials=5, **common).run()
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 4
+
+
+def test_an_enumeration_shared_with_another_process_trains_each_mask_once(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    groups = ["model.layers.0.self_attn", "model.layers.0.mlp"]
+    calls = []
+
+    def train_fn(model, data, mask):
+        calls.append(mask.key)
+        if len(calls) == 1:  # another process completed mask 11 (queued here too) and queued 01 again
+            other = optuna.load_study(study_name="s", storage=storage)
+            _add_trial_of_another_process(other, groups, [1, 1], [1.0, 2.0])
+            other.enqueue_trial(dict(zip(groups, [0, 1])))
+
+    result = lm_search(sampler="exhaustive", groups=groups, storage=storage, study_name="s", train_fn=train_fn,
+                       objectives=_trainable_objectives(), objective_kwargs={}).run()  # fmt: skip
+    assert sorted(calls) == ["01", "10"]  # 11 was not trained again
+    assert sorted(t.mask.key for t in result.trials) == ["01", "10", "11"]  # each mask once
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test's own ask()
+def test_a_trial_killed_on_another_machine_is_failed_by_its_heartbeat(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setattr(MemControlSearch, "HEARTBEAT_INTERVAL", 1, raising=False)
+    monkeypatch.setattr(MemControlSearch, "GRACE_PERIOD", 1, raising=False)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    groups = ["model.layers.0.self_attn", "model.layers.0.mlp"]
+    resumed = []
+    common = {"sampler": "exhaustive", "groups": groups, "storage": storage, "objectives": _trainable_objectives(),
+              "objective_kwargs": {}, "train_fn": lambda m, d, mask: resumed.append(mask.key)}  # fmt: skip
+    search = lm_search(study_name="beating", **common)
+    study = search._study()
+    killed = _add_trial_of_another_process(study, groups, [1, 0], None, state="RUNNING", host="node-a")
+    study._storage.record_heartbeat(killed._trial_id)  # its last heartbeat, then the machine went away
+    time.sleep(2.5)
+    result = search.run()
+    assert sorted(t.mask.key for t in result.trials) == ["01", "10", "11"] and "10" in resumed
+    assert optuna.load_study(study_name="beating", storage=storage).trials[killed.number].state.name == "FAIL"
+    # a trial without a heartbeat (an older run) cannot be judged: the result says which mask it holds
+    search = lm_search(study_name="silent", **common)
+    _add_trial_of_another_process(search._study(), groups, [0, 1], None, state="RUNNING", host="node-a")
+    with pytest.warns(UserWarning, match=r"1 of the 4 masks \(01\) are not evaluated yet; still running elsewhere"):
+        result = search.run()
+    assert sorted(t.mask.key for t in result.trials) == ["10", "11"]
+
+
+# ---------------------------------------------------------------- objectives and the attack, input checks
+
+
+def test_noise_magnitude_refuses_integer_images_and_unclear_inputs():
+    unet = tiny_unet()
+    data = unet_data(2)
+    text, empty = data["encoder_hidden_states"], data["empty_hidden_states"]
+    images = data["images"]
+    assert noise_magnitude(unet, text, empty, images=images.double(), num_noise=1) == pytest.approx(
+        noise_magnitude(unet, text, empty, images=images, num_noise=1), rel=1e-6
+    )
+    cases = [
+        ({"images": (images * 127 + 128).to(torch.uint8)}, "`images` must be floating point"),
+        ({"empty_hidden_states": empty.numpy()}, "`empty_hidden_states` must be the empty prompt's embedding"),
+        ({"empty_hidden_states": torch.zeros(2, 4, 8)}, r"give \(L, D\) or \(1, L, D\)"),
+        ({"encoder_hidden_states": text[:0]}, "with P >= 1"),
+        ({"timesteps": 999.0}, "`timesteps` must be an integer >= 0, got 999.0"),
+        ({"unet": nn.Identity()}, "cannot be called by the default training loop"),
+    ]
+    for overrides, message in cases:
+        arguments = {"unet": unet, "encoder_hidden_states": text, "empty_hidden_states": empty, **overrides}
+        with pytest.raises(ValueError, match=message):
+            noise_magnitude(**arguments)
+
+
+def test_causal_lm_loss_refuses_sequences_without_a_token_to_predict():
+    with pytest.raises(ValueError, match="has no sequence of 2 or more tokens"):
+        causal_lm_loss(tiny_causal_lm("llama"), [[5], [6]])
+    assert causal_lm_loss(tiny_causal_lm("llama"), [[5], [6, 7]]) > 0  # one predicted token is enough
+
+
+def test_tile_distance_of_identical_images_is_zero_and_exact_copies_are_extracted():
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).expand(50, -1, -1, -1)
+    assert tile_distance(images, images).max().item() == 0.0  # more than 25 rows: cdist's matrix form cancels badly
+    result = diffusion_extraction_attack(lambda p, n, s: images[:n], ["copy"], images[:1], n_generations=50,
+                                         threshold=1e-4)  # fmt: skip
+    assert result.cluster_sizes == [50] and result.extracted == [True]
+
+
+def test_attack_reads_prompts_once_and_checks_the_samplers_images():
+    training = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def sampler(prompt, n, seed):
+        return training[:1].expand(n, -1, -1, -1)
+
+    result = diffusion_extraction_attack(sampler, (p for p in ["a", "b"]), training, n_generations=4)
+    assert result.prompts == ["a", "b"] and result.cluster_sizes == [4, 4]
+    assert diffusion_extraction_attack(sampler, np.array(["a"]), training, n_generations=4).prompts == ["a"]
+    bad_samplers = [
+        (lambda p, n, s: training[:1].expand(2, -1, -1, -1), r"shape \(2, 3, 8, 8\) .* expected \(4, C, H, W\)"),
+        (lambda p, n, s: training[:1].expand(n, -1, -1, -1) * 255, r"range over \[.*\]; the attack compares images in"),
+        (lambda p, n, s: torch.full((n, 3, 8, 8), float("nan")), "hold NaN or infinite values"),
+    ]  # fmt: skip
+    for bad, message in bad_samplers:
+        with pytest.raises(ValueError, match=message):
+            diffusion_extraction_attack(bad, ["a"], training, n_generations=4)
+    with pytest.raises(ValueError, match="M >= 1 images"):
+        diffusion_extraction_attack(sampler, ["a"], training[:0], n_generations=4)

@@ -21,7 +21,7 @@ def tile_distance(first: torch.Tensor, second: torch.Tensor, tile_grid: int = 4)
         tile_grid: Tiles per side; H and W must be divisible by it.
 
     Returns:
-        (N, M) distances, in the images' units (RMS per value).
+        (N, M) distances, in the images' units (RMS per value); exactly 0 between identical images.
 
     Example:
         >>> a = torch.zeros(1, 1, 4, 4); b = a.clone(); b[0, 0, 0, 0] = 1.0
@@ -44,9 +44,27 @@ def tile_distance(first: torch.Tensor, second: torch.Tensor, tile_grid: int = 4)
         return x.permute(0, 2, 4, 1, 3, 5).reshape(n, tile_grid * tile_grid, -1)
 
     a, b = tiles(first), tiles(second)
-    # (N, M, tiles): squared distances tile by tile, as a batched cdist over the tile axis
-    squared = torch.cdist(a.transpose(0, 1), b.transpose(0, 1)).pow(2).permute(1, 2, 0)
+    # (N, M, tiles): squared distances tile by tile, as a batched cdist over the tile axis. Not through cdist's matrix
+    # product form (its default above 25 rows), which cancels badly: identical images would be ~1e-4 apart.
+    distances = torch.cdist(a.transpose(0, 1), b.transpose(0, 1), compute_mode="donot_use_mm_for_euclid_dist")
+    squared = distances.pow(2).permute(1, 2, 0)
     return (squared / a.shape[-1]).sqrt().amax(dim=-1)
+
+
+_RANGE_TOLERANCE = 1e-3  # generations a sampler computed in floating point may overshoot [0, 1] by rounding
+
+
+def _check_unit_range(images: torch.Tensor, what: str) -> None:
+    """Refuse images that are not finite values in [0, 1] (e.g. 0..255 pixels, or [-1, 1] model outputs)."""
+    values = images.detach().float()
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"{what} hold NaN or infinite values.")
+    low, high = float(values.min()), float(values.max())
+    if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
+        raise ValueError(
+            f"{what} range over [{low:.4g}, {high:.4g}]; the attack compares images in [0, 1] (divide 0..255 pixels "
+            "by 255, map [-1, 1] outputs with (x + 1) / 2)."
+        )
 
 
 @dataclass
@@ -122,7 +140,8 @@ def diffusion_extraction_attack(
     Args:
         pipe_or_sampler: A diffusers text-to-image pipeline (called with `output_type="pt"`, or the
             `generation_kwargs` you give), or a function `(prompt, n, seed) -> (n, C, H, W)` images in [0, 1].
-        prompts: The prompts to attack (the captions of the duplicated training images).
+        prompts: The prompts to attack (the captions of the duplicated training images): a list, or any iterable
+            of strings (read once).
         training_images: (M, C, H, W) training images in [0, 1] at the generations' size, or None to count
             clusters only.
         n_generations: Generations per prompt (the paper: 500; MemControl: 50).
@@ -137,9 +156,14 @@ def diffusion_extraction_attack(
 
     Raises:
         ValueError: If `prompts` is empty or not strings, a count or `threshold` is out of range, `min_cluster`
-            exceeds `n_generations`, `training_images` is not 4-D, or `pipe_or_sampler` is not callable.
+            exceeds `n_generations`, `training_images` is not a 4-D tensor of at least one image in [0, 1],
+            `pipe_or_sampler` is not callable, or (after a prompt's generation) the sampler did not return
+            `n_generations` finite images in [0, 1] (a rounding tolerance of 1e-3 is allowed).
     """
-    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+    if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__iter__"):
+        raise ValueError(f"`prompts` must be a non-empty list of strings, got {type(prompts).__name__}.")
+    prompts = [str(p) if isinstance(p, str) else p for p in prompts]  # a generator is read once; numpy str_ -> str
+    if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError("`prompts` must be a non-empty list of strings.")
     n_generations = check_integer(n_generations, "n_generations", minimum=2)
     tile_grid = check_integer(tile_grid, "tile_grid", minimum=1)
@@ -148,8 +172,10 @@ def diffusion_extraction_attack(
     seed = check_integer(seed, "seed")
     if min_cluster > n_generations:
         raise ValueError(f"`min_cluster`={min_cluster} exceeds `n_generations`={n_generations}: no cluster can form.")
-    if training_images is not None and (not isinstance(training_images, torch.Tensor) or training_images.ndim != 4):
-        raise ValueError("`training_images` must be a (M, C, H, W) tensor in [0, 1], or None.")
+    if training_images is not None:
+        if not isinstance(training_images, torch.Tensor) or training_images.ndim != 4 or not len(training_images):
+            raise ValueError("`training_images` must be a (M, C, H, W) tensor of M >= 1 images in [0, 1], or None.")
+        _check_unit_range(training_images, "`training_images`")
     if not callable(pipe_or_sampler):
         raise ValueError("`pipe_or_sampler` must be a diffusers pipeline or a function (prompt, n, seed) -> images.")
     if hasattr(pipe_or_sampler, "components") or hasattr(pipe_or_sampler, "unet"):
@@ -159,7 +185,14 @@ def diffusion_extraction_attack(
     result = ExtractionAttackResult(list(prompts), [], [], threshold=threshold)
     for prompt in prompts:
         images = torch.as_tensor(sample(prompt, n_generations, seed)).float()
-        close = tile_distance(images, images, tile_grid) < threshold  # the diagonal counts the image itself
+        if images.ndim != 4 or len(images) != n_generations:
+            raise ValueError(
+                f"The sampler returned shape {tuple(images.shape)} for prompt {prompt!r}; expected "
+                f"({n_generations}, C, H, W): `n_generations` images."
+            )
+        _check_unit_range(images, f"The generations for prompt {prompt!r}")
+        close = tile_distance(images, images, tile_grid) < threshold
+        close.fill_diagonal_(True)  # a generation is in its own group
         sizes = close.sum(dim=1)
         center = int(sizes.argmax())
         size = int(sizes[center])

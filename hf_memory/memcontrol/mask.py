@@ -10,8 +10,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from .._utils import HubConfigMixin, check_choice, check_integer, check_number
+from .._utils import HubConfigMixin, check_choice, check_integer, check_number, exclusive
 from .groups import GRANULARITIES, _is_gpt2_conv1d, adaptable_modules, maskable_groups
 from .svdiff import SVDIFF_MARKER, add_svdiff
 
@@ -115,11 +116,13 @@ class MemControlMask(HubConfigMixin):
 
         Args:
             model: The model whose `maskable_groups` define the groups.
-            selected: Names of the groups that train, a 0/1 list with one bit per group, or None for every group.
-            **kwargs: Other fields (`method`, `granularity`, `lr`, ...).
+            selected: Names of the groups that train (a list, even for one name), a 0/1 list with one bit per group,
+                or None for every group.
+            **kwargs: Other fields (`method`, `granularity`, `lr`, ...); not `groups` or `bits`.
 
         Raises:
-            ValueError: If a selected name is not a group of the model (the message lists them), or a field is bad.
+            ValueError: If a selected name is not a group of the model (the message lists them), `selected` is a
+                string, `groups` or `bits` is passed, or a field is bad.
 
         Examples:
             >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -128,10 +131,24 @@ class MemControlMask(HubConfigMixin):
             >>> MemControlMask.for_model(model, ["model.layers.0.mlp"]).bits
             [0, 1]
         """
+        given = sorted({"groups", "bits"} & set(kwargs))
+        if given:
+            raise ValueError(
+                f"`for_model` reads `groups` and `bits` from `model` and `selected`; do not pass {given}."
+            )
+        if isinstance(selected, (str, bytes)):
+            raise ValueError(
+                f"`selected` must be a list of group names or of 0/1 bits, got the string {selected!r}: write "
+                f"[{selected!r}] for one group."
+            )
         names = list(maskable_groups(model, kwargs.get("granularity", "block")))
+        if selected is not None:
+            if not hasattr(selected, "__iter__"):
+                raise ValueError(f"`selected` must be a list of group names or of 0/1 bits, got {selected!r}.")
+            selected = list(selected)  # a generator would be used up by the first look
         if selected is None:
             bits = [1] * len(names)
-        elif all(isinstance(s, str) for s in selected):
+        elif selected and all(isinstance(s, str) for s in selected):
             unknown = [s for s in selected if s not in names]
             if unknown:
                 raise ValueError(
@@ -234,7 +251,9 @@ class MemControlMask(HubConfigMixin):
         `<layer>.parametrizations.weight.original` (frozen), the shifts are
         `<layer>.parametrizations.weight.0.svdiff_delta`, and U, σ, Vᵀ are buffers; with the shifts at 0 the model
         computes exactly what it did before. Then every parameter is frozen except those of the selected groups that
-        the method trains. The model must not carry an adapter already.
+        the method trains. The model must not carry an adapter already. The new modules take the `training` flag of
+        the module they sit in (an eval model stays in eval mode, adapter dropout included). If injecting fails, the
+        layers already replaced are put back. Two calls cannot change one model at once.
 
         Args:
             model: The model (a fresh one of the architecture the mask was made for, for transfer).
@@ -244,26 +263,71 @@ class MemControlMask(HubConfigMixin):
 
         Raises:
             ValueError: If a selected group is not a group of `model`, `model` already holds LoRA / IA3 / SV-Diff
-                parameters, or (for "svdiff") a layer's weight cannot be decomposed (see `add_svdiff`).
+                parameters, a selected `nn.Conv1d` layer meets "scale_bias" (peft's IA3 cannot adapt it), or (for
+                "svdiff") a layer's weight cannot be decomposed (see `add_svdiff`).
+            RuntimeError: If another call is changing `model` in place right now.
         """
         if not isinstance(model, nn.Module):
             raise ValueError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-        if any(_is_adapter(name) for name, _ in model.named_parameters()):
-            raise ValueError(
-                "`model` already holds LoRA, IA3 or SV-Diff parameters: apply a mask to an unadapted model."
-            )
-        paths = self.module_paths(model)  # before the adapter changes the module tree; also checks the groups
-        config = self.to_peft_config(model)
-        if self.method == "svdiff":
-            model = add_svdiff(model, adaptable_modules(model, paths))
-        elif config is not None:
-            from peft import inject_adapter_in_model
+        with exclusive(model, "MemControlMask.apply"):
+            if any(_is_adapter(name) for name, _ in model.named_parameters()):
+                raise ValueError(
+                    "`model` already holds LoRA, IA3 or SV-Diff parameters: apply a mask to an unadapted model."
+                )
+            paths = self.module_paths(model)  # before the adapter changes the module tree; also checks the groups
+            targets = adaptable_modules(model, paths)
+            if self.method == "scale_bias":
+                # peft's IA3 adapts nn.Linear, nn.Conv2d / 3d and GPT-2's Conv1D; refuse the rest before injecting
+                unsupported = [t for t in targets if isinstance(model.get_submodule(t), nn.Conv1d)]
+                if unsupported:
+                    raise ValueError(
+                        f"method='scale_bias' (peft IA3) cannot adapt the nn.Conv1d layers {unsupported}: use "
+                        "method 'lora', 'full' or 'svdiff' for this model, or leave those groups out."
+                    )
+            config = self.to_peft_config(model)
+            existing = list(model.modules())  # the adapter's new modules are those not in this list
+            replaced = _replaceable(model, targets)
+            requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+            try:
+                if self.method == "svdiff":
+                    model = add_svdiff(model, targets)
+                elif config is not None:
+                    from peft import inject_adapter_in_model
 
-            model = inject_adapter_in_model(config, model)
-        trainable = set(self._trainable_names(model, paths))
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(name in trainable)
+                    model = inject_adapter_in_model(config, model)
+            except BaseException:  # put back every layer the adapter had already replaced or parametrized
+                for parent, child, original in replaced:
+                    setattr(parent, child, original)
+                    if self.method == "svdiff" and parametrize.is_parametrized(
+                        original, "weight"
+                    ):  # ours: see add_svdiff
+                        parametrize.remove_parametrizations(original, "weight", leave_parametrized=False)
+                for name, parameter in model.named_parameters():
+                    parameter.requires_grad_(requires_grad.get(name, parameter.requires_grad))
+                raise
+            _match_parent_modes(model, {id(module) for module in existing})
+            trainable = set(self._trainable_names(model, paths))
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(name in trainable)
         return model
+
+
+def _replaceable(model: nn.Module, targets: list[str]) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute, layer) of each target layer: what peft replaces with its adapter layer."""
+    found = []
+    for target in targets:
+        parent_name, _, child = target.rpartition(".")
+        found.append((model.get_submodule(parent_name), child, model.get_submodule(target)))
+    return found
+
+
+def _match_parent_modes(module: nn.Module, existing: set[int]) -> None:
+    """Give every module not in `existing` (an adapter's new layers, dropouts, parametrizations) its parent's
+    `training` flag: injected modules start in train mode, which on an eval model would turn on adapter dropout."""
+    for child in module.children():
+        if id(child) not in existing:
+            child.training = module.training
+        _match_parent_modes(child, existing)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

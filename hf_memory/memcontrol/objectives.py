@@ -6,19 +6,88 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._utils import as_sequences, check_choice, check_integer, eval_mode, exclusive, model_device
+from .._utils import as_sequences, check_choice, check_integer, check_vocabulary, eval_mode, exclusive, model_device
 from .attack import _sampler_from_pipeline
-from .training import default_noise_scheduler, diffusion_data, lm_batch
+from .training import check_denoiser, default_noise_scheduler, diffusion_data, lm_batch, predict_noise
+
+
+def _scheduler(noise_scheduler):
+    scheduler = noise_scheduler or default_noise_scheduler()
+    if not callable(getattr(scheduler, "add_noise", None)) or not hasattr(scheduler, "config"):
+        raise ValueError(
+            f"`noise_scheduler` must be a diffusers noise scheduler with `add_noise` and a `config` (e.g. "
+            f"DDPMScheduler), got {type(noise_scheduler).__name__}."
+        )
+    return scheduler
 
 
 def _timesteps(timesteps, scheduler) -> list[int]:
-    if isinstance(timesteps, int) or getattr(timesteps, "ndim", None) == 0:
+    if isinstance(timesteps, (str, bytes)) or getattr(timesteps, "ndim", None) == 0:
         timesteps = [timesteps]
+    elif not hasattr(timesteps, "__iter__"):
+        timesteps = [timesteps]  # one number: check_integer names it
     steps = [check_integer(t, "timesteps", minimum=0) for t in list(timesteps)]
     limit = scheduler.config.num_train_timesteps
     if not steps or max(steps) >= limit:
         raise ValueError(f"`timesteps` must be a non-empty list of integers in [0, {limit - 1}], got {timesteps!r}.")
     return steps
+
+
+def _check_noise_magnitude_arguments(
+    encoder_hidden_states, empty_hidden_states, images, timesteps, num_noise, seed, noise_scheduler
+) -> tuple:
+    """`noise_magnitude`'s argument checks, without the model (also run by the search before any training); returns
+    (scheduler, timesteps, num_noise, seed, the empty prompt as (1, L, D), images as float32 or None)."""
+    scheduler = _scheduler(noise_scheduler)
+    steps = _timesteps(timesteps, scheduler)
+    num_noise = check_integer(num_noise, "num_noise", minimum=1)
+    seed = check_integer(seed, "seed")
+    text = encoder_hidden_states
+    if not isinstance(text, torch.Tensor) or text.ndim != 3 or not len(text) or not text.is_floating_point():
+        raise ValueError(
+            "`encoder_hidden_states` must be a (P, L, D) floating-point tensor of prompt embeddings with P >= 1, got "
+            f"{_describe(text)}."
+        )
+    empty = empty_hidden_states
+    if not isinstance(empty, torch.Tensor) or not empty.is_floating_point() or empty.ndim not in (2, 3):
+        raise ValueError(
+            f"`empty_hidden_states` must be the empty prompt's embedding, a (L, D) or (1, L, D) floating-point tensor, "
+            f"got {_describe(empty)}."
+        )
+    empty = empty if empty.ndim == 3 else empty[None]
+    if len(empty) != 1 or empty.shape[1:] != text.shape[1:]:
+        raise ValueError(
+            f"`empty_hidden_states` has shape {tuple(empty_hidden_states.shape)}, which does not match the prompts' "
+            f"(L, D) = {tuple(text.shape[1:])}: give (L, D) or (1, L, D)."
+        )
+    if images is not None:
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) != len(text):
+            raise ValueError("`images` must be a (P, C, H, W) tensor with one image per prompt.")
+        if not images.is_floating_point():
+            raise ValueError(
+                f"`images` must be floating point, in the model's input space (e.g. [-1, 1]), got dtype {images.dtype}."
+            )
+        images = images.float()
+    return scheduler, steps, num_noise, seed, empty, images
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def _sample_shape(unet: nn.Module) -> tuple[int, ...]:
+    """(C, H, W) of the model's input, from its config (`in_channels`, `sample_size`)."""
+    config = getattr(unet, "config", None)
+    size, channels = getattr(config, "sample_size", None), getattr(config, "in_channels", None)
+    if size is None or channels is None:
+        raise ValueError(
+            f"`unet` ({type(unet).__name__}) has no `config.in_channels` and `config.sample_size` to draw pure noise "
+            "from: give `images`, or a diffusers model."
+        )
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return (channels, *size)
 
 
 @torch.no_grad()
@@ -38,11 +107,13 @@ def noise_magnitude(
     timestep per call) make it a deterministic objective.
 
     Args:
-        unet: A text-conditioned UNet, called as `unet(x, t, encoder_hidden_states=...)` returning `.sample`.
+        unet: A text-conditioned UNet or DiT returning `.sample` (see `predict_noise`; inputs are cast to its
+            dtype, the norm is computed in float32).
         encoder_hidden_states: (P, L, D) text embeddings of the P prompts to score (the duplicated captions).
         empty_hidden_states: The empty prompt's embedding, (L, D) or (1, L, D).
-        images: Optional (P, C, H, W) training images (or latents) of the prompts: x_t is each image noised to t.
-            None: x_t is pure noise (Wen et al.'s first sampling step; use t = 999).
+        images: Optional (P, C, H, W) floating-point training images (or latents) of the prompts, in the model's
+            input space: x_t is each image noised to t. None: x_t is pure noise of the model's
+            `config.in_channels` x `config.sample_size` (Wen et al.'s first sampling step; use t = 999).
         timesteps: The timesteps to score at (integers).
         num_noise: Seeded noise draws per prompt and timestep (the same draws for every prompt).
         seed: Seed of the noise.
@@ -50,6 +121,10 @@ def noise_magnitude(
 
     Returns:
         The mean L2 norm (over all C·H·W values of a sample) of the difference.
+
+    Raises:
+        ValueError: Before any forward pass, if an argument has the wrong type, shape or range (integer images
+            included), or the model cannot be called so (see `check_denoiser`).
 
     Example:
         >>> class Echo(torch.nn.Module):  # ε = x + mean of the text embedding
@@ -59,27 +134,11 @@ def noise_magnitude(
         >>> round(noise_magnitude(Echo(), torch.full((1, 3, 2), 0.5), torch.zeros(3, 2)), 4)  # 0.5 * sqrt(4)
         1.0
     """
-    scheduler = noise_scheduler or default_noise_scheduler()
-    steps = _timesteps(timesteps, scheduler)
-    num_noise = check_integer(num_noise, "num_noise", minimum=1)
-    seed = check_integer(seed, "seed")
-    if not isinstance(encoder_hidden_states, torch.Tensor) or encoder_hidden_states.ndim != 3:
-        raise ValueError("`encoder_hidden_states` must be a (P, L, D) tensor of prompt embeddings.")
-    empty = empty_hidden_states if empty_hidden_states.ndim == 3 else empty_hidden_states[None]
-    if empty.shape[1:] != encoder_hidden_states.shape[1:]:
-        raise ValueError(
-            f"`empty_hidden_states` has shape {tuple(empty_hidden_states.shape)}, which does not match the prompts' "
-            f"(L, D) = {tuple(encoder_hidden_states.shape[1:])}."
-        )
-    if images is not None and (images.ndim != 4 or len(images) != len(encoder_hidden_states)):
-        raise ValueError("`images` must be a (P, C, H, W) tensor with one image per prompt.")
-    if images is not None:
-        shape = tuple(images.shape[1:])
-    else:
-        size = unet.config.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        shape = (unet.config.in_channels, *size)
-    device = model_device(unet) if any(True for _ in unet.parameters()) else torch.device("cpu")
+    check_denoiser(unet, "unet")
+    scheduler, steps, num_noise, seed, empty, images = _check_noise_magnitude_arguments(
+        encoder_hidden_states, empty_hidden_states, images, timesteps, num_noise, seed, noise_scheduler
+    )
+    shape = tuple(images.shape[1:]) if images is not None else _sample_shape(unet)
     noise = torch.randn((num_noise, *shape), generator=torch.Generator().manual_seed(seed))
     norms = []
     with eval_mode(unet):
@@ -90,11 +149,7 @@ def noise_magnitude(
                 text = torch.cat(
                     [encoder_hidden_states[p : p + 1].expand(num_noise, -1, -1), empty.expand(num_noise, -1, -1)]
                 )
-                out = unet(
-                    torch.cat([x, x]).to(device),
-                    torch.cat([timestep, timestep]).to(device),
-                    encoder_hidden_states=text.to(device),
-                ).sample.float()
+                out = predict_noise(unet, torch.cat([x, x]), torch.cat([timestep, timestep]), text)
                 conditional, unconditional = out.chunk(2)
                 norms.append((conditional - unconditional).flatten(1).norm(dim=1).cpu())
     return float(torch.cat(norms).mean())
@@ -113,7 +168,8 @@ def denoising_loss(
     (the training objective, made deterministic), on data the model was not fine-tuned on.
 
     Args:
-        unet: A text-conditioned UNet, called as `unet(x, t, encoder_hidden_states=...)` returning `.sample`.
+        unet: A text-conditioned UNet or DiT returning `.sample` (see `predict_noise`; inputs are cast to its
+            dtype, the error is computed in float32).
         data: A dict with "images" (N, C, H, W) and "encoder_hidden_states" (N, L, D).
         timesteps: The timesteps (integers); every example is scored at each.
         seed: Seed of the noise.
@@ -122,12 +178,14 @@ def denoising_loss(
 
     Returns:
         The mean MSE over examples, timesteps and values.
+
+    Raises:
+        ValueError: Before any forward pass, on a bad argument or a model that cannot be called so.
     """
-    scheduler = noise_scheduler or default_noise_scheduler()
-    steps = _timesteps(timesteps, scheduler)
-    seed = check_integer(seed, "seed")
-    batch_size = check_integer(batch_size, "batch_size", minimum=1)
-    images, text = diffusion_data(data, "data")
+    check_denoiser(unet, "unet")
+    scheduler, steps, seed, batch_size, images, text = _check_denoising_arguments(
+        data, timesteps, seed, noise_scheduler, batch_size
+    )
     device = model_device(unet)
     generator = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
@@ -138,14 +196,21 @@ def denoising_loss(
                 x, n = images[start : start + batch_size], noise[start : start + batch_size]
                 timestep = torch.full((len(x),), t, dtype=torch.long)
                 noisy = scheduler.add_noise(x, n, timestep)
-                out = unet(
-                    noisy.to(device),
-                    timestep.to(device),
-                    encoder_hidden_states=text[start : start + batch_size].to(device),
-                )
-                total += F.mse_loss(out.sample.float(), n.to(device), reduction="sum").item()
+                out = predict_noise(unet, noisy, timestep, text[start : start + batch_size])
+                total += F.mse_loss(out, n.to(device), reduction="sum").item()
                 count += n.numel()
     return total / count
+
+
+def _check_denoising_arguments(data, timesteps, seed, noise_scheduler, batch_size, name: str = "data") -> tuple:
+    """`denoising_loss`'s argument checks, without the model (also run by the search before any training); returns
+    (scheduler, timesteps, seed, batch_size, images, text)."""
+    scheduler = _scheduler(noise_scheduler)
+    steps = _timesteps(timesteps, scheduler)
+    seed = check_integer(seed, "seed")
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    images, text = diffusion_data(data, name)
+    return scheduler, steps, seed, batch_size, images, text
 
 
 def _check_feature_extractor(feature_extractor) -> None:
@@ -269,11 +334,16 @@ def causal_lm_loss(model: nn.Module, sequences, batch_size: int = 8) -> float:
 
     Args:
         model: A transformers causal LM.
-        sequences: Token id sequences (lists, 1-D tensors or a 2-D tensor).
+        sequences: Token id sequences (lists, 1-D tensors or a 2-D tensor); at least one of 2 tokens or more.
         batch_size: Sequences per forward pass.
+
+    Raises:
+        ValueError: Before any forward pass, if no sequence has a token to predict (all are shorter than 2 tokens)
+            or an id is outside the model's vocabulary.
     """
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
-    rows = as_sequences(sequences, "sequences")
+    rows = _loss_rows(sequences, "sequences")
+    check_vocabulary(torch.cat(rows), model, "sequences")
     device = model_device(model)
     total, count = 0.0, 0
     with eval_mode(model):
@@ -287,6 +357,14 @@ def causal_lm_loss(model: nn.Module, sequences, batch_size: int = 8) -> float:
             total += loss.item()
             count += int((labels != -100).sum())
     return total / count
+
+
+def _loss_rows(sequences, name: str) -> list[torch.Tensor]:
+    """`sequences` as 1-D id tensors, refused when no sequence has a next token to predict."""
+    rows = as_sequences(sequences, name)
+    if not any(len(row) >= 2 for row in rows):
+        raise ValueError(f"`{name}` has no sequence of 2 or more tokens: a causal LM loss needs a token to predict.")
+    return rows
 
 
 EXTRACTION_METRICS = ("memorization_score", "exact_match", "longest_common_prefix")

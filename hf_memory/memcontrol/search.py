@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
+import inspect
 import itertools
 import json
 import math
+import numbers
 import os
 import socket
+import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -17,18 +22,31 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._utils import as_sequences, check_choice, check_integer, check_number, require_extra
+from .._utils import (
+    as_sequences,
+    atomic_write,
+    check_choice,
+    check_integer,
+    check_number,
+    check_vocabulary,
+    require_extra,
+)
 from .groups import _diffusion_groups, maskable_groups
 from .mask import METHODS, MemControlMask, count_parameters
 from .objectives import (
+    EXTRACTION_METRICS,
+    _check_denoising_arguments,
     _check_fid_arguments,
+    _check_noise_magnitude_arguments,
+    _loss_rows,
+    _sample_shape,
     causal_lm_loss,
     denoising_loss,
     extraction_rate,
     generated_fid,
     noise_magnitude,
 )
-from .training import _check_steps, diffusion_data, train_causal_lm, train_unet
+from .training import _check_steps, check_denoiser, diffusion_data, train_causal_lm, train_unet
 
 
 SAMPLERS = ("nsga2", "tpe", "random", "exhaustive")
@@ -38,6 +56,8 @@ OBJECTIVES = {
 }
 DEFAULT_OBJECTIVES = {"diffusion": ("noise_magnitude", "denoising_loss"), "causal_lm": ("extraction", "heldout_loss")}
 MAX_EXHAUSTIVE_GROUPS = 12
+MAX_SEED = 2**32 - 1  # numpy's (and so optuna's samplers') seed range
+MASK_FIELDS = ("lora_r", "lora_alpha", "lora_dropout")  # the `MemControlMask` fields `mask_kwargs` may set
 
 
 def pareto_front(points) -> list[int]:
@@ -169,12 +189,16 @@ class MemControlResult:
             proposed it again; its values were then reused).
         pareto_front: The non-dominated trials, one per distinct (mask, learning rate), sorted by the first objective.
         study_name: The Optuna study's name.
+        settings: What the values depend on besides the mask (training settings, seed, digests of the data and of
+            the objectives' arguments; see `MemControlSearch`): a search given this result as `cache` refuses it
+            when they differ. None for a result written before these were recorded.
     """
 
     objective_names: list[str]
     trials: list[MemControlTrial]
     pareto_front: list[MemControlTrial] = field(default_factory=list)
     study_name: str | None = None
+    settings: dict | None = None
 
     @property
     def num_trained(self) -> int:
@@ -207,16 +231,23 @@ class MemControlResult:
             "study_name": self.study_name,
             "trials": [t.to_dict() for t in self.trials],
             "pareto_front": [t.number for t in self.pareto_front],
+            "settings": self.settings,
         }
 
     def save_json(self, path: str | os.PathLike) -> None:
-        """Write the result (every trial, the front's trial numbers) as JSON to `path`.
+        """Write the result (every trial, the front's trial numbers) as JSON to `path`, atomically: an interrupted
+        write leaves the previous file as it was.
 
         Args:
             path: The file to write.
         """
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        text = json.dumps(self.to_dict(), indent=2)  # fully built before the file is touched
+
+        def write(temporary: str) -> None:
+            with open(temporary, "w", encoding="utf-8") as f:
+                f.write(text)
+
+        atomic_write(os.fspath(path), write)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> MemControlResult:
@@ -229,7 +260,13 @@ class MemControlResult:
             data = json.load(f)
         trials = [MemControlTrial.from_dict(t) for t in data["trials"]]
         by_number = {t.number: t for t in trials}
-        return cls(data["objective_names"], trials, [by_number[n] for n in data["pareto_front"]], data["study_name"])
+        return cls(
+            data["objective_names"],
+            trials,
+            [by_number[n] for n in data["pareto_front"]],
+            data["study_name"],
+            data.get("settings"),
+        )
 
 
 def _front(trials: list[MemControlTrial], names: list[str]) -> list[MemControlTrial]:
@@ -251,31 +288,47 @@ class MemControlSearch:
     `run()` returns the Pareto front with a ready peft config per mask. With a `storage` URL (e.g.
     "sqlite:///memcontrol.db") the study persists: run again with the same `study_name` after a crash, Ctrl-C or
     SIGKILL and it continues where it stopped (the interrupted trial is recorded as failed, not counted, and its
-    mask runs again; a trial whose process on this machine was killed is marked failed by the next `run()`);
-    several processes can share it. Training is seeded, so a mask proposed twice is not trained again: its values
-    are reused.
+    mask runs again). A trial whose process on this machine was killed is marked failed by the next `run()`; one
+    killed on another machine once its Optuna heartbeat is `GRACE_PERIOD` seconds old. The study records the
+    search's settings (objectives, groups, method, granularity, learning rate, LoRA fields, seed, training settings,
+    digests of the data and of `objective_kwargs`) and refuses to resume with other ones.
+
+    Several processes can share a stored study: a process trains a trial only while fewer than `n_trials` trials
+    are finished or running ahead of it, and the exhaustive sampler skips a queued mask that another trial already
+    holds (such a trial is recorded as failed). A `run()` that returns while trials of other processes still run
+    warns and lists them.
+
+    Each trial runs with torch's global RNG forked and seeded with `seed` (adapter initialization, dropout, anything
+    else that draws from it; the caller's RNG state is left as it was), so the same mask gives the same values, and
+    a mask proposed twice is not trained again: its values are reused.
 
     Args:
         model_factory: A function returning a fresh model (called once per trial), or a model (deep-copied per trial).
-            A diffusers UNet2DConditionModel / DiT, or a transformers causal LM.
+            A diffusers UNet2DConditionModel or a text-conditioned DiT (e.g. PixArtTransformer2DModel), or a
+            transformers causal LM. The default training loop and the built-in diffusion objectives call the model
+            as described in `predict_noise`; a model that needs more inputs (SDXL's added conditions, SD3, Flux) is
+            refused unless `train_fn` and callable objectives are given.
         train_data: Fine-tuning data: for a UNet a dict with "images" (N, C, H, W) and "encoder_hidden_states"
             (N, L, D) (repeat an example to duplicate it); for an LM token id sequences.
         val_data: Held-out data of the same form, for "denoising_loss" / "heldout_loss".
         objectives: Objective names (for a UNet "noise_magnitude", "denoising_loss", "fid"; for an LM "extraction",
-            "exact_match", "heldout_loss"), callables `model -> float`, or a dict name -> either; at least two.
-            None: ("noise_magnitude", "denoising_loss") or ("extraction", "heldout_loss").
+            "exact_match", "heldout_loss"), callables `model -> float`, or a dict name -> either (names are
+            non-empty strings); at least two, with distinct names (give callables that share a `__name__` through
+            the dict). None: ("noise_magnitude", "denoising_loss") or ("extraction", "heldout_loss").
         memorization_data: Data the memorization objectives probe: for a UNet a dict with "encoder_hidden_states"
             (P, L, D) of the duplicated captions and "empty_hidden_states" (L, D) or (1, L, D); for an LM the
             training sequences to extract. None: `train_data` (for a UNet it must then hold "empty_hidden_states").
         train_fn: `train_fn(model, train_data, mask)` fine-tunes the masked model in place. None: `train_unet` or
             `train_causal_lm` with `train_steps`, `batch_size` and `seed`.
-        n_trials: How many trials the study should hold when `run()` returns (trials already in a resumed study
-            count); ignored by the "exhaustive" sampler, which evaluates every non-empty mask once.
+        n_trials: How many finished (completed or pruned) trials the study should hold when `run()` returns (trials
+            already in a resumed study count, and so do trials of other processes sharing it); ignored by the
+            "exhaustive" sampler, which evaluates every non-empty mask once.
         sampler: "nsga2" (NSGA-II, the default), "tpe", "random", "exhaustive" (every mask; at most 12 groups), or an
             `optuna.samplers.BaseSampler`.
-        storage: An Optuna storage URL ("sqlite:///path.db"), or None for an in-memory study.
+        storage: An Optuna RDB storage URL ("sqlite:///path.db"), or None for an in-memory study (kept by this
+            object: a second `run()` continues it).
         study_name: The study's name in `storage` (needed to resume); None: a generated name.
-        seed: Seed of the sampler and of the default training runs.
+        seed: Seed of the sampler, of the trials' global RNG and of the default training runs, in [0, 2**32 - 1].
         method: The PEFT method of every mask: "lora", "full", "scale_bias" or "svdiff" (see `MemControlMask`).
         granularity: "block" or "module" (see `maskable_groups`).
         groups: The group names to search over (a subset of `maskable_groups(model, granularity)`, e.g. every
@@ -287,18 +340,32 @@ class MemControlSearch:
             "linear" or "cosine" (see `train_unet`).
         warmup_steps: Warm-up steps of the default training run.
         mask_kwargs: Other `MemControlMask` fields for every mask (`lora_r`, `lora_alpha`, `lora_dropout`).
-        objective_kwargs: Objective name -> keyword arguments of its function (e.g. {"extraction": {"prefix_len":
-            16, "suffix_len": 16}}, {"noise_magnitude": {"timesteps": [999]}}).
+        objective_kwargs: Built-in objective name -> keyword arguments of its function (e.g. {"extraction":
+            {"prefix_len": 16, "suffix_len": 16}}, {"noise_magnitude": {"timesteps": [999]}}); callable objectives
+            take none. A built-in renamed through the dict form of `objectives` takes its arguments under its new
+            name (or its built-in name). They are checked before any training.
         cache: An earlier `MemControlResult` (same model, data and training) whose masks' values are reused instead
-            of training again, e.g. an exhaustive enumeration.
+            of training again, e.g. an exhaustive enumeration. A cached trial is reused only for a mask equal in
+            every field (groups, bits, method, granularity, learning rate, LoRA fields); a result whose recorded
+            training settings, data or objective arguments differ from this search's is refused (its seed may
+            differ).
         show_progress: Show a tqdm bar over trials with the Pareto front's size.
 
     Raises:
         ValueError: Before any training: on a model without maskable groups, an unknown objective name (the message
-            lists the valid ones), fewer than two objectives, a missing `val_data` / `memorization_data`, an unknown
-            sampler or method, a bad number, too many groups for "exhaustive", or a `storage` that cannot be opened.
+            lists the valid ones), fewer than two objectives or two with one name, bad `objective_kwargs` (unknown
+            keys, values out of range, data too short for the extraction window or with token ids outside the
+            vocabulary), a missing `val_data` / `memorization_data`, an unknown sampler or method, a bad number,
+            too many groups for "exhaustive", a `storage` that cannot be opened, a diffusion model the default calls
+            cannot drive, or a `cache` made with other settings. `run()` raises it when `storage` holds the study
+            with other settings.
         ImportError: If optuna (the `memcontrol` extra) is missing.
     """
+
+    HEARTBEAT_INTERVAL = 60
+    """Seconds between the heartbeats a running trial writes to an RDB storage."""
+    GRACE_PERIOD = 600
+    """Seconds without a heartbeat after which a running trial (of any machine) is marked failed by a `run()`."""
 
     def __init__(
         self,
@@ -330,7 +397,7 @@ class MemControlSearch:
         import optuna
 
         self.n_trials = check_integer(n_trials, "n_trials", minimum=1)
-        self.seed = check_integer(seed, "seed")
+        self.seed = check_integer(seed, "seed", minimum=0, maximum=MAX_SEED, hint="the sampler's and the trials' seed")
         self.train_steps = check_integer(train_steps, "train_steps", minimum=1)
         self.batch_size = check_integer(batch_size, "batch_size", minimum=1)
         *_, self.lr_scheduler, self.warmup_steps = _check_steps(
@@ -353,7 +420,10 @@ class MemControlSearch:
         if groups is None:
             self.groups = available
         else:
-            if isinstance(groups, str) or not groups or not all(isinstance(g, str) for g in groups):
+            if isinstance(groups, (str, bytes)) or not hasattr(groups, "__iter__"):
+                raise ValueError(f"`groups` must be a non-empty list of group names, got {groups!r}.")
+            groups = list(groups)
+            if not groups or not all(isinstance(g, str) for g in groups):
                 raise ValueError(f"`groups` must be a non-empty list of group names, got {groups!r}.")
             unknown = [g for g in groups if g not in available]
             if unknown:
@@ -371,14 +441,28 @@ class MemControlSearch:
         else:
             self.lr = check_number(lr, "lr", minimum=0, exclusive_minimum=True)
         self.mask_kwargs = dict(mask_kwargs or {})
-        MemControlMask(self.groups, [1] * len(self.groups), method, granularity, **self.mask_kwargs)  # checks them
+        unknown = sorted(set(self.mask_kwargs) - set(MASK_FIELDS))
+        if unknown:
+            raise ValueError(f"`mask_kwargs` has unknown keys {unknown}; allowed: {list(MASK_FIELDS)}.")
+        # the mask fields every trial shares (this also checks `mask_kwargs`)
+        self._template = MemControlMask(self.groups, [1] * len(self.groups), method, granularity, **self.mask_kwargs)
         self.train_data = train_data
         self.val_data = val_data
         self.memorization_data = train_data if memorization_data is None else memorization_data
+        if objective_kwargs is not None and not isinstance(objective_kwargs, Mapping):
+            raise ValueError(f"`objective_kwargs` must be a dict name -> dict, got {type(objective_kwargs).__name__}.")
         self.objective_kwargs = dict(objective_kwargs or {})
+        bad = [k for k, v in self.objective_kwargs.items() if not isinstance(v, Mapping)]
+        if bad:
+            raise ValueError(f"`objective_kwargs` must map objective names to dicts of arguments; {bad} do not.")
+        self._memorization_name = "train_data" if memorization_data is None else "memorization_data"
+        default_training = train_fn is None
+        if default_training:  # the default loops' model calls and data formats, checked before any training
+            if self.kind == "diffusion":
+                check_denoiser(self.reference_model, "model_factory's model")
+            _check_data(self.kind, train_data, "train_data", self.reference_model)
         self.objectives = self._objectives(objectives)
-        if train_fn is None:  # the default loops' data formats, checked before any training
-            _check_data(self.kind, train_data, "train_data")
+        if default_training:
             default = train_unet if self.kind == "diffusion" else train_causal_lm
             train_fn = functools.partial(
                 default,
@@ -411,7 +495,7 @@ class MemControlSearch:
                     f"`storage` must be an Optuna storage URL such as 'sqlite:///search.db', got {storage!r}."
                 )
             try:
-                self._storage = optuna.storages.get_storage(storage)
+                self._storage = _open_storage(storage, self.HEARTBEAT_INTERVAL, self.GRACE_PERIOD)
             except Exception as err:  # bad URL, unwritable folder, missing driver
                 raise ValueError(
                     f"`storage` {storage!r} cannot be opened as an Optuna storage ({type(err).__name__}: "
@@ -420,71 +504,102 @@ class MemControlSearch:
         else:
             self._storage = None
         self.study_name = study_name
-        self._cache: dict[tuple, dict[str, float]] = {}
+        self._study_object = None
+        self.settings = self._settings(default_training)
+        self._cache: dict[str, dict[str, float]] = {}
         if cache is not None:
-            if list(cache.objective_names) != list(self.objectives):
-                raise ValueError(
-                    f"`cache` has objectives {cache.objective_names}, this search {list(self.objectives)}."
-                )
-            for trial in cache.trials:
-                self._cache[(trial.mask.key, trial.mask.lr)] = dict(trial.values)
+            self._use_cache(cache)
 
     # ------------------------------------------------------------------ setup
 
     def _objectives(self, objectives) -> dict[str, Callable]:
         if objectives is None:
             objectives = DEFAULT_OBJECTIVES[self.kind]
-        if isinstance(objectives, (str, bytes)) or callable(objectives):
+        if isinstance(objectives, (str, bytes)) or callable(objectives) or not hasattr(objectives, "__iter__"):
             raise ValueError("`objectives` must be a list (or dict) of at least two objective names or callables.")
-        items = list(objectives.items()) if isinstance(objectives, Mapping) else [(None, o) for o in objectives]
-        resolved: dict[str, Callable] = {}
-        for name, objective in items:
+        if isinstance(objectives, Mapping):
+            items = list(objectives.items())
+            bad = [name for name, _ in items if not isinstance(name, str) or not name]
+            if bad:
+                raise ValueError(f"`objectives` names must be non-empty strings, got {bad}.")
+        else:
+            items = [(None, o) for o in objectives]
+        names: list[str] = []
+        builtins: dict[str, str] = {}  # objective name -> the built-in it runs
+        for i, (name, objective) in enumerate(items):
             if isinstance(objective, str):
                 check_choice(objective, "objectives", OBJECTIVES[self.kind])
-                resolved[name or objective] = self._builtin(objective)
+                builtins[objective if name is None else name] = objective
+                names.append(objective if name is None else name)
             elif callable(objective):
-                resolved[name or getattr(objective, "__name__", f"objective_{len(resolved)}")] = objective
+                names.append(name if name is not None else getattr(objective, "__name__", f"objective_{i}"))
             else:
                 raise ValueError(
                     f"`objectives` holds {objective!r}: give objective names or callables model -> float."
                 )
-        if len(resolved) < 2:
-            raise ValueError(
-                f"MemControl needs at least two objectives (memorization and quality), got {list(resolved)}."
-            )
-        unknown = sorted(set(self.objective_kwargs) - set(resolved))
+            if names[-1] in names[:-1]:
+                raise ValueError(
+                    f"Objectives {names.index(names[-1])} and {i} are both named {names[-1]!r}: give them distinct "
+                    "names through a dict name -> objective."
+                )
+        if len(names) < 2:
+            raise ValueError(f"MemControl needs at least two objectives (memorization and quality), got {names}.")
+        # a renamed built-in takes its arguments under its name in this search, or under its built-in name
+        allowed = set(builtins) | {b for b in builtins.values() if b not in names}
+        unknown = sorted(set(self.objective_kwargs) - allowed, key=str)
         if unknown:
-            raise ValueError(f"`objective_kwargs` names {unknown}, which are not objectives of this search.")
+            raise ValueError(
+                f"`objective_kwargs` names {unknown}, which are not built-in objectives of this search "
+                f"({sorted(allowed)}; a callable objective takes no arguments from it)."
+            )
+        resolved: dict[str, Callable] = {}
+        for name, (_, objective) in zip(names, items):
+            if name in builtins:
+                builtin = builtins[name]
+                if name != builtin and name in self.objective_kwargs and builtin in self.objective_kwargs:
+                    raise ValueError(
+                        f"`objective_kwargs` holds arguments for objective {name!r} under both {name!r} and "
+                        f"{builtin!r}: give them once."
+                    )
+                key = builtin if name not in self.objective_kwargs and builtin in allowed else name
+                resolved[name] = self._builtin(builtin, dict(self.objective_kwargs.get(key, {})), key)
+            else:
+                resolved[name] = objective
         return resolved
 
-    def _builtin(self, name: str) -> Callable:
-        kwargs = self.objective_kwargs.get(name, {})
+    def _builtin(self, name: str, kwargs: dict, key: str) -> Callable:
+        """The built-in objective `name` bound to its data and `kwargs`, every argument checked now."""
+        label = f"`objective_kwargs[{key!r}]`"
         if name in ("denoising_loss", "heldout_loss") and self.val_data is None:
             raise ValueError(f"The {name!r} objective needs `val_data` (held-out data).")
-        if name in ("denoising_loss", "heldout_loss"):
-            _check_data(self.kind, self.val_data, "val_data")
-        if name == "denoising_loss":
-            return functools.partial(_call_first, denoising_loss, self.val_data, kwargs)
-        if name == "heldout_loss":
-            return functools.partial(_call_first, causal_lm_loss, self.val_data, kwargs)
         if name == "fid":
             required = ("pipeline", "prompts", "reference_images", "feature_extractor")
-            missing = [key for key in required if key not in kwargs]
+            missing = [k for k in required if k not in kwargs]
             if missing:
                 raise ValueError(
-                    f"The 'fid' objective needs `objective_kwargs['fid']` with {list(required)} (see `generated_fid`); "
-                    f"missing: {missing}."
+                    f"The 'fid' objective needs {label} with {list(required)} (see `generated_fid`); missing: "
+                    f"{missing}."
                 )
-            unknown = sorted(set(kwargs) - set(required) - {"n_per_prompt", "seed", "generation_kwargs"})
-            if unknown:
-                raise ValueError(f"`objective_kwargs['fid']` has unknown keys {unknown} (see `generated_fid`).")
+            _check_keys(kwargs, generated_fid, ("model",), label)
             _check_fid_arguments(
-                *(kwargs[key] for key in required),
+                *(kwargs[k] for k in required),
                 kwargs.get("n_per_prompt", 4),
                 kwargs.get("seed", 0),
                 kwargs.get("generation_kwargs"),
             )
             return functools.partial(generated_fid, **kwargs)
+        if name == "denoising_loss":
+            _check_keys(kwargs, denoising_loss, ("unet", "data"), label)
+            check_denoiser(self.reference_model, "model_factory's model")
+            _check_denoising_arguments(
+                self.val_data,
+                kwargs.get("timesteps", (100, 300, 500, 700, 900)),
+                kwargs.get("seed", 0),
+                kwargs.get("noise_scheduler"),
+                kwargs.get("batch_size", 64),
+                "val_data",
+            )
+            return functools.partial(_call_first, denoising_loss, self.val_data, kwargs)
         if name == "noise_magnitude":
             data = self.memorization_data
             if (
@@ -496,21 +611,114 @@ class MemControlSearch:
                     "The 'noise_magnitude' objective needs `memorization_data` (or `train_data`) to be a dict with "
                     "'encoder_hidden_states' (the duplicated captions) and 'empty_hidden_states' (the empty prompt)."
                 )
+            _check_keys(kwargs, noise_magnitude, ("unet", "encoder_hidden_states", "empty_hidden_states"), label)
+            check_denoiser(self.reference_model, "model_factory's model")
+            _check_noise_magnitude_arguments(
+                data["encoder_hidden_states"],
+                data["empty_hidden_states"],
+                kwargs.get("images"),
+                kwargs.get("timesteps", (999,)),
+                kwargs.get("num_noise", 4),
+                kwargs.get("seed", 0),
+                kwargs.get("noise_scheduler"),
+            )
+            if kwargs.get("images") is None:
+                _sample_shape(self.reference_model)
 
             def score(model):
                 return noise_magnitude(model, data["encoder_hidden_states"], data["empty_hidden_states"], **kwargs)
 
             return score
-        metric = "exact_match" if name == "exact_match" else "memorization_score"
-        kwargs = {"metric": metric, **kwargs}
+        if name == "heldout_loss":
+            _check_keys(kwargs, causal_lm_loss, ("model", "sequences"), label)
+            check_integer(kwargs.get("batch_size", 8), "batch_size", minimum=1)
+            rows = _loss_rows(self.val_data, "val_data")
+            check_vocabulary(torch.cat(rows), self.reference_model, "val_data")
+            return functools.partial(_call_first, causal_lm_loss, self.val_data, kwargs)
+        # "extraction" / "exact_match"
+        _check_keys(kwargs, extraction_rate, ("model", "sequences"), label)
+        check_choice(kwargs.get("metric", "memorization_score"), "metric", EXTRACTION_METRICS)
+        prefix_len = check_integer(kwargs.get("prefix_len", 32), "prefix_len", minimum=1)
+        suffix_len = check_integer(kwargs.get("suffix_len", 32), "suffix_len", minimum=1)
+        check_integer(kwargs.get("batch_size", 16), "batch_size", minimum=1)
+        rows = as_sequences(self.memorization_data, self._memorization_name)
+        if not any(len(row) >= prefix_len + suffix_len for row in rows):
+            raise ValueError(
+                f"No sequence of `{self._memorization_name}` has prefix_len + suffix_len = "
+                f"{prefix_len + suffix_len} tokens (the longest has {max(len(r) for r in rows)}): lower "
+                f"{label} 'prefix_len' / 'suffix_len' (defaults 32 + 32) or give longer sequences."
+            )
+        check_vocabulary(torch.cat(rows), self.reference_model, self._memorization_name)
+        kwargs = {"metric": "exact_match" if name == "exact_match" else "memorization_score", **kwargs}
         return functools.partial(_call_first, extraction_rate, self.memorization_data, kwargs)
+
+    def _settings(self, default_training: bool) -> dict:
+        """What a trial's values depend on besides its bits: recorded in the study and in the result."""
+        total = sum(p.numel() for p in self.reference_model.parameters())
+        if default_training:
+            training = {
+                "train_fn": "train_unet" if self.kind == "diffusion" else "train_causal_lm",
+                "train_steps": self.train_steps,
+                "batch_size": self.batch_size,
+                "lr_scheduler": self.lr_scheduler,
+                "warmup_steps": self.warmup_steps,
+            }
+        else:
+            training = {"train_fn": "custom"}
+        train_digest = _data_digest(self.kind, self.train_data)
+        same = self.memorization_data is self.train_data
+        return {
+            "objective_names": list(self.objectives),
+            "groups": list(self.groups),
+            "method": self.method,
+            "granularity": self.granularity,
+            "lr": list(self.lr) if isinstance(self.lr, tuple) else self.lr,
+            "mask_fields": {f: getattr(self._template, f) for f in MASK_FIELDS},
+            "seed": self.seed,
+            "training": training,
+            "objective_kwargs": _digest(self.objective_kwargs),
+            "train_data": train_digest,
+            "val_data": _data_digest(self.kind, self.val_data),
+            "memorization_data": train_digest if same else _data_digest(self.kind, self.memorization_data),
+            "model": f"{type(self.reference_model).__name__}, {total} parameters",
+        }
+
+    def _use_cache(self, cache: MemControlResult) -> None:
+        if not isinstance(cache, MemControlResult):
+            raise ValueError(f"`cache` must be a MemControlResult, got {type(cache).__name__}.")
+        if list(cache.objective_names) != list(self.objectives):
+            raise ValueError(f"`cache` has objectives {cache.objective_names}, this search {list(self.objectives)}.")
+        if cache.settings is not None:
+            keys = ("training", "objective_kwargs", "train_data", "val_data", "memorization_data", "model")
+            differing = [k for k in keys if cache.settings.get(k) != self.settings[k]]
+            if differing:
+                raise ValueError(
+                    f"`cache` was made with other settings: {_differences(cache.settings, self.settings, differing)}. "
+                    "Its values would not be this search's."
+                )
+        foreign = 0
+        for trial in cache.trials:
+            mask = trial.mask
+            if any(
+                getattr(mask, f) != getattr(self._template, f)
+                for f in ("groups", "method", "granularity", *MASK_FIELDS)
+            ):
+                foreign += 1
+                continue
+            self._cache.setdefault(_mask_key(mask), dict(trial.values))
+        if foreign:
+            warnings.warn(
+                f"`cache`: {foreign} of its {len(cache.trials)} trials have other groups, method, granularity or LoRA "
+                "fields than this search's masks; they are not reused.",
+                stacklevel=3,
+            )
 
     def _make_sampler(self, offset: int):
         import optuna
 
         if not isinstance(self._sampler, str):
             return self._sampler
-        seed = self.seed + offset  # a resumed study draws new proposals, not the first run's again
+        seed = (self.seed + offset) % (MAX_SEED + 1)  # a resumed study draws new proposals, not the first run's again
         if self._sampler == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, self.n_trials // 3)))
         if self._sampler == "tpe":
@@ -521,18 +729,29 @@ class MemControlSearch:
 
     # ------------------------------------------------------------------ the trial
 
+    def _mask(self, bits, lr) -> MemControlMask:
+        return MemControlMask(self.groups, list(bits), self.method, self.granularity, lr, **self.mask_kwargs)
+
+    def _trial_mask(self, trial) -> MemControlMask:
+        """The mask of a finished trial of this study (its learning rate is the searched one, or this search's)."""
+        lr = trial.params["lr"] if isinstance(self.lr, tuple) else self.lr
+        return self._mask([trial.params[g] for g in self.groups], lr)
+
     def evaluate(self, mask: MemControlMask) -> tuple[dict[str, float], int, int]:
         """Fine-tune a fresh model with `mask` and score it: (objective values, trainable parameters, total).
+
+        The global torch RNG is forked and seeded with `seed` for the whole evaluation (adapter initialization,
+        dropout, the objectives), so two calls give the same values and the caller's RNG state is not changed.
 
         Args:
             mask: The mask to evaluate.
         """
-        with torch.random.fork_rng(devices=[]):  # the adapter's initialization is seeded too: same mask, same model
+        with torch.random.fork_rng(devices=_rng_devices()):
             torch.manual_seed(self.seed)
             model = mask.apply(self.model_factory())
-        trainable, total = count_parameters(model)
-        self.train_fn(model, self.train_data, mask)
-        values = {name: float(objective(model)) for name, objective in self.objectives.items()}
+            trainable, total = count_parameters(model)
+            self.train_fn(model, self.train_data, mask)
+            values = {name: _as_value(name, objective(model), mask) for name, objective in self.objectives.items()}
         bad = [name for name, value in values.items() if not math.isfinite(value)]
         if bad:
             raise ValueError(f"Objective(s) {bad} returned a non-finite value for mask {mask.key}.")
@@ -543,28 +762,81 @@ class MemControlSearch:
 
         trial.set_user_attr("host", socket.gethostname())  # lets a later run tell a killed trial from a live one
         trial.set_user_attr("pid", os.getpid())
+        study = trial.study
+        if self._sampler != "exhaustive":
+            self._claim_slot(study, trial)
         bits = [trial.suggest_int(group, 0, 1) for group in self.groups]
         lr = self.lr if not isinstance(self.lr, tuple) else trial.suggest_float("lr", *self.lr, log=True)
         if not any(bits):
             raise optuna.TrialPruned("the empty mask trains nothing")
-        mask = MemControlMask(self.groups, bits, self.method, self.granularity, lr, **self.mask_kwargs)
-        key = (mask.key, mask.lr)
-        if key in self._cache:
-            values, cached = self._cache[key], True
-            trainable, total = count_parameters(mask.apply(self.model_factory()))
+        mask = self._mask(bits, lr)
+        if self._sampler == "exhaustive":
+            self._claim_mask(study, trial, bits)
+        key = _mask_key(mask)
+        values = self._cache.get(key) or self._stored_values(study, bits, lr)
+        if values is not None:
+            with torch.random.fork_rng(devices=_rng_devices()):
+                torch.manual_seed(self.seed)
+                trainable, total = count_parameters(mask.apply(self.model_factory()))
+            cached = True
         else:
             (values, trainable, total), cached = self.evaluate(mask), False
-            self._cache[key] = values
+        self._cache[key] = values
         trial.set_user_attr("trainable_parameters", trainable)
         trial.set_user_attr("total_parameters", total)
         trial.set_user_attr("cached", cached)
         return [values[name] for name in self.objectives]
+
+    def _claim_slot(self, study, trial) -> None:
+        """Stop this process when `n_trials` trials numbered before this one are finished or running (in any
+        process): training this one would overshoot `n_trials`."""
+        import optuna
+
+        states = optuna.trial.TrialState
+        ahead = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.RUNNING))
+            if t.number < trial.number
+        ]
+        if len(ahead) >= self.n_trials:
+            study.stop()
+            raise _Skipped(f"the study already holds n_trials={self.n_trials} finished or running trials before it")
+
+    def _claim_mask(self, study, trial, bits) -> None:
+        """Skip a queued mask that another trial has completed or started first (another process enqueued it too)."""
+        import optuna
+
+        states = optuna.trial.TrialState
+        trials = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.RUNNING))
+        mine = next(t for t in trials if t.number == trial.number)
+        for other in trials:
+            if other.number == trial.number or _trial_bits(other, self.groups) != tuple(bits):
+                continue
+            if other.state == states.COMPLETE or (other.datetime_start, other.number) < (
+                mine.datetime_start,
+                mine.number,
+            ):
+                held = "evaluated" if other.state == states.COMPLETE else "being trained"
+                raise _Skipped(f"mask {''.join(map(str, bits))} is already {held} by trial {other.number}")
+
+    def _stored_values(self, study, bits, lr) -> dict[str, float] | None:
+        """The values of a completed trial of the study (of any process) with the same mask, or None."""
+        import optuna
+
+        for other in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if _trial_bits(other, self.groups) == tuple(bits) and (
+                not isinstance(self.lr, tuple) or other.params.get("lr") == lr
+            ):
+                return dict(zip(self.objectives, other.values))
+        return None
 
     # ------------------------------------------------------------------ running
 
     def _study(self):
         import optuna
 
+        if self._study_object is not None:
+            return self._study_object
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
             storage=self._storage,
@@ -572,15 +844,26 @@ class MemControlSearch:
             directions=["minimize"] * len(self.objectives),
             load_if_exists=True,
         )
-        names = study.user_attrs.get("objective_names")
-        if names is None:
+        stored = study.user_attrs.get("memcontrol_settings")
+        if stored is None:
+            if study.get_trials(deepcopy=False):
+                raise ValueError(
+                    f"Study {study.study_name!r} in `storage` holds trials but no record of the MemControlSearch "
+                    "settings they were made with (an older hf-memory, or another program wrote it), so they cannot "
+                    "be checked against this search's: give another `study_name`."
+                )
+            study.set_user_attr("memcontrol_settings", self.settings)
             study.set_user_attr("objective_names", list(self.objectives))
             study.set_user_attr("groups", self.groups)
-        elif names != list(self.objectives) or study.user_attrs.get("groups") != self.groups:
+            stored = study.user_attrs["memcontrol_settings"]  # another process may have written it first
+        differing = [k for k in self.settings if stored.get(k) != self.settings[k]]
+        if differing:
             raise ValueError(
-                f"Study {study.study_name!r} in `storage` was run with objectives {names} and groups "
-                f"{study.user_attrs.get('groups')}; this search has {list(self.objectives)} and {self.groups}."
+                f"Study {study.study_name!r} in `storage` was run with other settings: "
+                f"{_differences(stored, self.settings, differing)}. Resume it with its settings, or give another "
+                "`study_name`."
             )
+        self._study_object = study
         return study
 
     def run(self) -> MemControlResult:
@@ -588,39 +871,80 @@ class MemControlSearch:
 
         Returns:
             The `MemControlResult` over every completed trial of the study.
+
+        Raises:
+            ValueError: If `storage` holds this study with other settings.
         """
         import optuna
         from tqdm.auto import tqdm
 
         study = self._study()
         _fail_killed_trials(study)
-        finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        finished = [t for t in study.get_trials(deepcopy=False) if t.state in finished_states]
-        for trial in finished:  # values of a resumed study are not trained again
-            if trial.state == optuna.trial.TrialState.COMPLETE:
-                bits = [trial.params[g] for g in self.groups]
-                lr = trial.params.get("lr", self.lr)
-                self._cache.setdefault(("".join(map(str, bits)), lr), dict(zip(self.objectives, trial.values)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # heartbeat-based: trials of killed processes on any machine
+        states = optuna.trial.TrialState
+        finished = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED))
         study.sampler = self._make_sampler(len(study.get_trials(deepcopy=False)))
+        callbacks = []
         if self._sampler == "exhaustive":
             total, remaining = 2 ** len(self.groups), self._enqueue_missing_masks(study)
         else:
             total = self.n_trials
             remaining = max(0, total - len(finished))
+            callbacks.append(optuna.study.MaxTrialsCallback(self.n_trials, states=(states.COMPLETE, states.PRUNED)))
         if remaining:
             bar = tqdm(total=total, initial=len(finished), desc="MemControl trials", disable=not self.show_progress)
 
             def progress(study, trial):
-                bar.update(1)
-                complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if trial.state != states.FAIL:
+                    bar.update(1)
+                complete = study.get_trials(deepcopy=False, states=(states.COMPLETE,))
                 front = pareto_front([t.values for t in complete]) if complete else []
                 bar.set_postfix(pareto=len(front))
 
             try:
-                study.optimize(self._objective, n_trials=remaining, callbacks=[progress], catch=())
+                study.optimize(
+                    self._objective, n_trials=remaining, callbacks=[progress, *callbacks], catch=(_Skipped,)
+                )
             finally:
                 bar.close()
+        self._warn_incomplete(study)
         return self.result(study)
+
+    def _warn_incomplete(self, study) -> None:
+        """Warn when the study lacks trials because trials of other processes still run (or were killed where no
+        heartbeat can tell)."""
+        import optuna
+
+        states = optuna.trial.TrialState
+        trials = study.get_trials(deepcopy=False)
+        if self._sampler == "exhaustive":
+            done = {_trial_bits(t, self.groups) for t in trials if t.state in (states.COMPLETE, states.PRUNED)}
+            missing = [
+                "".join(map(str, b)) for b in itertools.product((0, 1), repeat=len(self.groups)) if b not in done
+            ]
+            if not missing:
+                return
+            lack = f"{len(missing)} of the {2 ** len(self.groups)} masks ({', '.join(missing)}) are not evaluated yet"
+        else:
+            count = sum(t.state in (states.COMPLETE, states.PRUNED) for t in trials)
+            if count >= self.n_trials:
+                return
+            lack = f"it holds {count} finished trials of n_trials={self.n_trials}"
+        running = [
+            f"trial {t.number} (mask {''.join(str(b) for b in _trial_bits(t, self.groups))}, host "
+            f"{t.user_attrs.get('host')!r}, pid {t.user_attrs.get('pid')})"
+            for t in trials
+            if t.state == states.RUNNING
+        ]
+        held = f"; still running elsewhere: {', '.join(running)}" if running else ""
+        warnings.warn(
+            f"Study {study.study_name!r}: {lack}{held}. Run again once they finish. A trial killed on another "
+            f"machine is failed by a later run once its heartbeat is {self.GRACE_PERIOD} s old (RDB storages); one "
+            "without a heartbeat can be failed with `study.tell(number, state=optuna.trial.TrialState.FAIL)`.",
+            stacklevel=3,
+        )
 
     def _enqueue_missing_masks(self, study) -> int:
         """Queue every mask (the empty one included: it is pruned) that no finished, running or queued trial holds;
@@ -628,15 +952,10 @@ class MemControlSearch:
         import optuna
 
         states = optuna.trial.TrialState
-
-        def bits_of(trial) -> tuple:
-            params = trial.system_attrs.get("fixed_params", {}) if trial.state == states.WAITING else trial.params
-            return tuple(params.get(group) for group in self.groups)
-
         trials = study.get_trials(deepcopy=False)
-        done = {bits_of(t) for t in trials if t.state in (states.COMPLETE, states.PRUNED)}
-        running = {bits_of(t) for t in trials if t.state == states.RUNNING}  # live: `_fail_killed_trials` ran
-        queued = {bits_of(t) for t in trials if t.state == states.WAITING}
+        done = {_trial_bits(t, self.groups) for t in trials if t.state in (states.COMPLETE, states.PRUNED)}
+        running = {_trial_bits(t, self.groups) for t in trials if t.state == states.RUNNING}  # live (see run())
+        queued = {_trial_bits(t, self.groups) for t in trials if t.state == states.WAITING}
         missing = 0
         for bits in itertools.product((0, 1), repeat=len(self.groups)):
             if bits in done or bits in running:
@@ -650,17 +969,25 @@ class MemControlSearch:
         """The `MemControlResult` of the study's completed trials so far.
 
         Args:
-            study: The Optuna study; None loads this search's study.
+            study: The Optuna study; None: this search's study (for an in-memory study, the one `run()` made).
+
+        Raises:
+            ValueError: Without `storage` and before any `run()` (there is no study yet), or if `storage` holds the
+                study with other settings.
         """
         import optuna
 
-        study = study or self._study()
+        if study is None:
+            if self._storage is None and self._study_object is None:
+                raise ValueError(
+                    "This search has no study yet: it keeps an in-memory study (no `storage`) from its first `run()`; "
+                    "call `run()` first."
+                )
+            study = self._study()
         names = list(self.objectives)
         trials = []
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            bits = [trial.params[g] for g in self.groups]
-            lr = trial.params.get("lr", self.lr)
-            mask = MemControlMask(self.groups, bits, self.method, self.granularity, lr, **self.mask_kwargs)
+            mask = self._trial_mask(trial)
             trainable = trial.user_attrs.get("trainable_parameters", 0)
             total = trial.user_attrs.get("total_parameters", 1)
             trials.append(
@@ -674,11 +1001,121 @@ class MemControlSearch:
                     cached=bool(trial.user_attrs.get("cached", False)),
                 )
             )
-        return MemControlResult(names, trials, _front(trials, names), study.study_name)
+        return MemControlResult(names, trials, _front(trials, names), study.study_name, dict(self.settings))
 
     def all_masks(self) -> list[list[int]]:
         """Every non-empty mask over this search's groups, as bit lists (2^n − 1 of them)."""
         return [list(bits) for bits in itertools.product((0, 1), repeat=len(self.groups)) if any(bits)]
+
+
+def _open_storage(url: str, heartbeat_interval: int, grace_period: int):
+    """An RDB storage with Optuna's heartbeat. Two processes creating one new database at once can collide on its
+    schema (an IntegrityError in one of them): that one tries again."""
+    import optuna
+
+    attempts = 0
+    while True:
+        try:
+            with warnings.catch_warnings():  # the heartbeat arguments are marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+                )
+        except Exception as err:
+            attempts += 1
+            if type(err).__name__ != "IntegrityError" or attempts == 3:
+                raise
+            time.sleep(0.5 * attempts)
+
+
+class _Skipped(Exception):
+    """A trial this process does not run (the study is full, or another trial holds its mask): recorded as failed,
+    so it is not counted and its mask is not taken as done."""
+
+
+def _rng_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def _as_value(name: str, value, mask: MemControlMask) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Objective {name!r} returned {type(value).__name__} for mask {mask.key}: objectives must return a number."
+        ) from None
+
+
+def _mask_key(mask: MemControlMask) -> str:
+    """Every field of the mask (groups, bits, method, granularity, lr, LoRA fields): equal keys, equal training."""
+    return json.dumps(mask.to_dict(), sort_keys=True)
+
+
+def _trial_bits(trial, groups: list[str]) -> tuple:
+    """A trial's bits: its parameters, or the fixed parameters it was queued with (before it suggested them)."""
+    fixed = trial.system_attrs.get("fixed_params", {}) or {}
+    return tuple(trial.params.get(g, fixed.get(g)) for g in groups)
+
+
+def _check_keys(kwargs: Mapping, function: Callable, bound: tuple[str, ...], label: str) -> None:
+    """Refuse keyword arguments `function` does not take (or those the search passes itself)."""
+    allowed = [name for name in inspect.signature(function).parameters if name not in bound]
+    unknown = sorted(set(kwargs) - set(allowed), key=str)
+    if unknown:
+        raise ValueError(f"{label} has unknown keys {unknown}; {function.__name__} takes {allowed}.")
+
+
+def _differences(stored: Mapping, current: Mapping, keys: list[str]) -> str:
+    return "; ".join(f"{k}: {stored.get(k)!r} there, {current[k]!r} here" for k in keys)
+
+
+def _digest(value) -> str:
+    """A short SHA-256 of `value`'s content: tensors and arrays by their bytes, dicts and lists element by element,
+    a datasets.Dataset by its fingerprint, an object with a dict `config` (a scheduler) by it, anything else by its
+    type."""
+    hasher = hashlib.sha256()
+    _feed(hasher, value)
+    return hasher.hexdigest()[:16]
+
+
+def _feed(hasher, value) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous().reshape(-1)
+        hasher.update(f"tensor{tuple(value.shape)}{value.dtype};".encode())
+        hasher.update(tensor.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, np.ndarray) and value.dtype != object:
+        hasher.update(f"array{value.shape}{value.dtype};".encode())
+        hasher.update(np.ascontiguousarray(value).tobytes())
+    elif value is None or isinstance(value, (bool, numbers.Number, str, bytes, np.generic)):
+        hasher.update(f"{type(value).__name__}:{value!r};".encode())
+    elif isinstance(value, Mapping):
+        hasher.update(b"{")
+        for key in sorted(value, key=str):
+            _feed(hasher, str(key))
+            _feed(hasher, value[key])
+        hasher.update(b"}")
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        hasher.update(b"[")
+        for item in value:
+            _feed(hasher, item)
+        hasher.update(b"]")
+    elif isinstance(getattr(value, "_fingerprint", None), str):  # a datasets.Dataset
+        hasher.update(f"dataset:{value._fingerprint};".encode())
+    elif isinstance(getattr(value, "config", None), Mapping):  # a diffusers scheduler or pipeline
+        hasher.update(f"<{type(value).__qualname__}>".encode())
+        _feed(hasher, dict(value.config))
+    else:
+        hasher.update(f"<{type(value).__module__}.{type(value).__qualname__}>".encode())
+
+
+def _data_digest(kind: str, data) -> str:
+    """`_digest` of the data, token sequences taken as id tensors (so a list and a tensor of the same ids agree)."""
+    if kind == "causal_lm" and isinstance(data, (torch.Tensor, list, tuple)):
+        try:
+            data = as_sequences(data)
+        except ValueError:
+            pass
+    return _digest(data)
 
 
 def _process_alive(pid: int) -> bool:
@@ -712,11 +1149,11 @@ def _fail_killed_trials(study) -> list[int]:
     return failed
 
 
-def _check_data(kind: str, data, name: str) -> None:
+def _check_data(kind: str, data, name: str, model: nn.Module) -> None:
     if kind == "diffusion":
         diffusion_data(data, name)
     else:
-        as_sequences(data, name)
+        check_vocabulary(torch.cat(as_sequences(data, name)), model, name)
 
 
 def _call_first(function: Callable, data, kwargs: dict, model) -> float:
