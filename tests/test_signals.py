@@ -248,3 +248,20 @@ def test_ngram_counts_stream_a_generator_and_count_as_added():
         ngram_counts(iter([]))
     with pytest.raises(ValueError, match="`n` must be an integer >= 1"):
         NgramCounts.empty((1, 0))
+
+
+def test_ngram_orders_numpy_scalars_and_bad_spans_and_predictor_settings_are_checked_up_front():
+    import numpy as np
+
+    from hf_memory.analysis import MemorizationPredictor, NgramCounts, ngram_counts, representation_similarity
+
+    assert NgramCounts.empty(np.int64(2)).total == {2: 0}
+    assert ngram_counts([[1, 2, 1]], n=np.int64(2)).counts[2][(1, 2)] == 1
+    model = tiny_causal_lm("llama", vocab_size=32)
+    with pytest.raises(ValueError, match="vocabulary"):
+        representation_similarity(model, {"x": [([1, 40], (0, 2)), ([1, 2], (0, 2))]})
+    with pytest.raises(ValueError, match="span"):
+        representation_similarity(model, {"x": [([1, 2], (0.5, 2)), ([1, 2], (0, 2))]})
+    for kwargs, match in (({"hidden_layer": True}, "hidden_layer"), ({"C": -1}, "`C`"), ({"max_iter": 0}, "max_iter")):
+        with pytest.raises(ValueError, match=match):
+            MemorizationPredictor(**kwargs)

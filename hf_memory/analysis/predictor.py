@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._utils import check_integer, require_extra
+from .._utils import check_integer, check_number, require_extra
 from .signals import PREDICTOR_FEATURES, MemorizationSignals
 
 
@@ -80,8 +80,8 @@ class MemorizationPredictor:
         report: The `PredictorReport` of the last `fit`; None before.
 
     Raises:
-        ValueError: If `features` names an unknown feature, is empty without `hidden_layer`, or `boundary_window`
-            < 1.
+        ValueError: If `features` names an unknown feature or is empty without `hidden_layer`, `boundary_window` or
+            `max_iter` is not an integer >= 1, `hidden_layer` not an integer, or `C` not a number > 0.
     """
 
     def __init__(
@@ -98,8 +98,10 @@ class MemorizationPredictor:
                 f"`features` must be a subset of {PREDICTOR_FEATURES} (non-empty without `hidden_layer`), got {features!r}."
             )
         boundary_window = check_integer(boundary_window, "boundary_window", minimum=1)
+        hidden_layer = check_integer(hidden_layer, "hidden_layer", allow_none=True, hint="0 = embeddings, -1 = last")
         self.features, self.hidden_layer, self.boundary_window = list(features), hidden_layer, boundary_window
-        self.C, self.max_iter = C, max_iter
+        self.C = check_number(C, "C", minimum=0, exclusive_minimum=True, hint="inverse regularization strength")
+        self.max_iter = check_integer(max_iter, "max_iter", minimum=1)
         self.pipeline = None
         self.report: PredictorReport | None = None
 

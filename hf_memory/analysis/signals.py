@@ -105,7 +105,7 @@ class NgramCounts:
             >>> counts.counts[2][(1, 2)], counts.total[2], counts.num_sequences
             (2, 3, 2)
         """
-        orders = (n,) if isinstance(n, int) else tuple(n)
+        orders = (n,) if not hasattr(n, "__iter__") or getattr(n, "ndim", None) == 0 else tuple(n)
         if not orders:
             raise ValueError(f"`n` must be a positive integer or a non-empty tuple of them, got {n!r}.")
         orders = tuple(check_integer(k, "n", minimum=1, hint="an n-gram order, or a tuple of them") for k in orders)
@@ -389,7 +389,8 @@ def _concept_spans(concept_contexts: Mapping, tokenizer) -> dict:
                     raise ValueError(
                         "Without a `tokenizer`, each context must be (token ids, (start, end)), the concept's token span."
                     ) from None
-                positions = list(range(start, end))
+                span = f"the span of {concept!r} in context {j}"
+                positions = list(range(check_integer(start, span, minimum=0), check_integer(end, span, minimum=0)))
             ids = as_sequences([ids])[0]
             if not positions or min(positions) < 0 or max(positions) >= len(ids):
                 raise ValueError(f"Concept {concept!r}, context {j}: its token span is empty or outside the context.")
@@ -431,6 +432,9 @@ def representation_similarity(
         ((2,), 1.0)
     """
     spans = _concept_spans(concept_contexts, tokenizer)
+    for concept, rows in spans.items():
+        for j, (ids, _) in enumerate(rows):
+            check_vocabulary(ids, model, f"concept_contexts[{concept!r}][{j}]")
     device = model_device(model)
     per_concept = {}
     with eval_mode(model, "representation_similarity"):
