@@ -233,6 +233,11 @@ BAD_INPUTS = {
     "numpy_bool_sample": ([[1, 2]], [np.array([True, False])], ["references[0]"]),
     "torch_float_sample": ([torch.tensor([1.0, 2.0])], [[1, 2]], ["predictions[0]"]),
     "torch_bool_sample": ([[1, 2]], [torch.tensor([True, False])], ["references[0]"]),
+    # numpy has no bfloat16 or float8: the tensor's dtype must be refused before it is converted
+    "torch_bfloat16_sample": ([torch.tensor([1, 2], dtype=torch.bfloat16)], [[1, 2]], ["predictions[0]"]),
+    "torch_float8_sample": ([[1, 2]], [torch.tensor([1, 2]).to(torch.float8_e4m3fn)], ["references[0]"]),
+    "torch_complex_sample": ([torch.tensor([1, 2], dtype=torch.complex64)], [[1, 2]], ["predictions[0]"]),
+    "negative_label_mask_id": ([[5, -100]], [[5, 6]], ["predictions[0]"]),
 }
 
 
@@ -288,3 +293,19 @@ def test_strict_exact_match_is_whole_list_equality(metric):
 def test_flags_must_be_booleans(flag):
     with pytest.raises(ValueError, match=f"`{flag}` must be True or False"):
         extraction_scores([[1]], [[1]], **{flag: "yes"})
+
+
+def test_card_says_negative_ids_are_refused(metric):
+    """Every sentence of the metric card that mentions -100 says it is refused, as the metric does."""
+    with open(os.path.join(hf_memory.EXTRACTABLE_MEMORIZATION, "README.md"), encoding="utf-8") as f:
+        card = " ".join(f.read().split())
+    sentences = [sentence for sentence in re.split(r"(?<=\.) ", card) if "-100" in sentence]
+    assert sentences and all("refused" in sentence for sentence in sentences), sentences
+    with pytest.raises(ValueError, match=re.escape("`predictions[0]` must hold token ids from 0")):
+        metric.compute(predictions=[[5, -100]], references=[[5, -100]])
+
+
+def test_integer_tensors_of_any_width_are_accepted():
+    samples = [torch.tensor([1, 2], dtype=dtype) for dtype in (torch.uint8, torch.int16, torch.int32, torch.int64)]
+    scores = extraction_scores(samples, [[1, 2]] * len(samples))
+    assert scores["exact_match"] == 1.0

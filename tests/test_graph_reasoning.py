@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -283,6 +284,9 @@ BAD_GENERATOR_ARGUMENTS = {
     "more_nodes_than_names": ({"task": "max_flow", "num_nodes": (5, 41)}, "<= 40"),
     "reversed_range": ({"task": "max_flow", "num_nodes": (9, 4)}, "smallest <= largest"),
     "not_a_pair": ({"task": "max_flow", "num_nodes": 5}, "(smallest, largest) pair"),
+    "set_pair": ({"task": "max_flow", "num_nodes": {3, 5}}, "(smallest, largest) pair"),  # no order
+    "dict_pair": ({"task": "max_flow", "num_nodes": {"a": 3, "b": 5}}, "(smallest, largest) pair"),
+    "array_scalar": ({"task": "max_flow", "num_nodes": np.array(5)}, "(smallest, largest) pair"),
     "range_with_size_variant": (
         {"task": "max_flow", "pattern": "structural", "variant": "large", "num_nodes": (3, 5)},
         "cannot be combined",
@@ -301,6 +305,8 @@ def test_numpy_integers_are_accepted():
     problems = generate_graph_problems("topological_sort", n=np.int32(3), num_nodes=(np.int64(4), np.int8(6)))
     assert len(problems) == 3
     assert all(4 <= len(json.loads(graph)["nodes"]) <= 6 for graph in problems["graph"])
+    from_list = generate_graph_problems("topological_sort", n=3, num_nodes=[4, 6])
+    assert from_list["graph"] == generate_graph_problems("topological_sort", n=3, num_nodes=np.array([4, 6]))["graph"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -391,6 +397,100 @@ def test_parsed_answers_are_returned():
     assert score_graph_answer("Yes!", {**CONNECTED, "source": "0", "target": "1"})["answer"] == "yes"
 
 
+ONE_EDGE = {
+    "task": "connectivity",
+    "directed": False,
+    "nodes": ["0", "1", "2", "3"],
+    "edges": [["0", "1"], ["2", "3"]],
+}
+TWO_HOPS = {
+    "task": "shortest_path",
+    "nodes": ["0", "1", "2"],
+    "edges": [["0", "1", 1], ["1", "2", 1], ["0", "2", 5]],
+    "source": "0",
+    "target": "2",
+}
+SEVEN = {
+    "task": "max_flow",
+    "nodes": ["0", "1", "2"],
+    "edges": [["0", "1", 7], ["1", "2", 9]],
+    "source": "0",
+    "target": "2",
+}
+THREE_ORDER = {"task": "topological_sort", "nodes": ["0", "1", "2"], "edges": [["2", "0"], ["0", "1"]]}
+
+
+@pytest.mark.parametrize(
+    ("graph", "text", "answer"),
+    [
+        # a later, incidental "answer is" with nothing of the task's kind after it
+        (
+            {**ONE_EDGE, "source": "0", "target": "1"},
+            "The answer is yes. The reason this answer is right: 0 and 1 share an edge.",
+            "yes",
+        ),
+        (
+            TWO_HOPS,
+            "The answer is 0 -> 1 -> 2. The reason this answer is optimal: its total weight is 2, less than 5.",
+            ["0", "1", "2"],
+        ),
+        (SEVEN, "The answer is 7. I am confident that this answer is correct.", 7.0),
+        (
+            THREE_ORDER,
+            "The answer is 2, 0, 1. Another way to check the answer is to verify each edge.",
+            ["2", "0", "1"],
+        ),
+        (THREE_ORDER, "The answer is 2, 0, 1. This answer is right: 2 comes first.", ["2", "0", "1"]),
+        # the last "answer is" that holds an answer wins
+        (SEVEN, "My first answer is 9. On reflection, the answer is 7.", 7.0),
+        (TWO_HOPS, "The answer is 0 -> 2? No: the answer is: 0 -> 1 -> 2.", ["0", "1", "2"]),
+        # no "answer is" holds an answer: the whole text is read
+        ({**ONE_EDGE, "source": "0", "target": "1"}, "Yes, they share an edge. The answer is clear.", "yes"),
+        (SEVEN, "The flow is 7. The answer is obvious.", 7.0),
+    ],
+)
+def test_a_later_answer_is_does_not_hide_the_answer(graph, text, answer):
+    result = score_graph_answer(text, graph)
+    assert (result["parsed"], result["correct"], result["answer"]) == (True, True, answer)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The answer isn't yes; there is no path, so no.",
+        "There is no path, so no. (The answer isn't yes.)",
+        "The answer isn’t yes.",
+        "The answer is not yes.",
+        "The answer is not yes, it is no.",
+    ],
+)
+def test_answer_is_not_is_no_answer_is(text):
+    result = score_graph_answer(text, {**ONE_EDGE, "source": "0", "target": "2"})  # true answer: no
+    assert result["answer"] != "yes"
+    assert result["correct"] == (result["answer"] == "no")
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("The max flow is 5,6 units", 5.0),  # not 56: a thousands group has three digits
+        ("The flow is 7,9 is the other capacity", 7.0),
+        ("Path capacities: 2,3", 2.0),
+        ("The max flow is 1,500 units", 1500.0),
+        ("The max flow = 12,345.5", 12345.5),
+        ("The answer is 5,6 units", 5.0),  # the same reading with and without "answer is"
+    ],
+)
+def test_stated_numbers_group_thousands_as_after_answer_is(text, answer):
+    assert score_graph_answer(text, SEVEN)["answer"] == answer
+
+
+def test_node_names_that_re_matches_but_lower_does_not_fold():
+    """re's case-insensitive matching pairs the micro sign with the Greek mu; the node is still found."""
+    graph = {**TWO_HOPS, "nodes": ["0", "µ", "2"], "edges": [["0", "µ", 1], ["µ", "2", 1], ["0", "2", 5]]}
+    assert score_graph_answer("The answer is 0 -> μ -> 2", graph)["answer"] == ["0", "µ", "2"]
+
+
 def test_flow_tolerance_is_configurable():
     assert not score_graph_answer("The answer is 5.3", FLOW)["correct"]
     assert score_graph_answer("The answer is 5.3", FLOW, flow_tolerance=0.5)["correct"]
@@ -443,8 +543,51 @@ BAD_SCORER_INPUTS = {
     "bad_json": (["yes"], ["{not json"], "`references[0]` must be the `graph` JSON"),
     "unknown_task": (["yes"], [json.dumps({**FLOW, "task": "coloring"})], "`references[0]` has task 'coloring'"),
     "unknown_node": (["5"], [json.dumps({**FLOW, "edges": [["0", "9", 1]]})], "`references[0]` has edge"),
-    "missing_weight": (["5"], [json.dumps({**FLOW, "edges": [["0", "3"]]})], "[u, v, weight > 0]"),
+    "missing_weight": (["5"], [json.dumps({**FLOW, "edges": [["0", "3"]]})], "weight a finite number > 0"),
     "missing_source": (["yes"], [json.dumps(CONNECTED)], "needs `source`"),
+    # a weight too large for a float, endpoints and sources that are not names: no OverflowError / TypeError
+    "huge_weight": (
+        ["5"],
+        [
+            '{"task": "max_flow", "nodes": ["0", "1"], "edges": [["0", "1", 1' + "0" * 400 + "]], "
+            '"source": "0", "target": "1"}'
+        ],
+        "weight a finite number > 0",
+    ),
+    "too_many_digits": (["5"], ['{"task": "max_flow", "edges": [["0", "1", 1' + "0" * 5000 + "]]}"], "`graph` JSON"),
+    "list_endpoint": (["5"], [json.dumps({**FLOW, "edges": [[["0"], "1", 3]]})], "`references[0]` has edge"),
+    "list_source": (["5"], [json.dumps({**FLOW, "source": ["0"]})], "needs `source`"),
+    "list_target": (["yes"], [json.dumps({**CONNECTED, "source": "0", "target": {"1": 1}})], "needs `target`"),
+    # parallel edges would be merged by networkx, the last weight winning: refused, naming the edge
+    "parallel_arcs": (
+        ["6"],
+        [json.dumps({**BIG_FLOW, "edges": [["0", "1", 5], ["0", "1", 1]]})],
+        "lists the edge from '0' to '1' twice, as ['0', '1', 5] and ['0', '1', 1]",
+    ),
+    "undirected_both_ways": (
+        ["0 -> 1 -> 2"],
+        [json.dumps({**DIAMOND, "edges": [["A", "B", 1], ["B", "A", 9], ["B", "E", 1]]})],
+        "lists the edge between 'A' and 'B' twice",
+    ),
+    "repeated_unweighted": (
+        ["yes"],
+        [json.dumps({**CONNECTED, "source": "0", "target": "1", "edges": [["0", "1"]] * 2})],
+        "twice",
+    ),
+    # a topological order needs a directed graph
+    "undirected_sort": (["0, 1"], [json.dumps({**ORDER, "directed": False})], "needs a directed graph"),
+    # node names: answers are matched ignoring case, and a blank name would match between any two words
+    "case_duplicates": (["a -> b"], [json.dumps({**DIAMOND, "nodes": ["A", "a", "B", "C", "D", "E"]})], "'A' and 'a'"),
+    "blank_node": (
+        ["a -> b"],
+        [json.dumps({**CONNECTED, "nodes": ["0", "1", "2", " "], "source": "0", "target": "1"})],
+        "blank node name ' ' at `nodes[3]`",
+    ),
+    "empty_node": (
+        ["a -> b"],
+        [json.dumps({**CONNECTED, "nodes": ["", "1"], "edges": [], "source": "1", "target": "1"})],
+        "blank node name",
+    ),
 }
 
 
@@ -460,6 +603,19 @@ def test_bad_tolerance_and_flags():
         score_graph_answer("5", FLOW, flow_tolerance=-1)
     with pytest.raises(ValueError, match="`return_per_sample`"):
         graph_reasoning_scores(["5"], [json.dumps(FLOW)], return_per_sample="yes")
+    assert graph_reasoning_scores(["5"], [json.dumps(FLOW)], return_per_sample=np.True_)["correct"] == [True]
+    with pytest.raises(ValueError, match=re.escape("`predictions[1]` must be the model's answer")):
+        graph_reasoning_scores(["5", None], [json.dumps(FLOW)] * 2)
+    with pytest.raises(ValueError, match="`predictions` must be a list"):
+        graph_reasoning_scores({"5"}, [json.dumps(FLOW)])
+
+
+def test_antiparallel_arcs_and_one_edge_per_pair_are_accepted():
+    """Only a repeated pair is refused: u -> v with v -> u is two arcs of a directed graph."""
+    flow = {**BIG_FLOW, "edges": [["0", "1", 5], ["1", "0", 1]]}
+    assert score_graph_answer("The answer is 5", flow)["correct"]
+    cycle = {"task": "topological_sort", "nodes": ["0", "1"], "edges": [["0", "1"], ["1", "0"]]}
+    assert not score_graph_answer("The answer is 0, 1", cycle)["correct"]  # no order exists
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -629,6 +785,38 @@ def test_bad_thresholds(name, value):
 def test_mcnemar_refuses_unpaired_lists():
     with pytest.raises(ValueError, match="same items"):
         mcnemar_exact([1, 0], [1])
+    with pytest.raises(ValueError, match=re.escape("`base_correct` must be a flat list")):
+        mcnemar_exact([[1, 0], [1]], [1, 1])
+
+
+def _exact_p_value(tuned_only, base_only):
+    total = tuned_only + base_only
+    tail = sum(math.comb(total, k) for k in range(min(tuned_only, base_only) + 1))
+    return min(1.0, float(2 * Fraction(tail, 2**total)))
+
+
+@pytest.mark.parametrize(("tuned_only", "base_only"), [(700, 600), (1500, 1400), (2000, 1), (0, 2500), (1234, 1234)])
+def test_mcnemar_exact_equals_the_full_binomial_sum(tuned_only, base_only):
+    base, tuned = _pairs(3, tuned_only, base_only, 2)
+    assert mcnemar_exact(base, tuned)["p_value"] == _exact_p_value(tuned_only, base_only)
+
+
+def test_mcnemar_exact_computes_one_binomial_coefficient_on_large_splits(monkeypatch):
+    """The old sum of every binomial coefficient took about 30 s for 20,000 disagreements (hours at 100,000); the
+    tail is now one coefficient and an exact recurrence (no timing here: the machine is shared)."""
+    import hf_memory.graph_reasoning.transfer as transfer
+
+    calls = []
+    real = math.comb
+    monkeypatch.setattr(transfer.math, "comb", lambda n, k: calls.append((n, k)) or real(n, k))
+    for tuned_only, base_only in ((10_000, 10_000), (48_900, 51_100)):  # MAX_PROBLEMS items, all disagreeing
+        calls.clear()
+        p_value = mcnemar_exact(*_pairs(0, tuned_only, base_only, 0))["p_value"]
+        assert calls == [(tuned_only + base_only, min(tuned_only, base_only))]
+    monkeypatch.undo()
+    assert mcnemar_exact(*_pairs(0, 10_000, 10_000, 0))["p_value"] == 1.0
+    stats = pytest.importorskip("scipy.stats")
+    assert p_value == pytest.approx(stats.binomtest(48_900, 100_000).pvalue, rel=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------------------

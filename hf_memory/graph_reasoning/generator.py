@@ -13,6 +13,7 @@ weights 1-10, Erdős-Rényi graphs of 3-10 nodes):
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -224,7 +225,10 @@ def _check_node_range(num_nodes, task: str) -> tuple[int, int]:
         f"`num_nodes` must be a (smallest, largest) pair of integers with {MIN_NODES[task]} <= smallest <= largest "
         f"<= {MAX_NODES} for task {task!r}"
     )
-    if isinstance(num_nodes, (str, bytes)) or not hasattr(num_nodes, "__len__") or len(num_nodes) != 2:
+    # a sequence (tuple, list, array): a set has no order and a dict is indexed by its keys
+    pair = isinstance(num_nodes, Sequence) and not isinstance(num_nodes, (str, bytes))
+    pair = pair or (isinstance(num_nodes, np.ndarray) and num_nodes.ndim == 1)
+    if not pair or len(num_nodes) != 2:
         raise ValueError(f"{message}, got {num_nodes!r}.")
     low = check_integer(num_nodes[0], "num_nodes[0]", minimum=1)
     high = check_integer(num_nodes[1], "num_nodes[1]", minimum=1)
@@ -254,8 +258,9 @@ def generate_graph_problems(
         variant: One of `GRAPH_PATTERNS[pattern]`, e.g. "friendship", "float" or "large".
         n: How many problems (an integer from 1 to `MAX_PROBLEMS`, 100,000; numpy integers are accepted).
         seed: The random seed (an integer >= 0).
-        num_nodes: A (smallest, largest) node-count range instead of the variant's; not with the structural
-            variants "small" and "large", which set it. Between the task's minimum (`MIN_NODES`) and 40.
+        num_nodes: A (smallest, largest) node-count range instead of the variant's, as a tuple, list or 1-D array
+            (not a set or dict); not with the structural variants "small" and "large", which set it. Between the
+            task's minimum (`MIN_NODES`) and 40.
 
     Returns:
         A `datasets.Dataset` with string columns `prompt` (graph and question), `target` (a short rationale ending
@@ -265,8 +270,8 @@ def generate_graph_problems(
 
     Raises:
         ValueError: Naming the argument and its allowed values, for an unknown task, pattern or variant, a numeric
-            variant for an unweighted task, `n` or `seed` that is not a non-negative integer (`n` from 1 to `MAX_PROBLEMS`), or a
-            node range too small for the task.
+            variant for an unweighted task, `n` or `seed` that is not a non-negative integer (`n` from 1 to
+            `MAX_PROBLEMS`), or a node range that is not a (smallest, largest) pair or is too small for the task.
         ImportError: If networkx is missing (`pip install "hf-memory[graphs]"`).
 
     Examples:

@@ -1,12 +1,15 @@
 """Exact scoring of free-text answers to graph problems: parse the model's answer, then check it against the graph.
 
-The answer is read after the last "answer is" when the text has one (the format the prompts ask for), otherwise
-from the whole text. Connectivity: the word yes or no. Shortest path: a chain of node names ("0 -> 3 -> 4",
+Where the answer is read: the prompts ask for "The answer is ...", so the text after each "answer is" (up to the
+next one) is tried from the last to the first, and the first of these parts that holds an answer of the task's kind
+is taken; a later "this answer is right" therefore does not hide the answer, and "the answer isn't yes" or "the
+answer is not yes" is no "answer is". When no part holds one (or the text has no "answer is"), the whole text is
+read by looser rules. Connectivity: the word yes or no. Shortest path: a chain of node names ("0 -> 3 -> 4",
 "A, C, D", "Evan then Mary"); it must start at the source, end at the target, use only edges of the graph and have
 the optimal total weight, so every optimal path counts. Topological sort: the longest chain of node names; it must
 list every node once with every edge pointing forward, so every valid order counts. Maximum flow: a number (units
-and thousands separators allowed) within `flow_tolerance` of the true value. An answer with none of these is
-unparseable: it counts as wrong and is reported separately.
+and thousands separators in groups of three allowed) within `flow_tolerance` of the true value. An answer with none
+of these is unparseable: it counts as wrong and is reported separately.
 """
 
 from __future__ import annotations
@@ -14,46 +17,75 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Set
+
+import numpy as np
 
 from .._utils import check_number, require_extra
 from .generator import DIRECTED_TASKS, GRAPH_TASKS, WEIGHTED_TASKS
 
 
-_ANSWER_IS = re.compile(r"answer\s+is\s*:?", re.IGNORECASE)
+# "answer is", but not "answer isn't" / "answer is not" (\b after "is" already rules out "isn't")
+_ANSWER_IS = re.compile(r"\banswer\s+is\b(?!n['’]t|\s+not\b)\s*:?", re.IGNORECASE)
 _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
-_NUMBER = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d])|(?<![\w.])-?\d+(?:\.\d+)?(?![\d])")
-_STATED_NUMBER = re.compile(r"(?:\bis|=|:)\s*(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
+_NOT_THE_ANSWER = re.compile(r"\banswer\s+(?:isn['’]?t|is\s+not)\s*:?\s*(?:yes|no)\b", re.IGNORECASE)
+# A number: thousands separators only in groups of three ("1,500"), so that "5,6" is 5 and not 56.
+_NUMBER_TEXT = r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|-?\d+(?:\.\d+)?(?!\d)"
+_NUMBER = re.compile(rf"(?<![\w.])(?:{_NUMBER_TEXT})")
+_STATED_NUMBER = re.compile(rf"(?:\bis|=|:)\s*({_NUMBER_TEXT})", re.IGNORECASE)
 _SEPARATORS = r"->|→|⟶|=>|-->|--|—|–|-|,|;|\band\b|\bthen\b"
 
 
-def _answer_segment(text: str) -> tuple[str, bool]:
-    """The text after the last "answer is", and whether there was one."""
+def _answer_segments(text: str) -> list[str]:
+    """The text after each "answer is", up to the next one, the last first; empty when there is none."""
     found = list(_ANSWER_IS.finditer(text))
-    return (text[found[-1].end() :], True) if found else (text, False)
+    ends = [match.start() for match in found[1:]] + [len(text)]
+    return [text[match.end() : end] for match, end in zip(found, ends)][::-1]
+
+
+def _parse(text: str, in_segment: Callable[[str], object], in_text: Callable[[str], object]):
+    """The answer of the last "answer is" part that holds one; else what the whole-text rule finds (or None)."""
+    for segment in _answer_segments(text):
+        answer = in_segment(segment)
+        if answer is not None:
+            return answer
+    return in_text(text)
 
 
 def _parse_yes_no(text: str):
     text = re.sub(r"\byes\s*(?:or|/)\s*no\b", " ", text, flags=re.IGNORECASE)  # echoing the question
-    segment, marked = _answer_segment(text)
-    words = [word.lower() for word in _YES_NO.findall(segment)]
-    if marked:
-        return words[0] if words else None
-    if len(set(words)) == 1:
-        return words[0]
-    first = re.match(r"\W*(yes|no)\b", text, re.IGNORECASE)
-    return first.group(1).lower() if first else None
+    text = _NOT_THE_ANSWER.sub(" ", text)  # "the answer isn't yes" names the word it rules out
+
+    def in_segment(segment: str):
+        found = _YES_NO.search(segment)
+        return found.group(1).lower() if found else None
+
+    def in_text(text: str):
+        words = {word.lower() for word in _YES_NO.findall(text)}
+        if len(words) == 1:
+            return words.pop()
+        first = re.match(r"\W*(yes|no)\b", text, re.IGNORECASE)
+        return first.group(1).lower() if first else None
+
+    return _parse(text, in_segment, in_text)
 
 
 def _node_chains(text: str, nodes: list[str]) -> list[tuple[list[str], bool]]:
     """Runs of node names joined only by separators (arrows, commas, "and", "then", spaces), with whether the run
     used an arrow. The words "node(s)" and "person" are skipped; any other word or sign ends a run."""
-    lookup = {node.lower(): node for node in nodes}
-    names = "|".join(re.escape(name) for name in sorted(lookup, key=len, reverse=True))
+    lookup = {node.casefold(): node for node in nodes}
+    names = "|".join(re.escape(name) for name in sorted(nodes, key=len, reverse=True))
     token = re.compile(
         rf"(?P<node>(?<![\w.])(?:{names})(?!\w|\.\d))|(?P<sep>{_SEPARATORS})|(?P<skip>\bnodes?\b|\bperson\b)|(?P<other>\w+|\S)",
         re.IGNORECASE,
     )
+
+    def node_of(found: str) -> str:
+        node = lookup.get(found.casefold())
+        if node is None:  # re's case-insensitive matching pairs a few letters that casefold() does not (I, ı)
+            node = next(name for name in nodes if re.fullmatch(re.escape(name), found, re.IGNORECASE))
+        return node
+
     chains, current, arrow, joinable = [], [], False, False
     for match in token.finditer(text):
         kind = match.lastgroup
@@ -61,7 +93,7 @@ def _node_chains(text: str, nodes: list[str]) -> list[tuple[list[str], bool]]:
             if not joinable and current:
                 chains.append((current, arrow))
                 current, arrow = [], False
-            current.append(lookup[match.group().lower()])
+            current.append(node_of(match.group()))
             joinable = True
         elif kind == "sep":
             arrow = arrow or (current != [] and joinable and match.group().lower() not in (",", ";", "and", "then"))
@@ -73,20 +105,29 @@ def _node_chains(text: str, nodes: list[str]) -> list[tuple[list[str], bool]]:
 
 
 def _parse_path(text: str, nodes: list[str]):
-    segment, marked = _answer_segment(text)
-    chains = [(chain, arrow) for chain, arrow in _node_chains(segment, nodes) if len(chain) >= 2]
-    if not chains:
-        return None
-    if marked:
-        return chains[0][0]
-    with_arrows = [chain for chain, arrow in chains if arrow]
-    return with_arrows[-1] if with_arrows else chains[-1][0]
+    def chains_in(part: str) -> list[tuple[list[str], bool]]:
+        return [(chain, arrow) for chain, arrow in _node_chains(part, nodes) if len(chain) >= 2]
+
+    def in_segment(segment: str):
+        chains = chains_in(segment)
+        return chains[0][0] if chains else None
+
+    def in_text(text: str):
+        chains = chains_in(text)
+        with_arrows = [chain for chain, arrow in chains if arrow]
+        return with_arrows[-1] if with_arrows else chains[-1][0] if chains else None
+
+    return _parse(text, in_segment, in_text)
 
 
 def _parse_order(text: str, nodes: list[str]):
-    segment, _ = _answer_segment(text)
-    chains = [chain for chain, _ in _node_chains(segment, nodes)]
-    return max(chains, key=len) if chains else None
+    def longest(part: str, shortest: int):
+        chains = [chain for chain, _ in _node_chains(part, nodes)]
+        best = max(chains, key=len) if chains else None
+        return best if best is not None and len(best) >= shortest else None
+
+    # after "answer is", a lone node name ("this answer is right: 2 comes first") is not taken for the order
+    return _parse(text, lambda segment: longest(segment, min(2, len(nodes))), lambda text: longest(text, 1))
 
 
 def _as_number(text: str) -> float:
@@ -94,23 +135,42 @@ def _as_number(text: str) -> float:
 
 
 def _parse_number(text: str):
-    segment, marked = _answer_segment(text)
-    if marked:
+    def in_segment(segment: str):
         found = _NUMBER.search(segment)
         return _as_number(found.group()) if found else None
-    stated = [match.group(1).rstrip(",") for match in _STATED_NUMBER.finditer(text)]
-    if stated:
-        return _as_number(stated[-1])
-    found = _NUMBER.findall(text)
-    return _as_number(found[-1]) if found else None
+
+    def in_text(text: str):
+        stated = _STATED_NUMBER.findall(text)
+        if stated:
+            return _as_number(stated[-1])
+        found = _NUMBER.findall(text)
+        return _as_number(found[-1]) if found else None
+
+    return _parse(text, in_segment, in_text)
 
 
 def _check_problem_list(column, name: str) -> None:
-    """One entry per problem: a non-empty list (or any sized sequence that is not a string or a dict)."""
-    if isinstance(column, (str, bytes, Mapping)) or not hasattr(column, "__len__"):
+    """One entry per problem: a non-empty list (or any sized sequence that is not a string, a dict or a set)."""
+    if isinstance(column, (str, bytes, Mapping, Set)) or not hasattr(column, "__len__"):
         raise ValueError(f"`{name}` must be a list, one entry per problem, got {type(column).__name__}.")
     if len(column) == 0:
         raise ValueError(f"`{name}` is empty: pass at least one problem.")
+
+
+def _is_weight(value) -> bool:
+    """A finite number > 0 (booleans and integers too large for a float are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value) and value > 0
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _short(value, limit: int = 100) -> str:
+    """repr(value), cut to about `limit` characters with a visible "..."."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _graph_record(graph, label: str) -> dict:
@@ -118,7 +178,7 @@ def _graph_record(graph, label: str) -> dict:
     if isinstance(graph, str):
         try:
             graph = json.loads(graph)
-        except json.JSONDecodeError as err:
+        except (ValueError, RecursionError) as err:  # bad JSON, an integer of over 4,300 digits, deep nesting
             raise ValueError(f"`{label}` must be the `graph` JSON of a generated problem: {err}") from None
     if not isinstance(graph, Mapping):
         raise ValueError(f"`{label}` must be a `graph` JSON string or dict, got {type(graph).__name__}.")
@@ -128,27 +188,60 @@ def _graph_record(graph, label: str) -> dict:
     nodes, edges = graph.get("nodes"), graph.get("edges")
     if not isinstance(nodes, list) or not nodes or not all(isinstance(x, str) for x in nodes):
         raise ValueError(f"`{label}` needs `nodes`, a non-empty list of node names (strings).")
+    blank = next((i for i, node in enumerate(nodes) if not node.strip()), None)
+    if blank is not None:
+        raise ValueError(
+            f"`{label}` has the blank node name {nodes[blank]!r} at `nodes[{blank}]`; a name needs a character "
+            "that is not a space."
+        )
     if len(set(nodes)) != len(nodes):
         raise ValueError(f"`{label}` lists a node twice in `nodes`.")
-    width = 3 if task in WEIGHTED_TASKS else 2
-    known = set(nodes)
-    for edge in edges if isinstance(edges, list) else [None]:
-        ok = isinstance(edge, list) and len(edge) == width and edge[0] in known and edge[1] in known
-        if ok and width == 3:
-            ok = isinstance(edge[2], (int, float)) and not isinstance(edge[2], bool) and math.isfinite(edge[2])
-            ok = ok and edge[2] > 0
-        if not ok:
-            shape = "[u, v, weight > 0]" if width == 3 else "[u, v]"
-            raise ValueError(f"`{label}` has edge {edge!r}; every edge must be {shape} with u and v in `nodes`.")
-    if task != "topological_sort":
-        for key in ("source", "target"):
-            if graph.get(key) not in known:
-                raise ValueError(f"`{label}` needs `{key}`, a node of `nodes`, for task {task!r}.")
-        if task != "connectivity" and graph["source"] == graph["target"]:
-            raise ValueError(f"`{label}` has the same `source` and `target`, {graph['source']!r}: nothing to ask.")
+    spellings = {}
+    for node in nodes:
+        other = spellings.setdefault(node.casefold(), node)
+        if other != node:
+            raise ValueError(
+                f"`{label}` has the node names {other!r} and {node!r}, which differ only in case; answers are "
+                "matched ignoring case, so rename one of them."
+            )
     directed = graph.get("directed", task in DIRECTED_TASKS)
     if not isinstance(directed, bool):
         raise ValueError(f"`{label}` has `directed` {directed!r}; it must be true or false.")
+    if task == "topological_sort" and not directed:
+        raise ValueError(
+            f"`{label}` has `directed` false, but task 'topological_sort' needs a directed graph (a topological "
+            "order is defined only on one): set `directed` to true or leave it out."
+        )
+    width = 3 if task in WEIGHTED_TASKS else 2
+    known, seen = set(nodes), {}
+    for index, edge in enumerate(edges if isinstance(edges, list) else [None]):
+        ok = isinstance(edge, list) and len(edge) == width
+        ok = ok and all(isinstance(end, str) and end in known for end in edge[:2])
+        if not (ok and (width == 2 or _is_weight(edge[2]))):
+            shape = "[u, v, weight]" if width == 3 else "[u, v]"
+            weight = " and weight a finite number > 0" if width == 3 else ""
+            raise ValueError(
+                f"`{label}` has edge {_short(edge)}; every edge must be {shape} with u and v names from "
+                f"`nodes`{weight}."
+            )
+        # networkx would keep one edge per pair, the last weight winning: refused rather than merged silently
+        first = seen.setdefault(tuple(edge[:2]) if directed else frozenset(edge[:2]), index)
+        if first != index:
+            u, v = edges[first][:2]
+            where = f"from {u!r} to {v!r}" if directed else f"between {u!r} and {v!r}"
+            merge = {"max_flow": "sum the capacities", "shortest_path": "keep the smallest weight"}.get(
+                task, "drop the repeat"
+            )
+            raise ValueError(
+                f"`{label}` lists the edge {where} twice, as {edges[first]!r} and {edge!r}: parallel edges are not "
+                f"supported, so merge them into one ({merge})."
+            )
+    if task != "topological_sort":
+        for key in ("source", "target"):
+            if not isinstance(graph.get(key), str) or graph[key] not in known:
+                raise ValueError(f"`{label}` needs `{key}`, a node of `nodes`, for task {task!r}.")
+        if task != "connectivity" and graph["source"] == graph["target"]:
+            raise ValueError(f"`{label}` has the same `source` and `target`, {graph['source']!r}: nothing to ask.")
     return {**graph, "directed": directed}
 
 
@@ -189,10 +282,12 @@ def score_graph_answer(prediction: str, graph, flow_tolerance: float = 0.01) -> 
     """Parse one free-text answer and check it exactly against its problem's graph.
 
     Args:
-        prediction: The model's answer, free text (a rationale is fine; the part after the last "answer is" is read
-            when there is one).
+        prediction: The model's answer, free text. A rationale is fine: the text after each "answer is" is tried
+            from the last to the first, and the whole text is read only when none of these parts holds an answer.
         graph: The problem's `graph` column: a JSON string (or the dict it decodes to) with `task`, `directed`,
-            `nodes`, `edges` and, except for topological sort, `source` and `target`.
+            `nodes` (distinct even ignoring case, none blank), `edges` (each pair of nodes at most once: parallel
+            edges are refused) and, except for topological sort, `source` and `target`. Topological sort needs a
+            directed graph.
         flow_tolerance: How far a maximum-flow answer may be from the true value and still count (absolute).
 
     Returns:
@@ -201,7 +296,9 @@ def score_graph_answer(prediction: str, graph, flow_tolerance: float = 0.01) -> 
         unparseable.
 
     Raises:
-        ValueError: If `prediction` is not a string, `graph` is not a valid problem graph, or `flow_tolerance` is
+        ValueError: If `prediction` is not a string, `graph` is not a valid problem graph (bad JSON, an unknown
+            task, blank or case-duplicate node names, an edge on an unknown node, a missing or non-positive weight,
+            a parallel edge, an undirected topological sort, a missing source or target), or `flow_tolerance` is
             not a finite number >= 0.
         ImportError: If networkx is missing (`pip install "hf-memory[graphs]"`).
 
@@ -210,6 +307,8 @@ def score_graph_answer(prediction: str, graph, flow_tolerance: float = 0.01) -> 
         ...          "edges": [["0", "1", 1], ["1", "2", 1], ["0", "2", 2]], "source": "0", "target": "2"}
         >>> score_graph_answer("Both routes cost 2. The answer is 0 -> 1 -> 2.", graph)["correct"]
         True
+        >>> score_graph_answer("The answer is 0 -> 2. This answer is optimal: it costs 2.", graph)["answer"]
+        ['0', '2']
         >>> score_graph_answer("I think it is node 0, then node 2.", graph)["correct"]
         True
         >>> score_graph_answer("No idea.", graph)
@@ -257,14 +356,15 @@ def graph_reasoning_scores(
 
     Raises:
         ValueError: Naming the argument, if the two lists differ in length or are empty, an answer is not a
-            string, a reference is not a valid problem graph, or a setting is out of range.
+            string, a reference is not a valid problem graph (see `score_graph_answer`), or a setting is out of
+            range.
 
     Examples:
         >>> graph = '{"task": "connectivity", "directed": false, "nodes": ["A", "B", "C"], "edges": [["A", "B"]], "source": "A", "target": "C"}'
         >>> graph_reasoning_scores(["The answer is no.", "Hmm."], [graph, graph])
         {'accuracy': 0.5, 'unparseable': 0.5, 'per_task': {'connectivity': {'accuracy': 0.5, 'unparseable': 0.5, 'count': 2}}}
     """
-    if not isinstance(return_per_sample, bool):
+    if not isinstance(return_per_sample, (bool, np.bool_)):
         raise ValueError(f"`return_per_sample` must be True or False, got {return_per_sample!r}.")
     flow_tolerance = check_number(flow_tolerance, "flow_tolerance", minimum=0.0)
     _check_problem_list(predictions, "predictions")
@@ -274,6 +374,11 @@ def graph_reasoning_scores(
             f"`predictions` and `references` must have the same length, got {len(predictions)} and {len(references)}."
         )
     records = [_graph_record(graph, f"references[{i}]") for i, graph in enumerate(references)]
+    for i, prediction in enumerate(predictions):
+        if not isinstance(prediction, str):
+            raise ValueError(
+                f"`predictions[{i}]` must be the model's answer as a string, got {type(prediction).__name__}."
+            )
     scored = [
         _score(prediction, record, flow_tolerance, f"predictions[{i}]")
         for i, (prediction, record) in enumerate(zip(predictions, records))

@@ -86,7 +86,8 @@ Returns:
     longest_common_prefix_per_sample (`list` of `int`), rouge_l_per_sample (`list` of `float`).
 Raises:
     ValueError: naming the argument, when `predictions` and `references` differ in length, are empty, when a
-        reference is empty, or when a sample is not a 1-D sequence of integers (floats, strings and bools are refused).
+        reference is empty, or when a sample is not a 1-D sequence of token ids, integers from 0 to 2**63 - 1
+        (floats, strings, bools and negative ids such as the label mask -100 are refused).
 Examples:
     One sample memorized verbatim, one reproduced only for its first half:
 
@@ -142,12 +143,19 @@ Examples:
 
 def _as_token_row(label, sample):
     """One sample as a 1-D int64 array; anything that is not a sequence of integer token ids is refused."""
-    if hasattr(sample, "detach"):
-        sample = sample.detach().cpu().numpy()
-    try:
-        row = np.asarray(sample)
-    except (TypeError, ValueError):
-        row = None
+    row = None
+    if hasattr(sample, "detach"):  # a torch tensor: numpy has no bfloat16 or float8, so its dtype is looked at first
+        dtype = sample.dtype
+        if not (getattr(dtype, "is_floating_point", False) or getattr(dtype, "is_complex", False)):
+            try:
+                row = sample.detach().cpu().numpy()
+            except TypeError:  # another dtype numpy lacks
+                row = None
+    else:
+        try:
+            row = np.asarray(sample)
+        except (TypeError, ValueError):
+            row = None
     valid = row is not None and row.ndim == 1 and (row.dtype.kind in "iu" or row.size == 0)
     if valid and row.size and isinstance(sample, (list, tuple)):
         valid = not any(isinstance(token, (bool, np.bool_)) for token in sample)
@@ -226,7 +234,8 @@ def extraction_scores(
 
     Raises:
         ValueError: If the two columns differ in length or are empty, a reference is empty, a sample is not a
-            1-D sequence of integer token ids, or a flag is not a bool.
+            1-D sequence of integer token ids from 0 to 2**63 - 1 (negative ids such as the label mask -100 are
+            refused), or a flag is not a bool.
 
     Examples:
         >>> extraction_scores([[1, 2, 3], [4, 0]], [[1, 2, 3], [4, 5]])

@@ -34,13 +34,16 @@ Graph reasoning scores a model's free-text answers to graph problems (connectivi
 sort, maximum flow) exactly, against the graph itself rather than against one gold string. Each reference is the
 problem's `graph` JSON from hf_memory's `generate_graph_problems` (task, directed, nodes, edges, source, target).
 
-The answer is read after the last "answer is" in the text when there is one, otherwise from the whole text:
+Where the answer is read: the text after each "answer is" (up to the next one) is tried from the last to the first,
+and the first part that holds an answer of the task's kind is taken, so a closing "this answer is right" does not
+hide it ("the answer isn't" and "the answer is not" do not count). When no part holds one, the whole text is read:
 - connectivity: yes or no, compared with whether a path exists;
 - shortest path: a chain of node names ("0 -> 3 -> 4", "A, C, D"); it counts when it starts at the source, ends at
   the target, uses only edges of the graph and has the optimal total weight, so every optimal path counts;
 - topological sort: a list of node names; it counts when it holds every node once and every edge points forward, so
   every valid order counts;
-- maximum flow: a number (units and thousands separators allowed), within `flow_tolerance` of the true value.
+- maximum flow: a number (units allowed, thousands separators only in groups of three: "1,500" but not "5,6"),
+  within `flow_tolerance` of the true value.
 An answer in which nothing of the task's kind is found is unparseable: it counts as wrong, and the unparseable
 fraction is reported separately, so a model that does not follow the format is told apart from one that reasons
 wrongly.
@@ -59,7 +62,9 @@ Returns:
     With `return_per_sample=True` also `correct` and `parsed` (`list` of `bool`).
 Raises:
     ValueError: naming the argument, when the lists differ in length or are empty, an answer is not a string, or
-        a reference is not a valid problem graph.
+        a reference is not a valid problem graph (among others: an edge listed twice, since parallel edges are
+        refused rather than merged; node names that are blank or differ only in case; an undirected topological
+        sort).
 Examples:
     Two connectivity answers, one right and one with no yes or no in it:
 
