@@ -250,7 +250,7 @@ def test_training_on_answer_columns_only_is_the_full_loss(arch):
     """The loop asks the model for logits only at the columns that predict an answer (`logits_to_keep`): the loss
     and every gradient equal the full-logits loss, on rows whose answers sit at different columns; a model whose
     forward lacks the argument takes the full path."""
-    from hf_memory.fact_scaling.training import _accepts_logits_to_keep, _answer_loss
+    from hf_memory.fact_scaling.training import _answer_columns_only, _answer_loss
 
     facts = small_facts(name_syllables=(1, 3))
     tok = facts.build_tokenizer()
@@ -266,7 +266,7 @@ def test_training_on_answer_columns_only_is_the_full_loss(arch):
         ids[i, : len(p) + len(t)] = torch.tensor(p + t)
         labels[i, len(p) : len(p) + len(t)] = torch.tensor(t)
         mask[i, : len(p) + len(t)] = 1
-    assert _accepts_logits_to_keep(model)
+    assert _answer_columns_only(model)
     losses, grads = [], []
     for keep in (True, False):
         model.zero_grad()
@@ -286,7 +286,7 @@ def test_training_on_answer_columns_only_is_the_full_loss(arch):
         def forward(self, input_ids, attention_mask=None, labels=None):
             return self.inner(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
-    assert not _accepts_logits_to_keep(NoKeep(model))
+    assert not _answer_columns_only(NoKeep(model))
     train_on_facts(NoKeep(model), tok, facts, epochs=1, lr=1e-3)
 
 
@@ -719,19 +719,19 @@ def _prompt_tuned(vocab_size: int, virtual_tokens: int = 3):
 def test_prompt_tuning_trains_on_the_answer_positions_and_pads_right():
     """Prompt tuning prepends virtual tokens (every logit column shifts) and drops `position_ids`: the loss must be
     the model's own labels loss, and left padding must not change a verdict."""
-    from hf_memory.fact_scaling.training import _accepts_logits_to_keep, _answer_loss
+    from hf_memory.fact_scaling.training import _answer_columns_only, _answer_loss
 
     facts = small_facts()
     tok = facts.build_tokenizer()
     model = _prompt_tuned(len(tok))
-    assert not _accepts_logits_to_keep(model)
+    assert not _answer_columns_only(model)
     data = facts.to_dataset(tokenizer=tok, repeat=False)
     rows = [data[i] for i in range(6)]
     width = max(len(r["input_ids"]) for r in rows)
     ids = torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in rows])
     mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows])
     labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in rows])
-    loss = _answer_loss(model, ids, mask, labels, _accepts_logits_to_keep(model))
+    loss = _answer_loss(model, ids, mask, labels, _answer_columns_only(model))
     assert torch.allclose(loss, model(input_ids=ids, attention_mask=mask, labels=labels).loss)
     # verdicts of a model that knows most facts, alone against padded in one batch (2 of 60 differed)
     from peft import PromptTuningConfig, get_peft_model

@@ -97,12 +97,17 @@ def cache_io(model) -> tuple[str, Callable]:
 
 
 def supports_logits_to_keep(model) -> bool:
-    """Whether `model.forward` takes `logits_to_keep` (compute the logits of the last positions only).
+    """Whether `model.forward` takes `logits_to_keep` (compute the logits of the last positions, or of given
+    columns, only); under a PEFT wrapper, which passes it on, whether the base model's does.
 
     Args:
-        model: A transformers model.
+        model: A transformers model, possibly a `peft.PeftModel`.
     """
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):  # a forward without a readable signature
+        return False
 
 
 def is_prompt_learning(model) -> bool:

@@ -252,7 +252,7 @@ def _data_problem(path: str, text_field: str) -> str | None:
         return None
     with open(path, "rb") as f:
         start = f.read(1 << 16)
-        if not any(chunk.strip() for chunk in (start, *iter(lambda: f.read(1 << 16), b""))):
+        if not any(chunk.strip() for chunk in itertools.chain([start], iter(lambda: f.read(1 << 16), b""))):
             return f"argument --data: {path!r} is empty"
     try:  # the first 64 KiB, less a multi-byte character cut at the end
         text = start.decode("utf-8-sig", errors="strict") if len(start) < 1 << 16 else start[:-4].decode("utf-8-sig")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Iterable
@@ -95,6 +96,12 @@ def stdlib_docstrings(min_chars: int = 400, max_docs: int | None = None) -> list
     """
     min_chars = check_integer(min_chars, "min_chars", minimum=0)
     max_docs = check_integer(max_docs, "max_docs", minimum=1, allow_none=True)
+    return list(_stdlib_docstrings(min_chars, max_docs))
+
+
+@functools.lru_cache(maxsize=8)
+def _stdlib_docstrings(min_chars: int, max_docs: int | None) -> tuple[str, ...]:
+    """`stdlib_docstrings`, read once per process (it imports and walks every module of `STDLIB_MODULES`)."""
     docs, seen = [], set()
     for name in STDLIB_MODULES:
         try:
@@ -110,8 +117,8 @@ def stdlib_docstrings(min_chars: int = 400, max_docs: int | None = None) -> list
                 seen.add(doc)
                 docs.append(doc)
                 if max_docs is not None and len(docs) >= max_docs:
-                    return docs
-    return docs
+                    return tuple(docs)
+    return tuple(docs)
 
 
 def document_windows(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], length: int) -> list[list[int]]:

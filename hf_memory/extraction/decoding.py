@@ -142,7 +142,7 @@ def _verify(model, windows: torch.Tensor, prefix_len: int, chunks: str | int, de
     out = model(input_ids=windows[:, :prefix_len], use_cache=True, **last_only)
     cache = get_cache(out)
     if decode and not _holes_hidden(model, cache, prefix_len, suffix_len):
-        chunks = 1  # one token per chunk: no row ever holds a masked token
+        chunks, park = 1, None  # one token per chunk, no merged caches: no row ever holds a masked token
     greedy = out.logits[:, -1:].argmax(-1)  # (rows, width): greedy tokens at suffix positions pos .. pos + width - 1
     rows, pos, size = torch.arange(batch, device=device), 0, 1 if chunks == "doubling" else chunks
     while True:
@@ -260,9 +260,8 @@ class Regrouper:
 
     def _park(self, entry, rows, start, cache, local) -> bool:
         """Keep the diverged rows `rows` of `entry`'s batch (rows `local` of `cache`) for later decoding; False if
-        the cache cannot be regrouped (then the caller decodes in the batch)."""
-        if not _holes_hidden(self.model, cache, self.prefix_len, entry[1].shape[1]):
-            return False
+        the cache cannot be regrouped (then the caller decodes in the batch). `_verify` parks only plain caches
+        whose masked slots are exact (`_holes_hidden`)."""
         layers = cache.layers
         keep = start < entry[1].shape[1] - 1  # a row wrong at its last position has nothing left to decode
         rows, start, local = rows[keep], start[keep], local[keep]

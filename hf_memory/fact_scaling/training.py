@@ -3,14 +3,20 @@ count the laws are stated in."""
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from .._utils import check_choice, check_integer, check_number, is_prompt_learning, model_device
+from .._utils import (
+    check_choice,
+    check_integer,
+    check_number,
+    is_prompt_learning,
+    model_device,
+    supports_logits_to_keep,
+)
 from .capacity import FactCapacityResult, _capacity_rows, _encode_rows, _reusable, fact_capacity
 from .facts import SyntheticFactSet
 
@@ -60,16 +66,10 @@ class TrainingHistory:
     steps: int = 0
 
 
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the model's forward (under a PEFT wrapper: the base model's) takes `logits_to_keep` at given columns.
-    Not for PEFT prompt learning, whose virtual tokens shift every column."""
-    if is_prompt_learning(model):
-        return False
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False
+def _answer_columns_only(model: torch.nn.Module) -> bool:
+    """Whether the model can compute logits at given columns only: its forward takes `logits_to_keep`, and no PEFT
+    prompt learning shifts every column by its virtual tokens."""
+    return supports_logits_to_keep(model) and not is_prompt_learning(model)
 
 
 def _answer_loss(model: torch.nn.Module, ids, mask, labels, keep_logits: bool) -> torch.Tensor:
@@ -192,7 +192,7 @@ def train_on_facts(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     generator = torch.Generator().manual_seed(seed)
     history = TrainingHistory()
-    keep_logits = _accepts_logits_to_keep(model)
+    keep_logits = _answer_columns_only(model)
     modes = [(module, module.training) for module in model.modules()]
     model.train()
     try:

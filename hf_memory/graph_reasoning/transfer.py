@@ -17,6 +17,7 @@ from fractions import Fraction
 import numpy as np
 
 from .._utils import check_number, require_extra
+from .scoring import _short
 
 
 def mcnemar_exact(base_correct, tuned_correct) -> dict:
@@ -69,12 +70,6 @@ def _mcnemar(base: np.ndarray, tuned: np.ndarray) -> dict:
     base_only = int(np.sum(base & ~tuned))
     tail = _binomial_half_tail(tuned_only + base_only, min(tuned_only, base_only))
     return {"tuned_only": tuned_only, "base_only": base_only, "p_value": min(1.0, 2 * tail)}
-
-
-def _short(value, limit: int = 80) -> str:
-    """repr(value), cut to about `limit` characters with a visible "..."."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _outcomes(values, name: str) -> np.ndarray:
