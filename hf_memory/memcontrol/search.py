@@ -24,12 +24,13 @@ from torch import nn
 
 from .._utils import (
     as_sequences,
-    atomic_write,
     check_choice,
     check_integer,
     check_number,
     check_vocabulary,
+    read_json,
     require_extra,
+    write_json,
 )
 from .groups import _diffusion_groups, maskable_groups
 from .mask import METHODS, MemControlMask, count_parameters
@@ -241,13 +242,7 @@ class MemControlResult:
         Args:
             path: The file to write.
         """
-        text = json.dumps(self.to_dict(), indent=2)  # fully built before the file is touched
-
-        def write(temporary: str) -> None:
-            with open(temporary, "w", encoding="utf-8") as f:
-                f.write(text)
-
-        atomic_write(os.fspath(path), write)
+        write_json(os.fspath(path), self.to_dict())
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> MemControlResult:
@@ -256,8 +251,7 @@ class MemControlResult:
         Args:
             path: The file.
         """
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(os.fspath(path), hint="write it again with MemControlResult.save_json")
         trials = [MemControlTrial.from_dict(t) for t in data["trials"]]
         by_number = {t.number: t for t in trials}
         return cls(
@@ -852,9 +846,7 @@ class MemControlSearch:
                     "settings they were made with (an older hf-memory, or another program wrote it), so they cannot "
                     "be checked against this search's: give another `study_name`."
                 )
-            study.set_user_attr("memcontrol_settings", self.settings)
-            study.set_user_attr("objective_names", list(self.objectives))
-            study.set_user_attr("groups", self.groups)
+            study.set_user_attr("memcontrol_settings", self.settings)  # holds the objective names and groups too
             stored = study.user_attrs["memcontrol_settings"]  # another process may have written it first
         differing = [k for k in self.settings if stored.get(k) != self.settings[k]]
         if differing:
