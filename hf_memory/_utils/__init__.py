@@ -4,7 +4,16 @@ sibling capability's private names."""
 from .architectures import FFN_LAYOUTS, FINAL_NORM, LayerStack, find_layers
 from .checks import as_token_ids, check_choice, check_integer, check_number, check_vocabulary, vocabulary_size
 from .config import HubConfigMixin
-from .files import atomic_write, check_writable, folder_lock, is_local_path, is_saved_dataset, read_json, write_json
+from .files import (
+    atomic_write,
+    check_writable,
+    folder_lock,
+    is_local_path,
+    is_saved_dataset,
+    read_json,
+    writable_problem,
+    write_json,
+)
 from .imports import EXTRAS, is_available, require_extra
 from .lazy import lazy_getattr
 from .modeling import (
@@ -62,5 +71,6 @@ __all__ = [
     "tokenizer_fingerprint",
     "vocabulary_size",
     "weights_fingerprint",
+    "writable_problem",
     "write_json",
 ]

@@ -119,6 +119,24 @@ def is_saved_dataset(path: str) -> bool:
     )
 
 
+def writable_problem(folder: str) -> str | None:
+    """What keeps `folder` from being created and written ("'x' is a file; give a folder"), or None.
+
+    Args:
+        folder: The folder (it may not exist yet).
+    """
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return f"{folder!r} is a file; give a folder"
+    existing = folder
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if existing and not os.path.isdir(existing):
+        return f"{folder!r} cannot be created: {existing!r} is a file"
+    if not os.access(existing or ".", os.W_OK | os.X_OK):
+        return f"{folder!r} cannot be written (no write permission on {existing or '.'!r})"
+    return None
+
+
 def check_writable(folder: str, name: str = "output_dir") -> None:
     """Refuse an output folder that is a file or cannot be created or written, before any work.
 
@@ -129,12 +147,6 @@ def check_writable(folder: str, name: str = "output_dir") -> None:
     Raises:
         ValueError: Naming the argument, the folder and what is wrong.
     """
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise ValueError(f"`{name}` {folder!r} is a file; give a folder.")
-    existing = folder
-    while existing and not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if existing and not os.path.isdir(existing):
-        raise ValueError(f"`{name}` {folder!r} cannot be created: {existing!r} is a file.")
-    if not os.access(existing or ".", os.W_OK | os.X_OK):
-        raise ValueError(f"`{name}` {folder!r} cannot be written (no write permission on {existing or '.'!r}).")
+    problem = writable_problem(folder)
+    if problem is not None:
+        raise ValueError(f"`{name}` {problem}.")

@@ -274,14 +274,11 @@ def _data_problem(path: str, text_field: str) -> str | None:
 
 
 def _writable_problem(option: str, folder: str) -> str | None:
-    """What keeps `folder` from being created and written, or None."""
-    from .._utils import check_writable
+    """What keeps `folder` from being created and written, as an argparse error, or None."""
+    from .._utils import writable_problem
 
-    try:
-        check_writable(folder, option)
-    except ValueError as err:
-        return f"argument {option}: {str(err).split(' ', 1)[1].rstrip('.')}"
-    return None
+    problem = writable_problem(folder)
+    return None if problem is None else f"argument {option}: {problem}"
 
 
 def check_audit_paths(args: argparse.Namespace) -> str | None:
