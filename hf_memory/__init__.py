@@ -5,18 +5,12 @@ Every public name is importable from here and loads its capability on first use 
 `pip install "hf-memory[...]"` to run.
 """
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _version
 from typing import TYPE_CHECKING
 
 from ._utils import lazy_getattr
+from ._utils.version import __version__
 from .metrics import EXTRACTABLE_MEMORIZATION, GRAPH_REASONING
 
-
-try:
-    __version__ = _version("hf-memory")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
 
 _LAZY = {
     "_utils": ["HubConfigMixin"],

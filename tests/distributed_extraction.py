@@ -15,8 +15,8 @@ def score():
     """The same windows and tiny model in every process (and in the 1-process reference)."""
 
     from hf_memory import measure_extraction
-    from tests.conftest import tiny_causal_lm
     from tests.test_extraction import planted_windows
+    from tests.testing_utils import tiny_causal_lm
 
     model = tiny_causal_lm("llama", hidden=32).eval()
     windows, _ = planted_windows(model, n=12, seed=3)
@@ -46,6 +46,6 @@ if __name__ == "__main__":
     if state.is_main_process:
         with open(sys.argv[1], "w") as f:
             json.dump(everyone, f)
-    from tests.conftest import leave_process_group
+    from tests.testing_utils import leave_process_group
 
     leave_process_group()

@@ -14,8 +14,8 @@ def main(out_path: str, strategy: str) -> None:
     from hf_memory import GoldfishTrainingArguments, goldfish_mask
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from tests.conftest import tiny_causal_lm
     from tests.test_goldfish_trainer import RecordingGoldfishTrainer
+    from tests.testing_utils import tiny_causal_lm
 
     ids = torch.randint(0, 50_000, (16, 48), generator=torch.Generator().manual_seed(0))
     model = tiny_causal_lm("llama", vocab_size=50_000)
@@ -53,7 +53,7 @@ def main(out_path: str, strategy: str) -> None:
                 if "goldfish/dropped_fraction" in log
             ],
         }
-    from tests.conftest import gather_to_json, leave_process_group
+    from tests.testing_utils import gather_to_json, leave_process_group
 
     gather_to_json(mine, out_path)
     leave_process_group()

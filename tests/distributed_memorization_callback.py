@@ -15,7 +15,7 @@ def main(out_path: str) -> None:
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from hf_memory.extraction import MEMORIZATION_LOG_PREFIX, MemorizationCallback
-    from tests.conftest import tiny_causal_lm
+    from tests.testing_utils import tiny_causal_lm
 
     ids = torch.randint(0, 128, (16, 24), generator=torch.Generator().manual_seed(0))
     model = tiny_causal_lm("llama")
@@ -55,7 +55,7 @@ def main(out_path: str) -> None:
     }
     if rank == 0:
         torch.save(model.state_dict(), out_path + ".weights.pt")
-    from tests.conftest import gather_to_json, leave_process_group
+    from tests.testing_utils import gather_to_json, leave_process_group
 
     gather_to_json(mine, out_path)
     leave_process_group()

@@ -17,7 +17,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerFast
 
 from hf_memory.data import stdlib_docstrings
-from tests.conftest import docstring_bpe, tiny_causal_lm
+from tests.testing_utils import docstring_bpe, tiny_causal_lm
 
 
 CHAT_TEMPLATE = (

@@ -18,7 +18,7 @@ from hf_memory.auditing import HTML_FILE, RESULTS_FILE, WINDOWS_FILE, AuditRepor
 from hf_memory.cli import main
 from hf_memory.data import stdlib_docstrings
 from hf_memory.extraction import measure_extraction, sample_windows
-from tests.conftest import tiny_causal_lm
+from tests.testing_utils import tiny_causal_lm
 
 
 PREFIX, SUFFIX = 16, 16

@@ -97,7 +97,7 @@ def test_measure_out_dir_writes_shards_and_resumes(tmp_path, capsys, monkeypatch
     import hf_memory.models
     from hf_memory import ExtractionResult
     from hf_memory.data.tokenizers import word_level_tokenizer
-    from tests.conftest import TINY_VOCAB, tiny_causal_lm
+    from tests.testing_utils import TINY_VOCAB, tiny_causal_lm
 
     words = [f"w{i}" for i in range(TINY_VOCAB - 4)]
     tokenizer, model = word_level_tokenizer(words), tiny_causal_lm("llama")

@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
+import hf_memory
 from hf_memory import FastMemConfig, GoldfishConfig, HubConfigMixin, NeMoConfig, NeMoScorerConfig, last_ffn_lora_config
-from tests.conftest import tiny_causal_lm
+from tests.testing_utils import tiny_causal_lm
 
 
 def configs():
@@ -33,7 +34,7 @@ def test_round_trips_through_dict_json_and_folder(config, tmp_path):
     assert os.path.basename(path) == config.config_name and os.listdir(tmp_path) == [config.config_name]
     assert type(config).from_pretrained(tmp_path) == config
     with open(path) as f:
-        assert json.load(f) == data
+        assert json.load(f) == {**data, "hf_memory_version": hf_memory.__version__}
 
 
 def test_nested_lora_config_comes_back_as_a_lora_config(tmp_path):
@@ -117,7 +118,13 @@ def test_push_to_hub_uploads_the_json(monkeypatch):
     assert calls == [
         ("token", "t"),
         ("create", "me/fastmem", None, True),
-        ("upload", "me/fastmem", ["fastmem_config.json"], config.to_dict(), "Upload FastMemConfig"),
+        (
+            "upload",
+            "me/fastmem",
+            ["fastmem_config.json"],
+            {**config.to_dict(), "hf_memory_version": hf_memory.__version__},
+            "Upload FastMemConfig",
+        ),
     ]
 
 
@@ -154,3 +161,106 @@ def test_a_killed_save_never_leaves_a_broken_file(tmp_path):
         child.wait()
         loaded = GoldfishConfig.from_pretrained(tmp_path)  # always a whole file, old or new
         assert 2 <= loaded.k < 52 and loaded.exempt_token_ids == tuple(range(500))
+
+
+# ---------------------------------------------------------------- every config, found by walking the subclasses
+
+
+# Configs whose defaults do not build one (a required field): an instance to round-trip. A new config class must
+# either build from its defaults or get an entry here, or `test_every_config_class_round_trips` fails.
+def _examples() -> dict:
+    from hf_memory.memcontrol import MemControlMask
+
+    return {MemControlMask: MemControlMask(["down_blocks.0", "mid_block"], [1, 0], lr=1e-4)}
+
+
+def _config_classes() -> list[type]:
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.walk_packages(hf_memory.__path__, "hf_memory."):
+        if ".metrics." in module.name or module.name.endswith(".app") or ".cli." in module.name:
+            continue
+        importlib.import_module(module.name)
+    found, todo = [], [HubConfigMixin]
+    while todo:
+        for subclass in todo.pop().__subclasses__():
+            if subclass.__module__.startswith("hf_memory.") and subclass not in found:
+                found.append(subclass)
+            todo.append(subclass)
+    return sorted(found, key=lambda c: c.__qualname__)
+
+
+def test_every_config_class_round_trips(tmp_path):
+    import dataclasses
+
+    classes = _config_classes()
+    assert len(classes) >= 5  # the walk found the package's configs, not nothing
+    examples = _examples()
+    for cls in classes:
+        assert dataclasses.is_dataclass(cls), cls
+        config = examples[cls] if cls in examples else cls()
+        assert cls.from_dict(json.loads(json.dumps(config.to_dict()))) == config, cls
+        folder = tmp_path / cls.__name__
+        config.save_pretrained(folder)
+        with open(folder / cls.config_name) as f:
+            assert json.load(f)["hf_memory_version"] == hf_memory.__version__
+        assert cls.from_pretrained(folder) == config, cls
+
+
+def _saved(config, tmp_path, **extra):
+    config.save_pretrained(tmp_path)
+    path = tmp_path / config.config_name
+    data = json.loads(path.read_text())
+    data.update(extra)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_file_of_a_newer_release_loads_with_a_warning_naming_the_dropped_keys(tmp_path):
+    _saved(GoldfishConfig(k=3), tmp_path, hf_memory_version="99.0.0", new_option=1, other=True)
+    with pytest.warns(UserWarning, match=r"hf-memory 99\.0\.0.*\['new_option', 'other'\].*dropped"):
+        loaded = GoldfishConfig.from_pretrained(tmp_path)
+    assert loaded == GoldfishConfig(k=3)
+
+
+@pytest.mark.parametrize("version", [hf_memory.__version__, "0.1.0", None, "not a version", 3])
+def test_a_file_of_this_or_an_older_release_refuses_unknown_keys(tmp_path, version):
+    extra = {"typo_k": 4} if version is None else {"typo_k": 4, "hf_memory_version": version}
+    _saved(GoldfishConfig(k=3), tmp_path, **extra)
+    if version is None:
+        data = json.loads((tmp_path / "goldfish_config.json").read_text())
+        data.pop("hf_memory_version")
+        (tmp_path / "goldfish_config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"Unknown GoldfishConfig field\(s\) \['typo_k'\]"):
+        GoldfishConfig.from_pretrained(tmp_path)
+
+
+def test_a_damaged_config_file_is_named_not_a_python_error(tmp_path):
+    path = tmp_path / "goldfish_config.json"
+    path.write_bytes(b"\xff\xfe{\x00")
+    with pytest.raises(ValueError, match="goldfish_config.json is not a valid GoldfishConfig file: it is not UTF-8"):
+        GoldfishConfig.from_pretrained(tmp_path)
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"k": 5}).encode())  # a byte-order mark, as Notepad writes
+    assert GoldfishConfig.from_pretrained(tmp_path) == GoldfishConfig(k=5)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(ValueError, match="goldfish_config.json is a folder"):
+        GoldfishConfig.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="holds a folder named goldfish_config.json"):
+        GoldfishConfig(k=5).save_pretrained(tmp_path)
+
+
+def test_from_arguments_builds_or_overlays_a_config():
+    arguments = {"k": 3, "h": 13}
+    assert GoldfishConfig.from_arguments(None, arguments, "`f`") == GoldfishConfig(k=3)
+    base = GoldfishConfig(k=8, h=5)
+    assert GoldfishConfig.from_arguments(base, {"k": 4, "h": 13}, "`f`") is base  # defaults leave the config alone
+    assert GoldfishConfig.from_arguments(base, {"k": 3, "h": 13}, "`f`") == GoldfishConfig(k=3, h=5)
+    assert GoldfishConfig.from_arguments(base, {"k": np.int64(4)}, "`f`") == GoldfishConfig(k=4, h=5)
+    with pytest.raises(TypeError, match=r"`f` got unexpected keyword argument \['kk'\]; it takes"):
+        GoldfishConfig.from_arguments(None, {"kk": 3}, "`f`")
+    with pytest.raises(TypeError, match="`config` must be a GoldfishConfig, got FastMemConfig"):
+        GoldfishConfig.from_arguments(FastMemConfig(), {}, "`f`")
+    with pytest.raises(ValueError, match="`k` must be an integer >= 2"):
+        GoldfishConfig.from_arguments(base, {"k": 1}, "`f`")

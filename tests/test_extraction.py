@@ -11,7 +11,7 @@ from datasets import Dataset
 
 from hf_memory import ExtractionResult, measure_extraction
 from hf_memory.extraction import extraction_windows, sample_windows
-from tests.conftest import TINY_VOCAB, run_two_processes, tiny_causal_lm
+from tests.testing_utils import TINY_VOCAB, run_two_processes, tiny_causal_lm
 
 
 PREFIX, SUFFIX = 8, 12

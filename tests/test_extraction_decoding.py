@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from hf_memory.extraction.decoding import Regrouper, generate_suffixes, verify_and_decode
-from tests.conftest import TINY_VOCAB, tiny_causal_lm
+from tests.testing_utils import TINY_VOCAB, tiny_causal_lm
 
 
 PREFIX = 6

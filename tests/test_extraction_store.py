@@ -12,7 +12,7 @@ import torch
 from datasets import Dataset
 
 from hf_memory import ExtractionResult, measure_extraction
-from tests.conftest import TINY_VOCAB, run_two_processes, tiny_causal_lm
+from tests.testing_utils import TINY_VOCAB, run_two_processes, tiny_causal_lm
 
 
 PREFIX, SUFFIX = 6, 8

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from hf_memory import FastMem, FastMemConfig, context_as_assistant_turn, fastmem_generate, is_memorizing
 from hf_memory.fastmem import FASTMEM_PRESETS
-from tests.conftest import tiny_causal_lm
+from tests.testing_utils import tiny_causal_lm
 
 
 def snapshot(model):
@@ -414,7 +414,7 @@ def test_smollm2_fast_path_cache_reuse_and_contrastive(smollm2):
 
 @pytest.mark.slow
 def test_counterfactual_qa_example_runs(smollm2):
-    from tests.conftest import load_example
+    from tests.testing_utils import load_example
 
     example = load_example("fastmem_counterfactual_qa")
     contains, load_items, main = example.contains, example.load_items, example.main

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_memory import GoldfishConfig, apply_goldfish
-from tests.conftest import run_two_processes
+from tests.testing_utils import run_two_processes
 
 
 pytestmark = pytest.mark.slow  # two processes: `make test-fast` skips it

@@ -7,7 +7,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from hf_memory import GoldfishTrainer, GoldfishTrainingArguments, measure_extraction
-from tests.conftest import tiny_causal_lm
+from tests.testing_utils import tiny_causal_lm
 
 
 PREFIX, SUFFIX, VOCAB = 16, 32, 128

@@ -10,7 +10,7 @@ from datasets import Dataset
 
 from hf_memory import GoldfishSFTConfig, GoldfishSFTTrainer, apply_goldfish
 from hf_memory.data import stdlib_docstrings
-from tests.conftest import tiny_causal_lm
+from tests.testing_utils import tiny_causal_lm
 
 
 class RecordingSFTTrainer(GoldfishSFTTrainer):

@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 from transformers import Trainer, TrainingArguments
 
 from hf_memory import GoldfishConfig, GoldfishTrainer, GoldfishTrainingArguments, apply_goldfish, goldfish_mask
-from tests.conftest import TINY_VOCAB, tiny_causal_lm
+from tests.testing_utils import TINY_VOCAB, tiny_causal_lm
 
 
 def random_dataset(n=8, length=40, seed=0, ragged_prompts=False):

@@ -894,7 +894,7 @@ def test_shortcut_rules_refuse_other_tasks():
 @pytest.mark.slow
 def test_example_small_run(tmp_path, tokenizer):
     pytest.importorskip("matplotlib")
-    from tests.conftest import load_example, tiny_causal_lm
+    from tests.testing_utils import load_example, tiny_causal_lm
 
     example = load_example("graph_reasoning")
     results = example.main(

@@ -14,7 +14,7 @@ from datasets import Dataset
 
 from hf_memory.analysis.latent import _add_noise, _greedy_suffixes, ce_diagnostic, latent_memorization_scan
 from hf_memory.extraction import measure_extraction
-from tests.conftest import TINY_VOCAB, tiny_causal_lm
+from tests.testing_utils import TINY_VOCAB, tiny_causal_lm
 
 
 PREFIX, SUFFIX = 6, 10
@@ -588,7 +588,7 @@ def test_official_options_take_numpy_scalars():
 
 @pytest.mark.slow
 def test_latent_and_signals_example_runs():
-    from tests.conftest import load_example
+    from tests.testing_utils import load_example
 
     summary = load_example("latent_and_signals").main(
         n_repeated=8,

@@ -13,7 +13,7 @@ from transformers import Trainer, TrainerCallback, TrainerState, TrainingArgumen
 from hf_memory import GoldfishTrainer, GoldfishTrainingArguments
 from hf_memory.data import stdlib_docstrings
 from hf_memory.extraction import MEMORIZATION_LOG_PREFIX, MemorizationCallback, measure_extraction
-from tests.conftest import TINY_VOCAB, run_two_processes, tiny_causal_lm
+from tests.testing_utils import TINY_VOCAB, run_two_processes, tiny_causal_lm
 
 
 KEYS = [f"memorization/{name}" for name in ("exact_match", "memorization_score", "longest_common_prefix", "rouge_l")]

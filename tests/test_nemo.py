@@ -12,6 +12,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
+import hf_memory
 from hf_memory.data import word_level_tokenizer
 from hf_memory.nemo import (
     NEMO_HOOK,
@@ -151,7 +152,8 @@ def test_config_json_round_trip(tmp_path):
     config = NeMoConfig({LAYER: [3, 0], MID: [7]}, scale=0.25)
     path = config.save_pretrained(tmp_path)
     with open(path) as f:
-        assert json.load(f) == {"neurons": {LAYER: [0, 3], MID: [7]}, "scale": 0.25}  # plain JSON, no pickle
+        saved = json.load(f)  # plain JSON, no pickle
+    assert saved == {"neurons": {LAYER: [0, 3], MID: [7]}, "scale": 0.25, "hf_memory_version": hf_memory.__version__}
     assert NeMoConfig.from_pretrained(tmp_path) == config
     assert NeMoConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="No nemo_config.json"):
@@ -932,7 +934,7 @@ def test_official_localization_follows_the_official_loops(planted64, case):
 
 @pytest.mark.slow
 def test_tiny_memorization_example_runs(tmp_path):
-    from tests.conftest import load_example
+    from tests.testing_utils import load_example
 
     threads = torch.get_num_threads()
     try:

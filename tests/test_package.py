@@ -31,18 +31,14 @@ NAMES_IN_0_1 = [
     "stdlib_docstrings", "token_entropy", "value_activations", "value_projection_names",
 ]  # fmt: skip
 
-CAPABILITIES = (
-    "goldfish",
-    "extraction",
-    "fastmem",
-    "nemo",
-    "analysis",
-    "cli",
-    "data",
-    "fact_scaling",
-    "graph_reasoning",
-    "memcontrol",
-    "auditing",
+# Every subpackage but the shared ground floor (`_utils`) and the metric folders (evaluate's layout): listed from
+# the package, so a new capability is checked without being added here.
+CAPABILITIES = tuple(
+    sorted(
+        name
+        for name in os.listdir(PACKAGE)
+        if os.path.isfile(os.path.join(PACKAGE, name, "__init__.py")) and name not in ("_utils", "metrics")
+    )
 )
 
 

@@ -28,7 +28,7 @@ from hf_memory import (
     measure_extraction,
     memorization_signals,
 )
-from tests.conftest import tiny_causal_lm
+from tests.testing_utils import tiny_causal_lm
 
 
 def state(model):

@@ -20,7 +20,7 @@ from hf_memory.analysis import (
 )
 from hf_memory.analysis.latent import _greedy_suffixes
 from hf_memory.extraction import measure_extraction
-from tests.conftest import TINY_VOCAB, tiny_causal_lm
+from tests.testing_utils import TINY_VOCAB, tiny_causal_lm
 
 
 PREFIX, SUFFIX = 6, 10

@@ -134,7 +134,7 @@ def test_measure_command_on_a_text_file(tmp_path, capsys):
 
 
 def test_examples_train_smollm2(smollm2, tmp_path):
-    from tests.conftest import load_example
+    from tests.testing_utils import load_example
 
     base, tokenizer = smollm2
     for name in ("goldfish_trainer", "goldfish_sft"):

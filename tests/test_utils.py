@@ -20,7 +20,7 @@ from hf_memory._utils import (
     require_extra,
     restored,
 )
-from tests.conftest import tiny_causal_lm
+from tests.testing_utils import tiny_causal_lm
 
 
 @pytest.mark.parametrize("value", [3, np.int64(3), np.int8(3), np.uint16(3)])
@@ -295,3 +295,24 @@ def test_a_reader_and_a_writer_of_another_thread_never_overlap_on_one_model():
     with eval_mode(model, "reader"), exclusive(model, "writer"):
         pass
     assert model.training
+
+
+def test_check_bool_takes_only_true_and_false():
+    import numpy as np
+
+    from hf_memory._utils import check_bool
+
+    assert check_bool(True, "x") is True and check_bool(np.bool_(False), "x") is False
+    assert check_bool(torch.tensor(True), "x") is True
+    assert check_bool(None, "x", allow_none=True) is None
+    for bad in (1, 0, "yes", [True], None, np.int64(1)):
+        with pytest.raises(ValueError, match="`x` must be True or False"):
+            check_bool(bad, "x")
+
+
+def test_check_keywords_names_every_unknown_one_as_a_type_error():
+    from hf_memory._utils import check_keywords
+
+    check_keywords({"a": 1}, ("a", "b"), "`f`")
+    with pytest.raises(TypeError, match=r"`f` got unexpected keyword arguments \['c', 'd'\]; it takes \['a', 'b'\]"):
+        check_keywords({"a": 1, "d": 2, "c": 3}, ("b", "a"), "`f`")

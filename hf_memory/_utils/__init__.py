@@ -2,8 +2,17 @@
 sibling capability's private names."""
 
 from .architectures import FFN_LAYOUTS, FINAL_NORM, LayerStack, find_layers
-from .checks import as_token_ids, check_choice, check_integer, check_number, check_vocabulary, vocabulary_size
-from .config import HubConfigMixin
+from .checks import (
+    as_token_ids,
+    check_bool,
+    check_choice,
+    check_integer,
+    check_keywords,
+    check_number,
+    check_vocabulary,
+    vocabulary_size,
+)
+from .config import VERSION_KEY, HubConfigMixin
 from .files import (
     atomic_write,
     check_writable,
@@ -31,22 +40,27 @@ from .modeling import (
 )
 from .sequences import as_sequences, iter_sequences, leading_windows
 from .training import calling_trainer, log_through_trainer
+from .version import __version__, is_newer_version
 
 
 __all__ = [
     "EXTRAS",
     "FFN_LAYOUTS",
     "FINAL_NORM",
+    "VERSION_KEY",
     "HubConfigMixin",
     "LayerStack",
+    "__version__",
     "as_sequences",
     "as_token_ids",
     "atomic_write",
     "cache_io",
     "calling_trainer",
     "changing_model",
+    "check_bool",
     "check_choice",
     "check_integer",
+    "check_keywords",
     "check_number",
     "check_vocabulary",
     "check_writable",
@@ -56,6 +70,7 @@ __all__ = [
     "folder_lock",
     "is_available",
     "is_local_path",
+    "is_newer_version",
     "is_prompt_learning",
     "is_saved_dataset",
     "iter_sequences",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -185,3 +185,41 @@ def check_choice(value, name: str, choices: Sequence):
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}.")
     return value
+
+
+def check_bool(value, name: str, allow_none: bool = False) -> bool | None:
+    """Return `value` as a Python `bool`, or raise a `ValueError` naming `name`.
+
+    Only True and False are accepted (numpy's `bool_` and 0-d boolean tensors too): `1`, `"yes"` or a list are
+    refused rather than read by their truth value, which would turn a typo into a setting.
+
+    Args:
+        value: The value to check.
+        name: The argument name shown in the error message.
+        allow_none: Whether None is allowed (and returned as is).
+    """
+    if value is None and allow_none:
+        return None
+    value = _scalar(value)
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False{' or None' if allow_none else ''}, got {value!r}.")
+    return bool(value)
+
+
+def check_keywords(given: Iterable[str], allowed: Iterable[str], where: str) -> None:
+    """Raise a `TypeError` naming every keyword of `given` that is not in `allowed`, as Python does for a call that
+    does not match a signature (the house rule: a malformed call is a `TypeError`, a bad value a `ValueError`).
+
+    Args:
+        given: The keyword names the caller passed.
+        allowed: The names the callee takes.
+        where: What was called, e.g. "`fact_capacity`", shown in the message.
+
+    Raises:
+        TypeError: If a keyword is not allowed (all such are named, with the allowed ones).
+    """
+    allowed = list(allowed)
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        noun = "argument" if len(unknown) == 1 else "arguments"
+        raise TypeError(f"{where} got unexpected keyword {noun} {unknown}; it takes {sorted(allowed)}.")

@@ -7,13 +7,18 @@ import enum
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
+from .checks import check_keywords
 from .files import atomic_write, is_local_path
+from .version import __version__, is_newer_version
 
 
 T = TypeVar("T", bound="HubConfigMixin")
+
+VERSION_KEY = "hf_memory_version"  # in every saved config: the hf-memory release that wrote it
 
 
 def _to_json(value):
@@ -31,6 +36,16 @@ def _to_json(value):
     return value
 
 
+def _same(value, default) -> bool:
+    """Whether a keyword argument still holds its default (`==`, with arrays and the like compared safely)."""
+    if value is default:
+        return True
+    try:
+        return bool(value == default) and type(value) is type(default)
+    except (TypeError, ValueError, RuntimeError):  # arrays, tensors: ambiguous truth values
+        return False
+
+
 def _from_nested(config_class: type, data):
     """Build a nested config from its dict: one of ours through `from_dict`, a peft config through `from_peft_type`."""
     if data is None or not isinstance(data, Mapping):
@@ -46,8 +61,13 @@ class HubConfigMixin:
     """`to_dict` / `from_dict` / `save_pretrained` / `from_pretrained` / `push_to_hub` for a dataclass config.
 
     Subclasses are dataclasses that set `config_name` (the JSON file name) and, for fields holding another config,
-    `nested_configs` (field name -> config class). Files are plain JSON, never pickle. `from_dict` refuses unknown
-    keys by name, then the dataclass's own `__post_init__` checks every value.
+    `nested_configs` (field name -> config class). Files are plain JSON, never pickle, and record the hf-memory
+    version that wrote them (`hf_memory_version`). `from_dict` refuses unknown keys by name (a typo must not pass
+    silently), except in a file written by a *newer* hf-memory, whose new keys are dropped with a warning naming
+    them (peft's behaviour); then the dataclass's own `__post_init__` checks every value.
+
+    A harness that takes a config takes it as `config=` or as keyword arguments named like its fields
+    (`from_arguments`), so both call styles work and the values are checked once, where the config is built.
 
     Attributes:
         config_name: The file `save_pretrained` writes, e.g. "fastmem_config.json".
@@ -63,30 +83,74 @@ class HubConfigMixin:
 
     @classmethod
     def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
-        """Build the config from a dict written by `to_dict`.
+        """Build the config from a dict written by `to_dict` (or read from a saved file).
 
         Args:
-            data: Field name -> value; nested configs may be given as dicts.
+            data: Field name -> value; nested configs may be given as dicts. A `hf_memory_version` entry says which
+                release wrote it: keys unknown here are refused unless that release is newer than this one, in
+                which case they are dropped with a warning.
 
         Raises:
             TypeError: If `data` is not a mapping.
-            ValueError: If `data` has keys that are not fields of this config (all are named), or a bad value.
+            ValueError: If `data` has keys that are not fields of this config (all are named) and was not written by
+                a newer hf-memory, or a bad value.
         """
         if not isinstance(data, Mapping):
             raise TypeError(f"`data` must be a dict of {cls.__name__} fields, got {type(data).__name__}.")
-        names = [field.name for field in dataclasses.fields(cls) if field.init]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ValueError(f"Unknown {cls.__name__} field(s) {unknown}; the fields are {names}.")
         kwargs = dict(data)
+        written_by = kwargs.pop(VERSION_KEY, None)
+        names = [field.name for field in dataclasses.fields(cls) if field.init]
+        unknown = sorted(set(kwargs) - set(names), key=str)
+        if unknown:
+            if not is_newer_version(written_by):
+                raise ValueError(f"Unknown {cls.__name__} field(s) {unknown}; the fields are {names}.")
+            warnings.warn(
+                f"This {cls.__name__} was written by hf-memory {written_by}, newer than this one ({__version__}): "
+                f"its field(s) {unknown} are unknown here and were dropped. Upgrade hf-memory to use them.",
+                UserWarning,
+                stacklevel=2,
+            )
+            kwargs = {key: value for key, value in kwargs.items() if key in names}
         for name, config_class in cls.nested_configs.items():
             if name in kwargs:
                 kwargs[name] = _from_nested(config_class, kwargs[name])
         return cls(**kwargs)
 
+    @classmethod
+    def from_arguments(cls: type[T], config: T | None, arguments: Mapping[str, Any], where: str) -> T:
+        """The config a harness runs with: `config` as given, with the keyword arguments that differ from this
+        class's defaults laid over it (as `generate(generation_config=..., **kwargs)` does), or, without `config`,
+        one built from the keyword arguments. Values are checked once, here.
+
+        Args:
+            config: An instance of this class, or None.
+            arguments: The harness's setting arguments by name (fields of this class; e.g. from `locals()`).
+            where: The harness's name, for the error messages.
+
+        Raises:
+            TypeError: If `config` is not an instance of this class, or `arguments` names a field it does not have.
+            ValueError: If a value is bad (from `__post_init__`).
+        """
+        fields = {field.name: field for field in dataclasses.fields(cls) if field.init}
+        check_keywords(arguments, fields, where)
+        if config is None:
+            return cls(**arguments)
+        if not isinstance(config, cls):
+            raise TypeError(f"{where}: `config` must be a {cls.__name__}, got {type(config).__name__}.")
+        changed = {}
+        for name, value in arguments.items():
+            default = fields[name].default
+            if default is dataclasses.MISSING:
+                default = (
+                    fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else None
+                )
+            if not _same(value, default):
+                changed[name] = value
+        return dataclasses.replace(config, **changed) if changed else config
+
     def to_json_string(self) -> str:
-        """The config as indented JSON, keys sorted."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        """The config as indented JSON, keys sorted, with the `hf_memory_version` that wrote it."""
+        return json.dumps({**self.to_dict(), VERSION_KEY: __version__}, indent=2, sort_keys=True) + "\n"
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> str:
         """Write the config as JSON (`config_name`) into `save_directory`, created if needed; return the file path.
@@ -99,8 +163,12 @@ class HubConfigMixin:
         """
         if os.path.isfile(save_directory):
             raise ValueError(f"`save_directory` {str(save_directory)!r} is a file; give a folder.")
-        os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, self.config_name)
+        if os.path.isdir(path):
+            raise ValueError(
+                f"`save_directory` holds a folder named {self.config_name}, where the config file goes: {path}."
+            )
+        os.makedirs(save_directory, exist_ok=True)
         text = self.to_json_string()
 
         def write(temporary: str) -> None:
@@ -130,6 +198,8 @@ class HubConfigMixin:
             ValueError: If a local folder has no config file, or the file is not valid JSON for this config.
         """
         path = os.path.join(pretrained_path, cls.config_name)
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a folder, not a {cls.__name__} file.")
         if not os.path.isfile(path):
             if os.path.isdir(pretrained_path):
                 raise ValueError(f"No {cls.config_name} in {str(pretrained_path)!r}.")
@@ -146,9 +216,13 @@ class HubConfigMixin:
                     f"that name: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 ) from err
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark, as some editors write, is fine
                 data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"{path} is not a valid {cls.__name__} file: it is not UTF-8 text ({err.reason})."
+            ) from None
+        except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not a valid {cls.__name__} file: {err}") from None
         if not isinstance(data, dict):
             raise ValueError(

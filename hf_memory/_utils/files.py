@@ -54,10 +54,14 @@ def read_json(path: str, hint: str = "delete the results folder to start over") 
         ValueError: If the file is not valid JSON or does not hold an object (naming the file).
     """
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark, as some editors write, is fine
             data = json.load(f)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason}); {hint}.") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); {hint}.") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder, not a JSON file; {hint}.") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a JSON object; {hint}.")
     return data

@@ -345,7 +345,7 @@ def render_html(report: AuditReport) -> str:
         The page's HTML.
     """
     require_extra("plots", "The audit's HTML report")
-    from .. import __version__
+    from .._utils import __version__
 
     figures = report.figures()
     suffix_len = report.settings["suffix_len"]

@@ -143,7 +143,7 @@ class AuditReport:
         Returns:
             A JSON-ready dict (NaN written as null).
         """
-        from .. import __version__
+        from .._utils import __version__
 
         return _finite(
             {

@@ -8,7 +8,7 @@ import torch
 from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 
-from .._utils import cache_io, check_integer, check_vocabulary, supports_logits_to_keep
+from .._utils import cache_io, check_bool, check_integer, check_vocabulary, supports_logits_to_keep
 
 
 def _check_windows(windows, prefix_len, model) -> int:
@@ -121,8 +121,7 @@ def verify_and_decode(
             is neither "doubling" nor a positive integer.
     """
     prefix_len = _check_windows(windows, prefix_len, model)
-    if not isinstance(decode, bool):
-        raise ValueError(f"`decode` must be True or False, got {decode!r}.")
+    decode = check_bool(decode, "decode")
     chunks = _check_chunks(chunks)
     predictions = _verify(model, windows, prefix_len, chunks, decode)
     return predictions, (predictions == windows[:, prefix_len:]).long().cumprod(1).sum(1)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .._utils import (
     as_sequences,
+    check_bool,
     check_choice,
     check_integer,
     check_vocabulary,
@@ -438,8 +439,7 @@ def measure_extraction(
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     flush_every = check_integer(flush_every, "flush_every", minimum=1)
     check_choice(method, "method", EXTRACTION_METHODS)
-    if not isinstance(show_progress, bool):
-        raise ValueError(f"`show_progress` must be True or False, got {show_progress!r}.")
+    show_progress = check_bool(show_progress, "show_progress")
     check_model(model, prefix_len, suffix_len)
     if tokenizer is not None:
         if not callable(getattr(tokenizer, "batch_decode", None)):

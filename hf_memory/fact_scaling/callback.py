@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
-from .._utils import check_integer, log_through_trainer
+from .._utils import check_integer, check_keywords, log_through_trainer
 from .capacity import _capacity_rows, _reusable, fact_capacity
 
 
@@ -51,9 +51,11 @@ class FactCapacityCallback(TrainerCallback):
         self.facts = _reusable(facts)  # a generator would be empty at the second epoch
         self.tokenizer = tokenizer
         self.every = check_integer(every, "every", minimum=1)
-        unknown = set(capacity_kwargs) - {"split", "direction", "template", "batch_size", "padding_side"}
-        if unknown:
-            raise ValueError(f"FactCapacityCallback got unknown fact_capacity arguments {sorted(unknown)}.")
+        check_keywords(
+            capacity_kwargs,
+            ("split", "direction", "template", "batch_size", "padding_side"),
+            "FactCapacityCallback (keyword arguments of `fact_capacity`)",
+        )
         self.capacity_kwargs = capacity_kwargs
         # refuse unusable facts and settings now rather than at the end of the first epoch
         call = inspect.signature(fact_capacity).bind(None, None, self.facts, **capacity_kwargs)

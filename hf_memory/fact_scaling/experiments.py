@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .._utils import check_keywords
 from .capacity import fact_capacity
 from .facts import SyntheticFactSet
 from .training import train_on_facts
@@ -25,13 +26,10 @@ _TRAIN_SETTINGS = frozenset(inspect.signature(train_on_facts).parameters) - {"mo
 
 def _check_train_kwargs(train_kwargs: dict, reserved: tuple[str, ...] = ()) -> None:
     """Refuse, before any model is built, a setting `train_on_facts` does not take or one the experiment sets."""
-    allowed = _TRAIN_SETTINGS - set(reserved)
-    unknown = sorted(set(train_kwargs) - allowed)
-    if unknown:
-        raise ValueError(
-            f"Unknown or reserved training settings {unknown}: the experiment takes {sorted(allowed)}"
-            + (f" ({', '.join(reserved)} is set by the experiment)." if reserved else ".")
-        )
+    where = "the experiment's `train_on_facts` settings" + (
+        f" ({', '.join(reserved)} set by the experiment)" if reserved else ""
+    )
+    check_keywords(train_kwargs, _TRAIN_SETTINGS - set(reserved), where)
 
 
 def _fresh(make_model) -> torch.nn.Module:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._utils import check_integer, check_number
+from .._utils import check_bool, check_integer, check_number
 from .encoding import encode_facts
 
 
@@ -196,9 +196,7 @@ class SyntheticFactSet:
         if both:
             raise ValueError(f"{sorted(both)} appear in both `attributes` and `rule_attributes`.")
         names = [*self.attributes, *self.rule_attributes]
-        if not isinstance(inverse, bool):
-            raise ValueError(f"`inverse` must be True or False, got {inverse!r}.")
-        self.inverse = inverse
+        self.inverse = check_bool(inverse, "inverse")
         self.zipf_exponent = check_number(
             zipf_exponent, "zipf_exponent", minimum=0.0, exclusive_minimum=True, allow_none=True
         )
@@ -469,8 +467,7 @@ class SyntheticFactSet:
             raise ValueError(f"`direction` must be 'forward', 'inverse' or 'both', got {direction!r}.")
         if direction != "forward" and not self.inverse:
             raise ValueError(f"`direction={direction!r}` needs a fact set built with inverse=True.")
-        if not isinstance(repeat, bool):
-            raise ValueError(f"`repeat` must be True or False, got {repeat!r}.")
+        repeat = check_bool(repeat, "repeat")
         out = []
         for index, fact in enumerate(facts):
             times = fact.repetitions if repeat else 1

@@ -19,9 +19,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Set
 
-import numpy as np
-
-from .._utils import check_number, require_extra
+from .._utils import check_bool, check_number, require_extra
 from .generator import DIRECTED_TASKS, GRAPH_TASKS, WEIGHTED_TASKS
 
 
@@ -364,8 +362,7 @@ def graph_reasoning_scores(
         >>> graph_reasoning_scores(["The answer is no.", "Hmm."], [graph, graph])
         {'accuracy': 0.5, 'unparseable': 0.5, 'per_task': {'connectivity': {'accuracy': 0.5, 'unparseable': 0.5, 'count': 2}}}
     """
-    if not isinstance(return_per_sample, (bool, np.bool_)):
-        raise ValueError(f"`return_per_sample` must be True or False, got {return_per_sample!r}.")
+    return_per_sample = check_bool(return_per_sample, "return_per_sample")
     flow_tolerance = check_number(flow_tolerance, "flow_tolerance", minimum=0.0)
     _check_problem_list(predictions, "predictions")
     _check_problem_list(references, "references")

@@ -24,8 +24,10 @@ from torch import nn
 
 from .._utils import (
     as_sequences,
+    check_bool,
     check_choice,
     check_integer,
+    check_keywords,
     check_number,
     check_vocabulary,
     read_json,
@@ -399,7 +401,7 @@ class MemControlSearch:
         )
         self.method = check_choice(method, "method", METHODS)
         self.granularity = granularity
-        self.show_progress = bool(show_progress)
+        self.show_progress = check_bool(show_progress, "show_progress")
         if isinstance(model_factory, nn.Module):
             template = model_factory
             self.model_factory = lambda: copy.deepcopy(template)
@@ -1052,9 +1054,7 @@ def _trial_bits(trial, groups: list[str]) -> tuple:
 def _check_keys(kwargs: Mapping, function: Callable, bound: tuple[str, ...], label: str) -> None:
     """Refuse keyword arguments `function` does not take (or those the search passes itself)."""
     allowed = [name for name in inspect.signature(function).parameters if name not in bound]
-    unknown = sorted(set(kwargs) - set(allowed), key=str)
-    if unknown:
-        raise ValueError(f"{label} has unknown keys {unknown}; {function.__name__} takes {allowed}.")
+    check_keywords(kwargs, allowed, f"{label} (keyword arguments of `{function.__name__}`)")
 
 
 def _differences(stored: Mapping, current: Mapping, keys: list[str]) -> str:

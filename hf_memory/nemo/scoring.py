@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from .._utils import HubConfigMixin, check_choice, check_integer, check_number
+from .._utils import HubConfigMixin, check_bool, check_choice, check_integer, check_number
 from ._common import pipeline_denoiser
 from .config import NeMoConfig
 from .hooks import _has_nemo, apply_nemo, remove_nemo
@@ -160,9 +160,8 @@ class NeMoScorerConfig(HubConfigMixin):
         self.kernel_size = check_integer(self.kernel_size, "kernel_size", minimum=1)
         if self.early_exit is None:
             self.early_exit = self.score == "ours"
-        for name in ("cache", "early_exit"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+        self.cache = check_bool(self.cache, "cache")
+        self.early_exit = check_bool(self.early_exit, "early_exit")
         if self.score == "official":
             if self.early_exit:
                 raise ValueError(
