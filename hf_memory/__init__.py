@@ -35,6 +35,7 @@ _LAZY = {
     ],
     "extraction": [
         "MEMORIZATION_LOG_PREFIX",
+        "ExtractionConfig",
         "ExtractionResult",
         "MemorizationCallback",
         "extraction_scores",
@@ -84,7 +85,7 @@ _LAZY = {
         "value_activations",
         "value_projection_names",
     ],
-    "auditing": ["AuditReport", "audit"],
+    "auditing": ["AuditConfig", "AuditReport", "audit"],
     "memcontrol": [
         "ExtractionAttackResult",
         "MemControlMask",
@@ -143,7 +144,7 @@ if TYPE_CHECKING:
         representation_similarity,
         token_entropy,
     )
-    from .auditing import AuditReport, audit
+    from .auditing import AuditConfig, AuditReport, audit
     from .data import (
         document_windows,
         iter_token_sequences,
@@ -153,6 +154,7 @@ if TYPE_CHECKING:
     )
     from .extraction import (
         MEMORIZATION_LOG_PREFIX,
+        ExtractionConfig,
         ExtractionResult,
         MemorizationCallback,
         extraction_scores,

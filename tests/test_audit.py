@@ -68,7 +68,7 @@ def audited(tokenizer, tmp_path_factory):
         suffix_len=SUFFIX,
         max_windows=60,
         seed=seed,
-        out=out,
+        output_dir=out,
         sources=[f"doc{i}.txt" for i in range(len(docs))],
         show_progress=False,
     )
@@ -257,7 +257,7 @@ def test_cli_audits_a_saved_model_end_to_end(tokenizer, tmp_path, capsys):
     data = tmp_path / "notes.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in stdlib_docstrings(max_docs=4)))
     argv = ["audit", "--model", str(tmp_path / "model"), "--reference-model", str(tmp_path / "base")]
-    argv += ["--data", str(data), "--prefix", "8", "--suffix", "8", "--max-windows", "20", "--out"]
+    argv += ["--data", str(data), "--prefix-len", "8", "--suffix-len", "8", "--max-windows", "20", "--output-dir"]
     assert main(argv + [str(tmp_path / "report")]) == 0
     out = capsys.readouterr().out
     assert "20 windows of 8+8 tokens from 4 documents" in out and "calibrated_loss_median" in out
@@ -279,7 +279,7 @@ def test_cli_refuses_bad_input_in_one_line_before_any_work(case, tokenizer, tmp_
     _save_tiny(tmp_path / "model", tokenizer)
     data = tmp_path / "notes.txt"
     data.write_text(stdlib_docstrings(max_docs=1)[0])
-    args = {"--model": str(tmp_path / "model"), "--data": str(data), "--out": str(tmp_path / "report")}
+    args = {"--model": str(tmp_path / "model"), "--data": str(data), "--output-dir": str(tmp_path / "report")}
     if case == "empty data":
         (tmp_path / "empty.txt").write_text(" \n")
         args["--data"], message = str(tmp_path / "empty.txt"), "argument --data: '.*empty.txt' is empty"
@@ -287,7 +287,7 @@ def test_cli_refuses_bad_input_in_one_line_before_any_work(case, tokenizer, tmp_
         (tmp_path / "notes").mkdir()
         args["--model"], message = str(tmp_path / "notes"), "argument --model: '.*notes' is not a model folder"
     elif case == "out is a file":
-        args["--out"], message = str(data), "argument --out: '.*notes.txt' is a file"
+        args["--output-dir"], message = str(data), "argument --output-dir: '.*notes.txt' is a file"
     elif case == "other vocabulary":
         _save_tiny(tmp_path / "other", tokenizer, vocab_size=64)
         args["--reference-model"], message = str(tmp_path / "other"), "argument --reference-model: its vocabulary"
@@ -319,7 +319,8 @@ def test_bad_arguments_of_the_function_are_refused_before_any_work(tokenizer, tm
         ({"data": []}, "`data` is empty"),
         ({"data": ["a text", "  "]}, r"`data\[1\]` is an empty text"),
         ({"data": "one string"}, "not one string"),
-        ({"out": tmp_path / "file"}, "is a file"),
+        ({"output_dir": tmp_path / "file"}, "is a file"),
+        ({"out": tmp_path / "file"}, "is a file"),  # the old keyword, with a FutureWarning
         ({"reference_model": tiny_causal_lm("llama", vocab_size=64)}, "another vocabulary"),
         ({"prefix_len": 0}, "`prefix_len` must be an integer >= 1"),
         ({"max_windows": 0}, "`max_windows` must be an integer >= 1"),
@@ -385,7 +386,9 @@ def test_smollm2_report_shows_the_standard_arm_memorized_and_the_goldfish_arm_no
     ):
         model = copy.deepcopy(base)
         trainer_class(model=model, args=args, train_dataset=data, data_collator=default_data_collator).train()
-        reports[name] = audit(model, tokenizer, train, reference_model=base, out=tmp_path / name, show_progress=False)
+        reports[name] = audit(
+            model, tokenizer, train, reference_model=base, output_dir=tmp_path / name, show_progress=False
+        )
         del model
     standard, goldfish = reports["standard"], reports["goldfish"]
     for name, report in reports.items():  # shown with `pytest -s`: the numbers docs/audit.md reports
@@ -421,7 +424,7 @@ def resume_case():
 
 def run_resume_case(out, **change):
     model, reference, tok, texts = resume_case()
-    kwargs = {**RESUME, "reference_model": reference, "out": out, "show_progress": False, **change}
+    kwargs = {**RESUME, "reference_model": reference, "output_dir": out, "show_progress": False, **change}
     return audit(model, tok, texts, **kwargs)
 
 
@@ -491,13 +494,15 @@ def test_an_interrupted_audit_resumes_and_equals_a_clean_one(clean_resume_run, t
     with pytest.raises(KeyboardInterrupt):
         run_resume_case(tmp_path)
     partial = tmp_path / ".partial"
-    assert len(list(partial.glob("chunk-*.parquet"))) == 3 and not (tmp_path / RESULTS_FILE).exists()
+    assert len(list(partial.glob("rank00000-*.parquet"))) == 3 and not (tmp_path / RESULTS_FILE).exists()
 
-    with pytest.raises(ValueError, match="unfinished audit with different settings"):
+    with pytest.raises(
+        ValueError, match=r"\.partial' holds results of a different run \(settings max_windows: 40 there"
+    ):
         run_resume_case(tmp_path, max_windows=39)
-    with pytest.raises(ValueError, match="unfinished audit with different data"):
+    with pytest.raises(ValueError, match="different run .*data_sha256"):
         model, reference, tok, texts = resume_case()
-        audit(model, tok, texts[1:], **RESUME, reference_model=reference, out=tmp_path, show_progress=False)
+        audit(model, tok, texts[1:], **RESUME, reference_model=reference, output_dir=tmp_path, show_progress=False)
 
     calls.clear()
     interrupt_at.clear()
@@ -512,7 +517,7 @@ def test_a_second_audit_into_a_folder_being_written_is_refused(tmp_path):
     from hf_memory._utils import folder_lock
 
     (tmp_path / ".partial").mkdir()
-    lock = folder_lock(str(tmp_path / ".partial" / ".lock"))
+    lock = folder_lock(str(tmp_path / ".partial" / ".rank00000.lock"))
     try:
         with pytest.raises(ValueError, match="Another run is writing"):
             run_resume_case(tmp_path)
@@ -543,7 +548,7 @@ run_resume_case({str(tmp_path)!r})
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
-    assert len(list((tmp_path / ".partial").glob("chunk-*.parquet"))) == 5
+    assert len(list((tmp_path / ".partial").glob("rank00000-*.parquet"))) == 5
     resumed = run_resume_case(tmp_path)
     assert resumed.table().equals(clean_resume_run)
     assert sorted(os.listdir(tmp_path)) == sorted([HTML_FILE, RESULTS_FILE, WINDOWS_FILE])
@@ -569,21 +574,21 @@ def test_a_resumed_audit_refuses_other_weights_another_tokenizer_and_other_data(
     model, reference, tok, texts = resume_case()
     with torch.no_grad():
         model.lm_head.weight[0, 0] += 1e-3  # a fine-tune keeps its name and config
-    with pytest.raises(ValueError, match="different model"):
-        audit(model, tok, texts, **RESUME, reference_model=reference, out=tmp_path, show_progress=False)
+    with pytest.raises(ValueError, match=r"different run \(model weights_sha256"):
+        audit(model, tok, texts, **RESUME, reference_model=reference, output_dir=tmp_path, show_progress=False)
     model, reference, tok, texts = resume_case()
     with torch.no_grad():
         reference.lm_head.weight[0, 0] += 1e-3
-    with pytest.raises(ValueError, match="different reference model"):
-        audit(model, tok, texts, **RESUME, reference_model=reference, out=tmp_path, show_progress=False)
+    with pytest.raises(ValueError, match="different run .*reference_model weights_sha256"):
+        audit(model, tok, texts, **RESUME, reference_model=reference, output_dir=tmp_path, show_progress=False)
     model, reference, tok, texts = resume_case()
     other = word_level_tokenizer([f"v{i}" for i in range(40)])  # same size, other tokens
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-    with pytest.raises(ValueError, match="different (tokenizer|windows)"):
-        audit(model, other, ids, **RESUME, reference_model=reference, out=tmp_path, show_progress=False)
+    with pytest.raises(ValueError, match="different run .*tokenizer_sha256"):
+        audit(model, other, ids, **RESUME, reference_model=reference, output_dir=tmp_path, show_progress=False)
     short = texts + ["w1 w2"] * 5  # too short for a window: the same windows, other n-gram counts
-    with pytest.raises(ValueError, match="different data"):
-        audit(model, tok, short, **RESUME, reference_model=reference, out=tmp_path, show_progress=False)
+    with pytest.raises(ValueError, match="different run .*data_sha256"):
+        audit(model, tok, short, **RESUME, reference_model=reference, output_dir=tmp_path, show_progress=False)
     assert len(run_resume_case(tmp_path).rows) == 40  # the same call still finishes it
 
 
@@ -591,7 +596,7 @@ def test_non_finite_losses_are_left_out_of_the_summary_and_the_page_says_how_man
     model, reference, tok, texts = resume_case()
     with torch.no_grad():
         model.model.embed_tokens.weight[tok.convert_tokens_to_ids("w3")] = float("nan")
-    report = audit(model, tok, texts, **{**RESUME, "flush_every": 10}, reference_model=reference, out=tmp_path,
+    report = audit(model, tok, texts, **{**RESUME, "flush_every": 10}, reference_model=reference, output_dir=tmp_path,
                    show_progress=False)  # fmt: skip
     losses = [r["calibrated_loss"] for r in report.rows]
     bad = sum(not math.isfinite(v) for v in losses)
@@ -633,7 +638,7 @@ def test_a_re_audit_replaces_every_earlier_result_and_an_unreachable_hub_stops_t
 
 def test_top_k_zero_and_bad_items_are_named(tmp_path):
     model, _, tok, texts = resume_case()
-    report = audit(model, tok, texts, prefix_len=4, suffix_len=4, max_windows=4, top_k=0, out=tmp_path,
+    report = audit(model, tok, texts, prefix_len=4, suffix_len=4, max_windows=4, top_k=0, output_dir=tmp_path,
                    show_progress=False)  # fmt: skip
     page = (tmp_path / HTML_FILE).read_text()
     assert "Not shown (top_k=0)" in page and "not even its first token" not in page
@@ -653,3 +658,13 @@ def test_top_k_zero_and_bad_items_are_named(tmp_path):
         audit(model, tok, rows, prefix_len=4, suffix_len=4, max_windows=3, show_progress=False).data["num_documents"]
         == 3
     )
+
+
+def test_save_takes_output_dir_and_the_old_keyword_with_a_future_warning(tmp_path):
+    report = run_resume_case(tmp_path / "first")
+    report.save(output_dir=tmp_path / "new")
+    with pytest.warns(FutureWarning, match=r"save\(output_dir=...\)"):
+        report.save(out=tmp_path / "old")
+    assert (tmp_path / "new" / "results.json").read_text() == (tmp_path / "old" / "results.json").read_text()
+    with pytest.raises(TypeError, match="output_dir"):
+        report.save()

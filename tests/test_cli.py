@@ -13,11 +13,14 @@ from hf_memory.cli import main
     ("argv", "message"),
     [
         (["measure", "--data", "missing.txt"], "argument --data: 'missing.txt' does not exist"),
-        (["measure", "--data", "README.md", "--prefix", "0"], "argument --prefix: must be an integer >= 1, got 0"),
-        (["measure", "--data", "README.md", "--stride", "x"], "argument --stride: must be an integer >= 1, got 'x'"),
+        (
+            ["measure", "--data", "README.md", "--prefix", "0"],
+            "argument --prefix-len/--prefix: `prefix_len` must be an integer >= 1, got 0",
+        ),
+        (["measure", "--data", "README.md", "--stride", "x"], "argument --stride: invalid int value: 'x'"),
         (["measure", "--data", "README.md", "--method", "beam"], "argument --method: invalid choice: 'beam'"),
-        (["measure", "--data", "README.md", "--out", "no/such/folder/x.jsonl"], "argument --out: the folder"),
-        (["measure", "--data", "README.md", "--out", "docs"], "argument --out: 'docs' is a folder"),
+        (["measure", "--data", "README.md", "--output-file", "no/such/folder/x.jsonl"], "argument --output-file: the"),
+        (["measure", "--data", "README.md", "--output-file", "docs"], "argument --output-file: 'docs' is a folder"),
         (["measure", "--data", "README.md", "--model", "no-such-model"], "is not a local folder"),
         (["measure", "--data", "README.md", "--gguf-file", "x.gguf"], "argument --gguf-file: give --model"),
         (
@@ -25,14 +28,21 @@ from hf_memory.cli import main
             "argument --text-rouge: needs whole predictions",
         ),
         (
-            ["measure", "--data", "README.md", "--out", "x.jsonl", "--out-dir", "out"],
-            "argument --out: not with --out-dir",
+            ["measure", "--data", "README.md", "--output-file", "x.jsonl", "--output-dir", "out"],
+            "argument --output-file: not with --output-dir",
         ),
-        (["measure", "--data", "README.md", "--out-dir", "README.md"], "argument --out-dir: 'README.md' is a file"),
-        (["demo", "--goldfish-k", "1"], "argument --goldfish-k: must be an integer >= 2, got 1"),
-        (["demo", "--epochs", "0"], "argument --epochs: must be an integer >= 1, got 0"),
-        (["demo", "--lr", "nan"], "argument --lr: must be a finite number > 0"),
-        (["demo", "--out-dir", "README.md"], "argument --out-dir: 'README.md' is a file"),
+        (
+            ["measure", "--data", "README.md", "--output-dir", "README.md"],
+            "argument --output-dir: 'README.md' is a file",
+        ),
+        (["measure", "--data", "README.md", "--out-dir", "README.md"], "argument --output-dir: 'README.md' is a file"),
+        (["audit", "--data", "README.md", "--output-dir", "o", "--max-windows", "0"], "argument --max-windows: `max"),
+        (["audit", "--data", "README.md", "--output-dir", "o", "--ce-lr", "-1"], "argument --ce-lr: `ce_lr` must be"),
+        (["audit", "--data", "README.md"], "the following arguments are required: --output_dir/--output-dir/--out"),
+        (["demo", "--goldfish-k", "1"], "argument --goldfish-k: `goldfish_k` must be an integer >= 2, got 1"),
+        (["demo", "--epochs", "0"], "argument --epochs: `epochs` must be an integer >= 1, got 0"),
+        (["demo", "--lr", "nan"], "argument --lr: `lr` must be a finite number > 0"),
+        (["demo", "--output-dir", "README.md"], "argument --output-dir: 'README.md' is a file"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(argv, message, capsys, monkeypatch):
@@ -104,11 +114,11 @@ def test_measure_out_dir_writes_shards_and_resumes(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(hf_memory.models, "load_model", lambda *a, **k: (model, tokenizer))
     doc = tmp_path / "doc.txt"
     doc.write_text(" ".join(words[i % 50] for i in range(300)))
-    argv = ["measure", "--data", str(doc), "--prefix", "8", "--suffix", "8", "--stride", "16", "--out-dir"]
+    argv = ["measure", "--data", str(doc), "--prefix", "8", "--suffix", "8", "--stride", "16", "--output-dir"]
     assert main(argv + [str(tmp_path / "out")]) == 0
     first = capsys.readouterr().out
     assert "18 windows of 8+8 tokens" in first and "Parquet" in first
-    result = ExtractionResult.from_output_dir(tmp_path / "out")
+    result = ExtractionResult.load(tmp_path / "out")
     assert result.num_windows == 18 and len(result.dataset()) == 18
     assert main(argv + [str(tmp_path / "out")]) == 0  # a rerun finds everything done
     assert capsys.readouterr().out.split("\n")[1:] == first.split("\n")[1:]
@@ -151,9 +161,9 @@ def test_paths_and_data_are_looked_at_before_the_model_loads(tmp_path, capsys, m
     (tmp_path / "latin1.txt").write_bytes("\xe9t\xe9 caf\xe9".encode("latin-1"))
     (tmp_path / "blank.txt").write_text(" " * 70_000)
     cases = [
-        (["demo", "--out-dir", "afile.txt/sub"], "argument --out-dir: 'afile.txt/sub' cannot be created"),
+        (["demo", "--output-dir", "afile.txt/sub"], "argument --output-dir: 'afile.txt/sub' cannot be created"),
         (["demo", "--docs", "100000"], "argument --docs: --docs + --held-out must be at most"),
-        (["demo", "--seed", str(2**32)], "argument --seed: must be an integer in [0, 4294967295]"),
+        (["demo", "--seed", str(2**32)], "argument --seed: `seed` must be an integer in [0, 4294967295]"),
         (["demo", "--model", "notmodel"], "argument --model: 'notmodel' is not a model folder"),
         (["measure", "--model", "notmodel", "--data", "afile.txt"], "'notmodel' is not a model folder"),
         (["measure", "--data", "plain"], "argument --data: 'plain' is a folder but not one written by"),
@@ -161,9 +171,15 @@ def test_paths_and_data_are_looked_at_before_the_model_loads(tmp_path, capsys, m
         (["measure", "--data", "nokey.jsonl"], "has neither `input_ids` nor `text` (set --text-field)"),
         (["measure", "--data", "latin1.txt"], "'latin1.txt' is not UTF-8 text"),
         (["measure", "--data", "blank.txt"], "argument --data: 'blank.txt' is empty"),
-        (["measure", "--data", "afile.txt", "--out-dir", "afile.txt/x"], "argument --out-dir: 'afile.txt/x' cannot"),
-        (["audit", "--data", "afile.txt", "--out", "afile.txt/sub"], "argument --out: 'afile.txt/sub' cannot be"),
-        (["audit", "--data", "plain", "--out", "o"], "argument --data: 'plain' is a folder but not"),
+        (
+            ["measure", "--data", "afile.txt", "--output-dir", "afile.txt/x"],
+            "argument --output-dir: 'afile.txt/x' can",
+        ),
+        (
+            ["audit", "--data", "afile.txt", "--output-dir", "afile.txt/sub"],
+            "argument --output-dir: 'afile.txt/sub' can",
+        ),
+        (["audit", "--data", "plain", "--output-dir", "o"], "argument --data: 'plain' is a folder but not"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:
@@ -205,3 +221,67 @@ def test_data_readers_check_their_arguments_and_drop_a_byte_order_mark(tmp_path,
     ):
         with pytest.raises(ValueError, match=match):
             document_windows(tokenizer, texts, length)
+
+
+@pytest.mark.parametrize(
+    ("command", "config_class", "extra"),
+    [
+        ("measure", "ExtractionConfig", ["--data", "README.md"]),
+        ("audit", "AuditConfig", ["--data", "x", "--output-dir", "o"]),
+    ],
+)
+def test_help_lists_every_config_field_with_its_help_and_default(command, config_class, extra, capsys):
+    """The options come from the config: a field added to it is an option, with its help text and default."""
+    import dataclasses
+
+    import hf_memory
+    from hf_memory.cli.main import build_parser
+
+    cls = getattr(hf_memory, config_class)
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for field in dataclasses.fields(cls):
+        assert f"--{field.name.replace('_', '-')}" in text, field.name
+        assert " ".join(field.metadata["help"].split()) in text, field.name
+        assert f"(default: {field.default})" in text, field.name
+    args = build_parser().parse_args([command, *extra])  # nothing given: the config's own defaults
+    assert {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)} == cls().to_dict()
+
+
+def test_old_option_names_still_work_with_a_warning(tmp_path, capsys, monkeypatch):
+    from hf_memory.cli.main import build_parser
+
+    args = build_parser().parse_args(["audit", "--data", "x", "--out", "report", "--prefix", "4"])
+    assert (args.output_dir, args.prefix_len) == ("report", 4)
+    args = build_parser().parse_args(["measure", "--data", "x", "--out", "rows.jsonl", "--out-dir", "shards"])
+    assert (args.output_file, args.output_dir) == ("rows.jsonl", "shards")
+    args = build_parser().parse_args(["audit", "--data", "x", "--output-dir", "o", "--max-windows", "None"])
+    assert args.max_windows is None  # every window
+    with pytest.raises(SystemExit):
+        main(["demo", "--out-dir", "README.md"])
+    err = capsys.readouterr().err
+    assert "warning: --out-dir is now --output-dir" in err and "argument --output-dir: 'README.md' is a file" in err
+
+
+@pytest.mark.parametrize("command", ["measure", "audit", "measure-to-file"])
+def test_an_out_of_vocabulary_id_is_named_by_file_and_line(command, tmp_path, capsys, monkeypatch):
+    """P3: the error named `sequences[1]` (a Python argument) instead of the line of the file."""
+    import hf_memory.models
+    from hf_memory.data.tokenizers import word_level_tokenizer
+    from tests.testing_utils import TINY_VOCAB, tiny_causal_lm
+
+    words = [f"w{i}" for i in range(TINY_VOCAB - 4)]
+    tokenizer, model = word_level_tokenizer(words), tiny_causal_lm("llama")
+    monkeypatch.setattr(hf_memory.models, "load_model", lambda *a, **k: (model, tokenizer))
+    data = tmp_path / "ids.jsonl"
+    data.write_text('{"input_ids": ' + str(list(range(40))) + '}\n{"input_ids": [1, 2, 5000]}\n')
+    out = ["--output-dir", str(tmp_path / "o")]
+    if command == "measure-to-file":
+        command, out = "measure", ["--output-file", str(tmp_path / "rows.jsonl")]
+    assert main([command, "--data", str(data), "--prefix-len", "4", "--suffix-len", "4", *out]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert (
+        last
+        == f"hf-memory: error: {data}:2 holds token id 5000, outside the model's vocabulary (0 to {TINY_VOCAB - 1})"
+    )

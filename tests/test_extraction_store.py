@@ -147,13 +147,16 @@ def test_output_dir_holds_the_in_memory_rows(tmp_path, monkeypatch):
     assert disk.metrics.keys() == memory.metrics.keys()
     for name, value in memory.metrics.items():
         assert disk.metrics[name] == pytest.approx(value, rel=1e-12, abs=1e-12)
-    import hf_memory.extraction.harness as harness
+    from hf_memory._utils.store import ResultFolder
 
-    reads, iterate = [], harness.iter_score_batches
-    monkeypatch.setattr(harness, "iter_score_batches", lambda folder: reads.append(folder) or iterate(folder))
-    again = ExtractionResult.from_output_dir(tmp_path / "out")
+    reads, read = [], ResultFolder.read
+    monkeypatch.setattr(
+        ResultFolder, "read", lambda self, path, columns=None: reads.append(columns) or read(self, path, columns)
+    )
+    again = ExtractionResult.load(tmp_path / "out")
     assert again.metrics == disk.metrics
-    assert len(reads) == 1  # one pass over the shards for every mean
+    assert len(reads) == len([p for p in os.listdir(tmp_path / "out") if p.endswith(".parquet")])  # one pass
+    assert all("prediction" not in columns and "reference" not in columns for columns in reads)  # no token ids
     with pytest.raises(ValueError, match="use `result.dataset\\(\\)`"):
         disk.per_sample()
 
@@ -189,7 +192,7 @@ def test_rerun_after_an_exception_continues_and_matches_a_clean_run(tmp_path, cr
     with pytest.raises(Crash):
         run(m, iter(rows), output_dir=folder, flush_every=1)
     hook.remove()
-    partial = ExtractionResult.from_output_dir  # an unfinished run reads, with a warning
+    partial = ExtractionResult.load  # an unfinished run reads, with a warning
     with pytest.warns(UserWarning, match="has not finished"):
         assert partial(folder).num_windows < len(clean)
     resumed = run(m, iter(rows), output_dir=folder, flush_every=1)
@@ -256,7 +259,7 @@ def test_another_model_or_other_data_into_the_same_folder_is_refused(tmp_path):
         run(other, rows, output_dir=tmp_path)
     with pytest.raises(ValueError, match="`sequences` differ from those of the run"):
         run(m, corpus(seed=1), output_dir=tmp_path)
-    with pytest.raises(ValueError, match="fewer windows than the run"):
+    with pytest.raises(ValueError, match="`sequences` hold fewer rows than the run"):
         run(m, rows[:5], output_dir=tmp_path)
 
 
@@ -269,7 +272,7 @@ def test_a_damaged_shard_is_named_and_can_be_redone(tmp_path):
     with pytest.raises(ValueError, match=f"The shard .*{shard} cannot be read"):
         run(m, rows, output_dir=tmp_path, flush_every=1)
     with pytest.raises(ValueError, match=f"{shard} cannot be read"):
-        ExtractionResult.from_output_dir(tmp_path)
+        ExtractionResult.load(tmp_path)
     (tmp_path / shard).unlink()
     assert rows_of(run(m, rows, output_dir=tmp_path, flush_every=1)) == clean
 
@@ -296,8 +299,8 @@ def test_bad_output_dirs_are_refused_before_any_work(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="cannot be written"):
             run(m, corpus(), output_dir=tmp_path / "new")
     crash.remove()
-    with pytest.raises(FileNotFoundError, match="not a measure_extraction results folder"):
-        ExtractionResult.from_output_dir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="holds no .manifest.json: it is not a results folder"):
+        ExtractionResult.load(tmp_path)
 
 
 def test_a_bad_item_mid_stream_keeps_the_rows_already_written(tmp_path):
@@ -306,10 +309,10 @@ def test_a_bad_item_mid_stream_keeps_the_rows_already_written(tmp_path):
     with pytest.raises(ValueError, match=r"`sequences\[10\]` must hold integer token ids"):
         run(m, iter(broken), output_dir=tmp_path, flush_every=1)
     with pytest.warns(UserWarning, match="has not finished"):
-        kept = ExtractionResult.from_output_dir(tmp_path)
+        kept = ExtractionResult.load(tmp_path)
     assert kept.num_windows > 0
     with pytest.warns(UserWarning):
-        assert kept.num_windows == len(rows_of(ExtractionResult.from_output_dir(tmp_path)))
+        assert kept.num_windows == len(rows_of(ExtractionResult.load(tmp_path)))
 
 
 def test_dataset_reads_only_the_shards(tmp_path):
@@ -323,7 +326,7 @@ def test_dataset_reads_only_the_shards(tmp_path):
     shutil.copy(tmp_path / shard, tmp_path / "backup.parquet")
     shutil.copy(tmp_path / shard, tmp_path / "rank00000-copy.parquet")
     (tmp_path / "notes.txt").write_text("what this run was")
-    assert rows_of(ExtractionResult.from_output_dir(tmp_path)) == expected
+    assert rows_of(ExtractionResult.load(tmp_path)) == expected
     assert rows_of(run(m, rows, output_dir=tmp_path, flush_every=2)) == expected  # nor does the rerun count them
 
 
@@ -334,7 +337,7 @@ def test_dataset_of_a_run_stopped_before_its_first_shard_is_empty(tmp_path):
         run(m, rows, output_dir=tmp_path)
     hook.remove()
     with pytest.warns(UserWarning, match="has not finished"):
-        rows_there = ExtractionResult.from_output_dir(tmp_path).dataset()
+        rows_there = ExtractionResult.load(tmp_path).dataset()
     assert rows_there.num_rows == 0 and "prediction" in rows_there.column_names
 
 
@@ -370,38 +373,26 @@ def test_the_weight_fingerprint_is_exact_and_cheap_in_memory():
     assert weights_fingerprint(m.to(torch.bfloat16)) != weights_fingerprint(m.float())
 
 
-def test_a_folder_written_before_weight_fingerprints(tmp_path):
-    """Handled, not refused outright: it reads, and its finished call reruns (nothing decoded); adding rows to it is
-    refused before any decoding, since the model that wrote them cannot be checked."""
+def test_a_folder_written_by_an_older_release_reads_but_takes_no_rows(tmp_path):
+    """Folders of the first results format (no weight fingerprint, no input fingerprints): their rows still load,
+    and every run into them is refused before any decoding, since whether they belong with new rows cannot be
+    checked."""
     import json
 
     m, rows = model(), corpus()
-
-    def make_legacy(folder):
-        path = folder / ".manifest.json"
-        manifest = json.loads(path.read_text())
-        del manifest["model"]["weights_sha256"]
-        path.write_text(json.dumps(manifest))
-
-    finished = run(m, rows, output_dir=tmp_path / "finished", batch_size=1)
-    make_legacy(tmp_path / "finished")
+    finished = run(m, rows, output_dir=tmp_path, batch_size=1)
+    path = tmp_path / ".manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format"] = 1
+    del manifest["model"]["weights_sha256"], manifest["hf_memory_version"]
+    path.write_text(json.dumps(manifest))
+    (tmp_path / ".summary.json").write_text(json.dumps({"num_skipped": finished.num_skipped, "num_sequences": 23}))
     hook = crash_after(m, 0)
-    again = run(m, rows, output_dir=tmp_path / "finished", batch_size=1)
-    with pytest.raises(ValueError, match="older hf-memory, which recorded no fingerprint"):
-        run(m, rows + corpus(seed=1), output_dir=tmp_path / "finished", batch_size=1)  # rows would be added
+    with pytest.raises(ValueError, match="written by an older hf-memory .*none is added to it"):
+        run(m, rows, output_dir=tmp_path, batch_size=1)
     hook.remove()
+    again = ExtractionResult.load(tmp_path)
     assert again.metrics == finished.metrics and rows_of(again) == rows_of(finished)
-    assert rows_of(ExtractionResult.from_output_dir(tmp_path / "finished")) == rows_of(finished)
-
-    hook = crash_after(m, 3)
-    with pytest.raises(Crash):
-        run(m, rows, output_dir=tmp_path / "unfinished", flush_every=1)
-    hook.remove()
-    make_legacy(tmp_path / "unfinished")
-    hook = crash_after(m, 0)
-    with pytest.raises(ValueError, match="older hf-memory"):
-        run(m, rows, output_dir=tmp_path / "unfinished", flush_every=1)
-    hook.remove()
 
 
 def test_other_suffixes_at_the_same_positions_are_refused(tmp_path):
@@ -413,7 +404,9 @@ def test_other_suffixes_at_the_same_positions_are_refused(tmp_path):
     hook.remove()
     assert [p for p in os.listdir(tmp_path) if p.endswith(".parquet")]
     other = [[(token + 1) % TINY_VOCAB for token in row] for row in rows]  # same lengths, other ids
-    with pytest.raises(ValueError, match="`sequences` differ from those of the run.*suffix tokens"):
+    with pytest.raises(
+        ValueError, match="`sequences` differ from those of the run.*up to its shard .* are not the same"
+    ):
         run(m, other, output_dir=tmp_path, flush_every=1)
     assert rows_of(run(m, rows, output_dir=tmp_path, flush_every=1)) == rows_of(run(m, rows))
 
@@ -447,7 +440,7 @@ def test_damaged_data_pages_are_named(tmp_path):
     (tmp_path / shard).write_bytes(bytes(data))
     message = f"The shard .*{shard} cannot be read"
     with pytest.raises(ValueError, match=message):
-        ExtractionResult.from_output_dir(tmp_path)
+        ExtractionResult.load(tmp_path)
     with pytest.raises(ValueError, match=message):
         ExtractionResult(**{**vars(ExtractionResult([], [], [], {})), "output_dir": str(tmp_path)}).dataset()
     with pytest.raises(ValueError, match=message):
@@ -485,21 +478,71 @@ def test_a_continued_run_is_unfinished_until_it_ends(tmp_path):
     hook.remove()
     assert not (tmp_path / ".summary.json").exists()
     with pytest.warns(UserWarning, match="has not finished"):
-        ExtractionResult.from_output_dir(tmp_path)
+        ExtractionResult.load(tmp_path)
     finished, clean = run(m, rows, **settings), run(m, rows, batch_size=1)
     assert rows_of(finished) == rows_of(clean) and finished.num_skipped == clean.num_skipped
 
 
-def test_the_summary_holds_what_write_summary_documents(tmp_path):
+def test_the_summary_records_rows_and_shards_as_finish_store_documents(tmp_path):
     import inspect
     import json
     import re
 
-    from hf_memory.extraction.store import write_summary
+    from hf_memory._utils.store import finish_store
 
-    run(model(), corpus(), output_dir=tmp_path)
-    documented = inspect.getdoc(write_summary).split("summary:", 1)[1]
-    assert set(json.loads((tmp_path / ".summary.json").read_text())) == set(re.findall(r"`(\w+)`", documented))
+    result = run(model(), corpus(), output_dir=tmp_path, flush_every=2)
+    documented = set(re.findall(r"`(\w+)`", inspect.getdoc(finish_store).split("Returns:", 1)[1]))
+    summary = json.loads((tmp_path / ".summary.json").read_text())
+    assert set(summary) == {"ranks", "num_rows", "num_shards", "num_skipped", "num_sequences"}
+    assert documented == {"ranks", "rows", "shards", "input_sha256", "num_rows", "num_shards"}
+    assert set(summary["ranks"]["0"]) == {"rows", "shards", "input_sha256"}
+    shards = [p for p in os.listdir(tmp_path) if p.endswith(".parquet")]
+    assert summary["num_rows"] == result.num_windows and summary["num_shards"] == len(shards)
+    assert summary["ranks"]["0"]["rows"] == result.num_windows and summary["ranks"]["0"]["shards"] == len(shards)
+
+
+def test_a_finished_folder_missing_a_shard_is_refused_not_read_as_complete(tmp_path):
+    """B2: with a shard deleted, a finished folder gave the means of the rows left, without a word."""
+    m, rows = model(), corpus()
+    clean = run(m, rows)
+    run(m, rows, output_dir=tmp_path, flush_every=1)
+    shards = sorted(p for p in os.listdir(tmp_path) if p.endswith(".parquet"))
+    assert len(shards) > 3
+    for victim in (shards[1], shards[-1]):
+        saved = (tmp_path / victim).read_bytes()
+        (tmp_path / victim).unlink()
+        with pytest.raises(ValueError, match=f"is not complete: .*missing: {victim}"):
+            ExtractionResult.load(tmp_path)
+        (tmp_path / victim).write_bytes(saved)
+    (tmp_path / shards[-1]).unlink()  # the last one: the rerun measures its windows again
+    assert rows_of(run(m, rows, output_dir=tmp_path, flush_every=1)) == rows_of(clean)
+    assert ExtractionResult.load(tmp_path).metrics == pytest.approx(clean.metrics, rel=1e-12)
+
+
+@pytest.mark.parametrize("edit", ["finished", "interrupted"])
+def test_edited_data_is_refused_on_resume(tmp_path, edit):
+    """B1: an earlier document edited (and one appended) after its rows were written: the folder kept the old rows
+    and mixed new ones in. Every edit of a scored window is now refused before any row is added."""
+    m, rows = model(), corpus()
+    settings = {"output_dir": tmp_path, "flush_every": 1}
+    if edit == "finished":
+        run(m, rows, **settings)
+    else:
+        hook = crash_after(m, 10)
+        with pytest.raises(Crash):
+            run(m, rows, **settings)
+        hook.remove()
+    before = sorted(p for p in os.listdir(tmp_path) if p.endswith(".parquet"))
+    edited = [list(row) for row in rows]
+    long_one = next(i for i, row in enumerate(edited) if len(row) >= PREFIX + SUFFIX)
+    edited[long_one][PREFIX + 1] = (edited[long_one][PREFIX + 1] + 1) % TINY_VOCAB  # one suffix token
+    hook = crash_after(m, 0)  # nothing may be decoded
+    for other in (edited + [rows[0]], [rows[-1]] + rows, rows[:long_one] + rows[long_one + 1 :] + [rows[0]] * 9):
+        with pytest.raises(ValueError, match="`sequences` differ from those of the run"):
+            run(m, other, **settings)
+    hook.remove()
+    assert sorted(p for p in os.listdir(tmp_path) if p.endswith(".parquet")) == before
+    assert rows_of(run(m, rows, **settings)) == rows_of(run(m, rows))
 
 
 # ---------------------------------------------------------------- several processes
@@ -511,7 +554,7 @@ def test_two_processes_write_the_rows_of_one(tmp_path):
     assert [r["num_processes"] for r in ranks] == [2, 2]
     m, rows = model(), corpus()
     one = run(m, rows)
-    two = ExtractionResult.from_output_dir(tmp_path / "shared")
+    two = ExtractionResult.load(tmp_path / "shared")
     assert rows_of(two) == rows_of(one)
     names = sorted(p for p in os.listdir(tmp_path / "shared") if p.endswith(".parquet"))
     assert {n[:9] for n in names} == {"rank00000", "rank00001"}
@@ -522,11 +565,12 @@ def test_two_processes_write_the_rows_of_one(tmp_path):
 
 def test_two_runs_cannot_write_one_folder_at_once(tmp_path):
     """A second run into a folder another run is writing is refused (the lock dies with its process)."""
-    from hf_memory.extraction.store import ShardWriter
+    from hf_memory._utils.store import ShardWriter
+    from hf_memory.extraction.store import shard_schema
 
     m, rows = model(), corpus()
     run(m, rows[:3], output_dir=tmp_path)  # creates the folder and its manifest
-    holder = ShardWriter(str(tmp_path), 0, 1)  # as if a run were in progress
+    holder = ShardWriter(str(tmp_path), shard_schema())  # as if a run were in progress
     with pytest.raises(ValueError, match="Another run is writing to"):
         run(m, rows[:3], output_dir=tmp_path)
     holder.close()
@@ -551,3 +595,10 @@ def test_exact_sum_over_pieces_equals_fsum_over_all():
         assert total.value() == math.fsum(values)
     assert sum(values) != math.fsum(values)  # a plain running sum would differ
     assert _ExactSum().value() == 0.0
+
+
+def test_the_old_reader_name_still_reads_with_a_future_warning(tmp_path):
+    run(model(), corpus(), output_dir=tmp_path)
+    with pytest.warns(FutureWarning, match="ExtractionResult.load"):
+        old = ExtractionResult.from_output_dir(tmp_path)
+    assert old.metrics == ExtractionResult.load(tmp_path).metrics and old.num_windows > 0

@@ -99,11 +99,11 @@ def test_demo_command_runs_end_to_end(capsys, tmp_path):
         "2",
         "--batch-size",
         "2",
-        "--prefix",
+        "--prefix-len",
         "16",
-        "--suffix",
+        "--suffix-len",
         "8",
-        "--out-dir",
+        "--output-dir",
         str(tmp_path),
     ]
     assert main(argv) == 0
@@ -121,8 +121,8 @@ def test_measure_command_on_a_text_file(tmp_path, capsys):
     out = tmp_path / "results.jsonl"
     assert (
         main(
-            ["measure", "--data", str(doc), "--prefix", "16", "--suffix", "16", "--stride", "16"]
-            + ["--out", str(out), "--text-rouge"]
+            ["measure", "--data", str(doc), "--prefix-len", "16", "--suffix-len", "16", "--stride", "16"]
+            + ["--output-file", str(out), "--text-rouge"]
         )
         == 0
     )

@@ -316,3 +316,50 @@ def test_check_keywords_names_every_unknown_one_as_a_type_error():
     check_keywords({"a": 1}, ("a", "b"), "`f`")
     with pytest.raises(TypeError, match=r"`f` got unexpected keyword arguments \['c', 'd'\]; it takes \['a', 'b'\]"):
         check_keywords({"a": 1, "d": 2, "c": 3}, ("b", "a"), "`f`")
+
+
+@pytest.mark.parametrize("wrap", ["peft", "deepcopy", "shared_module"])
+def test_the_guards_hold_the_weights_not_the_python_object(wrap):
+    """B9: FastMem on a base model did not block measure_extraction on the PeftModel wrapping the same weights."""
+    import copy
+
+    from hf_memory._utils import changing_model, exclusive
+
+    base = tiny_causal_lm("llama")
+    if wrap == "peft":
+        from peft import LoraConfig, get_peft_model
+
+        other = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
+    elif wrap == "deepcopy":
+        other = copy.deepcopy(base)  # its own weights: not blocked
+    else:
+        other = torch.nn.Sequential(base.model.embed_tokens)  # one shared tensor is enough
+    inside, release = threading.Event(), threading.Event()
+
+    def hold():
+        with exclusive(base, "memorize"):
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    inside.wait(5)
+    try:
+        if wrap == "deepcopy":
+            assert changing_model(other) is None
+            with eval_mode(other, "measure_extraction"):
+                pass
+        else:
+            assert changing_model(other) == "memorize"
+            with pytest.raises(RuntimeError, match="memorize is changing its weights"):
+                with eval_mode(other, "measure_extraction"):
+                    pass
+            with pytest.raises(RuntimeError, match="already doing so"):
+                with exclusive(other, "latent scan"):
+                    pass
+    finally:
+        release.set()
+        thread.join(5)
+    assert changing_model(other) is None and changing_model(base) is None
+    with eval_mode(other, "measure_extraction"), exclusive(base, "memorize"):  # one thread nests them
+        pass

@@ -139,11 +139,23 @@ def _set_training_flags(model, modes: list[tuple[torch.nn.Module, bool]]) -> Non
         module.training = training
 
 
-# Who holds a model. Readers (`eval_mode`) may overlap each other; a call changing the weights in place
-# (`exclusive`) overlaps no other writer, and no reader of another thread (one thread may nest them).
-_EVAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> [readers, flags saved by the first, threads]
-_BUSY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (the call changing it, its thread)
+# Who holds which weights. The guards are keyed on the storage of the weights, not on the Python object: a PEFT
+# wrapper, a pipeline or any module sharing a model's tensors is the same model to them. Readers (`eval_mode`) may
+# overlap each other; a call changing weights in place (`exclusive`) overlaps no other writer of those weights, and
+# no reader of another thread (one thread may nest them).
+_EVAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> [entries, flags saved by the first]
+_WRITERS: dict[int, tuple[str, int]] = {}  # weight storage -> (the call changing it, its thread)
+_READERS: dict[int, list[int]] = {}  # weight storage -> the threads reading it, one entry per call
 _BUSY_LOCK = threading.Lock()
+
+
+def _storages(model) -> set[int]:
+    """Where the model's weights live: the address of each parameter's storage (meta tensors have none)."""
+    return {p.untyped_storage().data_ptr() for p in model.parameters() if p.device.type != "meta" and p.numel() > 0}
+
+
+def _writer_of(keys: set[int]) -> tuple[str, int] | None:
+    return next((_WRITERS[key] for key in keys if key in _WRITERS), None)
 
 
 @contextlib.contextmanager
@@ -152,7 +164,8 @@ def eval_mode(model, what: str = "this call") -> Iterator[None]:
 
     Calls may overlap on one model (nested, or from several threads): the first to enter saves the flags and the
     last to leave restores them, so an overlap cannot leave the model in eval mode. A call of another thread that
-    changes the model's weights in place (`exclusive`) cannot overlap the block: whichever comes second raises.
+    changes the model's weights in place (`exclusive`), on this model or on any module sharing its weights (a PEFT
+    wrapper and its base model), cannot overlap the block: whichever comes second raises.
 
     Args:
         model: A `torch.nn.Module`.
@@ -162,8 +175,9 @@ def eval_mode(model, what: str = "this call") -> Iterator[None]:
         RuntimeError: If another thread is changing the model's weights in place.
     """
     me = threading.get_ident()
+    keys = _storages(model)
     with _BUSY_LOCK:
-        holder = _BUSY.get(model)
+        holder = _writer_of(keys)
         if holder is not None and holder[1] != me:
             raise RuntimeError(
                 f"{what} reads the model, but {holder[0]} is changing its weights in place in another thread: wait "
@@ -171,16 +185,21 @@ def eval_mode(model, what: str = "this call") -> Iterator[None]:
             )
         entry = _EVAL.get(model)
         if entry is None:
-            entry = _EVAL[model] = [0, _training_flags(model), []]
+            entry = _EVAL[model] = [0, _training_flags(model)]
             model.eval()
         entry[0] += 1
-        entry[2].append(me)
+        for key in keys:
+            _READERS.setdefault(key, []).append(me)
     try:
         yield
     finally:
         with _BUSY_LOCK:
+            for key in keys:
+                threads = _READERS[key]
+                threads.remove(me)
+                if not threads:
+                    del _READERS[key]
             entry[0] -= 1
-            entry[2].remove(me)
             if entry[0] == 0:
                 del _EVAL[model]
                 _set_training_flags(model, entry[1])
@@ -223,49 +242,53 @@ def restored(
 
 
 def changing_model(model) -> str | None:
-    """The name of the library call changing `model`'s weights in place right now, or None.
+    """The name of the library call changing `model`'s weights in place right now (through this model or any module
+    sharing its weights), or None.
 
     Args:
         model: A `torch.nn.Module`.
     """
-    holder = _BUSY.get(model)
+    holder = _writer_of(_storages(model))
     return None if holder is None else holder[0]
 
 
 @contextlib.contextmanager
 def exclusive(model, what: str) -> Iterator[None]:
-    """Hold `model` for a call that changes its weights in place; refuse if another such call holds it.
+    """Hold `model`'s weights for a call that changes them in place; refuse if another such call holds them.
 
     Every hf-memory function that changes a model in place (FastMem, the latent scan, the CE diagnostic) takes this
-    guard, so two of them can never overlap on one model, from one thread or several: the second raises a
+    guard, so two of them can never overlap on one model's weights, from one thread or several: the second raises a
     `RuntimeError` before any work starts, and the first restores the model undisturbed. Nor can it overlap a
     reading call of another thread (`eval_mode`: extraction, signals, fact capacity), which would see the weights
-    move.
+    move. The weights are what is held: a PEFT model and its base model, or any two modules sharing tensors, are one
+    model here.
 
     Args:
         model: A `torch.nn.Module`.
         what: The caller's name, shown to whoever is refused.
 
     Raises:
-        RuntimeError: If another call holds the model.
+        RuntimeError: If another call holds the model's weights.
     """
     me = threading.get_ident()
+    keys = _storages(model)
     with _BUSY_LOCK:
-        holder = changing_model(model)
+        holder = _writer_of(keys)
         if holder is not None:
             raise RuntimeError(
-                f"{what} changes the model's weights in place, but {holder} is already doing so on this model (in "
+                f"{what} changes the model's weights in place, but {holder[0]} is already doing so on this model (in "
                 "this thread or another): wait for it to finish, or use a copy of the model."
             )
-        readers = _EVAL.get(model)
-        if readers is not None and any(thread != me for thread in readers[2]):
+        if any(thread != me for key in keys for thread in _READERS.get(key, ())):
             raise RuntimeError(
                 f"{what} changes the model's weights in place, but another thread is reading the model right now: "
                 "wait for it to finish, or use a copy of the model."
             )
-        _BUSY[model] = (what, me)
+        for key in keys:
+            _WRITERS[key] = (what, me)
     try:
         yield
     finally:
         with _BUSY_LOCK:
-            _BUSY.pop(model, None)
+            for key in keys:
+                _WRITERS.pop(key, None)

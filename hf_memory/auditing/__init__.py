@@ -1,6 +1,7 @@
 """Memorization audit: "did my fine-tune memorize my data?" as one call or `hf-memory audit`, with a
 self-contained HTML report and the numbers on the model card."""
 
+from .config import AuditConfig
 from .report import HTML_FILE, RESULTS_FILE, WINDOWS_FILE, AuditReport
 from .run import DEFAULT_MAX_WINDOWS, audit
 
@@ -10,6 +11,7 @@ __all__ = [
     "HTML_FILE",
     "RESULTS_FILE",
     "WINDOWS_FILE",
+    "AuditConfig",
     "AuditReport",
     "audit",
 ]

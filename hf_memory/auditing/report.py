@@ -7,6 +7,7 @@ import datetime
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING
@@ -186,20 +187,30 @@ class AuditReport:
 
         return render_html(self)
 
-    def save(self, out: str | os.PathLike) -> None:
-        """Write `results.json`, `windows.parquet` and `index.html` to the folder `out` (created if missing), each
-        file atomically.
+    def save(self, output_dir: str | os.PathLike | None = None, *, out: str | os.PathLike | None = None) -> None:
+        """Write `results.json`, `windows.parquet` and `index.html` to the folder `output_dir` (created if missing),
+        each file atomically.
 
         Args:
-            out: The report folder.
+            output_dir: The report folder.
+            out: The earlier name of `output_dir` (a `FutureWarning`; it goes in a later release).
 
         Raises:
-            ValueError: If `out` is an existing file.
+            ValueError: If `output_dir` is an existing file.
             ImportError: If matplotlib (the `plots` extra) is not installed.
         """
-        out = os.fspath(out)
+        if out is not None:
+            warnings.warn(
+                "`AuditReport.save(out=...)` is now `save(output_dir=...)`; `out` goes in a later release.",
+                FutureWarning,
+                stacklevel=2,
+            )
+            output_dir = out if output_dir is None else output_dir
+        if output_dir is None:
+            raise TypeError("AuditReport.save() missing 1 required argument: 'output_dir'")
+        out = os.fspath(output_dir)
         if os.path.exists(out) and not os.path.isdir(out):
-            raise ValueError(f"`out` {out!r} is a file: give a folder for the report.")
+            raise ValueError(f"`output_dir` {out!r} is a file: give a folder for the report.")
         require_extra("plots", "The audit's HTML report")
         page = self.to_html()  # the slowest part, before any file is written
         os.makedirs(out, exist_ok=True)

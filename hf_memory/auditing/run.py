@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -16,8 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._utils import (
-    check_integer,
-    check_number,
+    check_bool,
     check_vocabulary,
     check_writable,
     iter_sequences,
@@ -27,17 +27,18 @@ from .._utils import (
     vocabulary_size,
     weights_fingerprint,
 )
+from .._utils.store import ResultFolder, ShardWriter, input_bytes, open_store
 from ..analysis import NgramCounts
 from ..extraction import sample_windows
-from .partial import PARTIAL_DIR, PARTIAL_FORMAT, PartialRows
-from .report import AuditReport
+from .config import DEFAULT_MAX_WINDOWS, AuditConfig  # noqa: F401 (DEFAULT_MAX_WINDOWS: kept importable from here)
+from .report import AuditReport, _column_types
 
 
 if TYPE_CHECKING:
     import datasets
     from transformers import PreTrainedTokenizerBase
 
-DEFAULT_MAX_WINDOWS = 512
+PARTIAL_DIR = ".partial"  # inside `output_dir`: the rows of an audit in progress, removed once the report is written
 TOKENIZE_BATCH = 256  # texts tokenized per call: a fast tokenizer's batch speed, memory bounded
 BOUNDARY_WINDOW = 8  # positions averaged on each side of the prefix/suffix boundary (as MemorizationPredictor)
 
@@ -187,14 +188,22 @@ def _check_reference(model, tokenizer, reference_model, reference_tokenizer) -> 
         )
 
 
-def _check_out(out) -> str | None:
-    if out is None:
+def _check_output_dir(output_dir, name: str) -> str | None:
+    """The report folder as a string, refused before any work if it cannot hold the report."""
+    from .report import HTML_FILE, RESULTS_FILE, WINDOWS_FILE
+
+    if output_dir is None:
         return None
-    if not isinstance(out, (str, os.PathLike)):
-        raise ValueError(f"`out` must be a folder path, got {type(out).__name__}.")
-    out = os.fspath(out)
-    check_writable(out, "out")
-    return out
+    if not isinstance(output_dir, (str, os.PathLike)):
+        raise ValueError(f"`{name}` must be a folder path, got {type(output_dir).__name__}.")
+    output_dir = os.fspath(output_dir)
+    if not output_dir:
+        raise ValueError(f"`{name}` must be a folder path, got an empty string (use '.' for this folder).")
+    check_writable(output_dir, name)
+    for file in (RESULTS_FILE, WINDOWS_FILE, HTML_FILE):
+        if os.path.isdir(os.path.join(output_dir, file)):
+            raise ValueError(f"`{name}` {output_dir!r} holds a folder named {file}, where the report's file goes.")
+    return output_dir
 
 
 def _log_count_mean(counts: np.ndarray) -> np.ndarray:
@@ -213,21 +222,24 @@ def audit(
     tokenizer: PreTrainedTokenizerBase,
     data: Sequence[str] | Sequence[Sequence[int]] | datasets.Dataset,
     reference_model: torch.nn.Module | None = None,
-    prefix_len: int = 32,
-    suffix_len: int = 32,
-    stride: int | None = None,
-    max_windows: int | None = DEFAULT_MAX_WINDOWS,
-    out: str | os.PathLike | None = None,
+    prefix_len: int = AuditConfig.prefix_len,
+    suffix_len: int = AuditConfig.suffix_len,
+    stride: int | None = AuditConfig.stride,
+    max_windows: int | None = AuditConfig.max_windows,
+    output_dir: str | os.PathLike | None = None,
     reference_tokenizer: PreTrainedTokenizerBase | None = None,
     sources: Sequence[str] | None = None,
-    batch_size: int = 16,
-    ce_lr: float = 1e-5,
-    seed: int = 0,
-    top_k: int = 10,
+    batch_size: int = AuditConfig.batch_size,
+    ce_lr: float = AuditConfig.ce_lr,
+    seed: int = AuditConfig.seed,
+    top_k: int = AuditConfig.top_k,
     model_name: str | None = None,
     reference_name: str | None = None,
     show_progress: bool = True,
-    flush_every: int = 8,
+    flush_every: int = AuditConfig.flush_every,
+    *,
+    config: AuditConfig | None = None,
+    out: str | os.PathLike | None = None,
 ) -> AuditReport:
     """Audit a model for memorization of `data`: extraction, signals and (with a reference) the calibrated CE score.
 
@@ -239,13 +251,15 @@ def audit(
     counts of all of `data`), and with `reference_model` (e.g. the checkpoint before fine-tuning) its extraction of
     the same windows and the calibrated CE diagnostic (`ce_diagnostic(..., reference_model=...)`:
     `loss_after - reference_loss`, lower = more likely trained on). Every argument, and every document, is checked
-    before the model runs.
+    before the model runs. The settings come as keyword arguments or as one `AuditConfig` (`config=`); keywords that
+    differ from their defaults are laid over the config.
 
-    The windows are scored in chunks of `batch_size * flush_every`. With `out`, each finished chunk's rows are
-    written to `out/.partial/` at once: an audit that is interrupted (an exception, Ctrl-C, a killed process) and run
-    again with the same arguments scores only the chunks that are missing, and its report equals an uninterrupted
-    one's. A rerun with other settings, another model or other data into that folder is refused until
-    `out/.partial/` is deleted; the folder is removed once the report is written.
+    The windows are scored in chunks of `batch_size * flush_every`. With `output_dir`, each finished chunk's rows are
+    written to `output_dir/.partial/` at once (the package's resumable results folder): an audit that is interrupted
+    (an exception, Ctrl-C, a killed process) and run again with the same arguments scores only the chunks that are
+    missing, and its report equals an uninterrupted one's. A rerun with other settings, another model, tokenizer or
+    reference, or other data into that folder is refused until `output_dir/.partial/` is deleted; the folder is
+    removed once the report is written.
 
     Args:
         model: The causal language model to audit (a transformers `...ForCausalLM`), on the device to run on.
@@ -260,7 +274,7 @@ def audit(
         stride: Tokens between consecutive windows of a document; None tiles each document with non-overlapping
             windows (`prefix_len + suffix_len`).
         max_windows: Most windows scored, drawn uniformly with `seed`; None scores them all.
-        out: A folder to write the report to (`results.json`, `windows.parquet`, `index.html`); None writes
+        output_dir: A folder to write the report to (`results.json`, `windows.parquet`, `index.html`); None writes
             nothing (`report.save(folder)` later).
         reference_tokenizer: The reference model's tokenizer, if loaded separately: checked to map tokens to the
             same ids.
@@ -273,19 +287,23 @@ def audit(
         model_name: The model's name in the report; None uses its config's `_name_or_path`.
         reference_name: The reference model's name in the report; None uses its config's `_name_or_path`.
         show_progress: Show a progress bar.
-        flush_every: Batches per chunk: with `out`, at most this many batches are scored again after an
+        flush_every: Batches per chunk: with `output_dir`, at most this many batches are scored again after an
             interruption.
+        config: All of the settings above at once (`AuditConfig`).
+        out: The former name of `output_dir` (deprecated: it warns, and goes in a later release).
 
     Returns:
-        The `AuditReport` (written to `out` when given).
+        The `AuditReport` (written to `output_dir` when given).
 
     Raises:
+        TypeError: If `config` is not an `AuditConfig`.
         ValueError: If `data` is empty, holds an empty text or ids outside the vocabulary, no document has
-            `prefix_len + suffix_len` tokens, `sources` has another length, a number is out of range, `out` is a
-            file or cannot be written, `out/.partial/` holds an unfinished audit of other settings, another model or
-            other data, or `reference_model` has another vocabulary.
-        ImportError: If `out` is given without matplotlib (the `plots` extra), or `reference_model` without the
-            `analysis` extra.
+            `prefix_len + suffix_len` tokens, `sources` has another length, a number is out of range, `output_dir` is
+            a file, cannot be written or holds a folder where a report file goes, `output_dir/.partial/` holds an
+            unfinished audit of other settings, another model or other data, or `reference_model` has another
+            vocabulary.
+        ImportError: If `output_dir` is given without matplotlib (the `plots` extra), or `reference_model` without
+            the `analysis` extra.
 
     Examples:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -304,70 +322,63 @@ def audit(
             raise ValueError(
                 f"`{name}` must be a causal language model (a torch.nn.Module), got {type(value).__name__}."
             )
-    prefix_len = check_integer(prefix_len, "prefix_len", minimum=1)
-    suffix_len = check_integer(suffix_len, "suffix_len", minimum=1)
-    length = prefix_len + suffix_len
-    stride = check_integer(stride, "stride", minimum=1, allow_none=True) or length
-    max_windows = check_integer(max_windows, "max_windows", minimum=1, allow_none=True)
-    batch_size = check_integer(batch_size, "batch_size", minimum=1)
-    flush_every = check_integer(flush_every, "flush_every", minimum=1)
-    ce_lr = check_number(ce_lr, "ce_lr", minimum=0, exclusive_minimum=True)
-    seed = check_integer(seed, "seed", minimum=0)
-    top_k = check_integer(top_k, "top_k", minimum=0)
-    if not callable(getattr(tokenizer, "decode", None)):
-        raise ValueError(f"`tokenizer` must be a transformers tokenizer (with decode), got {tokenizer!r:.80}.")
-    out = _check_out(out)
-    _check_reference(model, tokenizer, reference_model, reference_tokenizer)
-    if out is not None:
-        require_extra("plots", "The audit's HTML report")
-    if reference_model is not None:
-        require_extra("analysis", "The audit's calibrated CE diagnostic (`reference_model`)")
-    scan = _Scan(data, tokenizer, model, sources)
-    sample = sample_windows(scan, prefix_len, suffix_len, stride, max_windows, seed, name="data")
-    windows, positions = sample.windows, sample.index
     settings = {
         "prefix_len": prefix_len,
         "suffix_len": suffix_len,
         "stride": stride,
         "max_windows": max_windows,
-        "seed": seed,
         "batch_size": batch_size,
+        "ce_lr": ce_lr,
+        "seed": seed,
+        "top_k": top_k,
+        "flush_every": flush_every,
+    }
+    config = AuditConfig.from_arguments(config, settings, "`audit`")
+    show_progress = check_bool(show_progress, "show_progress")
+    output_dir, name = _renamed_output_dir(output_dir, out)
+    if not callable(getattr(tokenizer, "decode", None)):
+        raise ValueError(f"`tokenizer` must be a transformers tokenizer (with decode), got {tokenizer!r:.80}.")
+    output_dir = _check_output_dir(output_dir, name)
+    _check_reference(model, tokenizer, reference_model, reference_tokenizer)
+    if output_dir is not None:
+        require_extra("plots", "The audit's HTML report")
+    if reference_model is not None:
+        require_extra("analysis", "The audit's calibrated CE diagnostic (`reference_model`)")
+    scan = _Scan(data, tokenizer, model, sources)
+    prefix, suffix = config.prefix_len, config.suffix_len
+    sample = sample_windows(scan, prefix, suffix, config.window_stride, config.max_windows, config.seed, name="data")
+    windows, positions = sample.windows, sample.index
+    report_settings = {
+        **config.to_dict(),
+        "stride": config.window_stride,
         "extraction_method": "auto",
-        "ce_lr": ce_lr if reference_model is not None else None,
+        "ce_lr": config.ce_lr if reference_model is not None else None,
         "ce_steps": 1 if reference_model is not None else None,
         "boundary_window": BOUNDARY_WINDOW,
-        "top_k": top_k,
     }
     model_info = _describe_model(model, model_name)
     reference_info = None if reference_model is None else _describe_model(reference_model, reference_name)
     labels = [scan.label(doc) for doc, _ in positions]
-    scorer = _ChunkScorer(model, tokenizer, reference_model, prefix_len, suffix_len, batch_size, ce_lr, scan.counts)
-    chunk = batch_size * flush_every
+    scorer = _ChunkScorer(model, tokenizer, reference_model, config, scan.counts)
+    chunk = config.batch_size * config.flush_every
     starts = range(0, len(windows), chunk)
 
     def score(begin: int, bar) -> list[dict]:
         return scorer(windows[begin : begin + chunk], positions[begin : begin + chunk], labels, begin, bar)
 
     with tqdm(total=len(windows), desc="audit", unit="window", disable=not show_progress) as bar:
-        if out is None:
+        if output_dir is None:
             rows = [row for begin in starts for row in score(begin, bar)]
         else:
-            manifest = {
-                "format": PARTIAL_FORMAT,
-                "settings": {**settings, "flush_every": flush_every},
+            rows = _scored_on_disk(output_dir, name, starts, chunk, windows, positions, score, bar, {
+                "kind": "audit",
+                "settings": report_settings,
                 "model": model_info,
                 "reference_model": reference_info,
                 "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
                 "windows": _fingerprint(windows, positions, labels),
                 "data_sha256": scan.digest.hexdigest(),
-            }
-            with PartialRows(os.path.join(out, PARTIAL_DIR), manifest) as partial:
-                for begin in starts:
-                    if partial.has(begin):
-                        bar.update(min(chunk, len(windows) - begin))
-                    else:
-                        partial.write(begin, score(begin, bar))
-                rows = partial.rows(list(starts))
+            })  # fmt: skip
     data_summary = {
         "num_documents": sample.num_sequences,
         "num_tokens": scan.num_tokens,
@@ -377,12 +388,46 @@ def audit(
         "sources": scan.distinct_labels(sample.num_sequences),
     }
     report = AuditReport(
-        rows=rows, settings=settings, model=model_info, reference_model=reference_info, data=data_summary
+        rows=rows, settings=report_settings, model=model_info, reference_model=reference_info, data=data_summary
     )
-    if out is not None:
-        report.save(out)
-        shutil.rmtree(os.path.join(out, PARTIAL_DIR), ignore_errors=True)
+    if output_dir is not None:
+        report.save(output_dir)
+        shutil.rmtree(os.path.join(output_dir, PARTIAL_DIR), ignore_errors=True)
     return report
+
+
+def _renamed_output_dir(output_dir, out) -> tuple:
+    """`output_dir`, or the deprecated `out` with a `FutureWarning`; and the name to use in messages."""
+    if out is None:
+        return output_dir, "output_dir"
+    if output_dir is not None:
+        raise TypeError("`audit` got both `output_dir` and its former name `out`: give `output_dir` only.")
+    warnings.warn(
+        "`audit(out=...)` is now `audit(output_dir=...)`; `out` goes in a later release.", FutureWarning, stacklevel=3
+    )
+    return out, "out"
+
+
+def _scored_on_disk(output_dir, name, starts, chunk, windows, positions, score, bar, manifest) -> list[dict]:
+    """Score the chunks an earlier, interrupted run of this audit left unscored, each written to
+    `output_dir/.partial/` as it finishes; return every chunk's rows in order."""
+    import pyarrow as pa
+
+    folder = os.path.join(output_dir, PARTIAL_DIR)
+    open_store(folder, manifest, name=name)
+    schema = pa.schema(list(_column_types().items()))
+    inputs = [input_bytes(doc, start, window) for (doc, start), window in zip(positions, windows)]
+    with ShardWriter(folder, schema, name=name, data_name="data") as writer:
+        for begin in starts:
+            mine = inputs[begin : begin + chunk]
+            if begin < writer.done:
+                writer.skip(mine)
+                bar.update(len(mine))
+            else:
+                rows = score(begin, bar)
+                writer.add({key: [row.get(key) for row in rows] for key in schema.names}, mine)
+        writer.check_all_skipped()
+    return [row for table in ResultFolder(folder, name).iter_tables() for row in table.to_pylist()]
 
 
 def _fingerprint(windows: torch.Tensor, positions: list[tuple[int, int]], labels: list[str]) -> str:
@@ -398,9 +443,10 @@ class _ChunkScorer:
     and, with a reference, the CE diagnostic. A chunk is a whole number of batches, so the numbers do not depend on
     how the windows were chunked."""
 
-    def __init__(self, model, tokenizer, reference_model, prefix_len, suffix_len, batch_size, ce_lr, counts) -> None:
+    def __init__(self, model, tokenizer, reference_model, config: AuditConfig, counts) -> None:
         self.model, self.tokenizer, self.reference_model = model, tokenizer, reference_model
-        self.prefix_len, self.suffix_len, self.batch_size, self.ce_lr = prefix_len, suffix_len, batch_size, ce_lr
+        self.prefix_len, self.suffix_len = config.prefix_len, config.suffix_len
+        self.batch_size, self.ce_lr = config.batch_size, config.ce_lr
         self.counts = counts
 
     def __call__(self, windows: torch.Tensor, positions, labels: list[str], offset: int, bar) -> list[dict]:

@@ -9,11 +9,13 @@ token counted) shows what the model kept.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
 import tempfile
 import time
+import warnings
 
 import torch
 from datasets import Dataset
@@ -25,6 +27,7 @@ from ..data import document_windows, stdlib_docstrings
 from ..extraction import MemorizationCallback, measure_extraction
 from ..goldfish import GoldfishTrainer, GoldfishTrainingArguments
 from ..models import load_model
+from .arguments import DemoArguments
 
 
 CURVES = ("exact_match", "memorization_score")
@@ -89,23 +92,25 @@ def plot_curves(histories: dict, before: dict, path: str, title: str) -> None:
 def run_demo(
     model: str | None = None,
     gguf_file: str | None = None,
-    docs: int = 24,
-    held_out: int = 16,
-    epochs: int = 12,
-    lr: float = 2e-4,
-    batch_size: int = 8,
-    prefix_len: int = 32,
-    suffix_len: int = 32,
-    goldfish_k: int = 4,
-    goldfish_h: int = 13,
-    seed: int = 0,
-    out_dir: str = "demo_output",
+    docs: int = DemoArguments.docs,
+    held_out: int = DemoArguments.held_out,
+    epochs: int = DemoArguments.epochs,
+    lr: float = DemoArguments.lr,
+    batch_size: int = DemoArguments.batch_size,
+    prefix_len: int = DemoArguments.prefix_len,
+    suffix_len: int = DemoArguments.suffix_len,
+    goldfish_k: int = DemoArguments.goldfish_k,
+    goldfish_h: int = DemoArguments.goldfish_h,
+    seed: int = DemoArguments.seed,
+    output_dir: str = DemoArguments.output_dir,
+    *,
+    out_dir: str | None = None,
 ) -> dict:
     """Fine-tune two copies of one model (standard loss, goldfish) and report extraction and held-out loss for each.
 
     The documents are standard-library docstrings cut to `prefix_len + suffix_len` tokens: the first `docs` are
     trained on, the next `held_out` measure the loss. A table is printed, and a plot (`goldfish_demo.png`) and the
-    numbers (`goldfish_demo.json`) are written to `out_dir`.
+    numbers (`goldfish_demo.json`) are written to `output_dir`.
 
     Args:
         model: A local model folder; None uses the embedded SmolLM2-135M-Instruct.
@@ -120,16 +125,31 @@ def run_demo(
         goldfish_k: Goldfish drops about 1 in `goldfish_k` labels in the goldfish arm.
         goldfish_h: Width of the hashed window that decides each goldfish drop.
         seed: Seed of training and data order, the same for both arms.
-        out_dir: The folder for the plot and the JSON results (created if missing).
+        output_dir: The folder for the plot and the JSON results (created if missing).
+        out_dir: The earlier name of `output_dir` (a `FutureWarning`; it goes in a later release).
 
     Returns:
         `{"results": ..., "histories": ...}`: per arm (and "before fine-tuning"), the final extraction metrics and
         `held_out_loss`; per trained arm, the metrics after every epoch.
 
     Raises:
-        ValueError: If fewer than `docs + held_out` documents have `prefix_len + suffix_len` tokens.
+        ValueError: If a setting is out of range (see `DemoArguments`), or fewer than `docs + held_out` documents
+            have `prefix_len + suffix_len` tokens.
         ImportError: If matplotlib (the `plots` extra) is not installed.
     """
+    if out_dir is not None:
+        warnings.warn(
+            "`run_demo(out_dir=...)` is now `output_dir=`; `out_dir` goes in a later release.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        output_dir = out_dir
+    settings = DemoArguments(
+        docs, held_out, epochs, lr, batch_size, prefix_len, suffix_len, goldfish_k, goldfish_h, seed, output_dir
+    )  # every value checked before the model loads
+    docs, held_out, epochs, lr, batch_size, prefix_len, suffix_len, goldfish_k, goldfish_h, seed, output_dir = (
+        dataclasses.astuple(settings)
+    )
     require_extra("plots", "The demo's plot")  # before training, not after it
     hf_logging.set_verbosity_warning()
     started = time.time()
@@ -195,8 +215,8 @@ def run_demo(
             f"{r['rouge_l']:>10.3f}{r['held_out_loss']:>15.3f}"
         )
 
-    os.makedirs(out_dir, exist_ok=True)
-    plot = os.path.join(out_dir, "goldfish_demo.png")
+    os.makedirs(output_dir, exist_ok=True)
+    plot = os.path.join(output_dir, "goldfish_demo.png")
     plot_curves(
         histories,
         before,
@@ -204,10 +224,10 @@ def run_demo(
         f"Memorization of {docs} fine-tuning documents ({base.config.model_type}, "
         f"{sum(p.numel() for p in base.parameters()) / 1e6:.0f}M parameters)",
     )
-    with open(os.path.join(out_dir, "goldfish_demo.json"), "w") as f:
+    with open(os.path.join(output_dir, "goldfish_demo.json"), "w") as f:
         json.dump({"results": results, "histories": histories}, f, indent=2)
     print(
-        f"\nplot: {plot}   results: {os.path.join(out_dir, 'goldfish_demo.json')}   "
+        f"\nplot: {plot}   results: {os.path.join(output_dir, 'goldfish_demo.json')}   "
         f"(total {time.time() - started:.0f} s on {base.device})"
     )
     return {"results": results, "histories": histories}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -13,144 +14,60 @@ import sys
 DEBUG_ENVIRONMENT = "HF_MEMORY_DEBUG"  # set to 1 for a full traceback on errors (as --debug)
 
 
-def _integer(minimum: int, maximum: int | None = None):
-    """An argparse `type` accepting integers >= `minimum` (and <= `maximum`), so a bad value is refused before any
-    work."""
-    allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {text!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {value}")
-        return value
-
-    parse.__name__ = f"integer {allowed}"
-    return parse
-
-
-MAX_SEED = 2**32 - 1  # numpy's seeds, which transformers' set_seed reaches
-
-
-def _positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _add_model_arguments(parser):
-    parser.add_argument(
-        "--model", default=None, help="Local model folder (default: the embedded SmolLM2-135M-Instruct)."
-    )
-    parser.add_argument(
-        "--gguf-file", default=None, help="GGUF file name inside --model, if the model is a GGUF file."
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The `hf-memory` argument parser, with its `demo`, `measure` and `audit` subcommands.
+
+    Each subcommand's options are the fields of its dataclasses (`HfArgumentParser`): the capability's config
+    (`ExtractionConfig`, `AuditConfig`), so `--help` shows each option with the config's help text and default, and
+    the command line's own arguments (`hf_memory.cli.arguments`).
 
     Returns:
         The parser; `parse_args` gives a namespace whose `command` names the subcommand.
     """
-    parser = argparse.ArgumentParser(prog="hf-memory", description="Measure, prevent and use memorization.")
+    from ..auditing import AuditConfig
+    from ..extraction import ExtractionConfig
+    from .arguments import AuditArguments, ConfigParser, DataArguments, DemoArguments, MeasureArguments, ModelArguments
+
+    parser = ConfigParser(prog="hf-memory", description="Measure, prevent and use memorization.")
     parser.add_argument(
         "--debug", action="store_true", help=f"Show the full traceback of an error (or set {DEBUG_ENVIRONMENT}=1)."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    demo = commands.add_parser(
-        "demo", help="Fine-tune the embedded SmolLM2 with the standard loss and with goldfish; measure extraction."
+    commands = parser.add_subparsers(dest="command", required=True)  # each a ConfigParser too
+    commands.add_parser(
+        "demo",
+        dataclass_types=[ModelArguments, DemoArguments],
+        help="Fine-tune the embedded SmolLM2 with the standard loss and with goldfish; measure extraction.",
     )
-    _add_model_arguments(demo)
-    demo.add_argument("--docs", type=_integer(1), default=24, help="Number of training documents.")
-    demo.add_argument("--held-out", type=_integer(1), default=16, help="Number of held-out documents for the loss.")
-    demo.add_argument("--epochs", type=_integer(1), default=12, help="Fine-tuning epochs per arm.")
-    demo.add_argument("--lr", type=_positive_number, default=2e-4, help="Learning rate (constant).")
-    demo.add_argument("--batch-size", type=_integer(1), default=8)
-    demo.add_argument("--prefix", type=_integer(1), default=32, help="Prefix tokens given to the model.")
-    demo.add_argument("--suffix", type=_integer(1), default=32, help="Suffix tokens it must reproduce.")
-    demo.add_argument("--goldfish-k", type=_integer(2), default=4)
-    demo.add_argument("--goldfish-h", type=_integer(1), default=13)
-    demo.add_argument("--seed", type=_integer(0, MAX_SEED), default=0)
-    demo.add_argument("--out-dir", default="demo_output", help="Where the plot and the JSON results go.")
-
-    measure = commands.add_parser("measure", help="Extractable memorization of documents under greedy decoding.")
-    _add_model_arguments(measure)
-    measure.add_argument("--data", nargs="+", required=True, help="Text files, .jsonl files, or save_to_disk folders.")
-    measure.add_argument("--text-field", default="text", help="Text column / JSON key when there is no input_ids.")
-    measure.add_argument("--prefix", type=_integer(1), default=32)
-    measure.add_argument("--suffix", type=_integer(1), default=32)
-    measure.add_argument(
-        "--stride", type=_integer(1), default=None, help="A window every N tokens (default: one per document)."
+    commands.add_parser(
+        "measure",
+        dataclass_types=[ModelArguments, DataArguments, ExtractionConfig, MeasureArguments],
+        help="Extractable memorization of documents under greedy decoding.",
     )
-    measure.add_argument("--batch-size", type=_integer(1), default=64)
-    measure.add_argument("--method", default="auto", choices=["auto", "prefix", "generate"])  # EXTRACTION_METHODS
-    measure.add_argument("--out", default=None, help="Write one JSON line per window here.")
-    measure.add_argument(
-        "--out-dir",
-        default=None,
-        help="Write the per-window rows to Parquet shards in this folder as the run goes; rerunning the same "
-        "command after an interruption continues where it stopped.",
-    )
-    measure.add_argument(
-        "--text-rouge",
-        action="store_true",
-        help="Also report ROUGE-L of the decoded texts (rouge_l_text, the goldfish paper's number; needs the "
-        "[analysis] extra; not with --method prefix).",
-    )
-
-    audit = commands.add_parser(
+    commands.add_parser(
         "audit",
+        dataclass_types=[ModelArguments, DataArguments, AuditConfig, AuditArguments],
         help="Did a fine-tune memorize its data? Extraction, signals and a calibrated score, as an HTML report.",
-    )
-    _add_model_arguments(audit)
-    audit.add_argument("--data", nargs="+", required=True, help="Text files, .jsonl files, or save_to_disk folders.")
-    audit.add_argument("--text-field", default="text", help="Text column / JSON key when there is no input_ids.")
-    audit.add_argument(
-        "--reference-model",
-        default=None,
-        help="A local model folder that did not train on the data, same tokenizer (e.g. the checkpoint before "
-        "fine-tuning): adds its extraction and the calibrated CE diagnostic.",
-    )
-    audit.add_argument(
-        "--reference-gguf-file", default=None, help="GGUF file name inside --reference-model, if it is one."
-    )
-    audit.add_argument("--prefix", type=_integer(1), default=32, help="Prefix tokens given to the model.")
-    audit.add_argument("--suffix", type=_integer(1), default=32, help="Suffix tokens it must reproduce.")
-    audit.add_argument(
-        "--stride", type=_integer(1), default=None, help="A window every N tokens (default: prefix + suffix)."
-    )
-    audit.add_argument(
-        "--max-windows", type=_integer(1), default=512, help="Most windows scored, drawn uniformly (default 512)."
-    )
-    audit.add_argument("--batch-size", type=_integer(1), default=16)
-    audit.add_argument("--seed", type=_integer(0, MAX_SEED), default=0, help="Seed of the window draw.")
-    audit.add_argument(
-        "--out", required=True, help="Report folder: results.json, windows.parquet and index.html are written there."
-    )
-    audit.add_argument(
-        "--push-to-hub",
-        default=None,
-        metavar="REPO_ID",
-        help="Also write the numbers and a Memorization section into this Hub model repo's card.",
     )
     return parser
 
 
-def run_audit(args: argparse.Namespace) -> dict:
+def _in_vocabulary(documents, model):
+    """Pass `(ids, source)` pairs on, refusing a document with a token id outside the model's vocabulary by its
+    source (`file.jsonl:2`), which is what a person can open: the harness would only know its index."""
+    size = model.get_input_embeddings().weight.shape[0]
+    for ids, source in documents:
+        bad = next((i for i in ids if not 0 <= i < size), None)
+        if bad is not None:
+            raise ValueError(f"{source} holds token id {bad}, outside the model's vocabulary (0 to {size - 1})")
+        yield ids, source
+
+
+def run_audit(args: argparse.Namespace, config) -> dict:
     """`hf-memory audit`: load the model(s) and the documents, audit, write the report, print the headline.
 
     Args:
-        args: The parsed `audit` arguments (`model`, `gguf_file`, `data`, `text_field`, `reference_model`,
-            `reference_gguf_file`, `prefix`, `suffix`, `stride`, `max_windows`, `batch_size`, `seed`, `out`,
-            `push_to_hub`).
+        args: The parsed `audit` arguments (the fields of `ModelArguments`, `DataArguments` and `AuditArguments`).
+        config: The audit's settings (`AuditConfig`), built from the same arguments.
 
     Returns:
         The audited model's headline metrics, as in `AuditReport.metrics`.
@@ -161,7 +78,8 @@ def run_audit(args: argparse.Namespace) -> dict:
 
     model, tokenizer = load_model(args.model, args.gguf_file)
     # the files stream through the audit once; tee hands it the ids and the labels in step (it buffers one pair)
-    pairs, labels = itertools.tee(iter_token_sequences(args.data, tokenizer, args.text_field))
+    documents = _in_vocabulary(iter_token_sequences(args.data, tokenizer, args.text_field), model)
+    pairs, labels = itertools.tee(documents)
     sequences, sources = (ids for ids, _ in pairs), (source for _, source in labels)
     reference = reference_tokenizer = None
     if args.reference_model is not None:
@@ -177,21 +95,16 @@ def run_audit(args: argparse.Namespace) -> dict:
         tokenizer,
         sequences,
         reference_model=reference,
-        prefix_len=args.prefix,
-        suffix_len=args.suffix,
-        stride=args.stride,
-        max_windows=args.max_windows,
-        out=args.out,
+        config=config,
+        output_dir=args.output_dir,
         reference_tokenizer=reference_tokenizer,
         sources=sources,
-        batch_size=args.batch_size,
-        seed=args.seed,
         model_name=name(args.model, args.gguf_file),
         reference_name=None if reference is None else name(args.reference_model, args.reference_gguf_file),
     )
     metrics, reference_metrics = report.metrics, report.reference_metrics
     print(
-        f"\n{report.data['num_windows']} windows of {args.prefix}+{args.suffix} tokens from "
+        f"\n{report.data['num_windows']} windows of {config.prefix_len}+{config.suffix_len} tokens from "
         f"{report.data['num_documents']} documents"
     )
     print(f"{'metric':<34}{'model':>10}" + (f"{'reference':>12}" if reference_metrics else ""))
@@ -202,7 +115,7 @@ def run_audit(args: argparse.Namespace) -> dict:
         print(line)
     if report.calibrated:
         print(f"{'calibrated_loss_median':<34}{metrics['calibrated_loss_median']:>10.4f}")
-    print(f"report: {os.path.join(args.out, 'index.html')}")
+    print(f"report: {os.path.join(args.output_dir, 'index.html')}")
     if args.push_to_hub:
         url = report.push_to_hub(args.push_to_hub)
         print(f"model card updated: {url}")
@@ -309,7 +222,7 @@ def check_audit_paths(args: argparse.Namespace) -> str | None:
         problem = _data_problem(path, args.text_field)
         if problem:
             return problem
-    problem = _writable_problem("--out", args.out)
+    problem = _writable_problem("--output-dir", args.output_dir)
     if problem:
         return problem
     if args.push_to_hub is not None:
@@ -326,7 +239,7 @@ def check_audit_paths(args: argparse.Namespace) -> str | None:
         if get_token() is None:
             return "argument --push-to-hub: no Hub token (run `hf auth login` or set HF_TOKEN)"
     if not all(is_available(module) for module in EXTRAS["plots"]):
-        return 'argument --out: the HTML report needs matplotlib: pip install "hf-memory[plots]"'
+        return 'argument --output-dir: the HTML report needs matplotlib: pip install "hf-memory[plots]"'
     if args.reference_model is not None and not all(is_available(module) for module in EXTRAS["analysis"]):
         return (
             "argument --reference-model: the calibrated CE diagnostic needs the analysis extra: "
@@ -335,15 +248,16 @@ def check_audit_paths(args: argparse.Namespace) -> str | None:
     return None
 
 
-def run_measure(args: argparse.Namespace) -> dict:
+def run_measure(args: argparse.Namespace, config) -> dict:
     """`hf-memory measure`: load the model and the documents, measure extraction, print the metrics.
 
-    With `--out`, one JSON line per window is written: its source, start, scores, and the predicted and true
+    With `--output-file`, one JSON line per window is written: its source, start, scores, and the predicted and true
     suffix as token ids and text.
 
     Args:
-        args: The parsed `measure` arguments (`model`, `gguf_file`, `data`, `text_field`, `prefix`, `suffix`,
-            `stride`, `batch_size`, `method`, `out`, `out_dir`, `text_rouge`).
+        args: The parsed `measure` arguments (the fields of `ModelArguments`, `DataArguments` and
+            `MeasureArguments`).
+        config: The extraction settings (`ExtractionConfig`), built from the same arguments.
 
     Returns:
         The aggregate metrics, as in `ExtractionResult.metrics`.
@@ -356,14 +270,15 @@ def run_measure(args: argparse.Namespace) -> dict:
     from ..models import load_model
 
     model, tokenizer = load_model(args.model, args.gguf_file)
-    if args.out:  # the JSON lines name each window's source: the documents are read into memory
+    if args.output_file:  # the JSON lines name each window's source: the documents are read into memory
         sequences, sources = load_token_sequences(args.data, tokenizer, args.text_field)
+        list(_in_vocabulary(zip(sequences, sources), model))
         num_documents = len(sequences)
-    else:  # streamed: only the batch being scored is held (with --out-dir, the rows go to disk)
+    else:  # streamed: only the batch being scored is held (with --output-dir, the rows go to disk)
         counted = [0]
 
         def stream():
-            for ids, _ in iter_token_sequences(args.data, tokenizer, args.text_field):
+            for ids, _ in _in_vocabulary(iter_token_sequences(args.data, tokenizer, args.text_field), model):
                 counted[0] += 1
                 yield ids
 
@@ -371,25 +286,21 @@ def run_measure(args: argparse.Namespace) -> dict:
     result = measure_extraction(
         model,
         sequences,
-        prefix_len=args.prefix,
-        suffix_len=args.suffix,
-        stride=args.stride,
-        batch_size=args.batch_size,
-        method=args.method,
+        config=config,
         tokenizer=tokenizer if args.text_rouge else None,
-        output_dir=args.out_dir,
+        output_dir=args.output_dir,
     )
     print(
-        f"\n{result.num_windows} windows of {args.prefix}+{args.suffix} tokens from "
+        f"\n{result.num_windows} windows of {config.prefix_len}+{config.suffix_len} tokens from "
         f"{num_documents if num_documents is not None else counted[0]} documents "
         f"({result.num_skipped} too short, skipped)"
     )
     print(f"{'metric':<24}{'value':>10}")
     for name, value in result.metrics.items():
         print(f"{name:<24}{value:>10.4f}")
-    if args.out:
-        per_sample = result.per_sample() if args.method != "prefix" else {}
-        with open(args.out, "w", encoding="utf-8") as f:
+    if args.output_file:
+        per_sample = result.per_sample() if config.method != "prefix" else {}
+        with open(args.output_file, "w", encoding="utf-8") as f:
             for i, ((seq, start), pred, ref) in enumerate(zip(result.windows, result.predictions, result.references)):
                 row = {
                     "source": sources[seq],
@@ -408,9 +319,9 @@ def run_measure(args: argparse.Namespace) -> dict:
                     }
                 )
                 f.write(json.dumps(row) + "\n")
-        print(f"per-window results: {args.out}")
-    if args.out_dir:
-        print(f"per-window results: {args.out_dir} (Parquet; datasets.load_dataset('parquet', data_dir=...))")
+        print(f"per-window results: {args.output_file}")
+    if args.output_dir:
+        print(f"per-window results: {args.output_dir} (Parquet; datasets.load_dataset('parquet', data_dir=...))")
     return result.metrics
 
 
@@ -430,15 +341,15 @@ def check_paths(args: argparse.Namespace) -> str | None:
             problem = _data_problem(path, args.text_field)
             if problem:
                 return problem
-        if args.out is not None:
-            folder = os.path.dirname(os.path.abspath(args.out))
-            if os.path.isdir(args.out):
-                return f"argument --out: {args.out!r} is a folder; give a file name"
+        if args.output_file is not None:
+            folder = os.path.dirname(os.path.abspath(args.output_file))
+            if os.path.isdir(args.output_file):
+                return f"argument --output-file: {args.output_file!r} is a folder; give a file name"
             if not os.path.isdir(folder):
-                return f"argument --out: the folder {folder!r} does not exist"
-        if args.out is not None and args.out_dir is not None:
-            return "argument --out: not with --out-dir (the rows are in the folder's Parquet shards)"
-        if args.out_dir is not None and (problem := _writable_problem("--out-dir", args.out_dir)):
+                return f"argument --output-file: the folder {folder!r} does not exist"
+        if args.output_file is not None and args.output_dir is not None:
+            return "argument --output-file: not with --output-dir (the rows are in the folder's Parquet shards)"
+        if args.output_dir is not None and (problem := _writable_problem("--output-dir", args.output_dir)):
             return problem
         if args.text_rouge and args.method == "prefix":
             return "argument --text-rouge: needs whole predictions, which --method prefix does not produce"
@@ -448,12 +359,14 @@ def check_paths(args: argparse.Namespace) -> str | None:
             if not all(is_available(module) for module in EXTRAS["analysis"]):
                 return 'argument --text-rouge: needs the analysis extra: pip install "hf-memory[analysis]"'
     if args.command == "demo":
-        problem = _writable_problem("--out-dir", args.out_dir)
+        problem = _writable_problem("--output-dir", args.output_dir)
         if problem:
             return problem
         from ..data import stdlib_docstrings
 
-        length = args.prefix + args.suffix  # a token spans at least one byte: an upper bound, before the tokenizer
+        length = (
+            args.prefix_len + args.suffix_len
+        )  # a token spans at least one byte: an upper bound, before the tokenizer
         most = sum(len(doc.encode("utf-8")) >= length for doc in stdlib_docstrings())
         if args.docs + args.held_out > most:
             return (
@@ -476,35 +389,36 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success, 1 on an error while working, 130 when interrupted.
     """
+    from .arguments import DemoArguments, build_from_arguments, warn_renamed_options
+
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    warn_renamed_options(args.command, argv)
+    command = parser._subparsers._group_actions[0].choices[args.command]  # the subcommand's parser, for its usage
+    if args.command == "measure":
+        from ..extraction import ExtractionConfig
+
+        config = build_from_arguments(command, ExtractionConfig, args)
+    elif args.command == "audit":
+        from ..auditing import AuditConfig
+
+        config = build_from_arguments(command, AuditConfig, args)
+    else:
+        config = build_from_arguments(command, DemoArguments, args)
     problem = check_paths(args)
     if problem is not None:
-        parser.error(problem)
+        command.error(problem)
     debug = args.debug or os.environ.get(DEBUG_ENVIRONMENT, "") not in ("", "0")
     try:
         if args.command == "demo":
             from .demo import run_demo
 
-            run_demo(
-                model=args.model,
-                gguf_file=args.gguf_file,
-                docs=args.docs,
-                held_out=args.held_out,
-                epochs=args.epochs,
-                lr=args.lr,
-                batch_size=args.batch_size,
-                prefix_len=args.prefix,
-                suffix_len=args.suffix,
-                goldfish_k=args.goldfish_k,
-                goldfish_h=args.goldfish_h,
-                seed=args.seed,
-                out_dir=args.out_dir,
-            )
+            run_demo(args.model, args.gguf_file, *dataclasses.astuple(config))
         elif args.command == "measure":
-            run_measure(args)
+            run_measure(args, config)
         elif args.command == "audit":
-            run_audit(args)
+            run_audit(args, config)
     except KeyboardInterrupt:
         if debug:
             raise

@@ -4,7 +4,8 @@
 from ..metrics import EXTRACTABLE_MEMORIZATION
 from ..metrics.extractable_memorization.extractable_memorization import extraction_scores
 from .callback import MEMORIZATION_LOG_PREFIX, MemorizationCallback
-from .harness import EXTRACTION_METHODS, ExtractionResult, measure_extraction
+from .config import EXTRACTION_METHODS, ExtractionConfig
+from .harness import ExtractionResult, measure_extraction
 from .text import text_rouge_l
 from .windows import WindowSample, WindowStream, extraction_windows, sample_windows
 
@@ -13,6 +14,7 @@ __all__ = [
     "EXTRACTABLE_MEMORIZATION",
     "EXTRACTION_METHODS",
     "MEMORIZATION_LOG_PREFIX",
+    "ExtractionConfig",
     "ExtractionResult",
     "MemorizationCallback",
     "WindowSample",

@@ -23,8 +23,6 @@ from tqdm.auto import tqdm
 from .._utils import (
     as_sequences,
     check_bool,
-    check_choice,
-    check_integer,
     check_vocabulary,
     check_writable,
     eval_mode,
@@ -32,24 +30,14 @@ from .._utils import (
     model_device,
     model_identity,
     require_extra,
+    tokenizer_fingerprint,
     weights_fingerprint,
 )
+from .._utils.store import ResultFolder, ShardWriter, finish_store, input_bytes, open_store, warn_unfinished
 from ..metrics.extractable_memorization.extractable_memorization import extraction_scores
+from .config import EXTRACTION_METHODS, ExtractionConfig  # noqa: F401 (EXTRACTION_METHODS: the callback imports it from here)
 from .decoding import Regrouper, generate_suffixes, verify_and_decode
-from .store import (
-    SCORE_COLUMNS,
-    STORE_FORMAT,
-    WEIGHTS_KEY,
-    ShardWriter,
-    check_shards,
-    iter_score_batches,
-    open_results_folder,
-    read_manifest,
-    read_summary,
-    shard_paths,
-    shard_schema,
-    write_summary,
-)
+from .store import SCORE_COLUMNS, shard_schema
 from .text import decode_for_rouge, text_rouge_l
 from .windows import WindowStream
 
@@ -58,7 +46,6 @@ if TYPE_CHECKING:
     import datasets
 
 
-EXTRACTION_METHODS = ("auto", "prefix", "generate")
 _IN_MEMORY = (list, tuple, torch.Tensor, Mapping)  # inputs checked whole before any work
 _PREFIX_METRICS = ("exact_match", "longest_common_prefix")
 
@@ -139,19 +126,35 @@ class ExtractionResult:
             raise ValueError("This result is held in memory (no `output_dir`): read its lists directly.")
         from datasets import Dataset, Features, load_dataset
 
-        shards = shard_paths(self.output_dir)
+        store = ResultFolder(self.output_dir)
+        shards = store.shard_paths()
         if not shards:  # a run stopped before its first shard
             features = Features.from_arrow_schema(shard_schema())
             return Dataset.from_dict({name: [] for name in features}, features=features)
         try:
             rows = load_dataset("parquet", data_files=shards, split="train")
         except Exception:
-            check_shards(self.output_dir)  # names the damaged shard, if that is what failed
+            for path in shards:  # names the damaged shard, if that is what failed
+                store.read(path)
             raise
         return rows.sort(["sequence", "start"])
 
     @classmethod
     def from_output_dir(cls, output_dir: str | os.PathLike) -> ExtractionResult:
+        """Deprecated name of `load` (a `FutureWarning`; it goes in a later release).
+
+        Args:
+            output_dir: A folder written by `measure_extraction(..., output_dir=...)`.
+        """
+        warnings.warn(
+            "`ExtractionResult.from_output_dir` is now `ExtractionResult.load`; the old name goes in a later release.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return cls.load(output_dir)
+
+    @classmethod
+    def load(cls, output_dir: str | os.PathLike) -> ExtractionResult:
         """The aggregate numbers of the run written to `output_dir`, read from its shards' score columns.
 
         No prediction or reference is loaded (`dataset()` gives them); each mean is an exactly rounded sum
@@ -169,29 +172,24 @@ class ExtractionResult:
             FileNotFoundError: If the folder holds no results.
             ValueError: If its manifest or a shard is damaged (naming the file).
         """
-        folder = os.fspath(output_dir)
-        manifest = read_manifest(folder)
-        summary = read_summary(folder)
-        settings = manifest["settings"]
-        names = list(_PREFIX_METRICS) if settings["method"] == "prefix" else list(SCORE_COLUMNS[:4])
+        store = ResultFolder(output_dir)
+        settings = store.manifest()["settings"]
+        summary = store.check_complete()
+        names = list(_PREFIX_METRICS) if settings.get("method") == "prefix" else list(SCORE_COLUMNS[:4])
         if settings.get("text_rouge"):
             names.append("rouge_l_text")
         order = [n for n in ("exact_match", "memorization_score", "longest_common_prefix", "rouge_l") if n in names]
         columns = order + (["rouge_l_text"] if "rouge_l_text" in names else [])
         sums, count = {name: _ExactSum() for name in columns}, 0
-        for batch in iter_score_batches(folder):  # one pass over the shards
-            count += len(batch["sequence"])
+        for table in store.iter_tables(["sequence", *columns]):  # one pass over the shards, never the token ids
+            count += table.num_rows
             for name in columns:
-                sums[name].add(batch[name])
+                sums[name].add(table[name].to_numpy(zero_copy_only=False))
         metrics = {name: sums[name].value() / count if count else float("nan") for name in columns}
         if summary is None:
-            warnings.warn(
-                f"The run in {folder!r} has not finished: these numbers cover the {count} windows written so far. "
-                "Rerun the same measure_extraction call to complete it.",
-                stacklevel=2,
-            )
+            warn_unfinished(store.folder, count, "measure_extraction")
         num_skipped = summary["num_skipped"] if summary else 0
-        return cls([], [], [], metrics, [], num_skipped, None, output_dir=folder, num_windows=count)
+        return cls([], [], [], metrics, [], num_skipped, None, output_dir=store.folder, num_windows=count)
 
 
 class _ExactSum:
@@ -316,28 +314,6 @@ def _check_vocabulary(items, model, name: str) -> None:
         raise
 
 
-def _check_last_written(writer, item, past: bool, prefix_len: int, output_dir: str) -> None:
-    """Refuse to resume unless the input's window where the earlier run stopped is the last one it wrote (same
-    sequence, start and suffix).
-
-    Args:
-        writer: The `ShardWriter`.
-        item: `(sequence, start, window)`: the input's last window among those already written.
-        past: Whether the written rows end inside the input's batch rather than at its end.
-        prefix_len: Tokens of each window's prefix.
-        output_dir: The results folder, for the message.
-    """
-    seq, start, window = item
-    last = writer.last_written()
-    if not past and last is not None and last == (seq, start, window[prefix_len:].tolist()):
-        return
-    where = "nowhere" if last is None else f"(sequence, start) = ({last[0]}, {last[1]})"
-    raise ValueError(
-        f"`sequences` differ from those of the run that wrote {output_dir!r}: its last written window is {where}, "
-        "and the input's window there is not the same (position or suffix tokens). Use another folder for other data."
-    )
-
-
 def _rows(items, predictions, references, lcp, method, rouge_text) -> dict:
     """One batch's shard rows, column by column."""
     n = len(items)
@@ -356,19 +332,176 @@ def _rows(items, predictions, references, lcp, method, rouge_text) -> dict:
     }
 
 
+class _MemoryRows:
+    """The rows of a run without `output_dir`: kept in memory, returned whole."""
+
+    done = 0
+
+    def __init__(self, config: ExtractionConfig, text_rouge: bool) -> None:
+        self.config, self.text_rouge = config, text_rouge
+        self.records: list[tuple] = []  # (window number, sequence, start, prediction, reference, lcp, text ROUGE-L)
+
+    def skip(self, items) -> None:
+        raise RuntimeError("an in-memory run has no rows to skip")
+
+    def add(self, number: int, items, predictions, references, lcp: list[int], rouge_text) -> None:
+        first = number * self.config.batch_size
+        for j, ((seq, start, _), pred, ref, n) in enumerate(zip(items, predictions, references, lcp)):
+            self.records.append((first + j, seq, start, pred, ref, n, None if rouge_text is None else rouge_text[j]))
+
+    def close(self) -> None:
+        pass
+
+    def check_all_skipped(self) -> None:
+        pass
+
+    def result(self, stream: WindowStream, state) -> ExtractionResult:
+        records = self.records
+        if state.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            records = sorted(gather_object(records))
+        _, seqs, starts, predictions, references, lcps, texts = (list(column) for column in zip(*records))
+        metrics = extraction_scores(predictions, references)
+        if self.config.method == "prefix":
+            metrics = {k: metrics[k] for k in _PREFIX_METRICS}
+        rouge_text = None
+        if self.text_rouge:
+            rouge_text = texts
+            metrics["rouge_l_text"] = sum(rouge_text) / len(rouge_text)
+        index = list(zip(seqs, starts))
+        return ExtractionResult(predictions, references, lcps, metrics, index, stream.num_skipped, rouge_text)
+
+
+class _StoredRows:
+    """The rows of a run with `output_dir`: written to the folder's shards as they come, read back at the end."""
+
+    def __init__(self, output_dir: str, writer: ShardWriter, config: ExtractionConfig) -> None:
+        self.output_dir, self.writer, self.config = output_dir, writer, config
+        self.done = writer.done
+
+    def skip(self, items) -> None:
+        self.writer.skip([_window_input(item) for item in items])
+
+    def add(self, number: int, items, predictions, references, lcp: list[int], rouge_text) -> None:
+        rows = _rows(items, predictions, references, lcp, self.config.method, rouge_text)
+        self.writer.add(rows, [_window_input(item) for item in items])
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def check_all_skipped(self) -> None:
+        self.writer.check_all_skipped()
+
+    def result(self, stream: WindowStream, state) -> ExtractionResult:
+        state.wait_for_everyone()
+        if state.is_main_process:
+            finish_store(self.output_dir, {"num_skipped": stream.num_skipped, "num_sequences": stream.num_sequences})
+        state.wait_for_everyone()
+        return ExtractionResult.load(self.output_dir)
+
+
+def _window_input(item) -> bytes:
+    """What identifies a window's row: its sequence, start and token ids."""
+    seq, start, window = item
+    return input_bytes(seq, start, window)
+
+
+def _open_rows(model, config: ExtractionConfig, tokenizer, output_dir: str | None, state):
+    """Where the rows of this run go: memory, or the shards of `output_dir` (checked against the run already there,
+    which is resumed)."""
+    if output_dir is None:
+        return _MemoryRows(config, tokenizer is not None)
+    manifest = {
+        "kind": "extraction",
+        "settings": {**config.to_dict(), "text_rouge": tokenizer is not None},
+        "model": {**model_identity(model), "weights_sha256": weights_fingerprint(model)},
+        "tokenizer_sha256": None if tokenizer is None else tokenizer_fingerprint(tokenizer),
+        "num_processes": state.num_processes,
+    }
+    open_store(output_dir, manifest, is_main=state.is_main_process)
+    state.wait_for_everyone()
+    writer = ShardWriter(
+        output_dir, shard_schema(), state.process_index, config.flush_every, name="output_dir", data_name="sequences"
+    )
+    return _StoredRows(output_dir, writer, config)
+
+
+class _Decoder:
+    """Greedy continuations and longest common prefixes of a stream of batches, by the config's method: "auto"
+    regroups the diverged rows of several batches (`Regrouper`); batches come back complete and in order."""
+
+    def __init__(self, model, config: ExtractionConfig) -> None:
+        self.model, self.config = model, config
+        self.regrouper = Regrouper(model, config.prefix_len, config.batch_size) if config.method == "auto" else None
+
+    def submit(self, key, batch: torch.Tensor) -> list[tuple]:
+        if self.regrouper is not None:
+            return self.regrouper.submit(key, batch)
+        return [(key, *_decode_batch(self.model, batch, self.config.prefix_len, self.config.method))]
+
+    def finish(self) -> list[tuple]:
+        return self.regrouper.finish() if self.regrouper is not None else []
+
+
+def _check_output_dir(output_dir) -> str | None:
+    if output_dir is None:
+        return None
+    if not isinstance(output_dir, (str, os.PathLike)):
+        raise ValueError(f"`output_dir` must be a folder path, got {type(output_dir).__name__}.")
+    output_dir = os.fspath(output_dir)
+    if not output_dir:
+        raise ValueError("`output_dir` must be a folder path, got an empty string (use '.' for this folder).")
+    check_writable(output_dir)
+    return output_dir
+
+
+def _check_tokenizer(tokenizer, method: str) -> None:
+    if tokenizer is None:
+        return
+    if not callable(getattr(tokenizer, "batch_decode", None)):
+        raise ValueError(f"`tokenizer` must be a transformers tokenizer (with batch_decode), got {tokenizer!r:.80}.")
+    if method == "prefix":
+        raise ValueError(
+            "`tokenizer` (text-level ROUGE-L) needs whole predictions, which method='prefix' does not produce: "
+            "use method='auto' or 'generate'."
+        )
+    require_extra("analysis", "Text-level ROUGE-L (`tokenizer=`)")
+
+
+def _check_in_memory(sequences, model, config: ExtractionConfig) -> tuple:
+    """An input already in memory (list, tensor, mapping), checked whole before any work: `(sequences, windows)`;
+    a streamed one is returned as is with None (it is checked batch by batch)."""
+    if not isinstance(sequences, _IN_MEMORY):
+        return sequences, None
+    sequences = as_sequences(sequences)
+    length, stride = config.window_len, config.stride
+    long_enough = [(i, row) for i, row in enumerate(sequences) if len(row) >= length]
+    if not long_enough:
+        raise ValueError(
+            f"No sequence in `sequences` has prefix_len + suffix_len = {length} tokens "
+            f"({len(sequences)} skipped): lower `prefix_len` / `suffix_len` or give longer sequences."
+        )
+    _check_vocabulary(long_enough, model, "sequences")
+    total = sum(len(range(0, len(row) - length + 1, stride)) if stride else 1 for _, row in long_enough)
+    return sequences, total
+
+
 @torch.inference_mode()
 def measure_extraction(
     model: torch.nn.Module,
     sequences: Sequence[Sequence[int]] | torch.Tensor | datasets.Dataset | Iterable,
-    prefix_len: int = 32,
-    suffix_len: int = 32,
-    stride: int | None = None,
-    batch_size: int = 64,
-    method: str = "auto",
+    prefix_len: int = ExtractionConfig.prefix_len,
+    suffix_len: int = ExtractionConfig.suffix_len,
+    stride: int | None = ExtractionConfig.stride,
+    batch_size: int = ExtractionConfig.batch_size,
+    method: str = ExtractionConfig.method,
     show_progress: bool = True,
     tokenizer=None,
     output_dir: str | os.PathLike | None = None,
-    flush_every: int = 16,
+    flush_every: int = ExtractionConfig.flush_every,
+    *,
+    config: ExtractionConfig | None = None,
 ) -> ExtractionResult:
     """Greedy extraction of each window's suffix from its prefix, scored by the `extractable_memorization` metric.
 
@@ -379,14 +512,16 @@ def measure_extraction(
     the stream, so the rows do not depend on the number of processes. The model is put in eval mode for the call
     and given back its mode.
 
-    With `output_dir`, every window's row (sequence index, window start, the four scores, predicted and true ids)
-    goes to Parquet shards there, a shard every `flush_every` batches per process, and the result is read back from
-    them (`ExtractionResult.from_output_dir`): memory no longer grows with the number of windows. Rerunning the
-    same call after a crash or a kill continues after the last complete shard; the final rows equal a clean run's.
-    A different model (name, config or weights: the manifest holds a fingerprint of them), different settings or
-    other data into the same folder is refused. A folder written before weight fingerprints were recorded still
-    reads, and rerunning its finished call returns its results; a call that would add rows to it is refused before
-    decoding them.
+    The settings come as keyword arguments or as one `ExtractionConfig` (`config=`); keywords that differ from
+    their defaults are laid over the config. With `output_dir`, every window's row (sequence index, window start,
+    the four scores, predicted and true ids) goes to Parquet shards there, a shard every `flush_every` batches per
+    process, and the result is read back from them (`ExtractionResult.load`): memory no longer grows with
+    the number of windows. Rerunning the same call after a crash or a kill continues after the last complete shard;
+    the final rows equal a clean run's. The folder's manifest records the settings and the model (name, config and
+    a fingerprint of its weights), and every shard a running fingerprint of the windows scored so far: another
+    model, other settings, or data that differ from the windows already scored (an edited, inserted or removed
+    document) are refused before any row is added. A folder written by an older hf-memory still reads, but takes no
+    new rows.
 
     Args:
         model: A causal language model (transformers `...ForCausalLM`, possibly with a LoRA-style PEFT adapter), on
@@ -408,12 +543,15 @@ def measure_extraction(
         output_dir: A folder for the per-window rows (Parquet shards and a manifest); None keeps everything in
             memory. Files there other than the run's own are ignored.
         flush_every: With `output_dir`, batches per shard: at most this many batches are redone after a crash.
+        config: All of the settings above at once (`ExtractionConfig`), e.g. loaded with
+            `ExtractionConfig.from_pretrained`.
 
     Returns:
         An `ExtractionResult`: with the predictions, references and scores of every window, in input order; with
         `output_dir`, the aggregate numbers (the rows are in `result.dataset()`).
 
     Raises:
+        TypeError: If `config` is not an `ExtractionConfig`.
         ValueError: If a length, `stride`, `batch_size` or `flush_every` is not a positive integer, `method` is
             unknown, `show_progress` is not a bool, `model` is a PEFT prompt-learning model or has learned position
             embeddings shorter than `prefix_len + suffix_len`, a sequence is not integer token ids or holds an id
@@ -432,173 +570,81 @@ def measure_extraction(
         >>> result = measure_extraction(model, [list(range(20)), [1, 2, 3]], prefix_len=8, suffix_len=8, show_progress=False)
         >>> len(result.predictions), result.num_skipped, sorted(result.metrics)
         (1, 1, ['exact_match', 'longest_common_prefix', 'memorization_score', 'rouge_l'])
+        >>> same = measure_extraction(model, [list(range(20))], config=ExtractionConfig(prefix_len=8, suffix_len=8),
+        ...     show_progress=False)
+        >>> same.predictions == result.predictions
+        True
     """
-    prefix_len = check_integer(prefix_len, "prefix_len", minimum=1)
-    suffix_len = check_integer(suffix_len, "suffix_len", minimum=1)
-    stride = check_integer(stride, "stride", minimum=1, allow_none=True)
-    batch_size = check_integer(batch_size, "batch_size", minimum=1)
-    flush_every = check_integer(flush_every, "flush_every", minimum=1)
-    check_choice(method, "method", EXTRACTION_METHODS)
+    settings = {
+        "prefix_len": prefix_len,
+        "suffix_len": suffix_len,
+        "stride": stride,
+        "batch_size": batch_size,
+        "method": method,
+        "flush_every": flush_every,
+    }
+    config = ExtractionConfig.from_arguments(config, settings, "`measure_extraction`")
     show_progress = check_bool(show_progress, "show_progress")
-    check_model(model, prefix_len, suffix_len)
-    if tokenizer is not None:
-        if not callable(getattr(tokenizer, "batch_decode", None)):
-            raise ValueError(
-                f"`tokenizer` must be a transformers tokenizer (with batch_decode), got {tokenizer!r:.80}."
-            )
-        if method == "prefix":
-            raise ValueError(
-                "`tokenizer` (text-level ROUGE-L) needs whole predictions, which method='prefix' does not produce: "
-                "use method='auto' or 'generate'."
-            )
-        require_extra("analysis", "Text-level ROUGE-L (`tokenizer=`)")
-    if output_dir is not None:
-        if not isinstance(output_dir, (str, os.PathLike)):
-            raise ValueError(f"`output_dir` must be a folder path, got {type(output_dir).__name__}.")
-        output_dir = os.fspath(output_dir)
-        if not output_dir:
-            raise ValueError("`output_dir` must be a folder path, got an empty string (use '.' for this folder).")
-        check_writable(output_dir)
-
-    length = prefix_len + suffix_len
-    total = None
-    if isinstance(sequences, _IN_MEMORY):  # already in memory: check all of it before any work
-        sequences = as_sequences(sequences)
-        long_enough = [(i, row) for i, row in enumerate(sequences) if len(row) >= length]
-        if not long_enough:
-            raise ValueError(
-                f"No sequence in `sequences` has prefix_len + suffix_len = {length} tokens "
-                f"({len(sequences)} skipped): lower `prefix_len` / `suffix_len` or give longer sequences."
-            )
-        _check_vocabulary(long_enough, model, "sequences")
-        total = sum(len(range(0, len(row) - length + 1, stride)) if stride else 1 for _, row in long_enough)
-    stream = WindowStream(sequences, prefix_len, suffix_len, stride)
+    check_model(model, config.prefix_len, config.suffix_len)
+    _check_tokenizer(tokenizer, config.method)
+    output_dir = _check_output_dir(output_dir)
+    sequences, total = _check_in_memory(sequences, model, config)
+    stream = WindowStream(sequences, config.prefix_len, config.suffix_len, config.stride)
 
     from accelerate import PartialState
 
     device = model_device(model)
     state = PartialState(cpu=device.type == "cpu")  # a CPU model under torchrun / accelerate launch: gloo
-    rank, world = state.process_index, state.num_processes
-    writer, legacy = None, False
-    if output_dir is not None:
-        settings = {
-            "prefix_len": prefix_len,
-            "suffix_len": suffix_len,
-            "stride": stride,
-            "batch_size": batch_size,
-            "method": method,
-            "text_rouge": tokenizer is not None,
-        }
-        identity = model_identity(model)
-        identity[WEIGHTS_KEY] = weights_fingerprint(model) if state.is_main_process else None  # checked by main
-        manifest = {"format": STORE_FORMAT, "settings": settings, "model": identity, "num_processes": world}
-        legacy = open_results_folder(output_dir, manifest, is_main=state.is_main_process)
-        state.wait_for_everyone()
-        writer = ShardWriter(output_dir, rank, flush_every)
-
-    records = []  # in memory: (window number, sequence, start, prediction, reference, lcp, text ROUGE-L)
-    done = writer.done if writer is not None else 0  # windows of this process's share already on disk
+    rank, world, size = state.process_index, state.num_processes, config.batch_size
+    rows = _open_rows(model, config, tokenizer, output_dir, state)
     seen = 0  # windows of this process's share met so far
-    bar = None
+    number = -1
 
-    def record(number: int, items: list, preds, lcp: torch.Tensor) -> None:
-        """Score one completed batch and write its rows (or keep them)."""
-        nonlocal seen
+    def record(number: int, items, preds, lcp: torch.Tensor) -> None:
+        """Score one completed batch and hand its rows on."""
         predictions = [p.tolist() for p in preds]
-        references = [window[prefix_len:].tolist() for _, _, window in items]
+        references = [window[config.prefix_len :].tolist() for _, _, window in items]
         rouge_text = None
         if tokenizer is not None:
             rouge_text = text_rouge_l(
                 decode_for_rouge(tokenizer, predictions), decode_for_rouge(tokenizer, references)
             )
-        if writer is not None:
-            writer.add(_rows(items, predictions, references, lcp.tolist(), method, rouge_text))
-        else:
-            first = number * batch_size
-            for j, ((seq, start, _), pred, ref, n) in enumerate(zip(items, predictions, references, lcp.tolist())):
-                records.append((first + j, seq, start, pred, ref, n, rouge_text and rouge_text[j]))
-        seen += len(items)
+        rows.add(number, items, predictions, references, lcp.tolist(), rouge_text)
         bar.update(len(items))
 
-    number = -1
-    try:  # from here on the writer is closed (its lock let go, every scored batch kept) whatever happens
-        mine = (
-            None
-            if total is None
-            else sum(min(batch_size, total - b) for b in range(rank * batch_size, total, world * batch_size))
-        )
+    bar = None
+    try:  # from here on the rows are closed (the folder's lock let go, every scored batch kept) whatever happens
+        mine = None if total is None else sum(min(size, total - b) for b in range(rank * size, total, world * size))
         bar = tqdm(
-            total=mine,
-            unit="window",
-            desc="extraction",
-            disable=not show_progress or not state.is_local_main_process,
+            total=mine, unit="window", desc="extraction", disable=not show_progress or not state.is_local_main_process
         )
-        regrouper = Regrouper(model, prefix_len, batch_size) if method == "auto" else None
+        decoder = _Decoder(model, config)
         with eval_mode(model, "measure_extraction"):
-            for number, items in enumerate(_batches(stream, batch_size)):
+            for number, items in enumerate(_batches(stream, size)):
                 if number % world != rank:
                     continue
-                if seen < done:  # written by an earlier, interrupted run of the same call
+                if seen < rows.done:  # written by an earlier, interrupted run of the same call
+                    rows.skip(items)
                     seen += len(items)
                     bar.update(len(items))
-                    if seen >= done:
-                        _check_last_written(writer, items[-1], seen > done, prefix_len, output_dir)
                     continue
-                if legacy:
-                    raise ValueError(
-                        f"`output_dir` {output_dir!r} was written by an older hf-memory, which recorded no "
-                        "fingerprint of the model's weights: whether this model wrote its rows cannot be checked, "
-                        "so none is added to them. Use another folder, or delete this one to start over (its rows "
-                        "still load with `ExtractionResult.from_output_dir`)."
-                    )
-                batch = torch.stack([window for _, _, window in items])
                 if total is None:  # streamed: checked batch by batch
                     _check_vocabulary(items, model, "sequences")
-                if regrouper is not None:  # diverged rows of several batches decoded together
-                    for key, preds, lcp in regrouper.submit((number, items), batch.to(device)):
-                        record(*key, preds, lcp)
-                else:
-                    record(number, items, *_decode_batch(model, batch.to(device), prefix_len, method))
-            if regrouper is not None:
-                for key, preds, lcp in regrouper.finish():
+                batch = torch.stack([window for _, _, window in items]).to(device)
+                for key, preds, lcp in decoder.submit((number, items), batch):
                     record(*key, preds, lcp)
+            for key, preds, lcp in decoder.finish():
+                record(*key, preds, lcp)
     finally:
         if bar is not None:
             bar.close()
-        if writer is not None:
-            writer.close()  # every batch scored so far is kept, whatever stopped the loop
-    if seen < done:
-        raise ValueError(
-            f"`sequences` hold fewer windows than the run that wrote {output_dir!r} had already scored: use another "
-            "folder for other data."
-        )
+        rows.close()
+    rows.check_all_skipped()
     if stream.num_sequences == 0:
         raise ValueError("`sequences` is empty: give at least one sequence of token ids.")
     if number < 0:
         raise ValueError(
-            f"No sequence in `sequences` has prefix_len + suffix_len = {length} tokens "
+            f"No sequence in `sequences` has prefix_len + suffix_len = {config.window_len} tokens "
             f"({stream.num_skipped} skipped): lower `prefix_len` / `suffix_len` or give longer sequences."
         )
-
-    if writer is not None:
-        state.wait_for_everyone()
-        if state.is_main_process:
-            counts = {"num_skipped": stream.num_skipped, "num_sequences": stream.num_sequences}
-            write_summary(output_dir, counts)
-        state.wait_for_everyone()
-        return ExtractionResult.from_output_dir(output_dir)
-
-    if world > 1:
-        from accelerate.utils import gather_object
-
-        records = sorted(gather_object(records))
-    _, seqs, starts, predictions, references, lcps, texts = (list(column) for column in zip(*records))
-    index = list(zip(seqs, starts))
-    metrics = extraction_scores(predictions, references)
-    if method == "prefix":
-        metrics = {k: metrics[k] for k in _PREFIX_METRICS}
-    rouge_text = None
-    if tokenizer is not None:
-        rouge_text = texts
-        metrics["rouge_l_text"] = sum(rouge_text) / len(rouge_text)
-    return ExtractionResult(predictions, references, lcps, metrics, index, stream.num_skipped, rouge_text)
+    return rows.result(stream, state)

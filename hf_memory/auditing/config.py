@@ -1,0 +1,87 @@
+"""The settings of an audit (`audit`, `hf-memory audit`), checked once where they are built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .._utils import HubConfigMixin, check_integer, check_number
+
+
+DEFAULT_MAX_WINDOWS = 512
+MAX_SEED = 2**32 - 1  # numpy's seeds, which transformers' set_seed reaches
+
+
+@dataclass
+class AuditConfig(HubConfigMixin):
+    """Which windows an audit draws from the data and how it scores them: what `audit` and `hf-memory audit` take.
+
+    Every field is also a keyword argument of `audit` and an option of `hf-memory audit` (with the same help text
+    and default), and the whole config is what the audit's resume manifest and `results.json` record.
+
+    Args:
+        prefix_len: Tokens of each window given to the model.
+        suffix_len: Tokens of each window the model must reproduce greedily.
+        stride: Tokens between consecutive windows of a document; None tiles each document with non-overlapping
+            windows (`prefix_len + suffix_len`).
+        max_windows: Most windows scored, drawn uniformly with `seed`; None scores them all.
+        batch_size: Windows per forward pass.
+        ce_lr: Learning rate of the calibrated CE diagnostic's SGD step (> 0; used with a reference model).
+        seed: Seed of the window draw.
+        top_k: How many of the most extracted windows the report shows with their text.
+        flush_every: Batches per chunk written to the resume folder: at most this many batches are scored again
+            after an interruption.
+
+    Raises:
+        ValueError: If a count is not an integer in range or `ce_lr` is not a finite number > 0.
+
+    Examples:
+        >>> AuditConfig(max_windows=None).stride is None
+        True
+    """
+
+    config_name = "audit_config.json"
+
+    prefix_len: int = field(
+        default=32, metadata={"help": "Tokens of each window given to the model.", "aliases": ["--prefix"]}
+    )
+    suffix_len: int = field(
+        default=32,
+        metadata={"help": "Tokens of each window the model must reproduce greedily.", "aliases": ["--suffix"]},
+    )
+    stride: int | None = field(
+        default=None,
+        metadata={"help": "Tokens between consecutive windows of a document (default: prefix + suffix, no overlap)."},
+    )
+    max_windows: int | None = field(
+        default=DEFAULT_MAX_WINDOWS,
+        metadata={"help": "Most windows scored, drawn uniformly with --seed (None: every window)."},
+    )
+    batch_size: int = field(default=16, metadata={"help": "Windows per forward pass."})
+    ce_lr: float = field(
+        default=1e-5,
+        metadata={"help": "Learning rate of the calibrated CE diagnostic's SGD step (with a reference model)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the window draw."})
+    top_k: int = field(default=10, metadata={"help": "How many of the most extracted windows the report shows."})
+    flush_every: int = field(
+        default=8,
+        metadata={
+            "help": "Batches per chunk kept on disk while the audit runs (at most this many redone after a crash)."
+        },
+    )
+
+    def __post_init__(self):
+        self.prefix_len = check_integer(self.prefix_len, "prefix_len", minimum=1)
+        self.suffix_len = check_integer(self.suffix_len, "suffix_len", minimum=1)
+        self.stride = check_integer(self.stride, "stride", minimum=1, allow_none=True)
+        self.max_windows = check_integer(self.max_windows, "max_windows", minimum=1, allow_none=True)
+        self.batch_size = check_integer(self.batch_size, "batch_size", minimum=1)
+        self.ce_lr = check_number(self.ce_lr, "ce_lr", minimum=0, exclusive_minimum=True)
+        self.seed = check_integer(self.seed, "seed", minimum=0, maximum=MAX_SEED)
+        self.top_k = check_integer(self.top_k, "top_k", minimum=0)
+        self.flush_every = check_integer(self.flush_every, "flush_every", minimum=1)
+
+    @property
+    def window_stride(self) -> int:
+        """Tokens between consecutive windows: `stride`, or `prefix_len + suffix_len` when it is None."""
+        return self.stride or self.prefix_len + self.suffix_len
