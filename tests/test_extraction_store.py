@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -293,11 +294,14 @@ def test_bad_output_dirs_are_refused_before_any_work(tmp_path, monkeypatch):
             run(m, corpus(), output_dir=folder)
     with pytest.raises(ValueError, match="`flush_every` must be an integer >= 1"):
         run(m, corpus(), output_dir=tmp_path, flush_every=0)
-    # a folder without write permission (simulated: this suite may run as root, whom permissions do not stop)
-    with monkeypatch.context() as patch:
-        patch.setattr(os, "access", lambda path, mode: False)
-        with pytest.raises(ValueError, match="cannot be written"):
+    # a folder nobody can create, root included (os.access said yes to root here: the run failed after the model ran)
+    with pytest.raises(ValueError, match=r"`output_dir` '/proc/hf-memory-test' cannot be written \("):
+        run(m, corpus(), output_dir="/proc/hf-memory-test")
+    with monkeypatch.context() as patch:  # a folder without write permission (simulated, for a root test run)
+        patch.setattr(tempfile, "mkdtemp", lambda **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+        with pytest.raises(ValueError, match="cannot be written .Permission denied in"):
             run(m, corpus(), output_dir=tmp_path / "new")
+    assert not os.path.exists(tmp_path / "new") and not [p for p in os.listdir(tmp_path) if "probe" in p]
     crash.remove()
     with pytest.raises(FileNotFoundError, match="holds no .manifest.json: it is not a results folder"):
         ExtractionResult.load(tmp_path)
@@ -499,6 +503,13 @@ def test_the_summary_records_rows_and_shards_as_finish_store_documents(tmp_path)
     shards = [p for p in os.listdir(tmp_path) if p.endswith(".parquet")]
     assert summary["num_rows"] == result.num_windows and summary["num_shards"] == len(shards)
     assert summary["ranks"]["0"]["rows"] == result.num_windows and summary["ranks"]["0"]["shards"] == len(shards)
+    for damage in ([1, 2], {"0": {"rows": "many", "shards": 1}}, {"x": {"rows": 1, "shards": 1}}):
+        (tmp_path / ".summary.json").write_text(json.dumps({**summary, "ranks": damage}))
+        with pytest.raises(ValueError, match=r"\.summary\.json is damaged"):
+            ExtractionResult.load(tmp_path)
+    (tmp_path / ".manifest.json").write_text('{"settings": [1, 2]}')
+    with pytest.raises(ValueError, match=r"\.manifest\.json is damaged"):
+        ExtractionResult.load(tmp_path)
 
 
 def test_a_finished_folder_missing_a_shard_is_refused_not_read_as_complete(tmp_path):

@@ -136,8 +136,11 @@ def writable_problem(folder: str) -> str | None:
         existing = os.path.dirname(existing)
     if existing and not os.path.isdir(existing):
         return f"{folder!r} cannot be created: {existing!r} is a file"
-    if not os.access(existing or ".", os.W_OK | os.X_OK):
-        return f"{folder!r} cannot be written (no write permission on {existing or '.'!r})"
+    try:  # try it: os.access says yes to root on folders nobody can write into (/proc, a read-only mount)
+        probe = tempfile.mkdtemp(prefix=".hf-memory-probe-", dir=existing or ".")
+    except OSError as err:
+        return f"{folder!r} cannot be written ({err.strerror or err} in {existing or '.'!r})"
+    os.rmdir(probe)
     return None
 
 

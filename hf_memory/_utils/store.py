@@ -165,8 +165,19 @@ class ResultFolder:
         summary = self.summary()
         if summary is None or "ranks" not in summary:  # unfinished, or written before counts were recorded
             return summary
+        ranks = summary["ranks"]
+        if not isinstance(ranks, Mapping) or not all(
+            str(rank).isdigit()
+            and isinstance(entry, Mapping)
+            and all(isinstance(entry.get(key), int) for key in ("rows", "shards"))
+            for rank, entry in ranks.items()
+        ):
+            raise ValueError(
+                f"{self._path(SUMMARY_NAME)} is damaged (its `ranks` are not rows and shards per process); delete it "
+                "and rerun the same call."
+            )
         found = self.shards_by_rank()
-        for rank, expected in summary["ranks"].items():
+        for rank, expected in ranks.items():
             paths = found.get(int(rank), [])
             rows = sum(shard_metadata(path)[0] for path in paths)
             if len(paths) != expected["shards"] or rows != expected["rows"]:
