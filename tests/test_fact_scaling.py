@@ -917,3 +917,78 @@ def test_non_embedding_parameters_leave_out_embedding_adapters_as_head_adapters(
         counts[tuple(targets)] = non_embedding_parameters(model)
     assert len(set(counts.values())) == 1
     assert counts[("q_proj",)] > non_embedding_parameters(tiny_llama(100, hidden=16))
+
+
+# ---------------------------------------------------------------- the shared training loop changes no number
+
+
+def _loop_before_the_shared_loop(model, tokenizer, rows, epochs, lr, batch_size, weight_decay, warmup_steps, schedule,
+                                  seed):  # fmt: skip
+    """`train_on_facts`' own loop as it was before it moved to `hf_memory._utils.training` (frozen reference)."""
+    from hf_memory.fact_scaling.capacity import _encode_rows
+    from hf_memory.fact_scaling.training import _answer_columns_only, _answer_loss
+
+    encoded, pad = _encode_rows(model, tokenizer, rows)
+    width = max(len(p) + len(t) for p, t in encoded)
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, (p, t) in enumerate(encoded):
+        ids[i, : len(p) + len(t)] = torch.tensor(p + t)
+        labels[i, len(p) : len(p) + len(t)] = torch.tensor(t)
+        mask[i, : len(p) + len(t)] = 1
+    size = len(encoded) if batch_size is None else min(batch_size, len(encoded))
+    total = epochs * math.ceil(len(encoded) / size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(total - warmup_steps, 1)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    generator = torch.Generator().manual_seed(seed)
+    keep_logits = _answer_columns_only(model)
+    losses = []
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(ids), generator=generator)
+        running = 0.0
+        for start in range(0, len(ids), size):
+            index = order[start : start + size]
+            loss = _answer_loss(model, ids[index], mask[index], labels[index], keep_logits)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            running += float(loss.detach()) * len(index)
+        losses.append(running / len(ids))
+    return losses
+
+
+@pytest.mark.parametrize(
+    ("arch", "settings"),
+    [
+        ("gpt2", {"batch_size": 5, "weight_decay": 0.1, "warmup_steps": 3, "schedule": "cosine", "seed": 4}),
+        ("llama", {"batch_size": None, "weight_decay": 0.0, "warmup_steps": 0, "schedule": "constant", "seed": 0}),
+    ],
+)
+def test_train_on_facts_gives_the_losses_and_weights_of_the_loop_it_had_before(arch, settings):
+    """Fixed seeds, a model with dropout (GPT-2's, drawn from the global RNG): the losses of every epoch and every
+    final weight equal, bit for bit, those of the loop `train_on_facts` had before the shared loop."""
+    facts = small_facts()
+    tok = facts.build_tokenizer()
+    reference = tiny_causal_lm(arch, vocab_size=len(tok), seed=2)
+    model = tiny_causal_lm(arch, vocab_size=len(tok), seed=2)
+    torch.manual_seed(11)
+    expected = _loop_before_the_shared_loop(reference, tok, facts.rows("train", "forward", repeat=True), 3, 1e-2,
+                                            **settings)  # fmt: skip
+    torch.manual_seed(11)
+    history = train_on_facts(model, tok, facts, epochs=3, lr=1e-2, **settings)
+    assert history.losses == expected and history.steps == 3 * math.ceil(24 / (settings["batch_size"] or 24))
+    for (name, trained), (_, ref) in zip(model.named_parameters(), reference.named_parameters()):
+        assert torch.equal(trained, ref), name

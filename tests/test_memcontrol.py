@@ -1645,3 +1645,87 @@ def test_attack_reads_prompts_once_and_checks_the_samplers_images():
             diffusion_extraction_attack(bad, ["a"], training, n_generations=4)
     with pytest.raises(ValueError, match="M >= 1 images"):
         diffusion_extraction_attack(sampler, ["a"], training[:0], n_generations=4)
+
+
+# ---------------------------------------------------------------- the shared training loop changes no number
+
+
+def _loop_before_the_shared_loop(model, lr, steps, seed, max_grad_norm, lr_scheduler, warmup_steps, step_loss):
+    """MemControl's own `_run_steps` as it was before the loop moved to `hf_memory._utils.training` (frozen)."""
+    from transformers import get_scheduler
+
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    schedule = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=steps)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        loss = step_loss(generator, next(model.parameters()).device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    return losses
+
+
+def _old_unet_step_loss(model, data, batch_size):
+    from hf_memory.memcontrol.training import default_noise_scheduler, predict_noise
+
+    images, text, scheduler = data["images"].float(), data["encoder_hidden_states"].float(), default_noise_scheduler()
+
+    def step_loss(generator, device):
+        index = torch.randint(len(images), (batch_size,), generator=generator)
+        batch = images[index]
+        noise = torch.randn(batch.shape, generator=generator)
+        timesteps = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        noisy = scheduler.add_noise(batch, noise, timesteps)
+        return torch.nn.functional.mse_loss(predict_noise(model, noisy, timesteps, text[index]), noise.to(device))
+
+    return step_loss
+
+
+def _old_lm_step_loss(model, data, batch_size):
+    from hf_memory.memcontrol.training import lm_batch
+
+    sequences = list(data)
+
+    def step_loss(generator, device):
+        index = torch.randint(len(sequences), (batch_size,), generator=generator).tolist()
+        return model(**lm_batch([sequences[i] for i in index], device), use_cache=False).loss
+
+    return step_loss
+
+
+@pytest.mark.parametrize(
+    ("kind", "settings"),
+    [
+        ("unet", {"max_grad_norm": 1.0, "lr_scheduler": "constant", "warmup_steps": 0, "seed": 3}),
+        ("lm", {"max_grad_norm": None, "lr_scheduler": "cosine", "warmup_steps": 2, "seed": 0}),
+        ("lm", {"max_grad_norm": 0.5, "lr_scheduler": "linear", "warmup_steps": 1, "seed": 7}),
+    ],
+)
+def test_the_inner_loops_give_the_losses_and_weights_of_the_loop_they_had_before(kind, settings):
+    """Fixed seeds, LoRA dropout (drawn from the global RNG): every step's loss and every final weight equal, bit for
+    bit, those of the loop MemControl had before the shared loop."""
+    build = tiny_unet if kind == "unet" else (lambda: tiny_causal_lm("gpt2"))
+    data = unet_data(6) if kind == "unet" else lm_data(6, 12)
+    models = []
+    for _ in range(2):
+        model = build()
+        mask = MemControlMask.for_model(model, lr=1e-2, lora_dropout=0.3)
+        models.append(mask.apply(model))
+    reference, model = models
+    step_loss = (_old_unet_step_loss if kind == "unet" else _old_lm_step_loss)(reference, data, 3)
+    torch.manual_seed(5)
+    expected = _loop_before_the_shared_loop(reference, 1e-2, 5, step_loss=step_loss, **settings)
+    torch.manual_seed(5)
+    train = train_unet if kind == "unet" else train_causal_lm
+    assert train(model, data, mask, steps=5, batch_size=3, **settings) == expected
+    for (name, trained), (_, ref) in zip(model.named_parameters(), reference.named_parameters()):
+        assert torch.equal(trained, ref), name
