@@ -883,7 +883,7 @@ def test_overwriting_in_the_inverse_direction_trains_and_measures_inverse_rows()
     original_train, original_measure = experiments.train_on_facts, experiments.fact_capacity
 
     def train(model, tokenizer, data, **kwargs):
-        rows = data.rows("train", kwargs["direction"]) if isinstance(data, SyntheticFactSet) else data
+        rows = data.rows("train", kwargs["config"].direction) if isinstance(data, SyntheticFactSet) else data
         trained.append({r["direction"] for r in rows})
         return original_train(model, tokenizer, data, **kwargs)
 
@@ -992,3 +992,111 @@ def test_train_on_facts_gives_the_losses_and_weights_of_the_loop_it_had_before(a
     assert history.losses == expected and history.steps == 3 * math.ceil(24 / (settings["batch_size"] or 24))
     for (name, trained), (_, ref) in zip(model.named_parameters(), reference.named_parameters()):
         assert torch.equal(trained, ref), name
+
+
+# ---------------------------------------------------------------- FactTrainingConfig: both call styles, one loop
+
+
+def test_train_on_facts_takes_a_config_or_keywords_with_the_same_result():
+    from hf_memory.fact_scaling import FactTrainingConfig
+
+    facts = small_facts()
+    tok = facts.build_tokenizer()
+    config = FactTrainingConfig(epochs=np.int64(2), lr=np.float32(1e-2), batch_size=5, schedule="cosine", seed=3)
+    assert type(config.epochs) is int and type(config.lr) is float
+    runs = []
+    for call in (
+        lambda m: train_on_facts(m, tok, facts, epochs=2, lr=config.lr, batch_size=5, schedule="cosine", seed=3),
+        lambda m: train_on_facts(m, tok, facts, config=config),
+        lambda m: train_on_facts(m, tok, facts, 2, config.lr, 5, 0.0, 0, "cosine", seed=3),  # positional, as before
+        lambda m: train_on_facts(m, tok, facts, config=dataclasses.replace(config, seed=0), seed=3),  # keyword wins
+    ):
+        model = tiny_llama(len(tok))
+        runs.append((call(model).losses, [p.detach().clone() for p in model.parameters()]))
+    for losses, weights in runs[1:]:
+        assert losses == runs[0][0] and all(torch.equal(a, b) for a, b in zip(weights, runs[0][1]))
+    other = tiny_llama(len(tok))
+    assert train_on_facts(other, tok, facts, config=config, seed=4).losses != runs[0][0]  # the override is used
+
+
+def test_train_on_facts_refuses_a_malformed_call_or_a_bad_config_before_training():
+    from hf_memory.fact_scaling import FactTrainingConfig
+    from hf_memory.memcontrol import MemControlMask
+
+    facts = small_facts()
+    tok = facts.build_tokenizer()
+    model = tiny_llama(len(tok))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TypeError, match=r"`train_on_facts` needs `epochs` and `lr`, or a `config`"):
+        train_on_facts(model, tok, facts)
+    with pytest.raises(TypeError, match="needs `lr`"):
+        train_on_facts(model, tok, facts, epochs=1)
+    with pytest.raises(TypeError, match="`config` must be a FactTrainingConfig, got MemControlMask"):
+        train_on_facts(model, tok, facts, config=MemControlMask(["a"], [1]))
+    for kwargs, match in (
+        ({"epochs": 0, "lr": 1e-2}, "`epochs` must be an integer >= 1"),
+        ({"epochs": 1, "lr": -1.0}, "`lr`"),
+        ({"epochs": 1, "lr": 1e-2, "schedule": "linear"}, "`schedule` must be one of"),
+        ({"epochs": True, "lr": 1e-2}, "`epochs`"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            FactTrainingConfig(**kwargs)
+        with pytest.raises(ValueError, match=match):
+            train_on_facts(model, tok, facts, **kwargs)
+    with pytest.raises(ValueError, match="`warmup_steps`"):
+        FactTrainingConfig.from_dict({"epochs": 1, "lr": 1e-2, "warmup_steps": -1})
+    frozen = tiny_llama(len(tok)).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        train_on_facts(frozen, tok, facts, epochs=1, lr=1e-2)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_the_experiments_take_a_config_and_refuse_one_that_sets_what_they_set():
+    from hf_memory.fact_scaling import FactTrainingConfig
+
+    facts = small_facts(attributes={"code": 12}, inverse=True)
+    tok = facts.build_tokenizer()
+    built = []
+
+    def make():
+        built.append(1)
+        return tiny_llama(len(tok))
+
+    with pytest.raises(ValueError, match=r"The experiment sets `direction` itself; leave `config.direction`"):
+        compatibility_experiment(make, tok, facts, config=FactTrainingConfig(epochs=1, lr=1e-2, direction="both"))
+    with pytest.raises(TypeError, match="needs `epochs` and `lr`"):
+        compatibility_experiment(make, tok, facts)
+    assert not built
+    config = FactTrainingConfig(epochs=1, lr=1e-2, batch_size=8)
+    by_config = compatibility_experiment(make, tok, facts, config=config)
+    by_keywords = compatibility_experiment(make, tok, facts, epochs=1, lr=1e-2, batch_size=8)
+    assert by_config == by_keywords and len(built) == 4
+
+
+def test_train_on_facts_holds_the_model_and_gives_every_module_its_mode_back():
+    from hf_memory._utils import exclusive
+
+    facts = small_facts()
+    tok = facts.build_tokenizer()
+    model = tiny_llama(len(tok)).eval()
+    model.model.layers[1].train()  # a submodule in another mode than its parent
+    modes = [m.training for m in model.modules()]
+    seen = []
+
+    def try_to_change(epoch, model):
+        seen.append(model.training)
+        with pytest.raises(RuntimeError, match="train_on_facts"):  # another in-place call is refused meanwhile
+            with exclusive(model, "FastMem"):
+                pass
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_on_facts(model, tok, facts, epochs=3, lr=1e-2, measure_every=1, on_epoch_end=try_to_change)
+    assert seen == [True, True]  # trained (and measured, then back) in train mode
+    assert [m.training for m in model.modules()] == modes and all(p.grad is None for p in model.parameters())
+    with exclusive(model, "FastMem"):  # not left held
+        pass
+    with exclusive(model, "FastMem"):
+        with pytest.raises(RuntimeError, match="FastMem"):
+            train_on_facts(model, tok, facts, epochs=1, lr=1e-2)
