@@ -733,7 +733,7 @@ def test_search_refuses_bad_input_before_any_training(tmp_path):
         lm_search(method="sv_diff", train_fn=never)
     with pytest.raises(ValueError, match="`lr_scheduler` must be one of"):
         lm_search(lr_scheduler="step")
-    with pytest.raises(ValueError, match="`warmup_steps` must be below `steps`=2"):
+    with pytest.raises(ValueError, match="`warmup_steps` must be below `train_steps`=2"):
         lm_search(lr_scheduler="cosine", warmup_steps=5)
     with pytest.raises(ValueError, match="'noise_magnitude' objective needs"):
         MemControlSearch(tiny_unet, {"images": torch.zeros(2, 3, 8, 8), "encoder_hidden_states": torch.zeros(2, 4, 8)},
@@ -1917,6 +1917,10 @@ def test_the_search_config_refuses_bad_values_and_calls():
         ({"granularity": "layer"}, "`granularity` must be one of"),
         ({"lr": (1e-3, 1e-4)}, "`lr\\[1\\]` must be"),
         ({"seed": 2**32}, "`seed` must be an integer"),
+        (
+            {"train_steps": 5, "warmup_steps": 5, "lr_scheduler": "linear"},
+            "`warmup_steps` must be below `train_steps`=5",
+        ),
     ):
         with pytest.raises(ValueError, match=match):
             lm_search(train_fn=_no_training, **kwargs)

@@ -81,7 +81,7 @@ class MemControlSearchConfig(HubConfigMixin):
         self.train_steps = check_integer(self.train_steps, "train_steps", minimum=1)
         self.batch_size = check_integer(self.batch_size, "batch_size", minimum=1)
         *_, self.lr_scheduler, self.warmup_steps = _check_steps(
-            self.train_steps, self.batch_size, self.seed, None, self.lr_scheduler, self.warmup_steps
+            self.train_steps, self.batch_size, self.seed, None, self.lr_scheduler, self.warmup_steps, "train_steps"
         )
         if self.groups is not None:
             if isinstance(self.groups, (str, bytes)) or not hasattr(self.groups, "__iter__"):

@@ -154,12 +154,12 @@ def predict_noise(model: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, te
     return out.float()
 
 
-def _check_steps(steps, batch_size, seed, max_grad_norm, lr_scheduler, warmup_steps) -> tuple:
-    """The arguments both inner loops share, checked."""
-    steps = check_integer(steps, "steps", minimum=1)
+def _check_steps(steps, batch_size, seed, max_grad_norm, lr_scheduler, warmup_steps, steps_name="steps") -> tuple:
+    """The arguments both inner loops share, checked (`steps` named `steps_name` in the messages)."""
+    steps = check_integer(steps, steps_name, minimum=1)
     warmup_steps = check_integer(warmup_steps, "warmup_steps", minimum=0)
     if warmup_steps >= steps:
-        raise ValueError(f"`warmup_steps` must be below `steps`={steps}, got {warmup_steps}.")
+        raise ValueError(f"`warmup_steps` must be below `{steps_name}`={steps}, got {warmup_steps}.")
     if warmup_steps and lr_scheduler == "constant":
         raise ValueError("`lr_scheduler`='constant' has no warm-up: use 'constant_with_warmup', or `warmup_steps`=0.")
     return (
