@@ -169,9 +169,13 @@ def test_a_killed_save_never_leaves_a_broken_file(tmp_path):
 # Configs whose defaults do not build one (a required field): an instance to round-trip. A new config class must
 # either build from its defaults or get an entry here, or `test_every_config_class_round_trips` fails.
 def _examples() -> dict:
+    from hf_memory.fact_scaling import FactTrainingConfig
     from hf_memory.memcontrol import MemControlMask
 
-    return {MemControlMask: MemControlMask(["down_blocks.0", "mid_block"], [1, 0], lr=1e-4)}
+    return {
+        MemControlMask: MemControlMask(["down_blocks.0", "mid_block"], [1, 0], lr=1e-4),
+        FactTrainingConfig: FactTrainingConfig(epochs=3, lr=1e-3, batch_size=4, schedule="cosine"),
+    }
 
 
 def _config_classes() -> list[type]:

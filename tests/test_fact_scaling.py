@@ -883,7 +883,7 @@ def test_overwriting_in_the_inverse_direction_trains_and_measures_inverse_rows()
     original_train, original_measure = experiments.train_on_facts, experiments.fact_capacity
 
     def train(model, tokenizer, data, **kwargs):
-        rows = data.rows("train", kwargs["direction"]) if isinstance(data, SyntheticFactSet) else data
+        rows = data.rows("train", kwargs["config"].direction) if isinstance(data, SyntheticFactSet) else data
         trained.append({r["direction"] for r in rows})
         return original_train(model, tokenizer, data, **kwargs)
 
@@ -917,3 +917,186 @@ def test_non_embedding_parameters_leave_out_embedding_adapters_as_head_adapters(
         counts[tuple(targets)] = non_embedding_parameters(model)
     assert len(set(counts.values())) == 1
     assert counts[("q_proj",)] > non_embedding_parameters(tiny_llama(100, hidden=16))
+
+
+# ---------------------------------------------------------------- the shared training loop changes no number
+
+
+def _loop_before_the_shared_loop(model, tokenizer, rows, epochs, lr, batch_size, weight_decay, warmup_steps, schedule,
+                                  seed):  # fmt: skip
+    """`train_on_facts`' own loop as it was before it moved to `hf_memory._utils.training` (frozen reference)."""
+    from hf_memory.fact_scaling.capacity import _encode_rows
+    from hf_memory.fact_scaling.training import _answer_columns_only, _answer_loss
+
+    encoded, pad = _encode_rows(model, tokenizer, rows)
+    width = max(len(p) + len(t) for p, t in encoded)
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, (p, t) in enumerate(encoded):
+        ids[i, : len(p) + len(t)] = torch.tensor(p + t)
+        labels[i, len(p) : len(p) + len(t)] = torch.tensor(t)
+        mask[i, : len(p) + len(t)] = 1
+    size = len(encoded) if batch_size is None else min(batch_size, len(encoded))
+    total = epochs * math.ceil(len(encoded) / size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(total - warmup_steps, 1)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    generator = torch.Generator().manual_seed(seed)
+    keep_logits = _answer_columns_only(model)
+    losses = []
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(ids), generator=generator)
+        running = 0.0
+        for start in range(0, len(ids), size):
+            index = order[start : start + size]
+            loss = _answer_loss(model, ids[index], mask[index], labels[index], keep_logits)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            running += float(loss.detach()) * len(index)
+        losses.append(running / len(ids))
+    return losses
+
+
+@pytest.mark.parametrize(
+    ("arch", "settings"),
+    [
+        ("gpt2", {"batch_size": 5, "weight_decay": 0.1, "warmup_steps": 3, "schedule": "cosine", "seed": 4}),
+        ("llama", {"batch_size": None, "weight_decay": 0.0, "warmup_steps": 0, "schedule": "constant", "seed": 0}),
+    ],
+)
+def test_train_on_facts_gives_the_losses_and_weights_of_the_loop_it_had_before(arch, settings):
+    """Fixed seeds, a model with dropout (GPT-2's, drawn from the global RNG): the losses of every epoch and every
+    final weight equal, bit for bit, those of the loop `train_on_facts` had before the shared loop."""
+    facts = small_facts()
+    tok = facts.build_tokenizer()
+    reference = tiny_causal_lm(arch, vocab_size=len(tok), seed=2)
+    model = tiny_causal_lm(arch, vocab_size=len(tok), seed=2)
+    torch.manual_seed(11)
+    expected = _loop_before_the_shared_loop(reference, tok, facts.rows("train", "forward", repeat=True), 3, 1e-2,
+                                            **settings)  # fmt: skip
+    torch.manual_seed(11)
+    history = train_on_facts(model, tok, facts, epochs=3, lr=1e-2, **settings)
+    assert history.losses == expected and history.steps == 3 * math.ceil(24 / (settings["batch_size"] or 24))
+    for (name, trained), (_, ref) in zip(model.named_parameters(), reference.named_parameters()):
+        assert torch.equal(trained, ref), name
+
+
+# ---------------------------------------------------------------- FactTrainingConfig: both call styles, one loop
+
+
+def test_train_on_facts_takes_a_config_or_keywords_with_the_same_result():
+    from hf_memory.fact_scaling import FactTrainingConfig
+
+    facts = small_facts()
+    tok = facts.build_tokenizer()
+    config = FactTrainingConfig(epochs=np.int64(2), lr=np.float32(1e-2), batch_size=5, schedule="cosine", seed=3)
+    assert type(config.epochs) is int and type(config.lr) is float
+    runs = []
+    for call in (
+        lambda m: train_on_facts(m, tok, facts, epochs=2, lr=config.lr, batch_size=5, schedule="cosine", seed=3),
+        lambda m: train_on_facts(m, tok, facts, config=config),
+        lambda m: train_on_facts(m, tok, facts, 2, config.lr, 5, 0.0, 0, "cosine", seed=3),  # positional, as before
+        lambda m: train_on_facts(m, tok, facts, config=dataclasses.replace(config, seed=0), seed=3),  # keyword wins
+    ):
+        model = tiny_llama(len(tok))
+        runs.append((call(model).losses, [p.detach().clone() for p in model.parameters()]))
+    for losses, weights in runs[1:]:
+        assert losses == runs[0][0] and all(torch.equal(a, b) for a, b in zip(weights, runs[0][1]))
+    other = tiny_llama(len(tok))
+    assert train_on_facts(other, tok, facts, config=config, seed=4).losses != runs[0][0]  # the override is used
+
+
+def test_train_on_facts_refuses_a_malformed_call_or_a_bad_config_before_training():
+    from hf_memory.fact_scaling import FactTrainingConfig
+    from hf_memory.memcontrol import MemControlMask
+
+    facts = small_facts()
+    tok = facts.build_tokenizer()
+    model = tiny_llama(len(tok))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TypeError, match=r"`train_on_facts` needs `epochs` and `lr`, or a `config`"):
+        train_on_facts(model, tok, facts)
+    with pytest.raises(TypeError, match="needs `lr`"):
+        train_on_facts(model, tok, facts, epochs=1)
+    with pytest.raises(TypeError, match="`config` must be a FactTrainingConfig, got MemControlMask"):
+        train_on_facts(model, tok, facts, config=MemControlMask(["a"], [1]))
+    for kwargs, match in (
+        ({"epochs": 0, "lr": 1e-2}, "`epochs` must be an integer >= 1"),
+        ({"epochs": 1, "lr": -1.0}, "`lr`"),
+        ({"epochs": 1, "lr": 1e-2, "schedule": "linear"}, "`schedule` must be one of"),
+        ({"epochs": True, "lr": 1e-2}, "`epochs`"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            FactTrainingConfig(**kwargs)
+        with pytest.raises(ValueError, match=match):
+            train_on_facts(model, tok, facts, **kwargs)
+    with pytest.raises(ValueError, match="`warmup_steps`"):
+        FactTrainingConfig.from_dict({"epochs": 1, "lr": 1e-2, "warmup_steps": -1})
+    frozen = tiny_llama(len(tok)).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        train_on_facts(frozen, tok, facts, epochs=1, lr=1e-2)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_the_experiments_take_a_config_and_refuse_one_that_sets_what_they_set():
+    from hf_memory.fact_scaling import FactTrainingConfig
+
+    facts = small_facts(attributes={"code": 12}, inverse=True)
+    tok = facts.build_tokenizer()
+    built = []
+
+    def make():
+        built.append(1)
+        return tiny_llama(len(tok))
+
+    with pytest.raises(ValueError, match=r"The experiment sets `direction` itself; leave `config.direction`"):
+        compatibility_experiment(make, tok, facts, config=FactTrainingConfig(epochs=1, lr=1e-2, direction="both"))
+    with pytest.raises(TypeError, match="needs `epochs` and `lr`"):
+        compatibility_experiment(make, tok, facts)
+    assert not built
+    config = FactTrainingConfig(epochs=1, lr=1e-2, batch_size=8)
+    by_config = compatibility_experiment(make, tok, facts, config=config)
+    by_keywords = compatibility_experiment(make, tok, facts, epochs=1, lr=1e-2, batch_size=8)
+    assert by_config == by_keywords and len(built) == 4
+
+
+def test_train_on_facts_holds_the_model_and_gives_every_module_its_mode_back():
+    from hf_memory._utils import exclusive
+
+    facts = small_facts()
+    tok = facts.build_tokenizer()
+    model = tiny_llama(len(tok)).eval()
+    model.model.layers[1].train()  # a submodule in another mode than its parent
+    modes = [m.training for m in model.modules()]
+    seen = []
+
+    def try_to_change(epoch, model):
+        seen.append(model.training)
+        with pytest.raises(RuntimeError, match="train_on_facts"):  # another in-place call is refused meanwhile
+            with exclusive(model, "FastMem"):
+                pass
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_on_facts(model, tok, facts, epochs=3, lr=1e-2, measure_every=1, on_epoch_end=try_to_change)
+    assert seen == [True, True]  # trained (and measured, then back) in train mode
+    assert [m.training for m in model.modules()] == modes and all(p.grad is None for p in model.parameters())
+    with exclusive(model, "FastMem"):  # not left held
+        pass
+    with exclusive(model, "FastMem"):
+        with pytest.raises(RuntimeError, match="FastMem"):
+            train_on_facts(model, tok, facts, epochs=1, lr=1e-2)

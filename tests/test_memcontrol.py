@@ -733,7 +733,7 @@ def test_search_refuses_bad_input_before_any_training(tmp_path):
         lm_search(method="sv_diff", train_fn=never)
     with pytest.raises(ValueError, match="`lr_scheduler` must be one of"):
         lm_search(lr_scheduler="step")
-    with pytest.raises(ValueError, match="`warmup_steps` must be below `steps`=2"):
+    with pytest.raises(ValueError, match="`warmup_steps` must be below `train_steps`=2"):
         lm_search(lr_scheduler="cosine", warmup_steps=5)
     with pytest.raises(ValueError, match="'noise_magnitude' objective needs"):
         MemControlSearch(tiny_unet, {"images": torch.zeros(2, 3, 8, 8), "encoder_hidden_states": torch.zeros(2, 4, 8)},
@@ -1349,14 +1349,17 @@ def test_the_default_loop_and_objectives_call_a_text_conditioned_dit_and_refuse_
                      objectives={"a": lambda m: 0.0, "b": lambda m: 1.0})  # fmt: skip  # your own calls: accepted
 
 
-def test_training_leaves_the_model_in_eval_mode_without_grads_when_interrupted():
-    model = tiny_causal_lm("llama")
+def test_training_gives_every_module_its_mode_back_without_grads_when_interrupted():
+    model = tiny_causal_lm("llama").eval()
     mask = MemControlMask.for_model(model, lr=1e-2)
     mask.apply(model)
-    calls = []
+    model.model.layers[1].train()  # a submodule in another mode than its parent
+    modes = [m.training for m in model.modules()]
+    calls, seen = [], []
 
     def interrupt(module, args):
         calls.append(1)
+        seen.append(module.training)
         if len(calls) == 2:
             raise KeyboardInterrupt
 
@@ -1364,9 +1367,10 @@ def test_training_leaves_the_model_in_eval_mode_without_grads_when_interrupted()
     with pytest.raises(KeyboardInterrupt):
         train_causal_lm(model, lm_data(), mask, steps=4, batch_size=2)
     handle.remove()
-    assert not model.training and all(p.grad is None for p in model.parameters())
+    assert seen == [True, True]  # trained in train mode
+    assert [m.training for m in model.modules()] == modes and all(p.grad is None for p in model.parameters())
     train_causal_lm(model, lm_data(), mask, steps=1, batch_size=2)  # not left held
-    assert all(p.grad is None for p in model.parameters())
+    assert [m.training for m in model.modules()] == modes and all(p.grad is None for p in model.parameters())
 
 
 # ---------------------------------------------------------------- masks
@@ -1645,3 +1649,315 @@ def test_attack_reads_prompts_once_and_checks_the_samplers_images():
             diffusion_extraction_attack(bad, ["a"], training, n_generations=4)
     with pytest.raises(ValueError, match="M >= 1 images"):
         diffusion_extraction_attack(sampler, ["a"], training[:0], n_generations=4)
+
+
+# ---------------------------------------------------------------- the shared training loop changes no number
+
+
+def _loop_before_the_shared_loop(model, lr, steps, seed, max_grad_norm, lr_scheduler, warmup_steps, step_loss):
+    """MemControl's own `_run_steps` as it was before the loop moved to `hf_memory._utils.training` (frozen)."""
+    from transformers import get_scheduler
+
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    schedule = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=steps)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        loss = step_loss(generator, next(model.parameters()).device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    return losses
+
+
+def _old_unet_step_loss(model, data, batch_size):
+    from hf_memory.memcontrol.training import default_noise_scheduler, predict_noise
+
+    images, text, scheduler = data["images"].float(), data["encoder_hidden_states"].float(), default_noise_scheduler()
+
+    def step_loss(generator, device):
+        index = torch.randint(len(images), (batch_size,), generator=generator)
+        batch = images[index]
+        noise = torch.randn(batch.shape, generator=generator)
+        timesteps = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        noisy = scheduler.add_noise(batch, noise, timesteps)
+        return torch.nn.functional.mse_loss(predict_noise(model, noisy, timesteps, text[index]), noise.to(device))
+
+    return step_loss
+
+
+def _old_lm_step_loss(model, data, batch_size):
+    from hf_memory.memcontrol.training import lm_batch
+
+    sequences = list(data)
+
+    def step_loss(generator, device):
+        index = torch.randint(len(sequences), (batch_size,), generator=generator).tolist()
+        return model(**lm_batch([sequences[i] for i in index], device), use_cache=False).loss
+
+    return step_loss
+
+
+@pytest.mark.parametrize(
+    ("kind", "settings"),
+    [
+        ("unet", {"max_grad_norm": 1.0, "lr_scheduler": "constant", "warmup_steps": 0, "seed": 3}),
+        ("lm", {"max_grad_norm": None, "lr_scheduler": "cosine", "warmup_steps": 2, "seed": 0}),
+        ("lm", {"max_grad_norm": 0.5, "lr_scheduler": "linear", "warmup_steps": 1, "seed": 7}),
+    ],
+)
+def test_the_inner_loops_give_the_losses_and_weights_of_the_loop_they_had_before(kind, settings):
+    """Fixed seeds, LoRA dropout (drawn from the global RNG): every step's loss and every final weight equal, bit for
+    bit, those of the loop MemControl had before the shared loop."""
+    build = tiny_unet if kind == "unet" else (lambda: tiny_causal_lm("gpt2"))
+    data = unet_data(6) if kind == "unet" else lm_data(6, 12)
+    models = []
+    for _ in range(2):
+        model = build()
+        mask = MemControlMask.for_model(model, lr=1e-2, lora_dropout=0.3)
+        models.append(mask.apply(model))
+    reference, model = models
+    step_loss = (_old_unet_step_loss if kind == "unet" else _old_lm_step_loss)(reference, data, 3)
+    torch.manual_seed(5)
+    expected = _loop_before_the_shared_loop(reference, 1e-2, 5, step_loss=step_loss, **settings)
+    torch.manual_seed(5)
+    train = train_unet if kind == "unet" else train_causal_lm
+    assert train(model, data, mask, steps=5, batch_size=3, **settings) == expected
+    for (name, trained), (_, ref) in zip(model.named_parameters(), reference.named_parameters()):
+        assert torch.equal(trained, ref), name
+
+
+# ---------------------------------------------------------------- the model is known by its weights (issue 30 B7, B8)
+
+
+def _unseeded_llama():
+    """A factory that does not seed itself: the search seeds the global RNG, so every call builds the same model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2))  # fmt: skip
+
+
+def test_a_stored_study_refuses_another_checkpoint_of_the_same_architecture(tmp_path):
+    """B7: the study recorded the model as class and size only, so a checkpoint with other weights resumed it and
+    the result reported the first model's values as its own."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = {"storage": storage, "study_name": "s", "train_fn": _no_training, "objectives": _trainable_objectives(),
+              "objective_kwargs": {}, "sampler": "random"}  # fmt: skip
+    lm_search(model_factory=_unseeded_llama, n_trials=1, **common).run()
+    resumed = lm_search(model_factory=_unseeded_llama, n_trials=2, **common)  # a factory the search seeds: the same
+    assert len(resumed.run().trials) == 2
+
+    def other_checkpoint():
+        torch.manual_seed(1)
+        return _unseeded_llama()
+
+    other = lm_search(model_factory=other_checkpoint, n_trials=3, **common)
+    with pytest.raises(ValueError, match=r"other settings: model\.weights_sha256: '[0-9a-f]{64}' there, "
+                                         r"'[0-9a-f]{64}' here \(other weights: another checkpoint"):  # fmt: skip
+        other.run()
+    changed = _unseeded_llama()
+    with torch.no_grad():
+        changed.model.norm.weight[0] += 1  # one weight
+    with pytest.raises(ValueError, match="model.weights_sha256"):
+        lm_search(model_factory=changed, n_trials=3, **common).run()
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert study.user_attrs["memcontrol_settings"]["config"] == {
+        **resumed.config.to_dict(),
+        "n_trials": 1,
+    }  # the first
+
+
+def test_the_same_checkpoint_from_another_folder_or_library_release_resumes_the_study(tmp_path):
+    """The identity is what the model computes: not the folder it was loaded from, nor the transformers release
+    that wrote its config (both are in `config.to_json_string()`, so a hash of it refused a resume elsewhere)."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    model = _unseeded_llama()
+    for folder in ("a", "b"):
+        model.save_pretrained(tmp_path / folder)
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    (tmp_path / "b" / "config.json").write_text(json.dumps({**config, "transformers_version": "9.9.9"}))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = {"storage": storage, "study_name": "s", "train_fn": _no_training, "objectives": _trainable_objectives(),
+              "objective_kwargs": {}, "sampler": "random"}  # fmt: skip
+    lm_search(model_factory=lambda: AutoModelForCausalLM.from_pretrained(tmp_path / "a"), n_trials=1, **common).run()
+    resumed = lm_search(model_factory=lambda: AutoModelForCausalLM.from_pretrained(tmp_path / "b"), n_trials=2,
+                        **common)  # fmt: skip
+    assert resumed.reference_model.config._name_or_path != "" and len(resumed.run().trials) == 2
+    config["attention_bias"] = True  # other computation (and other parameters): refused
+    (tmp_path / "b" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"model\.parameters.*model\.config_sha256"):
+        lm_search(model_factory=lambda: AutoModelForCausalLM.from_pretrained(tmp_path / "b"), n_trials=3,
+                  **common).run()  # fmt: skip
+
+
+def test_a_cache_made_on_another_checkpoint_is_refused():
+    """B8: `cache` was checked against the class name and size only; another checkpoint's values were reused."""
+    common = {"train_fn": _no_training, "objectives": _trainable_objectives(), "objective_kwargs": {},
+              "sampler": "exhaustive", "groups": ["model.layers.0.self_attn", "model.layers.0.mlp"]}  # fmt: skip
+    cache = lm_search(**common).run()
+    with pytest.raises(ValueError, match=r"`cache` was made with other settings: model\.weights_sha256"):
+        lm_search(model_factory=lambda: tiny_causal_lm("llama", seed=1), cache=cache, **common)
+    assert cache.settings["model"]["weights_sha256"] and cache.settings["model"]["class"] == "LlamaForCausalLM"
+    assert lm_search(cache=cache, **common).run().num_trained == 0  # the same model: reused
+    with pytest.raises(ValueError, match=r"model\.config_sha256.*model\.weights_sha256"):
+        lm_search(model_factory=lambda: tiny_causal_lm("llama", hidden=8), cache=cache,
+                  **{**common, "groups": None})  # fmt: skip
+    legacy = MemControlResult(cache.objective_names, cache.trials, cache.pareto_front, cache.study_name,
+                              {**cache.settings, "model": "LlamaForCausalLM, 10000 parameters"})  # fmt: skip
+    with pytest.raises(ValueError, match="records no weights fingerprint"):
+        lm_search(cache=legacy, **common)
+    with pytest.raises(ValueError, match="records no weights fingerprint"):
+        lm_search(cache=MemControlResult(cache.objective_names, cache.trials), **common)
+
+
+def test_a_study_written_without_a_weights_fingerprint_is_refused(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    search = lm_search(storage=storage, study_name="old", train_fn=_no_training, n_trials=1, sampler="random",
+                       objectives=_trainable_objectives(), objective_kwargs={})  # fmt: skip
+    search.run()
+    study = optuna.load_study(study_name="old", storage=storage)
+    old = dict(study.user_attrs["memcontrol_settings"])
+    old["model"] = "LlamaForCausalLM, 10000 parameters"  # as hf-memory recorded it before
+    study.set_user_attr("memcontrol_settings", old)
+    again = lm_search(storage=storage, study_name="old", train_fn=_no_training, n_trials=2, sampler="random",
+                      objectives=_trainable_objectives(), objective_kwargs={})  # fmt: skip
+    with pytest.raises(ValueError, match="records no weights fingerprint of the model"):
+        again.run()
+
+
+def test_a_cached_mask_builds_no_model_and_keeps_its_parameter_count():
+    built = []
+
+    def factory():
+        built.append(1)
+        return tiny_causal_lm("llama")
+
+    common = {"objectives": _trainable_objectives(), "objective_kwargs": {}, "train_fn": _no_training,
+              "groups": ["model.layers.0.self_attn", "model.layers.0.mlp"]}  # fmt: skip
+    cache = lm_search(model_factory=factory, sampler="exhaustive", **common).run()
+    built.clear()
+    again = lm_search(model_factory=factory, n_trials=4, sampler="random", cache=cache, **common).run()
+    assert built == [1]  # the reference model only: no model per cached trial
+    by_key = {t.mask.key: t for t in cache.trials}
+    for trial in again.trials:
+        assert trial.cached
+        assert trial.trainable_parameters == by_key[trial.mask.key].trainable_parameters
+        assert trial.trainable_fraction == by_key[trial.mask.key].trainable_fraction
+
+
+def test_extraction_windows_the_model_cannot_decode_are_refused_before_training():
+    """The search checked the window against the data only: a GPT-2 whose learned positions are shorter than the
+    window passed the constructor, trained, and failed in the objective."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def short_gpt2():
+        return GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=16, n_layer=1, n_head=2, n_positions=10,
+                                          bos_token_id=1, eos_token_id=2))  # fmt: skip
+
+    def never(model, data, mask):
+        raise AssertionError("trained")
+
+    with pytest.raises(ValueError, match=r"`objective_kwargs\['extraction'\]`: prefix_len \+ suffix_len = 12 tokens "
+                                         r"is more than .*`config.n_positions` = 10"):  # fmt: skip
+        lm_search(model_factory=short_gpt2, train_data=lm_data(6, 12), val_data=lm_data(3, 10, seed=1), train_fn=never)
+    search = lm_search(model_factory=short_gpt2, train_data=lm_data(6, 12), val_data=lm_data(3, 10, seed=1),
+                       objective_kwargs={"extraction": {"prefix_len": 5, "suffix_len": 5}}, train_fn=never)  # fmt: skip
+    assert search.objectives["extraction"](search.reference_model) >= 0
+
+
+# ---------------------------------------------------------------- the config: both call styles, recorded
+
+
+def test_the_search_takes_a_config_or_keywords_and_records_the_config():
+    from hf_memory.memcontrol import MemControlSearchConfig
+
+    config = MemControlSearchConfig(n_trials=2, sampler="random", seed=3, lr=1e-2, train_steps=2, batch_size=2,
+                                    mask_kwargs={"lora_r": np.int64(2)})  # fmt: skip
+    assert config.mask_kwargs == {"lora_r": 2} and type(config.mask_kwargs["lora_r"]) is int
+    keywords = lm_search(n_trials=2, sampler="random", seed=3, mask_kwargs={"lora_r": 2})
+    configured = lm_search(config=config)
+    assert keywords.config == configured.config == config
+    assert keywords.settings == configured.settings
+    overridden = lm_search(config=config, seed=5)  # a keyword that differs from its default overrides the config
+    assert overridden.config.seed == 5 and overridden.config.n_trials == 2
+    result = configured.run()
+    assert result.settings["config"] == config.to_dict() and result.config == config
+    # positional call style, as before
+    search = MemControlSearch(lambda: tiny_causal_lm("llama"), lm_data(6, 12), lm_data(3, 12, seed=1), None, None,
+                              _no_training, 3, "random", objective_kwargs={"extraction": {"prefix_len": 6,
+                              "suffix_len": 6}}, show_progress=False)  # fmt: skip
+    assert search.config.n_trials == 3 and search.config.sampler == "random"
+
+
+def test_the_search_config_refuses_bad_values_and_calls():
+    from hf_memory.memcontrol import MemControlSearchConfig
+
+    with pytest.raises(TypeError, match="`config` must be a MemControlSearchConfig, got MemControlMask"):
+        lm_search(config=MemControlMask(["a"], [1]))
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        lm_search(n_trial=3)
+    for kwargs, match in (
+        ({"sampler": "custom"}, "an optuna sampler object passed as `sampler`"),
+        ({"mask_kwargs": {"lora_rank": 2}}, r"`mask_kwargs` has unknown keys \['lora_rank'\]"),
+        ({"mask_kwargs": {"lora_r": 0}}, "`lora_r` must be an integer >= 1"),
+        ({"groups": "model.layers.0.mlp"}, "`groups` must be a non-empty list"),
+        ({"groups": ["model.layers.9.mlp"]}, r"`groups` names \['model.layers.9.mlp'\]"),
+        ({"granularity": "layer"}, "`granularity` must be one of"),
+        ({"lr": (1e-3, 1e-4)}, "`lr\\[1\\]` must be"),
+        ({"seed": 2**32}, "`seed` must be an integer"),
+        (
+            {"train_steps": 5, "warmup_steps": 5, "lr_scheduler": "linear"},
+            "`warmup_steps` must be below `train_steps`=5",
+        ),
+    ):
+        with pytest.raises(ValueError, match=match):
+            lm_search(train_fn=_no_training, **kwargs)
+    with pytest.raises(ValueError, match="`n_trials` must be an integer >= 1"):
+        MemControlSearchConfig.from_dict({"n_trials": 0})
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    search = lm_search(sampler=sampler, n_trials=1, train_fn=_no_training, objectives=_trainable_objectives(),
+                       objective_kwargs={})  # fmt: skip
+    assert search.config.sampler == "custom" and search.sampler_name == "RandomSampler"
+    assert len(search.run().trials) == 1
+
+
+def test_the_trained_model_is_scored_in_eval_mode_whatever_the_training_left():
+    seen = []
+
+    def leave_in_train_mode(model, data, mask):
+        model.train()
+
+    objectives = {"mode": lambda m: seen.append(m.training) or 0.0, "other": lambda m: 1.0}
+    lm_search(n_trials=1, sampler="random", train_fn=leave_in_train_mode, objectives=objectives,
+              objective_kwargs={}).run()  # fmt: skip
+    assert seen == [False]
+
+
+def test_the_denoiser_call_reads_the_forward_signature_once(monkeypatch):
+    from hf_memory.memcontrol import training
+
+    calls = []
+    signature = training.inspect.signature
+
+    def counting(obj, *args, **kwargs):
+        if getattr(obj, "__name__", "") == "forward":
+            calls.append(obj)
+        return signature(obj, *args, **kwargs)
+
+    monkeypatch.setattr(training.inspect, "signature", counting)
+    unet = tiny_unet()
+    mask = MemControlMask.for_model(unet, lr=1e-3)
+    train_unet(mask.apply(unet), unet_data(), mask, steps=3, batch_size=2)
+    assert len(calls) <= 1  # once per forward method (the old code read it on every step)

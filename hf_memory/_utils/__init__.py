@@ -39,7 +39,7 @@ from .modeling import (
     weights_fingerprint,
 )
 from .sequences import as_sequences, iter_sequences, leading_windows
-from .training import calling_trainer, log_through_trainer
+from .training import calling_trainer, log_through_trainer, train_steps
 from .version import __version__, is_newer_version
 
 
@@ -84,6 +84,7 @@ __all__ = [
     "restored",
     "supports_logits_to_keep",
     "tokenizer_fingerprint",
+    "train_steps",
     "vocabulary_size",
     "weights_fingerprint",
     "writable_problem",

@@ -8,7 +8,7 @@ from .encoding import encode_facts, encode_prompt_target
 from .experiments import compatibility_experiment, overwriting_experiment, preference_experiment
 from .facts import Fact, SyntheticFactSet
 from .fitting import CapacityFit, RequiredScale, fit_epoch_capacity, fit_linear_capacity, required_scale
-from .training import TrainingHistory, non_embedding_parameters, train_on_facts
+from .training import FactTrainingConfig, TrainingHistory, non_embedding_parameters, train_on_facts
 
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Fact",
     "FactCapacityCallback",
     "FactCapacityResult",
+    "FactTrainingConfig",
     "RequiredScale",
     "SyntheticFactSet",
     "TrainingHistory",

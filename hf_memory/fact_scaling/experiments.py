@@ -3,6 +3,7 @@ for frequent and difficult facts, and overwriting of earlier facts by later ones
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import torch
 from .._utils import check_keywords
 from .capacity import fact_capacity
 from .facts import SyntheticFactSet
-from .training import train_on_facts
+from .training import FactTrainingConfig, train_on_facts, training_config
 
 
 def _check_factory(make_model) -> None:
@@ -22,14 +23,27 @@ def _check_factory(make_model) -> None:
 
 
 _TRAIN_SETTINGS = frozenset(inspect.signature(train_on_facts).parameters) - {"model", "tokenizer", "facts"}
+_RUNTIME = ("measure_facts", "on_epoch_end")  # `train_on_facts` arguments that are no config fields
 
 
-def _check_train_kwargs(train_kwargs: dict, reserved: tuple[str, ...] = ()) -> None:
-    """Refuse, before any model is built, a setting `train_on_facts` does not take or one the experiment sets."""
+def _training(train_kwargs: dict, reserved: tuple[str, ...] = ()) -> tuple[FactTrainingConfig, dict]:
+    """The experiment's `train_on_facts` settings as one `FactTrainingConfig` and the other arguments, refused before
+    any model is built when a keyword is not a setting, is one the experiment sets, or holds a bad value."""
     where = "the experiment's `train_on_facts` settings" + (
         f" ({', '.join(reserved)} set by the experiment)" if reserved else ""
     )
     check_keywords(train_kwargs, _TRAIN_SETTINGS - set(reserved), where)
+    runtime = {name: train_kwargs[name] for name in _RUNTIME if name in train_kwargs}
+    fields = {k: v for k, v in train_kwargs.items() if k not in runtime and k != "config"}
+    config = training_config(train_kwargs.get("config"), fields, where)
+    for name in reserved:
+        default = FactTrainingConfig.__dataclass_fields__[name].default
+        if getattr(config, name) != default:
+            raise ValueError(
+                f"The experiment sets `{name}` itself; leave `config.{name}` at {default!r}, got "
+                f"{getattr(config, name)!r}."
+            )
+    return config, runtime
 
 
 def _fresh(make_model) -> torch.nn.Module:
@@ -63,8 +77,8 @@ def compatibility_experiment(
         make_model: Returns a fresh, identically initialised model each call.
         tokenizer: The tokenizer to train and measure with.
         facts: A `SyntheticFactSet` built with `inverse=True`.
-        **train_kwargs: `train_on_facts` settings (`epochs`, `lr`, `batch_size`, ...; not `direction`, which the
-            experiment sets).
+        **train_kwargs: `train_on_facts` settings (`epochs`, `lr`, `batch_size`, ..., or `config=` a
+            `FactTrainingConfig`; not `direction`, which the experiment sets), checked before any model is built.
 
     Returns:
         `{"unique_facts": n, "alone": {"forward": share}, "with_inverse": {"forward": share, "inverse": share,
@@ -76,15 +90,15 @@ def compatibility_experiment(
     """
     _check_factory(make_model)
     _check_facts(facts, "facts")
-    _check_train_kwargs(train_kwargs, reserved=("direction",))
+    config, runtime = _training(train_kwargs, reserved=("direction",))
     if not facts.inverse:
         raise ValueError("`facts` must be built with inverse=True for the compatibility experiment.")
     n = len(facts)
     alone = _fresh(make_model)
-    train_on_facts(alone, tokenizer, facts, direction="forward", **train_kwargs)
+    train_on_facts(alone, tokenizer, facts, config=config, **runtime)
     forward_alone = fact_capacity(alone, tokenizer, facts)
     both = _fresh(make_model)
-    train_on_facts(both, tokenizer, facts, direction="both", **train_kwargs)
+    train_on_facts(both, tokenizer, facts, config=dataclasses.replace(config, direction="both"), **runtime)
     forward = fact_capacity(both, tokenizer, facts)
     inverse = fact_capacity(both, tokenizer, facts, direction="inverse")
     in_both = sum(f and i for f, i in zip(forward.known, inverse.known))
@@ -118,8 +132,8 @@ def preference_experiment(
         model: A fresh model; trained in place.
         tokenizer: The tokenizer to train and measure with.
         facts: A `SyntheticFactSet`, usually with `zipf_exponent` and attributes of different value-set sizes.
-        **train_kwargs: `train_on_facts` settings (`epochs`, `lr`, `batch_size`, ...; not `direction`: the facts
-            are trained and measured forward).
+        **train_kwargs: `train_on_facts` settings (`epochs`, `lr`, `batch_size`, ..., or `config=` a
+            `FactTrainingConfig`; not `direction`: the facts are trained and measured forward).
 
     Returns:
         `{"capacity": FactCapacityResult, "by_frequency": {bucket: share}, "by_value_set_size": {size: share with
@@ -131,8 +145,8 @@ def preference_experiment(
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"`model` must be a fresh model (a torch.nn.Module), got {type(model).__name__}.")
     _check_facts(facts, "facts")
-    _check_train_kwargs(train_kwargs, reserved=("direction",))
-    train_on_facts(model, tokenizer, facts, **train_kwargs)
+    config, runtime = _training(train_kwargs, reserved=("direction",))
+    train_on_facts(model, tokenizer, facts, config=config, **runtime)
     result = fact_capacity(model, tokenizer, facts)
     by_frequency: dict[str, list[int]] = {}
     by_size: dict[int, list[int]] = {}
@@ -166,8 +180,9 @@ def overwriting_experiment(
         tokenizer: The tokenizer to train and measure with.
         facts_a: The facts learned first (e.g. `facts.select(range(n))`).
         facts_b: The facts learned second.
-        **train_kwargs: `train_on_facts` settings (`epochs`, `lr`, `batch_size`, ...). With `direction`, both runs
-            train in that direction and are measured in it (forward for "both").
+        **train_kwargs: `train_on_facts` settings (`epochs`, `lr`, `batch_size`, ..., or `config=` a
+            `FactTrainingConfig`), checked before any model is built. With `direction`, both runs train in that
+            direction and are measured in it (forward for "both").
 
     Returns:
         `{"sequential": {"a_after_a": share, "a_after_b": share, "b_after_b": share}, "mixed": {"a": share, "b":
@@ -179,18 +194,18 @@ def overwriting_experiment(
     _check_factory(make_model)
     _check_facts(facts_a, "facts_a")
     _check_facts(facts_b, "facts_b")
-    _check_train_kwargs(train_kwargs)
-    direction = train_kwargs.get("direction", "forward")
-    rows = facts_a.rows("train", direction) + facts_b.rows("train", direction)  # checks `direction` too
+    config, runtime = _training(train_kwargs)
+    direction = config.direction
+    rows = facts_a.rows("train", direction) + facts_b.rows("train", direction)
     measured = {"direction": "inverse" if direction == "inverse" else "forward"}
     sequential = _fresh(make_model)
-    train_on_facts(sequential, tokenizer, facts_a, **train_kwargs)
+    train_on_facts(sequential, tokenizer, facts_a, config=config, **runtime)
     a_after_a = fact_capacity(sequential, tokenizer, facts_a, **measured)
-    train_on_facts(sequential, tokenizer, facts_b, **train_kwargs)
+    train_on_facts(sequential, tokenizer, facts_b, config=config, **runtime)
     a_after_b = fact_capacity(sequential, tokenizer, facts_a, **measured)
     b_after_b = fact_capacity(sequential, tokenizer, facts_b, **measured)
     mixed = _fresh(make_model)
-    train_on_facts(mixed, tokenizer, rows, **train_kwargs)
+    train_on_facts(mixed, tokenizer, rows, config=config, **runtime)
     mixed_a = fact_capacity(mixed, tokenizer, facts_a, **measured)
     mixed_b = fact_capacity(mixed, tokenizer, facts_b, **measured)
     return {

@@ -6,22 +6,26 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 from .._utils import (
+    HubConfigMixin,
     check_choice,
     check_integer,
     check_number,
     is_prompt_learning,
     model_device,
     supports_logits_to_keep,
+    train_steps,
 )
 from .capacity import FactCapacityResult, _capacity_rows, _encode_rows, _reusable, fact_capacity
 from .facts import SyntheticFactSet
 
 
 SCHEDULES = ("constant", "cosine")
+DIRECTIONS = ("forward", "inverse", "both")
 
 
 def non_embedding_parameters(model: torch.nn.Module) -> int:
@@ -98,21 +102,84 @@ def _training_rows(facts, direction: str) -> list[Mapping]:
     return rows
 
 
+@dataclass
+class FactTrainingConfig(HubConfigMixin):
+    """The settings of a `train_on_facts` run (and of the experiments, which pass them on): the optimizer, the
+    schedule, the direction, how often to measure and the seed. `train_on_facts(..., config=...)` takes it, or the
+    same fields as keyword arguments.
+
+    Args:
+        epochs: Passes over the rows.
+        lr: Peak learning rate.
+        batch_size: Rows per step; None for the whole set (one step per epoch).
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warm-up steps.
+        schedule: "constant" after warm-up, or "cosine" decay toward 10% of `lr` (reached one step after the last).
+        direction: For a `SyntheticFactSet`: "forward", "inverse" or "both".
+        measure_every: Measure `fact_capacity` every this many epochs (and after the last); None never.
+        seed: Seed of the shuffling.
+
+    Raises:
+        ValueError: On a value outside its allowed range, naming the field.
+
+    Examples:
+        >>> config = FactTrainingConfig(epochs=20, lr=1e-2, batch_size=512, schedule="cosine")
+        >>> FactTrainingConfig.from_dict(config.to_dict()) == config, config.direction
+        (True, 'forward')
+    """
+
+    config_name: ClassVar[str] = "fact_training_config.json"
+
+    epochs: int = field(metadata={"help": "passes over the training rows"})
+    lr: float = field(metadata={"help": "peak learning rate"})
+    batch_size: int | None = field(default=None, metadata={"help": "rows per step; None for the whole set"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    schedule: str = field(default="constant", metadata={"help": "constant, or cosine decay toward 10% of lr"})
+    direction: str = field(default="forward", metadata={"help": "forward, inverse or both (a SyntheticFactSet)"})
+    measure_every: int | None = field(
+        default=None, metadata={"help": "measure fact capacity every this many epochs; None never"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the shuffling"})
+
+    def __post_init__(self):
+        self.epochs = check_integer(self.epochs, "epochs", minimum=1)
+        self.lr = check_number(self.lr, "lr", minimum=0.0, exclusive_minimum=True)
+        self.batch_size = check_integer(self.batch_size, "batch_size", minimum=1, allow_none=True)
+        self.weight_decay = check_number(self.weight_decay, "weight_decay", minimum=0.0)
+        self.warmup_steps = check_integer(self.warmup_steps, "warmup_steps", minimum=0)
+        self.schedule = check_choice(self.schedule, "schedule", SCHEDULES)
+        self.direction = check_choice(self.direction, "direction", DIRECTIONS)
+        self.measure_every = check_integer(self.measure_every, "measure_every", minimum=1, allow_none=True)
+        self.seed = check_integer(self.seed, "seed", minimum=0)
+
+
+def training_config(config: FactTrainingConfig | None, arguments: dict, where: str) -> FactTrainingConfig:
+    """The `FactTrainingConfig` a run uses: `config` with the keyword arguments that differ from their defaults laid
+    over it, or one built from them (then `epochs` and `lr` are required, as a missing argument: a `TypeError`)."""
+    if config is None:
+        missing = [name for name in ("epochs", "lr") if arguments.get(name) is None]
+        if missing:
+            raise TypeError(f"{where} needs {' and '.join(f'`{n}`' for n in missing)}, or a `config`.")
+    return FactTrainingConfig.from_arguments(config, arguments, where)
+
+
 def train_on_facts(
     model: torch.nn.Module,
     tokenizer,
     facts: SyntheticFactSet | Sequence[Mapping],
-    epochs: int,
-    lr: float,
-    batch_size: int | None = None,
-    weight_decay: float = 0.0,
-    warmup_steps: int = 0,
-    schedule: str = "constant",
-    direction: str = "forward",
-    measure_every: int | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = FactTrainingConfig.batch_size,
+    weight_decay: float = FactTrainingConfig.weight_decay,
+    warmup_steps: int = FactTrainingConfig.warmup_steps,
+    schedule: str = FactTrainingConfig.schedule,
+    direction: str = FactTrainingConfig.direction,
+    measure_every: int | None = FactTrainingConfig.measure_every,
     measure_facts=None,
-    seed: int = 0,
+    seed: int = FactTrainingConfig.seed,
     on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None,
+    config: FactTrainingConfig | None = None,
 ) -> TrainingHistory:
     """Train `model` on the facts' training rows with AdamW, the loss on the answer tokens only.
 
@@ -122,6 +189,10 @@ def train_on_facts(
     predict an answer token. This is the loop the experiments use: for a tiny model it is several times faster
     than `Trainer`, whose per-step overhead dominates; `FactCapacityCallback` gives the same measurement inside
     `Trainer`.
+
+    The settings from `epochs` to `seed` (not `measure_facts` and `on_epoch_end`) form a `FactTrainingConfig`:
+    pass one as `config=`, or the fields as keyword arguments (positionally too, as before). The loop is the
+    package's shared one (`exclusive` on the model: no other in-place call or reading thread overlaps it).
 
     Args:
         model: A causal language model; trained in place (in train mode; every module gets its own mode back after).
@@ -139,22 +210,36 @@ def train_on_facts(
         measure_facts: What to measure (default: `facts`); anything `fact_capacity` takes, measured in the
             direction trained (forward for "both").
         seed: Seed of the shuffling.
-        on_epoch_end: Called as `on_epoch_end(epoch, model)` after every epoch (1-based).
+        on_epoch_end: Called as `on_epoch_end(epoch, model)` after every epoch (1-based), the model still held by
+            this run (reading calls are fine; another call that changes the model in place is refused).
+        config: A `FactTrainingConfig` with the settings from `epochs` to `seed`; keyword arguments that differ from
+            their defaults override its fields. `epochs` and `lr` are needed, here or in `config`.
 
     Returns:
         A `TrainingHistory`. Every parameter's `.grad` is None afterwards (also after an error).
 
     Raises:
         ValueError: On a bad argument, naming it, before any training.
+        TypeError: Without `epochs` or `lr` (and no `config`), or with a `config` that is not a `FactTrainingConfig`.
+        RuntimeError: If another call is changing `model` in place, or another thread is reading it.
     """
-    epochs = check_integer(epochs, "epochs", minimum=1)
-    lr = check_number(lr, "lr", minimum=0.0, exclusive_minimum=True)
-    batch_size = check_integer(batch_size, "batch_size", minimum=1, allow_none=True)
-    weight_decay = check_number(weight_decay, "weight_decay", minimum=0.0)
-    warmup_steps = check_integer(warmup_steps, "warmup_steps", minimum=0)
-    check_choice(schedule, "schedule", SCHEDULES)
-    measure_every = check_integer(measure_every, "measure_every", minimum=1, allow_none=True)
-    seed = check_integer(seed, "seed", minimum=0)
+    config = training_config(
+        config,
+        {
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "weight_decay": weight_decay,
+            "warmup_steps": warmup_steps,
+            "schedule": schedule,
+            "direction": direction,
+            "measure_every": measure_every,
+            "seed": seed,
+        },
+        "`train_on_facts`",
+    )
+    epochs, lr, batch_size, warmup_steps = config.epochs, config.lr, config.batch_size, config.warmup_steps
+    direction, measure_every, schedule = config.direction, config.measure_every, config.schedule
     if on_epoch_end is not None and not callable(on_epoch_end):
         raise ValueError(f"`on_epoch_end` must be callable as on_epoch_end(epoch, model), got {on_epoch_end!r}.")
     facts = _reusable(facts)
@@ -179,7 +264,6 @@ def train_on_facts(
     size = len(encoded) if batch_size is None else min(batch_size, len(encoded))
     steps_per_epoch = math.ceil(len(encoded) / size)
     total = epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -189,34 +273,48 @@ def train_on_facts(
         progress = (step - warmup_steps) / max(total - warmup_steps, 1)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    generator = torch.Generator().manual_seed(seed)
     history = TrainingHistory()
     keep_logits = _answer_columns_only(model)
-    modes = [(module, module.training) for module in model.modules()]
-    model.train()
-    try:
+    step_losses: list[float] = []
+
+    def batches(generator: torch.Generator):
+        """Each epoch's shuffled row indices, batch by batch; at an epoch's end (when the next batch is asked for)
+        its mean loss, the measurement and `on_epoch_end`, with the model still held."""
         for epoch in range(1, epochs + 1):
             order = torch.randperm(len(ids), generator=generator).to(device)
-            running = 0.0
+            sizes = []
             for start in range(0, len(ids), size):
                 index = order[start : start + size]
-                loss = _answer_loss(model, ids[index], mask[index], labels[index], keep_logits)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                running += float(loss.detach()) * len(index)
-                history.steps += 1
+                sizes.append(len(index))
+                yield index
+            running = 0.0
+            for loss, count in zip(step_losses[-len(sizes) :], sizes):
+                running += loss * count
             history.losses.append(running / len(ids))
             if measure_every is not None and (epoch % measure_every == 0 or epoch == epochs):
                 measured = fact_capacity(model, tokenizer, measure_facts, direction=measure_direction)
                 history.capacity.append((epoch, measured))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, model)
-    finally:  # every module gets its own mode back, also when training is interrupted
-        for module, training in modes:
-            module.training = training
-        model.zero_grad(set_to_none=True)
+
+    def loss_fn(index: torch.Tensor) -> torch.Tensor:
+        return _answer_loss(model, ids[index], mask[index], labels[index], keep_logits)
+
+    def on_step(loss: float) -> None:
+        step_losses.append(loss)
+        history.steps += 1
+
+    train_steps(
+        model,
+        batches,
+        loss_fn,
+        lr=lr,
+        seed=config.seed,
+        weight_decay=config.weight_decay,
+        betas=(0.9, 0.98),
+        max_grad_norm=1.0,
+        scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor),
+        on_step=on_step,
+        what="train_on_facts",
+    )
     return history

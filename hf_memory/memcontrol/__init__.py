@@ -4,6 +4,7 @@ without memorizing it. Masks over the model's groups (`maskable_groups`), PEFT m
 extraction attack for diffusion models (`diffusion_extraction_attack`)."""
 
 from .attack import ExtractionAttackResult, diffusion_extraction_attack, tile_distance
+from .config import MemControlSearchConfig
 from .groups import maskable_groups
 from .mask import MemControlMask, count_parameters
 from .objectives import (
@@ -24,6 +25,7 @@ __all__ = [
     "MemControlMask",
     "MemControlResult",
     "MemControlSearch",
+    "MemControlSearchConfig",
     "MemControlTrial",
     "SpectralShift",
     "add_svdiff",

@@ -28,14 +28,15 @@ from .._utils import (
     check_choice,
     check_integer,
     check_keywords,
-    check_number,
     check_vocabulary,
     read_json,
     require_extra,
+    weights_fingerprint,
     write_json,
 )
+from .config import CUSTOM_SAMPLER, MASK_FIELDS, MAX_SEED, SAMPLERS, MemControlSearchConfig
 from .groups import _diffusion_groups, maskable_groups
-from .mask import METHODS, MemControlMask, count_parameters
+from .mask import MemControlMask, count_parameters
 from .objectives import (
     EXTRACTION_METRICS,
     _check_denoising_arguments,
@@ -49,18 +50,17 @@ from .objectives import (
     generated_fid,
     noise_magnitude,
 )
-from .training import _check_steps, check_denoiser, diffusion_data, train_causal_lm, train_unet
+from .training import check_denoiser, diffusion_data, train_causal_lm, train_unet
 
 
-SAMPLERS = ("nsga2", "tpe", "random", "exhaustive")
 OBJECTIVES = {
     "diffusion": ("noise_magnitude", "denoising_loss", "fid"),
     "causal_lm": ("extraction", "exact_match", "heldout_loss"),
 }
 DEFAULT_OBJECTIVES = {"diffusion": ("noise_magnitude", "denoising_loss"), "causal_lm": ("extraction", "heldout_loss")}
 MAX_EXHAUSTIVE_GROUPS = 12
-MAX_SEED = 2**32 - 1  # numpy's (and so optuna's samplers') seed range
-MASK_FIELDS = ("lora_r", "lora_alpha", "lora_dropout")  # the `MemControlMask` fields `mask_kwargs` may set
+TRAINING_FIELDS = ("train_steps", "batch_size", "lr_scheduler", "warmup_steps")  # of the default training run
+RESUMABLE_FIELDS = ("n_trials", "sampler")  # config fields a stored study may be resumed with other values of
 
 
 def pareto_front(points) -> list[int]:
@@ -192,9 +192,11 @@ class MemControlResult:
             proposed it again; its values were then reused).
         pareto_front: The non-dominated trials, one per distinct (mask, learning rate), sorted by the first objective.
         study_name: The Optuna study's name.
-        settings: What the values depend on besides the mask (training settings, seed, digests of the data and of
-            the objectives' arguments; see `MemControlSearch`): a search given this result as `cache` refuses it
-            when they differ. None for a result written before these were recorded.
+        settings: What the values depend on besides the mask: the search's config (`config.to_dict()`), the
+            objectives, the groups, the training function, digests of the data and of the objectives' arguments, and
+            the model's identity (class, parameter count, configuration hash and weights fingerprint); see
+            `MemControlSearch`. A search given this result as `cache` refuses it when they differ. None for a
+            result written before these were recorded.
     """
 
     objective_names: list[str]
@@ -202,6 +204,12 @@ class MemControlResult:
     pareto_front: list[MemControlTrial] = field(default_factory=list)
     study_name: str | None = None
     settings: dict | None = None
+
+    @property
+    def config(self) -> MemControlSearchConfig | None:
+        """The `MemControlSearchConfig` the search ran with (None for a result written before it was recorded)."""
+        config = (self.settings or {}).get("config")
+        return MemControlSearchConfig.from_dict(config) if isinstance(config, Mapping) else None
 
     @property
     def num_trained(self) -> int:
@@ -286,8 +294,14 @@ class MemControlSearch:
     SIGKILL and it continues where it stopped (the interrupted trial is recorded as failed, not counted, and its
     mask runs again). A trial whose process on this machine was killed is marked failed by the next `run()`; one
     killed on another machine once its Optuna heartbeat is `GRACE_PERIOD` seconds old. The study records the
-    search's settings (objectives, groups, method, granularity, learning rate, LoRA fields, seed, training settings,
-    digests of the data and of `objective_kwargs`) and refuses to resume with other ones.
+    search's settings (its `MemControlSearchConfig`, the objectives, groups and LoRA fields, digests of the data and
+    of `objective_kwargs`, and the model's identity: class, size, configuration hash and a fingerprint of its
+    weights) and refuses to resume with other ones (a larger `n_trials` or another sampler is fine), another
+    checkpoint of the same architecture included.
+
+    The plain settings (`n_trials` to `mask_kwargs` below, but not `storage` and `study_name`) form a
+    `MemControlSearchConfig`: pass one as `config=`, or the fields as keyword arguments (a keyword that differs from
+    its default overrides the config's value).
 
     Several processes can share a stored study: a process trains a trial only while fewer than `n_trials` trials
     are finished or running ahead of it, and the exhaustive sampler skips a queued mask that another trial already
@@ -296,7 +310,7 @@ class MemControlSearch:
 
     Each trial runs with torch's global RNG forked and seeded with `seed` (adapter initialization, dropout, anything
     else that draws from it; the caller's RNG state is left as it was), so the same mask gives the same values, and
-    a mask proposed twice is not trained again: its values are reused.
+    a mask proposed twice is not trained again: its values are reused. The trained model is scored in eval mode.
 
     Args:
         model_factory: A function returning a fresh model (called once per trial), or a model (deep-copied per trial).
@@ -320,7 +334,7 @@ class MemControlSearch:
             already in a resumed study count, and so do trials of other processes sharing it); ignored by the
             "exhaustive" sampler, which evaluates every non-empty mask once.
         sampler: "nsga2" (NSGA-II, the default), "tpe", "random", "exhaustive" (every mask; at most 12 groups), or an
-            `optuna.samplers.BaseSampler`.
+            `optuna.samplers.BaseSampler` (recorded in the config as "custom").
         storage: An Optuna RDB storage URL ("sqlite:///path.db"), or None for an in-memory study (kept by this
             object: a second `run()` continues it).
         study_name: The study's name in `storage` (needed to resume); None: a generated name.
@@ -343,18 +357,22 @@ class MemControlSearch:
         cache: An earlier `MemControlResult` (same model, data and training) whose masks' values are reused instead
             of training again, e.g. an exhaustive enumeration. A cached trial is reused only for a mask equal in
             every field (groups, bits, method, granularity, learning rate, LoRA fields); a result whose recorded
-            training settings, data or objective arguments differ from this search's is refused (its seed may
-            differ).
+            training settings, data, objective arguments or model (weights included) differ from this search's is
+            refused (its seed may differ), and so is one that records no weights fingerprint.
         show_progress: Show a tqdm bar over trials with the Pareto front's size.
+        config: A `MemControlSearchConfig` holding the settings from `n_trials` to `mask_kwargs` (not `storage` and
+            `study_name`); keyword arguments that differ from their defaults override its fields.
 
     Raises:
         ValueError: Before any training: on a model without maskable groups, an unknown objective name (the message
             lists the valid ones), fewer than two objectives or two with one name, bad `objective_kwargs` (unknown
             keys, values out of range, data too short for the extraction window or with token ids outside the
-            vocabulary), a missing `val_data` / `memorization_data`, an unknown sampler or method, a bad number,
-            too many groups for "exhaustive", a `storage` that cannot be opened, a diffusion model the default calls
-            cannot drive, or a `cache` made with other settings. `run()` raises it when `storage` holds the study
-            with other settings.
+            vocabulary, an extraction window the model cannot decode), a missing `val_data` / `memorization_data`,
+            an unknown sampler or method, a bad number, too many groups for "exhaustive", a `storage` that cannot be
+            opened, a diffusion model the default calls cannot drive, or a `cache` made with other settings or on
+            another model. `run()` raises it when `storage` holds the study with other settings or another model.
+        TypeError: On an unknown keyword argument (in `objective_kwargs` too), or a `config` that is not a
+            `MemControlSearchConfig`.
         ImportError: If optuna (the `memcontrol` extra) is missing.
     """
 
@@ -371,36 +389,60 @@ class MemControlSearch:
         objectives: Sequence | Mapping | None = None,
         memorization_data=None,
         train_fn: Callable | None = None,
-        n_trials: int = 20,
-        sampler="nsga2",
+        n_trials: int = MemControlSearchConfig.n_trials,
+        sampler=MemControlSearchConfig.sampler,
         storage: str | None = None,
         study_name: str | None = None,
-        seed: int = 0,
-        method: str = "lora",
-        granularity: str = "block",
-        groups: Sequence[str] | None = None,
-        lr: float | tuple[float, float] = 1e-4,
-        train_steps: int = 50,
-        batch_size: int = 8,
-        lr_scheduler: str = "constant",
-        warmup_steps: int = 0,
-        mask_kwargs: dict | None = None,
+        seed: int = MemControlSearchConfig.seed,
+        method: str = MemControlSearchConfig.method,
+        granularity: str = MemControlSearchConfig.granularity,
+        groups: Sequence[str] | None = MemControlSearchConfig.groups,
+        lr: float | tuple[float, float] = MemControlSearchConfig.lr,
+        train_steps: int = MemControlSearchConfig.train_steps,
+        batch_size: int = MemControlSearchConfig.batch_size,
+        lr_scheduler: str = MemControlSearchConfig.lr_scheduler,
+        warmup_steps: int = MemControlSearchConfig.warmup_steps,
+        mask_kwargs: dict | None = MemControlSearchConfig.mask_kwargs,
         objective_kwargs: dict | None = None,
         cache: MemControlResult | None = None,
         show_progress: bool = True,
+        config: MemControlSearchConfig | None = None,
     ):
         require_extra("memcontrol", "MemControl search")
         import optuna
 
-        self.n_trials = check_integer(n_trials, "n_trials", minimum=1)
-        self.seed = check_integer(seed, "seed", minimum=0, maximum=MAX_SEED, hint="the sampler's and the trials' seed")
-        self.train_steps = check_integer(train_steps, "train_steps", minimum=1)
-        self.batch_size = check_integer(batch_size, "batch_size", minimum=1)
-        *_, self.lr_scheduler, self.warmup_steps = _check_steps(
-            self.train_steps, self.batch_size, seed, None, lr_scheduler, warmup_steps
+        sampler_object = None
+        if isinstance(sampler, optuna.samplers.BaseSampler):  # a runtime object: the config records "custom"
+            sampler_object, sampler = sampler, CUSTOM_SAMPLER
+        arguments = {
+            "n_trials": n_trials,
+            "sampler": sampler,
+            "seed": seed,
+            "method": method,
+            "granularity": granularity,
+            "groups": groups,
+            "lr": lr,
+            "train_steps": train_steps,
+            "batch_size": batch_size,
+            "lr_scheduler": lr_scheduler,
+            "warmup_steps": warmup_steps,
+            "mask_kwargs": mask_kwargs,
+        }
+        self.config = config = MemControlSearchConfig.from_arguments(config, arguments, "`MemControlSearch`")
+        if config.sampler == CUSTOM_SAMPLER and sampler_object is None:
+            raise ValueError(
+                "sampler='custom' stands for an optuna sampler object passed as `sampler`: pass the object, or "
+                f"one of {', '.join(map(repr, SAMPLERS))}."
+            )
+        self.n_trials, self.seed, self.method, self.granularity = (
+            config.n_trials,
+            config.seed,
+            config.method,
+            config.granularity,
         )
-        self.method = check_choice(method, "method", METHODS)
-        self.granularity = granularity
+        self.train_steps, self.batch_size = config.train_steps, config.batch_size
+        self.lr_scheduler, self.warmup_steps = config.lr_scheduler, config.warmup_steps
+        self.lr, self.mask_kwargs = config.lr, dict(config.mask_kwargs)
         self.show_progress = check_bool(show_progress, "show_progress")
         if isinstance(model_factory, nn.Module):
             template = model_factory
@@ -411,37 +453,28 @@ class MemControlSearch:
             raise ValueError(
                 f"`model_factory` must be a model or a function returning one, got {type(model_factory).__name__}."
             )
-        self.reference_model = self.model_factory()
-        available = list(maskable_groups(self.reference_model, granularity))  # raises for no groups
-        if groups is None:
+        with torch.random.fork_rng(devices=_rng_devices()):  # the trials' model: built from the trials' seed
+            torch.manual_seed(self.seed)
+            self.reference_model = self.model_factory()
+        if not isinstance(self.reference_model, nn.Module):
+            raise ValueError(
+                f"`model_factory` must return a torch.nn.Module, got {type(self.reference_model).__name__}."
+            )
+        available = list(maskable_groups(self.reference_model, self.granularity))  # raises for no groups
+        if config.groups is None:
             self.groups = available
         else:
-            if isinstance(groups, (str, bytes)) or not hasattr(groups, "__iter__"):
-                raise ValueError(f"`groups` must be a non-empty list of group names, got {groups!r}.")
-            groups = list(groups)
-            if not groups or not all(isinstance(g, str) for g in groups):
-                raise ValueError(f"`groups` must be a non-empty list of group names, got {groups!r}.")
-            unknown = [g for g in groups if g not in available]
+            unknown = [g for g in config.groups if g not in available]
             if unknown:
                 raise ValueError(
                     f"`groups` names {unknown}, which are not groups of the model; its groups: {available}."
                 )
-            self.groups = [g for g in available if g in set(groups)]
+            self.groups = [g for g in available if g in set(config.groups)]
         self.kind = "diffusion" if _diffusion_groups(self.reference_model) else "causal_lm"
-        if isinstance(lr, (tuple, list)):
-            if len(lr) != 2:
-                raise ValueError(f"`lr` must be a number or a (low, high) pair, got {lr!r}.")
-            low = check_number(lr[0], "lr[0]", minimum=0, exclusive_minimum=True)
-            high = check_number(lr[1], "lr[1]", minimum=low, exclusive_minimum=True, hint="above lr[0]")
-            self.lr: float | tuple[float, float] = (low, high)
-        else:
-            self.lr = check_number(lr, "lr", minimum=0, exclusive_minimum=True)
-        self.mask_kwargs = dict(mask_kwargs or {})
-        unknown = sorted(set(self.mask_kwargs) - set(MASK_FIELDS))
-        if unknown:
-            raise ValueError(f"`mask_kwargs` has unknown keys {unknown}; allowed: {list(MASK_FIELDS)}.")
-        # the mask fields every trial shares (this also checks `mask_kwargs`)
-        self._template = MemControlMask(self.groups, [1] * len(self.groups), method, granularity, **self.mask_kwargs)
+        # the mask fields every trial shares
+        self._template = MemControlMask(
+            self.groups, [1] * len(self.groups), self.method, self.granularity, **self.mask_kwargs
+        )
         self.train_data = train_data
         self.val_data = val_data
         self.memorization_data = train_data if memorization_data is None else memorization_data
@@ -471,19 +504,13 @@ class MemControlSearch:
         elif not callable(train_fn):
             raise ValueError("`train_fn` must be a function (model, train_data, mask) -> None, or None.")
         self.train_fn = train_fn
-        if isinstance(sampler, optuna.samplers.BaseSampler):
-            self.sampler_name = type(sampler).__name__
-        else:
-            self.sampler_name = check_choice(sampler, "sampler", SAMPLERS)
-            if sampler == "exhaustive":
-                if len(self.groups) > MAX_EXHAUSTIVE_GROUPS:
-                    raise ValueError(
-                        f"sampler='exhaustive' would train 2^{len(self.groups)} - 1 masks; it allows at most "
-                        f"{MAX_EXHAUSTIVE_GROUPS} groups. Use 'nsga2', or granularity='block'."
-                    )
-                if isinstance(self.lr, tuple):
-                    raise ValueError("sampler='exhaustive' enumerates masks at one learning rate: give `lr` a number.")
-        self._sampler = sampler
+        self.sampler_name = type(sampler_object).__name__ if sampler_object is not None else config.sampler
+        if config.sampler == "exhaustive" and len(self.groups) > MAX_EXHAUSTIVE_GROUPS:
+            raise ValueError(
+                f"sampler='exhaustive' would train 2^{len(self.groups)} - 1 masks; it allows at most "
+                f"{MAX_EXHAUSTIVE_GROUPS} groups. Use 'nsga2', or granularity='block'."
+            )
+        self._sampler = sampler_object if sampler_object is not None else config.sampler
         self.storage = storage
         if storage is not None:
             if not isinstance(storage, str):
@@ -501,8 +528,9 @@ class MemControlSearch:
             self._storage = None
         self.study_name = study_name
         self._study_object = None
+        self._total_parameters = count_parameters(self.reference_model)[1]
         self.settings = self._settings(default_training)
-        self._cache: dict[str, dict[str, float]] = {}
+        self._cache: dict[str, tuple[dict[str, float], int]] = {}  # mask key -> (values, trainable parameters)
         if cache is not None:
             self._use_cache(cache)
 
@@ -645,38 +673,36 @@ class MemControlSearch:
                 f"{label} 'prefix_len' / 'suffix_len' (defaults 32 + 32) or give longer sequences."
             )
         check_vocabulary(torch.cat(rows), self.reference_model, self._memorization_name)
+        window = next(row for row in rows if len(row) >= prefix_len + suffix_len)[: prefix_len + suffix_len]
+        try:  # the harness's own model checks (learned position limits, prompt learning), on one window
+            extraction_rate(self.reference_model, [window], prefix_len, suffix_len, metric="exact_match", batch_size=1)
+        except ValueError as err:
+            raise ValueError(f"{label}: {err}") from None
         kwargs = {"metric": "exact_match" if name == "exact_match" else "memorization_score", **kwargs}
         return functools.partial(_call_first, extraction_rate, self.memorization_data, kwargs)
 
     def _settings(self, default_training: bool) -> dict:
-        """What a trial's values depend on besides its bits: recorded in the study and in the result."""
-        total = sum(p.numel() for p in self.reference_model.parameters())
-        if default_training:
-            training = {
-                "train_fn": "train_unet" if self.kind == "diffusion" else "train_causal_lm",
-                "train_steps": self.train_steps,
-                "batch_size": self.batch_size,
-                "lr_scheduler": self.lr_scheduler,
-                "warmup_steps": self.warmup_steps,
-            }
-        else:
-            training = {"train_fn": "custom"}
+        """What a trial's values depend on besides its bits, with the config it ran with: recorded in the study and
+        in the result."""
         train_digest = _data_digest(self.kind, self.train_data)
         same = self.memorization_data is self.train_data
+        model = self.reference_model
         return {
+            "config": self.config.to_dict(),
             "objective_names": list(self.objectives),
             "groups": list(self.groups),
-            "method": self.method,
-            "granularity": self.granularity,
-            "lr": list(self.lr) if isinstance(self.lr, tuple) else self.lr,
             "mask_fields": {f: getattr(self._template, f) for f in MASK_FIELDS},
-            "seed": self.seed,
-            "training": training,
+            "train_fn": _default_training_name(self.kind) if default_training else "custom",
             "objective_kwargs": _digest(self.objective_kwargs),
             "train_data": train_digest,
             "val_data": _data_digest(self.kind, self.val_data),
             "memorization_data": train_digest if same else _data_digest(self.kind, self.memorization_data),
-            "model": f"{type(self.reference_model).__name__}, {total} parameters",
+            "model": {
+                "class": type(model).__name__,
+                "parameters": self._total_parameters,
+                "config_sha256": _config_digest(model),
+                "weights_sha256": weights_fingerprint(model),
+            },
         }
 
     def _use_cache(self, cache: MemControlResult) -> None:
@@ -684,14 +710,21 @@ class MemControlSearch:
             raise ValueError(f"`cache` must be a MemControlResult, got {type(cache).__name__}.")
         if list(cache.objective_names) != list(self.objectives):
             raise ValueError(f"`cache` has objectives {cache.objective_names}, this search {list(self.objectives)}.")
-        if cache.settings is not None:
-            keys = ("training", "objective_kwargs", "train_data", "val_data", "memorization_data", "model")
-            differing = [k for k in keys if cache.settings.get(k) != self.settings[k]]
-            if differing:
-                raise ValueError(
-                    f"`cache` was made with other settings: {_differences(cache.settings, self.settings, differing)}. "
-                    "Its values would not be this search's."
-                )
+        if not _records_the_model(cache.settings):
+            raise ValueError(
+                "`cache` records no weights fingerprint of the model it was made on (a result of an older hf-memory, "
+                "or written by hand), so its values cannot be checked against this search's model: run the search "
+                "without it."
+            )
+        stored, current = _comparable(cache.settings), _comparable(self.settings)
+        keys = ["train_fn", "objective_kwargs", "train_data", "val_data", "memorization_data", "model"]
+        keys += [k for k in TRAINING_FIELDS if k in current]
+        differing = [k for k in keys if stored.get(k) != current.get(k)]
+        if differing:
+            raise ValueError(
+                f"`cache` was made with other settings: {_differences(stored, current, differing)}. Its values would "
+                "not be this search's."
+            )
         foreign = 0
         for trial in cache.trials:
             mask = trial.mask
@@ -701,7 +734,7 @@ class MemControlSearch:
             ):
                 foreign += 1
                 continue
-            self._cache.setdefault(_mask_key(mask), dict(trial.values))
+            self._cache.setdefault(_mask_key(mask), (dict(trial.values), trial.trainable_parameters))
         if foreign:
             warnings.warn(
                 f"`cache`: {foreign} of its {len(cache.trials)} trials have other groups, method, granularity or LoRA "
@@ -747,6 +780,7 @@ class MemControlSearch:
             model = mask.apply(self.model_factory())
             trainable, total = count_parameters(model)
             self.train_fn(model, self.train_data, mask)
+            model.eval()  # scored as it would be used, whatever mode the training left it in
             values = {name: _as_value(name, objective(model), mask) for name, objective in self.objectives.items()}
         bad = [name for name, value in values.items() if not math.isfinite(value)]
         if bad:
@@ -769,15 +803,12 @@ class MemControlSearch:
         if self._sampler == "exhaustive":
             self._claim_mask(study, trial, bits)
         key = _mask_key(mask)
-        values = self._cache.get(key) or self._stored_values(study, bits, lr)
-        if values is not None:
-            with torch.random.fork_rng(devices=_rng_devices()):
-                torch.manual_seed(self.seed)
-                trainable, total = count_parameters(mask.apply(self.model_factory()))
-            cached = True
+        known = self._cache.get(key) or self._stored_values(study, bits, lr)
+        if known is not None:  # no model is built: the count is the evaluated trial's
+            (values, trainable), total, cached = known, self._total_parameters, True
         else:
             (values, trainable, total), cached = self.evaluate(mask), False
-        self._cache[key] = values
+        self._cache[key] = (values, trainable)
         trial.set_user_attr("trainable_parameters", trainable)
         trial.set_user_attr("total_parameters", total)
         trial.set_user_attr("cached", cached)
@@ -815,15 +846,18 @@ class MemControlSearch:
                 held = "evaluated" if other.state == states.COMPLETE else "being trained"
                 raise _Skipped(f"mask {''.join(map(str, bits))} is already {held} by trial {other.number}")
 
-    def _stored_values(self, study, bits, lr) -> dict[str, float] | None:
-        """The values of a completed trial of the study (of any process) with the same mask, or None."""
+    def _stored_values(self, study, bits, lr) -> tuple[dict[str, float], int] | None:
+        """The values and trainable parameters of a completed trial of the study (of any process) with the same
+        mask, or None."""
         import optuna
 
         for other in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             if _trial_bits(other, self.groups) == tuple(bits) and (
                 not isinstance(self.lr, tuple) or other.params.get("lr") == lr
             ):
-                return dict(zip(self.objectives, other.values))
+                trainable = other.user_attrs.get("trainable_parameters")
+                if isinstance(trainable, int):
+                    return dict(zip(self.objectives, other.values)), trainable
         return None
 
     # ------------------------------------------------------------------ running
@@ -850,11 +884,18 @@ class MemControlSearch:
                 )
             study.set_user_attr("memcontrol_settings", self.settings)  # holds the objective names and groups too
             stored = study.user_attrs["memcontrol_settings"]  # another process may have written it first
-        differing = [k for k in self.settings if stored.get(k) != self.settings[k]]
+        if not _records_the_model(stored):
+            raise ValueError(
+                f"Study {study.study_name!r} in `storage` records no weights fingerprint of the model its trials were "
+                "made on (an older hf-memory wrote it), so they cannot be checked against this search's model: give "
+                "another `study_name`."
+            )
+        stored, current = _comparable(stored), _comparable(self.settings)
+        differing = [k for k in current if stored.get(k) != current[k]]
         if differing:
             raise ValueError(
                 f"Study {study.study_name!r} in `storage` was run with other settings: "
-                f"{_differences(stored, self.settings, differing)}. Resume it with its settings, or give another "
+                f"{_differences(stored, current, differing)}. Resume it with its settings, or give another "
                 "`study_name`."
             )
         self._study_object = study
@@ -1057,8 +1098,65 @@ def _check_keys(kwargs: Mapping, function: Callable, bound: tuple[str, ...], lab
     check_keywords(kwargs, allowed, f"{label} (keyword arguments of `{function.__name__}`)")
 
 
+def _default_training_name(kind: str) -> str:
+    return "train_unet" if kind == "diffusion" else "train_causal_lm"
+
+
+def _config_digest(model) -> str:
+    """SHA-256 of the model's configuration (a transformers config, or a diffusers model's config dict) without the
+    keys that say where it came from rather than what it computes (`_name_or_path`, `_commit_hash`, the library
+    versions, ...: every key starting with "_", and `transformers_version`), so the same checkpoint loaded from
+    another folder, machine or library release is the same model; the class name without a config."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        data = json.loads(config.to_json_string(use_diff=False))
+    elif isinstance(config, Mapping):
+        data = dict(config)
+    else:
+        data = {"class": type(model).__qualname__}
+    data = {k: v for k, v in data.items() if not str(k).startswith("_") and k != "transformers_version"}
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _records_the_model(settings) -> bool:
+    """Whether a settings record (of a stored study or a result) identifies the model by its weights."""
+    return (
+        isinstance(settings, Mapping)
+        and isinstance(settings.get("model"), Mapping)
+        and bool(settings["model"].get("weights_sha256"))
+    )
+
+
+def _comparable(settings: Mapping) -> dict:
+    """A settings record as flat key -> value for comparison: the config's fields beside the other entries, without
+    those a resumed study may change (`n_trials`, `sampler`), those given resolved (`groups`, `mask_kwargs`:
+    the record's "groups" and "mask_fields") and, for a custom `train_fn`, the default training run's."""
+    flat = {key: value for key, value in settings.items() if key != "config"}
+    config = settings.get("config")
+    for name, value in config.items() if isinstance(config, Mapping) else ():
+        if name in (*RESUMABLE_FIELDS, "groups", "mask_kwargs"):
+            continue
+        if name in TRAINING_FIELDS and settings.get("train_fn") == "custom":
+            continue
+        flat[name] = value
+    return flat
+
+
 def _differences(stored: Mapping, current: Mapping, keys: list[str]) -> str:
-    return "; ".join(f"{k}: {stored.get(k)!r} there, {current[k]!r} here" for k in keys)
+    """'key: value there, value here' for each key; a dict value (the model's identity) by the entries that differ."""
+    parts = []
+    for key in keys:
+        there, here = stored.get(key), current.get(key)
+        if isinstance(there, Mapping) and isinstance(here, Mapping):
+            for k in [k for k in here if there.get(k) != here[k]] + [k for k in there if k not in here]:
+                note = (
+                    " (other weights: another checkpoint, or weights changed since)" if k == "weights_sha256" else ""
+                )
+                parts.append(f"{key}.{k}: {there.get(k)!r} there, {here.get(k)!r} here{note}")
+        else:
+            parts.append(f"{key}: {there!r} there, {here!r} here")
+    return "; ".join(parts)
 
 
 def _digest(value) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._utils import as_sequences, check_choice, check_integer, check_number, exclusive, model_device
+from .._utils import as_sequences, check_choice, check_integer, check_number, model_device, train_steps
 
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
@@ -91,15 +92,30 @@ def check_denoiser(model, name: str = "model") -> None:
         )
 
 
-def _forward_parameters(model: nn.Module) -> list[str]:
-    """The names of `model.forward`'s parameters, "**name" for a catch-all keyword parameter."""
+# forward method's function -> its parameter names (bound: without `self`), so that a call reads no signature
+_FORWARD_PARAMETERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _forward_parameters(model: nn.Module) -> tuple[str, ...]:
+    """The names of `model.forward`'s parameters, "**name" for a catch-all keyword parameter (read once per forward
+    method, not on every call)."""
+    forward = model.forward
+    function = getattr(forward, "__func__", None)  # a bound method: its function is the cache key
+    if function is not None and function in _FORWARD_PARAMETERS:
+        return _FORWARD_PARAMETERS[function]
     try:
-        signature = inspect.signature(model.forward)
+        signature = inspect.signature(forward)
     except (TypeError, ValueError):
-        return []
-    return [
+        return ()
+    names = tuple(
         f"**{p.name}" if p.kind is inspect.Parameter.VAR_KEYWORD else p.name for p in signature.parameters.values()
-    ]
+    )
+    if function is not None:
+        try:
+            _FORWARD_PARAMETERS[function] = names
+        except TypeError:  # not weakly referenceable: read it every time
+            pass
+    return names
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
@@ -138,12 +154,12 @@ def predict_noise(model: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, te
     return out.float()
 
 
-def _check_steps(steps, batch_size, seed, max_grad_norm, lr_scheduler, warmup_steps) -> tuple:
-    """The arguments both inner loops share, checked."""
-    steps = check_integer(steps, "steps", minimum=1)
+def _check_steps(steps, batch_size, seed, max_grad_norm, lr_scheduler, warmup_steps, steps_name="steps") -> tuple:
+    """The arguments both inner loops share, checked (`steps` named `steps_name` in the messages)."""
+    steps = check_integer(steps, steps_name, minimum=1)
     warmup_steps = check_integer(warmup_steps, "warmup_steps", minimum=0)
     if warmup_steps >= steps:
-        raise ValueError(f"`warmup_steps` must be below `steps`={steps}, got {warmup_steps}.")
+        raise ValueError(f"`warmup_steps` must be below `{steps_name}`={steps}, got {warmup_steps}.")
     if warmup_steps and lr_scheduler == "constant":
         raise ValueError("`lr_scheduler`='constant' has no warm-up: use 'constant_with_warmup', or `warmup_steps`=0.")
     return (
@@ -164,38 +180,36 @@ def _run_steps(
     max_grad_norm: float | None,
     lr_scheduler: str,
     warmup_steps: int,
-    step_loss: Callable[[torch.Generator, torch.device], torch.Tensor],
+    draw: Callable[[torch.Generator, torch.device], object],
+    loss_fn: Callable[[object], torch.Tensor],
 ) -> list[float]:
     """`steps` AdamW steps (peak lr `lr` on transformers' `lr_scheduler` schedule, no weight decay) on the model's
-    trainable parameters, in train mode, with the loss `step_loss(generator, device)` of a batch it draws from the
-    seeded generator; the model is left in eval mode and without `.grad` tensors on every exit path (an exception or
-    Ctrl-C included). Returns the loss of every step."""
+    trainable parameters through the shared loop (`hf_memory._utils.train_steps`: the model held, in train mode,
+    given back its modes and left without `.grad` tensors on every exit path), each on the batch
+    `draw(generator, device)` draws from the seeded generator. Returns the loss of every step."""
     from transformers import get_scheduler
 
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if not parameters:
-        raise ValueError("The model has no trainable parameter: apply a MemControlMask first.")
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
-    schedule = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=steps)
     device = model_device(model)
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    with exclusive(model, "MemControl training"):
-        model.train()
-        try:
-            for _ in range(steps):
-                loss = step_loss(generator, device)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-                optimizer.step()
-                schedule.step()
-                losses.append(loss.item())
-        finally:
-            optimizer.zero_grad(set_to_none=True)
-            model.eval()
-    return losses
+
+    def batches(generator: torch.Generator):
+        for _ in range(steps):
+            yield draw(generator, device)
+
+    def scheduler(optimizer):
+        return get_scheduler(lr_scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=steps)
+
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("The model has no trainable parameter: apply a MemControlMask first.")
+    return train_steps(
+        model,
+        batches,
+        loss_fn,
+        lr=lr,
+        seed=seed,
+        max_grad_norm=max_grad_norm,
+        scheduler=scheduler,
+        what="MemControl training",
+    )
 
 
 def train_unet(
@@ -212,7 +226,8 @@ def train_unet(
 ) -> list[float]:
     """Fine-tune a text-conditioned UNet (epsilon prediction, MSE) on `train_data` for `steps` AdamW steps at
     `mask.lr`: only the parameters left trainable (by `mask.apply`) change. Batches, noise and timesteps are drawn
-    from `seed`, so two runs with the same mask give the same model.
+    from `seed`, so two runs with the same mask give the same model. The model trains in train mode and gets every
+    module's own mode back afterwards, also when interrupted.
 
     Args:
         model: A diffusers UNet2DConditionModel or a text-conditioned DiT (e.g. PixArtTransformer2DModel), or any
@@ -236,7 +251,7 @@ def train_unet(
 
     Raises:
         ValueError: Before any step, on a bad argument or a model these calls cannot drive (see `check_denoiser`).
-        RuntimeError: If another call is changing `model` in place right now.
+        RuntimeError: If another call is changing `model` in place, or another thread is reading it, right now.
     """
     steps, batch_size, seed, max_grad_norm, lr_scheduler, warmup_steps = _check_steps(
         steps, batch_size, seed, max_grad_norm, lr_scheduler, warmup_steps
@@ -245,15 +260,18 @@ def train_unet(
     images, text = diffusion_data(train_data, "train_data")
     scheduler = noise_scheduler or default_noise_scheduler()
 
-    def step_loss(generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    def draw(generator: torch.Generator, device: torch.device) -> tuple:
         index = torch.randint(len(images), (batch_size,), generator=generator)
         batch = images[index]
         noise = torch.randn(batch.shape, generator=generator)
         timesteps = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
-        noisy = scheduler.add_noise(batch, noise, timesteps)
-        return F.mse_loss(predict_noise(model, noisy, timesteps, text[index]), noise.to(device))
+        return scheduler.add_noise(batch, noise, timesteps), timesteps, text[index], noise.to(device)
 
-    return _run_steps(model, mask.lr, steps, seed, max_grad_norm, lr_scheduler, warmup_steps, step_loss)
+    def loss_fn(batch: tuple) -> torch.Tensor:
+        noisy, timesteps, texts, noise = batch
+        return F.mse_loss(predict_noise(model, noisy, timesteps, texts), noise)
+
+    return _run_steps(model, mask.lr, steps, seed, max_grad_norm, lr_scheduler, warmup_steps, draw, loss_fn)
 
 
 def lm_batch(sequences: list[torch.Tensor], device) -> dict[str, torch.Tensor]:
@@ -285,7 +303,8 @@ def train_causal_lm(
     warmup_steps: int = 0,
 ) -> list[float]:
     """Fine-tune a causal LM with the standard next-token loss on `train_data` for `steps` AdamW steps at `mask.lr`:
-    only the parameters left trainable (by `mask.apply`) change. Batches are drawn from `seed`.
+    only the parameters left trainable (by `mask.apply`) change. Batches are drawn from `seed`. The model trains in
+    train mode and gets every module's own mode back afterwards, also when interrupted.
 
     Args:
         model: A transformers causal LM, already masked.
@@ -304,15 +323,18 @@ def train_causal_lm(
 
     Raises:
         ValueError: Before any step, on a bad argument or empty `train_data`.
-        RuntimeError: If another call is changing `model` in place right now.
+        RuntimeError: If another call is changing `model` in place, or another thread is reading it, right now.
     """
     steps, batch_size, seed, max_grad_norm, lr_scheduler, warmup_steps = _check_steps(
         steps, batch_size, seed, max_grad_norm, lr_scheduler, warmup_steps
     )
     sequences = as_sequences(train_data, "train_data")  # raises on an empty `train_data`
 
-    def step_loss(generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    def draw(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
         index = torch.randint(len(sequences), (batch_size,), generator=generator).tolist()
-        return model(**lm_batch([sequences[i] for i in index], device), use_cache=False).loss
+        return lm_batch([sequences[i] for i in index], device)
 
-    return _run_steps(model, mask.lr, steps, seed, max_grad_norm, lr_scheduler, warmup_steps, step_loss)
+    def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**batch, use_cache=False).loss
+
+    return _run_steps(model, mask.lr, steps, seed, max_grad_norm, lr_scheduler, warmup_steps, draw, loss_fn)
