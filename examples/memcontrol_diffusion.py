@@ -293,7 +293,7 @@ def main(
         "values": {t.mask.key: {**t.values, "trainable_fraction": t.trainable_fraction} for t in exhaustive.trials},
         "pareto_front": [t.mask.key for t in exhaustive.pareto_front],
     }
-    exhaustive.save_json(os.path.join(output_dir, "exhaustive.json"))
+    exhaustive.save(os.path.join(output_dir, "exhaustive.json"))
     all_points = exhaustive.points(exhaustive.trials)
     reference = all_points.max(axis=0) + 0.1 * (all_points.max(axis=0) - all_points.min(axis=0))
     true_hv = hypervolume(all_points, reference)

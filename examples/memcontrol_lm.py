@@ -169,7 +169,7 @@ def main(
     )
     os.makedirs(output_dir, exist_ok=True)
     result = search.run()
-    result.save_json(os.path.join(output_dir, "search.json"))
+    result.save(os.path.join(output_dir, "search.json"))
     results["search"] = {
         "seconds": round(time.time() - t0, 1),
         "trials": [

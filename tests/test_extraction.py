@@ -290,6 +290,20 @@ def test_text_rouge_needs_whole_predictions_and_a_tokenizer():
         measure_extraction(model, tokenizer="gpt2", **args)
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_tokenizer_smaller_than_the_data_is_refused(streamed):
+    """P5: a tokenizer of 40 tokens on data of a 128-token vocabulary gave rouge_l_text = 0.0 without a word."""
+    from hf_memory.data.tokenizers import word_level_tokenizer
+
+    small = word_level_tokenizer([f"w{i}" for i in range(36)])
+    rows = [list(range(100, 120)), list(range(20))]
+    data = iter(rows) if streamed else rows
+    with pytest.raises(ValueError, match="`tokenizer` has 40 tokens, but `sequences` hold token id 11[59]: it is not"):
+        measure_extraction(tiny_causal_lm("llama"), data, 8, 8, tokenizer=small, show_progress=False)
+    fits = measure_extraction(tiny_causal_lm("llama"), [rows[1]], 8, 8, tokenizer=small, show_progress=False)
+    assert "rouge_l_text" in fits.metrics
+
+
 def test_text_rouge_names_the_extra_when_rouge_score_is_missing(monkeypatch):
     import sys
 

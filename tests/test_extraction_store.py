@@ -613,3 +613,16 @@ def test_the_old_reader_name_still_reads_with_a_future_warning(tmp_path):
     with pytest.warns(FutureWarning, match="ExtractionResult.load"):
         old = ExtractionResult.from_output_dir(tmp_path)
     assert old.metrics == ExtractionResult.load(tmp_path).metrics and old.num_windows > 0
+
+
+def test_the_same_checkpoint_from_another_folder_resumes(tmp_path):
+    """The manifest compared the config's `_name_or_path` and `transformers_version`: a moved checkpoint was another
+    run. The weights and what the config computes identify the model; where it was loaded from is only recorded."""
+    m, rows = model(), corpus()
+    run(m, rows, output_dir=tmp_path, flush_every=1)
+    m.config._name_or_path, m.config.transformers_version = "/elsewhere/checkpoint", "0.0.1"
+    again = run(m, rows, output_dir=tmp_path, flush_every=1)
+    assert again.num_windows > 0
+    m.config.rms_norm_eps *= 2  # what the model computes: another run
+    with pytest.raises(ValueError, match="different run .*config_sha256"):
+        run(m, rows, output_dir=tmp_path, flush_every=1)

@@ -636,8 +636,8 @@ def test_a_running_trial_of_a_live_process_is_left_alone(tmp_path):
 
 def test_result_json_round_trip_and_transfer(tmp_path):
     result = lm_search(n_trials=3, sampler="random", seed=1).run()
-    result.save_json(tmp_path / "result.json")
-    loaded = MemControlResult.from_json(tmp_path / "result.json")
+    result.save(tmp_path / "result.json")
+    loaded = MemControlResult.load(tmp_path / "result.json")
     assert [t.mask for t in loaded.trials] == [t.mask for t in result.trials]
     assert [t.values for t in loaded.trials] == [t.values for t in result.trials]
     assert [t.number for t in loaded.pareto_front] == [t.number for t in result.pareto_front]
@@ -647,6 +647,30 @@ def test_result_json_round_trip_and_transfer(tmp_path):
     best.mask.save_pretrained(tmp_path / "mask")
     fresh = MemControlMask.from_pretrained(tmp_path / "mask").apply(tiny_causal_lm("llama", seed=5))
     assert count_parameters(fresh)[0] == best.trainable_parameters
+    with pytest.warns(FutureWarning, match="now `save`"):
+        result.save_json(tmp_path / "old.json")
+    with pytest.warns(FutureWarning, match="now `load`"):
+        assert [t.values for t in MemControlResult.from_json(tmp_path / "old.json").trials] == [
+            t.values for t in result.trials
+        ]
+    # P1: a tampered file raised KeyError: 'trials', and a NaN objective loaded silently
+    import json
+
+    data = json.loads((tmp_path / "result.json").read_text())
+    damaged = {
+        "no trials": {k: v for k, v in data.items() if k != "trials"},
+        "trials not a list": {**data, "trials": 3},
+        "front names no trial": {**data, "pareto_front": [999]},
+        "NaN objective": {
+            **data,
+            "trials": [{**data["trials"][0], "values": {n: float("nan") for n in data["objective_names"]}}],
+        },
+        "settings a list": {**data, "settings": [1]},
+    }
+    for case, content in damaged.items():
+        (tmp_path / "bad.json").write_text(json.dumps(content))
+        with pytest.raises(ValueError, match="bad.json (is not a MemControlResult|is damaged)"):
+            MemControlResult.load(tmp_path / "bad.json")
 
 
 @pytest.mark.parametrize("loop", ["unet", "causal_lm"])
@@ -1446,7 +1470,7 @@ def test_apply_refuses_a_model_another_call_is_changing():
 # ---------------------------------------------------------------- results and studies
 
 
-def test_save_json_keeps_the_previous_file_when_interrupted(tmp_path, monkeypatch):
+def test_save_keeps_the_previous_file_when_interrupted(tmp_path, monkeypatch):
     from hf_memory.memcontrol import MemControlTrial
 
     groups = ["a", "b"]
@@ -1454,7 +1478,7 @@ def test_save_json_keeps_the_previous_file_when_interrupted(tmp_path, monkeypatc
               for i, bits in enumerate([[1, 0], [0, 1], [1, 1]])]  # fmt: skip
     result = MemControlResult(["x", "y"], trials, trials[:1], "s")
     path = tmp_path / "result.json"
-    result.save_json(path)
+    result.save(path)
     saved = path.read_text()
     to_dict = MemControlTrial.to_dict
     calls = []
@@ -1467,9 +1491,9 @@ def test_save_json_keeps_the_previous_file_when_interrupted(tmp_path, monkeypatc
 
     monkeypatch.setattr(MemControlTrial, "to_dict", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        result.save_json(path)
+        result.save(path)
     assert path.read_text() == saved and os.listdir(tmp_path) == ["result.json"]
-    assert [t.values for t in MemControlResult.from_json(path).trials] == [t.values for t in trials]
+    assert [t.values for t in MemControlResult.load(path).trials] == [t.values for t in trials]
 
 
 def test_result_of_an_in_memory_search_holds_the_trials_of_its_run():

@@ -28,6 +28,7 @@ from .lazy import lazy_getattr
 from .modeling import (
     cache_io,
     changing_model,
+    config_digest,
     eval_mode,
     exclusive,
     is_prompt_learning,
@@ -64,6 +65,7 @@ __all__ = [
     "check_number",
     "check_vocabulary",
     "check_writable",
+    "config_digest",
     "eval_mode",
     "exclusive",
     "find_layers",

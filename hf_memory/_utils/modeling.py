@@ -8,13 +8,34 @@ import inspect
 import json
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 
 
+def config_digest(model) -> str:
+    """SHA-256 of what a model's configuration says it computes: a transformers config or a diffusers model's config
+    dict without the keys that say where it came from (`_name_or_path`, `_commit_hash`, library versions: every key
+    starting with "_", and `transformers_version`), so one checkpoint loaded from another folder, machine or library
+    release has one digest; the class name for a model without a config.
+
+    Args:
+        model: A `torch.nn.Module`, with or without a `config`.
+    """
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        data = json.loads(config.to_json_string(use_diff=False))
+    elif isinstance(config, Mapping):
+        data = dict(config)
+    else:
+        data = {"class": type(model).__qualname__}
+    data = {k: v for k, v in data.items() if not str(k).startswith("_") and k != "transformers_version"}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
 def model_identity(model, name: str | None = None) -> dict:
-    """What identifies a model in a results manifest or report: its name or path and a hash of its configuration.
+    """What identifies a model in a results manifest or report: its name or path (recorded, never compared: a
+    checkpoint may move) and the digest of its configuration (`config_digest`).
 
     Args:
         model: A transformers model (anything with a `config` that has `to_json_string`, else its class name).
@@ -26,11 +47,7 @@ def model_identity(model, name: str | None = None) -> dict:
     config = getattr(model, "config", None)
     if name is None:
         name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None) or type(model).__name__
-    if config is not None and hasattr(config, "to_json_string"):
-        text = config.to_json_string(use_diff=False)
-    else:
-        text = type(model).__qualname__
-    return {"name_or_path": str(name), "config_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    return {"name_or_path": str(name), "config_sha256": config_digest(model)}
 
 
 _FINGERPRINT_CHUNK = 1 << 22  # elements summed at a time: bounds the int64 copy to 32 MiB

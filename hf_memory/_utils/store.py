@@ -67,13 +67,16 @@ def different_run(folder: str, name: str, differences: list[str]) -> ValueError:
     )
 
 
+RECORDED_ONLY = ("name_or_path",)  # manifest keys kept for people, not compared: a checkpoint may move
+
+
 def _differences(then, now, label: str) -> list[str]:
     """What differs between two manifest entries, key by key for dicts."""
     if isinstance(then, Mapping) and isinstance(now, Mapping):
         return [
             f"{label} {key}: {then.get(key)!r} there, {now.get(key)!r} now"
             for key in sorted(set(then) | set(now), key=str)
-            if then.get(key) != now.get(key)
+            if key not in RECORDED_ONLY and then.get(key) != now.get(key)
         ]
     return [] if then == now else [f"{label}: {then!r} there, {now!r} now"]
 

@@ -469,6 +469,17 @@ def _check_tokenizer(tokenizer, method: str) -> None:
     require_extra("analysis", "Text-level ROUGE-L (`tokenizer=`)")
 
 
+def _check_decodable(rows, tokenizer) -> None:
+    """Refuse a `tokenizer` that cannot decode the data: text-level ROUGE-L of ids it does not know is 0.0."""
+    size = len(tokenizer)
+    top = max((int(max(row)) for row in rows if len(row)), default=-1)
+    if top >= size:
+        raise ValueError(
+            f"`tokenizer` has {size} tokens, but `sequences` hold token id {top}: it is not the tokenizer of this "
+            "data (text-level ROUGE-L would decode nothing)."
+        )
+
+
 def _check_in_memory(sequences, model, config: ExtractionConfig) -> tuple:
     """An input already in memory (list, tensor, mapping), checked whole before any work: `(sequences, windows)`;
     a streamed one is returned as is with None (it is checked batch by batch)."""
@@ -589,6 +600,8 @@ def measure_extraction(
     _check_tokenizer(tokenizer, config.method)
     output_dir = _check_output_dir(output_dir)
     sequences, total = _check_in_memory(sequences, model, config)
+    if tokenizer is not None and total is not None:
+        _check_decodable(sequences, tokenizer)
     stream = WindowStream(sequences, config.prefix_len, config.suffix_len, config.stride)
 
     from accelerate import PartialState
@@ -630,6 +643,8 @@ def measure_extraction(
                     continue
                 if total is None:  # streamed: checked batch by batch
                     _check_vocabulary(items, model, "sequences")
+                    if tokenizer is not None:
+                        _check_decodable([window for _, _, window in items], tokenizer)
                 batch = torch.stack([window for _, _, window in items]).to(device)
                 for key, preds, lcp in decoder.submit((number, items), batch):
                     record(*key, preds, lcp)

@@ -29,6 +29,7 @@ from .._utils import (
     check_integer,
     check_keywords,
     check_vocabulary,
+    config_digest,
     read_json,
     require_extra,
     weights_fingerprint,
@@ -245,7 +246,7 @@ class MemControlResult:
             "settings": self.settings,
         }
 
-    def save_json(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write the result (every trial, the front's trial numbers) as JSON to `path`, atomically: an interrupted
         write leaves the previous file as it was.
 
@@ -255,22 +256,68 @@ class MemControlResult:
         write_json(os.fspath(path), self.to_dict())
 
     @classmethod
+    def load(cls, path: str | os.PathLike) -> MemControlResult:
+        """Read a result written by `save`.
+
+        Args:
+            path: The file.
+
+        Raises:
+            ValueError: If the file is not such a result (a key missing or of the wrong type, a front naming no
+                trial, an objective value that is not a finite number: a search never writes one), naming the file.
+        """
+        path = os.fspath(path)
+        hint = "write it again with MemControlResult.save"
+        data = read_json(path, hint=hint)
+        try:
+            names = [str(name) for name in data["objective_names"]]
+            trials = [MemControlTrial.from_dict(t) for t in data["trials"]]
+            by_number = {t.number: t for t in trials}
+            front = [by_number[n] for n in data["pareto_front"]]
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{path} is not a MemControlResult ({type(err).__name__}: {err}); {hint}.") from None
+        for trial in trials:
+            bad = [
+                n
+                for n in names
+                if not isinstance(trial.values.get(n), (int, float)) or not math.isfinite(trial.values[n])
+            ]
+            if bad:
+                raise ValueError(
+                    f"{path} is damaged: trial {trial.number} has no finite value for {bad} (a search never writes "
+                    f"one); {hint}."
+                )
+        settings = data.get("settings")
+        if settings is not None and not isinstance(settings, Mapping):
+            raise ValueError(f"{path} is not a MemControlResult (its settings are not a JSON object); {hint}.")
+        return cls(names, trials, front, data.get("study_name"), settings)
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        """Deprecated name of `save` (a `FutureWarning`; it goes in a later release).
+
+        Args:
+            path: The file to write.
+        """
+        warnings.warn(
+            "`MemControlResult.save_json` is now `save`; the old name goes in a later release.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        self.save(path)
+
+    @classmethod
     def from_json(cls, path: str | os.PathLike) -> MemControlResult:
-        """Read a result written by `save_json`.
+        """Deprecated name of `load` (a `FutureWarning`; it goes in a later release).
 
         Args:
             path: The file.
         """
-        data = read_json(os.fspath(path), hint="write it again with MemControlResult.save_json")
-        trials = [MemControlTrial.from_dict(t) for t in data["trials"]]
-        by_number = {t.number: t for t in trials}
-        return cls(
-            data["objective_names"],
-            trials,
-            [by_number[n] for n in data["pareto_front"]],
-            data["study_name"],
-            data.get("settings"),
+        warnings.warn(
+            "`MemControlResult.from_json` is now `load`; the old name goes in a later release.",
+            FutureWarning,
+            stacklevel=2,
         )
+        return cls.load(path)
 
 
 def _front(trials: list[MemControlTrial], names: list[str]) -> list[MemControlTrial]:
@@ -700,7 +747,7 @@ class MemControlSearch:
             "model": {
                 "class": type(model).__name__,
                 "parameters": self._total_parameters,
-                "config_sha256": _config_digest(model),
+                "config_sha256": config_digest(model),
                 "weights_sha256": weights_fingerprint(model),
             },
         }
@@ -1100,23 +1147,6 @@ def _check_keys(kwargs: Mapping, function: Callable, bound: tuple[str, ...], lab
 
 def _default_training_name(kind: str) -> str:
     return "train_unet" if kind == "diffusion" else "train_causal_lm"
-
-
-def _config_digest(model) -> str:
-    """SHA-256 of the model's configuration (a transformers config, or a diffusers model's config dict) without the
-    keys that say where it came from rather than what it computes (`_name_or_path`, `_commit_hash`, the library
-    versions, ...: every key starting with "_", and `transformers_version`), so the same checkpoint loaded from
-    another folder, machine or library release is the same model; the class name without a config."""
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_json_string"):
-        data = json.loads(config.to_json_string(use_diff=False))
-    elif isinstance(config, Mapping):
-        data = dict(config)
-    else:
-        data = {"class": type(model).__qualname__}
-    data = {k: v for k, v in data.items() if not str(k).startswith("_") and k != "transformers_version"}
-    text = json.dumps(data, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _records_the_model(settings) -> bool:
