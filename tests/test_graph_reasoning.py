@@ -658,6 +658,14 @@ def test_flows_and_path_lengths_are_exact_decimals():
     assert not score_graph_answer("The answer is 0.30000000000000004", tenths, flow_tolerance=0)["correct"]
     assert score_graph_answer("The answer is 0.31", tenths, flow_tolerance=0.01)["correct"]  # the bound counts
     assert not score_graph_answer("The answer is 0.311", tenths, flow_tolerance=0.01)["correct"]
+    # numpy scalars are the decimals they print as: float32 0.01 is not 0.009999999776482582
+    assert score_graph_answer("The answer is 0.31", tenths, flow_tolerance=np.float32(0.01))["correct"]
+    scores = graph_reasoning_scores(["The answer is 0.31"], [json.dumps(tenths)], flow_tolerance=np.float32(0.01))
+    assert scores["accuracy"] == 1.0
+    as_numpy = {**tenths, "edges": [[u, v, np.float32(w)] for u, v, w in tenths["edges"]]}
+    assert score_graph_answer("The answer is 0.3", as_numpy, flow_tolerance=0)["correct"]
+    as_numpy["edges"][0][2] = np.int64(1)
+    assert score_graph_answer("The answer is 0.3", as_numpy, flow_tolerance=0)["correct"]  # 0.1 + 0.2 still
     # two paths whose lengths differ by 5e-11 of their size: only the shorter one is optimal
     close = {
         "task": "shortest_path",
@@ -685,26 +693,41 @@ def test_every_gold_answer_scores_one_with_zero_flow_tolerance():
 
 
 _HASH_SEED_SCRIPT = """
-import json
-from hf_memory.graph_reasoning import generate_graph_problems, graph_reasoning_scores
+import hashlib, json
+from hf_memory.graph_reasoning import GRAPH_PATTERNS, GRAPH_TASKS, generate_graph_problems, graph_reasoning_scores
+from hf_memory.graph_reasoning import shortcut_answers
 problems = generate_graph_problems("max_flow", "numeric", "float", n=200, seed=0)
-print(json.dumps(graph_reasoning_scores(problems["answer"], problems["graph"], flow_tolerance=0)["accuracy"]))
+accuracy = graph_reasoning_scores(problems["answer"], problems["graph"], flow_tolerance=0)["accuracy"]
+data = hashlib.sha256()  # everything the generator and the shortcut rules write
+for task in GRAPH_TASKS:
+    for pattern, variants in GRAPH_PATTERNS.items():
+        for variant in variants if pattern != "numeric" or task in ("shortest_path", "max_flow") else ():
+            made = generate_graph_problems(task, pattern, variant, n=6, seed=1)
+            data.update(json.dumps([list(made[column]) for column in made.column_names]).encode())
+            if task == "connectivity":
+                for rule in ("direct_edge", "no_isolated_endpoint"):
+                    data.update(json.dumps(shortcut_answers(made["graph"], rule)).encode())
+print(json.dumps([accuracy, data.hexdigest()]))
 """
 
 
 @pytest.mark.slow
-def test_max_flow_scores_do_not_depend_on_the_hash_seed():
-    """networkx sums float flows in set order, which PYTHONHASHSEED changes: each process must score the gold 1.0."""
+def test_max_flow_scores_and_generated_data_do_not_depend_on_the_hash_seed():
+    """networkx sums float flows in set order, which PYTHONHASHSEED changes: each process must score the gold 1.0.
+    Node names are strings, whose set order changes with the hash seed too: the generated data must not."""
     import subprocess
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    outcomes = []
     for seed in ("0", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": root}
         out = subprocess.run(
             [sys.executable, "-c", _HASH_SEED_SCRIPT], env=env, capture_output=True, text=True, check=True, cwd=root
         )
-        assert json.loads(out.stdout.strip().splitlines()[-1]) == 1.0, seed
+        outcomes.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert [accuracy for accuracy, _ in outcomes] == [1.0, 1.0]
+    assert outcomes[0][1] == outcomes[1][1]
 
 
 def test_the_answer_set_is_read_as_written():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Mapping, Set
 from fractions import Fraction
 
@@ -31,8 +32,8 @@ def _check_problem_list(column, name: str) -> None:
 
 
 def _is_weight(value) -> bool:
-    """A finite number > 0 (booleans and integers too large for a float are not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A finite number > 0, numpy scalars included (booleans and integers too large for a float are not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     try:
         return math.isfinite(value) and value > 0
@@ -119,8 +120,10 @@ def _graph_record(graph, label: str) -> dict:
 
 
 def _exact(value) -> Fraction:
-    """A weight or tolerance as the decimal it is written as: 0.1 is one tenth, not the binary float nearest it."""
-    return Fraction(value) if isinstance(value, int) else Fraction(repr(float(value)))
+    """A weight or tolerance as the decimal it is written as: 0.1 is one tenth, not the binary float nearest it.
+    `str` gives the shortest decimal that reads back as the value in its own precision, so a numpy float32 0.1 is
+    one tenth too (`float()` would turn it into 0.10000000149011612)."""
+    return Fraction(int(value)) if isinstance(value, numbers.Integral) else Fraction(str(value))
 
 
 def _networkx_graph(record: dict):
@@ -195,7 +198,7 @@ def score_graph_answer(prediction: str, graph, flow_tolerance: float = 0.01) -> 
         >>> score_graph_answer("No idea.", graph)
         {'task': 'shortest_path', 'parsed': False, 'correct': False, 'answer': None}
     """
-    flow_tolerance = check_number(flow_tolerance, "flow_tolerance", minimum=0.0)
+    check_number(flow_tolerance, "flow_tolerance", minimum=0.0)
     return _score(prediction, _graph_record(graph, "graph"), _exact(flow_tolerance), "prediction")
 
 
@@ -248,7 +251,7 @@ def graph_reasoning_scores(
         {'accuracy': 0.5, 'unparseable': 0.5, 'per_task': {'connectivity': {'accuracy': 0.5, 'unparseable': 0.5, 'count': 2}}}
     """
     return_per_sample = check_bool(return_per_sample, "return_per_sample")
-    flow_tolerance = check_number(flow_tolerance, "flow_tolerance", minimum=0.0)
+    check_number(flow_tolerance, "flow_tolerance", minimum=0.0)
     _check_problem_list(predictions, "predictions")
     _check_problem_list(references, "references")
     if len(predictions) != len(references):
