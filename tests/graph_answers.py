@@ -115,6 +115,7 @@ def _connectivity_rows(record: dict, gold: str, target: str) -> list[tuple[str, 
             rows += [
                 (f"There is no path between {s} and {t}.", "no", correct, "no path"),
                 (f"No, {s} cannot reach {t}.", "no", correct, "word first, prose"),
+                (f"No\nEvery path from {s} stays in its group.", "no", correct, "no on its own line"),
                 (f"The answer is no because {t} is not reachable from {s}.", "no", correct, "no because"),
             ]
     rows += [
@@ -398,6 +399,11 @@ HAND = [
     (CONNECTED, "There is a path: 0 -> 1 -> 3. The answer is yes.", "yes", True, "format"),
     (CONNECTED, "Yes and no: yes.", "yes", True, "both words"),
     (CONNECTED, "Yep.", None, False, "unparseable: slang"),
+    (APART, "No\nNode 0 and node 2 are in different groups.", "no", True, "no on its own line"),
+    (APART, "no Node 2 is not reachable from node 0.", "no", True, "no before a new sentence"),
+    (APART, "No Node can reach node 2, so the answer is no.", "no", True, "determiner no"),
+    (APART, "no is the answer: node 2 is apart.", "no", True, "no before a function word"),
+    (APART, "no, I checked: no edge reaches node 2.", "no", True, "determiner no"),
     (APART, "No path joins node 0 and node 2.", "no", True, "no path"),
     (APART, "They are not connected.", None, False, "unparseable: no yes or no"),
     # B6: exact decimals

@@ -630,6 +630,8 @@ FLOW_05 = {
         ({**CONNECTED_03, "target": "2"}, "No path joins them.", "no", True),
         ({**CONNECTED_03, "target": "2"}, "The answer is no because node 2 is isolated.", "no", True),
         (CONNECTED_03, "No doubt about it, yes.", "yes", True),
+        ({**CONNECTED_03, "target": "2"}, "No\nNode 0 and node 2 are in different groups.", "no", True),
+        ({**CONNECTED_03, "target": "2"}, "no Node 2 is not reachable.", "no", True),
         (CONNECTED_03, 'End your answer with "The answer is yes." or "The answer is no."', None, False),
         (FLOW_05, "The answer is from 0 to 5, 7 units.", 7.0, True),
         (FLOW_05, "The answer is 7 = 3 + 4.", 7.0, True),
@@ -741,6 +743,11 @@ def test_the_answer_set_is_read_as_written():
     with open(RESULTS, encoding="utf-8") as f:  # the figures in docs/graph_reasoning.md
         recorded = json.load(f)
     assert recorded["current"] == summary(outcome), "python -m tests.graph_answers --results " + RESULTS
+    with open(os.path.join(os.path.dirname(RESULTS), "..", "..", "docs", "graph_reasoning.md"), encoding="utf-8") as f:
+        page = " ".join(f.read().split())
+    for label, entry in recorded.items():  # the page's table states the recorded counts
+        cells = " | ".join(f"{agree} / {count}" for agree, count in entry["per_task"].values())
+        assert f"| {cells} | {entry['agree']} / {entry['rows']}" in page, label
     assert outcome["agree"] == outcome["rows"] >= 300
     assert set(outcome["per_task"]) == set(GRAPH_TASKS)
     cases = set(outcome["per_case"])

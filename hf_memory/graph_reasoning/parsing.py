@@ -24,13 +24,18 @@ _NEGATION = re.compile(r"(?:\bnot|\bnever|n['’]t)\s*$", re.IGNORECASE)
 # the question's "yes or no" echoed, including the prompt's own 'with "The answer is yes." or "The answer is no."'
 _YES_OR_NO = re.compile(r"\byes\b\W{0,3}\s*(?:or|/)\s*\W{0,3}(?:the\s+answer\s+is\s+)?no\b", re.IGNORECASE)
 _NEGATED_YES_NO = re.compile(r"(?:\bnot|\bnever|n['’]t)\s+\W?(?:yes|no)\b", re.IGNORECASE)
-# Words "no" may stand before and still be the answer ("no path", "no because ..."); before any other word it is a
-# determiner ("No shorter one exists", "no doubt") and says nothing about the question.
+# Words "no" may stand before and still be the answer: path words ("no path") and words no noun phrase starts with
+# (conjunctions, pronouns, articles, verbs, prepositions: "no because ...", "no it isn't", "no an easy one"). Before
+# any other word on its line it is a determiner ("No shorter one exists", "no doubt") and says nothing about the
+# question, except a lower-case "no" before a capitalised word, which starts a new sentence ("no Node 2 is apart").
 _NO_ANSWER_BEFORE = (
     "path|paths|route|routes|connection|connections|chain|chains|link|way|"
-    "because|since|so|but|and|as|there|it|they|i|we|the|this|that"
+    "because|since|so|but|and|or|as|there|it|they|i|we|you|he|she|the|this|that|a|an|"
+    "is|are|was|were|am|in|on|at|of|to|for|with|from|yes|no|not"
 )
-_ANSWER_WORD = re.compile(rf"\b(yes)\b|\b(no)\b(?!\s+(?!(?:{_NO_ANSWER_BEFORE})\b)\w)", re.IGNORECASE)
+_ANSWER_WORD = re.compile(
+    rf"\b(yes)\b|\b(no)\b(?![ \t]+(?!(?:{_NO_ANSWER_BEFORE})\b)\w)|\b(?-i:(no))\b(?=[ \t]+(?-i:[A-Z]))", re.IGNORECASE
+)
 
 # --- node chains
 # Joints between node names: arrows, dashes (also used as prose punctuation) and list words.
