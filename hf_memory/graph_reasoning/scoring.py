@@ -1,150 +1,26 @@
-"""Exact scoring of free-text answers to graph problems: parse the model's answer, then check it against the graph.
+"""Exact scoring of free-text answers to graph problems: parse the model's answer (`parsing`), then check it against
+the graph.
 
-Where the answer is read: the prompts ask for "The answer is ...", so the text after each "answer is" (up to the
-next one) is tried from the last to the first, and the first of these parts that holds an answer of the task's kind
-is taken; a later "this answer is right" therefore does not hide the answer, and "the answer isn't yes" or "the
-answer is not yes" is no "answer is". When no part holds one (or the text has no "answer is"), the whole text is
-read by looser rules. Connectivity: the word yes or no. Shortest path: a chain of node names ("0 -> 3 -> 4",
-"A, C, D", "Evan then Mary"); it must start at the source, end at the target, use only edges of the graph and have
-the optimal total weight, so every optimal path counts. Topological sort: the longest chain of node names; it must
-list every node once with every edge pointing forward, so every valid order counts. Maximum flow: a number (units
-and thousands separators in groups of three allowed) within `flow_tolerance` of the true value. An answer with none
-of these is unparseable: it counts as wrong and is reported separately.
+Connectivity: yes or no against whether a path exists. Shortest path: a chain of node names that starts at the
+source, ends at the target, uses only edges of the graph and has the optimal total weight, so every optimal path
+counts. Topological sort: every node once with every edge pointing forward, so every valid order counts. Maximum
+flow: a number within `flow_tolerance` of the true value. Weights, capacities, answers and the tolerance are
+compared exactly as the decimals they are written as (a capacity 0.1 is one tenth), so no float rounding or
+summation order (networkx sums flows in set order, which changes with PYTHONHASHSEED) can change a verdict. An
+answer with nothing of the task's kind in it is unparseable: it counts as wrong and is reported separately.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
-from collections.abc import Callable, Mapping, Set
+import numbers
+from collections.abc import Mapping, Set
+from fractions import Fraction
 
 from .._utils import check_bool, check_number, require_extra
 from .generator import DIRECTED_TASKS, GRAPH_TASKS, WEIGHTED_TASKS
-
-
-# "answer is", but not "answer isn't" / "answer is not" (\b after "is" already rules out "isn't")
-_ANSWER_IS = re.compile(r"\banswer\s+is\b(?!n['’]t|\s+not\b)\s*:?", re.IGNORECASE)
-_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
-_NOT_THE_ANSWER = re.compile(r"\banswer\s+(?:isn['’]?t|is\s+not)\s*:?\s*(?:yes|no)\b", re.IGNORECASE)
-# A number: thousands separators only in groups of three ("1,500"), so that "5,6" is 5 and not 56.
-_NUMBER_TEXT = r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|-?\d+(?:\.\d+)?(?!\d)"
-_NUMBER = re.compile(rf"(?<![\w.])(?:{_NUMBER_TEXT})")
-_STATED_NUMBER = re.compile(rf"(?:\bis|=|:)\s*({_NUMBER_TEXT})", re.IGNORECASE)
-_SEPARATORS = r"->|→|⟶|=>|-->|--|—|–|-|,|;|\band\b|\bthen\b"
-
-
-def _answer_segments(text: str) -> list[str]:
-    """The text after each "answer is", up to the next one, the last first; empty when there is none."""
-    found = list(_ANSWER_IS.finditer(text))
-    ends = [match.start() for match in found[1:]] + [len(text)]
-    return [text[match.end() : end] for match, end in zip(found, ends)][::-1]
-
-
-def _parse(text: str, in_segment: Callable[[str], object], in_text: Callable[[str], object]):
-    """The answer of the last "answer is" part that holds one; else what the whole-text rule finds (or None)."""
-    for segment in _answer_segments(text):
-        answer = in_segment(segment)
-        if answer is not None:
-            return answer
-    return in_text(text)
-
-
-def _parse_yes_no(text: str):
-    text = re.sub(r"\byes\s*(?:or|/)\s*no\b", " ", text, flags=re.IGNORECASE)  # echoing the question
-    text = _NOT_THE_ANSWER.sub(" ", text)  # "the answer isn't yes" names the word it rules out
-
-    def in_segment(segment: str):
-        found = _YES_NO.search(segment)
-        return found.group(1).lower() if found else None
-
-    def in_text(text: str):
-        words = {word.lower() for word in _YES_NO.findall(text)}
-        if len(words) == 1:
-            return words.pop()
-        first = re.match(r"\W*(yes|no)\b", text, re.IGNORECASE)
-        return first.group(1).lower() if first else None
-
-    return _parse(text, in_segment, in_text)
-
-
-def _node_chains(text: str, nodes: list[str]) -> list[tuple[list[str], bool]]:
-    """Runs of node names joined only by separators (arrows, commas, "and", "then", spaces), with whether the run
-    used an arrow. The words "node(s)" and "person" are skipped; any other word or sign ends a run."""
-    lookup = {node.casefold(): node for node in nodes}
-    names = "|".join(re.escape(name) for name in sorted(nodes, key=len, reverse=True))
-    token = re.compile(
-        rf"(?P<node>(?<![\w.])(?:{names})(?!\w|\.\d))|(?P<sep>{_SEPARATORS})|(?P<skip>\bnodes?\b|\bperson\b)|(?P<other>\w+|\S)",
-        re.IGNORECASE,
-    )
-
-    def node_of(found: str) -> str:
-        node = lookup.get(found.casefold())
-        if node is None:  # re's case-insensitive matching pairs a few letters that casefold() does not (I, ı)
-            node = next(name for name in nodes if re.fullmatch(re.escape(name), found, re.IGNORECASE))
-        return node
-
-    chains, current, arrow, joinable = [], [], False, False
-    for match in token.finditer(text):
-        kind = match.lastgroup
-        if kind == "node":
-            if not joinable and current:
-                chains.append((current, arrow))
-                current, arrow = [], False
-            current.append(node_of(match.group()))
-            joinable = True
-        elif kind == "sep":
-            arrow = arrow or (current != [] and joinable and match.group().lower() not in (",", ";", "and", "then"))
-        elif kind == "other":
-            joinable = False
-    if current:
-        chains.append((current, arrow))
-    return chains
-
-
-def _parse_path(text: str, nodes: list[str]):
-    def chains_in(part: str) -> list[tuple[list[str], bool]]:
-        return [(chain, arrow) for chain, arrow in _node_chains(part, nodes) if len(chain) >= 2]
-
-    def in_segment(segment: str):
-        chains = chains_in(segment)
-        return chains[0][0] if chains else None
-
-    def in_text(text: str):
-        chains = chains_in(text)
-        with_arrows = [chain for chain, arrow in chains if arrow]
-        return with_arrows[-1] if with_arrows else chains[-1][0] if chains else None
-
-    return _parse(text, in_segment, in_text)
-
-
-def _parse_order(text: str, nodes: list[str]):
-    def longest(part: str, shortest: int):
-        chains = [chain for chain, _ in _node_chains(part, nodes)]
-        best = max(chains, key=len) if chains else None
-        return best if best is not None and len(best) >= shortest else None
-
-    # after "answer is", a lone node name ("this answer is right: 2 comes first") is not taken for the order
-    return _parse(text, lambda segment: longest(segment, min(2, len(nodes))), lambda text: longest(text, 1))
-
-
-def _as_number(text: str) -> float:
-    return float(text.replace(",", ""))
-
-
-def _parse_number(text: str):
-    def in_segment(segment: str):
-        found = _NUMBER.search(segment)
-        return _as_number(found.group()) if found else None
-
-    def in_text(text: str):
-        stated = _STATED_NUMBER.findall(text)
-        if stated:
-            return _as_number(stated[-1])
-        found = _NUMBER.findall(text)
-        return _as_number(found[-1]) if found else None
-
-    return _parse(text, in_segment, in_text)
+from .parsing import parse_number, parse_order, parse_path, parse_yes_no
 
 
 def _check_problem_list(column, name: str) -> None:
@@ -156,8 +32,8 @@ def _check_problem_list(column, name: str) -> None:
 
 
 def _is_weight(value) -> bool:
-    """A finite number > 0 (booleans and integers too large for a float are not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A finite number > 0, numpy scalars included (booleans and integers too large for a float are not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     try:
         return math.isfinite(value) and value > 0
@@ -243,17 +119,28 @@ def _graph_record(graph, label: str) -> dict:
     return {**graph, "directed": directed}
 
 
+def _exact(value) -> Fraction:
+    """A weight or tolerance as the decimal it is written as: 0.1 is one tenth, not the binary float nearest it.
+    `str` gives the shortest decimal that reads back as the value in its own precision, so a numpy float32 0.1 is
+    one tenth too (`float()` would turn it into 0.10000000149011612)."""
+    return Fraction(int(value)) if isinstance(value, numbers.Integral) else Fraction(str(value))
+
+
 def _networkx_graph(record: dict):
+    """The graph with integer weights: the exact weights times their common denominator, returned with it, so that
+    networkx adds integers (exact in any order) and the optimum divided by the denominator is exact."""
     import networkx as nx
 
     graph = nx.DiGraph() if record["directed"] else nx.Graph()
     graph.add_nodes_from(record["nodes"])
+    weights = [_exact(weight) for _, _, *weight in record["edges"] for weight in weight]
+    scale = math.lcm(*(weight.denominator for weight in weights)) if weights else 1
     for u, v, *weight in record["edges"]:
-        graph.add_edge(u, v, **({"weight": weight[0]} if weight else {}))
-    return graph
+        graph.add_edge(u, v, **({"weight": int(_exact(weight[0]) * scale)} if weight else {}))
+    return graph, scale
 
 
-def _check(task: str, answer, record: dict, graph, flow_tolerance: float) -> bool:
+def _check(task: str, answer, record: dict, graph, scale: int, flow_tolerance: Fraction) -> bool:
     import networkx as nx
 
     if task == "connectivity":
@@ -265,14 +152,13 @@ def _check(task: str, answer, record: dict, graph, flow_tolerance: float) -> boo
         if not all(graph.has_edge(u, v) for u, v in zip(answer, answer[1:])):
             return False
         length = sum(graph[u][v]["weight"] for u, v in zip(answer, answer[1:]))
-        best = nx.dijkstra_path_length(graph, source, target)
-        return math.isclose(length, best, rel_tol=1e-9, abs_tol=1e-9)
+        return length == nx.dijkstra_path_length(graph, source, target)
     if task == "topological_sort":
         if sorted(answer) != sorted(record["nodes"]):
             return False
         position = {node: i for i, node in enumerate(answer)}
         return all(position[u] < position[v] for u, v in graph.edges)
-    value = nx.maximum_flow_value(graph, record["source"], record["target"], capacity="weight")
+    value = Fraction(nx.maximum_flow_value(graph, record["source"], record["target"], capacity="weight"), scale)
     return abs(answer - value) <= flow_tolerance
 
 
@@ -312,8 +198,8 @@ def score_graph_answer(prediction: str, graph, flow_tolerance: float = 0.01) -> 
         >>> score_graph_answer("No idea.", graph)
         {'task': 'shortest_path', 'parsed': False, 'correct': False, 'answer': None}
     """
-    flow_tolerance = check_number(flow_tolerance, "flow_tolerance", minimum=0.0)
-    return _score(prediction, _graph_record(graph, "graph"), flow_tolerance, "prediction")
+    check_number(flow_tolerance, "flow_tolerance", minimum=0.0)
+    return _score(prediction, _graph_record(graph, "graph"), _exact(flow_tolerance), "prediction")
 
 
 def _score(prediction, record: dict, flow_tolerance: float, label: str) -> dict:
@@ -322,15 +208,17 @@ def _score(prediction, record: dict, flow_tolerance: float, label: str) -> dict:
     require_extra("graphs", "Scoring graph-reasoning answers")
     task = record["task"]
     if task == "connectivity":
-        answer = _parse_yes_no(prediction)
+        answer = parse_yes_no(prediction)
     elif task == "shortest_path":
-        answer = _parse_path(prediction, record["nodes"])
+        answer = parse_path(prediction, record["nodes"])
     elif task == "topological_sort":
-        answer = _parse_order(prediction, record["nodes"])
+        answer = parse_order(prediction, record["nodes"])
     else:
-        answer = _parse_number(prediction)
+        answer = parse_number(prediction, record["source"], record["target"])
     parsed = answer is not None
-    correct = parsed and _check(task, answer, record, _networkx_graph(record), flow_tolerance)
+    correct = parsed and _check(task, answer, record, *_networkx_graph(record), flow_tolerance)
+    if isinstance(answer, Fraction):
+        answer = float(answer)
     return {"task": task, "parsed": parsed, "correct": bool(correct), "answer": answer}
 
 
@@ -363,7 +251,7 @@ def graph_reasoning_scores(
         {'accuracy': 0.5, 'unparseable': 0.5, 'per_task': {'connectivity': {'accuracy': 0.5, 'unparseable': 0.5, 'count': 2}}}
     """
     return_per_sample = check_bool(return_per_sample, "return_per_sample")
-    flow_tolerance = check_number(flow_tolerance, "flow_tolerance", minimum=0.0)
+    check_number(flow_tolerance, "flow_tolerance", minimum=0.0)
     _check_problem_list(predictions, "predictions")
     _check_problem_list(references, "references")
     if len(predictions) != len(references):
@@ -376,8 +264,9 @@ def graph_reasoning_scores(
             raise ValueError(
                 f"`predictions[{i}]` must be the model's answer as a string, got {type(prediction).__name__}."
             )
+    tolerance = _exact(flow_tolerance)
     scored = [
-        _score(prediction, record, flow_tolerance, f"predictions[{i}]")
+        _score(prediction, record, tolerance, f"predictions[{i}]")
         for i, (prediction, record) in enumerate(zip(predictions, records))
     ]
 

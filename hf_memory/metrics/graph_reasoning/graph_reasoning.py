@@ -36,14 +36,17 @@ problem's `graph` JSON from hf_memory's `generate_graph_problems` (task, directe
 
 Where the answer is read: the text after each "answer is" (up to the next one) is tried from the last to the first,
 and the first part that holds an answer of the task's kind is taken, so a closing "this answer is right" does not
-hide it ("the answer isn't" and "the answer is not" do not count). When no part holds one, the whole text is read:
-- connectivity: yes or no, compared with whether a path exists;
+hide it ("the answer isn't" and "the answer is not" do not count). When no part holds one, the whole text is read.
+An answer in the requested format followed by prose is scored on the answer (a word such as "a" or "I" after a
+chain is not read as node A or I; docs/graph_reasoning.md gives every rule):
+- connectivity: yes or no (not when echoed from the question, negated, or "no" as in "no shorter path"), compared
+  with whether a path exists;
 - shortest path: a chain of node names ("0 -> 3 -> 4", "A, C, D"); it counts when it starts at the source, ends at
   the target, uses only edges of the graph and has the optimal total weight, so every optimal path counts;
 - topological sort: a list of node names; it counts when it holds every node once and every edge points forward, so
   every valid order counts;
-- maximum flow: a number (units allowed, thousands separators only in groups of three: "1,500" but not "5,6"),
-  within `flow_tolerance` of the true value.
+- maximum flow: a number (units allowed, thousands separators only in groups of three: "1,500" but not "5,6"; a sum
+  "3 + 4 = 7" is its result), within `flow_tolerance` of the true value, compared exactly in decimal.
 An answer in which nothing of the task's kind is found is unparseable: it counts as wrong, and the unparseable
 fraction is reported separately, so a model that does not follow the format is told apart from one that reasons
 wrongly.
