@@ -556,6 +556,16 @@ def test_edited_data_is_refused_on_resume(tmp_path, edit):
     assert rows_of(run(m, rows, **settings)) == rows_of(run(m, rows))
 
 
+def test_documents_appended_to_a_finished_run_are_scored_after_its_rows(tmp_path):
+    """The old rows are the right rows of the unchanged documents: appended ones are measured, also when the run's
+    last batch was short (the rows on disk end inside a batch of the longer input)."""
+    m, rows = model(), corpus()
+    first = run(m, rows, output_dir=tmp_path)
+    assert first.num_windows % 4 != 0  # its last batch was short
+    more = rows + corpus(n=5, seed=1)
+    assert rows_of(run(m, more, output_dir=tmp_path)) == rows_of(run(m, more))
+
+
 # ---------------------------------------------------------------- several processes
 
 

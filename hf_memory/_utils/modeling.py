@@ -161,17 +161,20 @@ def _set_training_flags(model, modes: list[tuple[torch.nn.Module, bool]]) -> Non
 # overlap each other; a call changing weights in place (`exclusive`) overlaps no other writer of those weights, and
 # no reader of another thread (one thread may nest them).
 _EVAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> [entries, flags saved by the first]
-_WRITERS: dict[int, tuple[str, int]] = {}  # weight storage -> (the call changing it, its thread)
-_READERS: dict[int, list[int]] = {}  # weight storage -> the threads reading it, one entry per call
+_WRITERS: dict = {}  # weight storage -> (the call changing it, its thread)
+_READERS: dict = {}  # weight storage -> the threads reading it, one entry per call
 _BUSY_LOCK = threading.Lock()
 
 
-def _storages(model) -> set[int]:
-    """Where the model's weights live: the address of each parameter's storage (meta tensors have none)."""
+def _storages(model) -> set:
+    """Where the model's weights live: the address of each parameter's storage (meta tensors have none); for an
+    object that is not a module (a diffusers pipeline whose parts a call swaps), the object itself."""
+    if not isinstance(model, torch.nn.Module):
+        return {("object", id(model))}
     return {p.untyped_storage().data_ptr() for p in model.parameters() if p.device.type != "meta" and p.numel() > 0}
 
 
-def _writer_of(keys: set[int]) -> tuple[str, int] | None:
+def _writer_of(keys: set) -> tuple[str, int] | None:
     return next((_WRITERS[key] for key in keys if key in _WRITERS), None)
 
 

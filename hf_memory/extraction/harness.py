@@ -637,10 +637,13 @@ def measure_extraction(
                 if number % world != rank:
                     continue
                 if seen < rows.done:  # written by an earlier, interrupted run of the same call
-                    rows.skip(items)
-                    seen += len(items)
-                    bar.update(len(items))
-                    continue
+                    written = items[: rows.done - seen]  # all of the batch, or the start of the one it ended in
+                    rows.skip(written)
+                    seen += len(written)
+                    bar.update(len(written))
+                    items = items[len(written) :]
+                    if not items:
+                        continue
                 if total is None:  # streamed: checked batch by batch
                     _check_vocabulary(items, model, "sequences")
                     if tokenizer is not None:
