@@ -285,3 +285,16 @@ def test_an_out_of_vocabulary_id_is_named_by_file_and_line(command, tmp_path, ca
         last
         == f"hf-memory: error: {data}:2 holds token id 5000, outside the model's vocabulary (0 to {TINY_VOCAB - 1})"
     )
+
+
+def test_version_and_each_commands_description_and_example(capsys):
+    import hf_memory
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"hf-memory {hf_memory.__version__}"
+    for command in ("demo", "measure", "audit"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert f"example: hf-memory {command} " in text and f"usage: hf-memory {command}" in text

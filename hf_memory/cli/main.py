@@ -28,26 +28,42 @@ def build_parser() -> argparse.ArgumentParser:
     from ..extraction import ExtractionConfig
     from .arguments import AuditArguments, ConfigParser, DataArguments, DemoArguments, MeasureArguments, ModelArguments
 
-    parser = ConfigParser(prog="hf-memory", description="Measure, prevent and use memorization.")
+    from .._utils import __version__
+
+    parser = ConfigParser(
+        prog="hf-memory",
+        description="Measure, prevent and use memorization.",
+        epilog="Run `hf-memory COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"hf-memory {__version__}")
     parser.add_argument(
         "--debug", action="store_true", help=f"Show the full traceback of an error (or set {DEBUG_ENVIRONMENT}=1)."
     )
-    commands = parser.add_subparsers(dest="command", required=True)  # each a ConfigParser too
-    commands.add_parser(
-        "demo",
-        dataclass_types=[ModelArguments, DemoArguments],
-        help="Fine-tune the embedded SmolLM2 with the standard loss and with goldfish; measure extraction.",
-    )
-    commands.add_parser(
-        "measure",
-        dataclass_types=[ModelArguments, DataArguments, ExtractionConfig, MeasureArguments],
-        help="Extractable memorization of documents under greedy decoding.",
-    )
-    commands.add_parser(
-        "audit",
-        dataclass_types=[ModelArguments, DataArguments, AuditConfig, AuditArguments],
-        help="Did a fine-tune memorize its data? Extraction, signals and a calibrated score, as an HTML report.",
-    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")  # each a ConfigParser too
+    for name, types, summary, example in (
+        (
+            "demo",
+            [ModelArguments, DemoArguments],
+            "Fine-tune the embedded SmolLM2 with the standard loss and with goldfish; measure extraction.",
+            "hf-memory demo --epochs 6 --output-dir demo_output",
+        ),
+        (
+            "measure",
+            [ModelArguments, DataArguments, ExtractionConfig, MeasureArguments],
+            "Extractable memorization of documents under greedy decoding: the prefix of each window is given, the "
+            "suffix must come back exactly.",
+            "hf-memory measure --model ./my-finetune --data train.jsonl --stride 64 --output-dir extraction/",
+        ),
+        (
+            "audit",
+            [ModelArguments, DataArguments, AuditConfig, AuditArguments],
+            "Did a fine-tune memorize its data? Extraction, signals and a calibrated score, as an HTML report.",
+            "hf-memory audit --model ./my-finetune --reference-model ./base --data train.jsonl --output-dir report/",
+        ),
+    ):
+        commands.add_parser(
+            name, dataclass_types=types, help=summary, description=summary, epilog=f"example: {example}"
+        )
     return parser
 
 
