@@ -34,8 +34,8 @@ from .._utils import (
     require_extra,
     weights_fingerprint,
 )
-from ..metrics.extractable_memorization.extractable_memorization import extraction_scores
 from .decoding import Regrouper, generate_suffixes, verify_and_decode
+from .scores import extraction_scores
 from .store import (
     SCORE_COLUMNS,
     STORE_FORMAT,
