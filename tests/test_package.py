@@ -156,9 +156,10 @@ def test_metric_folders_list_what_their_script_imports_in_requirements_txt(name)
         if top != "__future__" and top not in sys.stdlib_module_names:
             assert top in required, f"{name}/requirements.txt lacks {top}"
             assert importlib.util.find_spec(top) is not None
-    assert f'"hf_memory.metrics.{name}" = ["README.md", "requirements.txt"]' in open(
-        os.path.join(ROOT, "pyproject.toml"), encoding="utf-8"
-    ).read()
+    assert (
+        f'"hf_memory.metrics.{name}" = ["README.md", "requirements.txt"]'
+        in open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8").read()
+    )
 
 
 @pytest.mark.slow  # one fresh interpreter per case
