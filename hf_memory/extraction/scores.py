@@ -75,26 +75,49 @@ def check_token_columns(predictions, references) -> tuple[list[np.ndarray], list
     return preds, refs
 
 
-def _padded(rows, lengths, width):
-    """Rows left-aligned in an (n, width) int64 matrix, with the mask of real (non-padding) positions."""
-    mask = np.arange(width) < lengths[:, None]
-    matrix = np.zeros(mask.shape, dtype=np.int64)
-    matrix[mask] = np.concatenate(rows)
-    return matrix, mask
+def _ragged_index(offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Indexes into a flat array of the first `lengths[r]` items from `offsets[r]` of every row r, row after row."""
+    starts = np.cumsum(lengths) - lengths
+    return np.arange(int(lengths.sum())) + np.repeat(offsets - starts, lengths)
 
 
-def _lcs_lengths(pred, pred_mask, ref, ref_mask):
-    """Longest-common-subsequence length of each (prediction, reference) row pair.
+def _padded(flat: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Rows of `flat` left-aligned in a (rows, longest) matrix, padded with -1 (which matches no token id)."""
+    width = int(lengths.max()) if lengths.size else 0
+    matrix = np.full((lengths.size, width), -1, dtype=np.int64)
+    matrix[np.arange(width) < lengths[:, None]] = flat[_ragged_index(offsets, lengths)]
+    return matrix
 
-    The classic DP runs over prediction positions; each DP row is computed for all samples at once, using
-    dp[i][j] = max over k <= j of max(dp[i-1][k], dp[i-1][k-1] + match(i, k)), a running maximum.
+
+def _lcs_lengths(flat: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Longest-common-subsequence length of each pair of rows of `flat`: `offsets` and `lengths` have shape (n, 2).
+
+    The classic DP runs over the positions of the shorter row of each pair, with dp[i][j] = max over k <= j of
+    max(dp[i-1][k], dp[i-1][k-1] + match(i, k)) (a running maximum), each DP row computed for many pairs at once.
+    Pairs go in groups whose longer rows are within a factor of two in length, each group's pairs sorted by their
+    shorter row, longest first, so step i only touches the pairs that still have a position i: the work is at
+    most about twice the sum over pairs of len(a) * len(b), and no pair is padded to another group's length.
     """
-    previous = np.zeros((ref.shape[0], ref.shape[1] + 1), dtype=np.int64)
-    for i in range(pred.shape[1]):
-        match = (pred[:, i, None] == ref) & ref_mask & pred_mask[:, i, None]
-        candidate = np.maximum(previous[:, 1:], previous[:, :-1] + match)
-        previous[:, 1:] = np.maximum.accumulate(candidate, axis=1)
-    return previous[:, -1]
+    short = lengths.argmin(axis=1)
+    outer_len, inner_len = lengths.min(axis=1), lengths.max(axis=1)
+    pairs = np.arange(len(lengths))
+    outer_off, inner_off = offsets[pairs, short], offsets[pairs, 1 - short]
+    lcs = np.zeros(len(lengths), dtype=np.int64)
+    live = np.flatnonzero(outer_len > 0)
+    groups = np.frexp(inner_len[live])[1]  # 2**(g - 1) <= inner length < 2**g
+    for group in np.unique(groups):
+        rows = live[groups == group]
+        rows = rows[np.argsort(-outer_len[rows], kind="stable")]
+        outer = _padded(flat, outer_off[rows], outer_len[rows])
+        inner = _padded(flat, inner_off[rows], inner_len[rows])
+        active = np.searchsorted(-outer_len[rows], -np.arange(outer.shape[1]), side="left")  # rows longer than i
+        previous = np.zeros((len(rows), inner.shape[1] + 1), dtype=np.int64)
+        for i, count in enumerate(active):
+            candidate = previous[:count, :-1] + (outer[:count, i, None] == inner[:count])
+            np.maximum(candidate, previous[:count, 1:], out=candidate)
+            np.maximum.accumulate(candidate, axis=1, out=previous[:count, 1:])
+        lcs[rows] = previous[:, -1]
+    return lcs
 
 
 def extraction_scores(
@@ -103,7 +126,9 @@ def extraction_scores(
     """Exact match, memorization score, longest common prefix and ROUGE-L of token-id predictions vs references.
 
     The single implementation behind the `evaluate` metric, callable directly. Aggregates are means over samples
-    (Python floats); per-sample lists are added with `return_per_sample=True`.
+    (Python floats); per-sample lists are added with `return_per_sample=True`. The cost grows with the total
+    length (ROUGE-L's with the sum over samples of len(prediction) * len(reference)): one very long prediction
+    does not pad the other samples to its length.
 
     Args:
         predictions: Generated token ids, one sequence per sample (lists, tuples, numpy arrays or torch tensors of
@@ -129,19 +154,26 @@ def extraction_scores(
     return_per_sample = check_bool(return_per_sample, "return_per_sample")
     strict_exact_match = check_bool(strict_exact_match, "strict_exact_match")
     preds, refs = check_token_columns(predictions, references)
-    pred_len = np.array([row.size for row in preds])
-    ref_len = np.array([row.size for row in refs])
-    ref, ref_mask = _padded(refs, ref_len, ref_len.max())
-    longest = pred_len.max()
-    pred, pred_mask = _padded(preds, pred_len, max(ref_len.max(), longest))
+    # Every sample's tokens in one flat array (predictions, then references): the cost grows with the total length,
+    # never with the number of samples times the longest one.
+    rows = preds + refs
+    lengths = np.array([row.size for row in rows], dtype=np.int64)
+    flat = np.concatenate(rows)
+    offsets = np.cumsum(lengths) - lengths
+    n = len(preds)
+    pred_len, ref_len = lengths[:n], lengths[n:]
 
-    width = ref.shape[1]
-    matches = (pred[:, :width] == ref) & pred_mask[:, :width] & ref_mask
-    memorization = matches.sum(axis=1) / ref_len
-    prefix = np.logical_and.accumulate(matches, axis=1).sum(axis=1)
-    exact = (prefix == ref_len) & (pred_len == ref_len) if strict_exact_match else prefix == ref_len
-    lcs = _lcs_lengths(pred[:, :longest], pred_mask[:, :longest], ref, ref_mask)
+    lcs = _lcs_lengths(flat, np.stack([offsets[:n], offsets[n:]], axis=1), np.stack([pred_len, ref_len], axis=1))
     rouge_l = 2 * lcs / (pred_len + ref_len)
+    # The first min(len(prediction), len(reference)) positions of each pair, compared position by position.
+    compared = np.minimum(pred_len, ref_len)
+    sample = np.repeat(np.arange(n), compared)
+    position = np.arange(int(compared.sum())) - np.repeat(np.cumsum(compared) - compared, compared)
+    matches = flat[offsets[:n][sample] + position] == flat[offsets[n:][sample] + position]
+    memorization = np.bincount(sample[matches], minlength=n) / ref_len
+    prefix = compared.copy()  # leading matches: up to the first mismatch, else every compared position
+    np.minimum.at(prefix, sample[~matches], position[~matches])
+    exact = (prefix == ref_len) & (pred_len == ref_len) if strict_exact_match else prefix == ref_len
 
     scores = {
         "exact_match": float(exact.mean()),
