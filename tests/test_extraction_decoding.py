@@ -304,14 +304,29 @@ def gpt_neo_local_attention(window: int):
     return GPTNeoForCausalLM(config).eval()
 
 
-def test_gpt_neo_local_attention_equals_generate_once_the_window_is_reached():
+def doge_dynamic_mask(window: int):
+    """A tiny Doge: a plain cache, and attention that keeps only the `keep_window_size` best keys once the cache
+    holds more."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        "doge", vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, keep_window_size=window, initializer_range=0.2,
+    )  # fmt: skip
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("build", [gpt_neo_local_attention, doge_dynamic_mask])
+def test_local_attention_with_a_plain_cache_equals_generate_once_the_window_is_reached(build):
     """Issue 30 B4: masked tokens in the cache shifted GPT-Neo's local window (counted on cache slots, read from
     `window_size`, which the fast path did not know), and `method="auto"` differed from `generate` once
-    prefix_len + 2 * suffix_len reached the window (7 to 11 of 14 rows here)."""
+    prefix_len + 2 * suffix_len reached the window (11 of 14 rows here). Its sibling: Doge's `keep_window_size`
+    (14 of 14)."""
     from hf_memory import measure_extraction
 
     suffix_len = 13
-    model = gpt_neo_local_attention(window=8)
+    model = build(8)
     breaks = list(range(suffix_len + 1))  # every first divergence, and none
     windows = planted(model, breaks, suffix_len, seed=3)
     with torch.inference_mode():
