@@ -188,6 +188,58 @@ def test_thousands_of_samples_in_one_call():
     assert min(scores["longest_common_prefix_per_sample"]) >= 32 and scores["exact_match"] < 0.01
 
 
+def _padded_scheme():
+    """The scores as computed before the cost fix (every sample padded to the longest prediction), kept in the
+    benchmark that measures the two side by side."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "extraction_scores_cost.py")
+    spec = importlib.util.spec_from_file_location("extraction_scores_cost", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize(
+    ("n", "vocab", "max_len", "long"),
+    [(300, 3, 12, None), (200, 50, 40, None), (60, 4, 10, 700), (40, 2, 6, 300), (1, 3, 5, 200)],
+)
+def test_ragged_scores_equal_the_padded_scheme_per_sample(n, vocab, max_len, long, strict):
+    """Cost grows with the total length now (no sample padded to the longest); every per-sample number is still
+    exactly the old scheme's, on random inputs with empty predictions, long references, a long prediction, few
+    distinct ids (many partial matches)."""
+    rng = np.random.default_rng(n + vocab + (long or 0))
+    predictions, references = _random_samples(rng, n, vocab, max_len)
+    if long is not None:  # skewed lengths: one long prediction and one long reference
+        predictions[0] = references[0] + rng.integers(0, vocab, long).tolist()
+        references[-1] = rng.integers(0, vocab, long // 2 + 1).tolist()
+        predictions[-1] = references[-1][: long // 3] + rng.integers(0, vocab, 5).tolist()
+    predictions[n // 2] = []
+    new = extraction_scores(predictions, references, return_per_sample=True, strict_exact_match=strict)
+    old = _padded_scheme().padded_scheme_scores(predictions, references, strict_exact_match=strict)
+    for key, value in old.items():
+        assert new[key] == value, key  # exactly, not approximately
+    assert new["memorization_score"] == float(np.mean(old["memorization_score_per_sample"]))
+    assert new["rouge_l"] == float(np.mean(old["rouge_l_per_sample"]))
+
+
+@pytest.mark.slow  # a few seconds in a subprocess
+def test_the_cost_benchmark_runs_in_its_small_mode():
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(__file__))
+    done = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "extraction_scores_cost.py"), "--small"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"skewed: [\d.]+x faster", done.stdout) and "control:" in done.stdout
+
+
 def test_evaluate_load_works_offline(metric):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     assert type(metric).__name__ == "ExtractableMemorization"

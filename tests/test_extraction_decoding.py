@@ -291,6 +291,72 @@ def test_sliding_window_models_verify_one_token_at_a_time_and_full_attention_one
     assert shapes == [(3, PREFIX), (3, 1), (3, 2), (3, 4), (3, 4)]
 
 
+def gpt_neo_local_attention(window: int):
+    """A tiny GPT-Neo whose layers alternate global and local attention (GPT-Neo's own `attention_types`), the local
+    ones over `window` tokens: its cache is a plain `DynamicCache`, the window lives in each layer's banded mask."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    torch.manual_seed(0)
+    config = GPTNeoConfig(
+        vocab_size=TINY_VOCAB, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
+        window_size=window, max_position_embeddings=64, initializer_range=0.2, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    return GPTNeoForCausalLM(config).eval()
+
+
+def doge_dynamic_mask(window: int):
+    """A tiny Doge: a plain cache, and attention that keeps only the `keep_window_size` best keys once the cache
+    holds more."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        "doge", vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, keep_window_size=window, initializer_range=0.2,
+    )  # fmt: skip
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("build", [gpt_neo_local_attention, doge_dynamic_mask])
+def test_local_attention_with_a_plain_cache_equals_generate_once_the_window_is_reached(build):
+    """Issue 30 B4: masked tokens in the cache shifted GPT-Neo's local window (counted on cache slots, read from
+    `window_size`, which the fast path did not know), and `method="auto"` differed from `generate` once
+    prefix_len + 2 * suffix_len reached the window (11 of 14 rows here). Its sibling: Doge's `keep_window_size`
+    (14 of 14)."""
+    from hf_memory import measure_extraction
+
+    suffix_len = 13
+    model = build(8)
+    breaks = list(range(suffix_len + 1))  # every first divergence, and none
+    windows = planted(model, breaks, suffix_len, seed=3)
+    with torch.inference_mode():
+        reference = generate_suffixes(model, windows, PREFIX)
+        for row in range(len(breaks)):
+            predictions, lcp = verify_and_decode(model, windows[row : row + 1], PREFIX)
+            assert predictions.tolist() == reference[row : row + 1].tolist(), f"diverging at {breaks[row]}"
+            assert lcp.tolist() == [breaks[row]]
+    for batch_size in (1, 5):
+        predictions, lcp, _ = regrouped(model, windows, batch_size)
+        assert predictions.tolist() == reference.tolist() and lcp.tolist() == breaks
+        auto = measure_extraction(model, windows, PREFIX, suffix_len, batch_size=batch_size, show_progress=False)
+        assert auto.predictions == reference.tolist()
+        assert auto.longest_common_prefix == breaks
+
+
+def test_local_attention_keeps_the_fast_path_while_the_window_cannot_be_reached():
+    """GPT-Neo's local window (64) above prefix_len + 2 * suffix_len (30): doubling chunks, and still `generate`'s
+    result; at 30 (reached) and 8: one token per chunk."""
+    suffix_len = 12
+    for window, fast in ((64, True), (31, True), (30, False), (8, False)):
+        model = gpt_neo_local_attention(window)
+        windows = planted(model, [suffix_len, 3, 7], suffix_len)
+        shapes = forward_shapes(model, lambda: verify_and_decode(model, windows, PREFIX))  # noqa: B023
+        assert (shapes[:3] == [(3, PREFIX), (3, 1), (3, 2)]) == fast, window
+        with torch.inference_mode():
+            reference = generate_suffixes(model, windows, PREFIX)
+            assert verify_and_decode(model, windows, PREFIX)[0].tolist() == reference.tolist()
+
+
 def test_generate_ignores_the_models_generation_config():
     """`generate` is plain greedy decoding, whatever the checkpoint's generation_config.json asks for: penalties,
     suppressed / forced / stop tokens, sampling, a short max_length (a fresh `GenerationConfig` passed as

@@ -1970,17 +1970,17 @@ def test_the_trained_model_is_scored_in_eval_mode_whatever_the_training_left():
 
 
 def test_the_denoiser_call_reads_the_forward_signature_once(monkeypatch):
-    from hf_memory.memcontrol import training
+    from hf_memory._utils import anatomy
 
     calls = []
-    signature = training.inspect.signature
+    signature = anatomy.inspect.signature
 
     def counting(obj, *args, **kwargs):
         if getattr(obj, "__name__", "") == "forward":
             calls.append(obj)
         return signature(obj, *args, **kwargs)
 
-    monkeypatch.setattr(training.inspect, "signature", counting)
+    monkeypatch.setattr(anatomy.inspect, "signature", counting)
     unet = tiny_unet()
     mask = MemControlMask.for_model(unet, lr=1e-3)
     train_unet(mask.apply(unet), unet_data(), mask, steps=3, batch_size=2)

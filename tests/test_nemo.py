@@ -948,3 +948,71 @@ def test_tiny_memorization_example_runs(tmp_path):
     assert all(
         (tmp_path / name).exists() for name in ("pipeline", "results.json", "nemo_activation_statistics.safetensors")
     )
+
+
+def tiny_pixart(use_additional_conditions: bool = False):
+    """A PixArt-style DiT: its forward takes `(hidden_states, encoder_hidden_states, timestep, ...)`, the timestep by
+    keyword, and it predicts a learned variance (6 output channels for 3)."""
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    return PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=4, in_channels=3, out_channels=6, num_layers=1,
+        cross_attention_dim=8, sample_size=8, patch_size=2, norm_num_groups=1, caption_channels=8,
+        use_additional_conditions=use_additional_conditions,
+    ).eval()  # fmt: skip
+
+
+class PixArtLikePipeline:
+    """What NeMo reads of a PixArt pipeline: tokenizer, text encoder, scheduler, a `transformer`, and PixArt's
+    `encode_prompt` signature (not Stable Diffusion's)."""
+
+    def __init__(self, transformer):
+        self.tokenizer, self.text_encoder, self.scheduler = object(), object(), DDIMScheduler()
+        self.transformer = transformer
+
+    def encode_prompt(self, prompt, do_classifier_free_guidance=True, negative_prompt="", num_images_per_prompt=1):
+        raise AssertionError("NeMo must not call a PixArt encode_prompt with Stable Diffusion's arguments")
+
+
+@pytest.mark.parametrize("guidance_scale", [0.0, 7.0])
+def test_the_scorer_calls_a_dit_denoiser_with_the_timestep_by_keyword(guidance_scale):
+    """The scorer once called every denoiser UNet-style, `denoiser(x, t, encoder_hidden_states=c)`: a DiT (which
+    takes `timestep` by keyword) was accepted and then called wrongly. It calls it as MemControl does now: the noise
+    difference is the DiT's own ε half, at the scorer's timestep, one per row."""
+    dit = tiny_pixart()
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(1, 5, 8, generator=g), torch.randn(1, 5, 8, generator=g)
+    config = NeMoScorerConfig(seeds=3, guidance_scale=guidance_scale, num_inference_steps=10)
+    scorer = MemorizationScorer(PixArtLikePipeline(dit), "a prompt", config, embeddings=(cond, uncond))
+    differences = scorer.noise_differences()
+    rows = scorer.model_input
+    text = cond.expand(3, -1, -1)
+    if guidance_scale:
+        rows, text = torch.cat([rows, rows]), torch.cat([uncond.expand(3, -1, -1), text])
+    with torch.no_grad():
+        noise = dit(rows, encoder_hidden_states=text, timestep=scorer.timestep.expand(len(rows))).sample[:, :3]
+    if guidance_scale:
+        without, with_text = noise.chunk(2)
+        noise = without + guidance_scale * (with_text - without)
+    diff = noise - scorer.latents
+    low, high = diff.amin(dim=(2, 3), keepdim=True), diff.amax(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(differences, (diff - low) / (high - low))
+    assert -1 <= scorer() <= 1 and scorer.unet_evaluations == 2 * len(rows)
+
+
+def test_the_scorer_refuses_denoisers_it_cannot_call_before_any_work():
+    from diffusers import DiTTransformer2DModel
+
+    embeddings = (torch.randn(1, 5, 8), None)
+    with pytest.raises(ValueError, match=r"PixArtTransformer2DModel.*NeMo's memorization scorer.*aspect-ratio"):
+        MemorizationScorer(PixArtLikePipeline(tiny_pixart(use_additional_conditions=True)), "a", embeddings=embeddings)
+    class_conditional = DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=4, in_channels=3, out_channels=3, num_layers=1, sample_size=8,
+        patch_size=2, norm_num_groups=1, num_embeds_ada_norm=10,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"DiTTransformer2DModel.*encoder_hidden_states"):
+        MemorizationScorer(PixArtLikePipeline(class_conditional), "a", embeddings=embeddings)
+    # no embeddings: a PixArt `encode_prompt` is not called with Stable Diffusion's arguments
+    with pytest.raises(ValueError, match=r"encode_prompt.*embeddings="):
+        MemorizationScorer(PixArtLikePipeline(tiny_pixart()), "a")

@@ -100,6 +100,68 @@ def test_import_is_lazy():
     assert done.stdout.split("\n")[:2] == ["[]", "[]"]
 
 
+def test_the_extraction_capability_loads_neither_evaluate_nor_datasets():
+    """The scores live in the capability; the metric folder wraps them (it once lived the other way round, and
+    `from hf_memory import measure_extraction` loaded evaluate and datasets through the metric script)."""
+    done = run_python(
+        "import sys\n"
+        "import hf_memory.extraction\n"
+        "from hf_memory import measure_extraction, extraction_scores, MemorizationCallback\n"
+        "print(sorted(m for m in ('evaluate', 'datasets') if m in sys.modules))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('hf_memory.metrics.')))\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[]", "[]"]
+
+
+METRIC_FOLDERS = sorted(
+    name
+    for name in os.listdir(os.path.join(PACKAGE, "metrics"))
+    if os.path.isfile(os.path.join(PACKAGE, "metrics", name, f"{name}.py"))
+)
+
+
+def test_metric_folders_are_adapters_importing_their_capability():
+    """The dependency runs one way, metric folder -> capability: no module of the package imports a metric folder
+    (`hf_memory.metrics` itself only holds their paths), and each metric script reaches hf_memory only through a
+    capability."""
+    assert METRIC_FOLDERS == ["extractable_memorization", "graph_reasoning"]
+    backwards = []
+    for folder, _, files in os.walk(PACKAGE):
+        if os.path.relpath(folder, PACKAGE).split(os.sep)[0] == "metrics":
+            continue
+        for file in (f for f in files if f.endswith(".py")):
+            for module, names in _imports(os.path.join(folder, file)):
+                targets = [module] + [f"{module}.{name}" for name in names]
+                if any(t.startswith(f"hf_memory.metrics.{m}") for t in targets for m in METRIC_FOLDERS):
+                    backwards.append(f"{os.path.relpath(os.path.join(folder, file), ROOT)}: {module}")
+    assert backwards == []
+    for name in METRIC_FOLDERS:
+        script = os.path.join(PACKAGE, "metrics", name, f"{name}.py")
+        reached = {module for module, _ in _imports(script) if module.startswith("hf_memory")}
+        assert reached and all(m.split(".")[1] in CAPABILITIES for m in reached), (name, reached)
+
+
+@pytest.mark.parametrize("name", METRIC_FOLDERS)
+def test_metric_folders_list_what_their_script_imports_in_requirements_txt(name):
+    """A Space installs the folder's requirements.txt: every third-party module the script imports is named there
+    (and pyproject ships the file with the package)."""
+    import importlib.util
+
+    folder = os.path.join(PACKAGE, "metrics", name)
+    lines = open(os.path.join(folder, "requirements.txt"), encoding="utf-8").read().split()
+    required = {re.split(r"[\[<>=!~ ]", line, maxsplit=1)[0].replace("-", "_") for line in lines}
+    for module, _ in _imports(os.path.join(folder, f"{name}.py")):
+        top = module.split(".")[0]
+        if top != "__future__" and top not in sys.stdlib_module_names:
+            assert top in required, f"{name}/requirements.txt lacks {top}"
+            assert importlib.util.find_spec(top) is not None
+    assert (
+        f'"hf_memory.metrics.{name}" = ["README.md", "requirements.txt"]'
+        in open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8").read()
+    )
+
+
 @pytest.mark.slow  # one fresh interpreter per case
 @pytest.mark.parametrize(
     ("blocked", "name", "extra"),

@@ -24,11 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         The parser; `parse_args` gives a namespace whose `command` names the subcommand.
     """
+    from .._utils import __version__
     from ..auditing import AuditConfig
     from ..extraction import ExtractionConfig
     from .arguments import AuditArguments, ConfigParser, DataArguments, DemoArguments, MeasureArguments, ModelArguments
-
-    from .._utils import __version__
 
     parser = ConfigParser(
         prog="hf-memory",

@@ -8,7 +8,14 @@ import torch
 from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 
-from .._utils import cache_io, check_bool, check_integer, check_vocabulary, supports_logits_to_keep
+from .._utils import (
+    attention_window,
+    cache_io,
+    check_bool,
+    check_integer,
+    check_vocabulary,
+    supports_logits_to_keep,
+)
 
 
 def _check_windows(windows, prefix_len, model) -> int:
@@ -50,20 +57,15 @@ def _holes_hidden(model, cache, prefix_len: int, suffix_len: int) -> bool:
     or padding) leave a row's attention exactly as without them.
 
     They do in a plain cache of full-attention layers. A sliding-window layer keeps only its last slots, so masked
-    tokens push real context out of the window; a recurrent layer absorbs them into its state; and a sliding window
-    or attention chunk from the config is counted on cache slots, which holes shift: up to `suffix_len` of them come
-    on top of the `prefix_len + suffix_len` tokens of a window.
+    tokens push real context out of the window; a recurrent layer absorbs them into its state; and a local window
+    or attention chunk (`attention_window`: sliding windows, GPT-Neo's local layers, Llama 4's chunks, ...) is
+    counted on cache slots, which holes shift: up to `suffix_len` of them come on top of the `prefix_len +
+    suffix_len` tokens of a window.
     """
     if not _plain(cache):
         return False
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "get_text_config"):
-        config = config.get_text_config(decoder=True)
-    for name in ("sliding_window", "attention_chunk_size"):
-        limit = getattr(config, name, None)
-        if isinstance(limit, int) and not isinstance(limit, bool) and prefix_len + 2 * suffix_len >= limit:
-            return False
-    return True
+    window = attention_window(model)
+    return window is None or prefix_len + 2 * suffix_len < window
 
 
 def _check_chunks(chunks) -> str | int:
@@ -97,7 +99,8 @@ def verify_and_decode(
 
     Masked cached tokens are exact only in a plain cache of full-attention layers: a sliding-window (or recurrent,
     or chunked-attention) layer would let them push real context out of its window. On such a model, or when the
-    window plus those tokens (`prefix_len + 2 * suffix_len`) reaches the config's `sliding_window`, the suffix is
+    window plus those tokens (`prefix_len + 2 * suffix_len`) reaches a local window or attention chunk of the
+    config (`sliding_window`, GPT-Neo's `window_size`, `attention_chunk_size`, ...), the suffix is
     verified one token at a time whatever `chunks` says (with decoding; `decode=False` leaves no masked token): no
     row then holds a masked token, and the result is still `generate`'s, at `generate`'s cost.
 
@@ -188,8 +191,8 @@ class Regrouper:
 
     Batches come back complete and in the order they were submitted. At most `max_lag` batches wait for their
     parked rows; parked caches hold at most about `2 * batch_size` rows. A model whose cache is not a plain
-    `DynamicCache` of full-attention layers (sliding windows, static or recurrent layers), or whose config's
-    sliding window the window could reach, is decoded batch by batch by `verify_and_decode`, one token per
+    `DynamicCache` of full-attention layers (sliding windows, static or recurrent layers), or whose local window
+    or attention chunk (see `verify_and_decode`) the window could reach, is decoded batch by batch by `verify_and_decode`, one token per
     verification chunk: exact, at `generate`'s cost.
 
     Args:

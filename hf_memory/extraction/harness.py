@@ -34,9 +34,9 @@ from .._utils import (
     weights_fingerprint,
 )
 from .._utils.store import ResultFolder, ShardWriter, finish_store, input_bytes, open_store, warn_unfinished
-from ..metrics.extractable_memorization.extractable_memorization import extraction_scores
 from .config import EXTRACTION_METHODS, ExtractionConfig  # noqa: F401 (EXTRACTION_METHODS: the callback imports it from here)
 from .decoding import Regrouper, generate_suffixes, verify_and_decode
+from .scores import extraction_scores
 from .store import SCORE_COLUMNS, shard_schema
 from .text import decode_for_rouge, text_rouge_l
 from .windows import WindowStream

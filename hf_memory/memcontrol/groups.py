@@ -4,26 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from .._utils import check_choice
+from .._utils import ATTENTION_NAMES, FFN_NAMES, check_choice, is_adaptable
 
 
 GRANULARITIES = ("block", "module")
-
-_ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
-_FFN_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe")
-
-
-def _is_gpt2_conv1d(module: nn.Module) -> bool:
-    """transformers' GPT-2 `Conv1D` (a linear layer storing its weight as (in, out)), also once parametrized (torch
-    then makes a subclass named ParametrizedConv1D)."""
-    return any(cls.__name__ == "Conv1D" for cls in type(module).__mro__)
-
-
-def _is_adaptable(module: nn.Module) -> bool:
-    """A leaf module a PEFT method can adapt: linear layers (and GPT-2's `Conv1D`) and convolutions, or a peft layer
-    already wrapping one (its `base_layer`)."""
-    module = getattr(module, "base_layer", module)
-    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or _is_gpt2_conv1d(module)
 
 
 def _inside_adapter(name: str) -> bool:
@@ -41,7 +25,7 @@ def adaptable_modules(model: nn.Module, paths: list[str]) -> list[str]:
     found = []
     for name, module in model.named_modules():
         if (
-            _is_adaptable(module)
+            is_adaptable(module)
             and not _inside_adapter(name)
             and any(name == path or name.startswith(path + ".") for path in paths)
         ):
@@ -80,7 +64,7 @@ def _decoder_layers(model: nn.Module) -> list[str]:
     stacks = []
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) and name:
-            if all(any(child in _ATTENTION_NAMES for child, _ in item.named_children()) for item in module):
+            if all(any(child in ATTENTION_NAMES for child, _ in item.named_children()) for item in module):
                 stacks.append([f"{name}.{i}" for i in range(len(module))])
     # An encoder-decoder model has two stacks; a causal LM one. Take the last registered (the decoder).
     return stacks[-1] if stacks else []
@@ -92,13 +76,13 @@ def _language_model_groups(model: nn.Module) -> dict[str, list[str]]:
     for layer_path in _decoder_layers(model):
         layer = model.get_submodule(layer_path)
         children = dict(layer.named_children())
-        attention = next(name for name in _ATTENTION_NAMES if name in children)
+        attention = next(name for name in ATTENTION_NAMES if name in children)
         groups[f"{layer_path}.{attention}"] = [f"{layer_path}.{attention}"]
-        ffn = next((name for name in _FFN_NAMES if name in children), None)
+        ffn = next((name for name in FFN_NAMES if name in children), None)
         if ffn is not None:
             groups[f"{layer_path}.{ffn}"] = [f"{layer_path}.{ffn}"]
         else:  # OPT-style layers hold their FFN linears (fc1, fc2) directly
-            linears = [f"{layer_path}.{n}" for n, m in children.items() if n != attention and _is_adaptable(m)]
+            linears = [f"{layer_path}.{n}" for n, m in children.items() if n != attention and is_adaptable(m)]
             if linears:
                 groups[f"{layer_path}.ffn"] = linears
     return groups

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .._utils import HubConfigMixin, check_choice, check_integer, check_number, exclusive
-from .groups import GRANULARITIES, _is_gpt2_conv1d, adaptable_modules, maskable_groups
+from .._utils import HubConfigMixin, check_choice, check_integer, check_number, exclusive, is_gpt2_conv1d
+from .groups import GRANULARITIES, adaptable_modules, maskable_groups
 from .svdiff import SVDIFF_MARKER, add_svdiff
 
 
@@ -198,7 +198,7 @@ class MemControlMask(HubConfigMixin):
         if self.method in ("full", "svdiff"):
             return None
         targets = adaptable_modules(model, self.module_paths(model))
-        fan_in_fan_out = any(_is_gpt2_conv1d(model.get_submodule(t)) for t in targets)
+        fan_in_fan_out = any(is_gpt2_conv1d(model.get_submodule(t)) for t in targets)
         if self.method == "lora":
             from peft import LoraConfig
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .groups import _is_gpt2_conv1d
+from .._utils import is_gpt2_conv1d
 
 
 SVDIFF_MARKER = "svdiff_"
@@ -17,7 +17,7 @@ SVDIFF_MARKER = "svdiff_"
 
 def _check_layer(module: nn.Module, name: str) -> torch.Tensor:
     """The layer's weight, checked: a finite, non-empty float parameter of a linear or convolution layer."""
-    if not (isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or _is_gpt2_conv1d(module)):
+    if not (isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or is_gpt2_conv1d(module)):
         raise ValueError(
             "SV-Diff adapts linear and convolution layers (nn.Linear, nn.Conv1d/2d/3d, transformers' Conv1D); "
             f"{name!r} is a {type(module).__name__}."
@@ -112,5 +112,5 @@ def add_svdiff(model: nn.Module, targets: list[str]) -> nn.Module:
             seen.add(id(module))
             layers.append((module, _check_layer(module, name)))
     for module, weight in layers:
-        parametrize.register_parametrization(module, "weight", SpectralShift(weight, _is_gpt2_conv1d(module)))
+        parametrize.register_parametrization(module, "weight", SpectralShift(weight, is_gpt2_conv1d(module)))
     return model

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import inspect
-import weakref
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._utils import as_sequences, check_choice, check_integer, check_number, model_device, train_steps
+from .._utils import as_sequences, check_choice, check_integer, check_number, model_device, predict_noise, train_steps
+from .._utils import check_denoiser as _check_denoiser
 
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
@@ -52,15 +51,9 @@ def default_noise_scheduler():
     return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 
 
-_CALLS = (
-    "`model(x, t, encoder_hidden_states=c)` (a diffusers UNet2DConditionModel) or `model(x, encoder_hidden_states=c, "
-    "timestep=t)` (a DiT such as PixArtTransformer2DModel)"
-)
-
-
 def check_denoiser(model, name: str = "model") -> None:
     """Refuse a diffusion model that the default training loop and the built-in diffusion objectives cannot call:
-    they call it as a text-conditioned ε-predictor (see `predict_noise`) and pass nothing else.
+    they call it as a text-conditioned ε-predictor (`hf_memory._utils.predict_noise`) and pass nothing else.
 
     Args:
         model: The UNet or DiT.
@@ -69,89 +62,12 @@ def check_denoiser(model, name: str = "model") -> None:
     Raises:
         ValueError: Naming the model's class and what it needs that these calls do not give.
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"`{name}` must be a torch.nn.Module (a UNet or a DiT), got {type(model).__name__}.")
-    parameters = _forward_parameters(model)
-    config = getattr(model, "config", None)
-    needs = None
-    if len(parameters) > 1 and parameters[1] == "encoder_hidden_states" and "timestep" not in parameters:
-        needs = "its forward takes no `timestep`"
-    elif "encoder_hidden_states" not in parameters and not any(p.startswith("**") for p in parameters):
-        needs = "its forward takes no `encoder_hidden_states` (a class-conditional DiT?)"
-    elif any(p in parameters for p in ("pooled_projections", "img_ids", "txt_ids")):
-        needs = "it needs pooled projections or image / text position ids (SD3, Flux: flow-matching models)"
-    elif getattr(config, "addition_embed_type", None) is not None:
-        needs = f"it needs `added_cond_kwargs` (addition_embed_type={config.addition_embed_type!r}, e.g. SDXL)"
-    elif getattr(model, "use_additional_conditions", False):
-        needs = "it needs resolution and aspect-ratio conditions (use_additional_conditions=True)"
-    if needs is not None:
-        raise ValueError(
-            f"`{name}` ({type(model).__name__}) cannot be called by the default training loop and the built-in "
-            f"diffusion objectives, which call {_CALLS} and pass nothing else: {needs}. Pass your own `train_fn` and "
-            "callable objectives."
-        )
-
-
-# forward method's function -> its parameter names (bound: without `self`), so that a call reads no signature
-_FORWARD_PARAMETERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _forward_parameters(model: nn.Module) -> tuple[str, ...]:
-    """The names of `model.forward`'s parameters, "**name" for a catch-all keyword parameter (read once per forward
-    method, not on every call)."""
-    forward = model.forward
-    function = getattr(forward, "__func__", None)  # a bound method: its function is the cache key
-    if function is not None and function in _FORWARD_PARAMETERS:
-        return _FORWARD_PARAMETERS[function]
-    try:
-        signature = inspect.signature(forward)
-    except (TypeError, ValueError):
-        return ()
-    names = tuple(
-        f"**{p.name}" if p.kind is inspect.Parameter.VAR_KEYWORD else p.name for p in signature.parameters.values()
+    _check_denoiser(
+        model,
+        name,
+        "the default training loop and the built-in diffusion objectives",
+        "Pass your own `train_fn` and callable objectives.",
     )
-    if function is not None:
-        try:
-            _FORWARD_PARAMETERS[function] = names
-        except TypeError:  # not weakly referenceable: read it every time
-            pass
-    return names
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype of the model's first floating-point parameter (float32 if it has none): inputs are cast to it.
-
-    Args:
-        model: A `torch.nn.Module`.
-    """
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-
-
-def predict_noise(model: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """The model's noise prediction for noised inputs `x` at `timesteps` with text embeddings `text`, in float32.
-
-    The inputs go to the model's device, `x` and `text` to its dtype (a bf16 / fp16 UNet takes them as such). A
-    UNet2DConditionModel is called as `model(x, t, encoder_hidden_states=text)`, a DiT whose forward takes
-    `(hidden_states, encoder_hidden_states, timestep)` with keywords. An output with twice the input's channels (a
-    learned variance, as PixArt's and DiT's) gives its first half, the ε prediction.
-
-    Args:
-        model: A text-conditioned UNet or DiT returning `.sample` (see `check_denoiser`).
-        x: (B, C, H, W) noised inputs.
-        timesteps: (B,) integer timesteps.
-        text: (B, L, D) text embeddings.
-    """
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    dtype = model_dtype(model)
-    x, text, timesteps = x.to(device, dtype), text.to(device, dtype), timesteps.to(device)
-    parameters = _forward_parameters(model)
-    if len(parameters) > 1 and parameters[1] == "encoder_hidden_states":  # DiT order: (hidden_states, text, t)
-        out = model(x, encoder_hidden_states=text, timestep=timesteps).sample
-    else:
-        out = model(x, timesteps, encoder_hidden_states=text).sample
-    if out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
-        out = out[:, : x.shape[1]]
-    return out.float()
 
 
 def _check_steps(steps, batch_size, seed, max_grad_norm, lr_scheduler, warmup_steps, steps_name="steps") -> tuple:

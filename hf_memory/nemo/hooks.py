@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-from ._common import denoiser
+from .._utils import denoiser
 from .config import NeMoConfig
 
 

@@ -30,8 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .._utils import check_choice, check_integer, check_number
-from ._common import pipeline_denoiser
+from .._utils import check_choice, check_integer, check_number, pipeline_denoiser
 from .config import NeMoConfig
 from .scoring import MemorizationScorer, NeMoScorerConfig, scorer_config
 from .search import (

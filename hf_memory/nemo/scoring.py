@@ -13,6 +13,7 @@ classifier-free guidance, latents of at least 44×44).
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -21,8 +22,16 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from .._utils import HubConfigMixin, check_bool, check_choice, check_integer, check_number
-from ._common import pipeline_denoiser
+from .._utils import (
+    HubConfigMixin,
+    check_bool,
+    check_choice,
+    check_denoiser,
+    check_integer,
+    check_number,
+    pipeline_denoiser,
+    predict_noise,
+)
 from .config import NeMoConfig
 from .hooks import _has_nemo, apply_nemo, remove_nemo
 
@@ -247,6 +256,16 @@ def encode_prompts(
         prompt too) or None.
     """
     unet = pipeline_denoiser(pipe)
+    try:
+        parameters = list(inspect.signature(pipe.encode_prompt).parameters)[1:4]
+    except (AttributeError, TypeError, ValueError):
+        parameters = []
+    if parameters != ["device", "num_images_per_prompt", "do_classifier_free_guidance"]:
+        raise ValueError(
+            f"`pipe` ({type(pipe).__name__}) has no Stable Diffusion-style `encode_prompt(prompt, device, "
+            "num_images_per_prompt, do_classifier_free_guidance, ...)`: compute the text embeddings yourself and pass "
+            "them as `embeddings=(cond, uncond)`."
+        )
     cond, uncond = pipe.encode_prompt(list(prompts), unet.device, 1, with_uncond, negative_prompt=None)
     return cond.to(unet.dtype), (uncond.to(unet.dtype) if with_uncond else None)
 
@@ -349,7 +368,10 @@ class MemorizationScorer:
     here (and not counted).
 
     Args:
-        pipe: A text-to-image pipeline with `tokenizer`, `text_encoder`, `scheduler` and a `unet`.
+        pipe: A text-to-image pipeline with `tokenizer`, `text_encoder`, `scheduler` and a denoiser: a `unet`
+            (called `unet(x, t, encoder_hidden_states=c)`), or a text-conditioned DiT `transformer` (called
+            `transformer(x, encoder_hidden_states=c, timestep=t)`; PixArt's needs `embeddings` computed beforehand,
+            its `encode_prompt` differing from Stable Diffusion's). See `hf_memory._utils.predict_noise`.
         prompt: The prompt to score.
         config: The scorer settings (default `NeMoScorerConfig()`).
         embeddings: `(cond, uncond)` text embeddings computed beforehand (uncond None without guidance); None
@@ -364,8 +386,10 @@ class MemorizationScorer:
     Raises:
         TypeError: If `prompt` is not a string, `config` is not a `NeMoScorerConfig`, or `pipe` is not a
             text-to-image pipeline.
-        ValueError: With ``score="official"``, if the latents are smaller than `official_min_size` (raised before
-            any UNet evaluation; set `NeMoScorerConfig.height`).
+        ValueError: If the denoiser cannot be called so (a class-conditional DiT, SDXL's added conditions, SD3 or
+            Flux), or, with ``score="official"``, if the latents are smaller than `official_min_size` (raised before
+            any UNet evaluation; set `NeMoScorerConfig.height`); if `embeddings` is None and the pipeline's
+            `encode_prompt` is not Stable Diffusion's.
     """
 
     def __init__(
@@ -380,6 +404,7 @@ class MemorizationScorer:
         self.config = scorer_config(config, {}, "MemorizationScorer")
         config = self.config
         self.pipe, self.unet = pipe, pipeline_denoiser(pipe)
+        check_denoiser(self.unet, "pipe", "NeMo's memorization scorer", "NeMo scores text-conditioned UNets and DiTs.")
         self.official = config.score == "official"
         size = latent_size(self.unet, config)
         self.seeds, self.guidance_scale = config.seeds, config.guidance_scale
@@ -428,7 +453,8 @@ class MemorizationScorer:
         if self.guidance_scale != 0:
             model_input = torch.cat([model_input] * 2)
             embeddings = torch.cat([self.uncond.expand(len(index), -1, -1), embeddings])
-        noise = self.unet(model_input, self.timestep, encoder_hidden_states=embeddings).sample
+        # A UNet takes the timestep second, a DiT by keyword; a learned variance is dropped (the ε half kept).
+        noise = predict_noise(self.unet, model_input, self.timestep, embeddings).to(latents.dtype)
         self.unet_evaluations += len(model_input)
         if self.guidance_scale != 0:
             uncond, cond = noise.chunk(2)

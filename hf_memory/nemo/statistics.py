@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .._utils import atomic_write, check_integer, check_number, is_local_path
-from ._common import pipeline_denoiser
+from .._utils import atomic_write, check_integer, check_number, is_local_path, pipeline_denoiser
 from .hooks import value_projection_names
 from .scoring import MemorizationScorer, NeMoScorerConfig, encode_prompts, latent_size, scorer_config
 
