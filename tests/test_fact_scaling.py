@@ -362,13 +362,14 @@ def test_callback_logs_what_a_direct_call_measures(tmp_path, logging_steps):
     )
     trainer.train()
     assert modes == [True, True, True]  # training mode given back at every epoch end
-    logged = [entry for entry in trainer.state.log_history if "fact_capacity" in entry]
+    logged = [entry for entry in trainer.state.log_history if "fact_capacity/count" in entry]
     assert [round(e["epoch"]) for e in logged] == [1, 2, 3]
-    assert [e["fact_capacity"] for e in logged] == [r.count for _, r in callback.history]
+    assert [e["fact_capacity/count"] for e in logged] == [r.count for r in callback.results]
+    assert [e["fact_capacity/count"] for e in logged] == [h["count"] for h in callback.history]
     direct = fact_capacity(model, tok, facts)
-    assert logged[-1]["fact_capacity"] == direct.count
-    assert logged[-1]["fact_capacity/pet"] == direct.by_attribute["pet"]["known"]
-    assert logged[-1]["fact_capacity_fraction"] == pytest.approx(direct.fraction)
+    assert logged[-1]["fact_capacity/count"] == direct.count
+    assert logged[-1]["fact_capacity/known/pet"] == direct.by_attribute["pet"]["known"]
+    assert logged[-1]["fact_capacity/fraction"] == pytest.approx(direct.fraction)
     assert [e["step"] for e in logged] == [2, 4, 6]  # an entry of their own at each epoch end
 
 
@@ -404,8 +405,8 @@ def test_callback_numbers_reach_the_reporting_integrations(tmp_path):
         callbacks=[integration, FactCapacityCallback(facts, tokenizer=tok)],
     )
     trainer.train()
-    seen = [entry["fact_capacity"] for entry in integration.seen if "fact_capacity" in entry]
-    logged = [entry["fact_capacity"] for entry in trainer.state.log_history if "fact_capacity" in entry]
+    seen = [entry["fact_capacity/count"] for entry in integration.seen if "fact_capacity/count" in entry]
+    logged = [entry["fact_capacity/count"] for entry in trainer.state.log_history if "fact_capacity/count" in entry]
     assert len(seen) == 2 and seen == logged
 
 
@@ -671,18 +672,20 @@ def test_example_small_mode_runs(tmp_path):
     assert paraphrase["templates_3"]["known_in_every_template"] <= min(paraphrase["templates_3"]["known_by_template"])
 
 
-def test_callback_outside_a_trainer_asks_for_a_log_and_keeps_its_numbers():
+def test_callback_outside_a_trainer_puts_its_numbers_in_log_history_with_a_warning():
+    """One behaviour for every measuring callback without a Trainer (MeasuringCallback's)."""
     from transformers import TrainerControl, TrainerState
 
     facts = small_facts(num_entities=8)
     tok = facts.build_tokenizer()
     callback = FactCapacityCallback(facts, tokenizer=tok)
     state, control = TrainerState(epoch=1.0, global_step=3, num_train_epochs=2), TrainerControl()
-    callback.on_epoch_end(None, state, control, model=tiny_llama(len(tok)))
-    assert control.should_log  # no Trainer is calling: the numbers wait for the next log
-    callback.on_train_end(None, state, control)
+    with pytest.warns(UserWarning, match="FactCapacityCallback is not being called by a transformers Trainer"):
+        callback.on_epoch_end(None, state, control, model=tiny_llama(len(tok)))
+    assert not control.should_log  # no log is asked for: the entry is written now
     (entry,) = state.log_history
-    assert entry["step"] == 3 and entry["fact_capacity"] == callback.history[0][1].count
+    assert entry["step"] == 3 and entry["fact_capacity/count"] == callback.results[0].count
+    assert set(entry) == {"epoch", "step", *(f"fact_capacity/{name}" for name in callback.metric_names())}
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 """Internals shared by the capabilities (diffusers' `hooks/_common.py` pattern): import from here, never from a
 sibling capability's private names."""
 
+from typing import TYPE_CHECKING
+
 from .architectures import FFN_LAYOUTS, FINAL_NORM, LayerStack, find_layers
 from .checks import (
     as_token_ids,
@@ -43,6 +45,17 @@ from .training import calling_trainer, log_through_trainer
 from .version import __version__, is_newer_version
 
 
+if TYPE_CHECKING:
+    from .callbacks import MeasuringCallback, check_every, global_random_states_kept, unwrap_model
+
+# The measuring-callback base imports transformers' Trainer machinery: loaded on first use.
+__getattr__, __dir__ = lazy_getattr(
+    __name__,
+    globals(),
+    {"callbacks": ["MeasuringCallback", "check_every", "global_random_states_kept", "unwrap_model"]},
+)
+
+
 __all__ = [
     "EXTRAS",
     "FFN_LAYOUTS",
@@ -50,6 +63,7 @@ __all__ = [
     "VERSION_KEY",
     "HubConfigMixin",
     "LayerStack",
+    "MeasuringCallback",
     "__version__",
     "as_sequences",
     "as_token_ids",
@@ -59,6 +73,7 @@ __all__ = [
     "changing_model",
     "check_bool",
     "check_choice",
+    "check_every",
     "check_integer",
     "check_keywords",
     "check_number",
@@ -68,6 +83,7 @@ __all__ = [
     "exclusive",
     "find_layers",
     "folder_lock",
+    "global_random_states_kept",
     "is_available",
     "is_local_path",
     "is_newer_version",
@@ -84,6 +100,7 @@ __all__ = [
     "restored",
     "supports_logits_to_keep",
     "tokenizer_fingerprint",
+    "unwrap_model",
     "vocabulary_size",
     "weights_fingerprint",
     "writable_problem",
