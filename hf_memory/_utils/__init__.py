@@ -46,13 +46,29 @@ from .version import __version__, is_newer_version
 
 
 if TYPE_CHECKING:
-    from .callbacks import MeasuringCallback, check_every, global_random_states_kept, unwrap_model
+    from .callbacks import (
+        MeasuringCallback,
+        check_every,
+        global_random_states_kept,
+        is_measuring,
+        measuring,
+        unwrap_model,
+    )
 
 # The measuring-callback base imports transformers' Trainer machinery: loaded on first use.
 __getattr__, __dir__ = lazy_getattr(
     __name__,
     globals(),
-    {"callbacks": ["MeasuringCallback", "check_every", "global_random_states_kept", "unwrap_model"]},
+    {
+        "callbacks": [
+            "MeasuringCallback",
+            "check_every",
+            "global_random_states_kept",
+            "is_measuring",
+            "measuring",
+            "unwrap_model",
+        ]
+    },
 )
 
 
@@ -86,6 +102,7 @@ __all__ = [
     "global_random_states_kept",
     "is_available",
     "is_local_path",
+    "is_measuring",
     "is_newer_version",
     "is_prompt_learning",
     "is_saved_dataset",
@@ -93,6 +110,7 @@ __all__ = [
     "lazy_getattr",
     "leading_windows",
     "log_through_trainer",
+    "measuring",
     "model_device",
     "model_identity",
     "read_json",

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -30,6 +32,39 @@ if TYPE_CHECKING:
 
 EVERY_UNITS = ("steps", "epochs")
 
+_MEASURING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> measurements under way
+_MEASURING_LOCK = threading.Lock()
+
+
+def is_measuring(model: torch.nn.Module) -> bool:
+    """Whether a `MeasuringCallback` is measuring `model` right now (from any thread).
+
+    What a measurement reads is the model as trained: an inference-time change of the model (a `FastMemCallback`
+    wrapped `generate`) passes through while this is True.
+
+    Args:
+        model: A `torch.nn.Module`.
+    """
+    return _MEASURING.get(model, 0) > 0
+
+
+@contextlib.contextmanager
+def measuring(model: torch.nn.Module) -> Iterator[None]:
+    """Mark `model` as being measured inside the block (see `is_measuring`); blocks may nest and overlap.
+
+    Args:
+        model: A `torch.nn.Module`.
+    """
+    with _MEASURING_LOCK:
+        _MEASURING[model] = _MEASURING.get(model, 0) + 1
+    try:
+        yield
+    finally:
+        with _MEASURING_LOCK:
+            _MEASURING[model] -= 1
+            if not _MEASURING[model]:
+                del _MEASURING[model]
+
 
 class MeasuringCallback(TrainerCallback):
     """Base of the callbacks that measure the model being trained and log the numbers through the Trainer.
@@ -47,7 +82,8 @@ class MeasuringCallback(TrainerCallback):
       `on_train_begin`.
     - **The model measured** is the one being trained, out of its accelerate / DDP / `torch.compile` wrappers; a
       PEFT model is measured as the `PeftModel` (adapters active). It is in eval mode with no gradient for the
-      measurement, and every module gets its own mode back.
+      measurement, and every module gets its own mode back. It is measured as trained: a `FastMemCallback` in the
+      same Trainer does not memorize the prompts of a measurement (`is_measuring`).
     - **Training is bit-identical** with and without the callback: the global random states (torch CPU and the
       model's CUDA device, `random`, numpy) are given back after each measurement.
     - **Results**: `history` gets one dict per measurement (`step`, `epoch` and the numbers without the prefix),
@@ -272,7 +308,12 @@ class MeasuringCallback(TrainerCallback):
             return  # at most one measurement per step (several eval datasets, an epoch end at an N-th step)
         model = unwrap_model(model)
         started = time.perf_counter()
-        with global_random_states_kept(model_device(model)), eval_mode(model, type(self).__name__), torch.no_grad():
+        with (
+            global_random_states_kept(model_device(model)),
+            eval_mode(model, type(self).__name__),
+            measuring(model),
+            torch.no_grad(),
+        ):
             numbers = dict(self.measure(model, state))
         self.seconds += time.perf_counter() - started
         self._measured_step = state.global_step
