@@ -57,7 +57,7 @@ def test_unknown_keys_are_refused_by_name(config):
 
 
 def test_from_dict_still_validates_values():
-    with pytest.raises(ValueError, match="`k` must be an integer >= 2"):
+    with pytest.raises(ValueError, match=r"`k` must be an integer in \[2, "):
         GoldfishConfig.from_dict({"k": 1})
     with pytest.raises(ValueError, match="`seeds`"):
         NeMoScorerConfig.from_dict({"seeds": 1})
@@ -262,5 +262,5 @@ def test_from_arguments_builds_or_overlays_a_config():
         GoldfishConfig.from_arguments(None, {"kk": 3}, "`f`")
     with pytest.raises(TypeError, match="`config` must be a GoldfishConfig, got FastMemConfig"):
         GoldfishConfig.from_arguments(FastMemConfig(), {}, "`f`")
-    with pytest.raises(ValueError, match="`k` must be an integer >= 2"):
+    with pytest.raises(ValueError, match=r"`k` must be an integer in \[2, "):
         GoldfishConfig.from_arguments(base, {"k": 1}, "`f`")
