@@ -948,3 +948,13 @@ def test_tiny_memorization_example_runs(tmp_path):
     assert all(
         (tmp_path / name).exists() for name in ("pipeline", "results.json", "nemo_activation_statistics.safetensors")
     )
+
+
+def test_a_channel_id_too_large_for_any_layer_is_refused_when_the_config_is_built():
+    import numpy as np
+
+    name = "mid_block.attentions.0.transformer_blocks.0.attn2.to_v"
+    for channel in (10**25, 2**31, np.int64(2**40)):  # was: accepted, an OverflowError deep in torch later
+        with pytest.raises(ValueError, match=r"`neurons\['mid_block.*'\]` must be an integer in \[0, 2147483647\]"):
+            NeMoConfig({name: [3, channel]})
+    assert NeMoConfig({name: [2**31 - 1]}).neurons[name] == [2**31 - 1]
