@@ -920,3 +920,21 @@ def test_non_embedding_parameters_leave_out_embedding_adapters_as_head_adapters(
         counts[tuple(targets)] = non_embedding_parameters(model)
     assert len(set(counts.values())) == 1
     assert counts[("q_proj",)] > non_embedding_parameters(tiny_llama(100, hidden=16))
+
+
+def test_syllables_that_spell_one_surname_two_ways_are_refused_with_a_rule():
+    # "Kara" is ka + ra and kar + a: two first syllables, so the rule would give one surname two values
+    syllables = ["ka", "kar", "ra", "a", "to", "mi"]
+    with pytest.raises(ValueError, match=r"spell the surname 'Kara' two ways \(ka \+ ra and kar \+ a\)"):
+        SyntheticFactSet(num_entities=5, rule_attributes={"city": 3}, syllables=syllables, name_syllables=(2, 2))
+    # a longer detour: ka + bo + bo == kabo + bo needs three syllables; names of two are safe
+    detour = ["ka", "kabo", "bo", "zi"]
+    with pytest.raises(ValueError, match=r"'Kabobo' two ways"):
+        SyntheticFactSet(num_entities=3, rule_attributes={"city": 2}, syllables=detour, name_syllables=(2, 3))
+    facts = SyntheticFactSet(
+        num_entities=3, rule_attributes={"city": 2}, attributes={}, syllables=detour, name_syllables=(2, 2)
+    )
+    assert len(facts.entities) == 3
+    # without a rule the spelling does not matter; nor with prefix-free syllables (the default)
+    SyntheticFactSet(num_entities=5, attributes={"city": 3}, syllables=syllables, name_syllables=(2, 2))
+    SyntheticFactSet(num_entities=5, rule_attributes={"city": 3})
