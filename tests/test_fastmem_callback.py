@@ -180,3 +180,12 @@ def test_the_base_model_of_a_peft_model_with_lora_on_the_ffn_points_to_merge_and
     other = get_peft_model(tiny_causal_lm("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
     with FastMem(other.get_base_model(), CONFIG).memorize(PROMPT) as memorized:
         assert memorized.nll[-1] < memorized.nll[0]
+
+
+# ---------------------------------------------------------------- P2's class in FastMem: a value that stalls later
+
+
+def test_a_step_count_that_would_never_finish_is_refused_when_built():
+    with pytest.raises(ValueError, match=r"`steps` must be an integer in \[1, 10000\]"):
+        FastMemConfig(steps=10**30)  # was: accepted, then 10**30 AdamW steps before the first token
+    assert FastMemConfig(steps=10_000).steps == 10_000
