@@ -119,3 +119,31 @@ def test_causal_batches_with_masked_prompts_still_hash_the_inputs():
     labels[:, :6] = -100  # completion only: the prompt is context, not target
     batch = GoldfishDataCollator(lambda rows: {"input_ids": ids, "labels": labels.clone()}, config)([{}])
     assert torch.equal(batch["labels"], labels.masked_fill(goldfish_mask(ids, config), -100))
+
+
+def test_goldfish_trainer_on_an_encoder_decoder_model(tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=TINY_VOCAB, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, decoder_start_token_id=0,
+        pad_token_id=0,
+    )  # fmt: skip
+    model = T5ForConditionalGeneration(config)
+    g = torch.Generator().manual_seed(0)
+    inputs, labels = (
+        torch.randint(3, TINY_VOCAB, (4, 20), generator=g),
+        torch.randint(3, TINY_VOCAB, (4, 12), generator=g),
+    )
+    data = Dataset.from_dict({"input_ids": inputs.tolist(), "labels": labels.tolist()})
+    args = GoldfishTrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[], use_cpu=True,
+        save_strategy="no", logging_steps=1, goldfish_k=2, goldfish_strategy="static",
+        goldfish_exempt_special_tokens=False,
+    )  # fmt: skip
+    trainer = GoldfishTrainer(model=model, args=args, train_dataset=data)
+    batch = next(iter(trainer.get_train_dataloader()))  # labels shorter than the inputs: was a size mismatch
+    assert (batch["labels"] == -100).sum(1).tolist() == [6, 6, 6, 6]  # labels 1, 3, ..., 11 of each row
+    trainer.train()
+    logged = [entry["goldfish/dropped_fraction"] for entry in trainer.state.log_history if "loss" in entry]
+    assert logged == [0.5]  # 24 of 48 targets (was 0.5455: the first label was not counted as a target)

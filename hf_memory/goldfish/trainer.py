@@ -106,7 +106,9 @@ class GoldfishTrainerMixin:
         dropped = inputs.pop(DROPPED_KEY, None)
         if dropped is not None and model.training:
             labels = inputs["labels"]
-            kept = (labels[..., 1:] != -100).sum()
+            # a causal LM's first label is no target; every label of an encoder-decoder model is one
+            seq2seq = getattr(getattr(self.model, "config", None), "is_encoder_decoder", False)
+            kept = (labels != -100).sum() if seq2seq else (labels[..., 1:] != -100).sum()
             counts = torch.stack([dropped.sum(), kept]).detach()
             self._goldfish_counts = self._goldfish_counts.to(counts.device) + counts
         return super().compute_loss(model, inputs, *args, **kwargs)
