@@ -39,7 +39,8 @@ from hf_memory.cli import main
         (["audit", "--data", "README.md", "--output-dir", "o", "--max-windows", "0"], "argument --max-windows: `max"),
         (["audit", "--data", "README.md", "--output-dir", "o", "--ce-lr", "-1"], "argument --ce-lr: `ce_lr` must be"),
         (["audit", "--data", "README.md"], "the following arguments are required: --output_dir/--output-dir/--out"),
-        (["demo", "--goldfish-k", "1"], "argument --goldfish-k: `goldfish_k` must be an integer >= 2, got 1"),
+        (["demo", "--goldfish-k", "1"], "argument --goldfish-k: `goldfish_k` must be an integer in [2, 2147483647]"),
+        (["demo", "--goldfish-h", "5000"], "argument --goldfish-h: `goldfish_h` must be an integer in [1, 1024]"),
         (["demo", "--epochs", "0"], "argument --epochs: `epochs` must be an integer >= 1, got 0"),
         (["demo", "--lr", "nan"], "argument --lr: `lr` must be a finite number > 0"),
         (["demo", "--output-dir", "README.md"], "argument --output-dir: 'README.md' is a file"),
@@ -298,3 +299,28 @@ def test_version_and_each_commands_description_and_example(capsys):
             main([command, "--help"])
         text = capsys.readouterr().out
         assert f"example: hf-memory {command} " in text and f"usage: hf-memory {command}" in text
+
+
+# ---------------------------------------------------------------- regressions of the first hostile trial (issue 11)
+
+
+@pytest.mark.parametrize("ids", [[1.9, 2.7, 3.0], [True, False, True], [-1, 2, 3], "123"])
+def test_jsonl_token_ids_are_checked_not_coerced(tmp_path, ids):
+    import json
+
+    from hf_memory import load_token_sequences
+
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"input_ids": ids}) + "\n")
+    with pytest.raises(ValueError, match="input_ids of .*data.jsonl:1"):
+        load_token_sequences([str(path)], tokenizer=None)
+
+
+def test_word_level_tokenizer_keeps_its_special_ids():
+    from hf_memory import word_level_tokenizer
+
+    for words in (["<pad>", "red"], {"red", "green"}, "red", ["a b"], ["red", "red"]):
+        with pytest.raises(ValueError, match="`words` must be"):
+            word_level_tokenizer(words)
+    with pytest.raises(ValueError, match="`max_length` must be an integer >= 3"):
+        word_level_tokenizer(["red"], max_length=0)

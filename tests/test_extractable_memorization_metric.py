@@ -361,3 +361,15 @@ def test_integer_tensors_of_any_width_are_accepted():
     samples = [torch.tensor([1, 2], dtype=dtype) for dtype in (torch.uint8, torch.int16, torch.int32, torch.int64)]
     scores = extraction_scores(samples, [[1, 2]] * len(samples))
     assert scores["exact_match"] == 1.0
+
+
+# ---------------------------------------------------------------- regressions of the first hostile trial (issue 11)
+
+
+def test_unsigned_ids_that_do_not_fit_are_refused():
+    from hf_memory import extraction_scores
+
+    with pytest.raises(ValueError, match=r"token ids from 0 to 2\*\*63 - 1"):
+        extraction_scores([np.array([2**64 - 1], dtype=np.uint64)], [[-1]])
+    with pytest.raises(ValueError, match=r"token ids from 0 to 2\*\*63 - 1"):
+        extraction_scores([[1, 2]], [[-1, 2]])

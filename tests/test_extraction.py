@@ -365,3 +365,56 @@ def test_sample_windows_bad_input_names_the_argument():
         sample_windows([[1] * 10], 4, 4, max_windows=0)
     with pytest.raises(ValueError, match=r"`corpus\[1\]`"):
         sample_windows([[1] * 10, ["a"]], 4, 4, name="corpus")
+
+
+# ---------------------------------------------------------------- regressions of the first hostile trial (issue 11)
+
+
+def test_extraction_drops_padding_marked_by_the_attention_mask():
+    model = tiny_causal_lm("llama")
+    docs = [list(range(10, 20)), list(range(30, 40)), list(range(50, 56))]
+    padded = [d + [0] * (24 - len(d)) for d in docs]
+    masks = [[1] * len(d) + [0] * (24 - len(d)) for d in docs]
+    data = Dataset.from_dict({"input_ids": padded, "attention_mask": masks})
+    result = measure_extraction(model, data, prefix_len=4, suffix_len=4, stride=2, show_progress=False)
+    assert result.num_skipped == 1  # the 6-token document is too short once its padding is gone
+    assert all(0 not in ref for ref in result.references)  # was: windows scored on the padding
+    assert len(result.references) == 2 * 2  # windows at 0 and 2 of each 10-token document
+
+
+def test_ids_outside_the_vocabulary_are_named_before_any_work():
+    from hf_memory import FastMemConfig, ce_diagnostic, fastmem_generate
+    from tests.testing_utils import model_state as state
+    from tests.testing_utils import same_state as same
+
+    model = tiny_causal_lm("llama")
+    before = state(model)
+    with pytest.raises(ValueError, match="token id 500, outside the model's vocabulary of 128"):
+        measure_extraction(model, [list(range(10)) + [500] + list(range(10))], 8, 8, show_progress=False)
+    with pytest.raises(ValueError, match="token id 128, outside"):
+        ce_diagnostic(model, [[1, 2, 128]], show_progress=False)
+    with pytest.raises(ValueError, match="token id 999, outside"):
+        fastmem_generate(model, torch.tensor([1, 2, 999]), FastMemConfig(steps=1), max_new_tokens=1)
+    assert same(model, before)
+
+
+def test_an_empty_sequence_among_good_ones_is_skipped_as_too_short():
+    result = measure_extraction(tiny_causal_lm("llama"), [[], list(range(4, 20))], 4, 4, show_progress=False)
+    assert result.num_skipped == 1 and len(result.references) == 1
+
+
+def test_generate_measures_the_model_as_trained_under_a_fastmem_wrapper():
+    """With a FastMemCallback's `generate` on the model, method='generate' memorized each prefix first (0.042 against
+    0.0 with 'auto'): every method now reads the model as trained."""
+    from hf_memory import FastMemCallback, FastMemConfig
+
+    model = tiny_causal_lm("llama")
+    windows, _ = planted_windows(model)
+    plain = measure_extraction(model, windows, PREFIX, SUFFIX, method="generate", show_progress=False)
+    callback = FastMemCallback(FastMemConfig(steps=3, lr=1e-1))
+    callback.attach(model)
+    try:
+        wrapped = measure_extraction(model, windows, PREFIX, SUFFIX, method="generate", show_progress=False)
+    finally:
+        callback.detach(model)
+    assert wrapped.predictions == plain.predictions

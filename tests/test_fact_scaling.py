@@ -362,13 +362,14 @@ def test_callback_logs_what_a_direct_call_measures(tmp_path, logging_steps):
     )
     trainer.train()
     assert modes == [True, True, True]  # training mode given back at every epoch end
-    logged = [entry for entry in trainer.state.log_history if "fact_capacity" in entry]
+    logged = [entry for entry in trainer.state.log_history if "fact_capacity/count" in entry]
     assert [round(e["epoch"]) for e in logged] == [1, 2, 3]
-    assert [e["fact_capacity"] for e in logged] == [r.count for _, r in callback.history]
+    assert [e["fact_capacity/count"] for e in logged] == [r.count for r in callback.results]
+    assert [e["fact_capacity/count"] for e in logged] == [h["count"] for h in callback.history]
     direct = fact_capacity(model, tok, facts)
-    assert logged[-1]["fact_capacity"] == direct.count
-    assert logged[-1]["fact_capacity/pet"] == direct.by_attribute["pet"]["known"]
-    assert logged[-1]["fact_capacity_fraction"] == pytest.approx(direct.fraction)
+    assert logged[-1]["fact_capacity/count"] == direct.count
+    assert logged[-1]["fact_capacity/known/pet"] == direct.by_attribute["pet"]["known"]
+    assert logged[-1]["fact_capacity/fraction"] == pytest.approx(direct.fraction)
     assert [e["step"] for e in logged] == [2, 4, 6]  # an entry of their own at each epoch end
 
 
@@ -404,8 +405,8 @@ def test_callback_numbers_reach_the_reporting_integrations(tmp_path):
         callbacks=[integration, FactCapacityCallback(facts, tokenizer=tok)],
     )
     trainer.train()
-    seen = [entry["fact_capacity"] for entry in integration.seen if "fact_capacity" in entry]
-    logged = [entry["fact_capacity"] for entry in trainer.state.log_history if "fact_capacity" in entry]
+    seen = [entry["fact_capacity/count"] for entry in integration.seen if "fact_capacity/count" in entry]
+    logged = [entry["fact_capacity/count"] for entry in trainer.state.log_history if "fact_capacity/count" in entry]
     assert len(seen) == 2 and seen == logged
 
 
@@ -671,18 +672,20 @@ def test_example_small_mode_runs(tmp_path):
     assert paraphrase["templates_3"]["known_in_every_template"] <= min(paraphrase["templates_3"]["known_by_template"])
 
 
-def test_callback_outside_a_trainer_asks_for_a_log_and_keeps_its_numbers():
+def test_callback_outside_a_trainer_puts_its_numbers_in_log_history_with_a_warning():
+    """One behaviour for every measuring callback without a Trainer (MeasuringCallback's)."""
     from transformers import TrainerControl, TrainerState
 
     facts = small_facts(num_entities=8)
     tok = facts.build_tokenizer()
     callback = FactCapacityCallback(facts, tokenizer=tok)
     state, control = TrainerState(epoch=1.0, global_step=3, num_train_epochs=2), TrainerControl()
-    callback.on_epoch_end(None, state, control, model=tiny_llama(len(tok)))
-    assert control.should_log  # no Trainer is calling: the numbers wait for the next log
-    callback.on_train_end(None, state, control)
+    with pytest.warns(UserWarning, match="FactCapacityCallback is not being called by a transformers Trainer"):
+        callback.on_epoch_end(None, state, control, model=tiny_llama(len(tok)))
+    assert not control.should_log  # no log is asked for: the entry is written now
     (entry,) = state.log_history
-    assert entry["step"] == 3 and entry["fact_capacity"] == callback.history[0][1].count
+    assert entry["step"] == 3 and entry["fact_capacity/count"] == callback.results[0].count
+    assert set(entry) == {"epoch", "step", *(f"fact_capacity/{name}" for name in callback.metric_names())}
 
 
 @pytest.mark.slow
@@ -1100,3 +1103,32 @@ def test_train_on_facts_holds_the_model_and_gives_every_module_its_mode_back():
     with exclusive(model, "FastMem"):
         with pytest.raises(RuntimeError, match="FastMem"):
             train_on_facts(model, tok, facts, epochs=1, lr=1e-2)
+
+
+def test_syllables_that_spell_one_surname_two_ways_are_refused_with_a_rule():
+    # "Kara" is ka + ra and kar + a: two first syllables, so the rule would give one surname two values
+    syllables = ["ka", "kar", "ra", "a", "to", "mi"]
+    with pytest.raises(ValueError, match=r"spell the surname 'Kara' two ways \(ka \+ ra and kar \+ a\)"):
+        SyntheticFactSet(num_entities=5, rule_attributes={"city": 3}, syllables=syllables, name_syllables=(2, 2))
+    # a longer detour: ka + bo + bo == kabo + bo needs three syllables; names of two are safe
+    detour = ["ka", "kabo", "bo", "zi"]
+    with pytest.raises(ValueError, match=r"'Kabobo' two ways"):
+        SyntheticFactSet(num_entities=3, rule_attributes={"city": 2}, syllables=detour, name_syllables=(2, 3))
+    facts = SyntheticFactSet(
+        num_entities=3, rule_attributes={"city": 2}, attributes={}, syllables=detour, name_syllables=(2, 2)
+    )
+    assert len(facts.entities) == 3
+    # without a rule the spelling does not matter; nor with prefix-free syllables (the default)
+    SyntheticFactSet(num_entities=5, attributes={"city": 3}, syllables=syllables, name_syllables=(2, 2))
+    SyntheticFactSet(num_entities=5, rule_attributes={"city": 3})
+
+
+def test_train_on_facts_runs_under_a_callers_inference_mode():
+    """The shared training loop raised "element 0 of tensors does not require grad" under `torch.inference_mode()`."""
+    facts = small_facts()
+    tok = facts.build_tokenizer()
+    expected = train_on_facts(tiny_llama(len(tok)), tok, facts, epochs=1, lr=1e-2, batch_size=5).losses
+    model = tiny_llama(len(tok))  # made outside: weights made under inference_mode cannot be trained at all
+    with torch.inference_mode():
+        losses = train_on_facts(model, tok, facts, epochs=1, lr=1e-2, batch_size=5).losses
+    assert losses == expected

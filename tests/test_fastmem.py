@@ -735,3 +735,130 @@ def test_a_rerun_that_does_not_reproduce_the_model_falls_back_to_full_forwards(m
         for name, tensors in fastmem.ffn.rows.items():
             for key, value in tensors.items():
                 torch.testing.assert_close(value, expected[name][key], rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- regressions of the first hostile trial (issue 11)
+
+
+def test_a_one_row_call_inside_a_two_prompt_memorization_is_refused():
+    model = tiny_causal_lm("llama")
+    prompts = torch.randint(4, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+    with FastMem(model, FastMemConfig(steps=2, lr=1e-2)).memorize(prompts):
+        model(prompts)  # one row per memorized prompt: fine
+        with pytest.raises(RuntimeError, match="memorized 2 prompts but the model got a batch of 1"):
+            model(prompts[1:2])  # was: silently prompt 0's weights
+
+
+def test_the_callback_keeps_positional_generate_arguments():
+    from transformers import GenerationConfig
+
+    from hf_memory import FastMemCallback
+
+    model = tiny_causal_lm("llama").eval()
+    callback = FastMemCallback(FastMemConfig(steps=1))
+    callback.attach(model)
+    ids = torch.arange(4, 12)[None]
+    out = model.generate(ids, GenerationConfig(max_new_tokens=2, do_sample=False, pad_token_id=0))
+    assert out.shape == (1, 10)  # was: the config was dropped and generation ran to max_length
+    assert model.generate(inputs=ids, max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (1, 11)
+    with pytest.raises(ValueError, match="pass the prompt to `generate` once"):
+        model.generate(ids, input_ids=ids)
+    callback.detach(model)
+
+
+def test_contexts_pair_one_to_one_with_questions():
+    model = tiny_causal_lm("llama")
+    questions = torch.randint(4, 100, (4, 6), generator=torch.Generator().manual_seed(1))
+    contexts = torch.randint(4, 100, (2, 8), generator=torch.Generator().manual_seed(2))
+    with pytest.raises(ValueError, match=r"one sequence for every prompt \(4\) or one for all, got 2"):
+        fastmem_generate(model, questions, FastMemConfig(steps=1), memorize_ids=contexts, max_new_tokens=2)
+
+
+def test_a_short_context_is_found_where_the_template_puts_it(tokenizer):
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    )
+    turn = context_as_assistant_turn(tokenizer, "end")
+    text = tokenizer.apply_chat_template([{"role": "assistant", "content": "end"}], tokenize=False)
+    spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    first = spans[int(turn["loss_mask"][0].nonzero()[0])]
+    assert first[0] <= text.index("\nend") + 1 < first[1]  # was: "end" found inside "<|im_end|>"
+
+
+def test_detach_gives_back_the_users_own_generate():
+    from hf_memory import FastMemCallback
+
+    model = tiny_causal_lm("llama").eval()
+
+    def my_generate(*args, **kwargs):
+        return "mine"
+
+    model.generate = my_generate
+    callback = FastMemCallback(FastMemConfig(steps=1))
+    callback.attach(model)
+    assert model.generate is not my_generate
+    callback.detach(model)
+    assert model.generate is my_generate  # was: reset to the class method
+
+
+def test_beams_and_several_return_sequences_work_with_fastmem():
+    model = tiny_causal_lm("llama")
+    prompts = torch.randint(4, 100, (2, 8), generator=torch.Generator().manual_seed(3))
+    config = FastMemConfig(steps=2, lr=1e-2)
+    kwargs = {"max_new_tokens": 3, "num_beams": 2, "num_return_sequences": 2, "pad_token_id": 0, "do_sample": False}
+    batch = fastmem_generate(model, prompts, config, **kwargs)
+    alone = torch.cat([fastmem_generate(model, p, config, **kwargs) for p in prompts])
+    assert batch.shape == (4, 11) and torch.equal(batch, alone)  # each prompt's rows use that prompt's weights
+
+
+def test_the_callback_with_beams_in_seq2seq_predict(tmp_path):
+    from datasets import Dataset
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from hf_memory import FastMemCallback
+
+    model = tiny_causal_lm("llama", hidden=32)
+    model.config.pad_token_id = 0
+    prompts = torch.randint(3, 128, (4, 8), generator=torch.Generator().manual_seed(6))
+    data = Dataset.from_dict({"input_ids": prompts.tolist()})
+
+    def collate(rows):
+        ids = torch.tensor([r["input_ids"] for r in rows])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(tmp_path), per_device_eval_batch_size=2, predict_with_generate=True, report_to=[], use_cpu=True,
+        generation_num_beams=2, generation_max_length=None, remove_unused_columns=False,
+    )  # fmt: skip
+    config = FastMemConfig(steps=4, lr=0.1)
+    trainer = Seq2SeqTrainer(model=model, args=args, data_collator=collate, callbacks=[FastMemCallback(config)])
+    gen = {"max_new_tokens": 3, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    predictions = trainer.predict(data, **gen).predictions  # was: a crash in cache_utils
+    answers = [fastmem_generate(model, p, config, num_beams=2, **gen)[0, 8:] for p in prompts]
+    assert [row[8:11].tolist() for row in predictions] == [a.tolist() for a in answers]
+
+
+def test_every_modules_training_flag_comes_back():
+    from hf_memory import ce_diagnostic
+
+    model = tiny_causal_lm("llama").train()
+    model.model.layers[0].eval()
+    model.model.layers[1].mlp.eval()
+    flags = [m.training for m in model.modules()]
+    with FastMem(model, FastMemConfig(steps=1)).memorize(torch.arange(2, 12)):
+        pass
+    ce_diagnostic(model, [list(range(2, 12))], show_progress=False)
+    assert [m.training for m in model.modules()] == flags  # was: the root's flag pushed onto every submodule
+
+
+def test_a_copy_taken_inside_a_memorize_block_is_free():
+    import copy
+
+    from hf_memory import is_memorizing
+
+    model = tiny_causal_lm("llama")
+    with FastMem(model, FastMemConfig(steps=1)).memorize(torch.arange(2, 12)):
+        clone = copy.deepcopy(model)
+        assert is_memorizing(model) and not is_memorizing(clone)
+    with FastMem(clone, FastMemConfig(steps=1)).memorize(torch.arange(2, 12)):  # was: refused forever
+        pass

@@ -381,3 +381,12 @@ def test_training_arguments_parse_from_command_line(tmp_path):
 def test_training_arguments_name_the_bad_argument(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
         GoldfishTrainingArguments(output_dir=str(tmp_path), **kwargs)
+
+
+# ---------------------------------------------------------------- regressions of the first hostile trial (issue 11)
+
+
+def test_apply_goldfish_refuses_mismatched_shapes():
+    ids = torch.arange(40)
+    with pytest.raises(ValueError, match=r"`labels` \(4, 40\) and `input_ids` \(40,\) must have the same shape"):
+        apply_goldfish(ids.repeat(4, 1), ids, GoldfishConfig(k=2, strategy="static"))

@@ -111,3 +111,14 @@ def test_prompt_tokens_stay_masked(tmp_path, tokenizer, make_data, option):
             assert (labels[:n] == -100).sum() > (trl_labels == -100).sum()
             rows += 1
     assert rows == 8
+
+
+# ---------------------------------------------------------------- regressions of the first hostile trial (issue 11)
+
+
+def test_the_wrong_arguments_class_is_named():
+    from hf_memory import GoldfishSFTTrainer, GoldfishTrainingArguments
+
+    args = GoldfishTrainingArguments(output_dir="unused", report_to=[])
+    with pytest.raises(TypeError, match="`args` of GoldfishSFTTrainer must be a GoldfishSFTConfig"):
+        GoldfishSFTTrainer(model=tiny_causal_lm("llama"), args=args)

@@ -399,3 +399,18 @@ def test_push_to_hub_uploads_the_target_modules(monkeypatch):
     uploaded = json.loads(uploads["someone/gpt2-last-ffn"]["adapter_config.json"])
     assert sorted(uploaded["target_modules"]) == ["transformer.h.2.mlp.c_fc", "transformer.h.2.mlp.c_proj"]
     assert (uploaded["r"], uploaded["fan_in_fan_out"], uploaded["target_parameters"]) == (4, True, None)
+
+
+# ---------------------------------------------------------------- regressions of the first hostile trial (issue 11)
+
+
+def test_a_peft_model_is_named_not_misread():
+    from peft import get_peft_model
+
+    from hf_memory import last_ffn_lora_config, last_ffn_modules
+    from tests.testing_utils import tiny_causal_lm
+
+    model = tiny_causal_lm("llama")
+    peft_model = get_peft_model(model, last_ffn_lora_config(model, r=2))
+    with pytest.raises(TypeError, match="got a peft PeftModel: pass model.get_base_model"):
+        last_ffn_modules(peft_model)

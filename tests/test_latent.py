@@ -602,3 +602,17 @@ def test_latent_and_signals_example_runs():
         plot=None,
     )
     assert {"exact_match", "ce_diagnostic", "perturbation_scan", "entropy_boundary", "predictor"} <= set(summary)
+
+
+def test_ce_diagnostic_runs_under_a_callers_inference_mode():
+    """Its SGD steps raised "element 0 of tensors does not require grad" under `torch.inference_mode()`."""
+    from hf_memory import ce_diagnostic
+    from tests.testing_utils import tiny_causal_lm
+
+    model = tiny_causal_lm("llama")
+    rows = torch.arange(4, 20)[None].repeat(2, 1)
+    plain = ce_diagnostic(model, rows, show_progress=False)
+    with torch.inference_mode():
+        inside = ce_diagnostic(model, torch.arange(4, 20)[None].repeat(2, 1), show_progress=False)
+    assert inside.loss == plain.loss and inside.loss_after == plain.loss_after
+    assert inside.weight_change == plain.weight_change

@@ -307,8 +307,8 @@ def test_outside_a_trainer_the_numbers_go_to_log_history_with_a_warning():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"every": "epoch"}, "`every` must be 'eval' (after each evaluation) or an integer >= 1"),
-        ({"every": 0}, "`every` must be 'eval' (after each evaluation) or an integer >= 1"),
+        ({"every": "epochs"}, "`every` must be 'eval' (after each evaluation), 'epoch' (at the end of each epoch)"),
+        ({"every": 0}, "or an integer >= 1 (every that many optimizer steps), got 0"),
         ({"every": True}, "`every` must be 'eval'"),
         ({"every": 2.0}, "`every` must be 'eval'"),
         ({"prefix_len": 0}, "`prefix_len` must be an integer >= 1, got 0"),

@@ -1016,3 +1016,94 @@ def test_the_scorer_refuses_denoisers_it_cannot_call_before_any_work():
     # no embeddings: a PixArt `encode_prompt` is not called with Stable Diffusion's arguments
     with pytest.raises(ValueError, match=r"encode_prompt.*embeddings="):
         MemorizationScorer(PixArtLikePipeline(tiny_pixart()), "a")
+
+
+def test_a_channel_id_too_large_for_any_layer_is_refused_when_the_config_is_built():
+    import numpy as np
+
+    name = "mid_block.attentions.0.transformer_blocks.0.attn2.to_v"
+    for channel in (10**25, 2**31, np.int64(2**40)):  # was: accepted, an OverflowError deep in torch later
+        with pytest.raises(ValueError, match=r"`neurons\['mid_block.*'\]` must be an integer in \[0, 2147483647\]"):
+            NeMoConfig({name: [3, channel]})
+    assert NeMoConfig({name: [2**31 - 1]}).neurons[name] == [2**31 - 1]
+
+
+# ---------------------------------------------------------------- regressions of the first hostile trial (issue 11)
+
+
+def test_a_single_string_is_not_a_list_of_prompts():
+    from hf_memory import compute_activation_statistics
+
+    with pytest.raises(ValueError, match="got one string"):
+        compute_activation_statistics(None, "a red circle")  # was: 12 one-character prompts
+
+
+def test_nemo_refuses_an_empty_config_and_foreign_statistics(tmp_path):
+    from hf_memory import ActivationStatistics, NeMoConfig, apply_nemo, localize_memorization_neurons
+    from tests.test_nemo import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    with pytest.raises(ValueError, match="silences no channel"):
+        apply_nemo(pipe, NeMoConfig({}))
+    layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v"
+    foreign = ActivationStatistics({layer: torch.zeros(3)}, {layer: torch.ones(3)}, threshold=-1.0)
+    with pytest.raises(ValueError, match="computed on another model"):
+        localize_memorization_neurons(pipe, "a red circle", foreign)
+    garbage = tmp_path / "nemo_activation_statistics.safetensors"
+    garbage.write_bytes(b"\x00\x01 not a safetensors file")
+    with pytest.raises(ValueError, match="is not a safetensors file of NeMo activation statistics"):
+        ActivationStatistics.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="is neither a file nor a folder"):
+        ActivationStatistics.from_pretrained(str(tmp_path / "missing" / "folder"))
+
+
+def test_kernel_size_sets_the_ssim_window_and_small_latents_work():
+    from hf_memory.nemo.scoring import _pair_ssim
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 4, 16, 16, generator=g)
+    pairs = torch.tensor([[0, 1], [0, 2]])
+    scores = {k: _pair_ssim(images, pairs, k).tolist() for k in (3, 7, 11)}
+    assert scores[3] != scores[7] != scores[11]  # was: 11 whatever the setting
+    assert _pair_ssim(images, pairs, 8).tolist() == _pair_ssim(images, pairs, 7).tolist()  # made odd
+    assert _pair_ssim(images[..., :4, :4], pairs, 11).shape == (2,)  # was: a padding error under 6 x 6
+
+
+def test_the_unhooked_score_refuses_a_user_hook():
+    from hf_memory import NeMoConfig, NeMoScorerConfig, apply_nemo, nemo_memorization_score, remove_nemo
+    from tests.test_nemo import LAYER, tiny_pipeline
+
+    pipe = tiny_pipeline()
+    apply_nemo(pipe, NeMoConfig({LAYER: [0, 1]}))
+    with pytest.raises(ValueError, match="NeMo is already applied to this model"):
+        nemo_memorization_score(pipe, "a red circle", scorer=NeMoScorerConfig(seeds=2, num_inference_steps=2))
+    remove_nemo(pipe)
+
+
+def test_statistics_with_numpy_numbers_round_trip(tmp_path):
+    import numpy as np
+
+    from hf_memory import ActivationStatistics
+
+    base = torch.arange(8.0).reshape(2, 4)
+    stats = ActivationStatistics(
+        {"a.to_v": base[0]}, {"a.to_v": base[1]}, threshold=np.float64(0.5), scores=[np.float32(0.25)], num_prompts=np.int64(3)
+    )  # fmt: skip
+    stats.save_pretrained(tmp_path)  # views of one tensor: copied, so safetensors accepts them
+    loaded = ActivationStatistics.from_pretrained(tmp_path)  # was: 'np.float64(0.5)' could not be read back
+    assert loaded.threshold == 0.5 and loaded.scores == [0.25] and loaded.num_prompts == 3
+    with pytest.raises(ValueError, match="without ','"):
+        ActivationStatistics({"a,b": torch.zeros(2)}, {"a,b": torch.ones(2)})
+
+
+def test_the_two_searches_check_their_settings():
+    from hf_memory.nemo import refine_selection, search_initial_selection
+
+    acts, z = {"a": torch.tensor([1.0, 2.0])}, {"a": torch.tensor([0.5, 3.0])}
+    with pytest.raises(ValueError, match="`search` must be one of 'group', 'greedy'"):
+        search_initial_selection(lambda n: 0.0, acts, z, 0.5, search="GREEDY")
+    for kwargs, name in (({"theta_step": -1}, "theta_step"), ({"min_theta": 6}, "theta"), ({"max_k": -3}, "max_k")):
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            search_initial_selection(lambda n: 0.0, acts, z, 0.5, **kwargs)
+    with pytest.raises(ValueError, match="`refinement` must be one of"):
+        refine_selection(lambda n: 0.0, {"a": [1]}, 0.5, z, refinement="bogus")

@@ -265,3 +265,17 @@ def test_ngram_orders_numpy_scalars_and_bad_spans_and_predictor_settings_are_che
     for kwargs, match in (({"hidden_layer": True}, "hidden_layer"), ({"C": -1}, "`C`"), ({"max_iter": 0}, "max_iter")):
         with pytest.raises(ValueError, match=match):
             MemorizationPredictor(**kwargs)
+
+
+# ---------------------------------------------------------------- regressions of the first hostile trial (issue 11)
+
+
+def test_float_labels_are_refused_not_truncated():
+    from hf_memory import MemorizationPredictor, memorization_signals
+
+    model = tiny_causal_lm("llama")
+    signals = memorization_signals(model, [list(range(4, 20))] * 8, 8, 8, show_progress=False)
+    with pytest.raises(ValueError, match="must be 0/1"):
+        MemorizationPredictor().fit(signals, [1.0, 0.95, 0.9, 0.0, 1.0, 0.0, 1.0, 0.0])
+    with pytest.raises(ValueError, match="must be 0/1"):
+        MemorizationPredictor().fit(signals, ["1", "0"] * 4)

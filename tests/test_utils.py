@@ -363,3 +363,38 @@ def test_the_guards_hold_the_weights_not_the_python_object(wrap):
     assert changing_model(other) is None and changing_model(base) is None
     with eval_mode(other, "measure_extraction"), exclusive(base, "memorize"):  # one thread nests them
         pass
+
+
+# ---------------------------------------------------------------- regressions of the first hostile trial (issue 11)
+
+
+def test_two_in_place_calls_on_one_model_never_overlap():
+    from hf_memory import FastMem, FastMemConfig, ce_diagnostic, latent_memorization_scan
+    from tests.testing_utils import model_state as state
+    from tests.testing_utils import same_state as same
+
+    model = tiny_causal_lm("llama")
+    before = state(model)
+    inside, release, errors = threading.Event(), threading.Event(), []
+
+    def hold():
+        with FastMem(model, FastMemConfig(steps=1, lr=1e-2)).memorize(torch.arange(4, 20)):
+            inside.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    inside.wait(30)
+    for call in (
+        lambda: ce_diagnostic(model, [list(range(4, 20))], show_progress=False),
+        lambda: latent_memorization_scan(model, [list(range(4, 20))], 4, 4, n_perturbations=1, show_progress=False),
+        lambda: FastMem(model, FastMemConfig(steps=1)).memorize(torch.arange(4, 20)).__enter__(),
+    ):
+        try:
+            call()
+        except RuntimeError as err:
+            errors.append(str(err))
+    release.set()
+    thread.join(30)
+    assert len(errors) == 3 and all("FastMem.memorize is already doing so" in e for e in errors)
+    assert same(model, before)  # was: the last FFN kept its memorized values

@@ -160,3 +160,13 @@ def load_example(name: str):
     sys.modules[name] = module  # as `import` would: worker processes find the example's functions by name
     spec.loader.exec_module(module)
     return module
+
+
+def model_state(model) -> dict:
+    """A copy of every tensor of the model's state dict, to check later that it came back bit for bit."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_state(model, before: dict) -> bool:
+    """Whether the model's state dict equals `before` (from `model_state`) bit for bit."""
+    return all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -1,6 +1,8 @@
 """Internals shared by the capabilities (diffusers' `hooks/_common.py` pattern): import from here, never from a
 sibling capability's private names."""
 
+from typing import TYPE_CHECKING
+
 from .anatomy import (
     ATTENTION_NAMES,
     DENOISER_CALLS,
@@ -62,6 +64,33 @@ from .training import calling_trainer, log_through_trainer, train_steps
 from .version import __version__, is_newer_version
 
 
+if TYPE_CHECKING:
+    from .callbacks import (
+        MeasuringCallback,
+        check_every,
+        global_random_states_kept,
+        is_measuring,
+        measuring,
+        unwrap_model,
+    )
+
+# The measuring-callback base imports transformers' Trainer machinery: loaded on first use.
+__getattr__, __dir__ = lazy_getattr(
+    __name__,
+    globals(),
+    {
+        "callbacks": [
+            "MeasuringCallback",
+            "check_every",
+            "global_random_states_kept",
+            "is_measuring",
+            "measuring",
+            "unwrap_model",
+        ]
+    },
+)
+
+
 __all__ = [
     "ATTENTION_NAMES",
     "DENOISER_CALLS",
@@ -72,6 +101,7 @@ __all__ = [
     "VERSION_KEY",
     "HubConfigMixin",
     "LayerStack",
+    "MeasuringCallback",
     "__version__",
     "as_sequences",
     "as_token_ids",
@@ -83,6 +113,7 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_denoiser",
+    "check_every",
     "check_integer",
     "check_keywords",
     "check_number",
@@ -96,10 +127,12 @@ __all__ = [
     "find_layers",
     "folder_lock",
     "forward_parameters",
+    "global_random_states_kept",
     "is_adaptable",
     "is_available",
     "is_gpt2_conv1d",
     "is_local_path",
+    "is_measuring",
     "is_newer_version",
     "is_prompt_learning",
     "is_saved_dataset",
@@ -107,6 +140,7 @@ __all__ = [
     "lazy_getattr",
     "leading_windows",
     "log_through_trainer",
+    "measuring",
     "model_device",
     "model_dtype",
     "model_identity",
@@ -118,6 +152,7 @@ __all__ = [
     "supports_logits_to_keep",
     "tokenizer_fingerprint",
     "train_steps",
+    "unwrap_model",
     "vocabulary_size",
     "weights_fingerprint",
     "writable_problem",

@@ -123,7 +123,8 @@ def train_steps(
     schedule = scheduler(optimizer) if scheduler is not None else None
     generator = torch.Generator().manual_seed(seed)
     losses = []
-    with exclusive(model, what), restored(model, names=()):
+    # trains under a caller's `torch.inference_mode()` / `no_grad()` too: gradients are what this loop is for
+    with exclusive(model, what), restored(model, names=()), torch.inference_mode(False), torch.enable_grad():
         model.train()
         try:
             for batch in batches(generator):

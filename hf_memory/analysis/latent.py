@@ -474,13 +474,18 @@ def ce_diagnostic(
     if reference_model is not None:
         reference_loss = _plain_losses(reference_model, rows, dtype)
     losses, after, squared_change, taken = [], [], [], []
-    with exclusive(model, "ce_diagnostic"), restored(model, grads=True) as (params, saved):
+    with (
+        exclusive(model, "ce_diagnostic"),
+        restored(model, grads=True) as (params, saved),
+        torch.inference_mode(False),  # its SGD steps need gradients, also under a caller's inference_mode
+        torch.enable_grad(),
+    ):
         model.eval()  # no dropout: the diagnostic is deterministic
         for p in params.values():
             p.requires_grad_(True)
         optimizer = torch.optim.SGD(list(params.values()), lr=lr)
         for i, row in enumerate(tqdm(rows, desc="ce diagnostic", disable=not show_progress)):
-            ids = row[None].to(device)
+            ids = row[None].to(device).clone()  # a normal tensor, if `rows` came from an inference_mode block
             if i:
                 with torch.no_grad():
                     for name, p in params.items():

@@ -188,7 +188,13 @@ class DemoArguments:
     def __post_init__(self):
         for name in ("docs", "held_out", "epochs", "batch_size", "prefix_len", "suffix_len", "goldfish_h"):
             setattr(self, name, check_integer(getattr(self, name), name, minimum=1))
-        self.goldfish_k = check_integer(self.goldfish_k, "goldfish_k", minimum=2)
+        from ..goldfish import GoldfishConfig
+
+        for name, key in (("goldfish_k", "k"), ("goldfish_h", "h")):  # the goldfish config's own bounds
+            try:
+                GoldfishConfig(**{key: getattr(self, name)})
+            except ValueError as err:
+                raise ValueError(str(err).replace(f"`{key}`", f"`{name}`", 1)) from None
         self.seed = check_integer(self.seed, "seed", minimum=0, maximum=MAX_SEED)
         self.lr = check_number(self.lr, "lr", minimum=0, exclusive_minimum=True)
 

@@ -27,6 +27,7 @@ from .._utils import (
     check_writable,
     eval_mode,
     is_prompt_learning,
+    measuring,
     model_device,
     model_identity,
     require_extra,
@@ -632,7 +633,7 @@ def measure_extraction(
             total=mine, unit="window", desc="extraction", disable=not show_progress or not state.is_local_main_process
         )
         decoder = _Decoder(model, config)
-        with eval_mode(model, "measure_extraction"):
+        with eval_mode(model, "measure_extraction"), measuring(model):  # the model as trained: no FastMem wrapper
             for number, items in enumerate(_batches(stream, size)):
                 if number % world != rank:
                     continue

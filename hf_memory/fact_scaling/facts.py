@@ -68,6 +68,52 @@ def _spelled(word: str, first: set[str], rest: set[str]) -> bool:
     return True
 
 
+def _two_spellings(syllables: Sequence[str], least: int, most: int) -> tuple[list[str], list[str]] | None:
+    """Two spellings of one word of `least` to `most` syllables that start with different syllables, or None.
+
+    The rule of a fact set reads the first syllable of the surname, so such a word would give one surname two
+    rule values. A search over "what the shorter spelling still owes" (as in the Sardinas-Patterson test), each
+    spelling at most `most` syllables long; none exists when no syllable is a prefix of another.
+    """
+    from collections import deque
+
+    ordered = sorted(syllables)
+    for a in ordered:
+        for b in ordered:
+            if a == b or not b.startswith(a):
+                continue
+            # spellings (A, B); `owed` is the text the shorter one must still produce; A is the shorter one now
+            queue = deque([([a], [b], b[len(a) :], 0)])
+            seen = set()
+            while queue:
+                spelling_a, spelling_b, owed, behind = queue.popleft()
+                if (
+                    not owed
+                    and least <= min(len(spelling_a), len(spelling_b))
+                    and max(len(spelling_a), len(spelling_b)) <= most
+                ):
+                    return spelling_a, spelling_b
+                key = (owed, behind if owed else None, len(spelling_a), len(spelling_b))
+                if key in seen:
+                    continue
+                seen.add(key)
+                for side in (0, 1) if not owed else (behind,):
+                    shorter = spelling_a if side == 0 else spelling_b
+                    if len(shorter) >= most:
+                        continue
+                    for syllable in ordered:
+                        if syllable.startswith(owed):
+                            rest, next_behind = syllable[len(owed) :], 1 - side
+                        elif owed.startswith(syllable):
+                            rest, next_behind = owed[len(syllable) :], side
+                        else:
+                            continue
+                        longer = [*shorter, syllable]
+                        pair = (longer, spelling_b) if side == 0 else (spelling_a, longer)
+                        queue.append((*pair, rest, next_behind))
+    return None
+
+
 def _template_slots(template: str) -> set[str]:
     slots = set()
     for _, field, spec, conversion in string.Formatter().parse(template):
@@ -149,6 +195,8 @@ class SyntheticFactSet:
         max_repetitions: Repetitions of the most frequent fact under `zipf_exponent`.
         held_out_fraction: Fraction of the entities (in [0, 1)) whose rule facts are held out of training.
         syllables: The shared sub-word vocabulary names and values are spelled from (distinct, lowercase letters).
+            With `rule_attributes`, no surname may be spelled two ways with different first syllables (the rule
+            reads the first one): a set where one syllable is a prefix of another may be refused for that.
         name_syllables: `(least, most)` syllables per name part (first name and surname).
         value_syllables: Syllables per value string.
         seed: The random seed.
@@ -261,6 +309,16 @@ class SyntheticFactSet:
         most = check_integer(name_syllables[1], "name_syllables[1]", minimum=least)
         self.name_syllables = (least, most)
         self.value_syllables = check_integer(value_syllables, "value_syllables", minimum=1)
+        if self.rule_attributes:
+            twice = _two_spellings(self.syllables, least, most)
+            if twice is not None:
+                word = "".join(twice[0]).capitalize()
+                raise ValueError(
+                    f"`syllables` spell the surname {word!r} two ways ({' + '.join(twice[0])} and "
+                    f"{' + '.join(twice[1])}), with different first syllables: the rule of `rule_attributes` reads the "
+                    "first syllable, so such a surname would have two rule values and the held-out rule could not be "
+                    "learned. Use syllables none of which is a prefix of another."
+                )
         sizes = {**self.attributes, **self.rule_attributes}
         possible_values = len(self.syllables) ** self.value_syllables
         for attribute, size in sizes.items():

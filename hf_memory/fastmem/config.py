@@ -34,6 +34,10 @@ FASTMEM_PRESETS: dict[str, dict[str, Any]] = {
     "wikihow_cd": {**_OFFICIAL, "steps": 20, "lr": 1e-5, "kl_weight": 0.03, **_CD},
 }
 
+# Every `generate` call runs `steps` forward/backward passes first; the official scripts use 10 or 20. Past 10,000 a
+# single call costs more than a fine-tuning run, which is a typo (or a job for `Trainer`), not a setting.
+MAX_STEPS = 10_000
+
 _LAYERS_HINT = (
     "an integer n >= 1 for the last n layers (the official `--train_layer n`), or a non-empty list of distinct "
     "layer indices, negative from the end"
@@ -50,7 +54,7 @@ class FastMemConfig(HubConfigMixin):
     code's settings for that task; see `FASTMEM_PRESETS`.
 
     Args:
-        steps: AdamW steps on the memorized tokens (a fresh optimizer for every call).
+        steps: AdamW steps on the memorized tokens (a fresh optimizer for every call); at most 10,000.
         lr: Constant learning rate of those steps.
         kl_weight: λ in NLL + λ·KL(p_original ‖ p_current) over the memorized positions.
         layer: One transformer layer whose FFN is updated (negative = from the end). Leave it None, with `layers`
@@ -127,7 +131,9 @@ class FastMemConfig(HubConfigMixin):
     )
 
     def __post_init__(self):
-        self.steps = check_integer(self.steps, "steps", minimum=1)
+        self.steps = check_integer(
+            self.steps, "steps", minimum=1, maximum=MAX_STEPS, hint="AdamW steps before every generation"
+        )
         self.lr = check_number(self.lr, "lr", minimum=0, exclusive_minimum=True)
         self.kl_weight = check_number(self.kl_weight, "kl_weight", minimum=0)
         self.layer = check_integer(

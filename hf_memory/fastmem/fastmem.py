@@ -185,29 +185,34 @@ class FastMem:
             RuntimeError: If a `memorize` block is already active on the model.
         """
         model, ffn, config = self.model, self.ffn, self.config
-        ids, attention = prompt_batch(input_ids, attention_mask, model_device(model))
-        check_vocabulary(ids[attention], model, "input_ids")
-        mask = target_mask(loss_mask, ids, attention)
+        # Memorizing trains: under a caller's `torch.inference_mode` (or `no_grad`) it runs in normal mode, on
+        # normal tensors (an inference tensor can be neither trained through nor saved for backward).
+        with torch.inference_mode(False):
+            ids, attention = prompt_batch(input_ids, attention_mask, model_device(model))
+            ids, attention = ids.clone(), attention.clone()
+            check_vocabulary(ids[attention], model, "input_ids")
+            mask = target_mask(loss_mask, ids, attention).clone()
         trained = [name for name, _ in model.named_parameters() if name.rpartition(".")[0] in ffn.linears]
         with contextlib.ExitStack() as stack:  # unwound in reverse: hooks, FFN patches, parameters, the lock
             stack.enter_context(exclusive(model, MEMORIZE))
-            stack.enter_context(restored(model, names=trained, grads=True))
-            stack.callback(ffn.reset)
-            for p in model.parameters():
-                p.requires_grad_(False)
-            model.eval()  # no dropout: the memorized distribution is the one generation will use
-            ffn.patch()
-            result = self._train(ids, attention, mask)
-            ffn.rows = {name: {k: t.detach() for k, t in tensors.items()} for name, tensors in ffn.rows.items()}
-            if ids.shape[0] == 1 and not config.contrastive:
-                with torch.no_grad():  # one prompt: write the weights in, so the model is a plain model inside
-                    for name in ffn.linears:
-                        for key, value in ffn.merged(name).items():
-                            getattr(ffn.linears[name], key).copy_(value)
-                ffn.reset()
-            elif config.contrastive:
-                for handle in self._contrastive_hooks(config.contrastive):
-                    stack.callback(handle.remove)
+            with torch.inference_mode(False):
+                stack.enter_context(restored(model, names=trained, grads=True))
+                stack.callback(ffn.reset)
+                for p in model.parameters():
+                    p.requires_grad_(False)
+                model.eval()  # no dropout: the memorized distribution is the one generation will use
+                ffn.patch()
+                result = self._train(ids, attention, mask)
+                ffn.rows = {name: {k: t.detach() for k, t in tensors.items()} for name, tensors in ffn.rows.items()}
+                if ids.shape[0] == 1 and not config.contrastive:
+                    with torch.no_grad():  # one prompt: write the weights in, so the model is a plain model inside
+                        for name in ffn.linears:
+                            for key, value in ffn.merged(name).items():
+                                getattr(ffn.linears[name], key).copy_(value)
+                    ffn.reset()
+                elif config.contrastive:
+                    for handle in self._contrastive_hooks(config.contrastive):
+                        stack.callback(handle.remove)
             yield result
 
     def _forward_kwargs(self, ids, attention, use_cache):

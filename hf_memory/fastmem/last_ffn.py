@@ -153,6 +153,13 @@ def _check_exist(model: nn.Module, names: list[str], fused_experts: bool) -> Non
     else:
         modules = dict(model.named_modules())
         missing = [name for name in names if not isinstance(modules.get(name), (nn.Linear, Conv1D))]
+    adapted = [name for name in missing if hasattr(modules.get(name) if not fused_experts else None, "base_layer")]
+    if adapted:  # a peft tuner layer (LoRA, ...) wraps the FFN module: the base model of a PeftModel
+        raise ValueError(
+            f"{type(model).__name__}'s FFN modules {adapted} carry a PEFT adapter (LoRA or another tuner layer): "
+            "merge it into the weights first with peft_model.merge_and_unload(), then use the merged model (or "
+            "choose a layer whose FFN the adapter does not touch)."
+        )
     if missing:
         kind = "parameters" if fused_experts else "nn.Linear / Conv1D modules"
         raise ValueError(

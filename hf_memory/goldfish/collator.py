@@ -5,16 +5,30 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from transformers.utils import logging
 
 from .config import GoldfishConfig
 from .mask import IGNORE_INDEX, goldfish_mask
+
+
+logger = logging.get_logger(__name__)
+
+
+def _labels_are_the_inputs(batch, input_ids: torch.Tensor, labels: torch.Tensor, kept: torch.Tensor) -> bool:
+    """Whether the labels are a causal LM's: the input ids themselves (some set to -100), position by position."""
+    if "decoder_input_ids" in batch or labels.shape != input_ids.shape:
+        return False
+    return bool((labels == input_ids)[kept].all())
 
 
 class GoldfishDataCollator:
     """Wrap any collator so the training batches it builds carry goldfish-masked ``labels``.
 
     Document boundaries come from the batch's ``position_ids`` (packing / padding-free) or, failing that, its
-    ``attention_mask`` (so left padding does not shift the mask). With ``return_dropped_counts=True`` the batch also
+    ``attention_mask`` (so left padding does not shift the mask). A seq2seq batch, whose labels are not the input
+    ids (another length, ``decoder_input_ids`` in the batch, or other tokens where a label is set), is masked on
+    the label tokens themselves (the decoder's sequence, each row one document, its first `h` labels kept), with
+    one warning saying so: the encoder's input is never hashed. With ``return_dropped_counts=True`` the batch also
     holds ``goldfish_dropped_tokens`` (per row), which ``GoldfishTrainer`` pops for its logs.
 
     Args:
@@ -69,10 +83,20 @@ class GoldfishDataCollator:
                 "dataset must provide them (e.g. DataCollatorForLanguageModeling(tokenizer, mlm=False))."
             )
         input_ids, labels = torch.as_tensor(batch["input_ids"]), torch.as_tensor(batch["labels"])
-        positions = batch.get("position_ids")
-        if positions is None and batch.get("attention_mask") is not None:
-            positions = torch.as_tensor(batch["attention_mask"]).long().cumsum(-1) - 1
-        drop = goldfish_mask(input_ids, self.config, positions) & (labels != IGNORE_INDEX)
+        kept = labels != IGNORE_INDEX
+        if _labels_are_the_inputs(batch, input_ids, labels, kept):
+            positions = batch.get("position_ids")
+            if positions is None and batch.get("attention_mask") is not None:
+                positions = torch.as_tensor(batch["attention_mask"]).long().cumsum(-1) - 1
+            drop = goldfish_mask(input_ids, self.config, positions) & kept
+        else:  # seq2seq: the targets are the decoder's own sequence, hashed as a causal LM hashes its inputs
+            logger.warning_once(
+                "GoldfishDataCollator: the labels are not the input_ids (a seq2seq batch: another length, "
+                "`decoder_input_ids`, or other tokens): goldfish hashes the label tokens themselves, each row's "
+                "labels one document."
+            )
+            positions = kept.long().cumsum(-1) - 1
+            drop = goldfish_mask(labels.masked_fill(~kept, 0), self.config, positions) & kept
         batch["labels"] = labels.masked_fill(drop, IGNORE_INDEX)
         if self.return_dropped_counts:
             batch["goldfish_dropped_tokens"] = drop.reshape(-1, drop.shape[-1]).sum(-1)

@@ -196,6 +196,8 @@ def goldfish_mask(
     if config.strategy == "static":
         shifted = offsets - 1 - config.start
         drop = (shifted >= 0) & (shifted % config.k == 0)
+    elif config.h >= ids.shape[-1]:  # no label has h targets of its own document before it: nothing to hash
+        drop = torch.zeros_like(ids, dtype=torch.bool)
     else:
         drop = _HASH_DROPS[config.strategy](ids, config)
         drop &= offsets >= config.h  # the window holds h targets of this document (its first token is no target)

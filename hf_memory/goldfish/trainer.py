@@ -16,7 +16,9 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import Trainer
 
+from .._utils import check_bool
 from .collator import GoldfishDataCollator
+from .config import GoldfishConfig
 from .training_args import GoldfishArguments, GoldfishTrainingArguments
 
 
@@ -54,10 +56,24 @@ class GoldfishTrainerMixin:
                 f"goldfish settings), got {type(args).__name__}."
             )
         super().__init__(model, args, *more, **kwargs)
-        special_ids = getattr(self.processing_class, "all_special_ids", None) or ()
-        exempt = special_ids if self.args.goldfish_exempt_special_tokens else ()
-        self.goldfish_config = self.args.to_goldfish_config(exempt_token_ids=exempt)
+        self.goldfish_config  # noqa: B018  (checks the tokenizer's special ids now)
         self._goldfish_counts = torch.zeros(2, dtype=torch.long)  # dropped, kept since the last log
+
+    @property
+    def goldfish_config(self) -> GoldfishConfig:
+        """The goldfish settings, read from `self.args` (and the tokenizer's special ids) on every access.
+
+        A `goldfish_*` field of `trainer.args` changed after the trainer was built is honoured by the next
+        `train()`, as the other `TrainingArguments` fields are; a bad value is refused then, before any step,
+        naming the field.
+        """
+        special_ids = getattr(self.processing_class, "all_special_ids", None) or ()
+        exempt = (
+            special_ids
+            if check_bool(self.args.goldfish_exempt_special_tokens, "goldfish_exempt_special_tokens")
+            else ()
+        )
+        return self.args.to_goldfish_config(exempt_token_ids=exempt)
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         """The training dataloader, its collator wrapped in a `GoldfishDataCollator` (evaluation keeps the original).
@@ -90,7 +106,9 @@ class GoldfishTrainerMixin:
         dropped = inputs.pop(DROPPED_KEY, None)
         if dropped is not None and model.training:
             labels = inputs["labels"]
-            kept = (labels[..., 1:] != -100).sum()
+            # a causal LM's first label is no target; every label of an encoder-decoder model is one
+            seq2seq = getattr(getattr(self.model, "config", None), "is_encoder_decoder", False)
+            kept = (labels != -100).sum() if seq2seq else (labels[..., 1:] != -100).sum()
             counts = torch.stack([dropped.sum(), kept]).detach()
             self._goldfish_counts = self._goldfish_counts.to(counts.device) + counts
         return super().compute_loss(model, inputs, *args, **kwargs)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .._utils import check_bool
 from .config import GoldfishConfig, check_goldfish_settings
 
 
@@ -51,6 +52,9 @@ class GoldfishArguments:
             self.goldfish_start,
             names=("goldfish_k", "goldfish_h", "goldfish_strategy", "goldfish_start"),
         )
+        self.goldfish_exempt_special_tokens = check_bool(
+            self.goldfish_exempt_special_tokens, "goldfish_exempt_special_tokens"
+        )
 
     def to_goldfish_config(self, exempt_token_ids: Iterable[int] = ()) -> GoldfishConfig:
         """The `GoldfishConfig` these arguments describe.
@@ -62,15 +66,17 @@ class GoldfishArguments:
             A new `GoldfishConfig` with `k`, `h`, `strategy` and `start` from the `goldfish_*` fields.
 
         Raises:
-            ValueError: If an id in `exempt_token_ids` is not an integer.
+            ValueError: If a `goldfish_*` field (checked again: it may have been changed since the arguments were
+                built) is out of range, naming it, or an id in `exempt_token_ids` is not a token id.
         """
-        return GoldfishConfig(
-            k=self.goldfish_k,
-            h=self.goldfish_h,
-            strategy=self.goldfish_strategy,
-            start=self.goldfish_start,
-            exempt_token_ids=tuple(exempt_token_ids),
+        k, h, strategy, start = check_goldfish_settings(
+            self.goldfish_k,
+            self.goldfish_h,
+            self.goldfish_strategy,
+            self.goldfish_start,
+            names=("goldfish_k", "goldfish_h", "goldfish_strategy", "goldfish_start"),
         )
+        return GoldfishConfig(k=k, h=h, strategy=strategy, start=start, exempt_token_ids=tuple(exempt_token_ids))
 
 
 @dataclass

@@ -8,6 +8,11 @@ from typing import ClassVar
 from .._utils import HubConfigMixin, check_integer, check_number
 
 
+# A channel id indexes one output of a projection: torch indexes in int64, and no layer is anywhere near 2**31
+# channels wide, so a larger id is a mistake; it is refused when the config is built, not deep in torch later.
+MAX_CHANNEL = 2**31 - 1
+
+
 @dataclass
 class NeMoConfig(HubConfigMixin):
     """Which value-projection channels to silence, per module name, and by how much.
@@ -20,7 +25,7 @@ class NeMoConfig(HubConfigMixin):
 
     Raises:
         ValueError: If `scale` is outside [0, 1], or `neurons` is not a dict of non-empty module names to lists of
-            non-negative integer channel ids.
+            integer channel ids from 0 to 2**31 - 1.
 
     Examples:
         >>> config = NeMoConfig({"mid_block.attentions.0.transformer_blocks.0.attn2.to_v": [7, 3, 7]})
@@ -49,7 +54,10 @@ class NeMoConfig(HubConfigMixin):
                 raise ValueError(f"`neurons` keys must be non-empty module names, got {name!r}.")
             if isinstance(channels, (str, bytes)) or not hasattr(channels, "__iter__"):
                 raise ValueError(f"`neurons[{name!r}]` must be a list of channel ids, got {channels!r}.")
-            channels = [check_integer(c, f"neurons[{name!r}]", minimum=0, hint="channel ids") for c in channels]
+            channels = [
+                check_integer(c, f"neurons[{name!r}]", minimum=0, maximum=MAX_CHANNEL, hint="channel ids")
+                for c in channels
+            ]
             if channels:
                 neurons[name] = sorted(set(channels))
         self.neurons = neurons
