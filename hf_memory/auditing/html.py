@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import TYPE_CHECKING
 
 import jinja2
 import numpy as np
@@ -12,9 +11,6 @@ import numpy as np
 from .._utils import require_extra
 from .summary import SIGNAL_COLUMNS
 
-
-if TYPE_CHECKING:
-    from .report import AuditReport
 
 MODEL_COLOR = "#c0392b"
 REFERENCE_COLOR = "#7f8c8d"
@@ -315,11 +311,11 @@ def _fmt(value, kind: str) -> str:
     return f"{value:.3f}"
 
 
-def verdict(report: AuditReport) -> str:
+def verdict(report) -> str:
     """One sentence on what the audit found, in numbers.
 
     Args:
-        report: The audit.
+        report: The audit (an `AuditReport`: not imported here, since the report module calls this one).
     """
     metrics, reference = report.metrics, report.reference_metrics
     n = report.data["num_windows"]
@@ -335,11 +331,11 @@ def verdict(report: AuditReport) -> str:
     return text + "."
 
 
-def render_html(report: AuditReport) -> str:
+def render_html(report) -> str:
     """The audit's page (see `AuditReport.to_html`).
 
     Args:
-        report: The audit.
+        report: The audit (an `AuditReport`).
 
     Returns:
         The page's HTML.
