@@ -54,7 +54,12 @@ from hf_memory.data import document_windows, stdlib_docstrings
 from hf_memory.extraction import measure_extraction
 from hf_memory.fastmem import last_ffn_lora_config
 from hf_memory.goldfish import GoldfishTrainer, GoldfishTrainingArguments
-from hf_memory.membership import membership_report, membership_scores
+from hf_memory.membership import (
+    blind_baseline_scores,
+    membership_inference_scores,
+    membership_report,
+    membership_scores,
+)
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -69,19 +74,21 @@ def settings(small: bool, model: str = "tiny") -> dict:
             "model": "smollm2", "members": 32, "non_members": 100, "length": 32, "prefix": 16, "suffix": 16,
             "epochs": 4, "checkpoints": [1, 2, 4], "seeds": [0, 1, 2], "lr": 3e-4, "lora_lr": 2e-3, "lora_r": 16,
             "batch_size": 8, "goldfish_k": 4, "goldfish_h": 13, "n_bootstrap": 1000, "biased_non_members": 100,
+            "blind_null_splits": 40,
         }  # fmt: skip
     if small:
         return {
             "model": "tiny", "hidden": 32, "layers": 2, "vocab": 384, "pretrain_epochs": 1, "pretrain_lr": 3e-3,
             "members": 8, "non_members": 8, "length": 24, "prefix": 12, "suffix": 12, "epochs": 2,
             "checkpoints": [1, 2], "seeds": [0], "lr": 3e-3, "lora_lr": 1e-2, "lora_r": 4, "batch_size": 4,
-            "goldfish_k": 4, "goldfish_h": 13, "n_bootstrap": 100, "biased_non_members": 8,
+            "goldfish_k": 4, "goldfish_h": 13, "n_bootstrap": 100, "biased_non_members": 8, "blind_null_splits": 2,
         }  # fmt: skip
     return {
         "model": "tiny", "hidden": 64, "layers": 2, "vocab": 512, "pretrain_epochs": 2, "pretrain_lr": 3e-3,
         "members": 64, "non_members": 200, "length": 48, "prefix": 24, "suffix": 24, "epochs": 16,
         "checkpoints": [4, 8, 16], "seeds": [0, 1, 2], "lr": 2e-3, "lora_lr": 1e-2, "lora_r": 16, "batch_size": 8,
         "goldfish_k": 4, "goldfish_h": 13, "n_bootstrap": 1000, "biased_non_members": 150,
+        "blind_null_splits": 40,
     }  # fmt: skip
 
 
@@ -160,15 +167,27 @@ def tiny_base(st: dict):
     return model, tokenizer, {"windows": len(data), "steps": step, "final_loss": round(loss.item(), 3)}
 
 
+def unique(windows: list[list[int]], exclude: list[list[int]] = ()) -> list[list[int]]:
+    """`windows` without repeats (first copy kept) and without those in `exclude`: two documents can begin alike,
+    and one window cannot be both a member and a non-member."""
+    seen = {tuple(w) for w in exclude}
+    kept = []
+    for window in windows:
+        if tuple(window) not in seen:
+            seen.add(tuple(window))
+            kept.append(window)
+    return kept
+
+
 def docstring_pool(tokenizer, length: int) -> list[list[int]]:
-    """Every standard-library docstring of at least 300 characters, cut to its first `length` tokens."""
-    return document_windows(tokenizer, stdlib_docstrings(min_chars=300), length)
+    """Every standard-library docstring of at least 300 characters, cut to its first `length` tokens (distinct)."""
+    return unique(document_windows(tokenizer, stdlib_docstrings(min_chars=300), length))
 
 
-def reference_manual_pool(tokenizer, length: int) -> list[list[int]]:
+def reference_manual_pool(tokenizer, length: int, pool: list[list[int]]) -> list[list[int]]:
     """The language-reference chunks the base model was not pre-trained on (every fourth), cut to `length` tokens:
-    another source than the docstrings."""
-    return document_windows(tokenizer, language_reference_chunks()[::4], length)
+    another source than the docstrings (any window also in the docstring `pool` left out)."""
+    return unique(document_windows(tokenizer, language_reference_chunks()[::4], length), exclude=pool)
 
 
 def split(pool: list, members: int, non_members: int, seed: int) -> tuple[list, list]:
@@ -339,10 +358,31 @@ def run(small: bool, output: str, model: str = "tiny") -> dict:
         print(f"[base] pre-trained: {results['pretraining']}", flush=True)
     base.eval()
     pool = docstring_pool(tokenizer, st["length"])
+    if results.get("blind_null") is None:
+        # The blind baseline alone (texts, no model) on many random splits of the same source: how often does its
+        # verdict ("distinguishable without the model") fire where the two sets differ only by chance?
+        print(f"[blind baseline on {st['blind_null_splits']} random splits]", flush=True)
+        cpu = time.process_time()
+        runs = []
+        for split_seed in range(st["blind_null_splits"]):
+            members, non_members = split(pool, st["members"], st["non_members"], 1000 + split_seed)
+            texts = tokenizer.batch_decode(members + non_members, skip_special_tokens=True)
+            labels = [1] * len(members) + [0] * len(non_members)
+            scores = blind_baseline_scores(texts, labels, seed=split_seed)
+            entry = membership_inference_scores(scores, labels, fprs=[0.01], n_bootstrap=st["n_bootstrap"],
+                                                seed=split_seed)  # fmt: skip
+            runs.append({"auc": entry["roc_auc"], "auc_interval": entry["roc_auc_interval"]})
+        results["blind_null"] = {
+            "runs": runs,
+            "fired": sum(r["auc_interval"][0] > 0.5 for r in runs),
+            "below": sum(r["auc_interval"][1] < 0.5 for r in runs),
+            "cpu_s": round(time.process_time() - cpu, 1),
+        }
+        save(results, output)
     if results["biased"] is None:
         print("[biased split] base model, docstrings vs the language reference", flush=True)
         members, _ = split(pool, st["members"], 0, st["seeds"][0])
-        _, others = split(reference_manual_pool(tokenizer, st["length"]), 0, st["biased_non_members"], 0)
+        _, others = split(reference_manual_pool(tokenizer, st["length"], pool), 0, st["biased_non_members"], 0)
         started, cpu = time.time(), time.process_time()
         docs, labels = members + others, [1] * len(members) + [0] * len(others)
         texts = tokenizer.batch_decode(docs, skip_special_tokens=True)
@@ -476,6 +516,13 @@ def summarize(results: dict) -> str:
     cpu = sum(r.get("train_cpu_s", 0) for r in results["runs"].values())
     cpu += sum(c["cpu_s"] for r in results["runs"].values() for c in r["checkpoints"].values())
     cpu += sum(b["cpu_s"] for b in results["base"].values()) + (results.get("biased") or {}).get("cpu_s", 0)
+    cpu += (results.get("pretraining") or {}).get("cpu_s", 0) + (results.get("blind_null") or {}).get("cpu_s", 0)
+    if results.get("blind_null"):
+        null = results["blind_null"]
+        aucs = [r["auc"] for r in null["runs"]]
+        lines += ["", f"Blind baseline alone on {len(aucs)} random splits of the docstrings: AUC mean {np.mean(aucs):.3f} "
+                  f"(sd {np.std(aucs):.3f}, {min(aucs):.3f}–{max(aucs):.3f}); its 95% interval lies above 0.5 in "
+                  f"{null['fired']} and below 0.5 in {null['below']} of {len(aucs)} splits."]  # fmt: skip
     lines += ["", f"CPU time recorded: {cpu / 3600:.2f} h ({results['machine']['cpu_count']} cores, "
               f"{results['machine']['torch_threads']} torch thread)."]  # fmt: skip
     return "\n".join(lines)

@@ -277,6 +277,7 @@ def test_the_evidence_script_runs_small_resumes_and_summarizes(tmp_path):
     assert set(last["report"]["attacks"]) == {"loss", "zlib", "min_k", "min_k_plus_plus", "reference"}
     assert last["extraction_non_members"] is not None and results["base"]["seed0"]["report"]["blind_baseline"]
     assert results["biased"]["report"]["blind_baseline"]["auc"] is not None
+    assert len(results["blind_null"]["runs"]) == 2 and "random splits" in out.stdout
     assert "| standard | 2 |" in out.stdout
     # a run that was cut off is redone whole; the finished ones are kept as they are
     results["runs"]["seed0/goldfish"] = {"checkpoints": {}, "finished": False}
