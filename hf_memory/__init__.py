@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ._utils import lazy_getattr
 from ._utils.version import __version__
-from .metrics import EXTRACTABLE_MEMORIZATION, GRAPH_REASONING
+from .metrics import EXTRACTABLE_MEMORIZATION, GRAPH_REASONING, MEMBERSHIP_INFERENCE
 
 
 _LAZY = {
@@ -86,6 +86,16 @@ _LAZY = {
         "value_projection_names",
     ],
     "auditing": ["AuditConfig", "AuditReport", "audit"],
+    "membership": [
+        "MEMBERSHIP_ATTACKS",
+        "MembershipConfig",
+        "MembershipReport",
+        "MembershipResult",
+        "blind_baseline_scores",
+        "membership_inference_scores",
+        "membership_report",
+        "membership_scores",
+    ],
     "memcontrol": [
         "ExtractionAttackResult",
         "MemControlMask",
@@ -213,6 +223,16 @@ if TYPE_CHECKING:
         shortcut_answers,
         transfer_report,
     )
+    from .membership import (
+        MEMBERSHIP_ATTACKS,
+        MembershipConfig,
+        MembershipReport,
+        MembershipResult,
+        blind_baseline_scores,
+        membership_inference_scores,
+        membership_report,
+        membership_scores,
+    )
     from .memcontrol import (
         ExtractionAttackResult,
         MemControlMask,
@@ -246,5 +266,10 @@ if TYPE_CHECKING:
 __getattr__, __dir__ = lazy_getattr(__name__, globals(), _LAZY)
 
 __all__ = sorted(
-    ["EXTRACTABLE_MEMORIZATION", "GRAPH_REASONING", *(name for names in _LAZY.values() for name in names)]
+    [
+        "EXTRACTABLE_MEMORIZATION",
+        "GRAPH_REASONING",
+        "MEMBERSHIP_INFERENCE",
+        *(name for names in _LAZY.values() for name in names),
+    ]
 )

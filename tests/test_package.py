@@ -125,7 +125,7 @@ def test_metric_folders_are_adapters_importing_their_capability():
     """The dependency runs one way, metric folder -> capability: no module of the package imports a metric folder
     (`hf_memory.metrics` itself only holds their paths), and each metric script reaches hf_memory only through a
     capability."""
-    assert METRIC_FOLDERS == ["extractable_memorization", "graph_reasoning"]
+    assert METRIC_FOLDERS == ["extractable_memorization", "graph_reasoning", "membership_inference"]
     backwards = []
     for folder, _, files in os.walk(PACKAGE):
         if os.path.relpath(folder, PACKAGE).split(os.sep)[0] == "metrics":
