@@ -96,6 +96,7 @@ _LAZY = {
         "maskable_groups",
         "noise_magnitude",
     ],
+    "memfree": ["MemFreeLogitsProcessor", "NgramIndex", "NgramIndexConfig"],
     "fact_scaling": [
         "CapacityFit",
         "FactCapacityCallback",
@@ -219,6 +220,7 @@ if TYPE_CHECKING:
         maskable_groups,
         noise_magnitude,
     )
+    from .memfree import MemFreeLogitsProcessor, NgramIndex, NgramIndexConfig
     from .models import default_model_path, load_model
     from .nemo import (
         NEMO_HOOK,
