@@ -304,6 +304,10 @@ class NgramIndex:
         """
         ids = self._contexts(contexts, self.n - 1, "contexts")
         limit = self.vocab_size if vocab_size is None else min(self.vocab_size, int(vocab_size))
+        return self._forbidden(ids, limit)
+
+    def _forbidden(self, ids: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """`forbidden_tokens` for checked contexts (a 2-D int64 array of n - 1 columns): the guard's fast path."""
         hashes = context_hashes(ids, self.config.hash_seed)
         if isinstance(self._store, ExactStore):
             rows, tokens = self._store.successors(hashes)

@@ -98,8 +98,8 @@ class MemFreeLogitsProcessor(LogitsProcessor):
             self.num_steps += 1
         if input_ids.shape[-1] < width:
             return scores
-        contexts = input_ids[:, -width:].cpu().numpy()
-        rows, tokens = self.index.forbidden_tokens(contexts, vocab_size=scores.shape[-1])
+        contexts = input_ids[:, -width:].cpu().numpy()  # generate's ids: a 2-D integer tensor, no check needed
+        rows, tokens = self.index._forbidden(contexts, min(self.index.vocab_size, scores.shape[-1]))
         if not len(rows):
             return scores
         device = scores.device
