@@ -103,11 +103,12 @@ class MemFreeLogitsProcessor(LogitsProcessor):
         if not len(rows):
             return scores
         device = scores.device
-        mask = torch.zeros(scores.shape, dtype=torch.bool, device=device)
-        mask[torch.from_numpy(rows).to(device), torch.from_numpy(tokens).to(device)] = True
-        guarded = scores.masked_fill(mask, float("-inf"))
-        touched = torch.from_numpy(np.unique(rows)).to(device)
-        stuck = touched[~torch.isfinite(guarded[touched]).any(-1) & torch.isfinite(scores[touched]).any(-1)]
+        rows_t, tokens_t = torch.from_numpy(rows).to(device), torch.from_numpy(tokens).to(device)
+        guarded = scores.clone()  # O(forbidden) writes, no |V|-wide mask: the cost stays small at any batch size
+        guarded[rows_t, tokens_t] = float("-inf")
+        # a row is stuck when the guard removed every token it could take: its best score fell to -inf
+        stuck = torch.nonzero(torch.isneginf(guarded.amax(-1)) & ~torch.isneginf(scores.amax(-1))).flatten()
+        masked = len(rows)
         if len(stuck):
             if self.fallback == "error":
                 raise RuntimeError(
@@ -115,6 +116,7 @@ class MemFreeLogitsProcessor(LogitsProcessor):
                     "n-gram (fallback='error')."
                 )
             guarded[stuck] = scores[stuck]
+            masked -= int(np.isin(rows, stuck.cpu().numpy()).sum())
             warnings.warn(
                 f"MemFree: every token row(s) {stuck.tolist()} could take completes an indexed n-gram; those rows "
                 "were left unchanged for this step (fallback='unchanged').",
@@ -122,6 +124,6 @@ class MemFreeLogitsProcessor(LogitsProcessor):
                 stacklevel=2,
             )
         with self._lock:
-            self.num_masked += int(mask.sum()) - int(mask[stuck].sum())
+            self.num_masked += masked
             self.num_fallbacks += len(stuck)
         return guarded
