@@ -96,7 +96,7 @@ _LAZY = {
         "maskable_groups",
         "noise_magnitude",
     ],
-    "memfree": ["MemFreeLogitsProcessor", "NgramIndex", "NgramIndexConfig"],
+    "memfree": ["MEMFREE_FALLBACKS", "MEMFREE_MODES", "MemFreeLogitsProcessor", "NgramIndex", "NgramIndexConfig"],
     "fact_scaling": [
         "CapacityFit",
         "FactCapacityCallback",
@@ -220,7 +220,7 @@ if TYPE_CHECKING:
         maskable_groups,
         noise_magnitude,
     )
-    from .memfree import MemFreeLogitsProcessor, NgramIndex, NgramIndexConfig
+    from .memfree import MEMFREE_FALLBACKS, MEMFREE_MODES, MemFreeLogitsProcessor, NgramIndex, NgramIndexConfig
     from .models import default_model_path, load_model
     from .nemo import (
         NEMO_HOOK,

@@ -341,10 +341,44 @@ def test_a_row_whose_only_open_tokens_are_forbidden_falls_back_other_rows_are_gu
     index = build([[0, 1, 2], [0, 1, 1]], n=3, vocab_size=4)
     scores = torch.tensor([[0.0, 0.0, 0.0, float("-inf")], [0.0, 0.0, 0.0, 0.0]])
     scores[0, 0] = float("-inf")  # another processor closed tokens 0 and 3: only 1 and 2 are open, both forbidden
+    guard = MemFreeLogitsProcessor(index)
     with pytest.warns(UserWarning):
-        out = MemFreeLogitsProcessor(index)(torch.tensor([[0, 1], [0, 1]]), scores)
+        out = guard(torch.tensor([[0, 1], [0, 1]]), scores)
     assert torch.equal(out[0], scores[0])
     assert torch.isinf(out[1]).tolist() == [False, True, True, False]
+    assert (guard.num_masked, guard.num_fallbacks) == (2, 1)  # the row left unchanged masks nothing
+
+
+def test_the_guard_never_writes_into_the_scores_it_is_given():
+    index = build([[0, 1, 2]], n=3, vocab_size=4)
+    scores = torch.zeros(2, 4)
+    out = MemFreeLogitsProcessor(index)(torch.tensor([[0, 1], [1, 1]]), scores)
+    assert torch.equal(scores, torch.zeros(2, 4)) and torch.isinf(out).nonzero().tolist() == [[0, 2]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_scores_are_guarded_and_keep_their_dtype(dtype):
+    vocab = 3
+    index = build(
+        [[a, b, c] for a in range(vocab) for b in range(vocab) for c in range(vocab)][:-1], n=3, vocab_size=3
+    )
+    guard = MemFreeLogitsProcessor(index)
+    with pytest.warns(UserWarning, match="left unchanged"):
+        out = guard(torch.tensor([[2, 2], [0, 0]]), torch.zeros(2, vocab, dtype=dtype))
+    # row 0 keeps token 2 (the n-gram 2 2 2 is the one left out); row 1 (context 0 0) has every token forbidden
+    assert out.dtype == dtype and torch.isinf(out[0]).tolist() == [True, True, False]
+    assert not torch.isinf(out[1]).any() and guard.num_fallbacks == 1
+
+
+def test_ids_outside_the_index_vocabulary_are_never_an_error():
+    """A model's output layer is often wider than its tokenizer (padded to a multiple of 64): contexts may hold ids
+    the index never saw, and the scores may be wider or narrower than the index's vocabulary."""
+    index = build([[1, 2, 3, 7]], n=3, vocab_size=8)
+    guard = MemFreeLogitsProcessor(index)
+    wide = guard(torch.tensor([[1, 2], [2, 3], [50, 60], [3, 2**40]]), torch.zeros(4, 64))
+    assert torch.isinf(wide).nonzero().tolist() == [[0, 3], [1, 7]]
+    narrow = guard(torch.tensor([[1, 2], [2, 3]]), torch.zeros(2, 5))  # token 7 is beyond these scores
+    assert torch.isinf(narrow).nonzero().tolist() == [[0, 3]]
 
 
 # ---------------------------------------------------------------- tokenizers
@@ -541,3 +575,40 @@ def test_a_missing_extra_names_the_install_command_and_exact_mode_still_works():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("2\n") and 'pip install "hf-memory[memfree]"' in done.stdout
+
+
+# ---------------------------------------------------------------- the evidence script and the benchmark
+
+
+@pytest.mark.slow  # loads the embedded SmolLM2 and fine-tunes it for one epoch (about 4 min on 2 busy cores)
+def test_evidence_example_small_mode(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "examples/memfree_evidence.py", "--small", "--output-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(tmp_path / "results.json") as f:
+        results = json.load(f)
+    assert results["check"]["generate_equals_measure_extraction"]
+    guarded = [name for name in results["train"] if name.startswith("n=")]
+    assert len(guarded) == 8  # two values of n, exact and three Bloom seeds each
+    for name in guarded:  # by construction: nothing indexed comes out, so no window is extracted exactly
+        assert results["train"][name]["indexed_ngrams_in_output"] == 0, name
+        assert results["train"][name]["exact_match"] == 0.0, name
+    assert set(results["held_out"]) >= {*guarded, "teacher_forced"}
+
+
+@pytest.mark.slow  # a fresh interpreter, a tiny model
+def test_overhead_benchmark_small_mode(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "benchmarks/memfree_overhead.py", "--small", "--output", str(tmp_path / "out.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(tmp_path / "out.json") as f:
+        results = json.load(f)
+    assert results["libraries"]["fastbloom-rs"]["no_false_negative"]
+    assert results["build"]["exact"]["distinct_ngrams"] == results["build"]["bloom"]["distinct_ngrams"]
+    assert all("ratio" in row for key, row in results["generate"].items() if not key.endswith("unguarded"))
