@@ -19,6 +19,7 @@ from transformers import LogitsProcessorList, PreTrainedTokenizerFast, pipeline
 
 from hf_memory import MemFreeLogitsProcessor, NgramIndex, NgramIndexConfig
 from hf_memory.memfree.hashing import context_hashes
+from hf_memory.memfree.index import _facts_digest
 from tests.testing_utils import TINY_VOCAB, docstring_bpe, tiny_causal_lm
 
 
@@ -459,6 +460,27 @@ def test_damaged_or_mixed_files_are_refused_by_name(mode, tmp_path):
         NgramIndex.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("num_hashes", 1), ("num_hashes", -1), ("num_hashes", None), ("canaries", []), ("vocab_size", 10),
+     ("vocab_size", -5), ("num_keys", "many"), ("tokenizer_fingerprint", 5)],
+)  # fmt: skip
+def test_an_edited_index_json_is_refused(key, value, tmp_path):
+    """Regression: with `num_hashes` edited down to 1 the filter loaded and forbade tokens it never held; a negative
+    or missing one raised a bare OverflowError / TypeError; dropped canaries skipped the check."""
+    index = build(random_corpus(), mode="bloom")
+    index.save_pretrained(tmp_path)
+    path = tmp_path / "memfree_index.json"
+    facts = json.loads(path.read_text())
+    if key == "num_hashes":
+        facts["library"][key] = value
+    else:
+        facts[key] = value
+    path.write_text(json.dumps(facts))
+    with pytest.raises(ValueError, match="memfree_index.json .* was edited or damaged"):
+        NgramIndex.from_pretrained(tmp_path)
+
+
 def test_loading_from_nowhere_says_where_it_looked(tmp_path):
     with pytest.raises(ValueError, match="No memfree_index.json"):
         NgramIndex.from_pretrained(tmp_path)
@@ -478,6 +500,7 @@ def test_a_filter_that_no_longer_finds_its_keys_is_refused(tmp_path):
     index.save_pretrained(tmp_path)
     facts = json.loads((tmp_path / "memfree_index.json").read_text())
     facts["canaries"] = [int(k) ^ 0x5A5A5A5A for k in facts["canaries"]]  # as if the library hashed differently
+    facts["facts_sha256"] = _facts_digest(facts)  # an intact file: only the filter disagrees
     (tmp_path / "memfree_index.json").write_text(json.dumps(facts))
     with pytest.raises(ValueError, match="does not find the keys it was saved with"):
         NgramIndex.from_pretrained(tmp_path)

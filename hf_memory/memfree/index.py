@@ -15,6 +15,7 @@ non-indexed one is reported at most at the filter's false-positive rate. The "ex
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import tempfile
@@ -65,6 +66,12 @@ def _bucket_bits(vocab_size: int) -> int:
 def _check_tokenizer_object(tokenizer) -> None:
     if not callable(getattr(tokenizer, "get_vocab", None)) or not callable(getattr(tokenizer, "__len__", None)):
         raise ValueError(f"`tokenizer` must be a transformers tokenizer (with get_vocab), got {tokenizer!r:.80}.")
+
+
+def _facts_digest(facts: dict) -> str:
+    """The sha256 of `memfree_index.json`'s content (its own digest left out): an edited file is refused."""
+    content = {key: value for key, value in facts.items() if key != "facts_sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def _sha256(path: str) -> str:
@@ -395,11 +402,13 @@ class NgramIndex:
                 "num_hashes": self._store.num_hashes,
             }
             facts["canaries"] = [int(key) for key in self._canaries]
+        facts["facts_sha256"] = _facts_digest(facts)
         return facts
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> str:
         """Write the index into `save_directory`: `memfree_config.json` (the settings, `NgramIndexConfig`),
-        `memfree_index.json` (vocabulary size, tokenizer fingerprint, counts, the data file's size and sha256) and
+        `memfree_index.json` (vocabulary size, tokenizer fingerprint, counts, the data file's size and sha256, and a
+        digest of its own content) and
         the keys as binary (`memfree_bloom.bin`: the filter's bit array; `memfree_ngrams.npz`: two numpy arrays).
         No pickle. Each file is written to a temporary name and renamed into place; the data file goes first and
         the JSON that records its checksum after it, so a save that was cut short is detected when loading.
@@ -450,8 +459,9 @@ class NgramIndex:
             token: The Hub token when `pretrained_path` is a private repo id.
 
         Raises:
-            ValueError: If a file is missing, damaged, edited or from another save (its size or sha256 differs from
-                the recorded one; the settings differ between the two JSON files), or the Bloom filter no longer
+            ValueError: If a file is missing, damaged, edited or from another save (the data file's size or sha256
+                differs from the recorded one, `memfree_index.json` no longer matches its own digest, the settings
+                differ between the two JSON files), or the Bloom filter no longer
                 answers for keys known to be in it (a fastbloom-rs release that hashes differently).
             ImportError: For a "bloom" index without the `memfree` extra.
         """
@@ -487,11 +497,26 @@ class NgramIndex:
         config = NgramIndexConfig.from_pretrained(os.path.dirname(config_path))
         if facts.get("format") != INDEX_FORMAT:
             raise ValueError(f"{FACTS_NAME} in {folder!r} has format {facts.get('format')!r}; this release reads 1.")
+        if facts.get("facts_sha256") != _facts_digest(facts):
+            raise ValueError(
+                f"{FACTS_NAME} in {folder!r} was edited or damaged (its content no longer matches the digest it was "
+                f"saved with); {hint}."
+            )
         try:
             recorded = NgramIndexConfig.from_dict(facts["config"])
-            data_name, vocab_size = facts["data_file"], int(facts["vocab_size"])
-            size, checksum = int(facts["data_bytes"]), facts["data_sha256"]
-        except (KeyError, TypeError, ValueError) as err:
+            data_name, size, checksum = facts["data_file"], int(facts["data_bytes"]), facts["data_sha256"]
+            vocab_size = check_integer(facts["vocab_size"], "vocab_size", minimum=1)
+            counts = [
+                check_integer(facts[name], name, minimum=0, allow_none=name == "num_ngrams")
+                for name in ("num_ngrams", "num_keys", "num_ngram_occurrences")
+            ]
+            fingerprint = facts["tokenizer_fingerprint"]
+            if fingerprint is not None and not isinstance(fingerprint, str):
+                raise ValueError(f"tokenizer_fingerprint {fingerprint!r} is not a string")
+            if recorded.mode == "bloom":
+                num_hashes = check_integer(facts["library"]["num_hashes"], "num_hashes", minimum=1, maximum=64)
+                canaries = np.array([check_integer(key, "canary", minimum=0) for key in facts["canaries"]], np.uint64)
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise ValueError(f"{FACTS_NAME} in {folder!r} is damaged ({type(err).__name__}: {err}); {hint}.") from None
         if recorded != config:
             raise ValueError(
@@ -508,11 +533,10 @@ class NgramIndex:
                 f"{FACTS_NAME}): it was edited, cut short or written by another save; {hint}."
             )
         if config.mode == "bloom":
-            library = facts.get("library") or {}
+            library = facts["library"]
             with open(data_path, "rb") as f:
-                store = BloomStore.from_bytes(f.read(), int(library.get("num_hashes", 0)))
-            canaries = np.array([int(key) for key in facts.get("canaries", [])], dtype=np.uint64)
-            if len(canaries) and not store.contains(canaries).all():
+                store = BloomStore.from_bytes(f.read(), num_hashes)
+            if not store.contains(canaries).all():
                 raise ValueError(
                     f"The Bloom filter in {folder!r} does not find the keys it was saved with: it was written by "
                     f"{BLOOM_LIBRARY} {library.get('version')}, which hashes differently from the installed "
@@ -527,15 +551,7 @@ class NgramIndex:
             if prefixes.dtype != np.uint64 or tokens.dtype != np.uint32 or prefixes.shape != tokens.shape:
                 raise ValueError(f"{data_path} does not hold the arrays of an exact n-gram index; {hint}.")
             store = ExactStore(prefixes, tokens)
-        index = cls(
-            config,
-            store,
-            vocab_size,
-            facts.get("tokenizer_fingerprint"),
-            facts.get("num_ngrams"),
-            int(facts.get("num_keys", 0)),
-            int(facts.get("num_ngram_occurrences", 0)),
-        )
+        index = cls(config, store, vocab_size, fingerprint, *counts)
         if config.mode == "bloom":
             index._canaries = canaries
         return index
