@@ -11,7 +11,7 @@ per decoding step, and guarded `generate` against unguarded per token at batch 1
 4. SmolLM2-135M `generate` (greedy, 32 new tokens after 32-token prompts) with and without the guard, runs
    alternating so machine noise hits both alike, prompts from indexed and from other documents.
 
-    python benchmarks/memfree_overhead.py            # about 15 min on 2 busy CPU cores
+    python benchmarks/memfree_overhead.py --output benchmarks/results/memfree_overhead.json  # resumes from it
     python benchmarks/memfree_overhead.py --small    # a tiny model and a small corpus (a test runs it)
 """
 
@@ -208,13 +208,16 @@ def guard_cost(indexes: dict, sequences, tokenizer, n: int, vocab: int) -> dict:
 
 
 @torch.inference_mode()
-def generate_overhead(model, tokenizer, guards: dict, prompts: dict, new_tokens: int, repeats: int) -> dict:
+def generate_overhead(model, guards: dict, prompts: dict, new_tokens: int, repeats: int, out: dict, save) -> dict:
+    """Fills `out` one (batch, prompts) cell at a time, calling `save()` after each; cells already in `out` are
+    skipped (a resumed run)."""
     from transformers import GenerationConfig, LogitsProcessorList
 
     model.generation_config = GenerationConfig(eos_token_id=None, pad_token_id=0)
-    out = {}
     for batch in (1, 16):
         for kind, ids in prompts.items():
+            if f"batch {batch}, {kind} prompts, unguarded" in out:
+                continue
             rows = ids[:batch]
             arms = {"unguarded": None, **guards}
             times = {arm: [] for arm in arms}
@@ -237,22 +240,42 @@ def generate_overhead(model, tokenizer, guards: dict, prompts: dict, new_tokens:
             base = statistics.median(times["unguarded"])
             for arm in arms:
                 key = f"batch {batch}, {kind} prompts, {arm}"
-                out[key] = {"ms_per_token": 1000 * statistics.median(times[arm])}
+                out[key] = {"ms_per_token": 1000 * statistics.median(times[arm]), "new_tokens": new_tokens}
+                out[key]["repeats"] = repeats
                 if arm != "unguarded":
                     out[key]["ratio"] = statistics.median(times[arm]) / base
                 print(key, json.dumps(out[key]), flush=True)
+            save()
     return out
 
 
-def main(small: bool, output: str | None, threads: int) -> dict:
+def main(small: bool, output: str | None, threads: int, new_tokens: int | None, repeats: int | None) -> dict:
     torch.set_num_threads(threads)
-    results = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {threads} torch "
-        f"thread(s), torch {torch.__version__}, numpy {np.__version__}",
-        "small": small,
-    }
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {threads} torch thread(s), "
+        f"torch {torch.__version__}, numpy {np.__version__}"
+    )
+    new_tokens = new_tokens or (8 if small else 32)
+    repeats = repeats or (2 if small else 5)
+    results = {}
+    if output and os.path.exists(output):  # resume: parts already measured are kept
+        with open(output) as f:
+            results = json.load(f)
+        if results.get("small") != small or results.get("machine") != machine:
+            results = {}
+    results.update(machine=machine, small=small)
+    results.setdefault("generate_settings", {"new_tokens": new_tokens, "repeats": repeats})
+
+    def save() -> None:
+        if output:
+            with open(output + ".tmp", "w") as f:
+                json.dump(results, f, indent=1)
+            os.replace(output + ".tmp", output)
+
     n = 10
-    results["libraries"] = libraries(100_000 if small else 1_000_000)
+    if "libraries" not in results:
+        results["libraries"] = libraries(100_000 if small else 1_000_000)
+        save()
     if small:
         from transformers import PreTrainedTokenizerFast
 
@@ -264,9 +287,13 @@ def main(small: bool, output: str | None, threads: int) -> dict:
         model, tokenizer = load_model()
         model.eval()
     sequences = corpus_ids(tokenizer, 300 if small else None)
-    results["build"], indexes = build_throughput(sequences, tokenizer, n)
+    build, indexes = build_throughput(sequences, tokenizer, n)
+    results.setdefault("build", build)  # the indexes are needed below anyway; a resumed run keeps the first figures
+    save()
     vocab = model.get_output_embeddings().weight.shape[0]
-    results["guard_step_us"] = guard_cost(indexes, sequences, tokenizer, n, vocab)
+    if "guard_step_us" not in results:
+        results["guard_step_us"] = guard_cost(indexes, sequences, tokenizer, n, vocab)
+        save()
     held = sequences[-16:]  # reordered below, so that the prompts are not in the index
     rng = np.random.default_rng(1)
     indexed_prompts = torch.tensor([sequences[i][:32] for i in rng.choice(len(sequences), 16, replace=False)])
@@ -274,17 +301,15 @@ def main(small: bool, output: str | None, threads: int) -> dict:
     other = [" ".join(tokenizer.decode(s[:48]).split()[::-1]) for s in held]
     other_prompts = torch.tensor([tokenizer(t, add_special_tokens=False)["input_ids"][:32] for t in other])
     guards = {name: MemFreeLogitsProcessor(indexes[name], tokenizer) for name in ("bloom", "exact")}
-    results["generate"] = generate_overhead(
+    generate_overhead(
         model,
-        tokenizer,
         guards,
         {"indexed": indexed_prompts, "other": other_prompts},
-        new_tokens=8 if small else 32,
-        repeats=2 if small else 5,
+        new_tokens=new_tokens,
+        repeats=repeats,
+        out=results.setdefault("generate", {}),
+        save=save,
     )
-    if output:
-        with open(output, "w") as f:
-            json.dump(results, f, indent=1)
     return results
 
 
@@ -293,5 +318,7 @@ if __name__ == "__main__":
     parser.add_argument("--small", action="store_true", help="a tiny model and a small corpus")
     parser.add_argument("--output", default=None, help="write the figures to this JSON file")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--new-tokens", type=int, default=None, help="tokens per generate call (default 32)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed generate calls per arm (default 5)")
     arguments = parser.parse_args()
-    main(arguments.small, arguments.output, arguments.threads)
+    main(arguments.small, arguments.output, arguments.threads, arguments.new_tokens, arguments.repeats)
