@@ -481,6 +481,46 @@ def test_an_edited_index_json_is_refused(key, value, tmp_path):
         NgramIndex.from_pretrained(tmp_path)
 
 
+def test_push_to_hub_and_back_through_a_stubbed_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    hub = tmp_path / "hub"
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls.append(("create", repo_id, exist_ok))
+
+        def upload_folder(self, repo_id, folder_path, commit_message, revision=None):
+            import shutil
+
+            shutil.copytree(folder_path, hub / repo_id)
+            calls.append(("upload", repo_id, sorted(os.listdir(folder_path)), commit_message))
+            return "commit"
+
+    def fake_download(repo_id, filename, revision=None, token=None):
+        path = hub / repo_id / filename
+        if not path.exists():
+            raise FileNotFoundError(filename)
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    corpus = random_corpus()
+    index = build(corpus, mode="bloom")
+    assert index.push_to_hub("me/index", token="t") == "commit"
+    files = ["memfree_bloom.bin", "memfree_config.json", "memfree_index.json"]
+    assert calls == [("token", "t"), ("create", "me/index", True), ("upload", "me/index", files, "Upload NgramIndex")]
+    loaded = NgramIndex.from_pretrained("me/index")
+    probes = np.array(sorted(ngram_set(corpus)))
+    assert loaded.contains(probes).all() and loaded.config == index.config
+    with pytest.raises(ValueError, match="memfree_index.json could not be fetched"):
+        NgramIndex.from_pretrained("me/other-index")
+
+
 def test_loading_from_nowhere_says_where_it_looked(tmp_path):
     with pytest.raises(ValueError, match="No memfree_index.json"):
         NgramIndex.from_pretrained(tmp_path)
