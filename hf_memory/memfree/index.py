@@ -89,6 +89,15 @@ class NgramIndex:
     N-grams are taken inside each sequence (never across two). The index records the fingerprint of the tokenizer
     it was built with, and the guard refuses any other tokenizer.
 
+    Args:
+        config: The `NgramIndexConfig` of the index.
+        store: Where the keys are (built by `build` or read by `from_pretrained`; not made by hand).
+        vocab_size: Token ids the index covers (0 .. vocab_size - 1).
+        tokenizer_fingerprint: The sha256 of the tokenizer's vocabulary, or None.
+        num_ngrams: Distinct n-grams indexed, or None when not counted.
+        num_keys: Distinct keys in the store.
+        num_ngram_occurrences: N-gram positions read from the corpus.
+
     Attributes:
         config: The `NgramIndexConfig` it was built with.
         vocab_size: Token ids it covers (0 .. vocab_size - 1).
