@@ -108,6 +108,7 @@ _LAZY = {
         "maskable_groups",
         "noise_magnitude",
     ],
+    "memfree": ["MEMFREE_FALLBACKS", "MEMFREE_MODES", "MemFreeLogitsProcessor", "NgramIndex", "NgramIndexConfig"],
     "fact_scaling": [
         "CapacityFit",
         "FactCapacityCallback",
@@ -245,6 +246,7 @@ if TYPE_CHECKING:
         maskable_groups,
         noise_magnitude,
     )
+    from .memfree import MEMFREE_FALLBACKS, MEMFREE_MODES, MemFreeLogitsProcessor, NgramIndex, NgramIndexConfig
     from .models import default_model_path, load_model
     from .nemo import (
         NEMO_HOOK,

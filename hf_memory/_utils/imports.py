@@ -13,6 +13,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "plots": ("matplotlib",),
     "graphs": ("networkx",),
     "memcontrol": ("optuna",),
+    "memfree": ("fastbloom_rs",),
 }
 
 
