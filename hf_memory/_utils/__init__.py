@@ -39,6 +39,7 @@ from .files import (
     folder_lock,
     is_local_path,
     is_saved_dataset,
+    metric_folder,
     read_json,
     writable_problem,
     write_json,
@@ -85,6 +86,7 @@ __getattr__, __dir__ = lazy_getattr(
             "global_random_states_kept",
             "is_measuring",
             "measuring",
+            "metric_folder",
             "unwrap_model",
         ]
     },

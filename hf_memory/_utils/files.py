@@ -157,3 +157,15 @@ def check_writable(folder: str, name: str = "output_dir") -> None:
     problem = writable_problem(folder)
     if problem is not None:
         raise ValueError(f"`{name}` {problem}.")
+
+
+def metric_folder(name: str) -> str:
+    """The folder of the `evaluate` metric `name` shipped in `hf_memory/metrics/`: what `evaluate.load` takes, offline.
+
+    A capability names its metric's folder through this, so that no capability imports `hf_memory.metrics` (the
+    metric scripts import the capabilities: the dependency runs one way).
+
+    Args:
+        name: The metric's folder name, e.g. "extractable_memorization".
+    """
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "metrics", name)

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._utils import check_bool
+from .._utils import check_bool, metric_folder
+
+
+# `evaluate.load(EXTRACTABLE_MEMORIZATION)` loads the metric over `extraction_scores` offline from its folder.
+EXTRACTABLE_MEMORIZATION = metric_folder("extractable_memorization")
 
 
 def as_token_row(label: str, sample) -> np.ndarray:

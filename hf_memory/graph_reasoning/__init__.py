@@ -2,9 +2,8 @@
 recall surface patterns? A problem generator, an exact answer scorer (the `graph_reasoning` metric,
 `evaluate.load(GRAPH_REASONING)`), surface-pattern baselines and transfer reports between train and test patterns."""
 
-from ..metrics import GRAPH_REASONING
 from .generator import GRAPH_PATTERNS, GRAPH_TASKS, MAX_PROBLEMS, MIN_NODES, generate_graph_problems
-from .scoring import graph_reasoning_scores, score_graph_answer
+from .scoring import GRAPH_REASONING, graph_reasoning_scores, score_graph_answer
 from .shortcuts import SHORTCUT_RULES, shortcut_answers
 from .transfer import TransferReport, mcnemar_exact, transfer_report
 

@@ -18,9 +18,13 @@ import numbers
 from collections.abc import Mapping, Set
 from fractions import Fraction
 
-from .._utils import check_bool, check_number, require_extra
+from .._utils import check_bool, check_number, metric_folder, require_extra
 from .generator import DIRECTED_TASKS, GRAPH_TASKS, WEIGHTED_TASKS
 from .parsing import parse_number, parse_order, parse_path, parse_yes_no
+
+
+# `evaluate.load(GRAPH_REASONING)`: the metric over `graph_reasoning_scores`, loaded offline from its folder.
+GRAPH_REASONING = metric_folder("graph_reasoning")
 
 
 def _check_problem_list(column, name: str) -> None:
