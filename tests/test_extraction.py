@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -418,3 +419,47 @@ def test_generate_measures_the_model_as_trained_under_a_fastmem_wrapper():
     finally:
         callback.detach(model)
     assert wrapped.predictions == plain.predictions
+
+
+class _Ban:
+    """A logits processor that forbids one token, as a decoding guard would."""
+
+    def __new__(cls, token):
+        from transformers import LogitsProcessor
+
+        class Ban(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                scores = scores.clone()
+                scores[:, token] = -float("inf")
+                return scores
+
+        return Ban()
+
+
+def test_a_decoding_guard_is_applied_at_every_greedy_step(tmp_path):
+    """Issue 36: a guarded deployment is measured as an unguarded one (`logits_processor=`)."""
+    from collections import Counter
+
+    from transformers import LogitsProcessor
+
+    model = tiny_causal_lm("llama")
+    windows, _ = planted_windows(model)
+    plain = measure_extraction(model, windows, PREFIX, SUFFIX, method="generate", show_progress=False)
+    common = Counter(t for row in plain.predictions for t in row).most_common(1)[0][0]
+
+    class Nothing(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return scores
+
+    same = measure_extraction(model, windows, PREFIX, SUFFIX, logits_processor=Nothing(), show_progress=False)
+    assert same.predictions == plain.predictions  # method "auto" decodes with generate under a guard
+    guarded = measure_extraction(
+        model, windows, PREFIX, SUFFIX, logits_processor=[_Ban(common)], output_dir=tmp_path, show_progress=False
+    )
+    rows = guarded.dataset()["prediction"]
+    assert not any(common in row for row in rows) and len(rows) == len(plain.predictions)
+    manifest = json.loads((tmp_path / ".manifest.json").read_text())
+    assert manifest["settings"]["logits_processor"] == ["_Ban.__new__.<locals>.Ban"]
+    for bad in ("memfree", [], [object()], Nothing):
+        with pytest.raises(ValueError, match="`logits_processor` must be a transformers LogitsProcessor"):
+            measure_extraction(model, windows, PREFIX, SUFFIX, logits_processor=bad, show_progress=False)

@@ -389,7 +389,9 @@ def _plain_greedy(model, max_new_tokens: int, pad_token_id: int) -> dict:
     }
 
 
-def generate_suffixes(model: torch.nn.Module, windows: torch.Tensor, prefix_len: int) -> torch.Tensor:
+def generate_suffixes(
+    model: torch.nn.Module, windows: torch.Tensor, prefix_len: int, logits_processor=None
+) -> torch.Tensor:
     """Greedy continuation of each window's prefix with plain batched `generate` (the reference decoding).
 
     Exactly `suffix_len` tokens are generated for every row: end-of-sequence tokens do not stop generation. The
@@ -400,6 +402,7 @@ def generate_suffixes(model: torch.nn.Module, windows: torch.Tensor, prefix_len:
         model: A causal language model with `generate`.
         windows: Token ids, shape `(batch, prefix_len + suffix_len)`; only the prefixes are read.
         prefix_len: Tokens of each window's prefix.
+        logits_processor: A `LogitsProcessorList` applied at every step (a decoding guard), or None.
 
     Returns:
         The generated tokens, shape `(batch, suffix_len)`.
@@ -412,7 +415,8 @@ def generate_suffixes(model: torch.nn.Module, windows: torch.Tensor, prefix_len:
     prefix = windows[:, :prefix_len]
     suffix_len = windows.shape[1] - prefix_len
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    extra = {} if logits_processor is None else {"logits_processor": logits_processor}
     out = model.generate(
-        input_ids=prefix, attention_mask=torch.ones_like(prefix), **_plain_greedy(model, suffix_len, pad)
+        input_ids=prefix, attention_mask=torch.ones_like(prefix), **_plain_greedy(model, suffix_len, pad), **extra
     )
     return out[:, prefix_len:]

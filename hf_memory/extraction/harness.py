@@ -220,11 +220,13 @@ class _ExactSum:
         return math.fsum(self.partials)
 
 
-def _decode_batch(model, batch: torch.Tensor, prefix_len: int, method: str) -> tuple[list, torch.Tensor]:
-    """Greedy continuations and longest common prefixes of one batch of windows, by `method` ("generate" or
-    "prefix"; "auto" goes through `Regrouper`)."""
+def _decode_batch(
+    model, batch: torch.Tensor, prefix_len: int, method: str, processors=None
+) -> tuple[list, torch.Tensor]:
+    """Greedy continuations and longest common prefixes of one batch of windows, by `method` ("generate", under
+    `processors` if any, or "prefix"; "auto" goes through `Regrouper`)."""
     if method == "generate":
-        preds = generate_suffixes(model, batch, prefix_len)
+        preds = generate_suffixes(model, batch, prefix_len, logits_processor=processors)
         return preds, (preds == batch[:, prefix_len:]).long().cumprod(1).sum(1)
     preds, lcp = verify_and_decode(model, batch, prefix_len, decode=False)
     # the greedy continuation is known up to and including its first wrong token
@@ -408,14 +410,18 @@ def _window_input(item) -> bytes:
     return input_bytes(seq, start, window)
 
 
-def _open_rows(model, config: ExtractionConfig, tokenizer, output_dir: str | None, state):
+def _open_rows(model, config: ExtractionConfig, tokenizer, output_dir: str | None, state, processors=None):
     """Where the rows of this run go: memory, or the shards of `output_dir` (checked against the run already there,
     which is resumed)."""
     if output_dir is None:
         return _MemoryRows(config, tokenizer is not None)
     manifest = {
         "kind": "extraction",
-        "settings": {**config.to_dict(), "text_rouge": tokenizer is not None},
+        "settings": {
+            **config.to_dict(),
+            "text_rouge": tokenizer is not None,
+            "logits_processor": None if processors is None else [type(p).__qualname__ for p in processors],
+        },
         "model": {**model_identity(model), "weights_sha256": weights_fingerprint(model)},
         "tokenizer_sha256": None if tokenizer is None else tokenizer_fingerprint(tokenizer),
         "num_processes": state.num_processes,
@@ -432,17 +438,33 @@ class _Decoder:
     """Greedy continuations and longest common prefixes of a stream of batches, by the config's method: "auto"
     regroups the diverged rows of several batches (`Regrouper`); batches come back complete and in order."""
 
-    def __init__(self, model, config: ExtractionConfig) -> None:
-        self.model, self.config = model, config
-        self.regrouper = Regrouper(model, config.prefix_len, config.batch_size) if config.method == "auto" else None
+    def __init__(self, model, config: ExtractionConfig, processors=None) -> None:
+        self.model, self.config, self.processors = model, config, processors
+        self.method = "generate" if processors is not None else config.method  # a guard is applied by generate
+        self.regrouper = Regrouper(model, config.prefix_len, config.batch_size) if self.method == "auto" else None
 
     def submit(self, key, batch: torch.Tensor) -> list[tuple]:
         if self.regrouper is not None:
             return self.regrouper.submit(key, batch)
-        return [(key, *_decode_batch(self.model, batch, self.config.prefix_len, self.config.method))]
+        return [(key, *_decode_batch(self.model, batch, self.config.prefix_len, self.method, self.processors))]
 
     def finish(self) -> list[tuple]:
         return self.regrouper.finish() if self.regrouper is not None else []
+
+
+def _check_logits_processor(logits_processor):
+    """`logits_processor` as a `LogitsProcessorList`, or None; anything else refused before any work."""
+    if logits_processor is None:
+        return None
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    items = [logits_processor] if isinstance(logits_processor, LogitsProcessor) else logits_processor
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(p, LogitsProcessor) for p in items):
+        raise ValueError(
+            "`logits_processor` must be a transformers LogitsProcessor (e.g. MemFreeLogitsProcessor) or a non-empty "
+            f"list of them, got {logits_processor!r:.80}."
+        )
+    return LogitsProcessorList(items)
 
 
 def _check_output_dir(output_dir) -> str | None:
@@ -514,6 +536,7 @@ def measure_extraction(
     flush_every: int = ExtractionConfig.flush_every,
     *,
     config: ExtractionConfig | None = None,
+    logits_processor=None,
 ) -> ExtractionResult:
     """Greedy extraction of each window's suffix from its prefix, scored by the `extractable_memorization` metric.
 
@@ -557,6 +580,11 @@ def measure_extraction(
         flush_every: With `output_dir`, batches per shard: at most this many batches are redone after a crash.
         config: All of the settings above at once (`ExtractionConfig`), e.g. loaded with
             `ExtractionConfig.from_pretrained`.
+        logits_processor: A decoding guard as deployed (a transformers `LogitsProcessor`, e.g.
+            `MemFreeLogitsProcessor`, or a list of them), applied at every greedy step: a guarded deployment is
+            measured the way an unguarded one is. Every window is then decoded with `generate` whatever `method`
+            says (the cache-verified path would have to apply each processor position by position); the
+            processors' class names are recorded in a results folder's manifest.
 
     Returns:
         An `ExtractionResult`: with the predictions, references and scores of every window, in input order; with
@@ -597,6 +625,7 @@ def measure_extraction(
     }
     config = ExtractionConfig.from_arguments(config, settings, "`measure_extraction`")
     show_progress = check_bool(show_progress, "show_progress")
+    processors = _check_logits_processor(logits_processor)
     check_model(model, config.prefix_len, config.suffix_len)
     _check_tokenizer(tokenizer, config.method)
     output_dir = _check_output_dir(output_dir)
@@ -610,7 +639,7 @@ def measure_extraction(
     device = model_device(model)
     state = PartialState(cpu=device.type == "cpu")  # a CPU model under torchrun / accelerate launch: gloo
     rank, world, size = state.process_index, state.num_processes, config.batch_size
-    rows = _open_rows(model, config, tokenizer, output_dir, state)
+    rows = _open_rows(model, config, tokenizer, output_dir, state, processors)
     seen = 0  # windows of this process's share met so far
     number = -1
 
@@ -632,7 +661,7 @@ def measure_extraction(
         bar = tqdm(
             total=mine, unit="window", desc="extraction", disable=not show_progress or not state.is_local_main_process
         )
-        decoder = _Decoder(model, config)
+        decoder = _Decoder(model, config, processors)
         with eval_mode(model, "measure_extraction"), measuring(model):  # the model as trained: no FastMem wrapper
             for number, items in enumerate(_batches(stream, size)):
                 if number % world != rank:
