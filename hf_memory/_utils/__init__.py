@@ -61,6 +61,7 @@ from .modeling import (
     weights_fingerprint,
 )
 from .sequences import as_sequences, iter_sequences, leading_windows
+from .store import describe_differences
 from .training import calling_trainer, log_through_trainer, train_steps
 from .version import __version__, is_newer_version
 
@@ -124,6 +125,7 @@ __all__ = [
     "config_digest",
     "denoiser",
     "denoiser_problem",
+    "describe_differences",
     "eval_mode",
     "exclusive",
     "find_layers",

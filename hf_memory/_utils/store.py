@@ -28,8 +28,9 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
+from .config import VERSION_KEY
 from .files import atomic_write, folder_lock, read_json, write_json
 from .version import __version__
 
@@ -70,15 +71,31 @@ def different_run(folder: str, name: str, differences: list[str]) -> ValueError:
 RECORDED_ONLY = ("name_or_path",)  # manifest keys kept for people, not compared: a checkpoint may move
 
 
+_NOTES = {"weights_sha256": " (other weights: another checkpoint, or weights changed since)"}
+
+
 def _differences(then, now, label: str) -> list[str]:
     """What differs between two manifest entries, key by key for dicts."""
     if isinstance(then, Mapping) and isinstance(now, Mapping):
         return [
-            f"{label} {key}: {then.get(key)!r} there, {now.get(key)!r} now"
+            f"{label} {key}: {then.get(key)!r} there, {now.get(key)!r} now{_NOTES.get(key, '')}"
             for key in sorted(set(then) | set(now), key=str)
             if key not in RECORDED_ONLY and then.get(key) != now.get(key)
         ]
-    return [] if then == now else [f"{label}: {then!r} there, {now!r} now"]
+    return [] if then == now else [f"{label}: {then!r} there, {now!r} now{_NOTES.get(label, '')}"]
+
+
+def describe_differences(then: Mapping, now: Mapping, keys: Iterable[str] | None = None) -> str:
+    """What differs between a stored run's record and this run's, in the one shape every refusal uses
+    ("settings prefix_len: 8 there, 16 now; model weights_sha256: ... there, ... now"), dict entries key by key.
+
+    Args:
+        then: The stored record.
+        now: This run's record.
+        keys: The keys to compare; None compares every key of either (but `hf_memory_version`).
+    """
+    keys = sorted(set(then) | set(now), key=str) if keys is None else keys
+    return "; ".join(d for key in keys if key != VERSION_KEY for d in _differences(then.get(key), now.get(key), key))
 
 
 class ResultFolder:
@@ -257,12 +274,9 @@ def open_store(folder: str, manifest: dict, is_main: bool = True, name: str = "o
                 f"this one writes {STORE_FORMAT}), which recorded too little to check that new rows belong with its "
                 "rows: none is added to it. Its rows still load; use another folder for this run, or delete it."
             )
-        differences = []
-        for key in sorted(set(existing) | set(manifest)):
-            if key != "hf_memory_version":
-                differences += _differences(existing.get(key), manifest.get(key), key)
+        differences = describe_differences(existing, manifest)
         if differences:
-            raise different_run(folder, name, differences)
+            raise different_run(folder, name, [differences])
         return
     if store.shard_paths():
         raise ValueError(f"`{name}` {folder!r} holds shards but no {MANIFEST_NAME}; use another folder.")

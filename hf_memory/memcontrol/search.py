@@ -30,6 +30,7 @@ from .._utils import (
     check_keywords,
     check_vocabulary,
     config_digest,
+    describe_differences,
     read_json,
     require_extra,
     weights_fingerprint,
@@ -769,7 +770,7 @@ class MemControlSearch:
         differing = [k for k in keys if stored.get(k) != current.get(k)]
         if differing:
             raise ValueError(
-                f"`cache` was made with other settings: {_differences(stored, current, differing)}. Its values would "
+                f"`cache` was made with other settings: {describe_differences(stored, current, differing)}. Its values would "
                 "not be this search's."
             )
         foreign = 0
@@ -942,7 +943,7 @@ class MemControlSearch:
         if differing:
             raise ValueError(
                 f"Study {study.study_name!r} in `storage` was run with other settings: "
-                f"{_differences(stored, current, differing)}. Resume it with its settings, or give another "
+                f"{describe_differences(stored, current, differing)}. Resume it with its settings, or give another "
                 "`study_name`."
             )
         self._study_object = study
@@ -1171,22 +1172,6 @@ def _comparable(settings: Mapping) -> dict:
             continue
         flat[name] = value
     return flat
-
-
-def _differences(stored: Mapping, current: Mapping, keys: list[str]) -> str:
-    """'key: value there, value here' for each key; a dict value (the model's identity) by the entries that differ."""
-    parts = []
-    for key in keys:
-        there, here = stored.get(key), current.get(key)
-        if isinstance(there, Mapping) and isinstance(here, Mapping):
-            for k in [k for k in here if there.get(k) != here[k]] + [k for k in there if k not in here]:
-                note = (
-                    " (other weights: another checkpoint, or weights changed since)" if k == "weights_sha256" else ""
-                )
-                parts.append(f"{key}.{k}: {there.get(k)!r} there, {here.get(k)!r} here{note}")
-        else:
-            parts.append(f"{key}: {there!r} there, {here!r} here")
-    return "; ".join(parts)
 
 
 def _digest(value) -> str:
