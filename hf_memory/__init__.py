@@ -92,6 +92,14 @@ _LAZY = {
         "value_projection_names",
     ],
     "auditing": ["AuditReport", "audit"],
+    "canaries": [
+        "CanaryConfig",
+        "ExposureResult",
+        "canary_exposure",
+        "canary_log_perplexity",
+        "insert_canaries",
+        "make_canaries",
+    ],
     "memcontrol": [
         "ExtractionAttackResult",
         "MemControlMask",
@@ -151,6 +159,14 @@ if TYPE_CHECKING:
         token_entropy,
     )
     from .auditing import AuditReport, audit
+    from .canaries import (
+        CanaryConfig,
+        ExposureResult,
+        canary_exposure,
+        canary_log_perplexity,
+        insert_canaries,
+        make_canaries,
+    )
     from .data import (
         document_windows,
         iter_token_sequences,
