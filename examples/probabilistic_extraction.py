@@ -9,13 +9,15 @@ control is the number a user gets without the sampling scheme: the plain softmax
 model's loss), compared with the same draws. Greedy decoding (`temperature=None`) is compared with
 `measure_extraction`'s greedy exact match window by window.
 
-Part 2, the effect. SmolLM2-135M is fine-tuned on a few docstring windows (prefix 32, suffix 32) with the standard
-loss and with the goldfish loss (k = 4), three seeds (a different draw of the training and held-out windows, and of
-the data order). At checkpoints along training: the share of training windows that greedy decoding extracts, and
-the share that is (n, 0.5)-extractable when sampling at temperature 0.7 and 1.0, for n = 1, 10, 100, 1000; the
-held-out windows (never trained on) are the control. Each run is stored as it ends: a rerun resumes.
+Part 2, the effect. A tiny Llama (2 layers, width 64, SmolLM2's tokenizer) is trained from scratch on a few
+docstring windows (prefix 32, suffix 32) with the standard loss and with the goldfish loss (k = 4), three seeds (a
+different draw of the training and held-out windows, and of the data order); `--model smollm2` fine-tunes
+SmolLM2-135M instead (hours on 2 busy CPU cores). At checkpoints along training: the share of training windows
+that greedy decoding extracts, and the share that is (n, 0.5)-extractable when sampling at temperature 0.7 and
+1.0, for n = 1, 10, 100, 1000; the held-out windows (never trained on) are the control. Each run is stored as it
+ends: a rerun resumes.
 
-    python examples/probabilistic_extraction.py                  # ~40 min on 2 busy CPU cores
+    python examples/probabilistic_extraction.py                  # ~30 min on 2 busy CPU cores
     python examples/probabilistic_extraction.py --small          # tiny models, a minute: what the tests run
 """
 
@@ -162,7 +164,7 @@ def fine_tune_run(arm: str, seed: int, base, tokenizer, pool: list, args) -> dic
     rng = random.Random(seed)
     picked = rng.sample(pool, 2 * args.windows)
     train, heldout = torch.tensor(picked[: args.windows]), torch.tensor(picked[args.windows :])
-    model = tiny_llama(len(tokenizer), 64, seed) if args.small else copy.deepcopy(base)
+    model = tiny_llama(len(tokenizer), 64, seed) if args.model == "tiny" else copy.deepcopy(base)
     torch.manual_seed(seed)
     labels = train.clone()
     if arm == "goldfish":
@@ -245,14 +247,25 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--arms", nargs="+", choices=["standard", "goldfish"], default=["standard", "goldfish"])
     parser.add_argument("--skip-fine-tuning", action="store_true", help="part 1 only")
+    parser.add_argument(
+        "--model",
+        choices=["tiny", "smollm2"],
+        default="tiny",
+        help="part 2: a tiny Llama trained from scratch (SmolLM2's tokenizer), or SmolLM2-135M fine-tuned (hours on 2 CPU cores)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     seeds = args.seeds or ([0, 1] if args.small else [0, 1, 2])
+    if args.small:
+        args.model = "tiny"
     args.windows = 4 if args.small else 8
     args.prefix, args.suffix = (8, 8) if args.small else (32, 32)
     args.batch_size = 4 if args.small else 8
-    args.lr = 3e-3 if args.small else 2e-4
-    args.checkpoints = [0, 10, 30] if args.small else [0, 2, 4, 6, 8, 10]
+    args.lr = 2e-4 if args.model == "smollm2" else 3e-3
+    if args.small:
+        args.checkpoints = [0, 10, 30]
+    else:
+        args.checkpoints = [0, 2, 4, 6, 8, 10] if args.model == "smollm2" else [0, 25, 50, 100, 200]
     samples = 200 if args.small else 3000
     os.makedirs(os.path.join(args.output_dir, "runs"), exist_ok=True)
     started = time.time()
@@ -277,7 +290,7 @@ def main(argv=None) -> dict:
     if not args.skip_fine_tuning:
         from hf_memory import document_windows, load_model, stdlib_docstrings
 
-        base, tokenizer = load_model()  # once: each run fine-tunes a copy
+        base, tokenizer = load_model()  # once: each run fine-tunes a copy (or a tiny model with its tokenizer)
         pool = document_windows(tokenizer, stdlib_docstrings(), args.prefix + args.suffix)
         runs = []
         key = json.dumps(settings, sort_keys=True)
