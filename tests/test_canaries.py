@@ -217,3 +217,25 @@ def test_evidence_script_small_mode_runs(tmp_path):
         assert arm["estimate_abs_error_bits"]["canaries"] == 18
     again = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=900, env=env)
     assert again.returncode == 0 and "seed 0: exposure" not in again.stdout  # nothing trained twice
+
+
+def test_training_mode_is_given_back_numpy_settings_and_two_threads(model, tokenizer):
+    import threading
+
+    trained = copy.deepcopy(model).train()
+    config = CanaryConfig("my PIN is:{secret}.", alphabet="0123", length=np.int64(2))
+    first = canary_exposure(trained, tokenizer, ["01", "32"], config, batch_size=np.int64(5))
+    assert trained.training and all(m.training for m in trained.modules())
+    results = [None, None]
+
+    def work(i):
+        results[i] = canary_exposure(trained, tokenizer, ["01", "32"], config, batch_size=3 + i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.rank for r in results] == [first.rank, first.rank] and trained.training
+    estimate = canary_exposure(trained, tokenizer, ["01"], config, method="estimate", num_samples=np.int64(50))
+    assert len(estimate.exposure) == 1 and estimate.candidates_scored == 51
