@@ -290,8 +290,16 @@ def main(argv=None) -> dict:
     if not args.skip_fine_tuning:
         from hf_memory import document_windows, load_model, stdlib_docstrings
 
-        base, tokenizer = load_model()  # once: each run fine-tunes a copy (or a tiny model with its tokenizer)
-        pool = document_windows(tokenizer, stdlib_docstrings(), args.prefix + args.suffix)
+        loaded = []  # the model, its tokenizer and the windows, loaded once and only if a run is not stored
+
+        def load():
+            if not loaded:
+                base, tokenizer = load_model()  # each run fine-tunes a copy (or trains a tiny model, same tokenizer)
+                loaded.extend(
+                    [base, tokenizer, document_windows(tokenizer, stdlib_docstrings(), args.prefix + args.suffix)]
+                )
+            return loaded
+
         runs = []
         key = json.dumps(settings, sort_keys=True)
         for arm in args.arms:
@@ -303,7 +311,7 @@ def main(argv=None) -> dict:
                     if stored.get("settings") == key:
                         runs.append(stored["run"])
                         continue
-                run = fine_tune_run(arm, seed, base, tokenizer, pool, args)
+                run = fine_tune_run(arm, seed, *load(), args)
                 with open(path + ".tmp", "w") as f:
                     json.dump({"settings": key, "run": run}, f)
                 os.replace(path + ".tmp", path)  # a run killed mid-way leaves no half file
