@@ -38,8 +38,15 @@ _LAZY = {
         "ExtractionConfig",
         "ExtractionResult",
         "MemorizationCallback",
+        "SamplingConfig",
+        "extractable_fraction",
+        "extraction_curve",
+        "extraction_log_probs",
+        "extraction_probability",
         "extraction_scores",
         "measure_extraction",
+        "queries_to_extract",
+        "suffix_log_probs",
     ],
     "fastmem": [
         "FASTMEM_PRESETS",
@@ -95,6 +102,14 @@ _LAZY = {
         "membership_inference_scores",
         "membership_report",
         "membership_scores",
+    ],
+    "canaries": [
+        "CanaryConfig",
+        "ExposureResult",
+        "canary_exposure",
+        "canary_log_perplexity",
+        "insert_canaries",
+        "make_canaries",
     ],
     "memcontrol": [
         "ExtractionAttackResult",
@@ -158,6 +173,14 @@ if TYPE_CHECKING:
         token_entropy,
     )
     from .auditing import AuditConfig, AuditReport, audit
+    from .canaries import (
+        CanaryConfig,
+        ExposureResult,
+        canary_exposure,
+        canary_log_perplexity,
+        insert_canaries,
+        make_canaries,
+    )
     from .data import (
         document_windows,
         iter_token_sequences,
@@ -170,8 +193,15 @@ if TYPE_CHECKING:
         ExtractionConfig,
         ExtractionResult,
         MemorizationCallback,
+        SamplingConfig,
+        extractable_fraction,
+        extraction_curve,
+        extraction_log_probs,
+        extraction_probability,
         extraction_scores,
         measure_extraction,
+        queries_to_extract,
+        suffix_log_probs,
     )
     from .fact_scaling import (
         CapacityFit,

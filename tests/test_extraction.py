@@ -463,3 +463,38 @@ def test_a_decoding_guard_is_applied_at_every_greedy_step(tmp_path):
     for bad in ("memfree", [], [object()], Nothing):
         with pytest.raises(ValueError, match="`logits_processor` must be a transformers LogitsProcessor"):
             measure_extraction(model, windows, PREFIX, SUFFIX, logits_processor=bad, show_progress=False)
+
+
+def test_probabilistic_extraction_shares_the_harness_windows_in_memory_and_on_disk(tmp_path):
+    """Issue 32: `log p` per window under the deployed sampling, and the (n, p)-extractable share, from the harness."""
+    import math
+
+    from hf_memory.extraction import ExtractionConfig, extractable_fraction, extraction_log_probs
+
+    model = tiny_causal_lm("llama")
+    windows, _ = planted_windows(model)
+    settings = {"temperature": 0.7, "top_k": 20, "queries": 50, "min_probability": 0.3}
+    result = measure_extraction(model, windows, PREFIX, SUFFIX, batch_size=5, show_progress=False, **settings)
+    stacked = torch.stack([torch.as_tensor(w) for w in windows])
+    expected = extraction_log_probs(model, stacked, PREFIX, temperature=0.7, top_k=20).tolist()
+    assert result.log_p == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    assert result.metrics["probabilistic_extraction"] == extractable_fraction(expected, 50, 0.3)
+    greedy = measure_extraction(model, windows, PREFIX, SUFFIX, show_progress=False)
+    assert greedy.log_p is None and "probabilistic_extraction" not in greedy.metrics
+    assert result.predictions == greedy.predictions  # the greedy rows are unchanged
+    on_disk = measure_extraction(
+        model, windows, PREFIX, SUFFIX, batch_size=5, output_dir=tmp_path, show_progress=False, **settings
+    )
+    assert on_disk.metrics["probabilistic_extraction"] == result.metrics["probabilistic_extraction"]
+    assert on_disk.dataset()["log_p"] == pytest.approx(result.log_p, rel=1e-9, abs=1e-9)
+    config = ExtractionConfig(prefix_len=PREFIX, suffix_len=SUFFIX, **settings)
+    assert config.sampling.temperature == 0.7 and math.isclose(config.top_p, 1.0)
+    for bad, message in (
+        ({"top_k": 5}, "`top_k` and `top_p` take effect with a `temperature`"),
+        ({"temperature": 0}, "use greedy"),
+        ({"temperature": 1.0, "top_p": 0}, "`top_p`"),
+        ({"temperature": 1.0, "queries": 0}, "`queries` must be an integer >= 1"),
+        ({"temperature": 1.0, "min_probability": 1.0}, "`min_probability`"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            measure_extraction(model, windows, PREFIX, SUFFIX, show_progress=False, **bad)

@@ -61,7 +61,7 @@ def rows_of(result: ExtractionResult) -> list[dict]:
             }
             for i, (seq, start) in enumerate(result.windows)
         ]
-    return [{k: v for k, v in row.items() if k != "rouge_l_text"} for row in result.dataset()]
+    return [{k: v for k, v in row.items() if k not in ("rouge_l_text", "log_p")} for row in result.dataset()]
 
 
 class Crash(Exception):

@@ -4,6 +4,15 @@
 from .callback import MEMORIZATION_LOG_PREFIX, MemorizationCallback
 from .config import EXTRACTION_METHODS, ExtractionConfig
 from .harness import ExtractionResult, measure_extraction
+from .probabilistic import (
+    SamplingConfig,
+    extractable_fraction,
+    extraction_curve,
+    extraction_log_probs,
+    extraction_probability,
+    queries_to_extract,
+    suffix_log_probs,
+)
 from .scores import EXTRACTABLE_MEMORIZATION, extraction_scores
 from .text import text_rouge_l
 from .windows import WindowSample, WindowStream, extraction_windows, sample_windows
@@ -16,11 +25,18 @@ __all__ = [
     "ExtractionConfig",
     "ExtractionResult",
     "MemorizationCallback",
+    "SamplingConfig",
     "WindowSample",
     "WindowStream",
+    "extractable_fraction",
+    "extraction_curve",
+    "extraction_log_probs",
+    "extraction_probability",
     "extraction_scores",
     "extraction_windows",
     "measure_extraction",
+    "queries_to_extract",
     "sample_windows",
+    "suffix_log_probs",
     "text_rouge_l",
 ]

@@ -37,6 +37,7 @@ from .._utils import (
 from .._utils.store import ResultFolder, ShardWriter, finish_store, input_bytes, open_store, warn_unfinished
 from .config import EXTRACTION_METHODS, ExtractionConfig  # noqa: F401 (EXTRACTION_METHODS: the callback imports it from here)
 from .decoding import Regrouper, generate_suffixes, verify_and_decode
+from .probabilistic import extractable_fraction, extraction_log_probs
 from .scores import extraction_scores
 from .store import SCORE_COLUMNS, shard_schema
 from .text import decode_for_rouge, text_rouge_l
@@ -65,13 +66,18 @@ class ExtractionResult:
         longest_common_prefix: Per window, how many leading suffix tokens greedy decoding reproduces.
         metrics: The `extractable_memorization` metric's means over the windows (`exact_match`,
             `memorization_score`, `longest_common_prefix`, `rouge_l`; only the first and third with
-            `method="prefix"`), plus `rouge_l_text` when a tokenizer was given.
+            `method="prefix"`), plus `rouge_l_text` when a tokenizer was given and `probabilistic_extraction` (the
+            share of windows extracted within `queries` samples with probability >= `min_probability`) when a
+            `temperature` was.
         windows: Per window, `(sequence index, start token)`: where in the input it was cut.
         num_skipped: How many sequences were shorter than `prefix_len + suffix_len` and gave no window.
         rouge_l_text: Per window, ROUGE-L of the decoded texts as `evaluate`'s `rouge` computes it (see
             `text_rouge_l`); None unless `measure_extraction` was given a tokenizer.
         output_dir: The results folder of a run with `output_dir`, else None.
         num_windows: How many windows were scored (for a run on disk: written so far).
+        log_p: Per window, the log-probability that sampling (the `temperature`, `top_k`, `top_p` of the call)
+            emits the suffix after the prefix; None unless `measure_extraction` was given a `temperature`. A run on
+            disk keeps it in the `log_p` column of `dataset()`.
     """
 
     predictions: list[list[int]]
@@ -83,6 +89,7 @@ class ExtractionResult:
     rouge_l_text: list[float] | None = None
     output_dir: str | None = None
     num_windows: int | None = None
+    log_p: list[float] | None = None
 
     def __post_init__(self):
         if self.num_windows is None:
@@ -187,6 +194,10 @@ class ExtractionResult:
             for name in columns:
                 sums[name].add(table[name].to_numpy(zero_copy_only=False))
         metrics = {name: sums[name].value() / count if count else float("nan") for name in columns}
+        if settings.get("temperature") is not None and count:
+            log_p = [v for table in store.iter_tables(["log_p"]) for v in table["log_p"].to_pylist()]
+            queries, probability = settings.get("queries"), settings.get("min_probability")
+            metrics["probabilistic_extraction"] = extractable_fraction(log_p, queries, probability)
         if summary is None:
             warn_unfinished(store.folder, count, "measure_extraction")
         num_skipped = summary["num_skipped"] if summary else 0
@@ -317,7 +328,7 @@ def _check_vocabulary(items, model, name: str) -> None:
         raise
 
 
-def _rows(items, predictions, references, lcp, method, rouge_text) -> dict:
+def _rows(items, predictions, references, lcp, method, rouge_text, log_p=None) -> dict:
     """One batch's shard rows, column by column."""
     n = len(items)
     scores = extraction_scores(predictions, references, return_per_sample=True)
@@ -330,6 +341,7 @@ def _rows(items, predictions, references, lcp, method, rouge_text) -> dict:
         "memorization_score": scores["memorization_score_per_sample"] if whole else [None] * n,
         "rouge_l": scores["rouge_l_per_sample"] if whole else [None] * n,
         "rouge_l_text": rouge_text if rouge_text is not None else [None] * n,
+        "log_p": log_p if log_p is not None else [None] * n,
         "prediction": predictions,
         "reference": references,
     }
@@ -342,15 +354,17 @@ class _MemoryRows:
 
     def __init__(self, config: ExtractionConfig, text_rouge: bool) -> None:
         self.config, self.text_rouge = config, text_rouge
-        self.records: list[tuple] = []  # (window number, sequence, start, prediction, reference, lcp, text ROUGE-L)
+        self.records: list[tuple] = []  # (window number, sequence, start, prediction, reference, lcp, text ROUGE-L,
+        # log p under sampling)
 
     def skip(self, items) -> None:
         raise RuntimeError("an in-memory run has no rows to skip")
 
-    def add(self, number: int, items, predictions, references, lcp: list[int], rouge_text) -> None:
+    def add(self, number: int, items, predictions, references, lcp: list[int], rouge_text, log_p=None) -> None:
         first = number * self.config.batch_size
         for j, ((seq, start, _), pred, ref, n) in enumerate(zip(items, predictions, references, lcp)):
-            self.records.append((first + j, seq, start, pred, ref, n, None if rouge_text is None else rouge_text[j]))
+            text = None if rouge_text is None else rouge_text[j]
+            self.records.append((first + j, seq, start, pred, ref, n, text, None if log_p is None else log_p[j]))
 
     def close(self) -> None:
         pass
@@ -364,7 +378,7 @@ class _MemoryRows:
             from accelerate.utils import gather_object
 
             records = sorted(gather_object(records))
-        _, seqs, starts, predictions, references, lcps, texts = (list(column) for column in zip(*records))
+        _, seqs, starts, predictions, references, lcps, texts, log_p = (list(column) for column in zip(*records))
         metrics = extraction_scores(predictions, references)
         if self.config.method == "prefix":
             metrics = {k: metrics[k] for k in _PREFIX_METRICS}
@@ -372,8 +386,14 @@ class _MemoryRows:
         if self.text_rouge:
             rouge_text = texts
             metrics["rouge_l_text"] = sum(rouge_text) / len(rouge_text)
+        if self.config.sampling is None:
+            log_p = None
+        else:
+            metrics["probabilistic_extraction"] = _probabilistic(log_p, self.config)
         index = list(zip(seqs, starts))
-        return ExtractionResult(predictions, references, lcps, metrics, index, stream.num_skipped, rouge_text)
+        return ExtractionResult(
+            predictions, references, lcps, metrics, index, stream.num_skipped, rouge_text, log_p=log_p
+        )
 
 
 class _StoredRows:
@@ -386,8 +406,8 @@ class _StoredRows:
     def skip(self, items) -> None:
         self.writer.skip([_window_input(item) for item in items])
 
-    def add(self, number: int, items, predictions, references, lcp: list[int], rouge_text) -> None:
-        rows = _rows(items, predictions, references, lcp, self.config.method, rouge_text)
+    def add(self, number: int, items, predictions, references, lcp: list[int], rouge_text, log_p=None) -> None:
+        rows = _rows(items, predictions, references, lcp, self.config.method, rouge_text, log_p)
         self.writer.add(rows, [_window_input(item) for item in items])
 
     def close(self) -> None:
@@ -402,6 +422,11 @@ class _StoredRows:
             finish_store(self.output_dir, {"num_skipped": stream.num_skipped, "num_sequences": stream.num_sequences})
         state.wait_for_everyone()
         return ExtractionResult.load(self.output_dir)
+
+
+def _probabilistic(log_p, config: ExtractionConfig) -> float:
+    """The share of windows (n, p)-extractable under the config's sampling: `queries` samples, `min_probability`."""
+    return extractable_fraction(log_p, config.queries, config.min_probability)
 
 
 def _window_input(item) -> bytes:
@@ -537,6 +562,11 @@ def measure_extraction(
     *,
     config: ExtractionConfig | None = None,
     logits_processor=None,
+    temperature: float | None = ExtractionConfig.temperature,
+    top_k: int | None = ExtractionConfig.top_k,
+    top_p: float = ExtractionConfig.top_p,
+    queries: int = ExtractionConfig.queries,
+    min_probability: float = ExtractionConfig.min_probability,
 ) -> ExtractionResult:
     """Greedy extraction of each window's suffix from its prefix, scored by the `extractable_memorization` metric.
 
@@ -580,6 +610,15 @@ def measure_extraction(
         flush_every: With `output_dir`, batches per shard: at most this many batches are redone after a crash.
         config: All of the settings above at once (`ExtractionConfig`), e.g. loaded with
             `ExtractionConfig.from_pretrained`.
+        temperature: Also measure extraction under sampling at this temperature (probabilistic extraction, Hayes
+            et al. 2024): `result.log_p` holds, per window, the log-probability that sampling emits the suffix after
+            the prefix (one more teacher-forced pass per batch; see `extraction_log_probs`), and
+            `metrics["probabilistic_extraction"]` the share of windows extracted within `queries` samples with
+            probability >= `min_probability`. None measures greedy decoding only.
+        top_k: With `temperature`, sample from the `top_k` most likely tokens; None keeps all.
+        top_p: With `temperature`, the nucleus sampling mass, in (0, 1].
+        queries: With `temperature`, the samples an attacker draws per prefix (the n of (n, p)-extraction).
+        min_probability: With `temperature`, the probability a window needs (the p of (n, p)-extraction).
         logits_processor: A decoding guard as deployed (a transformers `LogitsProcessor`, e.g.
             `MemFreeLogitsProcessor`, or a list of them), applied at every greedy step: a guarded deployment is
             measured the way an unguarded one is. Every window is then decoded with `generate` whatever `method`
@@ -622,6 +661,11 @@ def measure_extraction(
         "batch_size": batch_size,
         "method": method,
         "flush_every": flush_every,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "queries": queries,
+        "min_probability": min_probability,
     }
     config = ExtractionConfig.from_arguments(config, settings, "`measure_extraction`")
     show_progress = check_bool(show_progress, "show_progress")
@@ -640,6 +684,7 @@ def measure_extraction(
     state = PartialState(cpu=device.type == "cpu")  # a CPU model under torchrun / accelerate launch: gloo
     rank, world, size = state.process_index, state.num_processes, config.batch_size
     rows = _open_rows(model, config, tokenizer, output_dir, state, processors)
+    sampling = config.sampling
     seen = 0  # windows of this process's share met so far
     number = -1
 
@@ -652,7 +697,11 @@ def measure_extraction(
             rouge_text = text_rouge_l(
                 decode_for_rouge(tokenizer, predictions), decode_for_rouge(tokenizer, references)
             )
-        rows.add(number, items, predictions, references, lcp.tolist(), rouge_text)
+        log_p = None
+        if sampling is not None:  # one teacher-forced pass: the probability that sampling emits each suffix
+            windows = torch.stack([window for _, _, window in items]).to(device)
+            log_p = extraction_log_probs(model, windows, config.prefix_len, config=sampling, batch_size=size).tolist()
+        rows.add(number, items, predictions, references, lcp.tolist(), rouge_text, log_p)
         bar.update(len(items))
 
     bar = None

@@ -22,6 +22,7 @@ def shard_schema():
             ("memorization_score", pa.float64()),
             ("rouge_l", pa.float64()),
             ("rouge_l_text", pa.float64()),
+            ("log_p", pa.float64()),
             ("prediction", pa.list_(pa.int64())),
             ("reference", pa.list_(pa.int64())),
         ]

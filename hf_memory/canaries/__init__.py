@@ -1,0 +1,26 @@
+"""Canaries (Carlini et al. 2019, "The Secret Sharer"): random secrets planted in training data, and their exposure."""
+
+from .canaries import insert_canaries, make_canaries
+from .config import SLOT, CanaryConfig
+from .exposure import (
+    ENUMERATION_LIMIT,
+    EXPOSURE_METHODS,
+    ExposureResult,
+    canary_exposure,
+    canary_log_perplexity,
+    check_tokenization,
+)
+
+
+__all__ = [
+    "ENUMERATION_LIMIT",
+    "EXPOSURE_METHODS",
+    "SLOT",
+    "CanaryConfig",
+    "ExposureResult",
+    "canary_exposure",
+    "canary_log_perplexity",
+    "check_tokenization",
+    "insert_canaries",
+    "make_canaries",
+]
