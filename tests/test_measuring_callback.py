@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainerState, TrainingArguments
+from transformers import Trainer, TrainerState
 
 from hf_memory._utils import MeasuringCallback, check_every, unwrap_model
 from hf_memory.extraction import MemorizationCallback, measure_extraction
 from hf_memory.fact_scaling import FactCapacityCallback, SyntheticFactSet
-from tests.testing_utils import TINY_VOCAB, tiny_causal_lm
+from tests.testing_utils import TINY_VOCAB, tiny_causal_lm, training_args
 
 
 def token_rows(n=16, length=24, seed=0):
@@ -23,24 +23,6 @@ def token_rows(n=16, length=24, seed=0):
 
 def train_data(rows):
     return Dataset.from_dict({"input_ids": rows, "labels": rows})
-
-
-def training_args(tmp_path, **overrides):
-    settings = {
-        "output_dir": str(tmp_path),
-        "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 4,
-        "max_steps": 4,
-        "learning_rate": 1e-2,
-        "logging_steps": 1,
-        "report_to": [],
-        "use_cpu": True,
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "seed": 0,
-    }
-    settings.update(overrides)
-    return TrainingArguments(**settings)
 
 
 class Recorder(MeasuringCallback):

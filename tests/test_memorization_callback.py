@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerState
 
 from hf_memory import GoldfishTrainer, GoldfishTrainingArguments
 from hf_memory.data import stdlib_docstrings
 from hf_memory.extraction import MEMORIZATION_LOG_PREFIX, MemorizationCallback, measure_extraction
-from tests.testing_utils import TINY_VOCAB, run_two_processes, tiny_causal_lm
+from tests.testing_utils import TINY_VOCAB, run_two_processes, tiny_causal_lm, training_args
 
 
 KEYS = [f"memorization/{name}" for name in ("exact_match", "memorization_score", "longest_common_prefix", "rouge_l")]
@@ -25,24 +25,6 @@ def token_rows(n=16, length=40, seed=0):
 
 def train_data(rows):
     return Dataset.from_dict({"input_ids": rows, "labels": rows})
-
-
-def training_args(tmp_path, args_class=TrainingArguments, **overrides):
-    settings = {
-        "output_dir": str(tmp_path),
-        "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 4,
-        "max_steps": 4,
-        "learning_rate": 1e-2,
-        "logging_steps": 1,
-        "report_to": [],
-        "use_cpu": True,
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "seed": 0,
-    }
-    settings.update(overrides)
-    return args_class(**settings)
 
 
 def memorization_logs(trainer):

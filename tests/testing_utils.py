@@ -23,6 +23,7 @@ from transformers import (
     LlamaForCausalLM,
     OPTConfig,
     OPTForCausalLM,
+    TrainingArguments,
 )
 
 from hf_memory.data import stdlib_docstrings
@@ -170,3 +171,22 @@ def model_state(model) -> dict:
 def same_state(model, before: dict) -> bool:
     """Whether the model's state dict equals `before` (from `model_state`) bit for bit."""
     return all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def training_args(tmp_path, args_class=TrainingArguments, **overrides):
+    """Quiet, CPU, 4-step `TrainingArguments` (or `args_class`) writing to `tmp_path`, with `overrides` laid over."""
+    settings = {
+        "output_dir": str(tmp_path),
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "max_steps": 4,
+        "learning_rate": 1e-2,
+        "logging_steps": 1,
+        "report_to": [],
+        "use_cpu": True,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "seed": 0,
+    }
+    settings.update(overrides)
+    return args_class(**settings)

@@ -32,7 +32,7 @@ from .checks import (
     check_vocabulary,
     vocabulary_size,
 )
-from .config import VERSION_KEY, HubConfigMixin
+from .config import VERSION_KEY, HubConfigMixin, push_saved_to_hub
 from .files import (
     atomic_write,
     check_writable,
@@ -150,6 +150,7 @@ __all__ = [
     "model_identity",
     "pipeline_denoiser",
     "predict_noise",
+    "push_saved_to_hub",
     "read_json",
     "require_extra",
     "restored",

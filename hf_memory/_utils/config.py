@@ -250,15 +250,40 @@ class HubConfigMixin:
         Returns:
             The `huggingface_hub.CommitInfo` of the upload.
         """
-        from huggingface_hub import HfApi
+        return push_saved_to_hub(self, repo_id, private, token, commit_message, revision)
 
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder)
-            return api.upload_folder(
-                repo_id=repo_id,
-                folder_path=folder,
-                commit_message=commit_message or f"Upload {type(self).__name__}",
-                revision=revision,
-            )
+
+def push_saved_to_hub(
+    saved,
+    repo_id: str,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+):
+    """Create the Hub model repo `repo_id` if needed and upload what `saved.save_pretrained(folder)` writes: the one
+    upload path of every object the package saves (configs, an n-gram index).
+
+    Args:
+        saved: An object with `save_pretrained(folder)`.
+        repo_id: "user/name" of the model repo.
+        private: Whether a newly created repo is private.
+        token: The Hub token (default: the saved login).
+        commit_message: The commit message (default: "Upload <class name>").
+        revision: The branch to push to.
+
+    Returns:
+        The `huggingface_hub.CommitInfo` of the upload.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        saved.save_pretrained(folder)
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message=commit_message or f"Upload {type(saved).__name__}",
+            revision=revision,
+        )

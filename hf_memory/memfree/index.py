@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -36,6 +35,7 @@ from .._utils import (
     check_integer,
     is_local_path,
     iter_sequences,
+    push_saved_to_hub,
     read_json,
     tokenizer_fingerprint,
     write_json,
@@ -585,18 +585,7 @@ class NgramIndex:
         Returns:
             The `huggingface_hub.CommitInfo` of the upload.
         """
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder)
-            return api.upload_folder(
-                repo_id=repo_id,
-                folder_path=folder,
-                commit_message=commit_message or "Upload NgramIndex",
-                revision=revision,
-            )
+        return push_saved_to_hub(self, repo_id, private, token, commit_message, revision)
 
 
 def _check_ids(row: torch.Tensor, vocab_size: int, label: str) -> None:
