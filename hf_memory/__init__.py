@@ -88,6 +88,7 @@ _LAZY = {
     "auditing": ["AuditConfig", "AuditReport", "audit"],
     "membership": [
         "MEMBERSHIP_ATTACKS",
+        "MembershipCallback",
         "MembershipConfig",
         "MembershipReport",
         "MembershipResult",
@@ -225,6 +226,7 @@ if TYPE_CHECKING:
     )
     from .membership import (
         MEMBERSHIP_ATTACKS,
+        MembershipCallback,
         MembershipConfig,
         MembershipReport,
         MembershipResult,
