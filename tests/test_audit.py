@@ -933,3 +933,20 @@ def test_cli_audits_with_held_out_files_end_to_end(tmp_path, capsys, monkeypatch
     assert (
         pq.read_table(tmp_path / "report" / MEMBERSHIP_FILE).num_rows == 40 + results["data"]["num_non_member_windows"]
     )
+
+
+def test_windows_with_non_finite_membership_scores_are_left_out_and_counted():
+    model, tok, members, non_members = membership_case()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[tok.convert_tokens_to_ids("w3")] = float("nan")
+    report = audit(model, tok, members, non_members=non_members, **MIA, show_progress=False, membership_bootstrap=100)
+    table = report.membership_table()
+    nan = [math.isnan(v) for v in table.column("loss").to_pylist()]
+    assert 0 < sum(nan) == report.data["num_membership_left_out"]
+    assert report.membership.num_members + report.membership.num_non_members == len(nan) - sum(nan)
+    assert [b is None for b in table.column("blind_baseline").to_pylist()] == nan
+    assert f"{sum(nan)} window(s) were left out" in " ".join(report.membership_verdict())
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:] = float("nan")
+    with pytest.raises(ValueError, match="Only 0 members have finite membership scores"):
+        audit(model, tok, members, non_members=non_members, **MIA, show_progress=False, membership_bootstrap=100)

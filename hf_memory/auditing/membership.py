@@ -176,32 +176,50 @@ def samples_fingerprint(windows: torch.Tensor, is_member: list[bool], positions)
     return digest.hexdigest()
 
 
-def evaluate(rows: list[dict], texts: list[str], attacks: list[str], config: AuditConfig) -> MembershipReport:
+def evaluate(rows: list[dict], texts: list[str], attacks: list[str], config: AuditConfig) -> tuple:
     """`membership_report` of the scored rows (with the texts: the blind baseline and the n-gram overlap); each row
-    gets its blind-baseline score.
+    gets its blind-baseline score. A window with a non-finite score (a model whose loss overflows on it) is left out
+    of the evaluation and counted.
 
     Args:
         rows: The scored samples (`score_samples`), in sample order.
         texts: Per sample, its window's text.
         attacks: The attack columns.
         config: The audit settings (`membership_bootstrap`, `seed`).
+
+    Returns:
+        `(MembershipReport, windows left out for a non-finite score)`.
+
+    Raises:
+        ValueError: If fewer than 5 members or non-members have finite scores.
     """
+    import math
+
     from ..membership import blind_baseline_scores
 
-    labels = [bool(row["is_member"]) for row in rows]
+    kept = [i for i, row in enumerate(rows) if all(math.isfinite(row[attack]) for attack in attacks)]
+    left_out = len(rows) - len(kept)
+    labels = [bool(rows[i]["is_member"]) for i in kept]
+    kept_texts = [texts[i] for i in kept]
+    for what, count in (("members", sum(labels)), ("non-members", len(labels) - sum(labels))):
+        if count < MIN_PER_CLASS:
+            raise ValueError(
+                f"Only {count} {what} have finite membership scores ({left_out} windows scored NaN or infinite): "
+                f"at least {MIN_PER_CLASS} are needed. The model's loss is not finite on most windows."
+            )
     report = membership_report(
-        {attack: [row[attack] for row in rows] for attack in attacks},
+        {attack: [rows[i][attack] for i in kept] for attack in attacks},
         labels,
-        texts=texts,
+        texts=kept_texts,
         n_bootstrap=config.membership_bootstrap,
         seed=config.seed,
     )
-    blind = None
+    blind = {}
     if report.blind_baseline is not None:  # the same folds and seed as the report's row: the same scores
-        blind = blind_baseline_scores(texts, labels, seed=config.seed)
+        blind = dict(zip(kept, blind_baseline_scores(kept_texts, labels, seed=config.seed).tolist()))
     for i, row in enumerate(rows):
-        row[BLIND_COLUMN] = None if blind is None else float(blind[i])
-    return report
+        row[BLIND_COLUMN] = blind.get(i)
+    return report, left_out
 
 
 def table(rows: list[dict], attacks: list[str]):
@@ -224,7 +242,7 @@ def _auc(entry: dict) -> str:
     return f"AUC {entry['auc']:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def verdict(report: MembershipReport | None, has_reference: bool = False) -> list[str]:
+def verdict(report: MembershipReport | None, has_reference: bool = False, left_out: int = 0) -> list[str]:
     """The membership section's verdict in plain words: what was found, what it rules out and what not.
 
     Rules, in order: without non-members, what cannot be concluded; when the blind baseline (texts alone) is above
@@ -236,6 +254,7 @@ def verdict(report: MembershipReport | None, has_reference: bool = False) -> lis
     Args:
         report: The membership report, or None when no non-members were given.
         has_reference: Whether a reference model was given (the strongest attack on a fine-tune).
+        left_out: Windows left out of the evaluation for a non-finite score.
 
     Returns:
         One sentence or short paragraph per finding.
@@ -270,6 +289,11 @@ def verdict(report: MembershipReport | None, has_reference: bool = False) -> lis
             "more samples"
             + ("" if has_reference else ", a reference model (the checkpoint before fine-tuning)")
             + " or a stronger attack would reveal."
+        )
+    if left_out:
+        lines.append(
+            f"{left_out} window(s) were left out: the model's scores on them are not finite (NaN or infinite loss); "
+            "their rows in membership.parquet hold the raw scores."
         )
     below = [name for name, entry in report.attacks.items() if entry["below_chance"]]
     if below:

@@ -123,7 +123,8 @@ class AuditReport:
         Returns:
             One sentence or short paragraph per finding.
         """
-        return membership_section.verdict(self.membership, self.reference_model is not None)
+        left_out = self.data.get("num_membership_left_out", 0)
+        return membership_section.verdict(self.membership, self.reference_model is not None, left_out)
 
     @property
     def metrics(self) -> dict:

@@ -424,7 +424,7 @@ def audit(
     }
     membership_report = membership_rows = None
     if held is not None:
-        membership_report, membership_rows = _membership(
+        membership_report, membership_rows, left_out = _membership(
             model, tokenizer, reference_model, config, attacks, sample, held, labels, member_texts,
             non_member_texts, output_dir, name, manifest, held_scan.digest.hexdigest(), show_progress,
         )  # fmt: skip
@@ -446,6 +446,7 @@ def audit(
             num_non_member_documents=held.num_sequences,
             num_non_member_windows=len(held.index),
             num_non_member_candidate_windows=held.num_candidates,
+            num_membership_left_out=left_out,
         )
     report = AuditReport(
         rows=rows,
@@ -467,7 +468,7 @@ def _membership(
     output_dir, name, manifest, held_digest, show_progress,
 ) -> tuple:  # fmt: skip
     """Score the member and non-member windows with the membership attacks (resumable under `.partial`), evaluate
-    them, and return `(MembershipReport, per-sample rows)`."""
+    them, and return `(MembershipReport, per-sample rows, windows left out for a non-finite score)`."""
     windows = torch.cat([sample.windows, held.windows])
     is_member = [True] * len(sample.index) + [False] * len(held.index)
     positions = list(sample.index) + list(held.index)
@@ -491,8 +492,8 @@ def _membership(
         row["set"] = membership.MEMBER if member else membership.NON_MEMBER
         row["source"] = labels[row["window"]] if member else f"non-member document {row['document']}"
         row["text"] = text
-    report = membership.evaluate(rows, texts, attacks, config)
-    return report, rows
+    report, left_out = membership.evaluate(rows, texts, attacks, config)
+    return report, rows, left_out
 
 
 def _renamed_output_dir(output_dir, out) -> tuple:
