@@ -850,6 +850,9 @@ def test_bad_non_members_are_refused_before_any_work(tmp_path, monkeypatch):
         ({"non_members": non_members, "membership_k": 0}, "`membership_k` must be"),
         ({"non_members": non_members, "membership_k": float("nan")}, "`membership_k` must be"),
         ({"non_members": non_members, "membership_bootstrap": 10}, "`membership_bootstrap` must be an integer >= 100"),
+        ({"non_member_sources": ["a"]}, "`non_member_sources` was given without `non_members`"),
+        ({"non_members": non_members, "non_member_sources": ["a"]}, "`non_member_sources` has 1 labels for more"),
+        ({"non_members": non_members, "non_member_sources": "abc"}, "`non_member_sources` must be a list"),
     ]
     for change, message in cases:
         kwargs = {**MIA, "output_dir": tmp_path / "report", "show_progress": False, **change}
@@ -950,3 +953,42 @@ def test_windows_with_non_finite_membership_scores_are_left_out_and_counted():
         model.model.embed_tokens.weight[:] = float("nan")
     with pytest.raises(ValueError, match="Only 0 members have finite membership scores"):
         audit(model, tok, members, non_members=non_members, **MIA, show_progress=False, membership_bootstrap=100)
+
+
+@pytest.mark.slow
+def test_a_membership_audit_killed_mid_way_resumes_and_equals_a_clean_one(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = "audit(model, tok, members, non_members=non_members, **{**MIA, 'flush_every': 1}, output_dir=out, " \
+          "show_progress=False, membership_bootstrap=100)"  # fmt: skip
+    script = f"""
+import os, signal, sys, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads(1)
+import hf_memory.auditing.membership as section
+from hf_memory.auditing import audit
+from tests.test_audit import MIA, membership_case
+real, calls = section.membership_scores, []
+def killed(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 6:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+section.membership_scores = killed
+model, tok, members, non_members = membership_case()
+out = {str(tmp_path / "resumed")!r}
+{run}
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert len(list((tmp_path / "resumed" / ".partial" / "membership").glob("rank00000-*.parquet"))) == 5
+    torch.set_num_threads(1)
+    model, tok, members, non_members = membership_case()
+    kwargs = {**MIA, "flush_every": 1, "show_progress": False, "membership_bootstrap": 100}
+    resumed = audit(model, tok, members, non_members=non_members, **kwargs, output_dir=tmp_path / "resumed")
+    clean = audit(model, tok, members, non_members=non_members, **kwargs, output_dir=tmp_path / "clean")
+    assert resumed.membership_table().equals(clean.membership_table())
+    assert resumed.membership.to_dict() == clean.membership.to_dict()

@@ -133,10 +133,13 @@ class _Scan:
     documents), a document that is an exact copy of one of them is refused: it cannot be both a member and a
     non-member."""
 
-    def __init__(self, data, tokenizer, model, sources, name: str = "data", members: set | None = None) -> None:
+    def __init__(
+        self, data, tokenizer, model, sources, name: str = "data", members: set | None = None, sources_name="sources"
+    ) -> None:
+        self.sources_name = sources_name
         if isinstance(sources, (str, bytes)) or not (sources is None or hasattr(sources, "__iter__")):
             raise ValueError(
-                f"`sources` must be a list (or iterable) of labels, one per document, got {sources!r:.60}."
+                f"`{sources_name}` must be a list (or iterable) of labels, one per document, got {sources!r:.60}."
             )
         self.documents = _document_stream(data, tokenizer, name)
         self.model, self.sources, self.name, self.members = model, sources, name, members
@@ -160,9 +163,11 @@ class _Scan:
             if sources is not None:
                 label = next(sources, _END)
                 if label is _END:
-                    raise ValueError(f"`sources` has {i} labels for more documents: give one label per document.")
+                    raise ValueError(
+                        f"`{self.sources_name}` has {i} labels for more documents: give one label per document."
+                    )
                 if label is None:
-                    raise ValueError(f"`sources[{i}]` is None: give each document a label.")
+                    raise ValueError(f"`{self.sources_name}[{i}]` is None: give each document a label.")
                 self.labels.append(str(label))
             self.counts.add(ids)
             self.num_tokens += len(ids)
@@ -170,7 +175,9 @@ class _Scan:
             self.digest.update(torch.as_tensor(ids, dtype=torch.int64).numpy().tobytes())
             yield ids
         if sources is not None and next(sources, _END) is not _END:
-            raise ValueError(f"`sources` has more labels than the {len(self.labels)} documents of `data`.")
+            raise ValueError(
+                f"`{self.sources_name}` has more labels than the {len(self.labels)} documents of `{self.name}`."
+            )
 
     def label(self, document: int) -> str:
         return self.labels[document] if self.sources is not None else f"document {document}"
@@ -252,6 +259,7 @@ def audit(
     flush_every: int = AuditConfig.flush_every,
     *,
     non_members: Sequence[str] | Sequence[Sequence[int]] | datasets.Dataset | None = None,
+    non_member_sources: Sequence[str] | None = None,
     membership_attacks: Sequence[str] | None = AuditConfig.membership_attacks,
     membership_k: float = AuditConfig.membership_k,
     membership_bootstrap: int = AuditConfig.membership_bootstrap,
@@ -317,6 +325,8 @@ def audit(
         flush_every: Batches per chunk: with `output_dir`, at most this many batches are scored again after an
             interruption.
         non_members: Held-out documents, in the forms `data` takes: enables the membership-inference section.
+        non_member_sources: A label per held-out document (as `sources`), read alongside `non_members`; None numbers
+            them ("non-member document 3").
         membership_attacks: The membership attacks scored (see `AuditConfig.membership_attacks`).
         membership_k: The Min-K% / Min-K%++ fraction (see `AuditConfig.membership_k`).
         membership_bootstrap: Bootstrap resamples of the membership intervals (see `AuditConfig`).
@@ -387,8 +397,18 @@ def audit(
     sample = sample_windows(scan, prefix, suffix, config.window_stride, config.max_windows, config.seed, name="data")
     windows, positions = sample.windows, sample.index
     held = held_scan = None
+    if non_member_sources is not None and non_members is None:
+        raise ValueError("`non_member_sources` was given without `non_members`.")
     if non_members is not None:
-        held_scan = _Scan(non_members, tokenizer, model, None, name="non_members", members=scan.document_digests)
+        held_scan = _Scan(
+            non_members,
+            tokenizer,
+            model,
+            non_member_sources,
+            name="non_members",
+            members=scan.document_digests,
+            sources_name="non_member_sources",
+        )
         held = sample_windows(
             held_scan, prefix, suffix, config.window_stride, config.max_windows, config.seed, name="non_members"
         )
@@ -426,7 +446,7 @@ def audit(
     if held is not None:
         membership_report, membership_rows, left_out = _membership(
             model, tokenizer, reference_model, config, attacks, sample, held, labels, member_texts,
-            non_member_texts, output_dir, name, manifest, held_scan.digest.hexdigest(), show_progress,
+            non_member_texts, output_dir, name, manifest, held_scan, show_progress,
         )  # fmt: skip
     with tqdm(total=len(windows), desc="audit", unit="window", disable=not show_progress) as bar:
         if output_dir is None:
@@ -465,7 +485,7 @@ def audit(
 
 def _membership(
     model, tokenizer, reference_model, config, attacks, sample, held, labels, member_texts, non_member_texts,
-    output_dir, name, manifest, held_digest, show_progress,
+    output_dir, name, manifest, held_scan, show_progress,
 ) -> tuple:  # fmt: skip
     """Score the member and non-member windows with the membership attacks (resumable under `.partial`), evaluate
     them, and return `(MembershipReport, per-sample rows, windows left out for a non-finite score)`."""
@@ -479,7 +499,7 @@ def _membership(
         "kind": "audit-membership",
         "membership_attacks": attacks,
         "windows": membership.samples_fingerprint(windows, is_member, positions),
-        "non_members_sha256": held_digest,
+        "non_members_sha256": held_scan.digest.hexdigest(),
     }
     with tqdm(total=len(windows), desc="membership", unit="window", disable=not show_progress) as bar:
         rows = membership.score_samples(
@@ -490,7 +510,12 @@ def _membership(
     for row, text in zip(rows, texts):
         member = bool(row["is_member"])
         row["set"] = membership.MEMBER if member else membership.NON_MEMBER
-        row["source"] = labels[row["window"]] if member else f"non-member document {row['document']}"
+        if member:
+            row["source"] = labels[row["window"]]
+        elif held_scan.sources is not None:
+            row["source"] = held_scan.label(row["document"])
+        else:
+            row["source"] = f"non-member document {row['document']}"
         row["text"] = text
     report, left_out = membership.evaluate(rows, texts, attacks, config)
     return report, rows, left_out

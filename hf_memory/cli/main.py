@@ -96,10 +96,11 @@ def run_audit(args: argparse.Namespace, config) -> dict:
     documents = _in_vocabulary(iter_token_sequences(args.data, tokenizer, args.text_field), model)
     pairs, labels = itertools.tee(documents)
     sequences, sources = (ids for ids, _ in pairs), (source for _, source in labels)
-    non_members = None
+    non_members = non_member_sources = None
     if args.held_out:
         held_out = _in_vocabulary(iter_token_sequences(args.held_out, tokenizer, args.text_field), model)
-        non_members = (ids for ids, _ in held_out)
+        held_pairs, held_labels = itertools.tee(held_out)
+        non_members, non_member_sources = (ids for ids, _ in held_pairs), (source for _, source in held_labels)
     reference = reference_tokenizer = None
     if args.reference_model is not None:
         reference, reference_tokenizer = load_model(args.reference_model, args.reference_gguf_file)
@@ -119,6 +120,7 @@ def run_audit(args: argparse.Namespace, config) -> dict:
         reference_tokenizer=reference_tokenizer,
         sources=sources,
         non_members=non_members,
+        non_member_sources=non_member_sources,
         model_name=name(args.model, args.gguf_file),
         reference_name=None if reference is None else name(args.reference_model, args.reference_gguf_file),
     )
