@@ -95,6 +95,7 @@ _LAZY = {
     "auditing": ["AuditConfig", "AuditReport", "audit"],
     "membership": [
         "MEMBERSHIP_ATTACKS",
+        "MembershipCallback",
         "MembershipConfig",
         "MembershipReport",
         "MembershipResult",
@@ -256,6 +257,7 @@ if TYPE_CHECKING:
     )
     from .membership import (
         MEMBERSHIP_ATTACKS,
+        MembershipCallback,
         MembershipConfig,
         MembershipReport,
         MembershipResult,

@@ -668,3 +668,327 @@ def test_save_takes_output_dir_and_the_old_keyword_with_a_future_warning(tmp_pat
     assert (tmp_path / "new" / "results.json").read_text() == (tmp_path / "old" / "results.json").read_text()
     with pytest.raises(TypeError, match="output_dir"):
         report.save()
+
+
+# --- membership inference against held-out non-members --------------------------------------------------------------
+
+MIA = {"prefix_len": 4, "suffix_len": 4, "max_windows": 40, "batch_size": 4, "flush_every": 2}
+
+
+def membership_case(train_steps: int = 0):
+    """A word-level corpus of 24 random documents split at random into 12 members and 12 non-members, and a tiny model
+    trained `train_steps` full passes on the members only (so the attacks must tell them apart)."""
+    import random
+
+    from hf_memory.data import word_level_tokenizer
+
+    tok = word_level_tokenizer([f"w{i}" for i in range(40)])
+    model = tiny_causal_lm("llama", vocab_size=len(tok), hidden=32, seed=0)
+    rng = random.Random(0)
+    texts = [" ".join(f"w{rng.randrange(40)}" for _ in range(rng.randrange(30, 60))) for _ in range(24)]
+    rng.shuffle(texts)
+    members, non_members = texts[:12], texts[12:]
+    if train_steps:
+        torch.manual_seed(0)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        ids = [torch.tensor([tok(t, add_special_tokens=False)["input_ids"]]) for t in members]
+        for _ in range(train_steps):
+            for row in ids:
+                optimizer.zero_grad()
+                model(input_ids=row, labels=row).loss.backward()
+                optimizer.step()
+        model.eval()
+    return model, tok, members, non_members
+
+
+@pytest.fixture(scope="module")
+def membership_audit(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, tok, members, non_members = membership_case(train_steps=15)
+        out = tmp_path_factory.mktemp("membership")
+        report = audit(model, tok, members, non_members=non_members, **MIA, output_dir=out, show_progress=False,
+                       membership_bootstrap=200)  # fmt: skip
+        return report, out, model, tok
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_membership_is_measured_first_and_every_score_is_in_the_files(membership_audit):
+    from hf_memory.auditing import MEMBERSHIP_FILE
+    from hf_memory.membership import membership_report, membership_scores
+
+    report, out, model, tok = membership_audit
+    assert sorted(os.listdir(out)) == sorted([HTML_FILE, RESULTS_FILE, WINDOWS_FILE, MEMBERSHIP_FILE])
+    table = pq.read_table(out / MEMBERSHIP_FILE)
+    rows = table.to_pylist()
+    members = [r for r in rows if r["is_member"]]
+    assert len(members) == report.data["num_windows"] == 40
+    assert len(rows) - len(members) == report.data["num_non_member_windows"] == report.membership.num_non_members
+    assert {r["set"] for r in rows} == {"member", "non-member"} and [r["sample"] for r in rows] == list(
+        range(len(rows))
+    )
+    assert report.membership_attacks == ["loss", "zlib", "min_k", "min_k_plus_plus"]
+    # the members are the audited windows, scored as `membership_scores` scores them, one window at a time
+    windows = [r["prefix_ids"] + r["suffix_ids"] for r in report.rows]
+    assert [tok(r["text"], add_special_tokens=False)["input_ids"] for r in members] == windows
+    direct = membership_scores(model, windows[:5], tok, batch_size=1, show_progress=False)
+    for attack in report.membership_attacks:
+        assert [r[attack] for r in members[:5]] == pytest.approx(direct.scores[attack].tolist(), rel=1e-5)
+    # results.json holds the evaluation of exactly these scores
+    results = json.loads((out / RESULTS_FILE).read_text())
+    again = membership_report(
+        {a: table.column(a).to_pylist() for a in report.membership_attacks},
+        table.column("is_member").to_pylist(),
+        texts=table.column("text").to_pylist(),
+        n_bootstrap=200,
+    )
+    for attack, entry in again.attacks.items():
+        assert results["membership"]["attacks"][attack]["auc"] == pytest.approx(entry["auc"])
+        assert results["membership"]["attacks"][attack]["auc_interval"] == pytest.approx(entry["auc_interval"])
+    blind = table.column("blind_baseline").to_pylist()
+    assert None not in blind and results["membership"]["blind_baseline"]["auc"] == pytest.approx(
+        again.blind_baseline["auc"]
+    )
+    assert results["membership_verdict"] == report.membership_verdict()
+    # reads back
+    loaded = AuditReport.load(out)
+    assert loaded.membership.to_dict(curves=False) == report.membership.to_dict(curves=False)
+    assert loaded.membership_table().equals(report.membership_table())
+
+
+def test_the_page_opens_with_the_membership_verdict_table_roc_and_blind_baseline(membership_audit):
+    report, out, _, _ = membership_audit
+    page = (out / HTML_FILE).read_text()
+    collector = _Collector()
+    collector.feed(page)
+    text = " ".join(collector.text)
+    mia = text.index("Membership inference: can the model tell")
+    assert mia < text.index("Extraction") < text.index("Headline")
+    best = max(report.membership.attacks.values(), key=lambda e: e["auc"])
+    assert best["above_chance"], report.membership.to_markdown()  # trained 15 passes on the members only
+    assert "Membership leaks" in text and "does not say which documents" in text
+    assert "not measurable: needs at least 1000 non-members" in text  # TPR at 0.1% FPR with 40 non-members
+    assert "blind baseline (texts alone, no model)" in text and "The blind baseline is at chance" in text
+    assert any(tag == "img" and "membership inference ROC" in page for tag in collector.tags)
+    assert all(value.startswith("data:") for _, _, value in collector.links)
+
+
+def test_the_card_gets_membership_results(membership_audit):
+    report = membership_audit[0]
+    card, _, results = _card_results(report.to_model_card())
+    aucs = {r.metric_name: r.metric_value for r in results if r.metric_type == "roc_auc"}
+    assert aucs["Membership inference ROC AUC (loss)"] == round(report.membership.attacks["loss"]["auc"], 6)
+    assert "Membership inference ROC AUC (blind baseline, texts alone)" in aucs
+    assert all("non_members=40" in r.metric_config for r in results if r.metric_type == "roc_auc")
+    assert "### Membership inference" in card.text and "Membership leaks" in card.text
+
+
+def test_without_non_members_the_page_says_what_cannot_be_concluded(audited):
+    report, out, _, _ = audited
+    page = (out / HTML_FILE).read_text()
+    assert "Membership inference was not measured" in page and "do not rule out a" in page
+    results = json.loads((out / RESULTS_FILE).read_text())
+    assert results["membership"] is None and "not measured" in results["membership_verdict"][0]
+    assert report.membership_table() is None and report.membership_attacks == []
+    assert "Membership inference was not measured" in report.card_section()
+
+
+def test_an_untrained_model_leaks_nothing_and_a_biased_split_fires_the_blind_baseline():
+    model, tok, members, non_members = membership_case()
+    report = audit(model, tok, members, non_members=non_members, **MIA, show_progress=False, membership_bootstrap=200)
+    assert not any(e["above_chance"] for e in report.membership.attacks.values()), report.membership.to_markdown()
+    assert report.membership_verdict()[0].startswith("No membership leak detected")
+    assert "a reference model (the checkpoint before fine-tuning)" in report.membership_verdict()[0]
+    other = [t.replace("w1", "w39 w39 w38") for t in non_members]  # another "source": its own frequent words
+    report = audit(model, tok, members, non_members=other, **MIA, show_progress=False, membership_bootstrap=200)
+    assert report.membership.blind_baseline["distinguishable"], report.membership.to_markdown()
+    assert report.membership_verdict()[0].startswith("Not conclusive")
+
+
+def test_a_reference_model_adds_the_reference_attack_and_non_members_stream(tmp_path):
+    from datasets import IterableDataset
+
+    model, tok, members, non_members = membership_case()
+    reference = tiny_causal_lm("llama", vocab_size=len(tok), hidden=32, seed=1)
+    kwargs = {**MIA, "reference_model": reference, "show_progress": False, "membership_bootstrap": 100}
+    listed = audit(model, tok, members, non_members=non_members, **kwargs)
+    assert listed.membership_attacks[-1] == "reference"
+    streamed = IterableDataset.from_generator(lambda: ({"text": t} for t in non_members))
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in non_members]
+    for data in ((t for t in non_members), streamed, ids):
+        report = audit(model, tok, members, non_members=data, **kwargs)
+        assert report.membership_table().equals(listed.membership_table()), type(data)
+    chosen = audit(model, tok, members, non_members=non_members, **{**kwargs, "membership_attacks": ["loss"]})
+    assert chosen.membership_attacks == ["loss"]
+
+
+def test_bad_non_members_are_refused_before_any_work(tmp_path, monkeypatch):
+    import hf_memory.auditing.membership
+    import hf_memory.extraction
+
+    def never(*args, **kwargs):
+        raise AssertionError("scored before the input was checked")
+
+    monkeypatch.setattr(hf_memory.extraction, "measure_extraction", never)
+    monkeypatch.setattr(hf_memory.auditing.membership, "membership_scores", never)
+    model, tok, members, non_members = membership_case()
+    cases = [
+        ({"non_members": non_members[:5] + [members[3]]}, r"`non_members\[5\]` is an exact copy of a document of"),
+        ({"non_members": non_members + [members[2] + " w1"]}, r"window\(s\) of `non_members` are also windows of"),
+        ({"non_members": ["w1 w2 w3 w4 w5 w6 w7 w8 w9"] * 2}, "needs at least 5 windows of `non_members`, got 2"),
+        ({"non_members": non_members, "max_windows": 4}, "needs at least 5 windows of `data`, got 4"),
+        ({"non_members": []}, "`non_members` is empty"),
+        ({"non_members": "w1 w2"}, "`non_members` must be a list of documents"),
+        ({"non_members": ["w1 w2", ""]}, r"`non_members\[1\]` is an empty text"),
+        ({"non_members": [[1, 2, 3] * 10, [len(tok) + 3] * 20]}, r"`non_members\[1\]`.*outside the model's vocab"),
+        ({"non_members": ["w1 w2"] * 6}, "No sequence of `non_members` has"),
+        ({"non_members": non_members, "membership_attacks": ["reference"]}, "needs a `reference_model`"),
+        ({"non_members": non_members, "membership_attacks": ["nope"]}, "`membership_attacks`"),
+        ({"non_members": non_members, "membership_attacks": "loss"}, "`membership_attacks` must be a list"),
+        ({"non_members": non_members, "membership_k": 0}, "`membership_k` must be"),
+        ({"non_members": non_members, "membership_k": float("nan")}, "`membership_k` must be"),
+        ({"non_members": non_members, "membership_bootstrap": 10}, "`membership_bootstrap` must be an integer >= 100"),
+        ({"non_member_sources": ["a"]}, "`non_member_sources` was given without `non_members`"),
+        ({"non_members": non_members, "non_member_sources": ["a"]}, "`non_member_sources` has 1 labels for more"),
+        ({"non_members": non_members, "non_member_sources": "abc"}, "`non_member_sources` must be a list"),
+    ]
+    for change, message in cases:
+        kwargs = {**MIA, "output_dir": tmp_path / "report", "show_progress": False, **change}
+        with pytest.raises(ValueError, match=message):
+            audit(model, tok, members, **kwargs)
+    assert not (tmp_path / "report" / ".partial").exists()
+    import numpy as np
+
+    from hf_memory.auditing import AuditConfig
+
+    assert AuditConfig(membership_k=np.float32(0.5), membership_bootstrap=np.int64(200)).membership_bootstrap == 200
+
+
+def test_an_interrupted_membership_audit_resumes_and_equals_a_clean_one(tmp_path, monkeypatch):
+    import hf_memory.auditing.membership
+
+    model, tok, members, non_members = membership_case()
+    kwargs = {**MIA, "flush_every": 1, "show_progress": False, "membership_bootstrap": 100}
+    clean = audit(model, tok, members, non_members=non_members, **kwargs, output_dir=tmp_path / "clean")
+    real, calls, interrupt_at = hf_memory.auditing.membership.membership_scores, [], [5]
+
+    def interrupted(*args, **kw):
+        calls.append(1)
+        if len(calls) in interrupt_at:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(hf_memory.auditing.membership, "membership_scores", interrupted)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        audit(model, tok, members, non_members=non_members, **kwargs, output_dir=out)
+    partial = out / ".partial" / "membership"
+    assert len(list(partial.glob("rank00000-*.parquet"))) == 4 and not (out / RESULTS_FILE).exists()
+    edited = non_members[:-1] + [non_members[-1].replace("w", "w1", 1)]
+    with pytest.raises(ValueError, match="different run .*non_members_sha256"):
+        audit(model, tok, members, non_members=edited, **kwargs, output_dir=out)
+    with pytest.raises(ValueError, match="different run .*membership_k"):
+        audit(model, tok, members, non_members=non_members, **kwargs, membership_k=0.5, output_dir=out)
+    calls.clear()
+    interrupt_at.clear()
+    resumed = audit(model, tok, members, non_members=non_members, **kwargs, output_dir=out)
+    total = math.ceil((40 + resumed.membership.num_non_members) / MIA["batch_size"])
+    assert len(calls) == total - 4  # the 4 chunks on disk are not scored again
+    assert resumed.membership_table().equals(clean.membership_table())
+    assert resumed.membership.to_dict() == clean.membership.to_dict()
+    assert resumed.table().equals(clean.table()) and not (out / ".partial").exists()
+
+
+def test_a_report_folder_reused_without_non_members_drops_the_old_membership_file(membership_audit, tmp_path):
+    from hf_memory.auditing import MEMBERSHIP_FILE
+
+    report = membership_audit[0]
+    report.save(tmp_path)
+    assert (tmp_path / MEMBERSHIP_FILE).exists()
+    AuditReport(rows=report.rows, settings=report.settings, model=report.model, data=report.data).save(tmp_path)
+    assert not (tmp_path / MEMBERSHIP_FILE).exists()
+    (tmp_path / MEMBERSHIP_FILE).mkdir()
+    model, tok, members, non_members = membership_case()
+    with pytest.raises(ValueError, match="holds a folder named membership.parquet"):
+        audit(model, tok, members, non_members=non_members, **MIA, output_dir=tmp_path, show_progress=False)
+
+
+def test_cli_audits_with_held_out_files_end_to_end(tmp_path, capsys, monkeypatch):
+    import hf_memory.models
+    from hf_memory.auditing import MEMBERSHIP_FILE
+
+    model, tok, members, non_members = membership_case(train_steps=15)
+    monkeypatch.setattr(hf_memory.models, "load_model", lambda *a, **k: (model, tok))
+    data, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in members))
+    held.write_text("".join(json.dumps({"text": t}) + "\n" for t in non_members[:6]))
+    (tmp_path / "more.txt").write_text("\n".join(non_members[6:]))  # one document: a text file is one
+    argv = ["audit", "--data", str(data), "--held-out", str(held), str(tmp_path / "more.txt")]
+    argv += ["--prefix-len", "4", "--suffix-len", "4", "--max-windows", "40", "--membership-bootstrap", "100"]
+    assert main(argv + ["--output-dir", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "membership inference against" in out and "Membership leaks" in out
+    results = json.loads((tmp_path / "report" / RESULTS_FILE).read_text())
+    assert results["data"]["num_non_member_documents"] == 7
+    assert results["settings"]["membership_bootstrap"] == 100
+    assert (
+        pq.read_table(tmp_path / "report" / MEMBERSHIP_FILE).num_rows == 40 + results["data"]["num_non_member_windows"]
+    )
+
+
+def test_windows_with_non_finite_membership_scores_are_left_out_and_counted():
+    model, tok, members, non_members = membership_case()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[tok.convert_tokens_to_ids("w3")] = float("nan")
+    report = audit(model, tok, members, non_members=non_members, **MIA, show_progress=False, membership_bootstrap=100)
+    table = report.membership_table()
+    nan = [math.isnan(v) for v in table.column("loss").to_pylist()]
+    assert 0 < sum(nan) == report.data["num_membership_left_out"]
+    assert report.membership.num_members + report.membership.num_non_members == len(nan) - sum(nan)
+    assert [b is None for b in table.column("blind_baseline").to_pylist()] == nan
+    assert f"{sum(nan)} window(s) were left out" in " ".join(report.membership_verdict())
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:] = float("nan")
+    with pytest.raises(ValueError, match="Only 0 members have finite membership scores"):
+        audit(model, tok, members, non_members=non_members, **MIA, show_progress=False, membership_bootstrap=100)
+
+
+@pytest.mark.slow
+def test_a_membership_audit_killed_mid_way_resumes_and_equals_a_clean_one(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = "audit(model, tok, members, non_members=non_members, **{**MIA, 'flush_every': 1}, output_dir=out, " \
+          "show_progress=False, membership_bootstrap=100)"  # fmt: skip
+    script = f"""
+import os, signal, sys, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads(1)
+import hf_memory.auditing.membership as section
+from hf_memory.auditing import audit
+from tests.test_audit import MIA, membership_case
+real, calls = section.membership_scores, []
+def killed(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 6:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+section.membership_scores = killed
+model, tok, members, non_members = membership_case()
+out = {str(tmp_path / "resumed")!r}
+{run}
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert len(list((tmp_path / "resumed" / ".partial" / "membership").glob("rank00000-*.parquet"))) == 5
+    torch.set_num_threads(1)
+    model, tok, members, non_members = membership_case()
+    kwargs = {**MIA, "flush_every": 1, "show_progress": False, "membership_bootstrap": 100}
+    resumed = audit(model, tok, members, non_members=non_members, **kwargs, output_dir=tmp_path / "resumed")
+    clean = audit(model, tok, members, non_members=non_members, **kwargs, output_dir=tmp_path / "clean")
+    assert resumed.membership_table().equals(clean.membership_table())
+    assert resumed.membership.to_dict() == clean.membership.to_dict()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 
@@ -324,3 +325,44 @@ def test_word_level_tokenizer_keeps_its_special_ids():
             word_level_tokenizer(words)
     with pytest.raises(ValueError, match="`max_length` must be an integer >= 3"):
         word_level_tokenizer(["red"], max_length=0)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "same as data", "not json", "no text field"])
+def test_held_out_files_are_looked_at_before_the_model_loads(case, tmp_path, capsys, monkeypatch):
+    import hf_memory.models
+
+    monkeypatch.setattr(hf_memory.models, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    data = tmp_path / "train.txt"
+    data.write_text("some training text")
+    held = tmp_path / "held.jsonl"
+    if case == "missing":
+        message = "argument --held-out: '.*held.jsonl' does not exist"
+    elif case == "empty":
+        held.write_text("\n \n")
+        message = "argument --held-out: '.*held.jsonl' is empty"
+    elif case == "same as data":
+        held, message = data, "argument --held-out: '.*train.txt' is also given to --data"
+    elif case == "not json":
+        held.write_text("not json\n")
+        message = "argument --held-out: the first line of '.*held.jsonl' is not JSON"
+    else:
+        held.write_text('{"body": "x"}\n')
+        message = "argument --held-out: the first record of '.*held.jsonl' has neither `input_ids` nor `text`"
+    argv = ["audit", "--data", str(data), "--held-out", str(held), "--output-dir", str(tmp_path / "report")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and re.search(message, err.strip().splitlines()[-1]), err
+
+
+def test_membership_options_are_checked_as_usage_errors(tmp_path, capsys):
+    for option, value, message in (
+        ("--membership-k", "2", "argument --membership-k: `membership_k` must be"),
+        ("--membership-bootstrap", "5", "argument --membership-bootstrap: `membership_bootstrap` must be"),
+        ("--membership-attacks", "lost", "argument --membership-attacks: `membership_attacks`"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["audit", "--data", "README.md", "--output-dir", str(tmp_path / "o"), option, value])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err

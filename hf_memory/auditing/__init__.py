@@ -2,13 +2,14 @@
 self-contained HTML report and the numbers on the model card."""
 
 from .config import AuditConfig
-from .report import HTML_FILE, RESULTS_FILE, WINDOWS_FILE, AuditReport
+from .report import HTML_FILE, MEMBERSHIP_FILE, RESULTS_FILE, WINDOWS_FILE, AuditReport
 from .run import DEFAULT_MAX_WINDOWS, audit
 
 
 __all__ = [
     "DEFAULT_MAX_WINDOWS",
     "HTML_FILE",
+    "MEMBERSHIP_FILE",
     "RESULTS_FILE",
     "WINDOWS_FILE",
     "AuditConfig",

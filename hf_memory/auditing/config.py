@@ -30,9 +30,15 @@ class AuditConfig(HubConfigMixin):
         top_k: How many of the most extracted windows the report shows with their text.
         flush_every: Batches per chunk written to the resume folder: at most this many batches are scored again
             after an interruption.
+        membership_attacks: With non-members (`non_members`, `--held-out`): the membership-inference attacks scored
+            on every member and non-member window, from `hf_memory.membership.MEMBERSHIP_ATTACKS`; None: the
+            one-pass attacks (`loss`, `zlib`, `min_k`, `min_k_plus_plus`) and `reference` with a reference model.
+        membership_k: The fraction of lowest-scoring tokens Min-K% and Min-K%++ average, in (0, 1].
+        membership_bootstrap: Bootstrap resamples of the membership AUC and TPR intervals (>= 100).
 
     Raises:
-        ValueError: If a count is not an integer in range or `ce_lr` is not a finite number > 0.
+        ValueError: If a count is not an integer in range, `ce_lr` is not a finite number > 0, or a membership
+            setting is one `MembershipConfig` refuses.
 
     Examples:
         >>> AuditConfig(max_windows=None).stride is None
@@ -70,6 +76,21 @@ class AuditConfig(HubConfigMixin):
         },
     )
 
+    membership_attacks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "With --held-out: membership attacks to score (loss, zlib, min_k, min_k_plus_plus, reference, "
+            "ce_diagnostic); default: the one-pass attacks, and reference with a reference model."
+        },
+    )
+    membership_k: float = field(
+        default=0.2,
+        metadata={"help": "With --held-out: fraction of least likely tokens that Min-K and Min-K++ average."},
+    )
+    membership_bootstrap: int = field(
+        default=1000, metadata={"help": "With --held-out: bootstrap resamples of the membership intervals (>= 100)."}
+    )
+
     def __post_init__(self):
         self.prefix_len = check_integer(self.prefix_len, "prefix_len", minimum=1)
         self.suffix_len = check_integer(self.suffix_len, "suffix_len", minimum=1)
@@ -80,6 +101,16 @@ class AuditConfig(HubConfigMixin):
         self.seed = check_integer(self.seed, "seed", minimum=0, maximum=MAX_SEED)
         self.top_k = check_integer(self.top_k, "top_k", minimum=0)
         self.flush_every = check_integer(self.flush_every, "flush_every", minimum=1)
+        from ..membership import MembershipConfig
+
+        try:  # the membership capability's own checks, under the audit's names
+            membership = MembershipConfig(attacks=self.membership_attacks, k=self.membership_k)
+        except ValueError as err:
+            message = str(err).replace("`attacks`", "`membership_attacks`").replace("`k`", "`membership_k`")
+            raise ValueError(message) from None
+        self.membership_attacks = None if membership.attacks is None else list(membership.attacks)
+        self.membership_k = membership.k
+        self.membership_bootstrap = check_integer(self.membership_bootstrap, "membership_bootstrap", minimum=100)
 
     @property
     def window_stride(self) -> int:

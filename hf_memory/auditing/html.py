@@ -9,6 +9,7 @@ import jinja2
 import numpy as np
 
 from .._utils import require_extra
+from .membership import blind_verdict
 from .summary import SIGNAL_COLUMNS
 
 
@@ -158,6 +159,24 @@ def calibrated_plot(data: dict) -> str:
     return _png(fig)
 
 
+def roc_plot(membership) -> str:
+    """Every membership attack's ROC curve (and the blind baseline's) on log-log axes (`MembershipReport.plot`).
+
+    Args:
+        membership: The audit's `MembershipReport`.
+
+    Returns:
+        The plot as a PNG data URI.
+    """
+    import matplotlib.pyplot as plt
+
+    fig = membership.plot(title="Membership inference ROC (log-log)")
+    try:
+        return _png(fig)
+    finally:
+        plt.close(fig)
+
+
 _PAGE = jinja2.Template(
     """<!DOCTYPE html>
 <html lang="en">
@@ -206,6 +225,34 @@ footer { margin-top: 40px; color: #888; font-size: 0.82em; }
 {%- if reference_model %} &middot; reference <strong>{{ reference_model.name_or_path }}</strong>{% endif %}
 &middot; {{ created }}</p>
 
+<h2>Membership inference: can the model tell its training data from unseen data?</h2>
+{% for line in membership_verdict %}<div class="verdict">{{ line }}</div>
+{% endfor %}
+{% if membership %}
+<table>
+<tr><th>attack (higher score = member)</th><th class="num">ROC AUC [{{ "%g" | format(100 * membership.confidence) }}% interval]</th>
+{% for fpr in membership.fprs %}<th class="num">TPR at {{ "%g" | format(100 * fpr) }}% FPR</th>{% endfor %}</tr>
+{% for name, entry in membership_rows %}
+<tr><td>{{ name }}</td><td class="num">{{ "%.3f" | format(entry.auc) }} [{{ "%.3f" | format(entry.auc_interval[0]) }}, {{ "%.3f" | format(entry.auc_interval[1]) }}]</td>
+{% for fpr in membership.fprs %}<td class="num">{% if entry.tpr_at_fpr[fpr] is not none %}{{ "%.3f" | format(entry.tpr_at_fpr[fpr]) }} [{{ "%.3f" | format(entry.tpr_interval[fpr][0]) }}, {{ "%.3f" | format(entry.tpr_interval[fpr][1]) }}]{% else %}not measurable: {{ entry.not_measurable[fpr] }}{% endif %}</td>{% endfor %}</tr>
+{% endfor %}
+</table>
+<p class="sub" style="margin-top:10px">{{ membership.num_members }} audited windows (members) against {{ membership.num_non_members }} windows
+of {{ data.num_non_member_documents }} held-out documents (non-members), cut the same way; {{ membership.n_bootstrap }} bootstrap resamples.
+{% if membership.ngram_overlap and membership.ngram_overlap.mean is not none %}On average {{ "%.1f%%" | format(100 * membership.ngram_overlap.mean) }} of a
+non-member's word {{ membership.ngram_overlap.n }}-grams also occur in a member.{% endif %}</p>
+<div class="grid">
+<div><h3>ROC curves, log-log</h3>
+<p>The low false-positive region is what matters: an attack that flags members with few false alarms.</p>
+<img alt="membership inference ROC curves on log-log axes" src="{{ plots.roc }}"></div>
+<div><h3>Is the comparison fair? The blind baseline</h3>
+<p>{{ blind_verdict }}</p>
+<p>The blind baseline is a bag-of-words classifier on the window texts alone (cross-validated); it never sees the
+model. Every score of every window is in <code>membership.parquet</code>.</p></div>
+</div>
+{% endif %}
+
+<h2>Extraction</h2>
 <div class="verdict">{{ verdict }}</div>
 
 <h2>Headline</h2>
@@ -282,8 +329,9 @@ fine-tuning) for the calibrated membership score.</p>{% endif %}</div>
 <dt>tokens reproduced before the first mistake</dt><dd>The longest common prefix of the greedy continuation and the true suffix.</dd>
 <dt>positional memorization score</dt><dd>The share of suffix positions where the continuation has the true token.</dd>
 <dt>calibrated CE score</dt><dd>The cross-entropy of the window after one SGD step on it (lr {{ settings.ce_lr }}), minus the reference model's cross-entropy: it removes how easy a text is in itself.</dd>
+<dt>membership inference</dt><dd>Each attack scores a window from the model's token probabilities (loss: mean log-likelihood; zlib: the same over the compressed size of the text; Min-K% / Min-K%++: the least likely tokens; reference: against the reference model). The ROC AUC is the chance that a random member scores above a random non-member (0.5: no signal); the TPR at a low FPR is the share of members caught when almost no non-member is.</dd>
 </dl>
-<p class="sub">The per-window rows are in <code>windows.parquet</code>, every number of this page in <code>results.json</code>.</p>
+<p class="sub">The per-window rows are in <code>windows.parquet</code>{% if membership %}, every window's membership scores in <code>membership.parquet</code>{% endif %}, every number of this page in <code>results.json</code>.</p>
 <footer>hf-memory {{ version }} &middot; config sha256 {{ model.config_sha256[:12] }}</footer>
 </body>
 </html>
@@ -346,7 +394,9 @@ def render_html(report) -> str:
     figures = report.figures()
     suffix_len = report.settings["suffix_len"]
     by_window = {r["window"]: r for r in report.rows}
+    membership = report.membership
     plots = {
+        "roc": None if membership is None else roc_plot(membership),
         "lcp": lcp_plot(figures["lcp_histogram"], suffix_len),
         "position": position_plot(figures["by_position"]) if figures["by_position"] else None,
         "ngram": ngram_plot(figures["by_ngram_frequency"], report.rows, suffix_len),
@@ -357,6 +407,17 @@ def render_html(report) -> str:
         reference_model=report.reference_model,
         created=report.created,
         verdict=verdict(report),
+        membership=membership,
+        membership_verdict=report.membership_verdict(),
+        membership_rows=[]
+        if membership is None
+        else list(membership.attacks.items())
+        + (
+            []
+            if membership.blind_baseline is None
+            else [("blind baseline (texts alone, no model)", membership.blind_baseline)]
+        ),
+        blind_verdict=None if membership is None else blind_verdict(membership),
         metrics=report.metrics,
         reference_metrics=report.reference_metrics,
         calibrated=report.calibrated,

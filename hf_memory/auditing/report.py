@@ -13,12 +13,16 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 from .._utils import atomic_write, require_extra
+from . import membership as membership_section
 from . import summary
+from .membership import MEMBERSHIP_FILE
 
 
 if TYPE_CHECKING:
     import pyarrow
     from huggingface_hub import EvalResult, ModelCard
+
+    from ..membership import MembershipReport
 
 RESULTS_FORMAT = "hf-memory-audit/1"
 RESULTS_FILE = "results.json"
@@ -90,6 +94,11 @@ class AuditReport:
         data: What was audited: `num_documents`, `num_tokens`, `num_short_documents`, `num_candidate_windows`,
             `num_windows`, `sources`.
         created: When the audit ran (UTC, ISO 8601).
+        membership: The membership-inference evaluation of the audited windows (members) against held-out windows
+            (non-members), a `hf_memory.membership.MembershipReport`; None without non-members.
+        membership_rows: One dict per member and non-member window, in the order of `membership.parquet` (`sample`,
+            `is_member`, `set`, `window`, `document`, `start`, `num_tokens`, one score per attack, `source`, `text`,
+            `blind_baseline`); None without non-members.
     """
 
     rows: list[dict]
@@ -100,6 +109,22 @@ class AuditReport:
     created: str = field(
         default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     )
+    membership: MembershipReport | None = None
+    membership_rows: list[dict] | None = None
+
+    @property
+    def membership_attacks(self) -> list[str]:
+        """The membership attacks scored (empty without non-members)."""
+        return [] if self.membership is None else list(self.membership.attacks)
+
+    def membership_verdict(self) -> list[str]:
+        """The membership section's verdict in plain words (what cannot be concluded, without non-members).
+
+        Returns:
+            One sentence or short paragraph per finding.
+        """
+        left_out = self.data.get("num_membership_left_out", 0)
+        return membership_section.verdict(self.membership, self.reference_model is not None, left_out)
 
     @property
     def metrics(self) -> dict:
@@ -157,6 +182,8 @@ class AuditReport:
                 "data": self.data,
                 "metrics": self.metrics,
                 "reference_metrics": self.reference_metrics,
+                "membership": None if self.membership is None else self.membership.to_dict(curves=True),
+                "membership_verdict": self.membership_verdict(),
                 **self.figures(),
             }
         )
@@ -174,6 +201,16 @@ class AuditReport:
         columns = {name: [row.get(name) for row in self.rows] for name in types}
         return pa.table(columns, schema=schema)
 
+    def membership_table(self) -> pyarrow.Table | None:
+        """The member and non-member windows with every membership score (the content of `membership.parquet`).
+
+        Returns:
+            One row per window, members first; None without non-members.
+        """
+        if self.membership_rows is None:
+            return None
+        return membership_section.table(self.membership_rows, self.membership_attacks)
+
     def to_html(self) -> str:
         """The report as one self-contained HTML page (inline CSS, plots as embedded PNG, no external resource).
 
@@ -189,7 +226,8 @@ class AuditReport:
 
     def save(self, output_dir: str | os.PathLike | None = None, *, out: str | os.PathLike | None = None) -> None:
         """Write `results.json`, `windows.parquet` and `index.html` to the folder `output_dir` (created if missing),
-        each file atomically.
+        each file atomically, and with non-members `membership.parquet` (without them, an earlier audit's
+        `membership.parquet` there is removed, so the folder never mixes two audits).
 
         Args:
             output_dir: The report folder.
@@ -228,6 +266,12 @@ class AuditReport:
 
         atomic_write(os.path.join(out, RESULTS_FILE), write_text(results + "\n"))
         atomic_write(os.path.join(out, WINDOWS_FILE), lambda path: pq.write_table(table, path))
+        membership_table = self.membership_table()
+        membership_path = os.path.join(out, MEMBERSHIP_FILE)
+        if membership_table is not None:
+            atomic_write(membership_path, lambda path: pq.write_table(membership_table, path))
+        elif os.path.isfile(membership_path):
+            os.remove(membership_path)
         atomic_write(os.path.join(out, HTML_FILE), write_text(page))
 
     @classmethod
@@ -252,6 +296,12 @@ class AuditReport:
         if not isinstance(results, dict) or results.get("format") != RESULTS_FORMAT:
             raise ValueError(f"{os.path.join(folder, RESULTS_FILE)} is not the results of an hf-memory audit.")
         rows = pq.read_table(os.path.join(folder, WINDOWS_FILE)).to_pylist()
+        membership, membership_rows = results.get("membership"), None
+        if membership is not None:
+            from ..membership import MembershipReport
+
+            membership = MembershipReport.from_dict(membership)
+            membership_rows = pq.read_table(os.path.join(folder, MEMBERSHIP_FILE)).to_pylist()
         return cls(
             rows=rows,
             settings=results["settings"],
@@ -259,6 +309,8 @@ class AuditReport:
             reference_model=results["reference_model"],
             data=results["data"],
             created=results["created"],
+            membership=membership,
+            membership_rows=membership_rows,
         )
 
     def eval_results(self, dataset_name: str = "fine-tuning data", dataset_type: str = "custom") -> list[EvalResult]:
@@ -271,7 +323,8 @@ class AuditReport:
         Returns:
             One `EvalResult` per headline number (exact match, memorization score, longest common prefix, ROUGE-L
             and, with a reference model, the median calibrated CE score), each with the window settings in
-            `metric_config`.
+            `metric_config`; with non-members, per membership attack its ROC AUC and its TPR at 1% FPR (where
+            measurable), and the blind baseline's AUC, with the sample counts in `metric_config`.
         """
         from huggingface_hub import EvalResult
 
@@ -294,6 +347,31 @@ class AuditReport:
                     metric_config=config,
                 )
             )
+        if self.membership is not None:
+            report = self.membership
+            counts = f"{config},members={report.num_members},non_members={report.num_non_members}"
+            rows = [(name, entry) for name, entry in report.attacks.items()]
+            rows += [] if report.blind_baseline is None else [(membership_section.BLIND_COLUMN, report.blind_baseline)]
+            for name, entry in rows:
+                readable = "blind baseline, texts alone" if name == membership_section.BLIND_COLUMN else name
+                numbers = [("roc_auc", f"Membership inference ROC AUC ({readable})", entry["auc"])]
+                if name != membership_section.BLIND_COLUMN and entry["tpr_at_fpr"].get(0.01) is not None:
+                    numbers.append(
+                        ("tpr_at_1%_fpr", f"Membership inference TPR at 1% FPR ({name})", entry["tpr_at_fpr"][0.01])
+                    )
+                for metric_type, metric_name, value in numbers:
+                    results.append(
+                        EvalResult(
+                            task_type=CARD_TASK[0],
+                            task_name=CARD_TASK[1],
+                            dataset_type=dataset_type,
+                            dataset_name=dataset_name,
+                            metric_type=metric_type,
+                            metric_name=metric_name,
+                            metric_value=round(float(value), 6),
+                            metric_config=counts,
+                        )
+                    )
         return results
 
     def card_section(self) -> str:
@@ -316,6 +394,8 @@ class AuditReport:
                 model=self.model,
                 reference_model=self.reference_model,
                 created=self.created[:10],
+                membership=None if self.membership is None else self.membership.to_dict(curves=False),
+                membership_verdict=self.membership_verdict(),
             )
         return f"{CARD_SECTION_START}\n{card.text.strip()}\n{CARD_SECTION_END}"
 

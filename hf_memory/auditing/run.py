@@ -30,6 +30,7 @@ from .._utils import (
 from .._utils.store import ResultFolder, ShardWriter, input_bytes, open_store
 from ..analysis import NgramCounts
 from ..extraction import sample_windows
+from . import membership
 from .config import DEFAULT_MAX_WINDOWS, AuditConfig  # noqa: F401 (DEFAULT_MAX_WINDOWS: kept importable from here)
 from .report import AuditReport, _column_types
 
@@ -67,16 +68,18 @@ def _texts(data) -> Iterator[str]:
             yield row["text"] if isinstance(row, Mapping) else row
 
 
-def _tokenized(texts: Iterable, tokenizer) -> Iterator[list[int]]:
+def _tokenized(texts: Iterable, tokenizer, name: str = "data") -> Iterator[list[int]]:
     """Token ids of each text (no special tokens), tokenized `TOKENIZE_BATCH` texts at a time."""
     batch: list[str] = []
     for i, text in enumerate(texts):
         if text is None:
-            raise ValueError(f"`data[{i}]` is None: every document must be a text (or every one token ids).")
+            raise ValueError(f"`{name}[{i}]` is None: every document must be a text (or every one token ids).")
         if not isinstance(text, str):
-            raise ValueError(f"`data[{i}]` is not a text ({type(text).__name__}): `data` mixes texts and token ids.")
+            raise ValueError(
+                f"`{name}[{i}]` is not a text ({type(text).__name__}): `{name}` mixes texts and token ids."
+            )
         if not text.strip():
-            raise ValueError(f"`data[{i}]` is an empty text: every document must hold some text.")
+            raise ValueError(f"`{name}[{i}]` is an empty text: every document must hold some text.")
         batch.append(text)
         if len(batch) == TOKENIZE_BATCH:
             yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
@@ -85,20 +88,20 @@ def _tokenized(texts: Iterable, tokenizer) -> Iterator[list[int]]:
         yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
 
 
-def _token_ids(items: Iterable) -> Iterator:
+def _token_ids(items: Iterable, name: str = "data") -> Iterator:
     for i, item in enumerate(items):
         if isinstance(item, str):
-            raise ValueError(f"`data[{i}]` is a text: `data` mixes texts and token ids.")
+            raise ValueError(f"`{name}[{i}]` is a text: `{name}` mixes texts and token ids.")
         yield item
 
 
 _END = object()  # the end of an iterator (None may be an item)
 
 
-def _document_stream(data, tokenizer) -> Iterable:
+def _document_stream(data, tokenizer, name: str = "data") -> Iterable:
     """`data` as an iterable of token id sequences, read lazily: texts are tokenized as they come, in batches."""
     if isinstance(data, (str, bytes)):
-        raise ValueError("`data` must be a list of documents (texts or token ids), not one string.")
+        raise ValueError(f"`{name}` must be a list of documents (texts or token ids), not one string.")
     if isinstance(data, (torch.Tensor, Mapping)):  # a 2-D tensor; a tokenizer's output with `input_ids`
         return data
     if hasattr(data, "column_names"):  # a datasets Dataset or IterableDataset
@@ -109,32 +112,38 @@ def _document_stream(data, tokenizer) -> Iterable:
         if "input_ids" in columns:
             return data
         if "text" not in columns:
-            raise ValueError(f"`data` is a dataset with neither `input_ids` nor `text` (columns: {columns}).")
-        return _tokenized(_texts(data), tokenizer)
+            raise ValueError(f"`{name}` is a dataset with neither `input_ids` nor `text` (columns: {columns}).")
+        return _tokenized(_texts(data), tokenizer, name)
     if not hasattr(data, "__iter__"):
-        raise ValueError(f"`data` must be texts, token id sequences or a dataset, got {type(data).__name__}.")
+        raise ValueError(f"`{name}` must be texts, token id sequences or a dataset, got {type(data).__name__}.")
     items = iter(data)
     first = next(items, _END)
     if first is _END:
         return []
     if first is None:
-        raise ValueError("`data[0]` is None: every document must be a text or a sequence of token ids.")
+        raise ValueError(f"`{name}[0]` is None: every document must be a text or a sequence of token ids.")
     if isinstance(first, str) or (isinstance(first, Mapping) and "input_ids" not in first and "text" in first):
-        return _tokenized(_texts(itertools.chain([first], items)), tokenizer)
-    return _token_ids(itertools.chain([first], items))
+        return _tokenized(_texts(itertools.chain([first], items)), tokenizer, name)
+    return _token_ids(itertools.chain([first], items), name)
 
 
 class _Scan:
     """One pass over the documents for `sample_windows`: each is checked against the vocabulary, its n-grams are
-    counted and its tokens tallied, and its label kept, as it goes by."""
+    counted and its tokens tallied, and its label kept, as it goes by. With `members` (the digests of another scan's
+    documents), a document that is an exact copy of one of them is refused: it cannot be both a member and a
+    non-member."""
 
-    def __init__(self, data, tokenizer, model, sources) -> None:
+    def __init__(
+        self, data, tokenizer, model, sources, name: str = "data", members: set | None = None, sources_name="sources"
+    ) -> None:
+        self.sources_name = sources_name
         if isinstance(sources, (str, bytes)) or not (sources is None or hasattr(sources, "__iter__")):
             raise ValueError(
-                f"`sources` must be a list (or iterable) of labels, one per document, got {sources!r:.60}."
+                f"`{sources_name}` must be a list (or iterable) of labels, one per document, got {sources!r:.60}."
             )
-        self.documents = _document_stream(data, tokenizer)
-        self.model, self.sources = model, sources
+        self.documents = _document_stream(data, tokenizer, name)
+        self.model, self.sources, self.name, self.members = model, sources, name, members
+        self.document_digests: set[bytes] = set()  # of each document's ids: exact copies across member sets
         self.counts = NgramCounts.empty((1, 2))
         self.labels: list[str] = []
         self.num_tokens = 0
@@ -142,14 +151,23 @@ class _Scan:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         sources = None if self.sources is None else iter(self.sources)
-        for i, ids in enumerate(iter_sequences(self.documents, "data")):
-            check_vocabulary(ids, self.model, f"data[{i}]")
+        for i, ids in enumerate(iter_sequences(self.documents, self.name)):
+            check_vocabulary(ids, self.model, f"{self.name}[{i}]")
+            document = hashlib.blake2b(torch.as_tensor(ids, dtype=torch.int64).numpy().tobytes(), digest_size=16)
+            if self.members is not None and document.digest() in self.members:
+                raise ValueError(
+                    f"`{self.name}[{i}]` is an exact copy of a document of `data`: the same document cannot be both a "
+                    "member and a non-member. Remove it from one of the two sets."
+                )
+            self.document_digests.add(document.digest())
             if sources is not None:
                 label = next(sources, _END)
                 if label is _END:
-                    raise ValueError(f"`sources` has {i} labels for more documents: give one label per document.")
+                    raise ValueError(
+                        f"`{self.sources_name}` has {i} labels for more documents: give one label per document."
+                    )
                 if label is None:
-                    raise ValueError(f"`sources[{i}]` is None: give each document a label.")
+                    raise ValueError(f"`{self.sources_name}[{i}]` is None: give each document a label.")
                 self.labels.append(str(label))
             self.counts.add(ids)
             self.num_tokens += len(ids)
@@ -157,7 +175,9 @@ class _Scan:
             self.digest.update(torch.as_tensor(ids, dtype=torch.int64).numpy().tobytes())
             yield ids
         if sources is not None and next(sources, _END) is not _END:
-            raise ValueError(f"`sources` has more labels than the {len(self.labels)} documents of `data`.")
+            raise ValueError(
+                f"`{self.sources_name}` has more labels than the {len(self.labels)} documents of `{self.name}`."
+            )
 
     def label(self, document: int) -> str:
         return self.labels[document] if self.sources is not None else f"document {document}"
@@ -190,7 +210,7 @@ def _check_reference(model, tokenizer, reference_model, reference_tokenizer) -> 
 
 def _check_output_dir(output_dir, name: str) -> str | None:
     """The report folder as a string, refused before any work if it cannot hold the report."""
-    from .report import HTML_FILE, RESULTS_FILE, WINDOWS_FILE
+    from .report import HTML_FILE, MEMBERSHIP_FILE, RESULTS_FILE, WINDOWS_FILE
 
     if output_dir is None:
         return None
@@ -200,7 +220,7 @@ def _check_output_dir(output_dir, name: str) -> str | None:
     if not output_dir:
         raise ValueError(f"`{name}` must be a folder path, got an empty string (use '.' for this folder).")
     check_writable(output_dir, name)
-    for file in (RESULTS_FILE, WINDOWS_FILE, HTML_FILE):
+    for file in (RESULTS_FILE, WINDOWS_FILE, HTML_FILE, MEMBERSHIP_FILE):
         if os.path.isdir(os.path.join(output_dir, file)):
             raise ValueError(f"`{name}` {output_dir!r} holds a folder named {file}, where the report's file goes.")
     return output_dir
@@ -238,10 +258,16 @@ def audit(
     show_progress: bool = True,
     flush_every: int = AuditConfig.flush_every,
     *,
+    non_members: Sequence[str] | Sequence[Sequence[int]] | datasets.Dataset | None = None,
+    non_member_sources: Sequence[str] | None = None,
+    membership_attacks: Sequence[str] | None = AuditConfig.membership_attacks,
+    membership_k: float = AuditConfig.membership_k,
+    membership_bootstrap: int = AuditConfig.membership_bootstrap,
     config: AuditConfig | None = None,
     out: str | os.PathLike | None = None,
 ) -> AuditReport:
-    """Audit a model for memorization of `data`: extraction, signals and (with a reference) the calibrated CE score.
+    """Audit a model for memorization of `data`: membership inference (with held-out `non_members`), extraction,
+    signals and (with a reference) the calibrated CE score.
 
     Every document is cut into windows of `prefix_len + suffix_len` tokens, one every `stride` tokens; at most
     `max_windows` of them are drawn (seeded, uniformly: `hf_memory.extraction.sample_windows`). `data` is read once,
@@ -260,6 +286,15 @@ def audit(
     missing, and its report equals an uninterrupted one's. A rerun with other settings, another model, tokenizer or
     reference, or other data into that folder is refused until `output_dir/.partial/` is deleted; the folder is
     removed once the report is written.
+
+    With `non_members` (documents of the same source that the model did not train on, e.g. a random held-out split),
+    the audit first measures membership inference: the held-out documents are cut into windows the same way (at
+    most `max_windows`, same seed), and every audited window (a member) and held-out window (a non-member) is scored
+    by the attacks of `hf_memory.membership` (`membership_scores`: the one-pass attacks, and `reference` with a
+    reference model), evaluated by `membership_report` (AUC with a bootstrap interval, TPR at 1% and 0.1% FPR, the
+    blind baseline on the window texts). A document of `non_members` that is an exact copy of one of `data`, a
+    window text found in both sets, or fewer than 5 windows in a set is refused before any scoring. The scores of
+    every window are in `report.membership_rows` (`membership.parquet`), the evaluation in `report.membership`.
 
     Args:
         model: The causal language model to audit (a transformers `...ForCausalLM`), on the device to run on.
@@ -289,6 +324,12 @@ def audit(
         show_progress: Show a progress bar.
         flush_every: Batches per chunk: with `output_dir`, at most this many batches are scored again after an
             interruption.
+        non_members: Held-out documents, in the forms `data` takes: enables the membership-inference section.
+        non_member_sources: A label per held-out document (as `sources`), read alongside `non_members`; None numbers
+            them ("non-member document 3").
+        membership_attacks: The membership attacks scored (see `AuditConfig.membership_attacks`).
+        membership_k: The Min-K% / Min-K%++ fraction (see `AuditConfig.membership_k`).
+        membership_bootstrap: Bootstrap resamples of the membership intervals (see `AuditConfig`).
         config: All of the settings above at once (`AuditConfig`).
         out: The former name of `output_dir` (deprecated: it warns, and goes in a later release).
 
@@ -332,6 +373,9 @@ def audit(
         "seed": seed,
         "top_k": top_k,
         "flush_every": flush_every,
+        "membership_attacks": membership_attacks,
+        "membership_k": membership_k,
+        "membership_bootstrap": membership_bootstrap,
     }
     config = AuditConfig.from_arguments(config, settings, "`audit`")
     show_progress = check_bool(show_progress, "show_progress")
@@ -344,10 +388,33 @@ def audit(
         require_extra("plots", "The audit's HTML report")
     if reference_model is not None:
         require_extra("analysis", "The audit's calibrated CE diagnostic (`reference_model`)")
+    attacks = None
+    if non_members is not None:
+        require_extra("analysis", "The audit's membership inference (`non_members`)")
+        attacks = membership.chosen_attacks(config, reference_model is not None)
     scan = _Scan(data, tokenizer, model, sources)
     prefix, suffix = config.prefix_len, config.suffix_len
     sample = sample_windows(scan, prefix, suffix, config.window_stride, config.max_windows, config.seed, name="data")
     windows, positions = sample.windows, sample.index
+    held = held_scan = None
+    if non_member_sources is not None and non_members is None:
+        raise ValueError("`non_member_sources` was given without `non_members`.")
+    if non_members is not None:
+        held_scan = _Scan(
+            non_members,
+            tokenizer,
+            model,
+            non_member_sources,
+            name="non_members",
+            members=scan.document_digests,
+            sources_name="non_member_sources",
+        )
+        held = sample_windows(
+            held_scan, prefix, suffix, config.window_stride, config.max_windows, config.seed, name="non_members"
+        )
+        member_texts = [_decode(tokenizer.decode, w.tolist()) for w in windows]
+        non_member_texts = [_decode(tokenizer.decode, w.tolist()) for w in held.windows]
+        membership.check_samples(member_texts, non_member_texts)
     report_settings = {
         **config.to_dict(),
         "stride": config.window_stride,
@@ -366,19 +433,26 @@ def audit(
     def score(begin: int, bar) -> list[dict]:
         return scorer(windows[begin : begin + chunk], positions[begin : begin + chunk], labels, begin, bar)
 
+    manifest = {
+        "kind": "audit",
+        "settings": report_settings,
+        "model": model_info,
+        "reference_model": reference_info,
+        "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
+        "windows": _fingerprint(windows, positions, labels),
+        "data_sha256": scan.digest.hexdigest(),
+    }
+    membership_report = membership_rows = None
+    if held is not None:
+        membership_report, membership_rows, left_out = _membership(
+            model, tokenizer, reference_model, config, attacks, sample, held, labels, member_texts,
+            non_member_texts, output_dir, name, manifest, held_scan, show_progress,
+        )  # fmt: skip
     with tqdm(total=len(windows), desc="audit", unit="window", disable=not show_progress) as bar:
         if output_dir is None:
             rows = [row for begin in starts for row in score(begin, bar)]
         else:
-            rows = _scored_on_disk(output_dir, name, starts, chunk, windows, positions, score, bar, {
-                "kind": "audit",
-                "settings": report_settings,
-                "model": model_info,
-                "reference_model": reference_info,
-                "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
-                "windows": _fingerprint(windows, positions, labels),
-                "data_sha256": scan.digest.hexdigest(),
-            })  # fmt: skip
+            rows = _scored_on_disk(output_dir, name, starts, chunk, windows, positions, score, bar, manifest)
     data_summary = {
         "num_documents": sample.num_sequences,
         "num_tokens": scan.num_tokens,
@@ -387,13 +461,64 @@ def audit(
         "num_windows": len(positions),
         "sources": scan.distinct_labels(sample.num_sequences),
     }
+    if held is not None:
+        data_summary.update(
+            num_non_member_documents=held.num_sequences,
+            num_non_member_windows=len(held.index),
+            num_non_member_candidate_windows=held.num_candidates,
+            num_membership_left_out=left_out,
+        )
     report = AuditReport(
-        rows=rows, settings=report_settings, model=model_info, reference_model=reference_info, data=data_summary
+        rows=rows,
+        settings=report_settings,
+        model=model_info,
+        reference_model=reference_info,
+        data=data_summary,
+        membership=membership_report,
+        membership_rows=membership_rows,
     )
     if output_dir is not None:
         report.save(output_dir)
         shutil.rmtree(os.path.join(output_dir, PARTIAL_DIR), ignore_errors=True)
     return report
+
+
+def _membership(
+    model, tokenizer, reference_model, config, attacks, sample, held, labels, member_texts, non_member_texts,
+    output_dir, name, manifest, held_scan, show_progress,
+) -> tuple:  # fmt: skip
+    """Score the member and non-member windows with the membership attacks (resumable under `.partial`), evaluate
+    them, and return `(MembershipReport, per-sample rows, windows left out for a non-finite score)`."""
+    windows = torch.cat([sample.windows, held.windows])
+    is_member = [True] * len(sample.index) + [False] * len(held.index)
+    positions = list(sample.index) + list(held.index)
+    window_index = list(range(len(sample.index))) + list(range(len(held.index)))
+    folder = None if output_dir is None else membership.partial_folder(output_dir, PARTIAL_DIR)
+    store_manifest = {
+        **manifest,
+        "kind": "audit-membership",
+        "membership_attacks": attacks,
+        "windows": membership.samples_fingerprint(windows, is_member, positions),
+        "non_members_sha256": held_scan.digest.hexdigest(),
+    }
+    with tqdm(total=len(windows), desc="membership", unit="window", disable=not show_progress) as bar:
+        rows = membership.score_samples(
+            model, tokenizer, reference_model, config, attacks, windows, is_member, positions, window_index,
+            folder, store_manifest, name, bar,
+        )  # fmt: skip
+    texts = member_texts + non_member_texts
+    for row, text in zip(rows, texts):
+        member = bool(row["is_member"])
+        row["set"] = membership.MEMBER if member else membership.NON_MEMBER
+        if member:
+            row["source"] = labels[row["window"]]
+        elif held_scan.sources is not None:
+            row["source"] = held_scan.label(row["document"])
+        else:
+            row["source"] = f"non-member document {row['document']}"
+        row["text"] = text
+    report, left_out = membership.evaluate(rows, texts, attacks, config)
+    return report, rows, left_out
 
 
 def _renamed_output_dir(output_dir, out) -> tuple:

@@ -121,6 +121,8 @@ class AuditArguments:
         reference_model: A local model folder that did not train on the data, with the model's tokenizer.
         reference_gguf_file: The GGUF file inside `reference_model`, if it is one.
         push_to_hub: A Hub model repo id whose card gets the numbers.
+        held_out: Files of documents the model did not train on (the formats of `--data`): the non-members of the
+            membership-inference section.
     """
 
     output_dir: str = field(
@@ -144,6 +146,14 @@ class AuditArguments:
         metadata={
             "help": "Also write the numbers and a Memorization section into this Hub model repo's card.",
             "metavar": "REPO_ID",
+        },
+    )
+    held_out: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out documents the model did not train on, a random split of the same source as --data "
+            "(same formats): adds membership inference (attack AUCs against these non-members) first in the report.",
+            "metavar": "FILE",
         },
     )
 

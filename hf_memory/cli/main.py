@@ -96,6 +96,11 @@ def run_audit(args: argparse.Namespace, config) -> dict:
     documents = _in_vocabulary(iter_token_sequences(args.data, tokenizer, args.text_field), model)
     pairs, labels = itertools.tee(documents)
     sequences, sources = (ids for ids, _ in pairs), (source for _, source in labels)
+    non_members = non_member_sources = None
+    if args.held_out:
+        held_out = _in_vocabulary(iter_token_sequences(args.held_out, tokenizer, args.text_field), model)
+        held_pairs, held_labels = itertools.tee(held_out)
+        non_members, non_member_sources = (ids for ids, _ in held_pairs), (source for _, source in held_labels)
     reference = reference_tokenizer = None
     if args.reference_model is not None:
         reference, reference_tokenizer = load_model(args.reference_model, args.reference_gguf_file)
@@ -114,6 +119,8 @@ def run_audit(args: argparse.Namespace, config) -> dict:
         output_dir=args.output_dir,
         reference_tokenizer=reference_tokenizer,
         sources=sources,
+        non_members=non_members,
+        non_member_sources=non_member_sources,
         model_name=name(args.model, args.gguf_file),
         reference_name=None if reference is None else name(args.reference_model, args.reference_gguf_file),
     )
@@ -122,6 +129,14 @@ def run_audit(args: argparse.Namespace, config) -> dict:
         f"\n{report.data['num_windows']} windows of {config.prefix_len}+{config.suffix_len} tokens from "
         f"{report.data['num_documents']} documents"
     )
+    if report.membership is not None:
+        print(f"membership inference against {report.membership.num_non_members} held-out windows:")
+        print(f"{'attack':<34}{'AUC':>10}{'interval':>18}")
+        for attack, entry in report.membership.attacks.items():
+            low, high = entry["auc_interval"]
+            print(f"{attack:<34}{entry['auc']:>10.4f}{f'[{low:.3f}, {high:.3f}]':>18}")
+    for line in report.membership_verdict():
+        print(line)
     print(f"{'metric':<34}{'model':>10}" + (f"{'reference':>12}" if reference_metrics else ""))
     for key in ("exact_match", "half_suffix_rate", "longest_common_prefix", "memorization_score", "rouge_l"):
         line = f"{key:<34}{metrics[key]:>10.4f}"
@@ -166,36 +181,36 @@ def _vocabulary_size(folder: str) -> int | None:
     return size if isinstance(size, int) else None
 
 
-def _data_problem(path: str, text_field: str) -> str | None:
+def _data_problem(path: str, text_field: str, option: str = "--data") -> str | None:
     """What is wrong with a `--data` path, from a look at its start (None if nothing seen): a folder that is no saved
     dataset, an empty or non-UTF-8 file, a JSON Lines file whose first record is not an object with `input_ids` or
     the text field."""
     from .._utils import is_saved_dataset
 
     if not os.path.exists(path):
-        return f"argument --data: {path!r} does not exist"
+        return f"argument {option}: {path!r} does not exist"
     if os.path.isdir(path):
         if not is_saved_dataset(path):
-            return f"argument --data: {path!r} is a folder but not one written by Dataset.save_to_disk"
+            return f"argument {option}: {path!r} is a folder but not one written by Dataset.save_to_disk"
         return None
     with open(path, "rb") as f:
         start = f.read(1 << 16)
         if not any(chunk.strip() for chunk in itertools.chain([start], iter(lambda: f.read(1 << 16), b""))):
-            return f"argument --data: {path!r} is empty"
+            return f"argument {option}: {path!r} is empty"
     try:  # the first 64 KiB, less a multi-byte character cut at the end
         text = start.decode("utf-8-sig", errors="strict") if len(start) < 1 << 16 else start[:-4].decode("utf-8-sig")
     except UnicodeDecodeError:
-        return f"argument --data: {path!r} is not UTF-8 text (a binary file?)"
+        return f"argument {option}: {path!r} is not UTF-8 text (a binary file?)"
     if path.endswith((".jsonl", ".json")):
         first = next((line for line in text.splitlines() if line.strip()), None)
         if first is not None and (len(start) < 1 << 16 or len(first) < len(text)):  # a whole first line
             try:
                 record = json.loads(first)
             except ValueError:
-                return f"argument --data: the first line of {path!r} is not JSON (a .jsonl file holds one object per line)"
+                return f"argument {option}: the first line of {path!r} is not JSON (a .jsonl file holds one object per line)"
             if not isinstance(record, dict) or ("input_ids" not in record and text_field not in record):
                 return (
-                    f"argument --data: the first record of {path!r} has neither `input_ids` nor `{text_field}` "
+                    f"argument {option}: the first record of {path!r} has neither `input_ids` nor `{text_field}` "
                     "(set --text-field)"
                 )
     return None
@@ -237,6 +252,13 @@ def check_audit_paths(args: argparse.Namespace) -> str | None:
         problem = _data_problem(path, args.text_field)
         if problem:
             return problem
+    data_paths = {os.path.realpath(path) for path in args.data}
+    for path in args.held_out or []:
+        problem = _data_problem(path, args.text_field, "--held-out")
+        if problem:
+            return problem
+        if os.path.realpath(path) in data_paths:
+            return f"argument --held-out: {path!r} is also given to --data: a document cannot be both a member and a non-member"
     problem = _writable_problem("--output-dir", args.output_dir)
     if problem:
         return problem
@@ -255,6 +277,11 @@ def check_audit_paths(args: argparse.Namespace) -> str | None:
             return "argument --push-to-hub: no Hub token (run `hf auth login` or set HF_TOKEN)"
     if not all(is_available(module) for module in EXTRAS["plots"]):
         return 'argument --output-dir: the HTML report needs matplotlib: pip install "hf-memory[plots]"'
+    if args.held_out and not all(is_available(module) for module in EXTRAS["analysis"]):
+        return (
+            "argument --held-out: membership inference needs the analysis extra (scikit-learn): "
+            'pip install "hf-memory[analysis]"'
+        )
     if args.reference_model is not None and not all(is_available(module) for module in EXTRAS["analysis"]):
         return (
             "argument --reference-model: the calibrated CE diagnostic needs the analysis extra: "

@@ -7,6 +7,7 @@ member."""
 
 from ..metrics import MEMBERSHIP_INFERENCE
 from .attacks import attack_scores, token_statistics, zlib_bytes
+from .callback import MEMBERSHIP_LOG_PREFIX, MembershipCallback
 from .config import MEMBERSHIP_ATTACKS, ONE_PASS_ATTACKS, MembershipConfig
 from .evaluation import DEFAULT_FPRS, MIN_PER_CLASS, check_labels, check_scores, membership_inference_scores
 from .report import BLIND_BASELINE, MembershipReport, membership_report
@@ -19,8 +20,10 @@ __all__ = [
     "DEFAULT_FPRS",
     "MEMBERSHIP_ATTACKS",
     "MEMBERSHIP_INFERENCE",
+    "MEMBERSHIP_LOG_PREFIX",
     "MIN_PER_CLASS",
     "ONE_PASS_ATTACKS",
+    "MembershipCallback",
     "MembershipConfig",
     "MembershipReport",
     "MembershipResult",

@@ -97,6 +97,50 @@ class MembershipReport:
             "seed": self.seed,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> MembershipReport:
+        """The report back from `to_dict` (FPR keys as numbers again), e.g. as an audit's `results.json` holds it.
+
+        Args:
+            data: What `to_dict` returned (with or without the curves).
+
+        Raises:
+            ValueError: If `data` is not such a dict.
+
+        Examples:
+            >>> report = membership_report({"loss": list(range(10))}, [0] * 5 + [1] * 5, n_bootstrap=100)
+            >>> MembershipReport.from_dict(report.to_dict()) == report
+            True
+        """
+
+        def row(entry):
+            if entry is None:
+                return None
+            out = dict(entry)
+            for key in ("tpr_at_fpr", "tpr_interval", "not_measurable"):
+                out[key] = {float(fpr): value for fpr, value in entry[key].items()}
+            return out
+
+        try:
+            return cls(
+                attacks={name: row(entry) for name, entry in data["attacks"].items()},
+                blind_baseline=row(data["blind_baseline"]),
+                num_members=data["num_members"],
+                num_non_members=data["num_non_members"],
+                duplicates_dropped=data.get("duplicates_dropped", 0),
+                ngram_overlap=data.get("ngram_overlap"),
+                findings=list(data.get("findings", [])),
+                fprs=tuple(data["fprs"]),
+                confidence=data["confidence"],
+                n_bootstrap=data["n_bootstrap"],
+                seed=data["seed"],
+                blind_baseline_skipped=data.get("blind_baseline_skipped"),
+            )
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(
+                f"`data` is not a `MembershipReport.to_dict()` ({err!r} is missing or malformed)."
+            ) from None
+
     def to_markdown(self) -> str:
         """A table of the attacks (and the blind baseline) and the findings, in Markdown."""
         level = f"{100 * self.confidence:g}%"
