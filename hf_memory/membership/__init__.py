@@ -5,11 +5,17 @@ truth (ROC AUC with a bootstrap interval, TPR at low FPR; the `membership_infere
 looks at the model, exact duplicates, n-gram overlap). Every score is oriented the same way: higher = more likely a
 member."""
 
-from ..metrics import MEMBERSHIP_INFERENCE
 from .attacks import attack_scores, token_statistics, zlib_bytes
 from .callback import MEMBERSHIP_LOG_PREFIX, MembershipCallback
 from .config import MEMBERSHIP_ATTACKS, ONE_PASS_ATTACKS, MembershipConfig
-from .evaluation import DEFAULT_FPRS, MIN_PER_CLASS, check_labels, check_scores, membership_inference_scores
+from .evaluation import (
+    DEFAULT_FPRS,
+    MEMBERSHIP_INFERENCE,
+    MIN_PER_CLASS,
+    check_labels,
+    check_scores,
+    membership_inference_scores,
+)
 from .report import BLIND_BASELINE, MembershipReport, membership_report
 from .scoring import MembershipResult, membership_scores
 from .validity import blind_baseline_scores, ngram_overlap

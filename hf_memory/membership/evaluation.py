@@ -12,7 +12,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .._utils import check_integer, check_number, require_extra
+from .._utils import check_integer, check_number, metric_folder, require_extra
+
+
+# `evaluate.load(MEMBERSHIP_INFERENCE)`: the metric over `membership_inference_scores`, loaded offline from its folder.
+MEMBERSHIP_INFERENCE = metric_folder("membership_inference")
 
 
 DEFAULT_FPRS = (0.01, 0.001)  # Carlini et al. (S&P 2022): report the TPR at 1% and 0.1% FPR
