@@ -29,7 +29,7 @@ from .._utils import (
 )
 from .._utils.store import ResultFolder, ShardWriter, input_bytes, open_store
 from ..analysis import NgramCounts
-from ..extraction import sample_windows
+from ..extraction import check_logits_processor, sample_windows
 from . import membership
 from .config import DEFAULT_MAX_WINDOWS, AuditConfig  # noqa: F401 (DEFAULT_MAX_WINDOWS: kept importable from here)
 from .report import AuditReport, _column_types
@@ -264,6 +264,7 @@ def audit(
     membership_k: float = AuditConfig.membership_k,
     membership_bootstrap: int = AuditConfig.membership_bootstrap,
     config: AuditConfig | None = None,
+    logits_processor=None,
     out: str | os.PathLike | None = None,
 ) -> AuditReport:
     """Audit a model for memorization of `data`: membership inference (with held-out `non_members`), extraction,
@@ -331,6 +332,10 @@ def audit(
         membership_k: The Min-K% / Min-K%++ fraction (see `AuditConfig.membership_k`).
         membership_bootstrap: Bootstrap resamples of the membership intervals (see `AuditConfig`).
         config: All of the settings above at once (`AuditConfig`).
+        logits_processor: The audited model's decoding guard as deployed (a transformers `LogitsProcessor`, e.g.
+            `MemFreeLogitsProcessor`, or a list of them): its extraction is measured through it
+            (`measure_extraction(..., logits_processor=...)`); the reference model's is not, so the two columns
+            show what the guard changes. Recorded by class name in the report's settings.
         out: The former name of `output_dir` (deprecated: it warns, and goes in a later release).
 
     Returns:
@@ -379,6 +384,7 @@ def audit(
     }
     config = AuditConfig.from_arguments(config, settings, "`audit`")
     show_progress = check_bool(show_progress, "show_progress")
+    processors = check_logits_processor(logits_processor)
     output_dir, name = _renamed_output_dir(output_dir, out)
     if not callable(getattr(tokenizer, "decode", None)):
         raise ValueError(f"`tokenizer` must be a transformers tokenizer (with decode), got {tokenizer!r:.80}.")
@@ -422,11 +428,12 @@ def audit(
         "ce_lr": config.ce_lr if reference_model is not None else None,
         "ce_steps": 1 if reference_model is not None else None,
         "boundary_window": BOUNDARY_WINDOW,
+        "logits_processor": None if processors is None else [type(p).__qualname__ for p in processors],
     }
     model_info = _describe_model(model, model_name)
     reference_info = None if reference_model is None else _describe_model(reference_model, reference_name)
     labels = [scan.label(doc) for doc, _ in positions]
-    scorer = _ChunkScorer(model, tokenizer, reference_model, config, scan.counts)
+    scorer = _ChunkScorer(model, tokenizer, reference_model, config, scan.counts, processors)
     chunk = config.batch_size * config.flush_every
     starts = range(0, len(windows), chunk)
 
@@ -568,8 +575,9 @@ class _ChunkScorer:
     and, with a reference, the CE diagnostic. A chunk is a whole number of batches, so the numbers do not depend on
     how the windows were chunked."""
 
-    def __init__(self, model, tokenizer, reference_model, config: AuditConfig, counts) -> None:
+    def __init__(self, model, tokenizer, reference_model, config: AuditConfig, counts, processors=None) -> None:
         self.model, self.tokenizer, self.reference_model = model, tokenizer, reference_model
+        self.processors = processors
         self.prefix_len, self.suffix_len = config.prefix_len, config.suffix_len
         self.batch_size, self.ce_lr = config.batch_size, config.ce_lr
         self.counts = counts
@@ -581,7 +589,13 @@ class _ChunkScorer:
         prefix_len, suffix_len, batch_size = self.prefix_len, self.suffix_len, self.batch_size
         bar.set_postfix_str("extraction")
         result = measure_extraction(
-            self.model, windows, prefix_len, suffix_len, batch_size=batch_size, show_progress=False
+            self.model,
+            windows,
+            prefix_len,
+            suffix_len,
+            batch_size=batch_size,
+            show_progress=False,
+            logits_processor=self.processors,
         )
         per_window = result.per_sample()
         reference = None

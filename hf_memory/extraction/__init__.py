@@ -3,7 +3,7 @@
 
 from .callback import MEMORIZATION_LOG_PREFIX, MemorizationCallback
 from .config import EXTRACTION_METHODS, ExtractionConfig
-from .harness import ExtractionResult, measure_extraction
+from .harness import ExtractionResult, check_logits_processor, measure_extraction
 from .probabilistic import (
     SamplingConfig,
     extractable_fraction,
@@ -28,6 +28,7 @@ __all__ = [
     "SamplingConfig",
     "WindowSample",
     "WindowStream",
+    "check_logits_processor",
     "extractable_fraction",
     "extraction_curve",
     "extraction_log_probs",

@@ -477,8 +477,15 @@ class _Decoder:
         return self.regrouper.finish() if self.regrouper is not None else []
 
 
-def _check_logits_processor(logits_processor):
-    """`logits_processor` as a `LogitsProcessorList`, or None; anything else refused before any work."""
+def check_logits_processor(logits_processor):
+    """`logits_processor` as a `LogitsProcessorList`, or None; anything else refused before any work.
+
+    Args:
+        logits_processor: None, a transformers `LogitsProcessor`, or a non-empty list of them.
+
+    Raises:
+        ValueError: For anything else.
+    """
     if logits_processor is None:
         return None
     from transformers import LogitsProcessor, LogitsProcessorList
@@ -669,7 +676,7 @@ def measure_extraction(
     }
     config = ExtractionConfig.from_arguments(config, settings, "`measure_extraction`")
     show_progress = check_bool(show_progress, "show_progress")
-    processors = _check_logits_processor(logits_processor)
+    processors = check_logits_processor(logits_processor)
     check_model(model, config.prefix_len, config.suffix_len)
     _check_tokenizer(tokenizer, config.method)
     output_dir = _check_output_dir(output_dir)
