@@ -105,6 +105,7 @@ _LAZY = {
     ],
     "canaries": [
         "CanaryConfig",
+        "CanaryExposureCallback",
         "ExposureResult",
         "canary_exposure",
         "canary_log_perplexity",
@@ -175,6 +176,7 @@ if TYPE_CHECKING:
     from .auditing import AuditConfig, AuditReport, audit
     from .canaries import (
         CanaryConfig,
+        CanaryExposureCallback,
         ExposureResult,
         canary_exposure,
         canary_log_perplexity,
