@@ -369,7 +369,9 @@ def test_callback_refuses_bad_settings_at_construction(tokenizer):
         ({"fresh_secrets": ["30"]}, "fresh_secrets\\[0\\]"),
         ({"repetitions": [1]}, "one per secret"),
         ({"repetitions": [1, 0]}, "repetitions\\[1\\]"),
-        ({"repetitions": 4}, "repetitions"),
+        ({"repetitions": "4"}, "repetitions"),
+        ({"repetitions": 2.5}, "repetitions"),
+        ({"fprs": (rate for rate in [0.01, 0.01]), "fresh_secrets": ["300"]}, "twice"),
         ({"method": "exact"}, "method"),
         ({"config": CanaryConfig(length=7), "secrets": ["0000000"], "method": "enumerate"}, "estimate"),
         ({"num_samples": 5}, "num_samples"),
@@ -387,8 +389,12 @@ def test_callback_refuses_bad_settings_at_construction(tokenizer):
     merging = CanaryConfig("my PIN is {secret}", alphabet="0123456789", length=2)
     with pytest.warns(UserWarning, match="mixes tokenizations"):
         CanaryExposureCallback(tokenizer, merging, ["10"])
-    many = CanaryExposureCallback(tokenizer, DIGITS, ["042"], fresh_secrets=[f"{i:03d}" for i in range(100, 250)])
+    fresh = [f"{i:03d}" for i in range(100, 250)]
+    many = CanaryExposureCallback(tokenizer, DIGITS, ["042"], fresh_secrets=fresh, fprs=iter([0.01, np.float64(1e-3)]))
     assert many.metric_names()[-1] == "tpr_at_0.01_fpr" and list(many.not_measurable) == ["tpr_at_0.001_fpr"]
+    assert many.fprs == (0.01, 0.001)  # a one-pass iterable is kept for every measurement
+    one_count = CanaryExposureCallback(tokenizer, DIGITS, ["042", "117"], repetitions=np.int64(4))
+    assert one_count.repetitions == [4, 4] and one_count.metric_names() == ["exposure_mean", "exposure_x4"]
 
 
 def test_callback_refuses_at_train_begin_before_the_first_step(tmp_path, tokenizer):

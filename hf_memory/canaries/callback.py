@@ -53,8 +53,8 @@ class CanaryExposureCallback(MeasuringCallback):
         tokenizer: The tokenizer the canaries are trained with (called on lists of strings).
         config: The canaries' format (`CanaryConfig`).
         secrets: The inserted canaries' secrets (distinct strings of `config.length` symbols of the alphabet).
-        repetitions: Copies of each inserted canary in the training data: one integer per secret (as given to
-            `insert_canaries`), or None. Groups the exposure by count.
+        repetitions: Copies of each inserted canary in the training data, as given to `insert_canaries`: one
+            integer >= 1 per secret, or one for all; None leaves the exposure ungrouped.
         fresh_secrets: Secrets of the same format that were never inserted (distinct, none of `secrets`), or None.
         every: "eval" (after each evaluation the Trainer runs), "epoch", or N (every N optimizer steps and the last).
         method: `canary_exposure`'s method: "auto", "enumerate" or "estimate".
@@ -72,7 +72,7 @@ class CanaryExposureCallback(MeasuringCallback):
     Raises:
         TypeError: If `config` is not a `CanaryConfig`.
         ValueError: At construction, if a secret is not of the config's space, a secret repeats or is both inserted
-            and fresh, `repetitions` is not one integer >= 1 per secret, a canary tokenizes to fewer than 2 tokens,
+            and fresh, `repetitions` is neither an integer >= 1 nor one per secret, a canary tokenizes to fewer than 2 tokens,
             `method` is unknown or asks to enumerate a space larger than `ENUMERATION_LIMIT`, `fprs` or a number is
             bad, or `every` is not a schedule. When training starts, if a canary token id is outside the model's
             vocabulary, or as `MeasuringCallback`.
@@ -133,6 +133,9 @@ class CanaryExposureCallback(MeasuringCallback):
         self.num_samples = check_integer(num_samples, "num_samples", minimum=10)
         self.batch_size = check_integer(batch_size, "batch_size", minimum=1)
         self.seed = check_integer(seed, "seed", minimum=0)
+        if hasattr(fprs, "__iter__") and not isinstance(fprs, (str, bytes)):
+            fprs = tuple(fprs)  # read twice: here and at every measurement
+        self.fprs = fprs
         self.not_measurable: dict[str, str] = {}
         self._tpr_names: list[str] = []
         if self.fresh_secrets:
@@ -142,7 +145,6 @@ class CanaryExposureCallback(MeasuringCallback):
             probe = membership_inference_scores(np.zeros(len(labels)), labels, fprs=fprs)
             self.not_measurable = dict(probe.get("not_measurable", {}))
             self._tpr_names = [k for k in probe if k.startswith("tpr_at_") and probe[k] is not None]
-        self.fprs = tuple(fprs)
         texts = [config.text(s) for s in self.secrets + self.fresh_secrets]
         texts += [config.text(symbol * config.length) for symbol in config.alphabet]  # every symbol of the space
         ids = tokenizer(texts)["input_ids"]
@@ -225,9 +227,9 @@ def _secrets(config: CanaryConfig, values, name: str) -> list[str]:
 
 
 def _repetitions(values, count: int) -> list[int]:
-    """One integer >= 1 per inserted secret."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, np.ndarray)):
-        raise ValueError(f"`repetitions` must be one integer >= 1 per secret (e.g. [1, 4, 16]), got {values!r:.80}.")
+    """One integer >= 1 per inserted secret (one integer for all, as `insert_canaries` takes it)."""
+    if not isinstance(values, (list, tuple, np.ndarray)) or getattr(values, "ndim", 1) == 0:
+        return [check_integer(values, "repetitions", minimum=1, hint="or one such integer per secret")] * count
     if len(values) != count:
         raise ValueError(f"`repetitions` gives {len(values)} counts for {count} secrets: give one per secret.")
     return [check_integer(r, f"repetitions[{i}]", minimum=1) for i, r in enumerate(values)]
