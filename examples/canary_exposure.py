@@ -7,7 +7,8 @@ per count), with the standard loss and with the goldfish loss (k = 4), three see
 format, never inserted, are the control. Per canary: exposure by enumerating all 10^4 candidates, the skew-normal
 estimate from 1,000 sampled candidates, and the probability of extracting the secret after "my PIN is:" by
 sampling (temperature 1.0 and 0.7, from `extraction_log_probs`) against greedy exact match. Inserted against fresh
-canaries: the membership AUC of exposure.
+canaries: the membership test with exposure as the score (`membership_inference_scores`: AUC and TPR at low FPR, with
+bootstrap intervals). A rerun reads the stored runs (`runs/`) and only aggregates.
 
     python examples/canary_exposure.py           # ~10 min on 2 busy CPU cores
     python examples/canary_exposure.py --small   # one seed, few steps: what the tests run
@@ -28,6 +29,7 @@ import torch
 from hf_memory.canaries import CanaryConfig, canary_exposure, insert_canaries, make_canaries
 from hf_memory.data import stdlib_docstrings
 from hf_memory.extraction import SamplingConfig, extractable_fraction, extraction_log_probs
+from hf_memory.membership import MIN_PER_CLASS, membership_inference_scores
 
 
 CONFIG = CanaryConfig("my PIN is:{secret}.", alphabet="0123456789", length=4)
@@ -69,10 +71,38 @@ def tiny_llama(vocab_size: int, seed: int):
     )
 
 
-def auc(members, non_members) -> float:
-    """ROC AUC of a score where higher means member (ties count one half)."""
-    wins = sum((m > n) + 0.5 * (m == n) for m in members for n in non_members)
-    return wins / (len(members) * len(non_members))
+def membership(members, non_members, n_bootstrap: int = 0) -> dict:
+    """The membership test with exposure as the score (higher = member): `membership_inference_scores`' AUC and TPR at
+    10%, 1% and 0.1% FPR (None, with the reason, where too few non-members allow no false positive), with stratified
+    bootstrap intervals where each class has enough samples."""
+    scores = [*members, *non_members]
+    labels = [1] * len(members) + [0] * len(non_members)
+    if min(len(members), len(non_members)) < MIN_PER_CLASS:
+        n_bootstrap = 0
+    return membership_inference_scores(scores, labels, fprs=(0.1, 0.01, 0.001), n_bootstrap=n_bootstrap, seed=0)
+
+
+def whole_space_tpr(runs: list, groups: list, space_size: int, fpr: float) -> dict:
+    """TPR at `fpr` FPR with every candidate of the space that was not inserted as a non-member (|R| - 9 of them, the
+    population fresh canaries are drawn from), one model per run: an inserted canary is a positive when at most
+    floor(fpr * non-members) non-members rank strictly above it. Read off the stored exposures (rank = |R| / 2^exposure;
+    the candidates above a canary are rank - 1, less the inserted canaries among them), with a 95% Clopper-Pearson
+    interval over the members (the non-members are the whole space: their side has no sampling error)."""
+    positives, members = 0, 0
+    for run in runs:
+        ranks = [
+            round(space_size / 2**e) for g in run["exposure"] if g.startswith("inserted") for e in run["exposure"][g]
+        ]
+        mine = [round(space_size / 2**e) for g in groups for e in run["exposure"][g]]
+        allowed = math.floor(fpr * (space_size - len(ranks)) + 1e-9)
+        for rank in mine:
+            non_members_above = rank - 1 - sum(other < rank for other in ranks)
+            positives += non_members_above <= allowed
+            members += 1
+    from scipy.stats import binomtest
+
+    ci = binomtest(positives, members).proportion_ci(0.95, method="exact")  # Clopper-Pearson, over the members
+    return {"tpr": positives / members, "interval": [ci.low, ci.high], "positives": positives, "members": members}
 
 
 def interval(values) -> dict:
@@ -148,7 +178,7 @@ def run(arm: str, seed: int, tokenizer, args) -> dict:
         "fresh (control)": exact.exposure[k:],
     }
     out["estimate_error_bits"] = [e - x for e, x in zip(estimate.exposure, exact.exposure)]
-    out["membership_auc_exposure"] = auc(exact.exposure[:k], exact.exposure[k:])
+    out["membership_auc_exposure"] = membership(exact.exposure[:k], exact.exposure[k:])["roc_auc"]
     out["extraction"] = {}
     for name, log_p in extraction.items():
         group = {f"inserted x{r}": [log_p[i] for i in range(k) if counts[i] == r] for r in REPETITIONS}
@@ -168,9 +198,27 @@ def aggregate(runs: list) -> dict:
     for arm in sorted({r["arm"] for r in runs}):
         mine = [r for r in runs if r["arm"] == arm]
         groups = list(mine[0]["exposure"])
+        inserted = [g for g in groups if g.startswith("inserted")]
         out[arm] = {
             "mean_exposure_bits": {g: interval([np.mean(r["exposure"][g]) for r in mine]) for g in groups},
             "membership_auc_exposure": interval([r["membership_auc_exposure"] for r in mine]),
+            # inserted against fresh canaries, pooled over seeds (exposure is in bits of the same space for every
+            # model): the AUC and TPR at low FPR with 1,000 stratified bootstrap resamples
+            "membership_pooled": {
+                name: membership(
+                    [e for r in mine for g in members for e in r["exposure"][g]],
+                    [e for r in mine for e in r["exposure"]["fresh (control)"]],
+                    n_bootstrap=1000,
+                )
+                for name, members in [("all inserted", inserted), *((g, [g]) for g in inserted)]
+            },
+            "membership_whole_space": {
+                name: {
+                    f"tpr_at_{fpr:g}_fpr": whole_space_tpr(mine, members, CONFIG.space_size, fpr)
+                    for fpr in (0.01, 0.001)
+                }
+                for name, members in [("all inserted", inserted), *((g, [g]) for g in inserted)]
+            },
             "estimate_abs_error_bits": {
                 "median": float(np.median([abs(e) for r in mine for e in r["estimate_error_bits"]])),
                 "max": float(np.max([abs(e) for r in mine for e in r["estimate_error_bits"]])),
@@ -213,7 +261,7 @@ def main(argv=None) -> dict:
     tokenizer = bpe_tokenizer()
     assert len({len(ids) for ids in tokenizer([CONFIG.text(s) for s in CONFIG.secrets()])["input_ids"]}) == 1
     started = time.time()
-    runs = []
+    runs, trained = [], 0
     for arm in args.arms:
         for seed in seeds:
             path = os.path.join(args.output_dir, "runs", f"{arm}_seed{seed}.json")
@@ -232,10 +280,12 @@ def main(argv=None) -> dict:
                 flush=True,
             )
             runs.append(result)
+            trained += 1
     results = {
         "settings": {**settings, "seeds": seeds, "template": CONFIG.template, "space_size": CONFIG.space_size},
         "summary": aggregate(runs),
-        "total_seconds": round(time.time() - started, 1),
+        "total_seconds": round(time.time() - started, 1),  # this invocation's: stored runs are read, not trained
+        "runs_trained_now": trained,
     }
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)

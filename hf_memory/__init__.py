@@ -106,6 +106,7 @@ _LAZY = {
     ],
     "canaries": [
         "CanaryConfig",
+        "CanaryExposureCallback",
         "ExposureResult",
         "canary_exposure",
         "canary_log_perplexity",
@@ -176,6 +177,7 @@ if TYPE_CHECKING:
     from .auditing import AuditConfig, AuditReport, audit
     from .canaries import (
         CanaryConfig,
+        CanaryExposureCallback,
         ExposureResult,
         canary_exposure,
         canary_log_perplexity,

@@ -215,8 +215,17 @@ def test_evidence_script_small_mode_runs(tmp_path):
         assert exposure["inserted x16"]["mean"] > exposure["fresh (control)"]["mean"] + 2
         assert 0 <= arm["membership_auc_exposure"]["mean"] <= 1
         assert arm["estimate_abs_error_bits"]["canaries"] == 18
+        pooled = arm["membership_pooled"]["all inserted"]  # one seed: 9 inserted against 9 fresh, too few for 10% FPR
+        assert pooled["roc_auc"] == pytest.approx(arm["membership_auc_exposure"]["mean"])
+        assert pooled["num_non_members"] == 9 and len(pooled["roc_auc_interval"]) == 2
+        assert set(pooled["not_measurable"]) == {"tpr_at_0.1_fpr", "tpr_at_0.01_fpr", "tpr_at_0.001_fpr"}
+        space = arm["membership_whole_space"]["inserted x16"]["tpr_at_0.001_fpr"]
+        assert space["members"] == 3 and 0 <= space["interval"][0] <= space["tpr"] <= space["interval"][1] <= 1
     again = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=900, env=env)
     assert again.returncode == 0 and "seed 0: exposure" not in again.stdout  # nothing trained twice
+    with open(tmp_path / "results.json") as f:
+        rerun = json.load(f)
+    assert rerun["runs_trained_now"] == 0 and rerun["summary"] == {**summary}  # the same numbers, aggregated again
 
 
 def test_training_mode_is_given_back_numpy_settings_and_two_threads(model, tokenizer):
@@ -239,3 +248,173 @@ def test_training_mode_is_given_back_numpy_settings_and_two_threads(model, token
     assert [r.rank for r in results] == [first.rank, first.rank] and trained.training
     estimate = canary_exposure(trained, tokenizer, ["01"], config, method="estimate", num_samples=np.int64(50))
     assert len(estimate.exposure) == 1 and estimate.candidates_scored == 51
+
+
+# ---------------------------------------------------------------- the callback
+
+
+def canary_trainer(tmp_path, tokenizer, model, callbacks, max_steps=12, seed=0, **overrides):
+    """A Trainer on a few docstrings with two canaries inserted 2 and 8 times."""
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    from hf_memory.data import stdlib_docstrings
+
+    inserted = make_canaries(DIGITS, 2, seed=0)
+    docs = stdlib_docstrings(min_chars=200, max_docs=16)
+    texts = insert_canaries(docs, [DIGITS.text(s) for s in inserted], [2, 8], seed=0)
+    ids = tokenizer(texts, truncation=True, max_length=32)["input_ids"]
+    settings = {
+        "output_dir": str(tmp_path),
+        "per_device_train_batch_size": 8,
+        "max_steps": max_steps,
+        "learning_rate": 1e-2,
+        "logging_steps": 1,
+        "report_to": [],
+        "use_cpu": True,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "seed": seed,
+        **overrides,
+    }
+    return Trainer(
+        model=model,
+        args=TrainingArguments(**settings),
+        train_dataset=Dataset.from_dict({"input_ids": ids}),
+        eval_dataset=Dataset.from_dict({"input_ids": ids[:8]}) if "eval_strategy" in overrides else None,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        callbacks=callbacks,
+    )
+
+
+def test_callback_logs_exposure_rising_over_training_and_gives_training_mode_back(tmp_path, tokenizer):
+    from transformers import TrainerCallback
+
+    from hf_memory import CanaryExposureCallback as top_level
+    from hf_memory.canaries import CANARY_LOG_PREFIX, CanaryExposureCallback
+    from hf_memory.membership import membership_inference_scores
+
+    class Probe(TrainerCallback):  # after the canary callback: the model's mode and gradients at every step end
+        def __init__(self):
+            self.modes = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.modes.append(all(m.training for m in model.modules()))
+
+    assert top_level is CanaryExposureCallback
+    inserted, fresh = make_canaries(DIGITS, 2, seed=0), make_canaries(DIGITS, 12, seed=99)[2:]
+    fresh = [s for s in fresh if s not in inserted]
+    model = tiny_causal_lm(vocab_size=len(tokenizer), hidden=32, seed=2)
+    before = canary_exposure(model, tokenizer, inserted + fresh, DIGITS, batch_size=250)
+    callback = CanaryExposureCallback(
+        tokenizer, DIGITS, inserted, repetitions=[np.int64(2), 8], fresh_secrets=fresh, every=6, batch_size=250
+    )
+    probe = Probe()
+    trainer = canary_trainer(tmp_path, tokenizer, model, [callback, probe])
+    trainer.train()
+
+    logged = [e for e in trainer.state.log_history if any(k.startswith(CANARY_LOG_PREFIX) for k in e)]
+    names = ["exposure_mean", "exposure_x2", "exposure_x8", "exposure_fresh", "auc"]
+    assert [e["step"] for e in logged] == [6, 12] and callback.metric_names() == names
+    assert all(set(e) == {*(CANARY_LOG_PREFIX + n for n in names), "step", "epoch"} for e in logged)
+    assert probe.modes == [True] * 12 and model.training  # training mode given back after each measurement
+    # the last measurement is what a direct call on the trained model gives
+    after = canary_exposure(model, tokenizer, inserted + fresh, DIGITS, batch_size=250)
+    assert callback.results[-1].exposure == pytest.approx(after.exposure)
+    last = logged[-1]
+    assert last["canaries/exposure_x8"] == pytest.approx(after.exposure[1])
+    assert last["canaries/exposure_mean"] == pytest.approx(np.mean(after.exposure[:2]))
+    assert last["canaries/exposure_fresh"] == pytest.approx(np.mean(after.exposure[2:]))
+    labels = [1, 1] + [0] * len(fresh)
+    assert last["canaries/auc"] == pytest.approx(membership_inference_scores(after.exposure, labels)["roc_auc"])
+    # exposure of the canary inserted 8 times rises with training, far above its fresh siblings
+    assert before.exposure[1] < 6 and last["canaries/exposure_x8"] > before.exposure[1] + 2
+    assert last["canaries/exposure_x8"] > last["canaries/exposure_fresh"] + 2 and last["canaries/auc"] > 0.5
+    assert logged[0]["canaries/exposure_mean"] < last["canaries/exposure_mean"]  # still rising (x2) after step 6
+
+
+def test_callback_leaves_training_bit_identical(tmp_path, tokenizer):
+    """The base gives the global random states back: training with dropout is the same with and without it."""
+    from transformers import TrainerCallback
+
+    from hf_memory.canaries import CanaryExposureCallback
+
+    class DrawsFromTheGlobalRNG(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            torch.rand(1)
+
+    def weights(folder, callbacks):
+        model = tiny_causal_lm("gpt2", vocab_size=len(tokenizer), seed=3)  # dropout 0.1 draws at every step
+        canary_trainer(tmp_path / folder, tokenizer, model, callbacks, max_steps=4, seed=7).train()
+        return model.state_dict()
+
+    config = CanaryConfig("my PIN is:{secret}.", alphabet="0123456789", length=2)
+    estimate = CanaryExposureCallback(tokenizer, config, ["04", "51"], every=1, method="estimate", num_samples=20)
+    without, with_callback = weights("a", []), weights("b", [estimate])
+    assert len(estimate.history) == 4
+    assert all(torch.equal(without[name], with_callback[name]) for name in without)
+    careless = weights("c", [DrawsFromTheGlobalRNG()])  # the comparison can fail
+    assert not all(torch.equal(without[name], careless[name]) for name in without)
+
+
+def test_callback_refuses_bad_settings_at_construction(tokenizer):
+    from hf_memory.canaries import CanaryExposureCallback
+
+    good = {"tokenizer": tokenizer, "config": DIGITS, "secrets": ["042", "117"]}
+    for kwargs, match in [
+        ({"secrets": []}, "secrets"),
+        ({"secrets": "042"}, "secrets"),
+        ({"secrets": ["42"]}, "secrets\\[0\\]"),
+        ({"secrets": ["042", "042"]}, "repeats"),
+        ({"fresh_secrets": ["117", "300"]}, "never have been inserted"),
+        ({"fresh_secrets": ["30"]}, "fresh_secrets\\[0\\]"),
+        ({"repetitions": [1]}, "one per secret"),
+        ({"repetitions": [1, 0]}, "repetitions\\[1\\]"),
+        ({"repetitions": "4"}, "repetitions"),
+        ({"repetitions": 2.5}, "repetitions"),
+        ({"fprs": (rate for rate in [0.01, 0.01]), "fresh_secrets": ["300"]}, "twice"),
+        ({"method": "exact"}, "method"),
+        ({"config": CanaryConfig(length=7), "secrets": ["0000000"], "method": "enumerate"}, "estimate"),
+        ({"num_samples": 5}, "num_samples"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"seed": -1}, "seed"),
+        ({"every": 0}, "every"),
+        ({"fresh_secrets": ["300"], "fprs": [1.5]}, "fprs"),
+        ({"tokenizer": None}, "tokenizer"),
+        ({"config": CanaryConfig("{secret}", alphabet="0123456789", length=1), "secrets": ["4"]}, "fewer than 2"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            CanaryExposureCallback(**{**good, **kwargs})
+    with pytest.raises(TypeError, match="CanaryConfig"):
+        CanaryExposureCallback(tokenizer, {"length": 3}, ["042"])
+    merging = CanaryConfig("my PIN is {secret}", alphabet="0123456789", length=2)
+    with pytest.warns(UserWarning, match="mixes tokenizations"):
+        CanaryExposureCallback(tokenizer, merging, ["10"])
+    fresh = [f"{i:03d}" for i in range(100, 250)]
+    many = CanaryExposureCallback(tokenizer, DIGITS, ["042"], fresh_secrets=fresh, fprs=iter([0.01, np.float64(1e-3)]))
+    assert many.metric_names()[-1] == "tpr_at_0.01_fpr" and list(many.not_measurable) == ["tpr_at_0.001_fpr"]
+    assert many.fprs == (0.01, 0.001)  # a one-pass iterable is kept for every measurement
+    one_count = CanaryExposureCallback(tokenizer, DIGITS, ["042", "117"], repetitions=np.int64(4))
+    assert one_count.repetitions == [4, 4] and one_count.metric_names() == ["exposure_mean", "exposure_x4"]
+
+
+def test_callback_refuses_at_train_begin_before_the_first_step(tmp_path, tokenizer):
+    from hf_memory.canaries import CanaryExposureCallback
+
+    small_vocabulary = tiny_causal_lm(vocab_size=64, seed=0)  # the canaries' BPE ids reach past 64
+    for model, callback, overrides, match in [
+        (small_vocabulary, CanaryExposureCallback(tokenizer, DIGITS, ["042"], every=1), {}, "vocabulary"),
+        (None, CanaryExposureCallback(tokenizer, DIGITS, ["042"]), {}, "never evaluates"),
+        (
+            None,
+            CanaryExposureCallback(tokenizer, DIGITS, ["042"], every=1),
+            {"metric_for_best_model": "canaries/auc", "eval_strategy": "steps", "eval_steps": 1},
+            "reports",
+        ),
+    ]:
+        model = model or tiny_causal_lm(vocab_size=len(tokenizer), seed=0)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        trainer = canary_trainer(tmp_path, tokenizer, model, [callback], max_steps=2, **overrides)
+        with pytest.raises(ValueError, match=match):
+            trainer.train()
+        assert trainer.state.global_step == 0 and callback.history == []
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

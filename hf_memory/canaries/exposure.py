@@ -141,6 +141,27 @@ def check_tokenization(tokenizer, config: CanaryConfig, secrets) -> bool:
     return True
 
 
+def exposure_method(config: CanaryConfig, method: str) -> str:
+    """The method `canary_exposure` runs for `method` on the config's space: "enumerate" or "estimate".
+
+    Raises:
+        ValueError: If `method` is unknown, or enumeration is asked of a space larger than `ENUMERATION_LIMIT`.
+        ImportError: If the estimate is needed and scipy (the `analysis` extra) is missing.
+    """
+    method = check_choice(method, "method", EXPOSURE_METHODS)
+    size = config.space_size
+    if method == "auto":
+        method = "enumerate" if size <= AUTO_ENUMERATE else "estimate"
+    if method == "enumerate" and size > ENUMERATION_LIMIT:
+        raise ValueError(
+            f"The space holds {size} candidates, more than `ENUMERATION_LIMIT` ({ENUMERATION_LIMIT}) to enumerate: "
+            "use method='estimate'."
+        )
+    if method == "estimate":
+        require_extra("analysis", "the exposure estimate (a skew-normal fit)")
+    return method
+
+
 def canary_exposure(
     model,
     tokenizer,
@@ -194,7 +215,6 @@ def canary_exposure(
     """
     if not isinstance(config, CanaryConfig):
         raise TypeError(f"`config` must be a CanaryConfig, got {type(config).__name__}.")
-    method = check_choice(method, "method", EXPOSURE_METHODS)
     num_samples = check_integer(num_samples, "num_samples", minimum=10)
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     seed = check_integer(seed, "seed", minimum=0)
@@ -202,15 +222,7 @@ def canary_exposure(
         raise ValueError(f"`secrets` must be a non-empty list of secrets, got {secrets!r:.80}.")
     secrets = [config.check_secret(s, f"secrets[{i}]") for i, s in enumerate(secrets)]
     size = config.space_size
-    if method == "auto":
-        method = "enumerate" if size <= AUTO_ENUMERATE else "estimate"
-    if method == "enumerate" and size > ENUMERATION_LIMIT:
-        raise ValueError(
-            f"The space holds {size} candidates, more than `ENUMERATION_LIMIT` ({ENUMERATION_LIMIT}) to enumerate: "
-            "use method='estimate'."
-        )
-    if method == "estimate":
-        require_extra("analysis", "the exposure estimate (a skew-normal fit)")
+    method = exposure_method(config, method)
     check_tokenization(tokenizer, config, secrets)
 
     with eval_mode(model, "canary_exposure"):
