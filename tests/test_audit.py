@@ -1019,3 +1019,31 @@ def test_an_audit_measures_the_model_through_its_decoding_guard(tmp_path):
     ]
     with pytest.raises(ValueError, match="`logits_processor` must be a transformers LogitsProcessor"):
         audit(model, tok, texts, **RESUME, logits_processor="memfree", show_progress=False)
+
+
+def test_an_audit_measures_extraction_under_the_deployments_sampling(tmp_path):
+    """Issue 32: `sampling_temperature` adds log p per window, `probabilistic_extraction` and a sentence on the page."""
+    import pyarrow.parquet as pq
+
+    from hf_memory.extraction import extractable_fraction, measure_extraction
+
+    model, reference, tok, texts = resume_case()
+    sampling = {"sampling_temperature": 0.7, "sampling_top_k": 10, "sampling_queries": 20}
+    report = audit(model, tok, texts, **RESUME, **sampling, output_dir=tmp_path, show_progress=False)
+    windows = torch.tensor([r["prefix_ids"] + r["suffix_ids"] for r in report.rows])
+    direct = measure_extraction(model, windows, 4, 4, temperature=0.7, top_k=10, show_progress=False)
+    assert [r["log_p"] for r in report.rows] == pytest.approx(direct.log_p, rel=1e-9, abs=1e-9)
+    expected = extractable_fraction(direct.log_p, 20, 0.5)
+    assert report.metrics["probabilistic_extraction"] == expected
+    assert f"{100 * expected:.1f}% of windows are extracted with probability at least 0.5" in report.to_html()
+    assert "Sampled at temperature 0.7, top_k 10, with 20 queries" in report.to_html()
+    assert pq.read_table(tmp_path / "windows.parquet").column("log_p").to_pylist() == [r["log_p"] for r in report.rows]
+    greedy = audit(model, tok, texts, **RESUME, show_progress=False)
+    assert "probabilistic_extraction" not in greedy.metrics and greedy.rows[0]["log_p"] is None
+    for bad, message in (
+        ({"sampling_top_k": 3}, "`sampling_top_k` and `sampling_top_p` take effect with a `sampling_temperature`"),
+        ({"sampling_temperature": -1.0}, "`sampling_temperature` must be > 0"),
+        ({"sampling_temperature": 1.0, "sampling_queries": 0}, "`sampling_queries` must be an integer >= 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            audit(model, tok, texts, **RESUME, **bad, show_progress=False)

@@ -35,6 +35,13 @@ class AuditConfig(HubConfigMixin):
             one-pass attacks (`loss`, `zlib`, `min_k`, `min_k_plus_plus`) and `reference` with a reference model.
         membership_k: The fraction of lowest-scoring tokens Min-K% and Min-K%++ average, in (0, 1].
         membership_bootstrap: Bootstrap resamples of the membership AUC and TPR intervals (>= 100).
+        sampling_temperature: Also measure extraction under sampling at this temperature (probabilistic extraction,
+            `measure_extraction(temperature=...)`): a `log_p` column per window and `probabilistic_extraction`
+            in the metrics and on the page. None measures greedy decoding only.
+        sampling_top_k: With `sampling_temperature`, the k most likely tokens; None keeps all.
+        sampling_top_p: With `sampling_temperature`, the nucleus sampling mass, in (0, 1].
+        sampling_queries: With `sampling_temperature`, the samples an attacker draws per prefix (>= 1).
+        sampling_min_probability: With `sampling_temperature`, the probability a window needs, in (0, 1).
 
     Raises:
         ValueError: If a count is not an integer in range, `ce_lr` is not a finite number > 0, or a membership
@@ -90,6 +97,26 @@ class AuditConfig(HubConfigMixin):
     membership_bootstrap: int = field(
         default=1000, metadata={"help": "With --held-out: bootstrap resamples of the membership intervals (>= 100)."}
     )
+    sampling_temperature: float | None = field(
+        default=None,
+        metadata={
+            "help": "Also measure extraction under sampling at this temperature (probabilistic extraction): the "
+            "page says what share of windows sampling emits within --sampling-queries draws (default: greedy only)."
+        },
+    )
+    sampling_top_k: int | None = field(
+        default=None, metadata={"help": "With --sampling-temperature: the k most likely tokens (default: all)."}
+    )
+    sampling_top_p: float = field(
+        default=1.0, metadata={"help": "With --sampling-temperature: nucleus sampling mass, in (0, 1]."}
+    )
+    sampling_queries: int = field(
+        default=100, metadata={"help": "With --sampling-temperature: the samples an attacker draws per prefix."}
+    )
+    sampling_min_probability: float = field(
+        default=0.5,
+        metadata={"help": "With --sampling-temperature: the probability a window needs to count as extracted."},
+    )
 
     def __post_init__(self):
         self.prefix_len = check_integer(self.prefix_len, "prefix_len", minimum=1)
@@ -111,6 +138,24 @@ class AuditConfig(HubConfigMixin):
         self.membership_attacks = None if membership.attacks is None else list(membership.attacks)
         self.membership_k = membership.k
         self.membership_bootstrap = check_integer(self.membership_bootstrap, "membership_bootstrap", minimum=100)
+        from ..extraction import ExtractionConfig
+
+        names = ("temperature", "top_k", "top_p", "queries", "min_probability")
+        try:  # the extraction capability's own checks, under the audit's names
+            sampling = ExtractionConfig(**{name: getattr(self, f"sampling_{name}") for name in names})
+        except ValueError as err:
+            message = str(err)
+            for name in names:
+                message = message.replace(f"`{name}`", f"`sampling_{name}`")
+            raise ValueError(message) from None
+        for name in names:
+            setattr(self, f"sampling_{name}", getattr(sampling, name))
+
+    @property
+    def sampling(self) -> dict:
+        """The probabilistic-extraction keywords of `measure_extraction` (`temperature`, `top_k`, ...)."""
+        names = ("temperature", "top_k", "top_p", "queries", "min_probability")
+        return {name: getattr(self, f"sampling_{name}") for name in names}
 
     @property
     def window_stride(self) -> int:

@@ -376,7 +376,20 @@ def verdict(report) -> str:
     if reference is not None:
         by_reference = sum(bool(r["reference_exact_match"]) for r in report.rows)
         text += f"; the reference model extracts {by_reference} ({100 * reference['exact_match']:.1f}%)"
-    return text + "."
+    text += "."
+    settings = report.settings
+    if "probabilistic_extraction" in metrics:
+        kept = "".join(
+            f", {name} {settings[f'sampling_{name}']}"
+            for name in ("top_k", "top_p")
+            if settings[f"sampling_{name}"] not in (None, 1.0)
+        )
+        text += (
+            f" Sampled at temperature {settings['sampling_temperature']:g}{kept}, with "
+            f"{settings['sampling_queries']} queries per prefix, {100 * metrics['probabilistic_extraction']:.1f}% of "
+            f"windows are extracted with probability at least {settings['sampling_min_probability']:g}."
+        )
+    return text
 
 
 def render_html(report) -> str:

@@ -38,6 +38,7 @@ CARD_METRICS = {  # results key -> (metric type, readable name)
     "longest_common_prefix": ("longest_common_prefix", "Mean longest common prefix (tokens)"),
     "rouge_l": ("rouge_l", "Token ROUGE-L of greedy continuations"),
     "calibrated_loss_median": ("calibrated_ce", "Median calibrated CE diagnostic (vs reference)"),
+    "probabilistic_extraction": ("probabilistic_extraction", "(n, p)-extraction rate under sampling"),
 }
 
 
@@ -54,6 +55,7 @@ def _column_types() -> dict:
         "longest_common_prefix": pa.int64(),
         "memorization_score": pa.float64(),
         "rouge_l": pa.float64(),
+        "log_p": pa.float64(),
         "reference_exact_match": pa.bool_(),
         "reference_longest_common_prefix": pa.int64(),
     }
@@ -128,10 +130,17 @@ class AuditReport:
 
     @property
     def metrics(self) -> dict:
-        """The audited model's headline numbers: the extraction means, `half_suffix_rate` and, with a reference
-        model, the calibrated CE diagnostic's summary."""
+        """The audited model's headline numbers: the extraction means, `half_suffix_rate`, with a reference model the
+        calibrated CE diagnostic's summary, and with a sampling temperature `probabilistic_extraction` (the share of
+        windows extracted within `sampling_queries` samples with probability >= `sampling_min_probability`)."""
         out = summary.headline_metrics(self.rows, self.settings["suffix_len"])
         out.update(self.calibrated or {})
+        if self.settings.get("sampling_temperature") is not None and self.rows:
+            from ..extraction import extractable_fraction
+
+            log_p = [r["log_p"] for r in self.rows]
+            queries, probability = self.settings["sampling_queries"], self.settings["sampling_min_probability"]
+            out["probabilistic_extraction"] = extractable_fraction(log_p, queries, probability)
         return out
 
     @property

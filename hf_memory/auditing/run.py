@@ -263,6 +263,11 @@ def audit(
     membership_attacks: Sequence[str] | None = AuditConfig.membership_attacks,
     membership_k: float = AuditConfig.membership_k,
     membership_bootstrap: int = AuditConfig.membership_bootstrap,
+    sampling_temperature: float | None = AuditConfig.sampling_temperature,
+    sampling_top_k: int | None = AuditConfig.sampling_top_k,
+    sampling_top_p: float = AuditConfig.sampling_top_p,
+    sampling_queries: int = AuditConfig.sampling_queries,
+    sampling_min_probability: float = AuditConfig.sampling_min_probability,
     config: AuditConfig | None = None,
     logits_processor=None,
     out: str | os.PathLike | None = None,
@@ -331,6 +336,12 @@ def audit(
         membership_attacks: The membership attacks scored (see `AuditConfig.membership_attacks`).
         membership_k: The Min-K% / Min-K%++ fraction (see `AuditConfig.membership_k`).
         membership_bootstrap: Bootstrap resamples of the membership intervals (see `AuditConfig`).
+        sampling_temperature: Also measure extraction under sampling at this temperature (probabilistic
+            extraction): `log_p` per window, `probabilistic_extraction` in the metrics, a sentence on the page.
+        sampling_top_k: With `sampling_temperature`, the k most likely tokens; None keeps all.
+        sampling_top_p: With `sampling_temperature`, the nucleus sampling mass, in (0, 1].
+        sampling_queries: With `sampling_temperature`, the samples an attacker draws per prefix.
+        sampling_min_probability: With `sampling_temperature`, the probability a window needs to count.
         config: All of the settings above at once (`AuditConfig`).
         logits_processor: The audited model's decoding guard as deployed (a transformers `LogitsProcessor`, e.g.
             `MemFreeLogitsProcessor`, or a list of them): its extraction is measured through it
@@ -381,6 +392,11 @@ def audit(
         "membership_attacks": membership_attacks,
         "membership_k": membership_k,
         "membership_bootstrap": membership_bootstrap,
+        "sampling_temperature": sampling_temperature,
+        "sampling_top_k": sampling_top_k,
+        "sampling_top_p": sampling_top_p,
+        "sampling_queries": sampling_queries,
+        "sampling_min_probability": sampling_min_probability,
     }
     config = AuditConfig.from_arguments(config, settings, "`audit`")
     show_progress = check_bool(show_progress, "show_progress")
@@ -578,6 +594,7 @@ class _ChunkScorer:
     def __init__(self, model, tokenizer, reference_model, config: AuditConfig, counts, processors=None) -> None:
         self.model, self.tokenizer, self.reference_model = model, tokenizer, reference_model
         self.processors = processors
+        self.sampling = config.sampling
         self.prefix_len, self.suffix_len = config.prefix_len, config.suffix_len
         self.batch_size, self.ce_lr = config.batch_size, config.ce_lr
         self.counts = counts
@@ -596,6 +613,7 @@ class _ChunkScorer:
             batch_size=batch_size,
             show_progress=False,
             logits_processor=self.processors,
+            **self.sampling,
         )
         per_window = result.per_sample()
         reference = None
@@ -646,6 +664,7 @@ class _ChunkScorer:
                     "longest_common_prefix": lcp,
                     "memorization_score": float(per_window["memorization_score_per_sample"][i]),
                     "rouge_l": float(per_window["rouge_l_per_sample"][i]),
+                    "log_p": None if result.log_p is None else float(result.log_p[i]),
                     "reference_exact_match": None
                     if reference is None
                     else reference.longest_common_prefix[i] == suffix_len,

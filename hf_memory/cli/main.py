@@ -143,8 +143,9 @@ def run_audit(args: argparse.Namespace, config) -> dict:
         if reference_metrics and key in reference_metrics:
             line += f"{reference_metrics[key]:>12.4f}"
         print(line)
-    if report.calibrated:
-        print(f"{'calibrated_loss_median':<34}{metrics['calibrated_loss_median']:>10.4f}")
+    for key in ("calibrated_loss_median", "probabilistic_extraction"):
+        if key in metrics:
+            print(f"{key:<34}{metrics[key]:>10.4f}")
     print(f"report: {os.path.join(args.output_dir, 'index.html')}")
     if args.push_to_hub:
         url = report.push_to_hub(args.push_to_hub)
