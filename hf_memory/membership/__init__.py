@@ -11,7 +11,7 @@ from .config import MEMBERSHIP_ATTACKS, ONE_PASS_ATTACKS, MembershipConfig
 from .evaluation import DEFAULT_FPRS, MIN_PER_CLASS, check_labels, check_scores, membership_inference_scores
 from .report import BLIND_BASELINE, MembershipReport, membership_report
 from .scoring import MembershipResult, membership_scores
-from .validity import blind_baseline_scores, ngram_overlap
+from .validity import blind_baseline_scores, blind_baseline_test, ngram_overlap
 
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "MembershipResult",
     "attack_scores",
     "blind_baseline_scores",
+    "blind_baseline_test",
     "check_labels",
     "check_scores",
     "membership_inference_scores",
