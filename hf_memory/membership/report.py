@@ -52,7 +52,7 @@ class MembershipReport:
         fprs: The false-positive rates of `tpr_at_fpr`.
         confidence: The coverage of the intervals.
         n_bootstrap: The bootstrap resamples.
-        seed: The bootstrap's (and the blind baseline's folds') seed.
+        seed: The bootstrap's (and the blind baseline's folds' and relabellings') seed.
         blind_baseline_skipped: Why the blind baseline was not run, or None.
     """
 
@@ -294,7 +294,7 @@ def membership_report(
         fprs: The false-positive rates to report the TPR at, each in (0, 1).
         n_bootstrap: Bootstrap resamples for the intervals (>= 100).
         confidence: The intervals' coverage, in (0, 1).
-        seed: Seed of the bootstrap and of the blind baseline's folds.
+        seed: Seed of the bootstrap and of the blind baseline's folds and relabellings.
         blind_baseline: Run the blind baseline when `texts` are given.
         folds: The blind baseline's cross-validation folds (>= 2).
         permutations: The blind baseline's permutation test: random relabellings (>= 19).
