@@ -55,7 +55,7 @@ from hf_memory.extraction import measure_extraction
 from hf_memory.fastmem import last_ffn_lora_config
 from hf_memory.goldfish import GoldfishTrainer, GoldfishTrainingArguments
 from hf_memory.membership import (
-    blind_baseline_scores,
+    blind_baseline_test,
     membership_inference_scores,
     membership_report,
     membership_scores,
@@ -334,10 +334,17 @@ def machine() -> dict:
     }
 
 
-def run(small: bool, output: str, model: str = "tiny") -> dict:
+def run(small: bool, output: str, model: str = "tiny", redo_blind: bool = False) -> dict:
     hf_logging.set_verbosity_error()
     st = settings(small, model)
     results = load(output, st, small)
+    old_base = {}
+    if redo_blind and results.get("blind_null") is not None:
+        # The parts that hold a blind baseline, computed again with its current verdict: the random splits, the
+        # biased split, the base model's report of each seed (the fine-tuned runs hold none and are kept).
+        old_base = {key: entry["loss_scores"] for key, entry in results["base"].items()}
+        results.update(blind_null=None, biased=None, base={})
+        save(results, output)
     if model == "smollm2":
         from hf_memory import load_model
 
@@ -368,14 +375,16 @@ def run(small: bool, output: str, model: str = "tiny") -> dict:
             members, non_members = split(pool, st["members"], st["non_members"], 1000 + split_seed)
             texts = tokenizer.batch_decode(members + non_members, skip_special_tokens=True)
             labels = [1] * len(members) + [0] * len(non_members)
-            scores = blind_baseline_scores(texts, labels, seed=split_seed)
-            entry = membership_inference_scores(scores, labels, fprs=[0.01], n_bootstrap=st["n_bootstrap"],
+            test = blind_baseline_test(texts, labels, seed=split_seed)
+            entry = membership_inference_scores(test["scores"], labels, fprs=[0.01], n_bootstrap=st["n_bootstrap"],
                                                 seed=split_seed)  # fmt: skip
-            runs.append({"auc": entry["roc_auc"], "auc_interval": entry["roc_auc_interval"]})
+            runs.append({"auc": entry["roc_auc"], "auc_interval": entry["roc_auc_interval"],
+                         "p_value": test["p_value"]})  # fmt: skip
         results["blind_null"] = {
             "runs": runs,
-            "fired": sum(r["auc_interval"][0] > 0.5 for r in runs),
-            "below": sum(r["auc_interval"][1] < 0.5 for r in runs),
+            "fired": sum(r["p_value"] <= 0.025 for r in runs),  # the report's verdict (confidence 0.95)
+            "interval_above": sum(r["auc_interval"][0] > 0.5 for r in runs),  # the bootstrap interval's
+            "interval_below": sum(r["auc_interval"][1] < 0.5 for r in runs),
             "cpu_s": round(time.process_time() - cpu, 1),
         }
         save(results, output)
@@ -403,6 +412,10 @@ def run(small: bool, output: str, model: str = "tiny") -> dict:
             if key not in results["base"]:
                 print(f"[{key}] base model", flush=True)
                 results["base"][key] = evaluate(base, tokenizer, members, non_members, None, st, seed, curves=False)
+                if key in old_base:  # the runs' `reference` scores were computed from these
+                    gap = float(np.max(np.abs(np.subtract(results["base"][key]["loss_scores"], old_base[key]))))
+                    if gap > 1e-5:
+                        raise SystemExit(f"the base model's scores of {key} moved by {gap}: run the experiment anew")
                 save(results, output)
             base_loss = results["base"][key]["loss_scores"]
             name = f"{key}/{arm}"
@@ -521,8 +534,11 @@ def summarize(results: dict) -> str:
         null = results["blind_null"]
         aucs = [r["auc"] for r in null["runs"]]
         lines += ["", f"Blind baseline alone on {len(aucs)} random splits of the docstrings: AUC mean {np.mean(aucs):.3f} "
-                  f"(sd {np.std(aucs):.3f}, {min(aucs):.3f}–{max(aucs):.3f}); its 95% interval lies above 0.5 in "
-                  f"{null['fired']} and below 0.5 in {null['below']} of {len(aucs)} splits."]  # fmt: skip
+                  f"(sd {np.std(aucs):.3f}, {min(aucs):.3f}–{max(aucs):.3f}); its verdict (permutation test, "
+                  f"p <= 0.025) fires on {null['fired']} of {len(aucs)} splits (about 1 expected); its bootstrap "
+                  f"95% interval lies above 0.5 in {null['interval_above']} and below in {null['interval_below']}."]  # fmt: skip
+        p_values = [results["base"][f"seed{s}"]["report"]["blind_baseline"].get("p_value") for s in seeds]
+        lines += ["", f"Blind baseline of each seed's split: p = {p_values} (permutation test)."]
     lines += ["", f"CPU time recorded: {cpu / 3600:.2f} h ({results['machine']['cpu_count']} cores, "
               f"{results['machine']['torch_threads']} torch thread)."]  # fmt: skip
     return "\n".join(lines)
@@ -534,6 +550,9 @@ if __name__ == "__main__":
     parser.add_argument("--output", default=None, help=f"results JSON (default: {os.path.relpath(DEFAULT_OUTPUT)})")
     parser.add_argument("--summary", action="store_true", help="print the tables of the results file and stop")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--redo-blind", action="store_true",
+                        help="compute again every part that holds a blind baseline (the random splits, the biased "
+                        "split, the base model's reports), keeping the fine-tuned runs")  # fmt: skip
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny",
                         help="tiny: a small Llama pre-trained here (the committed results); smollm2: the embedded "
                         "SmolLM2-135M (hours of CPU)")  # fmt: skip
@@ -544,4 +563,4 @@ if __name__ == "__main__":
             print(summarize(json.load(f)))
     else:
         torch.set_num_threads(args.threads)
-        print(summarize(run(args.small, output, args.model)))
+        print(summarize(run(args.small, output, args.model, args.redo_blind)))

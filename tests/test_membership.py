@@ -424,3 +424,29 @@ def test_the_result_round_trips_and_is_a_dataset(model, tokenizer, texts):
     assert rows.num_rows == 3 and set(result.attacks) <= set(rows.column_names)
     assert hf_memory.membership_scores is membership_scores and set(MEMBERSHIP_ATTACKS) >= set(result.attacks)
     assert len(set(itertools.chain(result.digests))) == 3
+
+
+@pytest.mark.slow  # a tiny model, a few documents, two fresh processes for the memory: ~30 s
+def test_the_cost_benchmark_runs_in_its_small_mode(tmp_path):
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "cost.json"
+    done = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "membership_cost.py"), "--small", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"one-pass attacks: [\d.]+x the forward", done.stdout)
+    results = json.loads(out.read_text())
+    assert results["timing"]["one_pass_ratio"] > 0 and results["timing"]["reference_ratio"] > 0
+    for allocator in results["memory"]["allocators"].values():
+        assert set(allocator["runs"]) == {"4", "400"} and allocator["peak_ratio"] > 0
+    assert "CPUs" in results["machine"] and results["memory"]["peak_ratio"] > 0

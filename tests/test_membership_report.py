@@ -14,6 +14,7 @@ from hf_memory.membership import (
     BLIND_BASELINE,
     MembershipResult,
     blind_baseline_scores,
+    blind_baseline_test,
     membership_inference_scores,
     membership_report,
     ngram_overlap,
@@ -209,6 +210,45 @@ def test_the_blind_baseline_sits_near_chance_on_a_random_split_and_fires_on_two_
         {"noise": rng.normal(size=160)}, biased_labels, texts, n_bootstrap=100, blind_baseline=False
     )
     assert off.blind_baseline is None and "turned off" in off.blind_baseline_skipped
+
+
+def test_the_blind_verdict_fires_at_its_nominal_rate_on_random_splits_and_on_a_biased_one(docstrings):
+    """Regression: the verdict was "the bootstrap interval of the out-of-fold AUC is above 0.5", which does not see
+    the classifier's fits vary and fired about twice as often as its level on random splits (37 of these 200). It is now a
+    permutation test: on random splits of one source (exchangeable labels) it fires at its level."""
+    level = 0.1  # confidence 0.8: the verdict's one-sided level is (1 - 0.8) / 2
+    rng = np.random.default_rng(0)
+    fired, p_values = 0, []
+    for split in range(200):
+        texts = [docstrings[i] for i in rng.choice(len(docstrings), 40, replace=False)]
+        labels = [1] * 15 + [0] * 25
+        report = membership_report({"noise": rng.normal(size=40)}, labels, texts, n_bootstrap=100,
+                                   confidence=0.8, seed=split)  # fmt: skip
+        fired += report.blind_baseline["distinguishable"]
+        p_values.append(report.blind_baseline["p_value"])
+    assert fired <= 30  # Binomial(200, 0.1): mean 20, P(> 30) ~ 1%; the interval verdict fired 37 times here
+    assert 0.4 < np.mean(p_values) < 0.6 and 0.35 < np.mean(np.array(p_values) <= 0.5) < 0.65  # about uniform
+    biased = membership_report({"noise": rng.normal(size=40)}, [1] * 15 + [0] * 25,
+                               docstrings[:15] + reference_manual(25), n_bootstrap=100)  # fmt: skip
+    assert biased.blind_baseline["distinguishable"] and biased.blind_baseline["p_value"] <= 0.01
+
+
+def test_blind_baseline_test_is_checked_and_subsamples_large_sets():
+    texts = [f"alpha beta {i}" for i in range(12)] + [f"gamma delta {i}" for i in range(12)]
+    labels = [1] * 12 + [0] * 12
+    test = blind_baseline_test(texts, np.array(labels), permutations=np.int64(19), seed=np.int64(3))
+    assert test["auc"] == 1.0 and test["p_value"] == 0.05 and len(test["null_aucs"]) == 19
+    assert np.array_equal(test["scores"], blind_baseline_scores(texts, labels, seed=3, repeats=3))
+    for bad in ({"permutations": 18}, {"repeats": 0}, {"folds": 1}, {"permutations": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            blind_baseline_test(texts, labels, **bad)
+    with pytest.raises(ValueError, match="permutations"):
+        membership_report({"s": np.arange(24.0)}, labels, texts, permutations=5)
+    many = [f"word{i % 50} other{i % 7} x{i}" for i in range(2100)]
+    big = blind_baseline_test(many, [1] * 300 + [0] * 1800, permutations=19)
+    assert len(big["indices"]) == len(big["scores"]) == 2000 and len(set(big["indices"].tolist())) == 2000
+    with pytest.raises(ValueError, match="more than the blind baseline takes"):
+        blind_baseline_scores(many, [1] * 300 + [0] * 1800)
 
 
 def test_blind_baseline_scores_are_out_of_fold_and_checked():

@@ -18,7 +18,7 @@ from .evaluation import (
 )
 from .report import BLIND_BASELINE, MembershipReport, membership_report
 from .scoring import MembershipResult, membership_scores
-from .validity import blind_baseline_scores, ngram_overlap
+from .validity import blind_baseline_scores, blind_baseline_test, ngram_overlap
 
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "MembershipResult",
     "attack_scores",
     "blind_baseline_scores",
+    "blind_baseline_test",
     "check_labels",
     "check_scores",
     "membership_inference_scores",

@@ -22,7 +22,7 @@ from .evaluation import (
     unmeasurable_reason,
 )
 from .scoring import MembershipResult
-from .validity import blind_baseline_scores, check_texts, cross_duplicates, ngram_overlap
+from .validity import blind_baseline_test, check_texts, cross_duplicates, ngram_overlap
 
 
 BLIND_BASELINE = "blind baseline"  # the name of the text-only classifier's row
@@ -40,9 +40,10 @@ class MembershipReport:
             allow no false positive there; the reason is in `not_measurable`), `roc` holds the curve's `fpr`,
             `tpr` and `threshold` lists, `above_chance` / `below_chance` say whether the whole AUC interval is above
             / below 0.5.
-        blind_baseline: The same fields for the text-only classifier, plus `distinguishable` (its AUC interval is
-            above 0.5: the sets differ without the model); None when not run, with the reason in
-            `blind_baseline_skipped`.
+        blind_baseline: The same fields for the text-only classifier, plus `p_value` (its permutation test,
+            `blind_baseline_test`), `permutations`, `num_samples` (the samples it read: all, up to 2000) and
+            `distinguishable` (`p_value <= (1 - confidence) / 2`: the sets differ without the model); None when not
+            run, with the reason in `blind_baseline_skipped`.
         num_members: Members evaluated (after dropping duplicates).
         num_non_members: Non-members evaluated (after dropping duplicates).
         duplicates_dropped: Samples dropped because an exact copy was in the other set.
@@ -51,7 +52,7 @@ class MembershipReport:
         fprs: The false-positive rates of `tpr_at_fpr`.
         confidence: The coverage of the intervals.
         n_bootstrap: The bootstrap resamples.
-        seed: The bootstrap's (and the blind baseline's folds') seed.
+        seed: The bootstrap's (and the blind baseline's folds' and relabellings') seed.
         blind_baseline_skipped: Why the blind baseline was not run, or None.
     """
 
@@ -258,12 +259,13 @@ def _findings(report: MembershipReport) -> list[str]:
     if blind is not None and blind["distinguishable"]:
         out.append(
             f"Members and non-members are distinguishable without the model: a bag-of-words classifier on the texts "
-            f"alone reaches {auc_text(blind)}. The attacks' AUCs are not evidence of memorization; build the "
+            f"alone reaches {auc_text(blind)}, p = {blind['p_value']:.3g} (permutation test). The attacks' AUCs are not evidence of memorization; build the "
             "non-members by a random split of the same source as the members."
         )
     elif blind is not None:
         out.append(
-            f"The blind baseline (texts alone, no model) is not clearly above chance ({auc_text(blind)}): the two "
+            f"The blind baseline (texts alone, no model) is not clearly above chance ({auc_text(blind)}, p = "
+            f"{blind['p_value']:.3g}, permutation test): the two "
             "sets look alike without the model."
         )
     else:
@@ -306,6 +308,7 @@ def membership_report(
     seed: int = 0,
     blind_baseline: bool = True,
     folds: int = 5,
+    permutations: int = 999,
     ngram: int = 13,
     drop_duplicates: bool = False,
 ) -> MembershipReport:
@@ -318,9 +321,10 @@ def membership_report(
     more likely a member**, the convention of `membership_scores`; an AUC whose whole interval is below 0.5 is
     flagged (a sign or distribution problem, not "no leak").
 
-    With `texts`: a blind baseline, a bag-of-words classifier on the texts alone (`blind_baseline_scores`,
-    cross-validated) evaluated the same way; when its interval is above 0.5, the report says that members and
-    non-members are distinguishable without the model. And the share of each non-member's word `ngram`-grams found
+    With `texts`: a blind baseline, a bag-of-words classifier on the texts alone (`blind_baseline_test`,
+    cross-validated) evaluated the same way; when its permutation test rejects chance (one-sided, at level
+    `(1 - confidence) / 2`, the level an interval's lower bound above 0.5 stands for), the report says that members
+    and non-members are distinguishable without the model. And the share of each non-member's word `ngram`-grams found
     in a member (`ngram_overlap`).
 
     Exact duplicates: a sample whose text (with `texts`; else the digest a `MembershipResult` records) is both in
@@ -334,9 +338,10 @@ def membership_report(
         fprs: The false-positive rates to report the TPR at, each in (0, 1).
         n_bootstrap: Bootstrap resamples for the intervals (>= 100).
         confidence: The intervals' coverage, in (0, 1).
-        seed: Seed of the bootstrap and of the blind baseline's folds.
+        seed: Seed of the bootstrap and of the blind baseline's folds and relabellings.
         blind_baseline: Run the blind baseline when `texts` are given.
         folds: The blind baseline's cross-validation folds (>= 2).
+        permutations: The blind baseline's permutation test: random relabellings (>= 19).
         ngram: The n-gram length (in words) of the overlap check.
         drop_duplicates: Drop exact duplicates between the sets (counted) instead of refusing them.
 
@@ -370,6 +375,7 @@ def membership_report(
     seed = check_integer(seed, "seed", minimum=0)
     blind_baseline = check_bool(blind_baseline, "blind_baseline")
     folds = check_integer(folds, "folds", minimum=2)
+    permutations = check_integer(permutations, "permutations", minimum=19)
     ngram = check_integer(ngram, "ngram", minimum=1)
     drop_duplicates = check_bool(drop_duplicates, "drop_duplicates")
     if digests is not None and len(digests) != labels.size:
@@ -392,25 +398,30 @@ def membership_report(
             columns = {name: values[keep] for name, values in columns.items()}
             texts = None if texts is None else [text for text, k in zip(texts, keep) if k]
     check_classes(labels, MIN_PER_CLASS)
-    blind_scores, skipped = None, None
+    blind_test, skipped = None, None
     if texts is None:
         skipped = "no texts given"
     elif not blind_baseline:
         skipped = "turned off (`blind_baseline=False`)"
     else:
         try:
-            blind_scores = blind_baseline_scores(texts, labels, folds=folds, seed=seed)
+            blind_test = blind_baseline_test(texts, labels, folds=folds, permutations=permutations, seed=seed)
         except ValueError as err:  # texts without a single word
             skipped = str(err)
-    evaluated = dict(columns)
-    if blind_scores is not None:
-        evaluated[BLIND_BASELINE] = blind_scores
-    intervals = bootstrap_intervals(evaluated, labels, fprs, n_bootstrap, confidence, seed)
+    intervals = bootstrap_intervals(columns, labels, fprs, n_bootstrap, confidence, seed)
     attacks = {name: _entry(values, labels, fprs, intervals[name]) for name, values in columns.items()}
     blind = None
-    if blind_scores is not None:
-        blind = _entry(blind_scores, labels, fprs, intervals[BLIND_BASELINE])
-        blind["distinguishable"] = blind["above_chance"]
+    if blind_test is not None:
+        blind_labels = labels[blind_test["indices"]]
+        blind_scores = {BLIND_BASELINE: blind_test["scores"]}
+        blind_intervals = bootstrap_intervals(blind_scores, blind_labels, fprs, n_bootstrap, confidence, seed)
+        blind = _entry(blind_test["scores"], blind_labels, fprs, blind_intervals[BLIND_BASELINE])
+        # The verdict is the permutation test's (calibrated), not the bootstrap interval's (too narrow: it does
+        # not see the classifier's fits vary); one-sided at the level the intervals' lower bound stands for.
+        blind["p_value"] = blind_test["p_value"]
+        blind["permutations"] = permutations
+        blind["num_samples"] = int(len(blind_test["indices"]))
+        blind["distinguishable"] = blind_test["p_value"] <= (1 - confidence) / 2
     overlap = None
     if texts is not None:
         overlap = ngram_overlap(

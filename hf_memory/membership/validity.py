@@ -42,26 +42,96 @@ def check_texts(texts, size: int | None = None) -> list[str]:
     return texts
 
 
-def blind_baseline_scores(texts: Sequence[str], is_member, folds: int = 5, seed: int = 0) -> np.ndarray:
+BLIND_MAX_SAMPLES = 2000  # the blind baseline's kernel is samples x samples: a larger set is subsampled
+BLIND_RIDGE = 1.0  # the ridge penalty (rows of the TF-IDF matrix have norm 1)
+
+
+def _check_blind(texts, is_member, folds, repeats, seed):
+    labels = check_labels(is_member)
+    texts = check_texts(texts, labels.size)
+    folds = check_integer(folds, "folds", minimum=2)
+    repeats = check_integer(repeats, "repeats", minimum=1)
+    seed = check_integer(seed, "seed", minimum=0)
+    members, non_members = int(labels.sum()), int((~labels).sum())
+    if min(members, non_members) < 2:
+        raise ValueError(
+            f"The blind baseline cross-validates: it needs at least 2 members and 2 non-members, got {members} and "
+            f"{non_members}."
+        )
+    if not any(_WORDS.search(text) for text in texts):
+        raise ValueError("`texts` hold no word: the blind baseline reads words.")
+    require_extra("analysis", "The blind baseline")
+    return texts, labels, folds, repeats, seed
+
+
+def _smoother(texts: Sequence[str], folds: int, repeats: int, seed: int) -> np.ndarray:
+    """The out-of-fold linear smoother `H`: for ANY labels `y`, `H @ y` are the out-of-fold scores.
+
+    Features: TF-IDF of words and word bigrams (sublinear term frequencies), fitted on all texts (it never sees a
+    label). Classifier: ridge regression of the 0/1 label on them (kernel form; offset = the training folds' mean
+    label), fitted on `folds - 1` folds and applied to the held-out one, over `repeats` random fold splits (which do
+    not depend on the labels), averaged. Because the folds and the features ignore the labels, `H` does too: the
+    classifier is refitted for a permuted labelling at the cost of one product.
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.model_selection import KFold
+
+    features = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, token_pattern=r"(?u)\b\w+\b")
+    matrix = features.fit_transform(texts)
+    kernel = (matrix @ matrix.T).toarray()
+    n = len(texts)
+    smoother = np.zeros((n, n))
+    folds = min(folds, n)
+    for repeat in range(repeats):
+        split = KFold(n_splits=folds, shuffle=True, random_state=seed + repeat)
+        for train, test in split.split(np.zeros(n)):
+            # Ridge with an intercept: features centred on the training folds' mean (kernel form).
+            inner, cross = kernel[np.ix_(train, train)], kernel[np.ix_(test, train)]
+            column_means, grand = inner.mean(axis=0), inner.mean()
+            inner = inner - column_means[None, :] - column_means[:, None] + grand
+            cross = cross - cross.mean(axis=1, keepdims=True) - column_means[None, :] + grand
+            weights = np.linalg.solve(inner + BLIND_RIDGE * np.eye(len(train)), cross.T).T  # [test, train]
+            # Linear in the centred training labels; the intercept (their mean) is left out: it differs between
+            # folds with their share of members and would bias the pooled AUC below 0.5.
+            smoother[np.ix_(test, train)] += weights - weights.mean(axis=1, keepdims=True)
+    return smoother / repeats
+
+
+def _aucs(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The ROC AUC of each column of `scores` [samples, k] against the matching column of `labels` (ties: half)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores, axis=0)
+    positives = labels.sum(axis=0)
+    negatives = labels.shape[0] - positives
+    return ((ranks * labels).sum(axis=0) - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def blind_baseline_scores(
+    texts: Sequence[str], is_member, folds: int = 5, seed: int = 0, repeats: int = 1
+) -> np.ndarray:
     """Out-of-fold membership scores of a classifier that reads the texts alone and never the model.
 
-    A bag of words and word bigrams (TF-IDF, sublinear term frequencies) and a logistic regression, fitted and
-    applied by stratified `folds`-fold cross-validation (scikit-learn): each sample is scored by the classifier
-    fitted on the other folds, so its AUC estimates how well the texts alone separate members from non-members. Near
-    0.5 the sets look alike; clearly above, an attack's AUC may come from the distribution shift, not from the model.
+    A bag of words and word bigrams (TF-IDF, sublinear term frequencies, fitted on all texts: it never sees a label)
+    and a ridge regression of the 0/1 label on it, fitted and applied by `folds`-fold cross-validation (the fold split
+    ignores the labels), averaged over `repeats` fold splits: each sample is scored by classifiers fitted without it,
+    so its AUC estimates how well the texts alone separate members from non-members. Near 0.5 the sets look alike;
+    clearly above, an attack's AUC may come from the distribution shift, not from the model. `blind_baseline_test`
+    says how far above 0.5 is "clearly" (a permutation test).
 
     Args:
-        texts: One text per sample.
+        texts: One text per sample (at most `BLIND_MAX_SAMPLES`, 2000).
         is_member: Per sample, 1 (or True) for a member, 0 for a non-member.
-        folds: Cross-validation folds (>= 2; lowered to the size of the smaller class when that is smaller).
-        seed: Seed of the fold split.
+        folds: Cross-validation folds (>= 2).
+        seed: Seed of the fold splits.
+        repeats: Fold splits averaged (>= 1).
 
     Returns:
-        Per sample, the predicted probability of being a member (higher = member), in input order.
+        Per sample, its out-of-fold score (higher = member), in input order.
 
     Raises:
         ValueError: If the labels are not 0/1 or hold fewer than 2 of a class, `texts` is not a list of strings of
-            the same length, or the texts hold no word at all.
+            the same length or holds more than 2000 texts, or the texts hold no word at all.
         ImportError: Without scikit-learn (the `analysis` extra).
 
     Examples:
@@ -72,32 +142,82 @@ def blind_baseline_scores(texts: Sequence[str], is_member, folds: int = 5, seed:
         >>> bool(scores[:6].min() > scores[6:].max())
         True
     """
-    labels = check_labels(is_member)
-    texts = check_texts(texts, labels.size)
-    folds = check_integer(folds, "folds", minimum=2)
-    seed = check_integer(seed, "seed", minimum=0)
-    smaller = int(min(labels.sum(), (~labels).sum()))
-    if smaller < 2:
+    texts, labels, folds, repeats, seed = _check_blind(texts, is_member, folds, repeats, seed)
+    if len(texts) > BLIND_MAX_SAMPLES:
         raise ValueError(
-            f"The blind baseline cross-validates: it needs at least 2 members and 2 non-members, got "
-            f"{int(labels.sum())} and {int((~labels).sum())}."
+            f"`texts` holds {len(texts)} texts, more than the blind baseline takes ({BLIND_MAX_SAMPLES}): give a "
+            "random subsample (`membership_report` does it itself)."
         )
-    if not any(_WORDS.search(text) for text in texts):
-        raise ValueError("`texts` hold no word: the blind baseline reads words.")
-    require_extra("analysis", "The blind baseline")
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
+    return _smoother(texts, folds, repeats, seed) @ labels.astype(np.float64)
 
-    classifier = make_pipeline(
-        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, token_pattern=r"(?u)\b\w+\b"),
-        LogisticRegression(max_iter=1000),
-    )
-    split = StratifiedKFold(n_splits=min(folds, smaller), shuffle=True, random_state=seed)
-    probabilities = cross_val_predict(classifier, np.array(texts, dtype=object), labels, cv=split,
-                                      method="predict_proba")  # fmt: skip
-    return probabilities[:, 1]
+
+def blind_baseline_test(
+    texts: Sequence[str],
+    is_member,
+    folds: int = 5,
+    repeats: int = 3,
+    permutations: int = 999,
+    seed: int = 0,
+) -> dict:
+    """The blind baseline with its calibrated verdict: a permutation test of its cross-validated AUC.
+
+    The classifier of `blind_baseline_scores` (its folds over `repeats` splits) is refitted on `permutations` random
+    relabellings of the same texts (the same number of members), each scored the same way: these AUCs are what the
+    baseline reaches by chance on this very data, fitting variance included. The p-value is the share of them (plus
+    the observed one) at least as high as the observed AUC. When members and non-members are a random split of one
+    source, the labels are exchangeable and the p-value is exact: the verdict `p <= alpha` fires on a random split
+    with probability alpha, whatever the sample size. (A bootstrap of the out-of-fold scores does not see the fits
+    vary, and its interval is too narrow.)
+
+    More than `BLIND_MAX_SAMPLES` (2000) samples: the test runs on a stratified random subsample of that size
+    (seeded), returned as `indices`.
+
+    Args:
+        texts: One text per sample.
+        is_member: Per sample, 1 (or True) for a member, 0 for a non-member.
+        folds: Cross-validation folds (>= 2).
+        repeats: Fold splits averaged (>= 1).
+        permutations: Random relabellings (>= 19); the smallest p-value is `1 / (permutations + 1)`.
+        seed: Seed of the fold splits, the relabellings and the subsample.
+
+    Returns:
+        `{"scores", "indices", "auc", "p_value", "null_aucs"}`: the out-of-fold scores of the samples `indices`
+        (all of them, in order, up to 2000), their AUC, the p-value and the relabellings' AUCs.
+
+    Raises:
+        ValueError: As `blind_baseline_scores`; `permutations` below 19.
+        ImportError: Without scikit-learn (the `analysis` extra).
+
+    Examples:
+        >>> texts = [f"alpha note {i}" for i in range(10)] + [f"omega memo {i}" for i in range(10)]
+        >>> test = blind_baseline_test(texts, [1] * 10 + [0] * 10, permutations=99)
+        >>> test["auc"], bool(test["p_value"] <= 0.05)
+        (1.0, True)
+    """
+    texts, labels, folds, repeats, seed = _check_blind(texts, is_member, folds, repeats, seed)
+    permutations = check_integer(permutations, "permutations", minimum=19)
+    rng = np.random.default_rng(seed)
+    indices = np.arange(len(texts))
+    if len(texts) > BLIND_MAX_SAMPLES:
+        members, others = np.flatnonzero(labels), np.flatnonzero(~labels)
+        share = round(BLIND_MAX_SAMPLES * len(members) / len(texts))  # members kept: their share, >= 2 a class
+        keep = int(np.clip(share, max(2, BLIND_MAX_SAMPLES - len(others)), min(len(members), BLIND_MAX_SAMPLES - 2)))
+        indices = np.sort(np.concatenate([rng.choice(members, keep, replace=False),
+                                          rng.choice(others, BLIND_MAX_SAMPLES - keep, replace=False)]))  # fmt: skip
+        texts, labels = [texts[i] for i in indices], labels[indices]
+    smoother = _smoother(texts, folds, repeats, seed)
+    y = labels.astype(np.float64)
+    relabelled = np.stack([rng.permutation(y) for _ in range(permutations)], axis=1)
+    columns = np.concatenate([y[:, None], relabelled], axis=1)
+    aucs = _aucs(smoother @ columns, columns)
+    observed, null = float(aucs[0]), aucs[1:]
+    return {
+        "scores": smoother @ y,
+        "indices": indices,
+        "auc": observed,
+        "p_value": float((1 + np.sum(null >= observed - 1e-12)) / (permutations + 1)),
+        "null_aucs": null,
+    }
 
 
 def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
