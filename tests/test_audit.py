@@ -998,25 +998,17 @@ def test_an_audit_measures_the_model_through_its_decoding_guard(tmp_path):
     """Issue 36: `audit(logits_processor=...)` measures a guarded deployment; the reference is measured without it."""
     from collections import Counter
 
-    from transformers import LogitsProcessor
+    from tests.testing_utils import BanToken
 
     model, reference, tok, texts = resume_case()
     plain = audit(model, tok, texts, **RESUME, reference_model=reference, show_progress=False)
     common = Counter(t for row in plain.rows for t in row["prediction_ids"]).most_common(1)[0][0]
 
-    class Ban(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            scores = scores.clone()
-            scores[:, common] = -float("inf")
-            return scores
-
-    guarded = audit(model, tok, texts, **RESUME, reference_model=reference, logits_processor=Ban(),
+    guarded = audit(model, tok, texts, **RESUME, reference_model=reference, logits_processor=BanToken(common),
                     output_dir=tmp_path, show_progress=False)  # fmt: skip
     assert not any(common in row["prediction_ids"] for row in guarded.rows)
     assert [r["reference_exact_match"] for r in guarded.rows] == [r["reference_exact_match"] for r in plain.rows]
-    assert guarded.settings["logits_processor"] == [
-        "test_an_audit_measures_the_model_through_its_decoding_guard.<locals>.Ban"
-    ]
+    assert guarded.settings["logits_processor"] == ["BanToken"]
     with pytest.raises(ValueError, match="`logits_processor` must be a transformers LogitsProcessor"):
         audit(model, tok, texts, **RESUME, logits_processor="memfree", show_progress=False)
 

@@ -421,22 +421,9 @@ def test_generate_measures_the_model_as_trained_under_a_fastmem_wrapper():
     assert wrapped.predictions == plain.predictions
 
 
-class _Ban:
-    """A logits processor that forbids one token, as a decoding guard would."""
-
-    def __new__(cls, token):
-        from transformers import LogitsProcessor
-
-        class Ban(LogitsProcessor):
-            def __call__(self, input_ids, scores):
-                scores = scores.clone()
-                scores[:, token] = -float("inf")
-                return scores
-
-        return Ban()
-
-
 def test_a_decoding_guard_is_applied_at_every_greedy_step(tmp_path):
+    from tests.testing_utils import BanToken
+
     """Issue 36: a guarded deployment is measured as an unguarded one (`logits_processor=`)."""
     from collections import Counter
 
@@ -454,12 +441,12 @@ def test_a_decoding_guard_is_applied_at_every_greedy_step(tmp_path):
     same = measure_extraction(model, windows, PREFIX, SUFFIX, logits_processor=Nothing(), show_progress=False)
     assert same.predictions == plain.predictions  # method "auto" decodes with generate under a guard
     guarded = measure_extraction(
-        model, windows, PREFIX, SUFFIX, logits_processor=[_Ban(common)], output_dir=tmp_path, show_progress=False
+        model, windows, PREFIX, SUFFIX, logits_processor=[BanToken(common)], output_dir=tmp_path, show_progress=False
     )
     rows = guarded.dataset()["prediction"]
     assert not any(common in row for row in rows) and len(rows) == len(plain.predictions)
     manifest = json.loads((tmp_path / ".manifest.json").read_text())
-    assert manifest["settings"]["logits_processor"] == ["_Ban.__new__.<locals>.Ban"]
+    assert manifest["settings"]["logits_processor"] == ["BanToken"]
     for bad in ("memfree", [], [object()], Nothing):
         with pytest.raises(ValueError, match="`logits_processor` must be a transformers LogitsProcessor"):
             measure_extraction(model, windows, PREFIX, SUFFIX, logits_processor=bad, show_progress=False)

@@ -21,6 +21,7 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    LogitsProcessor,
     OPTConfig,
     OPTForCausalLM,
     TrainingArguments,
@@ -190,3 +191,15 @@ def training_args(tmp_path, args_class=TrainingArguments, **overrides):
     }
     settings.update(overrides)
     return args_class(**settings)
+
+
+class BanToken(LogitsProcessor):
+    """A logits processor that forbids one token at every step, as a decoding guard would."""
+
+    def __init__(self, token: int):
+        self.token = token
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        scores[:, self.token] = -float("inf")
+        return scores
