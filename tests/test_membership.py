@@ -450,3 +450,20 @@ def test_the_cost_benchmark_runs_in_its_small_mode(tmp_path):
     for allocator in results["memory"]["allocators"].values():
         assert set(allocator["runs"]) == {"4", "400"} and allocator["peak_ratio"] > 0
     assert "CPUs" in results["machine"] and results["memory"]["peak_ratio"] > 0
+
+
+@pytest.mark.slow  # two torchrun processes
+def test_two_processes_give_the_one_process_scores(tmp_path):
+    """Each process scores every second chunk of documents; the gathered result is the 1-process one, in order."""
+    from tests.distributed_membership import score
+    from tests.testing_utils import run_two_processes
+
+    ranks = run_two_processes("distributed_membership.py", tmp_path / "ranks.json")
+    single = score()
+    assert [r["num_processes"] for r in ranks] == [2, 2]
+    assert [r["scored"] for r in ranks] == [6, 5]  # chunks 0 and 2 (3 + 3), chunks 1 and 3 (3 + 2)
+    for r in ranks:  # every rank ends with the whole result
+        assert r["digests"] == single.digests and r["num_tokens"] == single.num_tokens.tolist()
+        assert set(r["scores"]) == set(single.scores) >= {"loss", "reference"}
+        for name, values in single.scores.items():
+            np.testing.assert_allclose(r["scores"][name], values, rtol=1e-5, atol=1e-6, err_msg=name)

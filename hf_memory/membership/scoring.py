@@ -297,7 +297,10 @@ def membership_scores(
     embeddings) differ. Each document is cut to its first `max_tokens` tokens (counted in `num_truncated`), or with
     `windows=True` scored whole, in windows. The first token of a row is context only; padding is never scored.
     Documents are read `read_ahead` at a time and batched by length, so memory does not grow with their number
-    (generators and `IterableDataset`s are consumed as they stream); scores come back in input order.
+    (generators and `IterableDataset`s are consumed as they stream); scores come back in input order. Under
+    `torchrun` / `accelerate launch` every process reads the data, scores every `num_processes`-th chunk of
+    `read_ahead` documents, and the chunks are gathered in order: every process returns the whole result, the same
+    scores as one process gives.
 
     Args:
         model: The target: a causal language model (`*ForCausalLM`, possibly with a LoRA-style PEFT adapter).
@@ -380,17 +383,34 @@ def membership_scores(
     chosen = resolve_attacks(config, reference_model is not None, first.text is not None)
     if "ce_diagnostic" in chosen:
         require_extra("analysis", "The ce_diagnostic membership score")
-    columns = {name: array("d") for name in chosen}
-    columns.update(num_tokens=array("q"), digests=[], num_truncated=0)
-    progress = tqdm(desc="membership scores", unit="doc", disable=not show_progress)
+    from accelerate import PartialState
+
+    state = PartialState(cpu=model_device(model).type == "cpu")  # under torchrun / accelerate launch: gloo on CPU
+    rank, world = state.process_index, state.num_processes
+    parts = []  # (chunk number, its columns): this process's share, every `world`-th chunk
+    progress = tqdm(desc="membership scores", unit="doc", disable=not show_progress or not state.is_local_main_process)
     with (
         eval_mode(model, "membership_scores"),
         eval_mode(reference_model, "membership_scores") if reference_model is not None else contextlib.nullcontext(),
     ):
-        for chunk in _chunks(itertools.chain([first], documents), config.read_ahead):
+        for number, chunk in enumerate(_chunks(itertools.chain([first], documents), config.read_ahead)):
+            if number % world != rank:
+                continue
+            columns = {name: array("d") for name in chosen}
+            columns.update(num_tokens=array("q"), digests=[], num_truncated=0)
             _score_chunk(model, reference_model, chunk, chosen, config, columns)
+            parts.append((number, columns))
             progress.update(len(chunk))
     progress.close()
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        parts = sorted(gather_object(parts), key=lambda part: part[0])
+    columns = {name: array("d") for name in chosen}
+    columns.update(num_tokens=array("q"), digests=[], num_truncated=0)
+    for _, part in parts:
+        for name, values in part.items():
+            columns[name] += values
     return MembershipResult(
         scores={name: np.frombuffer(columns[name], dtype=np.float64).copy() for name in chosen},
         num_tokens=np.frombuffer(columns["num_tokens"], dtype=np.int64).copy(),
