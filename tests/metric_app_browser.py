@@ -77,7 +77,7 @@ def tables_after_compute(module: ModuleType, screenshot: str | None = None) -> d
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
             try:
-                page = browser.new_page(viewport={"width": 1100, "height": 1000})
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
                 page.goto(f"http://127.0.0.1:{port}/")
                 page.click("#compute")
                 # Before Compute the results table is empty; its `output` column comes with the numbers.
