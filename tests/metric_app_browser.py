@@ -39,6 +39,12 @@ _READ_TABLE = """table => {
 }"""
 
 
+_HAS_RESULTS = """() => {
+    const cell = document.querySelector('#results [data-testid="cell-0-0"]');
+    return cell !== null && cell.innerText.trim() !== "";
+}"""
+
+
 def chromium() -> str | None:
     """The path of the system's Chromium, or None."""
     return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
@@ -80,8 +86,8 @@ def tables_after_compute(module: ModuleType, screenshot: str | None = None) -> d
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
                 page.goto(f"http://127.0.0.1:{port}/")
                 page.click("#compute")
-                # Before Compute the results table is empty; its `output` column comes with the numbers.
-                page.locator('#results th[title="output"]').wait_for(timeout=60_000)
+                # Before Compute the results table has its headers and no rows; its first cell comes with the numbers.
+                page.wait_for_function(_HAS_RESULTS, timeout=60_000)
                 tables = {}
                 for name in ("results", "per-sample"):
                     if page.locator(f"#{name}").count():

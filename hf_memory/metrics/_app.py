@@ -200,10 +200,14 @@ class MetricApp:
                 component.render()
             button = gr.Button("Compute", variant="primary", elem_id="compute")
             gr.Examples(examples=[list(example) for example in examples], inputs=self.inputs)
-            outputs = [gr.Dataframe(label="Results", interactive=False, wrap=True, max_height=1000, elem_id="results")]
+            empty = pd.DataFrame(columns=["output", "value"])  # until Compute: headers, no rows
+            outputs = [
+                gr.Dataframe(empty, label="Results", interactive=False, wrap=True, max_height=1000, elem_id="results")
+            ]
             if self.per_sample:
+                empty = pd.DataFrame(columns=["sample", *(key.removesuffix("_per_sample") for key in self.per_sample)])
                 outputs.append(
-                    gr.Dataframe(label="Per sample", interactive=False, max_height=1000, elem_id="per-sample")
+                    gr.Dataframe(empty, label="Per sample", interactive=False, max_height=1000, elem_id="per-sample")
                 )
             # One computation at a time (see `_lock`): users wait in gradio's queue, which shows their place in it.
             button.click(self.submit, inputs=self.inputs, outputs=outputs, api_name="compute", concurrency_limit=1)
