@@ -144,18 +144,19 @@ def test_metric_folders_are_adapters_importing_their_capability():
 
 @pytest.mark.parametrize("name", METRIC_FOLDERS)
 def test_metric_folders_list_what_their_script_imports_in_requirements_txt(name):
-    """A Space installs the folder's requirements.txt: every third-party module the script imports is named there
-    (and pyproject ships the file with the package)."""
+    """A Space installs the folder's requirements.txt: every third-party module the script and the app import is
+    named there (and pyproject ships the file with the package)."""
     import importlib.util
 
     folder = os.path.join(PACKAGE, "metrics", name)
     lines = open(os.path.join(folder, "requirements.txt"), encoding="utf-8").read().split()
     required = {re.split(r"[\[<>=!~ ]", line, maxsplit=1)[0].replace("-", "_") for line in lines}
-    for module, _ in _imports(os.path.join(folder, f"{name}.py")):
-        top = module.split(".")[0]
-        if top != "__future__" and top not in sys.stdlib_module_names:
-            assert top in required, f"{name}/requirements.txt lacks {top}"
-            assert importlib.util.find_spec(top) is not None
+    for file in (f"{name}.py", "app.py"):
+        for module, _ in _imports(os.path.join(folder, file)):
+            top = module.split(".")[0]
+            if top != "__future__" and top not in sys.stdlib_module_names:
+                assert top in required, f"{name}/requirements.txt lacks {top} ({file} imports it)"
+                assert importlib.util.find_spec(top) is not None
     assert (
         f'"hf_memory.metrics.{name}" = ["README.md", "requirements.txt"]'
         in open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8").read()

@@ -14,6 +14,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "graphs": ("networkx",),
     "memcontrol": ("optuna",),
     "memfree": ("fastbloom_rs",),
+    "spaces": ("gradio",),
 }
 
 
