@@ -1145,6 +1145,13 @@ def test_the_extraction_verdict_names_the_reference_and_sampling():
         .endswith("; nor does the reference model.")
     )
     assert "the reference model extracts none." in _synthetic_report(1, reference=[False] * 20).extraction_verdict()[0]
+    assert (
+        _synthetic_report(0, windows=1)
+        .extraction_verdict()[0]
+        .startswith(
+            "No window is extracted: greedy decoding does not write the one window's 4 tokens that follow its first 4 ("
+        )
+    )
 
     # greedy finds nothing, sampling does: the level follows the larger share, and the text says so
     sampled = {"sampling_temperature": 0.7, "sampling_queries": 10, "sampling_min_probability": 0.5}

@@ -118,10 +118,14 @@ def extraction_verdict(report) -> list[str]:
             f"next {suffix} exactly{reference}."
         )
     else:
+        which = (
+            "greedy decoding does not write the one window's"
+            if n == 1
+            else f"for none of the {n} windows does greedy decoding write the"
+        )
         found = (
-            f"No window is extracted: for none of the {n} windows does greedy decoding write the {suffix} tokens that "
-            f"follow its first {prefix} (the most it gets right before a mistake: {longest} "
-            f"token{'' if longest == 1 else 's'}){reference}."
+            f"No window is extracted: {which} {suffix} tokens that follow its first {prefix} (the most it gets right "
+            f"before a mistake: {longest} token{'' if longest == 1 else 's'}){reference}."
         )
     if sampled:
         found += " " + _sampling_sentence(metrics, settings)
