@@ -801,10 +801,14 @@ def test_an_untrained_model_leaks_nothing_and_a_biased_split_fires_the_blind_bas
     assert not any(e["above_chance"] for e in report.membership.attacks.values()), report.membership.to_markdown()
     assert report.membership_verdict()[0].startswith("No membership leak detected")
     assert "a reference model (the checkpoint before fine-tuning)" in report.membership_verdict()[0]
+    assert "Membership inference (above) detects no leak" in report.extraction_verdict()[2]
+    assert re.search(r'<div class="verdict neutral">No membership leak detected', report.to_html())
     other = [t.replace("w1", "w39 w39 w38") for t in non_members]  # another "source": its own frequent words
     report = audit(model, tok, members, non_members=other, **MIA, show_progress=False, membership_bootstrap=200)
     assert report.membership.blind_baseline["distinguishable"], report.membership.to_markdown()
     assert report.membership_verdict()[0].startswith("Not conclusive")
+    assert "Membership inference (above) is not conclusive" in report.extraction_verdict()[2]
+    assert re.search(r'<div class="verdict caution">Not conclusive', report.to_html())
 
 
 def test_a_reference_model_adds_the_reference_attack_and_non_members_stream(tmp_path):
@@ -1039,3 +1043,162 @@ def test_an_audit_measures_extraction_under_the_deployments_sampling(tmp_path):
     ):
         with pytest.raises(ValueError, match=message):
             audit(model, tok, texts, **RESUME, **bad, show_progress=False)
+
+
+# --- the verdict in plain words, and its colour (issue 35 item 6) ----------------------------------------------------
+
+
+def _synthetic_report(extracted: int, windows: int = 20, reference: list[bool] | None = None, partial: int = 0,
+                      **settings) -> AuditReport:  # fmt: skip
+    """An `AuditReport` of `windows` made-up rows (suffix 4) whose first `extracted` are extracted exactly and the next
+    `partial` reproduce 2 of 4 suffix tokens; every column the page reads is filled."""
+    from hf_memory.auditing.summary import SIGNAL_COLUMNS
+
+    rows = []
+    for i in range(windows):
+        lcp = 4 if i < extracted else 2 if i < extracted + partial else i % 2
+        row = {
+            "window": i, "document": i, "source": f"doc{i}.txt", "start": 0, "exact_match": lcp == 4,
+            "longest_common_prefix": lcp, "memorization_score": lcp / 4, "rouge_l": lcp / 4,
+            "log_p": 0.0 if i < extracted else -50.0,
+            "reference_exact_match": None if reference is None else reference[i],
+            "reference_longest_common_prefix": None if reference is None else 4 * reference[i],
+            "loss": 1.0, "loss_after": 0.5, "reference_loss": None if reference is None else 1.5,
+            "calibrated_loss": None if reference is None else -1.0,
+            "prefix_ids": [1, 2, 3, 4], "suffix_ids": [5, 6, 7, 8], "prediction_ids": [5, 6, 7, 8][:lcp] + [9] * (4 - lcp),
+            "prefix_text": "a b c d", "suffix_text": "e f g h", "prediction_text": "e f g h",
+            "reproduced_text": "e f g h"[: 2 * lcp], "missed_text": "", "diverged_text": "",
+        }  # fmt: skip
+        row.update({name: float(i % 3) for name in SIGNAL_COLUMNS})
+        rows.append(row)
+    base = {"prefix_len": 4, "suffix_len": 4, "stride": 8, "max_windows": 512, "seed": 0, "top_k": 10, "ce_lr": 1e-5}
+    sampling = {"sampling_temperature": None, "sampling_top_k": None, "sampling_top_p": 1.0}
+    data = {"num_documents": windows, "num_tokens": 8 * windows, "num_short_documents": 0,
+            "num_candidate_windows": windows, "num_windows": windows}  # fmt: skip
+    model = {
+        "name_or_path": "m",
+        "model_type": "llama",
+        "num_parameters": 1,
+        "dtype": "float32",
+        "config_sha256": "0" * 64,
+    }
+    return AuditReport(rows=rows, settings={**base, **sampling, **settings}, model=model,
+                       reference_model=None if reference is None else dict(model, name_or_path="r"), data=data)  # fmt: skip
+
+
+def _extraction_banner(page: str) -> str:
+    """The class attribute of the extraction section's verdict box."""
+    return re.search(r'<h2>Extraction</h2>\s*<div class="([^"]+)"', page).group(1)
+
+
+@pytest.mark.parametrize(
+    ("extracted", "windows", "level", "tone"),
+    [(0, 20, "none", "neutral"), (1, 20, "some", "caution"), (1, 11, "some", "caution"), (2, 20, "many", "alarm"),
+     (16, 20, "many", "alarm")],
+)  # fmt: skip
+def test_the_extraction_verdict_and_its_colour_follow_the_finding(extracted, windows, level, tone):
+    """0 extracted: neutral, and the page says what that rules out and what not; under 10%: amber; 10% or more: red.
+    Before, every share got the same red banner and one sentence that read like a claim at 0%."""
+    from hf_memory.auditing.html import TONES, _inline_code
+
+    report = _synthetic_report(extracted, windows, partial=1)
+    assert report.extraction_level == level
+    found, meaning, membership = report.extraction_verdict()
+    if extracted:
+        share = f"{100 * extracted / windows:.1f}%"
+        assert found.startswith(
+            f"{extracted} of {windows} windows ({share}) {'is' if extracted == 1 else 'are'} extracted"
+        )
+        assert "lower bound" in meaning and "when the model samples" in meaning and "shorter than 4 tokens" in meaning
+        assert "1 more window has at least half of its suffix reproduced" in meaning
+    else:
+        assert found.startswith("No window is extracted: for none of the 20 windows")
+        assert "the most it gets right before a mistake: 2 tokens" in found  # the partial window
+        assert meaning.startswith("This rules out that these windows come back word for word")
+        for gap in ("extraction when the model samples", "prefixes shorter than 4 tokens", "partial copies (1 window"):
+            assert gap in meaning
+        assert "are extracted: the model writes their" not in found  # the old sentence, which read like a claim
+    assert "membership inference's question: not measured here" in membership
+    page = report.to_html()
+    assert _extraction_banner(page) == f"verdict {tone}"
+    assert f".verdict.{tone} {{ border-left-color: {TONES[tone][0]}" in page
+    for line in report.extraction_verdict():  # escaped, `names` as <code>
+        assert f"<p>{_inline_code(line)}</p>" in page
+    assert "<code>--sampling-temperature</code>" in page and "`" not in re.sub(r"<img[^>]*>", "", page)
+    assert _inline_code("`<b>` & `x`") == "<code>&lt;b&gt;</code> &amp; <code>x</code>"
+    assert report.extraction_verdict()[0] in report.card_section()
+    results = report.to_dict()
+    assert results["extraction_level"] == level and results["extraction_verdict"] == report.extraction_verdict()
+
+
+def test_the_extraction_verdict_names_the_reference_and_sampling():
+    reference = [False] * 20
+    reference[0] = reference[5] = True
+    report = _synthetic_report(3, reference=reference)
+    assert report.extraction_verdict()[0].endswith(
+        "; the reference model extracts 2 (10.0%), 1 of these among them (a window the reference writes too is "
+        "formulaic or widely known text, not this training's doing)."
+    )
+    assert (
+        _synthetic_report(0, reference=[False] * 20)
+        .extraction_verdict()[0]
+        .endswith("; nor does the reference model.")
+    )
+    assert "the reference model extracts none." in _synthetic_report(1, reference=[False] * 20).extraction_verdict()[0]
+    assert (
+        _synthetic_report(0, windows=1)
+        .extraction_verdict()[0]
+        .startswith(
+            "No window is extracted: greedy decoding does not write the one window's 4 tokens that follow its first 4 ("
+        )
+    )
+
+    # greedy finds nothing, sampling does: the level follows the larger share, and the text says so
+    sampled = {"sampling_temperature": 0.7, "sampling_queries": 10, "sampling_min_probability": 0.5}
+    report = _synthetic_report(0, **sampled)
+    report.rows[0]["log_p"] = 0.0  # sampling writes window 0's suffix every time; greedy does not (made up)
+    assert report.metrics["exact_match"] == 0 and report.metrics["probabilistic_extraction"] == 0.05
+    assert report.extraction_level == "some"
+    found, meaning, _ = report.extraction_verdict()
+    assert "Sampled at temperature 0.7, with 10 queries per prefix, 5.0% of windows are extracted" in found
+    assert meaning.startswith("Greedy decoding writes none of them out, but sampling does")
+    assert _extraction_banner(report.to_html()) == "verdict caution"
+    report.rows[0]["log_p"] = -50.0  # sampling finds nothing either: "samples as measured", no "not measured"
+    found, meaning, _ = report.extraction_verdict()
+    assert report.extraction_level == "none" and "or samples as measured" in meaning and "not measured" not in meaning
+
+
+def test_the_extraction_verdict_says_what_the_membership_section_found(membership_audit):
+    from hf_memory.auditing.html import TONES
+
+    report, out, _, _ = membership_audit
+    assert "Membership inference (above) finds a leak: `" in report.extraction_verdict()[2]
+    page = (out / HTML_FILE).read_text()
+    assert re.search(r'<div class="verdict alarm">Membership leaks', page)  # the leak's box is red
+    assert f"border-left-color: {TONES['alarm'][0]}" in page
+
+
+@pytest.mark.slow
+def test_the_docs_pages_script_runs_small_and_a_rerun_only_renders_the_pages_again(tmp_path):
+    """`examples/audit_report_pages.py --small` (what made `docs/audit_report*.png`, on a tiny Llama): three report
+    folders and `summary.json` with each audit's verdict; a rerun loads the reports, loads no model, writes the pages."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "examples/audit_report_pages.py", "--small", "--output-dir", str(tmp_path)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary) == {"setup", "base", "standard", "goldfish"}
+    for arm in ("base", "standard", "goldfish"):
+        report = AuditReport.load(tmp_path / arm)
+        assert summary[arm]["extraction_verdict"] == report.extraction_verdict()
+        assert summary[arm]["extraction_level"] == report.extraction_level
+        assert report.membership is not None and (report.reference_model is None) == (arm == "base")
+    assert summary["base"]["extraction_level"] == "none"  # an untrained tiny model writes no 8-token suffix
+    (tmp_path / "base" / HTML_FILE).write_text("stale")
+    again = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "model loaded" not in again.stdout, again.stderr[-3000:]
+    assert summary["base"]["extraction_verdict"][0] in (tmp_path / "base" / HTML_FILE).read_text()

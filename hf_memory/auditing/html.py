@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import jinja2
+import markupsafe
 import numpy as np
 
 from .._utils import require_extra
-from .membership import blind_verdict
+from .membership import FINDING_TONES, blind_verdict, finding
 from .summary import SIGNAL_COLUMNS
+from .verdict import LEVEL_TONES
 
 
 MODEL_COLOR = "#c0392b"
 REFERENCE_COLOR = "#7f8c8d"
+TONES = {  # a verdict banner's colour follows its finding: (border, background)
+    "neutral": ("#5d6d7e", "#f4f6f7"),  # nothing found; not green: it is no clean bill of health
+    "caution": ("#d68910", "#fef5e7"),  # a little, or a finding that needs a second look
+    "alarm": (MODEL_COLOR, "#fdedec"),  # a lot: windows written out, membership leaking
+}
 SIGNAL_LABELS = {
     "confidence": "confidence (mean max probability over the suffix)",
     "true_prob": "probability of the true suffix tokens",
@@ -177,7 +185,15 @@ def roc_plot(membership) -> str:
         plt.close(fig)
 
 
-_PAGE = jinja2.Template(
+def _inline_code(text: str) -> markupsafe.Markup:
+    """The text HTML-escaped, with its `backticked` spans as <code> (the verdicts are written for Markdown too)."""
+    escaped = str(markupsafe.escape(text))
+    return markupsafe.Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped))
+
+
+_ENVIRONMENT = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+_ENVIRONMENT.filters["code"] = _inline_code
+_PAGE = _ENVIRONMENT.from_string(
     """<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -190,12 +206,19 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans",
 h1 { font-size: 1.7em; margin: 0 0 4px; }
 h2 { font-size: 1.25em; margin: 34px 0 10px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
 .sub { color: #666; margin: 0 0 18px; font-size: 0.92em; }
-.verdict { font-size: 1.08em; background: #f7f7f7; border-left: 4px solid {{ model_color }}; padding: 10px 14px;
+.verdict { font-size: 1.08em; background: #f7f7f7; border-left: 5px solid #7f8c8d; padding: 10px 14px;
   margin: 14px 0 4px; }
+.verdict p { margin: 0 0 6px; } .verdict p:last-child { margin-bottom: 0; }
+.verdict p + p { font-size: 0.9em; color: #333; }
+{% for tone, (border, background) in tones.items() %}.verdict.{{ tone }} { border-left-color: {{ border }}; background: {{ background }}; }
+{% endfor %}
 table { border-collapse: collapse; font-size: 0.93em; }
 th, td { padding: 5px 12px; border-bottom: 1px solid #e5e5e5; text-align: left; vertical-align: top; }
 th { background: #fafafa; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.why { white-space: normal; min-width: 11em; font-size: 0.88em; color: #666; text-align: left; }
+code { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, monospace; font-size: 0.9em; background: rgba(0, 0, 0, 0.05);
+  padding: 0 3px; border-radius: 3px; }
 .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 22px 28px; }
 .grid > div { min-width: 0; }
 .grid h3 { font-size: 1.0em; margin: 0 0 4px; }
@@ -226,7 +249,7 @@ footer { margin-top: 40px; color: #888; font-size: 0.82em; }
 &middot; {{ created }}</p>
 
 <h2>Membership inference: can the model tell its training data from unseen data?</h2>
-{% for line in membership_verdict %}<div class="verdict">{{ line }}</div>
+{% for line in membership_verdict %}<div class="verdict {{ membership_tone if loop.first else 'caution' }}">{{ line | code }}</div>
 {% endfor %}
 {% if membership %}
 <table>
@@ -234,7 +257,7 @@ footer { margin-top: 40px; color: #888; font-size: 0.82em; }
 {% for fpr in membership.fprs %}<th class="num">TPR at {{ "%g" | format(100 * fpr) }}% FPR</th>{% endfor %}</tr>
 {% for name, entry in membership_rows %}
 <tr><td>{{ name }}</td><td class="num">{{ "%.3f" | format(entry.auc) }} [{{ "%.3f" | format(entry.auc_interval[0]) }}, {{ "%.3f" | format(entry.auc_interval[1]) }}]</td>
-{% for fpr in membership.fprs %}<td class="num">{% if entry.tpr_at_fpr[fpr] is not none %}{{ "%.3f" | format(entry.tpr_at_fpr[fpr]) }} [{{ "%.3f" | format(entry.tpr_interval[fpr][0]) }}, {{ "%.3f" | format(entry.tpr_interval[fpr][1]) }}]{% else %}not measurable: {{ entry.not_measurable[fpr] }}{% endif %}</td>{% endfor %}</tr>
+{% for fpr in membership.fprs %}<td class="num{% if entry.tpr_at_fpr[fpr] is none %} why{% endif %}">{% if entry.tpr_at_fpr[fpr] is not none %}{{ "%.3f" | format(entry.tpr_at_fpr[fpr]) }} [{{ "%.3f" | format(entry.tpr_interval[fpr][0]) }}, {{ "%.3f" | format(entry.tpr_interval[fpr][1]) }}]{% else %}not measurable: {{ entry.not_measurable[fpr] }}{% endif %}</td>{% endfor %}</tr>
 {% endfor %}
 </table>
 <p class="sub" style="margin-top:10px">{{ membership.num_members }} audited windows (members) against {{ membership.num_non_members }} windows
@@ -246,14 +269,14 @@ non-member's word {{ membership.ngram_overlap.n }}-grams also occur in a member.
 <p>The low false-positive region is what matters: an attack that flags members with few false alarms.</p>
 <img alt="membership inference ROC curves on log-log axes" src="{{ plots.roc }}"></div>
 <div><h3>Is the comparison fair? The blind baseline</h3>
-<p>{{ blind_verdict }}</p>
+<p>{{ blind_verdict | code }}</p>
 <p>The blind baseline is a bag-of-words classifier on the window texts alone (cross-validated); it never sees the
 model. Every score of every window is in <code>membership.parquet</code>.</p></div>
 </div>
 {% endif %}
 
 <h2>Extraction</h2>
-<div class="verdict">{{ verdict }}</div>
+<div class="verdict {{ extraction_tone }}" data-level="{{ extraction_level }}">{% for line in extraction_verdict %}<p>{{ line | code }}</p>{% endfor %}</div>
 
 <h2>Headline</h2>
 <table>
@@ -276,7 +299,7 @@ model. Every score of every window is in <code>membership.parquet</code>.</p></d
 <p class="sub" style="margin-top:10px">{{ data.num_windows }} windows of {{ settings.prefix_len }} + {{ settings.suffix_len }} tokens
 (of {{ data.num_candidate_windows }} cut every {{ settings.stride }} tokens{% if data.num_windows < data.num_candidate_windows %}, drawn with seed {{ settings.seed }}{% endif %})
 from {{ data.num_documents }} documents, {{ "{:,}".format(data.num_tokens) }} tokens;
-{{ data.num_short_documents }} document(s) shorter than one window. Greedy decoding, no sampling.</p>
+{{ data.num_short_documents }} document(s) shorter than one window. Greedy decoding{% if "probabilistic_extraction" in metrics %}, and sampling as the verdict above says{% else %}, no sampling{% endif %}.</p>
 
 <h2>Plots</h2>
 <div class="grid">
@@ -335,9 +358,7 @@ fine-tuning) for the calibrated membership score.</p>{% endif %}</div>
 <footer>hf-memory {{ version }} &middot; config sha256 {{ model.config_sha256[:12] }}</footer>
 </body>
 </html>
-""",
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
+"""
 )
 
 HEADLINE_ROWS = [
@@ -357,39 +378,6 @@ def _fmt(value, kind: str) -> str:
     if kind == "float1":
         return f"{value:.1f}"
     return f"{value:.3f}"
-
-
-def verdict(report) -> str:
-    """One sentence on what the audit found, in numbers.
-
-    Args:
-        report: The audit (an `AuditReport`: not imported here, since the report module calls this one).
-    """
-    metrics, reference = report.metrics, report.reference_metrics
-    n = report.data["num_windows"]
-    extracted = sum(r["exact_match"] for r in report.rows)
-    text = (
-        f"{extracted} of {n} windows ({100 * metrics['exact_match']:.1f}%) {'is' if extracted == 1 else 'are'} "
-        "extracted: the model writes their "
-        f"{report.settings['suffix_len']}-token suffix exactly from the {report.settings['prefix_len']}-token prefix"
-    )
-    if reference is not None:
-        by_reference = sum(bool(r["reference_exact_match"]) for r in report.rows)
-        text += f"; the reference model extracts {by_reference} ({100 * reference['exact_match']:.1f}%)"
-    text += "."
-    settings = report.settings
-    if "probabilistic_extraction" in metrics:
-        kept = "".join(
-            f", {name} {settings[f'sampling_{name}']}"
-            for name in ("top_k", "top_p")
-            if settings[f"sampling_{name}"] not in (None, 1.0)
-        )
-        text += (
-            f" Sampled at temperature {settings['sampling_temperature']:g}{kept}, with "
-            f"{settings['sampling_queries']} queries per prefix, {100 * metrics['probabilistic_extraction']:.1f}% of "
-            f"windows are extracted with probability at least {settings['sampling_min_probability']:g}."
-        )
-    return text
 
 
 def render_html(report) -> str:
@@ -419,9 +407,13 @@ def render_html(report) -> str:
         model=report.model,
         reference_model=report.reference_model,
         created=report.created,
-        verdict=verdict(report),
+        extraction_verdict=report.extraction_verdict(),
+        extraction_level=report.extraction_level,
+        extraction_tone=LEVEL_TONES[report.extraction_level],
+        tones=TONES,
         membership=membership,
         membership_verdict=report.membership_verdict(),
+        membership_tone=FINDING_TONES[finding(membership)],
         membership_rows=[]
         if membership is None
         else list(membership.attacks.items())

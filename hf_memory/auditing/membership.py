@@ -237,9 +237,36 @@ def table(rows: list[dict], attacks: list[str]):
     return pa.table({name: [row.get(name) for row in rows] for name in schema.names}, schema=schema)
 
 
-def _auc(entry: dict) -> str:
+def auc_text(entry: dict) -> str:
     low, high = entry["auc_interval"]
     return f"AUC {entry['auc']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+NOT_MEASURED_FINDING, NOT_CONCLUSIVE, LEAK, NO_LEAK = "not measured", "not conclusive", "leak", "no leak detected"
+FINDING_TONES = {NOT_MEASURED_FINDING: "neutral", NOT_CONCLUSIVE: "caution", LEAK: "alarm", NO_LEAK: "neutral"}
+
+
+def strongest_attack(report: MembershipReport) -> tuple[str, dict]:
+    """The attack with the highest AUC: `(name, entry)`."""
+    return max(report.attacks.items(), key=lambda item: item[1]["auc"])
+
+
+def finding(report: MembershipReport | None) -> str:
+    """What the membership section found, in one of four words (the rules of `verdict`).
+
+    Args:
+        report: The membership report, or None when no non-members were given.
+
+    Returns:
+        "not measured", "not conclusive" (the blind baseline tells the sets apart), "leak" (the strongest attack's
+        AUC interval is above 0.5) or "no leak detected".
+    """
+    if report is None:
+        return NOT_MEASURED_FINDING
+    blind = report.blind_baseline
+    if blind is not None and blind["distinguishable"]:
+        return NOT_CONCLUSIVE
+    return LEAK if strongest_attack(report)[1]["above_chance"] else NO_LEAK
 
 
 def verdict(report: MembershipReport | None, has_reference: bool = False, left_out: int = 0) -> list[str]:
@@ -259,32 +286,33 @@ def verdict(report: MembershipReport | None, has_reference: bool = False, left_o
     Returns:
         One sentence or short paragraph per finding.
     """
-    if report is None:
+    found = finding(report)
+    if found == NOT_MEASURED_FINDING:
         return [NOT_MEASURED]
     n, m = report.num_members, report.num_non_members
-    best_name, best = max(report.attacks.items(), key=lambda item: item[1]["auc"])
+    best_name, best = strongest_attack(report)
     tpr = best["tpr_at_fpr"].get(0.01)
     tpr_text = "" if tpr is None else f", and flags {100 * tpr:.1f}% of the members at 1% false positives"
     blind = report.blind_baseline
     lines = []
-    if blind is not None and blind["distinguishable"]:
+    if found == NOT_CONCLUSIVE:
         lines.append(
             f"Not conclusive: the {n} audited windows and the {m} held-out windows can be told apart without the "
-            f"model (the blind baseline, a bag-of-words classifier on the texts alone, reaches {_auc(blind)}). The "
-            f"attacks' AUCs (best: `{best_name}`, {_auc(best)}) may measure that difference rather than memorization. "
+            f"model (the blind baseline, a bag-of-words classifier on the texts alone, reaches {auc_text(blind)}). The "
+            f"attacks' AUCs (best: `{best_name}`, {auc_text(best)}) may measure that difference rather than memorization. "
             "Hold out documents drawn at random from the same source as the training data."
         )
-    elif best["above_chance"]:
+    elif found == LEAK:
         lines.append(
             f"Membership leaks: the model's own scores tell the {n} audited windows from {m} held-out windows of the "
-            f"same kind. `{best_name}` reaches {_auc(best)}{tpr_text}. This is evidence that the model was trained on "
+            f"same kind. `{best_name}` reaches {auc_text(best)}{tpr_text}. This is evidence that the model was trained on "
             "this data, even where the extraction numbers below find nothing. It does not say which documents can be "
             "written out word for word (extraction does), nor how far a stronger attacker could go."
         )
     else:
         lines.append(
             f"No membership leak detected: no attack tells the {n} audited windows from the {m} held-out ones clearly "
-            f"better than chance (best: `{best_name}`, {_auc(best)}). This rules out a leak these attacks would see at "
+            f"better than chance (best: `{best_name}`, {auc_text(best)}). This rules out a leak these attacks would see at "
             "this sample size (each attack's AUC is at most the top of its interval), not a weaker one, nor one that "
             "more samples"
             + ("" if has_reference else ", a reference model (the checkpoint before fine-tuning)")
@@ -318,11 +346,11 @@ def blind_verdict(report: MembershipReport) -> str:
         )
     if blind["distinguishable"]:
         return (
-            f"The blind baseline fires ({_auc(blind)}): a classifier that never sees the model tells the two sets "
+            f"The blind baseline fires ({auc_text(blind)}): a classifier that never sees the model tells the two sets "
             "apart, so they differ in content or style. The attacks' AUCs are not evidence of memorization."
         )
     return (
-        f"The blind baseline is at chance ({_auc(blind)}): without the model the two sets look alike, so an attack "
+        f"The blind baseline is at chance ({auc_text(blind)}): without the model the two sets look alike, so an attack "
         "AUC above 0.5 comes from the model."
     )
 

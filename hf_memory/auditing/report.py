@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .._utils import atomic_write, require_extra
 from . import membership as membership_section
-from . import summary
+from . import summary, verdict
 from .membership import MEMBERSHIP_FILE
 
 
@@ -128,6 +128,22 @@ class AuditReport:
         left_out = self.data.get("num_membership_left_out", 0)
         return membership_section.verdict(self.membership, self.reference_model is not None, left_out)
 
+    def extraction_verdict(self) -> list[str]:
+        """The extraction section's verdict in plain words: what was found, what it rules out and what it does not
+        (sampling, other or shorter prompts, partial copies, membership), and what the membership section found.
+
+        Returns:
+            Three paragraphs (the page's extraction banner and the card's "Extraction" section).
+        """
+        return verdict.extraction_verdict(self)
+
+    @property
+    def extraction_level(self) -> str:
+        """How much was extracted, which sets the colour of the page's extraction banner: "none" (no window),
+        "some" (under 10% of the windows) or "many" (10% or more). The share is greedy exact extraction, or the
+        (n, p)-extraction rate under sampling when measured and higher."""
+        return verdict.extraction_level(self.metrics)
+
     @property
     def metrics(self) -> dict:
         """The audited model's headline numbers: the extraction means, `half_suffix_rate`, with a reference model the
@@ -193,6 +209,8 @@ class AuditReport:
                 "reference_metrics": self.reference_metrics,
                 "membership": None if self.membership is None else self.membership.to_dict(curves=True),
                 "membership_verdict": self.membership_verdict(),
+                "extraction_level": self.extraction_level,
+                "extraction_verdict": self.extraction_verdict(),
                 **self.figures(),
             }
         )
@@ -405,6 +423,7 @@ class AuditReport:
                 created=self.created[:10],
                 membership=None if self.membership is None else self.membership.to_dict(curves=False),
                 membership_verdict=self.membership_verdict(),
+                extraction_verdict=self.extraction_verdict(),
             )
         return f"{CARD_SECTION_START}\n{card.text.strip()}\n{CARD_SECTION_END}"
 

@@ -482,8 +482,8 @@ def extraction_curve(log_p, probability: float, n_values: Sequence[int] | None =
         of that probability.
 
     Raises:
-        ValueError: If `probability` is not in (0, 1), `n_values` is empty or holds something other than integers
-            >= 1, or `log_p` is empty, not 1-D, or holds NaN or a value above 0.
+        ValueError: If `probability` is not in (0, 1), `n_values` is empty or holds something other than integers of
+            at least 1, or `log_p` is empty, not 1-D, or holds NaN or a value above 0.
 
     Examples:
         >>> curve = extraction_curve([math.log(0.02), 0.0, -math.inf, math.log(1e-4)], 0.5, n_values=[1, 100, 10**4])

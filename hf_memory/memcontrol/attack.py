@@ -23,7 +23,7 @@ def tile_distance(first: torch.Tensor, second: torch.Tensor, tile_grid: int = 4)
     Returns:
         (N, M) distances, in the images' units (RMS per value); exactly 0 between identical images.
 
-    Example:
+    Examples:
         >>> a = torch.zeros(1, 1, 4, 4); b = a.clone(); b[0, 0, 0, 0] = 1.0
         >>> tile_distance(a, b, tile_grid=2)  # one tile of 4 values differs by 1 in one value: sqrt(1/4)
         tensor([[0.5000]])

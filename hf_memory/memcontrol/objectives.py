@@ -126,7 +126,7 @@ def noise_magnitude(
         ValueError: Before any forward pass, if an argument has the wrong type, shape or range (integer images
             included), or the model cannot be called so (see `check_denoiser`).
 
-    Example:
+    Examples:
         >>> class Echo(torch.nn.Module):  # ε = x + mean of the text embedding
         ...     config = type("C", (), {"in_channels": 1, "sample_size": 2})
         ...     def forward(self, x, t, encoder_hidden_states):

@@ -72,7 +72,7 @@ def pareto_front(points) -> list[int]:
     Args:
         points: (N, K) objective values.
 
-    Example:
+    Examples:
         >>> pareto_front([[1, 3], [2, 2], [2, 3], [3, 1], [1, 3]])
         [0, 1, 3]
     """
@@ -98,7 +98,7 @@ def hypervolume(points, reference_point) -> float:
         reference_point: K values, each worse than every point of interest (e.g. the worst values seen, plus a
             margin).
 
-    Example:
+    Examples:
         >>> hypervolume([[1, 3], [2, 2], [3, 1]], [4, 4])  # a staircase of three 1-wide steps: 3 + 2 + 1
         6.0
     """
