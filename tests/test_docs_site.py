@@ -148,7 +148,8 @@ def test_the_extras_tables_of_the_readme_and_getting_started_agree_with_pyprojec
         names = [name.strip("` ") for name in row[0].split(",")]
         if names == ["all"]:
             continue
-        installs = [p.strip().lower() for part in row[2].split(";") for p in part.split(",") if p.strip()]
+        listed = re.sub(r"\(and the .*\)", "", row[2])  # "(and the `docs`, `spaces` extras)": named, not packages
+        installs = [p.strip().lower() for part in listed.split(";") for p in part.split(",") if p.strip()]
         required = {package(r) for name in names for r in extras[name]}
         assert set(installs) <= required, (names, set(installs) - required)
 
@@ -171,3 +172,13 @@ def test_the_built_site_needs_no_server_and_no_network(tmp_path):
         assert external == [], (page, external)
         if page.parent.name == "api":
             assert "<blockquote>" not in html, page
+
+
+def test_the_repository_address_is_the_same_everywhere():
+    """pyproject.toml's `Repository` is where README's clone and install lines and the site's link point."""
+    address = _pyproject()["project"]["urls"]["Repository"]
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert f"git clone {address}" in readme and f"git+{address}" in readme
+    assert set(re.findall(r"https://github\.com/[\w.-]+/[\w.-]+", readme)) == {address}
+    mkdocs = open(os.path.join(ROOT, "mkdocs.yml"), encoding="utf-8").read()
+    assert f"repo_url: {address}\n" in mkdocs
