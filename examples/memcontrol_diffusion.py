@@ -158,7 +158,8 @@ def make_plot(exhaustive: MemControlResult, found: MemControlResult, baselines: 
                label=f"NSGA-II front ({len(found.trials)} trials)")  # fmt: skip
     for (label, values), marker in zip(baselines.items(), ("s", "^")):
         ax.scatter(values["noise_magnitude"], values["denoising_loss"], marker=marker, s=60, label=label)
-    ax.set_xlabel(f"{names[0]} on the duplicated captions (lower = less memorization)")
+    # the search minimizes it, but it is a proxy, not a measure of copying (docs/memcontrol.md, step 4)
+    ax.set_xlabel(f"{names[0]} on the duplicated captions (the search's objective, not copying)")
     ax.set_ylabel(f"held-out {names[1]}")
     ax.set_title("MemControl on a tiny UNet: masks over 4 transformer blocks", fontsize=10)
     ax.legend(fontsize=7)
