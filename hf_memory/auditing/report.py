@@ -126,7 +126,16 @@ class AuditReport:
             One sentence or short paragraph per finding.
         """
         left_out = self.data.get("num_membership_left_out", 0)
-        return membership_section.verdict(self.membership, self.reference_model is not None, left_out)
+        lines = membership_section.verdict(self.membership, self.reference_model is not None, left_out)
+        contrast = membership_section.contrast_line(self.control_contrast, self.settings["suffix_len"])
+        return lines + ([contrast] if contrast else [])
+
+    @property
+    def control_contrast(self) -> dict | None:
+        """The audited text (the suspect) against the held-out text (the control, `non_members` / `--held-out`):
+        per set, the windows, the share extracted exactly, the mean longest common prefix and the mean loss per
+        token; None without held-out documents."""
+        return membership_section.contrast(self.membership_rows)
 
     @property
     def metrics(self) -> dict:
@@ -193,6 +202,7 @@ class AuditReport:
                 "reference_metrics": self.reference_metrics,
                 "membership": None if self.membership is None else self.membership.to_dict(curves=True),
                 "membership_verdict": self.membership_verdict(),
+                "control_contrast": self.control_contrast,
                 **self.figures(),
             }
         )

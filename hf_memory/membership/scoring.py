@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .._utils import check_bool, eval_mode, is_prompt_learning, model_device, require_extra
+from .._utils import check_progress, eval_mode, is_prompt_learning, model_device, progress_bar, require_extra
 from .attacks import attack_scores, token_statistics, zlib_bytes
 from .config import MEMBERSHIP_ATTACKS, ONE_PASS_ATTACKS, MembershipConfig
 from .inputs import Document, DocumentReader, is_in_memory
@@ -319,7 +318,8 @@ def membership_scores(
         text_column: See `MembershipConfig.text_column`.
         ce_lr: See `MembershipConfig.ce_lr`.
         ce_steps: See `MembershipConfig.ce_steps`.
-        show_progress: Show a progress bar over the documents.
+        show_progress: Show a progress bar over the documents (updated every `read_ahead` documents): True or
+            False, or a tqdm bar to advance instead of a new one.
 
     Returns:
         A `MembershipResult`: one score column per attack, in input order.
@@ -359,7 +359,7 @@ def membership_scores(
         },
         "`membership_scores`",
     )
-    show_progress = check_bool(show_progress, "show_progress")
+    show_progress = check_progress(show_progress, "show_progress")
     _check_model(model, "model", config.max_tokens)
     if reference_model is not None:
         _check_model(reference_model, "reference_model", config.max_tokens)
@@ -382,15 +382,14 @@ def membership_scores(
         require_extra("analysis", "The ce_diagnostic membership score")
     columns = {name: array("d") for name in chosen}
     columns.update(num_tokens=array("q"), digests=[], num_truncated=0)
-    progress = tqdm(desc="membership scores", unit="doc", disable=not show_progress)
     with (
         eval_mode(model, "membership_scores"),
         eval_mode(reference_model, "membership_scores") if reference_model is not None else contextlib.nullcontext(),
+        progress_bar(show_progress, desc="membership scores", unit="doc") as progress,
     ):
         for chunk in _chunks(itertools.chain([first], documents), config.read_ahead):
             _score_chunk(model, reference_model, chunk, chosen, config, columns)
             progress.update(len(chunk))
-    progress.close()
     return MembershipResult(
         scores={name: np.frombuffer(columns[name], dtype=np.float64).copy() for name in chosen},
         num_tokens=np.frombuffer(columns["num_tokens"], dtype=np.int64).copy(),
