@@ -544,7 +544,7 @@ def test_a_hub_id_loads_offline_in_a_fresh_process(tmp_path):
     done = subprocess.run([*argv, "--prefix-len", "8", "--suffix-len", "8"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "windows of 8+8 tokens" in done.stdout
-    done = subprocess.run([*argv[:-4], "org/absent", "--data", str(doc)], env=env, capture_output=True, text=True)
+    done = subprocess.run([*argv[:-3], "org/absent", "--data", str(doc)], env=env, capture_output=True, text=True)
     assert done.returncode == 2 and "argument --model: 'org/absent' is not a local folder" in done.stderr
 
 
