@@ -565,7 +565,10 @@ def test_measure_cuts_every_window_of_a_document_by_default(tmp_path, capsys, mo
     rows = tmp_path / "rows.jsonl"
     argv = ["measure", "--data", str(tmp_path / "doc.txt"), "--prefix-len", "8", "--suffix-len", "8"]
     assert main([*argv, "--output-file", str(rows)]) == 0
-    assert "18 windows of 8+8 tokens, one every 16 tokens, from 1 documents" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "18 windows of 8+8 tokens, one every 16 tokens, from 1 documents" in out
+    # no --model: the command says what the default model is and what it can show
+    assert "SmolLM2-135M-Instruct, de-quantized from a 4-bit (Q4_1) GGUF file" in out and "hf-memory demo" in out
     starts = [json.loads(line)["start"] for line in rows.read_text().splitlines()]
     assert starts == list(range(0, 288, 16))  # as audit cuts them
     assert main([*argv, "--stride", "100"]) == 0  # an explicit stride still decides

@@ -93,14 +93,7 @@ def run_audit(args: argparse.Namespace, config) -> dict:
     """
     from ..auditing import audit
     from ..data import iter_token_sequences
-    from ..models import DEFAULT_MODEL_DESCRIPTION
 
-    if args.model is None:
-        print(
-            f"{DEFAULT_MODEL_DESCRIPTION} For a positive control, run `hf-memory demo`: it fine-tunes this model with "
-            "and without goldfish and audits both.",
-            file=sys.stderr,
-        )
     model, tokenizer = _load("--model", args.model, args.gguf_file, args.revision, args)
     # the files stream through the audit once; tee hands it the ids and the labels in step (it buffers one pair)
     documents = _in_vocabulary(iter_token_sequences(args.data, tokenizer, args.text_field), model)
@@ -247,9 +240,14 @@ def _vocabulary_size(model: str, revision: str | None = None) -> int | None:
 
 def _load(option: str, model: str | None, gguf_file: str | None, revision: str | None, args):
     """`load_model` with the command's `--dtype` and `--device`; a model that cannot be loaded is an error naming
-    `option`."""
-    from ..models import check_device, load_model
+    `option`. The embedded default model is introduced first: what it is, and what an audit of it can show."""
+    from ..models import DEFAULT_MODEL_DESCRIPTION, check_device, load_model
 
+    if model is None and option == "--model":
+        print(
+            f"{DEFAULT_MODEL_DESCRIPTION} For a positive control, run `hf-memory demo`: it fine-tunes this model with "
+            "and without goldfish and audits both."
+        )
     try:
         return load_model(model, gguf_file, args.dtype, revision=revision, device=check_device(args.device))
     except OSError as err:
