@@ -301,7 +301,9 @@ def audit(
     most `max_windows`, same seed), and every audited window (a member) and held-out window (a non-member) is scored
     by the attacks of `hf_memory.membership` (`membership_scores`: the one-pass attacks, and `reference` with a
     reference model), evaluated by `membership_report` (AUC with a bootstrap interval, TPR at 1% and 0.1% FPR, the
-    blind baseline on the window texts). A document of `non_members` that is an exact copy of one of `data`, a
+    blind baseline on the window texts). The held-out documents are also the control: each held-out window's greedy
+    extraction is measured (`exact_match`, `longest_common_prefix` in the membership rows), and
+    `report.control_contrast` sets the audited text against them. A document of `non_members` that is an exact copy of one of `data`, a
     window text found in both sets, or fewer than 5 windows in a set is refused before any scoring. The scores of
     every window are in `report.membership_rows` (`membership.parquet`), the evaluation in `report.membership`.
 
@@ -317,7 +319,8 @@ def audit(
         suffix_len: Tokens of each window the model must reproduce greedily.
         stride: Tokens between consecutive windows of a document; None tiles each document with non-overlapping
             windows (`prefix_len + suffix_len`).
-        max_windows: Most windows scored, drawn uniformly with `seed`; None scores them all.
+        max_windows: Most windows scored, drawn uniformly with `seed`; None scores them all. A `UserWarning` names
+            the documents it leaves mostly unscored.
         output_dir: A folder to write the report to (`results.json`, `windows.parquet`, `index.html`); None writes
             nothing (`report.save(folder)` later).
         reference_tokenizer: The reference model's tokenizer, if loaded separately: checked to map tokens to the
@@ -330,7 +333,9 @@ def audit(
         top_k: How many of the most extracted windows the report shows with their text.
         model_name: The model's name in the report; None uses its config's `_name_or_path`.
         reference_name: The reference model's name in the report; None uses its config's `_name_or_path`.
-        show_progress: Show a progress bar.
+        show_progress: Show one progress bar per stage (reading the data, membership and control extraction with
+            `non_members`, extraction, reference extraction, signals, CE diagnostic), each in windows and updated
+            every batch, with windows/s and the time left.
         flush_every: Batches per chunk: with `output_dir`, at most this many batches are scored again after an
             interruption.
         non_members: Held-out documents, in the forms `data` takes: enables the membership-inference section.
