@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import tempfile
 import time
 import warnings
@@ -117,8 +118,9 @@ def run_demo(
     """Fine-tune two copies of one model (standard loss, goldfish), report extraction and held-out loss for each, and
     audit both.
 
-    The documents are standard-library docstrings cut to `prefix_len + suffix_len` tokens: the first `docs` are
-    trained on, the next `held_out` measure the loss. A table is printed, and a plot (`goldfish_demo.png`) and the
+    The documents are standard-library docstrings cut to `prefix_len + suffix_len` tokens: the first `docs +
+    held_out` of them are split at random (seeded by `seed`) into `docs` trained on and `held_out` that measure the
+    loss and are the audits' control. A table is printed, and a plot (`goldfish_demo.png`) and the
     numbers (`goldfish_demo.json`) are written to `output_dir`. Each fine-tune is then audited on its training
     documents (`audit`, every window, no reference model), with the held-out documents as the control when both
     sets have at least 5 documents: `output_dir/audit_standard/` and `output_dir/audit_goldfish/` hold the two
@@ -185,7 +187,11 @@ def run_demo(
             f"`docs` + `held_out` must be at most {len(windows)} (documents of {prefix_len + suffix_len} tokens), "
             f"got {docs} + {held_out}."
         )
-    train, held = windows[:docs], windows[docs : docs + held_out]
+    # a random split of one pool (seeded): held-out documents from other modules than the training ones would differ
+    # in their words alone, and the audit's blind baseline would rightly call its membership verdict not conclusive
+    pool = windows[: docs + held_out]
+    random.Random(seed).shuffle(pool)
+    train, held = pool[:docs], pool[docs:]
     train_data = Dataset.from_dict({"input_ids": train, "labels": train})
     held_data = Dataset.from_dict({"input_ids": held, "labels": held})
 
@@ -201,8 +207,8 @@ def run_demo(
     use_cpu = target.type == "cpu"
     # the control (membership inference against the held-out documents) needs 5 windows in each set, sklearn, and
     # no text in both sets (checked here rather than by the audit, after the training)
-    texts = [tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) for ids in windows]
-    shared = set(texts[:docs]) & set(texts[docs : docs + held_out])
+    texts = [tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) for ids in pool]
+    shared = set(texts[:docs]) & set(texts[docs:])
     control = f"the {held_out} held-out documents as the control"
     if docs < MIN_PER_CLASS or held_out < MIN_PER_CLASS:
         control = f"no control (membership inference needs {MIN_PER_CLASS} documents in each set)"
