@@ -413,7 +413,8 @@ def run_measure(args: argparse.Namespace, config) -> dict:
     if config.stride is None:  # every window of each document, as `audit` cuts them
         config = dataclasses.replace(config, stride=config.window_len)
     model, tokenizer = _load("--model", args.model, args.gguf_file, args.revision, args)
-    sources: list[str] = []  # one label per document, in order
+    sources: list[str] = []  # one label per document, in order: only what the rows or the warning will name
+    keep_labels = args.output_file is not None or args.max_windows is not None
 
     def documents(label: bool = False):
         """The documents' token ids, streamed from the files and checked against the vocabulary."""
@@ -427,7 +428,7 @@ def run_measure(args: argparse.Namespace, config) -> dict:
     with tqdm(desc="reading data", unit="document", disable=False) as bar:
 
         def read():
-            for ids in documents(label=True):
+            for ids in documents(label=keep_labels):
                 bar.update(1)
                 yield ids
 
