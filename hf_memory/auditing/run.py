@@ -303,8 +303,9 @@ def audit(
     reference model), evaluated by `membership_report` (AUC with a bootstrap interval, TPR at 1% and 0.1% FPR, the
     blind baseline on the window texts). The held-out documents are also the control: each held-out window's greedy
     extraction is measured (`exact_match`, `longest_common_prefix` in the membership rows), and
-    `report.control_contrast` sets the audited text against them. A document of `non_members` that is an exact copy of one of `data`, a
-    window text found in both sets, or fewer than 5 windows in a set is refused before any scoring. The scores of
+    `report.control_contrast` sets the audited text against them. A document of `non_members` that is an exact copy
+    of one of `data`, a window text found in both sets, or fewer than 5 windows in a set is refused before any
+    scoring. The scores of
     every window are in `report.membership_rows` (`membership.parquet`), the evaluation in `report.membership`.
 
     Args:

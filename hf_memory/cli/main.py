@@ -155,7 +155,7 @@ def run_audit(args: argparse.Namespace, config) -> dict:
 
 
 def _cached_file(model: str, filename: str, revision: str | None) -> str | None:
-    """The path of `filename` of the Hub model `model` in the local Hugging Face cache, or None when it is not there."""
+    """The path of `filename` of the Hub model `model` in the local Hugging Face cache, or None if it is not there."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
