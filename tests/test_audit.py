@@ -1202,3 +1202,139 @@ def test_the_docs_pages_script_runs_small_and_a_rerun_only_renders_the_pages_aga
     again = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "model loaded" not in again.stdout, again.stderr[-3000:]
     assert summary["base"]["extraction_verdict"][0] in (tmp_path / "base" / HTML_FILE).read_text()
+
+
+# ---------------------------------------------------------------- issue 35: the control text, progress, coverage
+
+
+def test_the_held_out_text_is_the_control_and_the_report_contrasts_it_with_the_suspect(membership_audit):
+    """`--held-out` / `non_members` is the control: every held-out window's extraction is measured too, and the
+    report (results.json, the verdict lines on the page, the card and the CLI) sets the two sets side by side."""
+    from hf_memory.auditing import MEMBERSHIP_FILE
+
+    report, out, model, tok = membership_audit
+    rows = pq.read_table(out / MEMBERSHIP_FILE).to_pylist()
+    members = [r for r in rows if r["is_member"]]
+    controls = [r for r in rows if not r["is_member"]]
+    assert [(r["exact_match"], r["longest_common_prefix"]) for r in members] == [
+        (w["exact_match"], w["longest_common_prefix"]) for w in report.rows
+    ]
+    windows = [tok(r["text"], add_special_tokens=False)["input_ids"] for r in controls]
+    direct = measure_extraction(model, windows, 4, 4, show_progress=False)
+    assert [r["longest_common_prefix"] for r in controls] == direct.longest_common_prefix
+    assert [r["exact_match"] for r in controls] == [n == 4 for n in direct.longest_common_prefix]
+    contrast = report.control_contrast
+    assert contrast["suspect"]["windows"] == len(members) and contrast["control"]["windows"] == len(controls)
+    assert contrast["control"]["exact_match"] == pytest.approx(sum(r["exact_match"] for r in controls) / len(controls))
+    assert contrast["suspect"]["loss"] == pytest.approx(-sum(r["loss"] for r in members) / len(members))
+    assert contrast["suspect"]["loss"] < contrast["control"]["loss"]  # trained on the members only
+    results = json.loads((out / RESULTS_FILE).read_text())
+    for key in ("suspect", "control"):
+        assert results["control_contrast"][key] == pytest.approx(contrast[key])
+        assert AuditReport.load(out).control_contrast[key] == pytest.approx(contrast[key])
+    line = report.membership_verdict()[-1]
+    assert line.startswith("Suspect against control: the model writes out ")
+    assert f"of the {len(controls)} held-out (control) windows" in line and "nats per token" in line
+    assert "Suspect against control" in (out / HTML_FILE).read_text()  # the page shows the verdict lines
+
+
+def test_without_a_control_there_is_no_contrast(audited):
+    report = audited[0]
+    assert report.control_contrast is None
+    assert not any(line.startswith("Suspect against control") for line in report.membership_verdict())
+
+
+class _RecordingBar:
+    """A stand-in for tqdm that records its description, total and every update."""
+
+    made: list = []
+
+    def __init__(self, *args, total=None, desc=None, **kwargs):
+        self.desc, self.total, self.updates = desc, total, []
+        _RecordingBar.made.append(self)
+
+    def update(self, n=1):
+        self.updates.append(n)
+
+    def set_postfix_str(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def test_each_stage_of_the_audit_has_a_bar_that_moves_every_batch(monkeypatch):
+    """Issue 35: one bar sat at 0/64 for minutes and then jumped (it moved once per chunk of 128 windows)."""
+    import hf_memory.auditing.run
+
+    _RecordingBar.made = []
+    monkeypatch.setattr(hf_memory.auditing.run, "tqdm", _RecordingBar)
+    model, tok, members, non_members = membership_case()
+    reference = tiny_causal_lm("llama", vocab_size=len(tok), hidden=32, seed=1)
+    settings = {**MIA, "flush_every": 8, "membership_bootstrap": 100}  # chunks of 32 windows, batches of 4
+    report = audit(model, tok, members, reference_model=reference, non_members=non_members, **settings)
+    bars = {bar.desc: bar for bar in _RecordingBar.made}
+    members_count, controls = report.data["num_windows"], report.data["num_non_member_windows"]
+    totals = {
+        "membership": members_count + controls,
+        "control extraction": controls,
+        "extraction": members_count,
+        "reference extraction": members_count,
+        "signals": members_count,
+        "CE diagnostic": members_count,
+    }
+    for stage, total in totals.items():
+        assert bars[stage].total == total and sum(bars[stage].updates) == total, stage
+        assert max(bars[stage].updates) <= 4, (stage, bars[stage].updates)  # a batch at a time, not a chunk
+    assert sum(bars["reading data"].updates) == len(members)
+    assert sum(bars["reading held-out data"].updates) == len(non_members)
+
+
+@pytest.mark.parametrize("stage", ["measure_extraction", "memorization_signals", "ce_diagnostic", "membership_scores"])
+def test_a_measuring_function_advances_the_bar_it_is_given_or_refuses_a_non_bar(stage):
+    from hf_memory.analysis import ce_diagnostic, memorization_signals
+    from hf_memory.membership import membership_scores
+
+    model = tiny_causal_lm("llama")
+    windows = [list(range(i, i + 16)) for i in range(10)]
+    call = {
+        "measure_extraction": lambda progress: measure_extraction(
+            model, windows, 8, 8, batch_size=4, show_progress=progress
+        ),
+        "memorization_signals": lambda progress: memorization_signals(
+            model, windows, 8, 8, hidden_states=False, batch_size=4, show_progress=progress
+        ),
+        "ce_diagnostic": lambda progress: ce_diagnostic(model, windows, show_progress=progress),
+        "membership_scores": lambda progress: membership_scores(
+            model, windows, batch_size=4, read_ahead=4, show_progress=progress
+        ),
+    }[stage]
+    bar = _RecordingBar()
+    call(bar)
+    assert sum(bar.updates) == 10 and max(bar.updates) <= 4
+    for bad in ("yes", 1, None):
+        with pytest.raises(ValueError, match="`show_progress` must be True, False or a tqdm progress bar"):
+            call(bad)
+    call(False)  # still a plain switch
+
+
+def test_a_cap_that_leaves_most_of_a_document_unscored_says_so(tmp_path):
+    model, tok, members, non_members = membership_case()
+    long_document = " ".join(members)  # about 50 windows of 8 tokens
+    with pytest.warns(
+        UserWarning, match=r"`data`: max_windows=6 leaves most of 1 document unscored: long.txt \("
+    ) as w:
+        audit(model, tok, [long_document], max_windows=6, prefix_len=4, suffix_len=4, sources=["long.txt"],
+              show_progress=False)  # fmt: skip
+    assert len([x for x in w if "leaves most of" in str(x.message)]) == 1  # one line
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every window scored: no warning
+        audit(model, tok, members[:3], max_windows=None, prefix_len=4, suffix_len=4, show_progress=False)

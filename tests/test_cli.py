@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import re
 
 import pytest
 
 from hf_memory.cli import main
+from hf_memory.data import stdlib_docstrings
 
 
 @pytest.mark.parametrize(
@@ -20,7 +23,10 @@ from hf_memory.cli import main
         ),
         (["measure", "--data", "README.md", "--stride", "x"], "argument --stride: invalid int value: 'x'"),
         (["measure", "--data", "README.md", "--method", "beam"], "argument --method: invalid choice: 'beam'"),
-        (["measure", "--data", "README.md", "--output-file", "no/such/folder/x.jsonl"], "argument --output-file: the"),
+        (
+            ["measure", "--data", "README.md", "--output-file", "README.md/x.jsonl"],
+            "argument --output-file: '",  # a folder under a file cannot be created
+        ),
         (["measure", "--data", "README.md", "--output-file", "docs"], "argument --output-file: 'docs' is a folder"),
         (["measure", "--data", "README.md", "--model", "no-such-model"], "is not a local folder"),
         (["measure", "--data", "README.md", "--gguf-file", "x.gguf"], "argument --gguf-file: give --model"),
@@ -39,12 +45,38 @@ from hf_memory.cli import main
         (["measure", "--data", "README.md", "--out-dir", "README.md"], "argument --output-dir: 'README.md' is a file"),
         (["audit", "--data", "README.md", "--output-dir", "o", "--max-windows", "0"], "argument --max-windows: `max"),
         (["audit", "--data", "README.md", "--output-dir", "o", "--ce-lr", "-1"], "argument --ce-lr: `ce_lr` must be"),
-        (["audit", "--data", "README.md"], "the following arguments are required: --output_dir/--output-dir/--out"),
+        (["audit", "--data", "README.md"], "the following arguments are required: --output-dir/--out/--output_dir"),
         (["demo", "--goldfish-k", "1"], "argument --goldfish-k: `goldfish_k` must be an integer in [2, 2147483647]"),
         (["demo", "--goldfish-h", "5000"], "argument --goldfish-h: `goldfish_h` must be an integer in [1, 1024]"),
         (["demo", "--epochs", "0"], "argument --epochs: `epochs` must be an integer >= 1, got 0"),
         (["demo", "--lr", "nan"], "argument --lr: `lr` must be a finite number > 0"),
         (["demo", "--output-dir", "README.md"], "argument --output-dir: 'README.md' is a file"),
+        # issue 35: Hub ids, --revision, --dtype, --device, --max-windows, unknown options
+        (["measure", "--data", "README.md", "--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
+        (["audit", "--data", "README.md", "--output-dir", "o", "--dtype", "half"], "argument --dtype: invalid choice"),
+        (["measure", "--data", "README.md", "--device", "banana"], "argument --device: `device` must be a device"),
+        (["measure", "--data", "README.md", "--device", "cuda:99"], "argument --device: `device` is 'cuda:99', but"),
+        (["demo", "--device", "tpu"], "argument --device: `device` must be"),
+        (["measure", "--data", "README.md", "--model", "README.md"], "argument --model: 'README.md' is a file"),
+        (["measure", "--data", "README.md", "--model", "./no/such"], "neither a local folder nor a Hub model id"),
+        (["measure", "--data", "README.md", "--model", "a/b/c"], "neither a local folder nor a Hub model id"),
+        (["measure", "--data", "README.md", "--revision", "v1"], "argument --revision: give --model, a Hub model id"),
+        (["measure", "--data", "README.md", "--model", "docs", "--revision", "v1"], "argument --revision: 'docs' is"),
+        (
+            ["audit", "--data", "README.md", "--output-dir", "o", "--reference-revision", "v1"],
+            "argument --reference-revision: give --reference-model",
+        ),
+        (
+            ["audit", "--data", "README.md", "--output-dir", "o", "--reference-model", "README.md"],
+            "argument --reference-model: 'README.md' is a file",
+        ),
+        (["measure", "--data", "README.md", "--max-windows", "0"], "argument --max-windows: `max_windows` must be"),
+        (["measure", "--data", "README.md", "--seed", "-1"], "argument --seed: `seed` must be an integer in [0,"),
+        (
+            ["measure", "--data", "README.md", "--max-windows", "4", "--output-dir", "o"],
+            "argument --max-windows: not with --output-dir",
+        ),
+        (["audit", "--data", "README.md", "--output-dir", "o", "--bogus", "1"], "unrecognized arguments: --bogus 1"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(argv, message, capsys, monkeypatch):
@@ -60,6 +92,7 @@ def test_bad_arguments_are_refused_before_any_work(argv, message, capsys, monkey
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("hf-memory")  # the last line says what is wrong
+    assert f"usage: hf-memory {argv[0]} " in err and "usage: hf-memory [" not in err  # its own usage (issue 35)
 
 
 def test_a_failure_while_working_is_one_line_and_exit_1(capsys, monkeypatch, tmp_path):
@@ -366,3 +399,274 @@ def test_membership_options_are_checked_as_usage_errors(tmp_path, capsys):
             main(["audit", "--data", "README.md", "--output-dir", str(tmp_path / "o"), option, value])
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- issue 35: a user's first hour
+
+
+def _tiny_hub_cache(cache, repo_id: str = "org/tiny", commits: tuple = ("a" * 40,), seeds: tuple = (0,)):
+    """A Hugging Face cache holding `repo_id` as `from_pretrained` leaves it: `models--org--tiny/snapshots/<commit>/`
+    per commit (a tiny Llama and the docstring BPE, each commit its own weights), `refs/main` naming the last.
+    Nothing is downloaded."""
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.testing_utils import docstring_bpe, tiny_causal_lm
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=docstring_bpe(), pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+    )
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    for commit, seed in zip(commits, seeds):
+        snapshot = repo / "snapshots" / commit
+        tiny_causal_lm("llama", vocab_size=len(tokenizer), hidden=32, seed=seed).save_pretrained(snapshot)
+        tokenizer.save_pretrained(snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commits[-1])
+    return tokenizer
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An offline Hugging Face cache in a temporary folder with `org/tiny` at two commits (main: the second)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    commits = ("1" * 40, "2" * 40)
+    _tiny_hub_cache(cache, commits=commits, seeds=(0, 1))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache, commits
+
+
+def test_load_model_reads_a_hub_id_from_the_cache_with_revision_dtype_and_device(hub_cache):
+    import torch
+
+    from hf_memory import load_model
+
+    cache, (first, second) = hub_cache
+    main_model, tokenizer = load_model("org/tiny", dtype="bfloat16", device="cpu")
+    assert next(main_model.parameters()).dtype == torch.bfloat16 and main_model.device.type == "cpu"
+    old, _ = load_model("org/tiny", revision=first)
+    again, _ = load_model("org/tiny", revision=second)
+    weights = [next(m.parameters()).float() for m in (main_model, old, again)]
+    assert not torch.equal(weights[1], weights[2])  # two commits, two models
+    assert torch.equal(weights[0], weights[2].bfloat16().float())  # main is the second commit
+    assert tokenizer.pad_token == "<pad>"
+    with pytest.raises(OSError):
+        load_model("org/missing")  # offline and not in the cache
+    with pytest.raises(OSError):
+        load_model("org/tiny", revision="3" * 40)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"dtype": "int8"}, "`dtype` must be one of 'auto', 'float32', 'float16', 'bfloat16'"),
+        ({"dtype": 16}, "`dtype` must be one of"),
+        ({"device": "banana"}, "`device` must be a device such as"),
+        ({"device": "cuda:99"}, "`device` is 'cuda:99', but torch sees"),
+        ({"device": "xla"}, "`device` must be 'cpu', 'cuda', 'cuda:N' or 'mps'"),
+        ({"revision": "v1"}, "`revision` needs a Hub model id"),
+        ({"local_files_only": 1}, "`local_files_only` must be True or False"),
+    ],
+)
+def test_load_model_refuses_bad_settings_before_loading(kwargs, match, monkeypatch):
+    import transformers
+
+    from hf_memory import load_model
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("loaded before the settings were checked")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", loaded)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", loaded)
+    with pytest.raises(ValueError, match=re.escape(match)):
+        load_model(**kwargs)
+
+
+def test_the_cli_takes_a_hub_model_id_from_the_cache(hub_cache, tmp_path, capsys):
+    cache, (first, second) = hub_cache
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(stdlib_docstrings(max_docs=3)))
+    argv = ["measure", "--model", "org/tiny", "--data", str(doc), "--prefix-len", "8", "--suffix-len", "8"]
+    assert main([*argv, "--revision", first, "--dtype", "float32", "--device", "cpu"]) == 0
+    assert "windows of 8+8 tokens" in capsys.readouterr().out
+    report = tmp_path / "report"
+    argv = ["audit", "--model", "org/tiny", "--reference-model", "org/tiny", "--reference-revision", first]
+    argv += ["--data", str(doc), "--prefix-len", "8", "--suffix-len", "8", "--max-windows", "6"]
+    assert main([*argv, "--output-dir", str(report)]) == 0
+    results = json.loads((report / "results.json").read_text())
+    assert results["model"]["name_or_path"] == "org/tiny"
+    assert results["reference_model"]["name_or_path"] == f"org/tiny@{first}"
+    assert results["model"]["weights_sha256"] != results["reference_model"]["weights_sha256"]
+    for argv, message in (
+        (["--model", "org/missing"], "argument --model: 'org/missing' is not a local folder, nor a Hub model in the"),
+        (["--model", "org/tiny", "--revision", "3" * 40], f"nor a Hub model at revision '{'3' * 40}' in the"),
+        (["--model", "org/tiny", "--gguf-file", "x.gguf"], "argument --model: 'org/tiny' is not a local folder"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["measure", "--data", str(doc), *argv])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "HF_HUB_OFFLINE is set" in err, err
+        assert "usage: hf-memory measure " in err
+
+
+def test_a_model_that_fails_to_load_is_named_by_its_option(hub_cache, tmp_path, capsys, monkeypatch):
+    """Online, a Hub id is not looked up before loading: `from_pretrained`'s refusal is one line naming the option."""
+    from huggingface_hub import constants
+
+    import hf_memory.models
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def not_found(model, *args, **kwargs):
+        raise OSError(f"{model} is not a local folder and is not a valid model identifier\nmore detail")
+
+    monkeypatch.setattr(hf_memory.models, "load_model", not_found)
+    assert main(["measure", "--model", "org/gone", "--data", "README.md"]) == 1
+    assert capsys.readouterr().err == (
+        "hf-memory: error: argument --model: org/gone is not a local folder and is not a valid model identifier\n"
+    )
+
+
+@pytest.mark.slow
+def test_a_hub_id_loads_offline_in_a_fresh_process(tmp_path):
+    """As a user runs it: a new interpreter whose HF_HUB_CACHE holds the model and HF_HUB_OFFLINE=1."""
+    import os
+    import subprocess
+    import sys
+
+    _tiny_hub_cache(tmp_path / "hub")
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(stdlib_docstrings(max_docs=2)))
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.getcwd()}
+    argv = [sys.executable, "-m", "hf_memory.cli", "measure", "--model", "org/tiny", "--data", str(doc)]
+    done = subprocess.run([*argv, "--prefix-len", "8", "--suffix-len", "8"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "windows of 8+8 tokens" in done.stdout
+    done = subprocess.run([*argv[:-3], "org/absent", "--data", str(doc)], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "argument --model: 'org/absent' is not a local folder" in done.stderr
+
+
+def _tiny_loaded(monkeypatch, words: int = 300):
+    import hf_memory.models
+    from hf_memory.data.tokenizers import word_level_tokenizer
+    from tests.testing_utils import TINY_VOCAB, tiny_causal_lm
+
+    names = [f"w{i}" for i in range(TINY_VOCAB - 4)]
+    tokenizer, model = word_level_tokenizer(names), tiny_causal_lm("llama")
+    monkeypatch.setattr(hf_memory.models, "load_model", lambda *a, **k: (model, tokenizer))
+    return " ".join(names[i % 50] for i in range(words))
+
+
+def test_measure_cuts_every_window_of_a_document_by_default(tmp_path, capsys, monkeypatch):
+    """Issue 35: a 300-token document gave 1 window (its first 16 tokens) with no warning; audit tiles it."""
+    (tmp_path / "doc.txt").write_text(_tiny_loaded(monkeypatch))
+    rows = tmp_path / "rows.jsonl"
+    argv = ["measure", "--data", str(tmp_path / "doc.txt"), "--prefix-len", "8", "--suffix-len", "8"]
+    assert main([*argv, "--output-file", str(rows)]) == 0
+    out = capsys.readouterr().out
+    assert "18 windows of 8+8 tokens, one every 16 tokens, from 1 documents" in out
+    # no --model: the command says what the default model is and what it can show
+    assert "SmolLM2-135M-Instruct, de-quantized from a 4-bit (Q4_1) GGUF file" in out and "hf-memory demo" in out
+    starts = [json.loads(line)["start"] for line in rows.read_text().splitlines()]
+    assert starts == list(range(0, 288, 16))  # as audit cuts them
+    assert main([*argv, "--stride", "100"]) == 0  # an explicit stride still decides
+    assert "3 windows of 8+8 tokens, one every 100 tokens" in capsys.readouterr().out
+
+
+def test_measure_max_windows_draws_a_seeded_sample_and_names_what_it_leaves_unscored(tmp_path, capsys, monkeypatch):
+    import hf_memory.models
+    from hf_memory.extraction import sample_windows
+
+    text = _tiny_loaded(monkeypatch)
+    (tmp_path / "long.txt").write_text(text)
+    (tmp_path / "short.txt").write_text(" ".join(text.split()[:20]))  # one window, drawn or not
+    rows = tmp_path / "deep" / "er" / "rows.jsonl"  # missing folders are created
+    names = [str(tmp_path / "long.txt"), str(tmp_path / "short.txt")]
+    argv = ["measure", "--data", *names, "--prefix-len", "8"]
+    argv += ["--suffix-len", "8", "--max-windows", "5", "--seed", "3", "--output-file", str(rows)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "5 windows of 8+8 tokens, one every 16 tokens, from 2 documents" in captured.out
+    assert "5 of 19 windows drawn with seed 3" in captured.out
+    warning = [line for line in captured.err.splitlines() if line.startswith("hf-memory: warning:")]
+    assert len(warning) == 1 and "--max-windows=5 leaves most of" in warning[0]
+    assert f"{tmp_path / 'long.txt'} (" in warning[0] and "of its 18 windows" in warning[0]
+    written = [json.loads(line) for line in rows.read_text().splitlines()]
+    tokenizer = hf_memory.models.load_model()[1]  # the stub's
+    docs = [tokenizer((tmp_path / name).read_text(), add_special_tokens=False)["input_ids"] for name in names]
+    sample = sample_windows(docs, 8, 8, 16, 5, 3)  # the draw the CLI makes: the same windows, in input order
+    assert [(row["source"], row["start"]) for row in written] == [(names[d], start) for d, start in sample.index]
+    assert [row["reference"] for row in written] == [w[8:].tolist() for w in sample.windows]
+
+
+def test_the_measure_bar_has_a_total_and_moves_every_batch(tmp_path, capsys, monkeypatch):
+    """Issue 35: streamed, the bar had no total (no time left) and moved once per 64-window batch."""
+    import tqdm.auto
+
+    bars = []
+
+    class Recorder(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.updates = []
+            bars.append(self)
+
+        def update(self, n=1):
+            self.updates.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    (tmp_path / "doc.txt").write_text(_tiny_loaded(monkeypatch))
+    argv = ["measure", "--data", str(tmp_path / "doc.txt"), "--prefix-len", "8", "--suffix-len", "8"]
+    assert main([*argv, "--batch-size", "4"]) == 0
+    extraction = next(bar for bar in bars if bar.desc == "extraction")
+    assert extraction.total == 18 and sum(extraction.updates) == 18
+    assert max(extraction.updates) <= 4 and len(extraction.updates) >= 5  # every batch of 4
+
+
+def test_output_folders_are_created_with_their_parents(tmp_path, capsys, monkeypatch):
+    (tmp_path / "doc.txt").write_text(_tiny_loaded(monkeypatch, words=64))
+    base = ["--data", str(tmp_path / "doc.txt"), "--prefix-len", "8", "--suffix-len", "8"]
+    assert main(["measure", *base, "--output-file", str(tmp_path / "a" / "b" / "rows.jsonl")]) == 0
+    assert (tmp_path / "a" / "b" / "rows.jsonl").is_file()
+    assert main(["measure", *base, "--output-dir", str(tmp_path / "c" / "d" / "shards")]) == 0
+    assert (tmp_path / "c" / "d" / "shards").is_dir()
+    assert main(["audit", *base, "--output-dir", str(tmp_path / "e" / "f" / "report")]) == 0
+    assert (tmp_path / "e" / "f" / "report" / "index.html").is_file()
+
+
+def test_the_demo_audits_both_fine_tunes_with_the_held_out_documents_as_control(tokenizer, tmp_path, capsys):
+    """`hf-memory demo` on a tiny model (a saved folder with the docstring BPE): both audit reports are written, with
+    the control's numbers, and printed side by side. The effect itself (standard high, goldfish low) is asserted on
+    SmolLM2 by tests/test_audit.py's slow test."""
+    from tests.testing_utils import tiny_causal_lm
+
+    folder = tmp_path / "tiny"
+    tiny_causal_lm("llama", vocab_size=len(tokenizer), hidden=32).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "demo" / "nested"
+    argv = ["demo", "--model", str(folder), "--docs", "6", "--held-out", "5", "--epochs", "1", "--batch-size", "6"]
+    argv += ["--prefix-len", "8", "--suffix-len", "8", "--device", "cpu", "--output-dir", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "hf-memory audit of each fine-tune on its 6 training documents, the 5 held-out documents as the control"
+        in printed
+    )
+    results = json.loads((out / "goldfish_demo.json").read_text())
+    assert set(results["audits"]) == {"standard", "goldfish (k=4)"}
+    for name, folder_name in (("standard", "audit_standard"), ("goldfish (k=4)", "audit_goldfish")):
+        entry = results["audits"][name]
+        assert entry["report"] == str(out / folder_name / "index.html") and os.path.isfile(entry["report"])
+        report = json.loads((out / folder_name / "results.json").read_text())
+        assert entry["exact_match"] == report["metrics"]["exact_match"] and report["data"]["num_windows"] == 6
+        assert (
+            entry["control_windows"] == 5
+            and entry["control_exact_match"] == (report["control_contrast"]["control"]["exact_match"])
+        )
+        assert set(entry["membership_auc"]) == {"loss", "zlib", "min_k", "min_k_plus_plus"}
+        side_by_side = printed.split("hf-memory audit of each fine-tune")[1].splitlines()
+        line = next(line for line in side_by_side if line.startswith(name))
+        assert f"{100 * entry['exact_match']:.1f}%" in line and entry["report"] in line

@@ -116,8 +116,8 @@ def test_model_mode_is_restored():
         ({"sequences": [[0.5, 1.5] * 20]}, "integer token ids"),
         ({"sequences": [[1, 2, 3]]}, "No sequence"),
         ({"sequences": Dataset.from_dict({"text": ["a"]})}, "`input_ids`"),
-        ({"show_progress": "no"}, "`show_progress` must be True or False"),
-        ({"show_progress": None}, "`show_progress` must be True or False"),
+        ({"show_progress": "no"}, "`show_progress` must be True, False or a tqdm progress bar"),
+        ({"show_progress": None}, "`show_progress` must be True, False or a tqdm progress bar"),
         ({"sequences": [[1] * 20, [1, TINY_VOCAB + 3] * 10]}, r"`sequences\[1\]` holds token id 131"),
     ],
 )

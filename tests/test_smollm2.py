@@ -113,6 +113,13 @@ def test_demo_command_runs_end_to_end(capsys, tmp_path):
     assert set(results["results"]) == {"before fine-tuning", "standard", "goldfish (k=4)"}
     assert [h["epoch"] for h in results["histories"]["standard"]] == [1, 2]
     assert (tmp_path / "goldfish_demo.png").stat().st_size > 10_000
+    # issue 35: it says what the default model is, and audits both fine-tunes (no control with 2 documents)
+    assert "SmolLM2-135M-Instruct, de-quantized from a 4-bit (Q4_1) GGUF file" in out
+    assert "no control (membership inference needs 5 documents in each set)" in out
+    assert set(results["audits"]) == {"standard", "goldfish (k=4)"}
+    for folder in ("audit_standard", "audit_goldfish"):
+        audited = json.loads((tmp_path / folder / "results.json").read_text())
+        assert audited["data"]["num_windows"] == 2 and audited["control_contrast"] is None
 
 
 def test_measure_command_on_a_text_file(tmp_path, capsys):

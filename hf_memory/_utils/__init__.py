@@ -60,6 +60,7 @@ from .modeling import (
     tokenizer_fingerprint,
     weights_fingerprint,
 )
+from .progress import check_progress, progress_bar
 from .sequences import as_sequences, iter_sequences, leading_windows
 from .store import describe_differences
 from .training import calling_trainer, log_through_trainer, train_steps
@@ -120,6 +121,7 @@ __all__ = [
     "check_integer",
     "check_keywords",
     "check_number",
+    "check_progress",
     "check_vocabulary",
     "check_writable",
     "config_digest",
@@ -150,6 +152,7 @@ __all__ = [
     "model_identity",
     "pipeline_denoiser",
     "predict_noise",
+    "progress_bar",
     "push_saved_to_hub",
     "read_json",
     "require_extra",

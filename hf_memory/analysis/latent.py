@@ -30,11 +30,13 @@ from .._utils import (
     check_choice,
     check_integer,
     check_number,
+    check_progress,
     check_vocabulary,
     eval_mode,
     exclusive,
     leading_windows,
     model_device,
+    progress_bar,
     require_extra,
     restored,
     supports_logits_to_keep,
@@ -419,7 +421,8 @@ def ce_diagnostic(
             `datasets.Dataset` with an `input_ids` column; each of at least 2 tokens.
         lr: The SGD learning rate (> 0); 1e-5 is the official one.
         steps: SGD steps per sequence (>= 1); None: 1 in default mode, 2 in official mode (which takes no other).
-        show_progress: Show a progress bar over the sequences.
+        show_progress: Show a progress bar over the sequences: True or False, or a tqdm bar to advance instead of a
+            new one.
         reference_model: A model that did not train on `sequences`, with the same tokenizer; None skips the
             reference losses.
         mode: `"default"` or `"official"` (the official `grad_steps.py` loop; see above).
@@ -453,6 +456,7 @@ def ce_diagnostic(
         if len(row) < 2:
             raise ValueError(f"`sequences[{i}]` has {len(row)} token(s): the cross-entropy needs at least 2.")
     lr = check_number(lr, "lr", minimum=0, exclusive_minimum=True)
+    show_progress = check_progress(show_progress)
     mode = str(check_choice(mode, "mode", _CE_MODES))
     official = mode == "official"
     if steps is None:
@@ -479,12 +483,13 @@ def ce_diagnostic(
         restored(model, grads=True) as (params, saved),
         torch.inference_mode(False),  # its SGD steps need gradients, also under a caller's inference_mode
         torch.enable_grad(),
+        progress_bar(show_progress, total=len(rows), desc="ce diagnostic", unit="sequence") as bar,
     ):
         model.eval()  # no dropout: the diagnostic is deterministic
         for p in params.values():
             p.requires_grad_(True)
         optimizer = torch.optim.SGD(list(params.values()), lr=lr)
-        for i, row in enumerate(tqdm(rows, desc="ce diagnostic", disable=not show_progress)):
+        for i, row in enumerate(rows):
             ids = row[None].to(device).clone()  # a normal tensor, if `rows` came from an inference_mode block
             if i:
                 with torch.no_grad():
@@ -498,6 +503,7 @@ def ce_diagnostic(
             losses.append(first)
             after.append(last)
             taken.append(n)
+            bar.update(1)
             optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
                 squared = sum((p.detach().double() - saved[name].double()).pow(2).sum() for name, p in params.items())

@@ -18,16 +18,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .._utils import (
     as_sequences,
     check_integer,
+    check_progress,
     check_vocabulary,
     eval_mode,
     iter_sequences,
     leading_windows,
     model_device,
+    progress_bar,
 )
 
 
@@ -279,7 +280,8 @@ def memorization_signals(
         hidden_states: Also return the pooled hidden states of every layer.
         pool: Positions the hidden states are averaged over: "all", "prefix" or "suffix".
         batch_size: Windows per forward pass.
-        show_progress: Show a progress bar over the batches.
+        show_progress: Show a progress bar in windows, updated every batch: True or False, or a tqdm bar to
+            advance instead of a new one.
 
     Returns:
         The `MemorizationSignals`, one row per sequence in input order.
@@ -300,6 +302,7 @@ def memorization_signals(
     windows = leading_windows(sequences, prefix_len, suffix_len)
     check_vocabulary(windows, model, "sequences")
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    show_progress = check_progress(show_progress)
     if pool not in POOLS:
         raise ValueError(f"`pool` must be one of {', '.join(map(repr, POOLS))}, got {pool!r}.")
     if ngram_counts is not None and not {1, 2} <= set(getattr(ngram_counts, "counts", {})):
@@ -310,8 +313,11 @@ def memorization_signals(
     length = prefix_len + suffix_len
     span = {"all": slice(0, length), "prefix": slice(0, prefix_len), "suffix": slice(prefix_len, length)}[pool]
     parts = {k: [] for k in ("confidence", "true_prob", "logit_mean", "logit_var", "entropy", "hidden")}
-    with eval_mode(model, "memorization_signals"):
-        for b in tqdm(range(0, len(windows), batch_size), desc="signals", disable=not show_progress):
+    with (
+        eval_mode(model, "memorization_signals"),
+        progress_bar(show_progress, total=len(windows), desc="signals", unit="window") as bar,
+    ):
+        for b in range(0, len(windows), batch_size):
             ids = windows[b : b + batch_size].to(device)
             out = model(input_ids=ids, use_cache=False, output_hidden_states=hidden_states)
             logits = out.logits[:, :-1].float()  # position t predicts token t + 1
@@ -324,6 +330,7 @@ def memorization_signals(
             parts["logit_var"].append(suffix.var(-1, unbiased=False).mean(-1).cpu())
             if hidden_states:
                 parts["hidden"].append(torch.stack([h[:, span].float().mean(1) for h in out.hidden_states]).cpu())
+            bar.update(len(ids))
     signals = {k: torch.cat(v).numpy() for k, v in parts.items() if k != "hidden"}
     hidden = torch.cat(parts["hidden"], dim=1).numpy() if hidden_states else None
     unigram = bigram = None

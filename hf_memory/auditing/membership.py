@@ -5,6 +5,7 @@ plain words."""
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 
 import torch
@@ -95,7 +96,8 @@ def _schema(attacks: list[str]):
         ("start", pa.int64()),
         ("num_tokens", pa.int64()),
     ]
-    return pa.schema(columns + [(name, pa.float64()) for name in attacks])
+    extraction = [("exact_match", pa.bool_()), ("longest_common_prefix", pa.int64())]
+    return pa.schema(columns + [(name, pa.float64()) for name in attacks] + extraction)
 
 
 def score_samples(
@@ -111,21 +113,26 @@ def score_samples(
     folder: str | None,
     manifest: dict,
     name: str,
-    bar,
+    bars,
+    processors=None,
 ) -> list[dict]:
-    """Score every sample (members, then non-members) with the membership attacks, in chunks of `batch_size *
-    flush_every` windows; with `folder`, each chunk goes to disk as it finishes and a rerun skips the chunks there
-    (checking that their inputs are the same).
+    """Score every sample (members, then non-members) with the membership attacks, and the non-members' greedy
+    extraction (the control; the members' is the audit's own), in chunks of `batch_size * flush_every` windows; with
+    `folder`, each chunk goes to disk as it finishes and a rerun skips the chunks there (checking that their inputs
+    are the same). `bars["membership"]` and `bars["control extraction"]` advance every batch.
 
     Returns:
-        One dict per sample: the columns of `_schema(attacks)`.
+        One dict per sample: the columns of `_schema(attacks)` (`exact_match` and `longest_common_prefix` None for
+        the members).
     """
+    from ..extraction import measure_extraction
+
     settings = MembershipConfig(
         attacks=attacks,
         k=config.membership_k,
         max_tokens=windows.shape[1],
         batch_size=config.batch_size,
-        read_ahead=config.batch_size * config.flush_every,
+        read_ahead=config.batch_size,  # the windows are all one length: nothing to gain from reading further ahead
         ce_lr=config.ce_lr,
     )
     chunk = config.batch_size * config.flush_every
@@ -137,9 +144,24 @@ def score_samples(
     def score(begin: int) -> dict:
         end = min(begin + chunk, len(windows))
         result = membership_scores(
-            model, windows[begin:end], tokenizer, reference_model, config=settings, show_progress=False
+            model, windows[begin:end], tokenizer, reference_model, config=settings, show_progress=bars["membership"]
         )
-        bar.update(end - begin)
+        exact = [None] * (end - begin)
+        lcp = [None] * (end - begin)
+        controls = [i for i in range(begin, end) if not is_member[i]]
+        if controls:
+            extraction = measure_extraction(
+                model,
+                windows[controls],
+                config.prefix_len,
+                config.suffix_len,
+                batch_size=config.batch_size,
+                method="prefix",  # exact match and longest common prefix: all the control needs
+                show_progress=bars["control extraction"],
+                logits_processor=processors,
+            )
+            for i, n in zip(controls, extraction.longest_common_prefix):
+                exact[i - begin], lcp[i - begin] = int(n) == config.suffix_len, int(n)
         return {
             "sample": list(range(begin, end)),
             "is_member": is_member[begin:end],
@@ -148,6 +170,8 @@ def score_samples(
             "start": [start for _, start in positions[begin:end]],
             "num_tokens": result.num_tokens.tolist(),
             **{attack: result.scores[attack].tolist() for attack in attacks},
+            "exact_match": exact,
+            "longest_common_prefix": lcp,
         }
 
     starts = range(0, len(windows), chunk)
@@ -161,7 +185,8 @@ def score_samples(
             mine = inputs[begin : begin + chunk]
             if begin < writer.done:
                 writer.skip(mine)
-                bar.update(len(mine))
+                bars.update(len(mine), ["membership"])
+                bars.update(sum(not member for member in is_member[begin : begin + chunk]), ["control extraction"])
             else:
                 writer.add(score(begin), mine)
         writer.check_all_skipped()
@@ -235,6 +260,65 @@ def table(rows: list[dict], attacks: list[str]):
     ):
         schema = schema.append(field)
     return pa.table({name: [row.get(name) for row in rows] for name in schema.names}, schema=schema)
+
+
+def contrast(rows: list[dict] | None) -> dict | None:
+    """The audited text (the suspect) against the held-out text (the control), set by set: how much of each the
+    model writes out, and how well it knows it.
+
+    Args:
+        rows: The membership rows (`membership.parquet`), or None without non-members.
+
+    Returns:
+        `{"suspect": {...}, "control": {...}}`, each with `windows`, `exact_match` (the share extracted exactly),
+        `longest_common_prefix` (mean tokens reproduced before the first mistake) and `loss` (mean negative
+        log-likelihood per token, from the `loss` attack; None when it was not scored); None without rows.
+    """
+    if not rows:
+        return None
+
+    def mean(values) -> float | None:
+        values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+        return math.fsum(values) / len(values) if values else None
+
+    out = {}
+    for key, member in (("suspect", True), ("control", False)):
+        group = [row for row in rows if bool(row["is_member"]) == member]
+        loss = mean(row.get("loss") for row in group)
+        out[key] = {
+            "windows": len(group),
+            "exact_match": mean(row.get("exact_match") for row in group),
+            "longest_common_prefix": mean(row.get("longest_common_prefix") for row in group),
+            "loss": None if loss is None else -loss,
+        }
+    return out
+
+
+def contrast_line(numbers: dict | None, suffix_len: int) -> str | None:
+    """`contrast` in one sentence, or None when the extraction of the control was not measured.
+
+    Args:
+        numbers: What `contrast` returns.
+        suffix_len: Tokens of each window's suffix.
+    """
+    if numbers is None or numbers["control"]["exact_match"] is None or numbers["suspect"]["exact_match"] is None:
+        return None
+    suspect, control = numbers["suspect"], numbers["control"]
+    line = (
+        f"Suspect against control: the model writes out {100 * suspect['exact_match']:.1f}% of the "
+        f"{suspect['windows']} audited windows and {100 * control['exact_match']:.1f}% of the {control['windows']} "
+        f"held-out (control) windows, reproducing {suspect['longest_common_prefix']:.1f} and "
+        f"{control['longest_common_prefix']:.1f} of {suffix_len} suffix tokens on average before its first mistake"
+    )
+    if suspect["loss"] is not None and control["loss"] is not None:
+        line += (
+            f"; its loss is {suspect['loss']:.2f} nats per token on the audited text and {control['loss']:.2f} on "
+            "the control"
+        )
+    return line + (
+        ". The control's share is what the model writes out without having trained on it (boilerplate, famous "
+        "text): only extraction above it points to the audited text."
+    )
 
 
 def auc_text(entry: dict) -> str:

@@ -126,7 +126,16 @@ class AuditReport:
             One sentence or short paragraph per finding.
         """
         left_out = self.data.get("num_membership_left_out", 0)
-        return membership_section.verdict(self.membership, self.reference_model is not None, left_out)
+        lines = membership_section.verdict(self.membership, self.reference_model is not None, left_out)
+        contrast = membership_section.contrast_line(self.control_contrast, self.settings["suffix_len"])
+        return lines + ([contrast] if contrast else [])
+
+    @property
+    def control_contrast(self) -> dict | None:
+        """The audited text (the suspect) against the held-out text (the control, `non_members` / `--held-out`):
+        per set, the windows, the share extracted exactly, the mean longest common prefix and the mean loss per
+        token; None without held-out documents."""
+        return membership_section.contrast(self.membership_rows)
 
     def extraction_verdict(self) -> list[str]:
         """The extraction section's verdict in plain words: what was found, what it rules out and what it does not
@@ -211,6 +220,7 @@ class AuditReport:
                 "membership_verdict": self.membership_verdict(),
                 "extraction_level": self.extraction_level,
                 "extraction_verdict": self.extraction_verdict(),
+                "control_contrast": self.control_contrast,
                 **self.figures(),
             }
         )

@@ -148,6 +148,7 @@ class _Scan:
         self.labels: list[str] = []
         self.num_tokens = 0
         self.digest = hashlib.sha256()  # of every document read, so that a resumed audit must read the same data
+        self.bar = None  # a progress bar advanced per document read
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         sources = None if self.sources is None else iter(self.sources)
@@ -173,6 +174,8 @@ class _Scan:
             self.num_tokens += len(ids)
             self.digest.update(len(ids).to_bytes(8, "little"))
             self.digest.update(torch.as_tensor(ids, dtype=torch.int64).numpy().tobytes())
+            if self.bar is not None:
+                self.bar.update(1)
             yield ids
         if sources is not None and next(sources, _END) is not _END:
             raise ValueError(
@@ -298,8 +301,11 @@ def audit(
     most `max_windows`, same seed), and every audited window (a member) and held-out window (a non-member) is scored
     by the attacks of `hf_memory.membership` (`membership_scores`: the one-pass attacks, and `reference` with a
     reference model), evaluated by `membership_report` (AUC with a bootstrap interval, TPR at 1% and 0.1% FPR, the
-    blind baseline on the window texts). A document of `non_members` that is an exact copy of one of `data`, a
-    window text found in both sets, or fewer than 5 windows in a set is refused before any scoring. The scores of
+    blind baseline on the window texts). The held-out documents are also the control: each held-out window's greedy
+    extraction is measured (`exact_match`, `longest_common_prefix` in the membership rows), and
+    `report.control_contrast` sets the audited text against them. A document of `non_members` that is an exact copy
+    of one of `data`, a window text found in both sets, or fewer than 5 windows in a set is refused before any
+    scoring. The scores of
     every window are in `report.membership_rows` (`membership.parquet`), the evaluation in `report.membership`.
 
     Args:
@@ -314,7 +320,8 @@ def audit(
         suffix_len: Tokens of each window the model must reproduce greedily.
         stride: Tokens between consecutive windows of a document; None tiles each document with non-overlapping
             windows (`prefix_len + suffix_len`).
-        max_windows: Most windows scored, drawn uniformly with `seed`; None scores them all.
+        max_windows: Most windows scored, drawn uniformly with `seed`; None scores them all. A `UserWarning` names
+            the documents it leaves mostly unscored.
         output_dir: A folder to write the report to (`results.json`, `windows.parquet`, `index.html`); None writes
             nothing (`report.save(folder)` later).
         reference_tokenizer: The reference model's tokenizer, if loaded separately: checked to map tokens to the
@@ -327,7 +334,9 @@ def audit(
         top_k: How many of the most extracted windows the report shows with their text.
         model_name: The model's name in the report; None uses its config's `_name_or_path`.
         reference_name: The reference model's name in the report; None uses its config's `_name_or_path`.
-        show_progress: Show a progress bar.
+        show_progress: Show one progress bar per stage (reading the data, membership and control extraction with
+            `non_members`, extraction, reference extraction, signals, CE diagnostic), each in windows and updated
+            every batch, with windows/s and the time left.
         flush_every: Batches per chunk: with `output_dir`, at most this many batches are scored again after an
             interruption.
         non_members: Held-out documents, in the forms `data` takes: enables the membership-inference section.
@@ -416,7 +425,12 @@ def audit(
         attacks = membership.chosen_attacks(config, reference_model is not None)
     scan = _Scan(data, tokenizer, model, sources)
     prefix, suffix = config.prefix_len, config.suffix_len
-    sample = sample_windows(scan, prefix, suffix, config.window_stride, config.max_windows, config.seed, name="data")
+    with tqdm(desc="reading data", unit="document", disable=not show_progress) as bar:
+        scan.bar = bar
+        sample = sample_windows(
+            scan, prefix, suffix, config.window_stride, config.max_windows, config.seed, name="data"
+        )
+    _warn_coverage(sample, scan.label, "data")
     windows, positions = sample.windows, sample.index
     held = held_scan = None
     if non_member_sources is not None and non_members is None:
@@ -431,9 +445,12 @@ def audit(
             members=scan.document_digests,
             sources_name="non_member_sources",
         )
-        held = sample_windows(
-            held_scan, prefix, suffix, config.window_stride, config.max_windows, config.seed, name="non_members"
-        )
+        with tqdm(desc="reading held-out data", unit="document", disable=not show_progress) as bar:
+            held_scan.bar = bar
+            held = sample_windows(
+                held_scan, prefix, suffix, config.window_stride, config.max_windows, config.seed, name="non_members"
+            )
+        _warn_coverage(held, held_scan.label, "non_members")
         member_texts = [_decode(tokenizer.decode, w.tolist()) for w in windows]
         non_member_texts = [_decode(tokenizer.decode, w.tolist()) for w in held.windows]
         membership.check_samples(member_texts, non_member_texts)
@@ -453,8 +470,8 @@ def audit(
     chunk = config.batch_size * config.flush_every
     starts = range(0, len(windows), chunk)
 
-    def score(begin: int, bar) -> list[dict]:
-        return scorer(windows[begin : begin + chunk], positions[begin : begin + chunk], labels, begin, bar)
+    def score(begin: int, bars) -> list[dict]:
+        return scorer(windows[begin : begin + chunk], positions[begin : begin + chunk], labels, begin, bars)
 
     manifest = {
         "kind": "audit",
@@ -469,13 +486,21 @@ def audit(
     if held is not None:
         membership_report, membership_rows, left_out = _membership(
             model, tokenizer, reference_model, config, attacks, sample, held, labels, member_texts,
-            non_member_texts, output_dir, name, manifest, held_scan, show_progress,
+            non_member_texts, output_dir, name, manifest, held_scan, show_progress, processors,
         )  # fmt: skip
-    with tqdm(total=len(windows), desc="audit", unit="window", disable=not show_progress) as bar:
+    stages = ["extraction", *(["reference extraction"] if reference_model is not None else []), "signals"]
+    stages += ["CE diagnostic"] if reference_model is not None else []
+    with _StageBars(stages, len(windows), show_progress) as bars:
         if output_dir is None:
-            rows = [row for begin in starts for row in score(begin, bar)]
+            rows = [row for begin in starts for row in score(begin, bars)]
         else:
-            rows = _scored_on_disk(output_dir, name, starts, chunk, windows, positions, score, bar, manifest)
+            rows = _scored_on_disk(output_dir, name, starts, chunk, windows, positions, score, bars, manifest)
+    if membership_rows is not None:  # the members' extraction, next to the non-members' (the control)
+        for row in membership_rows:
+            if row["is_member"]:
+                scored = rows[row["window"]]
+                row["exact_match"] = scored["exact_match"]
+                row["longest_common_prefix"] = scored["longest_common_prefix"]
     data_summary = {
         "num_documents": sample.num_sequences,
         "num_tokens": scan.num_tokens,
@@ -508,10 +533,11 @@ def audit(
 
 def _membership(
     model, tokenizer, reference_model, config, attacks, sample, held, labels, member_texts, non_member_texts,
-    output_dir, name, manifest, held_scan, show_progress,
+    output_dir, name, manifest, held_scan, show_progress, processors,
 ) -> tuple:  # fmt: skip
-    """Score the member and non-member windows with the membership attacks (resumable under `.partial`), evaluate
-    them, and return `(MembershipReport, per-sample rows, windows left out for a non-finite score)`."""
+    """Score the member and non-member windows with the membership attacks and the non-member windows' extraction
+    (the control; resumable under `.partial`), evaluate them, and return `(MembershipReport, per-sample rows,
+    windows left out for a non-finite score)`."""
     windows = torch.cat([sample.windows, held.windows])
     is_member = [True] * len(sample.index) + [False] * len(held.index)
     positions = list(sample.index) + list(held.index)
@@ -524,10 +550,11 @@ def _membership(
         "windows": membership.samples_fingerprint(windows, is_member, positions),
         "non_members_sha256": held_scan.digest.hexdigest(),
     }
-    with tqdm(total=len(windows), desc="membership", unit="window", disable=not show_progress) as bar:
+    with _StageBars(["membership"], len(windows), show_progress) as bars:
+        bars.add("control extraction", len(held.index))
         rows = membership.score_samples(
             model, tokenizer, reference_model, config, attacks, windows, is_member, positions, window_index,
-            folder, store_manifest, name, bar,
+            folder, store_manifest, name, bars, processors,
         )  # fmt: skip
     texts = member_texts + non_member_texts
     for row, text in zip(rows, texts):
@@ -556,7 +583,45 @@ def _renamed_output_dir(output_dir, out) -> tuple:
     return out, "out"
 
 
-def _scored_on_disk(output_dir, name, starts, chunk, windows, positions, score, bar, manifest) -> list[dict]:
+def _warn_coverage(sample, label, name: str) -> None:
+    """Warn, in one line, when `max_windows` leaves most of some documents unscored."""
+    message = sample.coverage_warning(label, "max_windows")
+    if message is not None:
+        warnings.warn(f"`{name}`: {message}", UserWarning, stacklevel=3)
+
+
+class _StageBars:
+    """One progress bar per stage of the audit, each counting windows and updated every batch of its stage. The
+    stages take turns on each chunk of windows, so a bar's rate is averaged over the whole run (`smoothing=0`): its
+    windows per second, and its estimate of the time left, include the time the other stages take."""
+
+    def __init__(self, stages: list[str], total: int, show: bool) -> None:
+        self.show = show
+        self.bars = {}
+        for stage in stages:
+            self.add(stage, total)
+
+    def add(self, stage: str, total: int) -> None:
+        self.bars[stage] = tqdm(total=total, desc=stage, unit="window", smoothing=0, disable=not self.show)
+
+    def __getitem__(self, stage: str):
+        return self.bars[stage]
+
+    def update(self, count: int, stages=None) -> None:
+        """Advance every stage (or those named) by `count` windows: a chunk read back from an interrupted run."""
+        for stage, bar in self.bars.items():
+            if stages is None or stage in stages:
+                bar.update(count)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _scored_on_disk(output_dir, name, starts, chunk, windows, positions, score, bars, manifest) -> list[dict]:
     """Score the chunks an earlier, interrupted run of this audit left unscored, each written to
     `output_dir/.partial/` as it finishes; return every chunk's rows in order."""
     import pyarrow as pa
@@ -570,9 +635,9 @@ def _scored_on_disk(output_dir, name, starts, chunk, windows, positions, score, 
             mine = inputs[begin : begin + chunk]
             if begin < writer.done:
                 writer.skip(mine)
-                bar.update(len(mine))
+                bars.update(len(mine))
             else:
-                rows = score(begin, bar)
+                rows = score(begin, bars)
                 writer.add({key: [row.get(key) for row in rows] for key in schema.names}, mine)
         writer.check_all_skipped()
     return [row for table in ResultFolder(folder, name).iter_tables() for row in table.to_pylist()]
@@ -599,30 +664,32 @@ class _ChunkScorer:
         self.batch_size, self.ce_lr = config.batch_size, config.ce_lr
         self.counts = counts
 
-    def __call__(self, windows: torch.Tensor, positions, labels: list[str], offset: int, bar) -> list[dict]:
+    def __call__(self, windows: torch.Tensor, positions, labels: list[str], offset: int, bars) -> list[dict]:
         from ..analysis import memorization_signals
         from ..extraction import measure_extraction
 
         prefix_len, suffix_len, batch_size = self.prefix_len, self.suffix_len, self.batch_size
-        bar.set_postfix_str("extraction")
         result = measure_extraction(
             self.model,
             windows,
             prefix_len,
             suffix_len,
             batch_size=batch_size,
-            show_progress=False,
+            show_progress=bars["extraction"],
             logits_processor=self.processors,
             **self.sampling,
         )
         per_window = result.per_sample()
         reference = None
         if self.reference_model is not None:
-            bar.set_postfix_str("reference extraction")
             reference = measure_extraction(
-                self.reference_model, windows, prefix_len, suffix_len, batch_size=batch_size, show_progress=False
+                self.reference_model,
+                windows,
+                prefix_len,
+                suffix_len,
+                batch_size=batch_size,
+                show_progress=bars["reference extraction"],
             )
-        bar.set_postfix_str("signals")
         signals = memorization_signals(
             self.model,
             windows,
@@ -631,7 +698,7 @@ class _ChunkScorer:
             ngram_counts=self.counts,
             hidden_states=False,
             batch_size=batch_size,
-            show_progress=False,
+            show_progress=bars["signals"],
         )
         offsets, entropy = signals.boundary("entropy", BOUNDARY_WINDOW)
         entropy_prefix, entropy_suffix = entropy[:, offsets < 0].mean(1), entropy[:, offsets >= 0].mean(1)
@@ -642,9 +709,12 @@ class _ChunkScorer:
         if self.reference_model is not None:
             from ..analysis import ce_diagnostic
 
-            bar.set_postfix_str("CE diagnostic")
             diagnostic = ce_diagnostic(
-                self.model, windows, lr=self.ce_lr, reference_model=self.reference_model, show_progress=False
+                self.model,
+                windows,
+                lr=self.ce_lr,
+                reference_model=self.reference_model,
+                show_progress=bars["CE diagnostic"],
             )
 
         decode = self.tokenizer.decode
@@ -695,5 +765,4 @@ class _ChunkScorer:
                     "diverged_text": _decode(decode, prediction[lcp:]),
                 }
             )
-        bar.update(len(positions))
         return rows

@@ -38,7 +38,8 @@ def _none_or(kind):
 
 
 class ConfigParser(HfArgumentParser):
-    """`HfArgumentParser` whose optional numbers (`int | None` with a default other than None) also take `none`."""
+    """`HfArgumentParser` whose optional numbers (`int | None` with a default other than None) also take `none`, and
+    whose usage lines and errors name an option by its dashed spelling (`--output-dir`, not `--output_dir`)."""
 
     def _add_dataclass_arguments(self, dtype) -> None:
         super()._add_dataclass_arguments(dtype)
@@ -48,23 +49,59 @@ class ConfigParser(HfArgumentParser):
             hint = hints.get(action.dest)
             if action.dest in names and type(None) in typing.get_args(hint) and action.type in (int, float):
                 action.type = _none_or(action.type)
+            # argparse shows the first spelling; HfArgumentParser lists the field's own (`--a_b`) first
+            action.option_strings.sort(key=lambda spelling: "_" in spelling)
 
 
 @dataclass
 class ModelArguments:
-    """Which model a command loads (nothing is downloaded).
+    """Which model a command loads, and how.
 
     Args:
-        model: A local model folder; None loads the embedded SmolLM2-135M-Instruct.
+        model: A local model folder or a Hub model id ("org/name", read from the Hugging Face cache and downloaded
+            into it when missing, unless `HF_HUB_OFFLINE=1`); None loads the embedded SmolLM2-135M-Instruct.
         gguf_file: The GGUF file inside `model`, if the model is stored as one.
+        revision: With a Hub model id, the branch, tag or commit.
+        dtype: The weights' dtype ("auto": the checkpoint's own); None: float32.
+        device: Where the model runs; None: CUDA when available, else the CPU.
+
+    Raises:
+        ValueError: If `dtype` or `device` is refused (a device this machine does not have).
     """
 
     model: str | None = field(
-        default=None, metadata={"help": "Local model folder (default: the embedded SmolLM2-135M-Instruct)."}
+        default=None,
+        metadata={
+            "help": "A local model folder or a Hub model id (org/name, from the Hugging Face cache; downloaded when "
+            "missing unless HF_HUB_OFFLINE=1). Default: the embedded SmolLM2-135M-Instruct (de-quantized from a "
+            "4-bit GGUF file; it audits real texts at about 0%%: see `hf-memory demo` for a positive control).",
+            "metavar": "FOLDER_OR_ID",
+        },
     )
     gguf_file: str | None = field(
         default=None, metadata={"help": "GGUF file name inside --model, if the model is a GGUF file."}
     )
+    revision: str | None = field(
+        default=None,
+        metadata={"help": "With a Hub model id: the branch, tag or commit to load (default: the main branch)."},
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "The weights' dtype; auto: the checkpoint's own (default: float32).",
+            "choices": ["auto", "float32", "float16", "bfloat16"],
+        },
+    )
+    device: str | None = field(
+        default=None,
+        metadata={"help": "Where the model runs: cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)."},
+    )
+
+    def __post_init__(self):
+        from ..models import check_device, check_dtype
+
+        self.dtype = check_dtype(self.dtype)
+        check_device(self.device)
 
 
 @dataclass
@@ -84,13 +121,27 @@ class DataArguments:
 
 @dataclass
 class MeasureArguments:
-    """Where `hf-memory measure` writes its rows, and the optional text-level ROUGE.
+    """Which windows `hf-memory measure` scores, where it writes its rows, and the optional text-level ROUGE.
 
     Args:
+        max_windows: Most windows scored, drawn uniformly with `seed` (as `audit` draws them); None: every window.
+        seed: Seed of the `max_windows` draw.
         output_file: A JSON Lines file: one line per window (source, start, scores, predicted and true suffix).
         output_dir: A folder of Parquet shards written as the run goes; rerunning the same command continues there.
         text_rouge: Also report ROUGE-L of the decoded texts.
+
+    Raises:
+        ValueError: If `max_windows` is not an integer >= 1 or None, or `seed` is out of range.
     """
+
+    max_windows: int | None = field(
+        default=None,
+        metadata={
+            "help": "Most windows scored, drawn uniformly with --seed as audit draws them (default: every window of "
+            "every document). A warning names the documents it leaves mostly unscored."
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the --max-windows draw."})
 
     output_file: str | None = field(
         default=None, metadata={"help": "Write one JSON line per window to this file.", "aliases": ["--out"]}
@@ -111,6 +162,10 @@ class MeasureArguments:
         },
     )
 
+    def __post_init__(self):
+        self.max_windows = check_integer(self.max_windows, "max_windows", minimum=1, allow_none=True)
+        self.seed = check_integer(self.seed, "seed", minimum=0, maximum=MAX_SEED)
+
 
 @dataclass
 class AuditArguments:
@@ -118,11 +173,13 @@ class AuditArguments:
 
     Args:
         output_dir: The report folder (results.json, windows.parquet, index.html).
-        reference_model: A local model folder that did not train on the data, with the model's tokenizer.
+        reference_model: A local model folder or Hub model id that did not train on the data, with the model's
+            tokenizer.
         reference_gguf_file: The GGUF file inside `reference_model`, if it is one.
+        reference_revision: With a Hub model id as `reference_model`, its branch, tag or commit.
         push_to_hub: A Hub model repo id whose card gets the numbers.
-        held_out: Files of documents the model did not train on (the formats of `--data`): the non-members of the
-            membership-inference section.
+        held_out: Files of documents the model did not train on (the formats of `--data`): the control, the
+            non-members of the membership-inference section.
     """
 
     output_dir: str = field(
@@ -134,12 +191,20 @@ class AuditArguments:
     reference_model: str | None = field(
         default=None,
         metadata={
-            "help": "A local model folder that did not train on the data, same tokenizer (e.g. the checkpoint before "
-            "fine-tuning): adds its extraction and the calibrated CE diagnostic."
+            "help": "A local model folder or Hub model id that did not train on the data, same tokenizer (e.g. the "
+            "checkpoint before fine-tuning): adds its extraction and the calibrated CE diagnostic.",
+            "metavar": "FOLDER_OR_ID",
         },
     )
     reference_gguf_file: str | None = field(
         default=None, metadata={"help": "GGUF file name inside --reference-model, if it is one."}
+    )
+    reference_revision: str | None = field(
+        default=None,
+        metadata={
+            "help": "With a Hub model id as --reference-model: its branch, tag or commit (e.g. the commit before "
+            "fine-tuning, when both are one repo)."
+        },
     )
     push_to_hub: str | None = field(
         default=None,
@@ -151,8 +216,9 @@ class AuditArguments:
     held_out: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Held-out documents the model did not train on, a random split of the same source as --data "
-            "(same formats): adds membership inference (attack AUCs against these non-members) first in the report.",
+            "help": "The control: held-out documents the model did not train on, ideally a random split of the same "
+            "source as --data (same formats). Adds membership inference (attack AUCs against these non-members) "
+            "and the suspect-against-control contrast (extraction and loss on each) first in the report.",
             "metavar": "FILE",
         },
     )

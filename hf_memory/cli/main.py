@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import sys
+import warnings
 
 
 DEBUG_ENVIRONMENT = "HF_MEMORY_DEBUG"  # set to 1 for a full traceback on errors (as --debug)
@@ -43,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         (
             "demo",
             [ModelArguments, DemoArguments],
-            "Fine-tune the embedded SmolLM2 with the standard loss and with goldfish; measure extraction.",
+            "Fine-tune the embedded SmolLM2 with the standard loss and with goldfish, measure extraction, and audit "
+            "both fine-tunes (a positive control for `hf-memory audit`: the standard one memorizes, goldfish much "
+            "less).",
             "hf-memory demo --epochs 6 --output-dir demo_output",
         ),
         (
@@ -51,13 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
             [ModelArguments, DataArguments, ExtractionConfig, MeasureArguments],
             "Extractable memorization of documents under greedy decoding: the prefix of each window is given, the "
             "suffix must come back exactly.",
-            "hf-memory measure --model ./my-finetune --data train.jsonl --stride 64 --output-dir extraction/",
+            "hf-memory measure --model ./my-finetune --data train.jsonl --max-windows 1000 --output-file rows.jsonl",
         ),
         (
             "audit",
             [ModelArguments, DataArguments, AuditConfig, AuditArguments],
             "Did a fine-tune memorize its data? Extraction, signals and a calibrated score, as an HTML report.",
-            "hf-memory audit --model ./my-finetune --reference-model ./base --data train.jsonl --output-dir report/",
+            "hf-memory audit --model ./my-finetune --reference-model org/base-model --data train.jsonl "
+            "--held-out held_out.jsonl --output-dir report/",
         ),
     ):
         commands.add_parser(
@@ -89,9 +93,8 @@ def run_audit(args: argparse.Namespace, config) -> dict:
     """
     from ..auditing import audit
     from ..data import iter_token_sequences
-    from ..models import load_model
 
-    model, tokenizer = load_model(args.model, args.gguf_file)
+    model, tokenizer = _load("--model", args.model, args.gguf_file, args.revision, args)
     # the files stream through the audit once; tee hands it the ids and the labels in step (it buffers one pair)
     documents = _in_vocabulary(iter_token_sequences(args.data, tokenizer, args.text_field), model)
     pairs, labels = itertools.tee(documents)
@@ -103,13 +106,9 @@ def run_audit(args: argparse.Namespace, config) -> dict:
         non_members, non_member_sources = (ids for ids, _ in held_pairs), (source for _, source in held_labels)
     reference = reference_tokenizer = None
     if args.reference_model is not None:
-        reference, reference_tokenizer = load_model(args.reference_model, args.reference_gguf_file)
-
-    def name(folder, gguf_file):
-        if folder is None:
-            return "SmolLM2-135M-Instruct (embedded)"
-        return os.path.join(folder, gguf_file) if gguf_file else folder
-
+        reference, reference_tokenizer = _load(
+            "--reference-model", args.reference_model, args.reference_gguf_file, args.reference_revision, args
+        )
     report = audit(
         model,
         tokenizer,
@@ -121,8 +120,10 @@ def run_audit(args: argparse.Namespace, config) -> dict:
         sources=sources,
         non_members=non_members,
         non_member_sources=non_member_sources,
-        model_name=name(args.model, args.gguf_file),
-        reference_name=None if reference is None else name(args.reference_model, args.reference_gguf_file),
+        model_name=_model_name(args.model, args.gguf_file, args.revision),
+        reference_name=None
+        if reference is None
+        else _model_name(args.reference_model, args.reference_gguf_file, args.reference_revision),
     )
     metrics, reference_metrics = report.metrics, report.reference_metrics
     print(
@@ -153,33 +154,117 @@ def run_audit(args: argparse.Namespace, config) -> dict:
     return metrics
 
 
-def _model_folder_problem(option: str, folder: str | None, gguf_option: str, gguf_file: str | None) -> str | None:
-    """What is wrong with a model folder (and GGUF file) given on the command line, or None."""
-    if folder is None:
+def _cached_file(model: str, filename: str, revision: str | None) -> str | None:
+    """The path of `filename` of the Hub model `model` in the local Hugging Face cache, or None if it is not there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        path = try_to_load_from_cache(model, filename, revision=revision)
+    except ValueError:  # not a repo id after all
+        return None
+    return path if isinstance(path, str) else None
+
+
+def _is_hub_id(model: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _model_problem(
+    option: str,
+    model: str | None,
+    gguf_option: str,
+    gguf_file: str | None,
+    revision_option: str = "--revision",
+    revision: str | None = None,
+) -> str | None:
+    """What is wrong with a model (a local folder or a Hub model id, and a GGUF file) given on the command line, or
+    None. A Hub id is looked up in the local cache when `HF_HUB_OFFLINE` is set (nothing can be downloaded then);
+    online, `from_pretrained` finds it or says why not."""
+    from huggingface_hub import constants
+
+    if model is None:
         if gguf_file is not None:
             return f"argument {gguf_option}: give {option}, the folder that holds the file"
+        if revision is not None:
+            return f"argument {revision_option}: give {option}, a Hub model id (the embedded model has no revisions)"
         return None
-    if not os.path.isdir(folder):
-        return f"argument {option}: {folder!r} is not a local folder (nothing is downloaded)"
-    if gguf_file is not None:
-        if not os.path.isfile(os.path.join(folder, gguf_file)):
-            return f"argument {gguf_option}: no file {gguf_file!r} in {folder!r}"
-    elif not os.path.isfile(os.path.join(folder, "config.json")):
+    if os.path.isfile(model):
         return (
-            f"argument {option}: {folder!r} is not a model folder (no config.json; for a GGUF file add {gguf_option})"
+            f"argument {option}: {model!r} is a file; give the folder that holds the model (with {gguf_option} for a "
+            "GGUF file in it) or a Hub model id"
         )
+    if os.path.isdir(model):
+        if revision is not None:
+            return f"argument {revision_option}: {model!r} is a local folder; a revision needs a Hub model id"
+        if gguf_file is not None:
+            if not os.path.isfile(os.path.join(model, gguf_file)):
+                return f"argument {gguf_option}: no file {gguf_file!r} in {model!r}"
+        elif not os.path.isfile(os.path.join(model, "config.json")):
+            return (
+                f"argument {option}: {model!r} is not a model folder (no config.json; for a GGUF file add "
+                f"{gguf_option})"
+            )
+        return None
+    if not _is_hub_id(model):
+        return f"argument {option}: {model!r} is neither a local folder nor a Hub model id (org/name)"
+    if constants.HF_HUB_OFFLINE:
+        at = "" if revision is None else f" at revision {revision!r}"
+        if _cached_file(model, gguf_file or "config.json", revision) is None:
+            return (
+                f"argument {option}: {model!r} is not a local folder, nor a Hub model{at} in the Hugging Face cache "
+                f"({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is set: nothing is downloaded"
+            )
     return None
 
 
-def _vocabulary_size(folder: str) -> int | None:
-    """`vocab_size` of a model folder's config.json, or None when unknown (a GGUF file, no such key)."""
+def _vocabulary_size(model: str, revision: str | None = None) -> int | None:
+    """`vocab_size` of a model's config.json (a local folder, or a Hub model in the local cache), or None when
+    unknown (a GGUF file, no such key, a Hub model not downloaded yet)."""
+    path = os.path.join(model, "config.json") if os.path.isdir(model) else _cached_file(model, "config.json", revision)
+    if path is None:
+        return None
     try:
-        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             config = json.load(f)
     except (OSError, ValueError):
         return None
     size = config.get("vocab_size", config.get("text_config", {}).get("vocab_size"))
     return size if isinstance(size, int) else None
+
+
+def _load(option: str, model: str | None, gguf_file: str | None, revision: str | None, args):
+    """`load_model` with the command's `--dtype` and `--device`; a model that cannot be loaded is an error naming
+    `option`. The embedded default model is introduced first: what it is, and what an audit of it can show."""
+    from ..models import DEFAULT_MODEL_DESCRIPTION, check_device, load_model
+
+    if model is None and option == "--model":
+        print(
+            f"{DEFAULT_MODEL_DESCRIPTION} For a positive control, run `hf-memory demo`: it fine-tunes this model with "
+            "and without goldfish and audits both."
+        )
+    try:
+        return load_model(model, gguf_file, args.dtype, revision=revision, device=check_device(args.device))
+    except OSError as err:
+        if model is None:  # the embedded model's own message says what to install
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OSError(f"argument {option}: {message}") from err
+
+
+def _model_name(model: str | None, gguf_file: str | None, revision: str | None = None) -> str:
+    """How a model is named in the report: its folder (and GGUF file) or Hub id (and revision)."""
+    from ..models import DEFAULT_MODEL_NAME
+
+    if model is None:
+        return DEFAULT_MODEL_NAME
+    name = os.path.join(model, gguf_file) if gguf_file else model
+    return name if revision is None else f"{name}@{revision}"
 
 
 def _data_problem(path: str, text_field: str, option: str = "--data") -> str | None:
@@ -233,17 +318,24 @@ def check_audit_paths(args: argparse.Namespace) -> str | None:
     """
     from .._utils import EXTRAS, is_available
 
-    for option, folder, gguf_option, gguf_file in (
-        ("--model", args.model, "--gguf-file", args.gguf_file),
-        ("--reference-model", args.reference_model, "--reference-gguf-file", args.reference_gguf_file),
+    for option, model, gguf_option, gguf_file, revision_option, revision in (
+        ("--model", args.model, "--gguf-file", args.gguf_file, "--revision", args.revision),
+        (
+            "--reference-model",
+            args.reference_model,
+            "--reference-gguf-file",
+            args.reference_gguf_file,
+            "--reference-revision",
+            args.reference_revision,
+        ),
     ):
-        problem = _model_folder_problem(option, folder, gguf_option, gguf_file)
+        problem = _model_problem(option, model, gguf_option, gguf_file, revision_option, revision)
         if problem:
             return problem
     if args.reference_model is not None and args.gguf_file is None and args.reference_gguf_file is None:
-        model_folder = args.model
-        if model_folder is not None:
-            size, reference_size = _vocabulary_size(model_folder), _vocabulary_size(args.reference_model)
+        if args.model is not None:
+            size = _vocabulary_size(args.model, args.revision)
+            reference_size = _vocabulary_size(args.reference_model, args.reference_revision)
             if size is not None and reference_size is not None and size != reference_size:
                 return (
                     f"argument --reference-model: its vocabulary has {reference_size} tokens, the model's {size}: "
@@ -294,7 +386,12 @@ def check_audit_paths(args: argparse.Namespace) -> str | None:
 def run_measure(args: argparse.Namespace, config) -> dict:
     """`hf-memory measure`: load the model and the documents, measure extraction, print the metrics.
 
-    With `--output-file`, one JSON line per window is written: its source, start, scores, and the predicted and true
+    Every document is cut into windows as `audit` cuts them: one every `prefix_len + suffix_len` tokens unless
+    `--stride` says otherwise. The files are read twice, as streams: once to count the windows (so the progress bar
+    has a total and an estimate of the time left, and a bad token id is found before the model runs) and once to
+    score them. With `--max-windows`, that many windows are drawn uniformly (`sample_windows`, seeded with
+    `--seed`) in the first pass, and a warning names the documents the cap leaves mostly unscored. With
+    `--output-file`, one JSON line per window is written: its source, start, scores, and the predicted and true
     suffix as token ids and text.
 
     Args:
@@ -308,43 +405,84 @@ def run_measure(args: argparse.Namespace, config) -> dict:
     Raises:
         ValueError: If the data gives no documents or no document is long enough for one window.
     """
-    from ..data import iter_token_sequences, load_token_sequences
-    from ..extraction import measure_extraction
-    from ..models import load_model
+    from tqdm.auto import tqdm
 
-    model, tokenizer = load_model(args.model, args.gguf_file)
-    if args.output_file:  # the JSON lines name each window's source: the documents are read into memory
-        sequences, sources = load_token_sequences(args.data, tokenizer, args.text_field)
-        list(_in_vocabulary(zip(sequences, sources), model))
-        num_documents = len(sequences)
-    else:  # streamed: only the batch being scored is held (with --output-dir, the rows go to disk)
-        counted = [0]
+    from ..data import iter_token_sequences
+    from ..extraction import measure_extraction, sample_windows
 
-        def stream():
-            for ids, _ in _in_vocabulary(iter_token_sequences(args.data, tokenizer, args.text_field), model):
-                counted[0] += 1
+    if config.stride is None:  # every window of each document, as `audit` cuts them
+        config = dataclasses.replace(config, stride=config.window_len)
+    model, tokenizer = _load("--model", args.model, args.gguf_file, args.revision, args)
+    sources: list[str] = []  # one label per document, in order: only what the rows or the warning will name
+    keep_labels = args.output_file is not None or args.max_windows is not None
+
+    def documents(label: bool = False):
+        """The documents' token ids, streamed from the files and checked against the vocabulary."""
+        for ids, source in _in_vocabulary(iter_token_sequences(args.data, tokenizer, args.text_field), model):
+            if label:
+                sources.append(source)
+            yield ids
+
+    length, stride = config.window_len, config.stride
+    sample = None
+    with tqdm(desc="reading data", unit="document", disable=False) as bar:
+
+        def read():
+            for ids in documents(label=keep_labels):
+                bar.update(1)
                 yield ids
 
-        sequences, num_documents = stream(), None
-    result = measure_extraction(
-        model,
-        sequences,
-        config=config,
-        tokenizer=tokenizer if args.text_rouge else None,
-        output_dir=args.output_dir,
-    )
+        if args.max_windows is not None:
+            sample = sample_windows(read(), config.prefix_len, config.suffix_len, stride, args.max_windows, args.seed)
+            num_documents, num_skipped = sample.num_sequences, sample.num_skipped
+            num_candidates = sample.num_candidates
+        else:
+            num_documents = num_skipped = num_candidates = longest = 0
+            for ids in read():
+                num_documents += 1
+                longest = max(longest, len(ids))
+                count = len(range(0, len(ids) - length + 1, stride)) if len(ids) >= length else 0
+                num_skipped += count == 0
+                num_candidates += count
+            if num_candidates == 0:
+                raise ValueError(
+                    f"no document of --data has prefix_len + suffix_len = {length} tokens (the longest has "
+                    f"{longest}): lower --prefix-len / --suffix-len or give longer documents"
+                )
+    if sample is not None:
+        message = sample.coverage_warning(lambda document: sources[document], "--max-windows")
+        if message is not None:
+            warnings.warn(message, UserWarning, stacklevel=2)
+    total = len(sample.index) if sample is not None else num_candidates
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # each process then shows its own share
+    bar = None if distributed else tqdm(total=total, desc="extraction", unit="window")
+    try:
+        result = measure_extraction(
+            model,
+            sample.windows if sample is not None else documents(),
+            config=config,
+            tokenizer=tokenizer if args.text_rouge else None,
+            output_dir=args.output_dir,
+            show_progress=True if bar is None else bar,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
     print(
-        f"\n{result.num_windows} windows of {config.prefix_len}+{config.suffix_len} tokens from "
-        f"{num_documents if num_documents is not None else counted[0]} documents "
-        f"({result.num_skipped} too short, skipped)"
+        f"\n{result.num_windows} windows of {config.prefix_len}+{config.suffix_len} tokens, one every {stride} "
+        f"tokens, from {num_documents} documents ({num_skipped} too short, skipped"
+        + (f"; {total} of {num_candidates} windows drawn with seed {args.seed})" if sample is not None else ")")
     )
     print(f"{'metric':<24}{'value':>10}")
     for name, value in result.metrics.items():
         print(f"{name:<24}{value:>10.4f}")
     if args.output_file:
         per_sample = result.per_sample() if config.method != "prefix" else {}
+        os.makedirs(os.path.dirname(os.path.abspath(args.output_file)), exist_ok=True)
         with open(args.output_file, "w", encoding="utf-8") as f:
             for i, ((seq, start), pred, ref) in enumerate(zip(result.windows, result.predictions, result.references)):
+                if sample is not None:  # the drawn windows were scored one by one: where each was cut
+                    seq, start = sample.index[seq]
                 row = {
                     "source": sources[seq],
                     "start": start,
@@ -376,7 +514,7 @@ def check_paths(args: argparse.Namespace) -> str | None:
     """
     if args.command == "audit":
         return check_audit_paths(args)
-    problem = _model_folder_problem("--model", args.model, "--gguf-file", args.gguf_file)
+    problem = _model_problem("--model", args.model, "--gguf-file", args.gguf_file, "--revision", args.revision)
     if problem:
         return problem
     if args.command == "measure":
@@ -385,13 +523,18 @@ def check_paths(args: argparse.Namespace) -> str | None:
             if problem:
                 return problem
         if args.output_file is not None:
-            folder = os.path.dirname(os.path.abspath(args.output_file))
             if os.path.isdir(args.output_file):
                 return f"argument --output-file: {args.output_file!r} is a folder; give a file name"
-            if not os.path.isdir(folder):
-                return f"argument --output-file: the folder {folder!r} does not exist"
+            folder = os.path.dirname(os.path.abspath(args.output_file))  # created if missing
+            if problem := _writable_problem("--output-file", folder):
+                return problem
         if args.output_file is not None and args.output_dir is not None:
             return "argument --output-file: not with --output-dir (the rows are in the folder's Parquet shards)"
+        if args.max_windows is not None and args.output_dir is not None:
+            return (
+                "argument --max-windows: not with --output-dir (its rows name each window by document and start as "
+                "the documents stream past; a drawn sample is held in memory: use --output-file)"
+            )
         if args.output_dir is not None and (problem := _writable_problem("--output-dir", args.output_dir)):
             return problem
         if args.text_rouge and args.method == "prefix":
@@ -419,6 +562,18 @@ def check_paths(args: argparse.Namespace) -> str | None:
     return None
 
 
+_PACKAGE_FOLDER = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print a warning raised on behalf of hf-memory as `hf-memory: warning: ...` (one line, no source line);
+    anyone else's as Python prints it."""
+    if os.path.abspath(filename).startswith(_PACKAGE_FOLDER + os.sep):
+        print(f"hf-memory: warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `hf-memory` command line.
 
@@ -432,17 +587,27 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success, 1 on an error while working, 130 when interrupted.
     """
-    from .arguments import DemoArguments, build_from_arguments, warn_renamed_options
+    from .arguments import (
+        DemoArguments,
+        MeasureArguments,
+        ModelArguments,
+        build_from_arguments,
+        warn_renamed_options,
+    )
 
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    warn_renamed_options(args.command, argv)
+    args, unknown = parser.parse_known_args(argv)
     command = parser._subparsers._group_actions[0].choices[args.command]  # the subcommand's parser, for its usage
+    if unknown:  # in the subcommand's words: its usage line, not the top-level one
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    warn_renamed_options(args.command, argv)
+    build_from_arguments(command, ModelArguments, args)  # --dtype, --device
     if args.command == "measure":
         from ..extraction import ExtractionConfig
 
         config = build_from_arguments(command, ExtractionConfig, args)
+        build_from_arguments(command, MeasureArguments, args)
     elif args.command == "audit":
         from ..auditing import AuditConfig
 
@@ -454,14 +619,23 @@ def main(argv: list[str] | None = None) -> int:
         command.error(problem)
     debug = args.debug or os.environ.get(DEBUG_ENVIRONMENT, "") not in ("", "0")
     try:
-        if args.command == "demo":
-            from .demo import run_demo
+        with warnings.catch_warnings():  # the package's own warnings as one line each, as its errors are
+            warnings.showwarning = _show_warning
+            if args.command == "demo":
+                from .demo import run_demo
 
-            run_demo(args.model, args.gguf_file, *dataclasses.astuple(config))
-        elif args.command == "measure":
-            run_measure(args, config)
-        elif args.command == "audit":
-            run_audit(args, config)
+                run_demo(
+                    args.model,
+                    args.gguf_file,
+                    *dataclasses.astuple(config),
+                    revision=args.revision,
+                    dtype=args.dtype,
+                    device=args.device,
+                )
+            elif args.command == "measure":
+                run_measure(args, config)
+            elif args.command == "audit":
+                run_audit(args, config)
     except KeyboardInterrupt:
         if debug:
             raise

@@ -21,7 +21,8 @@ class ExtractionConfig(HubConfigMixin):
     Args:
         prefix_len: Tokens of each window given to the model.
         suffix_len: Tokens of each window the model must reproduce greedily.
-        stride: Cut a window every `stride` tokens of each sequence; None cuts one window per sequence, at its start.
+        stride: Cut a window every `stride` tokens of each sequence; None cuts one window per sequence, at its start
+            (`hf-memory measure` reads None as `prefix_len + suffix_len`: every window, as `audit` cuts them).
         batch_size: Windows per forward pass.
         method: "auto" (the true suffix verified from the KV cache, greedy decoding where it diverges: the rows of
             `generate` at about the cost of one forward where text is memorized), "prefix" (verification only: exact
@@ -59,7 +60,11 @@ class ExtractionConfig(HubConfigMixin):
     )
     stride: int | None = field(
         default=None,
-        metadata={"help": "Cut a window every STRIDE tokens of each document (default: one window per document)."},
+        metadata={
+            "help": "Tokens between consecutive windows of a document (default: prefix + suffix, every window of the "
+            "document with no overlap, as hf-memory audit cuts them; measure_extraction(stride=None) cuts one window "
+            "per sequence)."
+        },
     )
     batch_size: int = field(default=64, metadata={"help": "Windows per forward pass."})
     method: str = field(

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .._utils import (
     as_sequences,
-    check_bool,
+    check_progress,
     check_vocabulary,
     check_writable,
     eval_mode,
@@ -608,7 +608,8 @@ def measure_extraction(
             (verification only: exact match and longest common prefix are exact, predictions stop at the first wrong
             token, so only those two metrics are reported) or "generate" (plain batched greedy `generate`, the
             reference).
-        show_progress: Show a progress bar in windows/s (on the local main process only): True or False.
+        show_progress: Show a progress bar in windows/s, updated every batch (on the local main process only): True
+            or False; or a tqdm bar to advance instead of a new one (how `audit` shows one bar per stage).
         tokenizer: The model's tokenizer; when given, predictions and references are also decoded (special tokens
             skipped, as the goldfish paper's evaluation does) and scored by text-level ROUGE-L (`rouge_l_text`,
             the number Hans et al. report; needs the `analysis` extra). Not with `method="prefix"`.
@@ -675,7 +676,7 @@ def measure_extraction(
         "min_probability": min_probability,
     }
     config = ExtractionConfig.from_arguments(config, settings, "`measure_extraction`")
-    show_progress = check_bool(show_progress, "show_progress")
+    show_progress = check_progress(show_progress, "show_progress")
     processors = check_logits_processor(logits_processor)
     check_model(model, config.prefix_len, config.suffix_len)
     _check_tokenizer(tokenizer, config.method)
@@ -714,9 +715,14 @@ def measure_extraction(
     bar = None
     try:  # from here on the rows are closed (the folder's lock let go, every scored batch kept) whatever happens
         mine = None if total is None else sum(min(size, total - b) for b in range(rank * size, total, world * size))
-        bar = tqdm(
-            total=mine, unit="window", desc="extraction", disable=not show_progress or not state.is_local_main_process
-        )
+        bar = show_progress  # the caller's own bar (one stage of an audit), advanced as is
+        if isinstance(show_progress, bool):
+            bar = tqdm(
+                total=mine,
+                unit="window",
+                desc="extraction",
+                disable=not show_progress or not state.is_local_main_process,
+            )
         decoder = _Decoder(model, config, processors)
         with eval_mode(model, "measure_extraction"), measuring(model):  # the model as trained: no FastMem wrapper
             for number, items in enumerate(_batches(stream, size)):
@@ -740,7 +746,7 @@ def measure_extraction(
             for key, preds, lcp in decoder.finish():
                 record(*key, preds, lcp)
     finally:
-        if bar is not None:
+        if bar is not None and bar is not show_progress:
             bar.close()
         rows.close()
     rows.check_all_skipped()

@@ -4,13 +4,14 @@ one pass."""
 from __future__ import annotations
 
 import random
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from .._utils import check_integer, iter_sequences
+from .._utils import check_integer, check_number, iter_sequences
 
 
 if TYPE_CHECKING:
@@ -111,6 +112,7 @@ class WindowSample:
         num_sequences: Sequences read.
         num_skipped: Sequences shorter than one window (they give none).
         num_candidates: Windows cut from all sequences, before sampling.
+        candidates_per_sequence: Per sequence read, the windows cut from it before sampling (0 for a short one).
     """
 
     windows: torch.Tensor
@@ -118,6 +120,64 @@ class WindowSample:
     num_sequences: int
     num_skipped: int
     num_candidates: int
+    candidates_per_sequence: Sequence[int] = ()
+
+    def mostly_unscored(self, share: float = 0.5) -> list[tuple[int, int, int]]:
+        """The sequences of which more than `share` of the windows were left out of the sample.
+
+        Args:
+            share: The share of a sequence's windows left out above which it is listed, in [0, 1).
+
+        Returns:
+            `(sequence index, windows cut from it, windows kept)` per such sequence, the least covered first (ties
+            in input order).
+
+        Examples:
+            >>> sample = sample_windows([list(range(40)), list(range(5)), [1]], 3, 2, stride=5, max_windows=3)
+            >>> sample.candidates_per_sequence.tolist(), sample.mostly_unscored()  # 8, 1 and no window; 3 drawn
+            ([8, 1, 0], [(1, 1, 0), (0, 8, 3)])
+        """
+        share = check_number(share, "share", minimum=0, maximum=1, exclusive_maximum=True)
+        kept: dict[int, int] = {}
+        for seq, _ in self.index:
+            kept[seq] = kept.get(seq, 0) + 1
+        left = [
+            (seq, cut, kept.get(seq, 0))
+            for seq, cut in enumerate(self.candidates_per_sequence)
+            if cut and cut - kept.get(seq, 0) > share * cut
+        ]
+        return sorted(left, key=lambda item: item[2] / item[1])
+
+    def coverage_warning(self, label=None, name: str = "max_windows") -> str | None:
+        """One line saying which sequences a cap on the sample left mostly unscored, or None if none was.
+
+        Args:
+            label: A callable giving a sequence's name from its index (a file name); None: "sequence 3".
+            name: How the cap is named to the reader (`max_windows`, `--max-windows`).
+
+        Returns:
+            The line, naming up to three sequences and the share of their windows left out, or None.
+
+        Examples:
+            >>> sample = sample_windows([list(range(40))], 3, 2, stride=5, max_windows=2)
+            >>> sample.coverage_warning(name="--max-windows")[:74]
+            '--max-windows=2 leaves most of 1 document unscored: sequence 0 (6 of its 8'
+        """
+        left = self.mostly_unscored()
+        if not left:
+            return None
+        label = label or (lambda seq: f"sequence {seq}")
+        shown = ", ".join(
+            f"{label(seq)} ({cut - kept} of its {cut} windows, {100 * (cut - kept) / cut:.0f}%, unscored)"
+            for seq, cut, kept in left[:3]
+        )
+        more = f", and {len(left) - 3} more" if len(left) > 3 else ""
+        documents = f"{len(left)} document{'s' if len(left) > 1 else ''}"
+        kept = len(self.index)
+        return (
+            f"{name}={kept} leaves most of {documents} unscored: {shown}{more}; {kept} of {self.num_candidates} "
+            f"windows are scored. Raise {name} (None: every window) to cover them."
+        )
 
 
 def sample_windows(
@@ -169,7 +229,11 @@ def sample_windows(
     rng = random.Random(seed)
     kept: list[tuple[int, int, torch.Tensor]] = []
     seen = 0
+    per_sequence = array("q")  # windows cut per sequence: 8 bytes per document, whatever the data's size
     for item in stream:
+        while len(per_sequence) < stream.num_sequences:
+            per_sequence.append(0)
+        per_sequence[item[0]] += 1
         if max_windows is None or len(kept) < max_windows:
             kept.append(item)
         else:
@@ -191,4 +255,5 @@ def sample_windows(
         num_sequences=stream.num_sequences,
         num_skipped=stream.num_skipped,
         num_candidates=seen,
+        candidates_per_sequence=per_sequence + array("q", bytes(8 * (stream.num_sequences - len(per_sequence)))),
     )

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .._utils import check_bool, eval_mode, is_prompt_learning, model_device, require_extra
+from .._utils import check_progress, eval_mode, is_prompt_learning, model_device, progress_bar, require_extra
 from .attacks import attack_scores, token_statistics, zlib_bytes
 from .config import MEMBERSHIP_ATTACKS, ONE_PASS_ATTACKS, MembershipConfig
 from .inputs import Document, DocumentReader, is_in_memory
@@ -322,7 +321,8 @@ def membership_scores(
         text_column: See `MembershipConfig.text_column`.
         ce_lr: See `MembershipConfig.ce_lr`.
         ce_steps: See `MembershipConfig.ce_steps`.
-        show_progress: Show a progress bar over the documents.
+        show_progress: Show a progress bar over the documents (updated every `read_ahead` documents): True or
+            False, or a tqdm bar to advance instead of a new one.
 
     Returns:
         A `MembershipResult`: one score column per attack, in input order.
@@ -362,7 +362,7 @@ def membership_scores(
         },
         "`membership_scores`",
     )
-    show_progress = check_bool(show_progress, "show_progress")
+    show_progress = check_progress(show_progress, "show_progress")
     _check_model(model, "model", config.max_tokens)
     if reference_model is not None:
         _check_model(reference_model, "reference_model", config.max_tokens)
@@ -388,10 +388,12 @@ def membership_scores(
     state = PartialState(cpu=model_device(model).type == "cpu")  # under torchrun / accelerate launch: gloo on CPU
     rank, world = state.process_index, state.num_processes
     parts = []  # (chunk number, its columns): this process's share, every `world`-th chunk
-    progress = tqdm(desc="membership scores", unit="doc", disable=not show_progress or not state.is_local_main_process)
     with (
         eval_mode(model, "membership_scores"),
         eval_mode(reference_model, "membership_scores") if reference_model is not None else contextlib.nullcontext(),
+        progress_bar(
+            show_progress, desc="membership scores", unit="doc", disable=not state.is_local_main_process
+        ) as progress,
     ):
         for number, chunk in enumerate(_chunks(itertools.chain([first], documents), config.read_ahead)):
             if number % world != rank:
@@ -401,7 +403,6 @@ def membership_scores(
             _score_chunk(model, reference_model, chunk, chosen, config, columns)
             parts.append((number, columns))
             progress.update(len(chunk))
-    progress.close()
     if world > 1:
         from accelerate.utils import gather_object
 
