@@ -353,21 +353,21 @@ def test_an_existing_report_folder_is_rewritten_and_reads_back(audited, tmp_path
 
 
 def test_smollm2_report_shows_the_standard_arm_memorized_and_the_goldfish_arm_not(smollm2, tmp_path):
-    """The demo's two arms, shortened: 16 documents of 64 tokens, 8 epochs, then an audit of each against the base."""
+    """The demo's two arms, shortened: 8 documents of 32 tokens, 8 epochs, then an audit of each against the base."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     from hf_memory import GoldfishTrainer, GoldfishTrainingArguments, document_windows
 
     base, tokenizer = smollm2
-    train = document_windows(tokenizer, stdlib_docstrings(), 64)[:16]
+    train = document_windows(tokenizer, stdlib_docstrings(), 32)[:8]
     data = Dataset.from_dict({"input_ids": train, "labels": train})
     common = {
         "num_train_epochs": 8,
         "learning_rate": 2e-4,
         "lr_scheduler_type": "constant",
         "weight_decay": 0.0,
-        "per_device_train_batch_size": 8,
+        "per_device_train_batch_size": 4,
         "logging_strategy": "no",
         "save_strategy": "no",
         "report_to": [],
@@ -387,7 +387,14 @@ def test_smollm2_report_shows_the_standard_arm_memorized_and_the_goldfish_arm_no
         model = copy.deepcopy(base)
         trainer_class(model=model, args=args, train_dataset=data, data_collator=default_data_collator).train()
         reports[name] = audit(
-            model, tokenizer, train, reference_model=base, output_dir=tmp_path / name, show_progress=False
+            model,
+            tokenizer,
+            train,
+            prefix_len=16,
+            suffix_len=16,
+            reference_model=base,
+            output_dir=tmp_path / name,
+            show_progress=False,
         )
         del model
     standard, goldfish = reports["standard"], reports["goldfish"]
