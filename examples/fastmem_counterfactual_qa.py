@@ -8,6 +8,7 @@ batches of 8, each with its own copy of the FFN weights.
 
     python examples/fastmem_counterfactual_qa.py                      # defaults, all 48 items
     python examples/fastmem_counterfactual_qa.py --grid 1e-4 3e-4 1e-3 3e-3 --split dev   # how the defaults were chosen
+    python examples/fastmem_counterfactual_qa.py --small                # 2 items, every method (the test runs this)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from hf_memory import FastMem, FastMemConfig, context_as_assistant_turn, load_mo
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "counterfactual_qa.jsonl")
 DEV_ITEMS = 16  # the first 16 items choose the defaults; the other 32 only report
+SMALL = {"limit": 2}  # --small: a smoke run of every method
 
 
 def load_items(split: str = "all") -> list[dict]:
@@ -139,8 +141,10 @@ if __name__ == "__main__":
     parser.add_argument("--grid", type=float, nargs="*", help="compare FastMem at these learning rates instead")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--out", default=None, help="write the answers and accuracies as JSON here")
+    parser.add_argument("--small", action="store_true", help=f"a smoke run: {SMALL}")
     args = parser.parse_args()
-    results = main(args.split, args.lr, args.steps, args.alpha, args.grid, limit=args.limit)
+    limit = SMALL["limit"] if args.small else args.limit
+    results = main(args.split, args.lr, args.steps, args.alpha, args.grid, limit=limit)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

@@ -14,6 +14,7 @@ of silencing them (on the memorized and on the other prompts).
 
     python examples/nemo_tiny_memorization.py                 # ~10-20 min on 2 busy CPU cores
     python examples/nemo_tiny_memorization.py --reuse         # reuse the trained pipeline in demo_output/nemo_tiny
+    python examples/nemo_tiny_memorization.py --small         # 3 training steps, 2 seeds (the test runs this)
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ MEMORIZED = (  # captions written for this example; each gets one fixed random m
     "map of the lost island of veyra",
 )
 DEFAULT_DIR = os.path.join("demo_output", "nemo_tiny")
+SMALL = {"train_steps": 3, "seeds": 2, "noise_offset": 0.1}  # --small: a smoke run of every stage
 
 
 def generic_captions() -> tuple[list[str], list[str]]:
@@ -486,4 +488,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--guidance-scale", type=float, default=3.0, help="Classifier-free guidance of the generations."
     )
-    print(json.dumps(main(**vars(parser.parse_args())), indent=2))
+    parser.add_argument("--small", action="store_true", help=f"a smoke run: {SMALL}, the figure in --output-dir")
+    options = vars(parser.parse_args())
+    if options.pop("small"):
+        options.update(SMALL, figure=os.path.join(options["output_dir"], "figure.png"))
+    print(json.dumps(main(**options), indent=2))

@@ -422,7 +422,7 @@ def test_counterfactual_qa_example_runs(smollm2):
     assert len(load_items()) >= 40 and len(load_items("dev")) + len(load_items("test")) == len(load_items())
     assert contains("New York", "It is in new york.") and not contains("Au", "Australia")
     model, tokenizer = smollm2
-    results = main(limit=2, model=model, tokenizer=tokenizer)
+    results = main(model=model, tokenizer=tokenizer, **example.SMALL)  # what --small runs
     assert set(results) == {"zero-shot", "FastMem", "FastMem+CD (α=0.5)"}
     assert all(0 <= r["context"] <= 1 and len(r["answers"]) == 2 for r in results.values())
 

@@ -938,9 +938,8 @@ def test_tiny_memorization_example_runs(tmp_path):
 
     threads = torch.get_num_threads()
     try:
-        results = load_example("nemo_tiny_memorization").main(
-            output_dir=str(tmp_path), train_steps=3, seeds=2, figure=str(tmp_path / "figure.png"), noise_offset=0.1
-        )
+        example = load_example("nemo_tiny_memorization")
+        results = example.main(output_dir=str(tmp_path), figure=str(tmp_path / "figure.png"), **example.SMALL)
     finally:
         torch.set_num_threads(threads)
     assert {"statistics", "detection", "localization", "value_channels"} <= set(results)
