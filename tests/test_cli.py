@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -670,3 +671,24 @@ def test_the_demo_audits_both_fine_tunes_with_the_held_out_documents_as_control(
         side_by_side = printed.split("hf-memory audit of each fine-tune")[1].splitlines()
         line = next(line for line in side_by_side if line.startswith(name))
         assert f"{100 * entry['exact_match']:.1f}%" in line and entry["report"] in line
+
+
+def test_demo_quick_replaces_the_settings_left_at_their_defaults(monkeypatch, tmp_path):
+    """`hf-memory demo --quick`: the positive control in minutes (its settings are those of tests/test_audit.py's
+    SmolLM2 slow test, which asserts the contrast); an option given beside it wins, a non-bool is refused."""
+    from hf_memory.cli import demo as demo_module
+    from hf_memory.cli.arguments import QUICK_DEMO, DemoArguments
+
+    assert dataclasses.asdict(DemoArguments(quick=True)) == {
+        **dataclasses.asdict(DemoArguments()),
+        **QUICK_DEMO,
+        "quick": True,
+    }
+    assert DemoArguments(quick=True, docs=12).docs == 12 and DemoArguments(quick=True, docs=12).epochs == 8
+    with pytest.raises(ValueError, match="`quick` must be True or False, got 'yes'"):
+        DemoArguments(quick="yes")
+    seen = {}
+    monkeypatch.setattr(demo_module, "run_demo", lambda *args, **kwargs: seen.update(args=args, kwargs=kwargs))
+    assert main(["demo", "--quick", "--epochs", "3", "--output-dir", str(tmp_path)]) == 0
+    assert {key: seen["kwargs"][key] for key in QUICK_DEMO} == {**QUICK_DEMO, "epochs": 3}
+    assert "quick" not in seen["kwargs"] and seen["kwargs"]["output_dir"] == str(tmp_path)

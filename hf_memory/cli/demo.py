@@ -170,8 +170,10 @@ def run_demo(
     settings = DemoArguments(
         docs, held_out, epochs, lr, batch_size, prefix_len, suffix_len, goldfish_k, goldfish_h, seed, output_dir
     )  # every value checked before the model loads
+    checked = dataclasses.asdict(settings)
+    del checked["quick"]  # the CLI's preset, applied before the call
     docs, held_out, epochs, lr, batch_size, prefix_len, suffix_len, goldfish_k, goldfish_h, seed, output_dir = (
-        dataclasses.astuple(settings)
+        checked.values()
     )
     require_extra("plots", "The demo's plot")  # before training, not after it
     target = check_device(device)
