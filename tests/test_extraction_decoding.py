@@ -217,7 +217,7 @@ def test_text_the_model_has_not_memorized_costs_generates_passes(batch_size):
     model = tiny_causal_lm("llama", hidden=32).eval()
     suffix_len = 16
     generator = torch.Generator().manual_seed(batch_size)
-    breaks = torch.randint(0, 4, (6 * batch_size,), generator=generator)
+    breaks = torch.randint(0, 4, (6 * batch_size + (batch_size + 1) // 2,), generator=generator)  # a short last batch
     breaks[::batch_size] = 0  # a row of every batch diverges at once
     breaks = breaks.tolist()
     windows = planted(model, breaks, suffix_len, seed=batch_size)
@@ -241,7 +241,8 @@ def test_text_the_model_has_not_memorized_costs_generates_passes(batch_size):
 
 def test_auto_regrouping_follows_the_evidence_of_earlier_batches():
     """Unmemorized batches, then half-memorized ones: no batch parks until earlier batches show that rows which
-    reproduce their first tokens go on to the end, then they park; every result equals `generate`'s."""
+    reproduce their first tokens go on to the end, then they park (rows diverging at 0, 3 and 9: parked caches of
+    three lengths, padded to one when decoded together); every result equals `generate`'s."""
 
     class Recording(Regrouper):
         def _worth_parking(self, *args):
@@ -251,7 +252,7 @@ def test_auto_regrouping_follows_the_evidence_of_earlier_batches():
     model = tiny_causal_lm("llama", hidden=32).eval()
     suffix_len, batch = 24, 6
     unmemorized = [0, 1, 0, 2, 0, 1]
-    memorized_half = [0, suffix_len] * (batch // 2)
+    memorized_half = [0, suffix_len, 3, suffix_len, 9, suffix_len]
     breaks = unmemorized * 3 + memorized_half * 6
     windows = planted(model, breaks, suffix_len, seed=5)
     regrouper = Recording(model, PREFIX, batch)
