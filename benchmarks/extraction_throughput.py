@@ -20,7 +20,7 @@ schedule: `generate`'s). Every time is the best of `--repeats` runs, interleaved
 the model loads and again at the end.
 
 `--grid` measures instead (b) against (c) on the docstring windows (0%: not memorized) at batch sizes 1, 8, 48, 64
-and suffix lengths 32, 50 (prefix 32), and (b) against (f) on memorized windows (100%) at batch 64: per round,
+and suffix lengths 32, 50 (prefix 32), and (b) against (f) on 64 memorized windows (100%) at batch 64: per round,
 each cell's two methods back to back (their order alternating between rounds), the ratio of throughputs per round
 (CPU time of this process, and wall time), the median over `--rounds` rounds. Goals: (b) >= 1.0x (c) in every cell,
 (b) >= 0.9x (f) at 100%. Each round is written to `--out` as it ends, and a run with the same settings resumes
@@ -166,7 +166,7 @@ def grid(args, model, windows_for, label: str) -> None:
     settings = {
         "model": label, "prefix": prefix, "batch_sizes": list(batches), "suffixes": list(suffixes),
         "windows_per_cell": {str(b): n for b, n in windows_per.items()}, "floor_batch_size": floor_batch,
-        "floor_windows": windows_per[floor_batch], "threads": torch.get_num_threads(),
+        "floor_windows": floor_batch, "threads": torch.get_num_threads(),
     }  # fmt: skip
     state = {"settings": settings, "machine": machine(), "rounds": []}
     if args.out and os.path.exists(args.out):
@@ -178,7 +178,7 @@ def grid(args, model, windows_for, label: str) -> None:
     memorized = {}
     with torch.inference_mode():
         for s in suffixes:
-            w = real[s][: windows_per[floor_batch]]
+            w = real[s][:floor_batch]  # one batch
             continuation = torch.cat([generate_suffixes(model, b, prefix) for b in w.split(floor_batch)])
             memorized[s] = torch.cat([w[:, :prefix], continuation], dim=1)
 

@@ -149,6 +149,7 @@ def _verify(model, windows: torch.Tensor, prefix_len: int, chunks: str | int, de
     if decode and not _holes_hidden(model, cache, prefix_len, suffix_len):
         chunks, park = 1, None  # one token per chunk, no merged caches: no row ever holds a masked token
     greedy = out.logits[:, -1:].argmax(-1)  # (rows, width): greedy tokens at suffix positions pos .. pos + width - 1
+    del out  # its logits would stay alive through the next forward (as `generate` drops its outputs)
     rows, pos, size = torch.arange(batch, device=device), 0, 1 if chunks == "doubling" else chunks
     while True:
         width = greedy.shape[1]
@@ -183,6 +184,7 @@ def _verify(model, windows: torch.Tensor, prefix_len: int, chunks: str | int, de
         out = model(input_ids=suffix[rows, pos - 1 : pos - 1 + width], use_cache=True, **{cache_name: cache})
         cache = get_cache(out)
         greedy = out.logits.argmax(-1)
+        del out
     return predictions
 
 
@@ -421,6 +423,7 @@ def _resume_greedy(model, cache, rows: torch.Tensor, start: torch.Tensor, predic
         )
         cache = get_cache(out)
         token = out.logits[:, -1].argmax(-1)
+        del out
         predictions[rows[:active], start[:active] + 1 + step] = token
 
 
