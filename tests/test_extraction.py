@@ -514,6 +514,7 @@ def test_the_throughput_benchmark_runs_in_its_small_mode_and_resumes(tmp_path):
     for cell in grid["summary"]["cells"].values():
         assert cell["cpu_ratio_median"] > 0 and cell["all_agree"]  # auto's predictions are generate's
     assert all(c["exact_match"] == 1.0 for c in grid["summary"]["floor"].values())  # memorized by construction
+    assert grid["summary"]["cells"]["4/8"]["always_cpu_ratio_median"] > 0  # the control: every batch parking
     again = run("--grid", "--out", str(out))  # every round written: nothing more to time
     assert again.returncode == 0 and "resuming" in again.stdout and "2 of 2 rounds done" in again.stdout
     assert json.loads(out.read_text())["rounds"] == grid["rounds"]
