@@ -26,13 +26,17 @@ each cell's two methods back to back (their order alternating between rounds), t
 (b) >= 0.9x (f) at 100%. Each round is written to `--out` as it ends, and a run with the same settings resumes
 after the last round written.
 
+`--grid --passes` counts instead, in one untimed run of each method per cell, the forward passes and the token
+positions they compute: the cost the time ratios measure, without this machine's noise.
+
 `--small`: a 2-layer Llama built in code and random windows, a small grid, 2 rounds (the test runs this).
 
     python benchmarks/extraction_throughput.py [--windows 64] [--slow-windows 8] [--batch-size 64] [--repeats 3]
         [--schedules] [--out FILE]
     nohup nice -n 19 python benchmarks/extraction_throughput.py --grid [--rounds 5] \
         --out benchmarks/results/extraction_throughput_grid.json &
-    python benchmarks/extraction_throughput.py [--grid] --small
+    python benchmarks/extraction_throughput.py --grid --passes --out benchmarks/results/extraction_passes_grid.json
+    python benchmarks/extraction_throughput.py [--grid [--passes]] --small
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import platform
 import statistics
@@ -158,27 +163,15 @@ def timed_both(fn):
     return time.process_time() - cpu, time.perf_counter() - wall, value
 
 
-def grid(args, model, windows_for, label: str) -> None:
-    """`auto` against `generate` at 0% per (batch size, suffix length), and `auto` against the floor at 100%."""
+def grid_setup(args, model, windows_for) -> dict:
+    """The grid's cells and windows: the docstring windows per suffix length (0%), one batch of memorized windows
+    per suffix length (the model's own greedy continuations: 100%), and `harness(method, windows, batch, suffix)`."""
     device = next(model.parameters()).device
     batches = SMALL_GRID_BATCHES if args.small else GRID_BATCHES
     suffixes = SMALL_GRID_SUFFIXES if args.small else GRID_SUFFIXES
     floor_batch = SMALL_FLOOR_BATCH if args.small else GRID_FLOOR_BATCH
-    control = SMALL_GRID_CONTROL if args.small else GRID_CONTROL
     prefix = 8 if args.small else args.prefix
     windows_per = {b: 4 * b if args.small else cell_windows(b) for b in batches}
-    rounds = args.rounds or (2 if args.small else 5)
-    settings = {
-        "model": label, "prefix": prefix, "batch_sizes": list(batches), "suffixes": list(suffixes),
-        "windows_per_cell": {str(b): n for b, n in windows_per.items()}, "floor_batch_size": floor_batch,
-        "floor_windows": floor_batch, "threads": torch.get_num_threads(), "control_cells": list(control),
-    }  # fmt: skip
-    state = {"settings": settings, "machine": machine(), "rounds": []}
-    if args.out and os.path.exists(args.out):
-        state["rounds"] = earlier_rounds(args.out, settings, [f"{b}/{s}" for s in suffixes for b in batches])[:rounds]
-        print(f"resuming {args.out}: {len(state['rounds'])} of {rounds} rounds done")
-    print(f"{label}; {state['machine']}; load average {os.getloadavg()[0]:.2f}")
-
     real = {s: windows_for(prefix + s, max(windows_per.values())).to(device) for s in suffixes}
     memorized = {}
     with torch.inference_mode():
@@ -196,7 +189,76 @@ def grid(args, model, windows_for, label: str) -> None:
                 harness_module.Regrouper = Regrouper
         return measure_extraction(model, w, prefix, suffix, batch_size=batch_size, method=method, show_progress=False)
 
-    harness("auto", real[suffixes[0]][: max(batches)], max(batches), suffixes[0])  # warm-up
+    return {
+        "batches": batches, "suffixes": suffixes, "floor_batch": floor_batch, "prefix": prefix,
+        "windows_per": windows_per, "real": real, "memorized": memorized, "harness": harness,
+        "control": SMALL_GRID_CONTROL if args.small else GRID_CONTROL,
+    }  # fmt: skip
+
+
+def count_passes(args, model, windows_for, label: str) -> None:
+    """`--grid --passes`: the forward passes of each method in every cell, and the token positions they compute
+    (rows x new tokens, summed), counted by a forward pre-hook on one untimed run each: what the time ratios measure
+    with this machine's noise, counted without it."""
+    setup = grid_setup(args, model, windows_for)
+    harness, counts = setup["harness"], {"calls": 0, "positions": 0}
+
+    def count(module, positional, keywords):
+        ids = keywords.get("input_ids", positional[0] if positional else None)
+        counts["calls"] += 1
+        counts["positions"] += ids.numel()
+
+    def counted(run) -> dict:
+        counts.update(calls=0, positions=0)
+        run()
+        return dict(counts)
+
+    handle = model.register_forward_pre_hook(count, with_kwargs=True)
+    table = {"settings": {"model": label, "prefix": setup["prefix"]}, "machine": machine(), "cells": {}}
+    try:
+        for s in setup["suffixes"]:
+            for b in setup["batches"]:
+                w = setup["real"][s][: setup["windows_per"][b]]
+                methods = ["auto", "generate"] + (["always"] if f"{b}/{s}" in setup["control"] else [])
+                cell = {m: counted(lambda: harness(m, w, b, s)) for m in methods}  # noqa: B023
+                table["cells"][f"{b}/{s}"] = {"windows": len(w), **cell}
+            w = setup["memorized"][s]
+            table["cells"][f"floor/{s}"] = {
+                "windows": len(w),
+                "auto": counted(lambda: harness("auto", w, setup["floor_batch"], s)),  # noqa: B023
+                "floor": counted(lambda: teacher_forced_forward(model, w, setup["floor_batch"])),  # noqa: B023
+            }
+    finally:
+        handle.remove()
+    print(f"{label}: forward passes (token positions computed), one run of each method per cell")
+    for key, cell in table["cells"].items():
+        print(f"{key:>10} ({cell['windows']} windows): " + "  ".join(
+            f"{m} {c['calls']} ({c['positions']})" for m, c in cell.items() if m != "windows"
+        ))  # fmt: skip
+    if args.out:
+        write_json(args.out, table)
+
+
+def grid(args, model, windows_for, label: str) -> None:
+    """`auto` against `generate` at 0% per (batch size, suffix length), and `auto` against the floor at 100%."""
+    setup = grid_setup(args, model, windows_for)
+    batches, suffixes, floor_batch, prefix = setup["batches"], setup["suffixes"], setup["floor_batch"], setup["prefix"]
+    control, windows_per, harness = setup["control"], setup["windows_per"], setup["harness"]
+    real, memorized = setup["real"], setup["memorized"]
+    rounds = args.rounds or (2 if args.small else 5)
+    settings = {
+        "model": label, "prefix": prefix, "batch_sizes": list(batches), "suffixes": list(suffixes),
+        "windows_per_cell": {str(b): n for b, n in windows_per.items()}, "floor_batch_size": floor_batch,
+        "floor_windows": floor_batch, "threads": torch.get_num_threads(), "control_cells": list(control),
+    }  # fmt: skip
+    state = {"settings": settings, "machine": machine(), "rounds": []}
+    if args.out and os.path.exists(args.out):
+        state["rounds"] = earlier_rounds(args.out, settings, [f"{b}/{s}" for s in suffixes for b in batches])[:rounds]
+        print(f"resuming {args.out}: {len(state['rounds'])} of {rounds} rounds done")
+    print(f"{label}; {state['machine']}; load average {os.getloadavg()[0]:.2f}")
+
+    if len(state["rounds"]) < rounds:
+        harness("auto", real[suffixes[0]][: max(batches)], max(batches), suffixes[0])  # warm-up
     for r in range(len(state["rounds"]), rounds):
         done = {"cells": {}, "floor": {}, "load_average": os.getloadavg()[0]}
         for s in suffixes:
@@ -234,6 +296,8 @@ def grid(args, model, windows_for, label: str) -> None:
         ratios = "  ".join(f"{key}: {ratio(c, 'generate', 'auto', 'cpu_s'):.3f}" for key, c in done["cells"].items())
         print(f"round {r + 1}/{rounds} (auto / generate, CPU time; load {done['load_average']:.2f}): {ratios}")
     state["summary"] = grid_summary(state["rounds"], batches, suffixes)
+    if args.out:  # a resumed run with every round done still brings the summary up to date
+        write_json(args.out, state)
     print_grid(state, batches, suffixes, floor_batch)
 
 
@@ -299,10 +363,29 @@ def grid_summary(rounds: list, batches, suffixes) -> dict:
             "cpu_ratio_range": [f(ratio(c, "floor", "auto", "cpu_s") for c in cells) for f in (min, max)],
             "exact_match": cells[0]["exact_match"],
         }
+    summary["pooled"] = pooled_ratio(
+        [ratio(r["cells"][k], "generate", "auto", "cpu_s") for r in rounds for k in r["cells"]]
+    )
+    summary["pooled_control"] = pooled_ratio(
+        [ratio(c, "generate", "always", "cpu_s") for r in rounds for c in r["cells"].values() if "always" in c]
+    )
     summary["rounds"] = len(rounds)
     summary["goal_met_every_cell"] = all(c["cpu_ratio_median"] >= 1.0 for c in summary["cells"].values())
     summary["floor_goal_met"] = all(c["cpu_ratio_median"] >= 0.9 for c in summary["floor"].values())
     return summary
+
+
+def pooled_ratio(ratios: list) -> dict | None:
+    """The geometric mean of per-round ratios pooled over cells, with a 95% t-interval on the log scale: a run-to-run
+    noise of several percent (this machine's) blurs any one cell's median, much less the mean of many."""
+    if len(ratios) < 2:
+        return None
+    from scipy import stats
+
+    logs = [math.log(x) for x in ratios]
+    mean, half = statistics.fmean(logs), stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / len(logs) ** 0.5
+    return {"geometric_mean": math.exp(mean), "interval95": [math.exp(mean - half), math.exp(mean + half)],
+            "pairs": len(logs), "log_sd": statistics.stdev(logs)}  # fmt: skip
 
 
 def print_grid(state: dict, batches, suffixes, floor_batch: int) -> None:
@@ -333,6 +416,14 @@ def print_grid(state: dict, batches, suffixes, floor_batch: int) -> None:
                 f"{c['always_cpu_ratio_median']:.3f}x generate ({c['always_wall_ratio_median']:.3f}x wall), "
                 f"auto now {c['cpu_ratio_median']:.3f}x"
             )
+    for key, name in (("pooled", "auto"), ("pooled_control", "every batch parking")):
+        pooled = summary.get(key)
+        if pooled:
+            print(
+                f"pooled over cells and rounds: {name} {pooled['geometric_mean']:.3f}x generate (geometric mean of "
+                f"{pooled['pairs']} ratios, 95% interval {pooled['interval95'][0]:.3f}-{pooled['interval95'][1]:.3f}; "
+                f"one ratio's spread {100 * pooled['log_sd']:.1f}%)"
+            )
     agree = all(c["all_agree"] for c in summary["cells"].values())
     print(
         f"auto >= 1.0x generate in every cell: {'met' if summary['goal_met_every_cell'] else 'NOT met'}; "
@@ -352,12 +443,15 @@ def main():
     parser.add_argument("--schedules", action="store_true", help="also time verify_and_decode's chunk schedules")
     parser.add_argument("--grid", action="store_true", help="auto against generate per batch size and suffix length")
     parser.add_argument("--rounds", type=int, default=None, help="grid rounds (default 5; 2 with --small)")
+    parser.add_argument("--passes", action="store_true", help="with --grid: count forward passes instead of timing")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--small", action="store_true", help="a tiny model built in code, few windows (quick)")
     parser.add_argument("--out", help="also write the numbers to this JSON file (the grid: after every round)")
     args = parser.parse_args()
     if (args.rounds is not None and args.rounds < 1) or args.threads < 1:
         parser.error("--rounds and --threads must be at least 1")
+    if args.passes and not args.grid:
+        parser.error("--passes counts the grid's forward passes: give --grid too")
     torch.set_num_threads(args.threads)
     if args.small:
         args.windows, args.slow_windows, args.batch_size, args.prefix, args.suffix = 16, 4, 4, 8, 12
@@ -368,7 +462,7 @@ def main():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
     if args.grid:
-        grid(args, model, windows_for, label)
+        (count_passes if args.passes else grid)(args, model, windows_for, label)
         return
     length = args.prefix + args.suffix
     real = windows_for(length, args.windows).to(device)
