@@ -485,3 +485,60 @@ def test_probabilistic_extraction_shares_the_harness_windows_in_memory_and_on_di
     ):
         with pytest.raises(ValueError, match=message):
             measure_extraction(model, windows, PREFIX, SUFFIX, show_progress=False, **bad)
+
+
+@pytest.mark.slow  # three runs of the script in subprocesses, a tiny model: ~1 min on 2 cores
+def test_the_throughput_benchmark_runs_in_its_small_mode_and_resumes(tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def run(*options):
+        return subprocess.run(
+            [sys.executable, os.path.join(root, "benchmarks", "extraction_throughput.py"), "--small", *options],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "PYTHONPATH": root},
+        )
+
+    out = tmp_path / "grid.json"
+    done = run("--grid", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"auto >= 1.0x generate in every cell: (met|NOT met)", done.stdout)
+    grid = json.loads(out.read_text())
+    assert len(grid["rounds"]) == 2 and set(grid["summary"]["cells"]) == {"1/8", "4/8", "1/12", "4/12"}
+    for cell in grid["summary"]["cells"].values():
+        assert cell["cpu_ratio_median"] > 0 and cell["all_agree"]  # auto's predictions are generate's
+    assert all(c["exact_match"] == 1.0 for c in grid["summary"]["floor"].values())  # memorized by construction
+    assert grid["summary"]["cells"]["4/8"]["always_cpu_ratio_median"] > 0  # the control: every batch parking
+    pooled = grid["summary"]["pooled"]  # every cell's ratio of every round, pooled
+    assert pooled["pairs"] == 8 and pooled["interval95"][0] <= pooled["geometric_mean"] <= pooled["interval95"][1]
+    assert "pooled over cells and rounds: auto" in done.stdout
+    again = run("--grid", "--out", str(out))  # every round written: nothing more to time
+    assert again.returncode == 0 and "resuming" in again.stdout and "2 of 2 rounds done" in again.stdout
+    assert json.loads(out.read_text())["rounds"] == grid["rounds"]
+    out.write_text("{not json")  # a damaged or foreign file is named, not overwritten
+    refused = run("--grid", "--out", str(out))
+    assert refused.returncode != 0 and "is not a complete grid file" in refused.stderr
+    assert out.read_text() == "{not json"
+
+    passes = tmp_path / "passes.json"
+    done = run("--grid", "--passes", "--out", str(passes))
+    assert done.returncode == 0, done.stderr
+    cells = json.loads(passes.read_text())["cells"]
+    assert set(cells) == {"1/8", "4/8", "1/12", "4/12", "floor/8", "floor/12"}
+    for key in ("1/8", "4/8", "1/12", "4/12"):  # at 0%, where a window diverges at once: generate's passes, no more
+        assert 0 < cells[key]["auto"]["calls"] <= cells[key]["generate"]["calls"], key
+        assert cells[key]["auto"]["positions"] <= cells[key]["generate"]["positions"], key
+    assert cells["4/8"]["always"]["calls"] >= cells["4/8"]["generate"]["calls"]  # the control, counted too
+    assert cells["floor/8"]["floor"]["calls"] == 1  # one batch of 4, one forward
+
+    levels = tmp_path / "levels.json"
+    done = run("--out", str(levels))
+    assert done.returncode == 0, done.stderr
+    rates = json.loads(levels.read_text())["windows_per_second"]
+    assert {"0%/auto", "50%/generate", "100%/floor"} <= set(rates) and all(v > 0 for v in rates.values())

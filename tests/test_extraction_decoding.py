@@ -148,9 +148,9 @@ def test_chunks_accepts_numpy_integers():
     check_against_generate(model, windows, [0, 4, 9], chunks=np.int64(4))
 
 
-def regrouped(model, windows, batch_size, max_lag=4, prefix_len=PREFIX):
+def regrouped(model, windows, batch_size, max_lag=4, prefix_len=PREFIX, regroup="auto"):
     """Run `Regrouper` over `windows` in batches; check the batches come back in order and each is complete."""
-    regrouper = Regrouper(model, prefix_len, batch_size, max_lag=max_lag)
+    regrouper = Regrouper(model, prefix_len, batch_size, max_lag=max_lag, regroup=regroup)
     done, lags = [], []
     with torch.inference_mode():
         for i, batch in enumerate(windows.split(batch_size)):
@@ -166,38 +166,106 @@ def regrouped(model, windows, batch_size, max_lag=4, prefix_len=PREFIX):
 @pytest.mark.parametrize("batch_size,max_lag", [(1, 1), (3, 1), (4, 4), (7, 2), (64, 4), (5, 100)])
 def test_regrouped_decoding_equals_generate(tiny_arch, batch_size, max_lag):
     """Diverged rows of several batches decoded together (padded caches of different lengths, segments split
-    between decoding batches) give `generate`'s tokens, with divergence at every position and at chunk edges."""
+    between decoding batches) give `generate`'s tokens, with divergence at every position and at chunk edges;
+    whether every batch parks ("always"), where the estimate says it pays ("auto") or none does ("never")."""
     suffix_len = 13
     model = tiny_causal_lm(tiny_arch, hidden=32).eval()
     breaks = torch.randint(0, suffix_len + 1, (50,), generator=torch.Generator().manual_seed(batch_size)).tolist()
     windows = planted(model, breaks, suffix_len, seed=batch_size)
-    predictions, lcp, lags = regrouped(model, windows, batch_size, max_lag)
     with torch.inference_mode():
-        assert predictions.tolist() == generate_suffixes(model, windows, PREFIX).tolist()
-    assert lcp.tolist() == breaks
-    assert max(lags) <= max_lag
+        reference = generate_suffixes(model, windows, PREFIX).tolist()
+    for regroup in ("always", "auto", "never"):
+        predictions, lcp, lags = regrouped(model, windows, batch_size, max_lag, regroup=regroup)
+        assert predictions.tolist() == reference, regroup
+        assert lcp.tolist() == breaks
+        assert max(lags) <= max_lag
 
 
 def test_regrouping_shares_decoding_passes_between_batches():
     """Half-memorized batches: verified alone, their diverged halves decoded together in full batches, so the
-    one-token decoding passes are half of what decoding in each batch makes; a batch waits at most `max_lag`."""
+    one-token decoding passes are half of what decoding in each batch makes; a batch waits at most `max_lag`.
+    With `regroup="auto"` the first batch is decoded where it is (no evidence yet that parking pays), the next ones
+    park."""
     model = tiny_causal_lm("llama", hidden=32).eval()
-    suffix_len, batch = 12, 8
+    suffix_len, batch = 24, 8
     breaks = [0, suffix_len] * (2 * batch)  # 4 batches, half of each diverging at once
     windows = planted(model, breaks, suffix_len)
     in_batch = forward_shapes(model, lambda: [verify_and_decode(model, b, PREFIX) for b in windows.split(batch)])
-    shapes = forward_shapes(model, lambda: regrouped(model, windows, batch))
+    always = forward_shapes(model, lambda: regrouped(model, windows, batch, regroup="always"))
+    auto = forward_shapes(model, lambda: regrouped(model, windows, batch))
     assert in_batch.count((batch, 1)) == 4 * (suffix_len - 1)  # memorized rows ride along
-    assert shapes.count((batch, 1)) == 2 * (suffix_len - 1)  # two full batches of diverged rows
-    assert (
-        regrouped(model, windows, batch)[0].tolist()
-        == torch.cat([verify_and_decode(model, b, PREFIX)[0] for b in windows.split(batch)]).tolist()
-    )
+    assert always.count((batch, 1)) == 2 * (suffix_len - 1)  # two full batches of diverged rows
+    # the first batch in place; the diverged halves of the other three: one full batch, then a half one (and the
+    # first verification chunk of each parked batch's memorized half: 3 more passes of 4 rows and one token)
+    assert auto.count((batch, 1)) == 2 * (suffix_len - 1) and auto.count((batch // 2, 1)) == suffix_len - 1 + 3
+    expected = torch.cat([verify_and_decode(model, b, PREFIX)[0] for b in windows.split(batch)]).tolist()
+    for regroup in ("always", "auto"):
+        assert regrouped(model, windows, batch, regroup=regroup)[0].tolist() == expected
     few = planted(model, ([0] + [suffix_len] * (batch - 1)) * 6, suffix_len)  # one diverged row per batch
     predictions, _, lags = regrouped(model, few, batch, max_lag=2)
     assert max(lags) <= 2
     with torch.inference_mode():
         assert predictions.tolist() == generate_suffixes(model, few, PREFIX).tolist()
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_text_the_model_has_not_memorized_costs_generates_passes(batch_size):
+    """Issue 37: on windows that no row reproduces to the end (most diverge at their first suffix token, the
+    others a few tokens later), `auto` parked the diverged rows and verified the others in passes of their own,
+    then decoded everything anyway: more passes than `generate` (0.88x its speed at batch 48 on SmolLM2). Now a
+    batch with a row wrong at its first token makes exactly `generate`'s passes, and none makes more."""
+    model = tiny_causal_lm("llama", hidden=32).eval()
+    suffix_len = 16
+    generator = torch.Generator().manual_seed(batch_size)
+    breaks = torch.randint(0, 4, (6 * batch_size + (batch_size + 1) // 2,), generator=generator)  # a short last batch
+    breaks[::batch_size] = 0  # a row of every batch diverges at once
+    breaks = breaks.tolist()
+    windows = planted(model, breaks, suffix_len, seed=batch_size)
+
+    def per_batch_generate():
+        return [generate_suffixes(model, b, PREFIX) for b in windows.split(batch_size)]
+
+    generate = forward_shapes(model, per_batch_generate)
+    assert forward_shapes(model, lambda: regrouped(model, windows, batch_size)) == generate
+    predictions, lcp, _ = regrouped(model, windows, batch_size)
+    assert predictions.tolist() == torch.cat(per_batch_generate()).tolist() and lcp.tolist() == breaks
+    # without a row wrong at its first token, verification may make wider passes, but never more of them
+    later = [1 + b % 3 for b in breaks]
+    windows = planted(model, later, suffix_len, seed=batch_size)
+    shapes = forward_shapes(model, lambda: regrouped(model, windows, batch_size))
+    assert len(shapes) <= len(generate)
+    predictions, lcp, _ = regrouped(model, windows, batch_size)
+    with torch.inference_mode():
+        assert predictions.tolist() == generate_suffixes(model, windows, PREFIX).tolist() and lcp.tolist() == later
+
+
+def test_auto_regrouping_follows_the_evidence_of_earlier_batches():
+    """Unmemorized batches, then half-memorized ones: no batch parks until earlier batches show that rows which
+    reproduce their first tokens go on to the end, then they park (rows diverging at 0, 3 and 9: parked caches of
+    three lengths, padded to one when decoded together); every result equals `generate`'s."""
+
+    class Recording(Regrouper):
+        def _worth_parking(self, *args):
+            self.decisions.append(super()._worth_parking(*args))
+            return self.decisions[-1]
+
+    model = tiny_causal_lm("llama", hidden=32).eval()
+    suffix_len, batch = 24, 6
+    unmemorized = [0, 1, 0, 2, 0, 1]
+    memorized_half = [0, suffix_len, 3, suffix_len, 9, suffix_len]
+    breaks = unmemorized * 3 + memorized_half * 6
+    windows = planted(model, breaks, suffix_len, seed=5)
+    regrouper = Recording(model, PREFIX, batch)
+    regrouper.decisions, done = [], []
+    with torch.inference_mode():
+        for i, b in enumerate(windows.split(batch)):
+            done += regrouper.submit(i, b)
+        done += regrouper.finish()
+        reference = generate_suffixes(model, windows, PREFIX)
+    assert len(regrouper.decisions) == 9  # one per batch: each has a row wrong at its first token
+    assert not any(regrouper.decisions[:4]) and all(regrouper.decisions[-2:])
+    assert torch.cat([p for _, p, _ in done]).tolist() == reference.tolist()
+    assert torch.cat([n for _, _, n in done]).tolist() == breaks
 
 
 def test_regrouping_falls_back_for_sliding_window_caches():
@@ -405,6 +473,9 @@ def test_generate_ignores_the_models_generation_config():
         (lambda m, w: generate_suffixes(m, w.float(), PREFIX), "`windows` must be a 2-D tensor of integer"),
         (lambda m, w: Regrouper(m, PREFIX, 0), "`batch_size` must be an integer >= 1"),
         (lambda m, w: Regrouper(m, 0, 4), "`prefix_len` must be an integer >= 1"),
+        (lambda m, w: Regrouper(m, PREFIX, 4, regroup="sometimes"), "`regroup` must be one of 'auto'"),
+        (lambda m, w: Regrouper(m, PREFIX, 4, regroup=True), "`regroup` must be one of 'auto'"),
+        (lambda m, w: Regrouper(m, PREFIX, 4, regroup=["auto"]), "`regroup` must be one of 'auto'"),
         (lambda m, w: Regrouper(m, PREFIX, 4).submit(0, w[:, :PREFIX]), "`prefix_len` must be smaller"),
         (lambda m, w: Regrouper(m, PREFIX, 4).submit(0, w[0]), "`windows` must be a 2-D tensor"),
     ],

@@ -12,6 +12,7 @@ from .._utils import (
     attention_window,
     cache_io,
     check_bool,
+    check_choice,
     check_integer,
     check_vocabulary,
     supports_logits_to_keep,
@@ -132,8 +133,10 @@ def verify_and_decode(
 
 def _verify(model, windows: torch.Tensor, prefix_len: int, chunks: str | int, decode: bool, park=None) -> torch.Tensor:
     """The loop of `verify_and_decode`, returning the predictions. Where rows diverge, `park(rows, start, cache,
-    local)` (if given) may take them (returning True: they leave the batch, their first wrong token written);
-    otherwise they are decoded in the batch (`decode`) or leave it."""
+    local, verified, chunks_left)` (if given) may take them (returning True: they leave the batch, their first wrong
+    token written); otherwise they are decoded in the batch (`decode`) or leave it. `verified` is how many suffix
+    tokens the other rows have reproduced, `chunks_left` how many more verification passes they need if they keep
+    matching."""
     batch, length = windows.shape
     suffix_len = length - prefix_len
     device = windows.device
@@ -146,6 +149,7 @@ def _verify(model, windows: torch.Tensor, prefix_len: int, chunks: str | int, de
     if decode and not _holes_hidden(model, cache, prefix_len, suffix_len):
         chunks, park = 1, None  # one token per chunk, no merged caches: no row ever holds a masked token
     greedy = out.logits[:, -1:].argmax(-1)  # (rows, width): greedy tokens at suffix positions pos .. pos + width - 1
+    del out  # its logits would stay alive through the next forward (as `generate` drops its outputs)
     rows, pos, size = torch.arange(batch, device=device), 0, 1 if chunks == "doubling" else chunks
     while True:
         width = greedy.shape[1]
@@ -154,7 +158,12 @@ def _verify(model, windows: torch.Tensor, prefix_len: int, chunks: str | int, de
         if wrong.any():
             predictions[rows[wrong], pos + matched[wrong]] = greedy[wrong, matched[wrong]]
             parked = park is not None and park(
-                rows[wrong], (pos + matched)[wrong], cache, torch.nonzero(wrong).flatten()
+                rows[wrong],
+                (pos + matched)[wrong],
+                cache,
+                torch.nonzero(wrong).flatten(),
+                pos + width,
+                _chunks_left(pos + width, size, suffix_len, chunks == "doubling"),
             )
             if (
                 decode and not parked
@@ -175,7 +184,17 @@ def _verify(model, windows: torch.Tensor, prefix_len: int, chunks: str | int, de
         out = model(input_ids=suffix[rows, pos - 1 : pos - 1 + width], use_cache=True, **{cache_name: cache})
         cache = get_cache(out)
         greedy = out.logits.argmax(-1)
+        del out
     return predictions
+
+
+def _chunks_left(verified: int, size: int, suffix_len: int, doubling: bool) -> int:
+    """Verification passes still to make after `verified` suffix tokens, the next chunk `size` tokens wide."""
+    passes = 0
+    while verified < suffix_len:
+        verified += min(size, suffix_len - verified)
+        size, passes = 2 * size if doubling else size, passes + 1
+    return passes
 
 
 class Regrouper:
@@ -183,11 +202,19 @@ class Regrouper:
 
     Within one batch, a row that diverges needs one forward per remaining token, and the rows still matching ride
     along in those passes: a half-memorized batch costs what `generate` pays. Across batches that cost can be
-    shared: each batch is only verified (a row leaves as soon as it diverges), the cache rows of the diverged
+    shared: the batch is only verified (a row leaves as soon as it diverges), the cache rows of the diverged
     windows are parked, and greedy decoding runs once `batch_size` parked rows have gathered, from their caches
     (padded to one length, the padding masked like every position past a row's divergence). A memorized window
     then costs about its share of one forward, a diverged one its share of `generate`'s passes, whatever the
     windows next to it do.
+
+    Parking costs the verification passes of the rows that still match, which pay only if enough of them turn out
+    memorized: on text the model has not memorized they diverge a few tokens later and need their decoding passes
+    anyway. So with `regroup="auto"`, at a batch's first divergence its rows are parked only if the decoding passes
+    that the expected memorized rows would free (their share of a decoding batch) outnumber the verification passes
+    left, the expected count read from the batches already done (how many of the rows that reproduced as many
+    tokens went on to the end; none before the first batch is done). Otherwise the batch is decoded where it is,
+    with exactly `generate`'s passes when a row diverges at its first suffix token.
 
     Batches come back complete and in the order they were submitted. At most `max_lag` batches wait for their
     parked rows; parked caches hold at most about `2 * batch_size` rows. A model whose cache is not a plain
@@ -201,22 +228,35 @@ class Regrouper:
         batch_size: Rows per decoding batch.
         chunks: The verification schedule, as in `verify_and_decode`.
         max_lag: Submitted batches that may wait for their parked rows before those are decoded in a smaller batch.
+        regroup: When diverged rows are parked: "auto" (where the estimate above expects it to pay), "always" (every
+            batch, except one that diverges whole while nothing is parked) or "never" (every batch decoded where
+            it is, as `verify_and_decode` does).
 
     Raises:
-        ValueError: If `prefix_len`, `batch_size` or `max_lag` is not a positive integer, or `chunks` is neither
-            "doubling" nor a positive integer.
+        ValueError: If `prefix_len`, `batch_size` or `max_lag` is not a positive integer, `chunks` is neither
+            "doubling" nor a positive integer, or `regroup` is not "auto", "always" or "never".
     """
 
-    def __init__(self, model, prefix_len: int, batch_size: int, chunks: str | int = "doubling", max_lag: int = 4):
+    def __init__(
+        self,
+        model,
+        prefix_len: int,
+        batch_size: int,
+        chunks: str | int = "doubling",
+        max_lag: int = 4,
+        regroup: str = "auto",
+    ):
         self.model = model
         self.prefix_len = check_integer(prefix_len, "prefix_len", minimum=1)
         self.batch_size = check_integer(batch_size, "batch_size", minimum=1)
         self.chunks = _check_chunks(chunks)
         self.max_lag = check_integer(max_lag, "max_lag", minimum=1)
+        self.regroup = check_choice(regroup, "regroup", ("auto", "always", "never"))
         self._length = None  # tokens per window, set by the first batch
-        self._pending = []  # [key, predictions, rows still to decode], in submission order
+        self._pending = []  # [key, suffix, predictions, rows still to decode, parks], in submission order
         self._parked = []  # segments: [pending entry, row indices, starts, per-layer (keys, values)]
         self._parked_rows = 0
+        self._reached = []  # per suffix position j: rows of finished batches that reproduced at least j tokens
 
     def submit(self, key, windows: torch.Tensor) -> list[tuple[object, torch.Tensor, torch.Tensor]]:
         """Verify one batch of windows and return every batch completed so far, in order.
@@ -239,11 +279,12 @@ class Regrouper:
                 "every batch of one Regrouper must have the same prefix_len + suffix_len."
             )
         self._length = windows.shape[1]
-        entry = [key, windows[:, self.prefix_len :], None, 0]
+        entry = [key, windows[:, self.prefix_len :], None, 0, None]  # the last: whether the batch parks
         self._pending.append(entry)
         entry[2] = _verify(
             self.model, windows, self.prefix_len, self.chunks, decode=True, park=lambda *seg: self._park(entry, *seg)
         )
+        self._count_reached(entry)
         while self._parked_rows >= self.batch_size:
             self._decode(self.batch_size)
         while len(self._pending) > self.max_lag and self._pending[0][3]:
@@ -260,11 +301,42 @@ class Regrouper:
             self._decode(min(self.batch_size, self._parked_rows))
         return self._complete()
 
-    def _park(self, entry, rows, start, cache, local) -> bool:
+    def _count_reached(self, entry) -> None:
+        """Add the longest common prefixes of `entry`'s rows (final once verified: a parked row's first wrong token
+        is written) to the counts that `_worth_parking` reads."""
+        suffix = entry[1]
+        lcp = (entry[2] == suffix).long().cumprod(1).sum(1)
+        counts = torch.bincount(lcp, minlength=suffix.shape[1] + 1).flip(0).cumsum(0).flip(0).tolist()
+        self._reached = [a + b for a, b in zip(self._reached, counts)] if self._reached else counts
+
+    def _worth_parking(self, right: int, verified: int, first_wrong: int, chunks_left: int) -> bool:
+        """Whether parking a batch's diverged rows and verifying its `right` other rows (which reproduced
+        `verified` suffix tokens) is expected to cost fewer passes than decoding the whole batch where it is.
+
+        Decoding where it is makes one pass per token after the first wrong one. Parking makes the verification
+        passes left, plus the diverged rows' share of the same decoding passes in a full batch: it saves the
+        shares of the rows that turn out memorized. Their expected count is `right` times the share of memorized
+        rows among the earlier rows that reproduced `verified` tokens (one pseudo-row that did not go on, so that
+        nothing is parked before there is evidence)."""
+        suffix_len = self._length - self.prefix_len
+        reached = self._reached
+        memorized = right * reached[suffix_len] / (reached[verified] + 1) if reached else 0.0
+        decoding_passes = suffix_len - 1 - first_wrong
+        return decoding_passes * memorized / self.batch_size > chunks_left + 1  # + 1: the parking's bookkeeping
+
+    def _park(self, entry, rows, start, cache, local, verified, chunks_left) -> bool:
         """Keep the diverged rows `rows` of `entry`'s batch (rows `local` of `cache`) for later decoding; False if
-        the cache cannot be regrouped (then the caller decodes in the batch). `_verify` parks only plain caches
-        whose masked slots are exact (`_holes_hidden`)."""
+        they are better decoded in the batch (`_worth_parking`, decided at the batch's first divergence) or the
+        cache cannot be regrouped (then the caller decodes in the batch). `_verify` parks only plain caches whose
+        masked slots are exact (`_holes_hidden`)."""
         layers = cache.layers
+        if entry[4] is None:  # the batch's first divergence decides for the batch
+            right = layers[0].keys.shape[0] - local.numel()
+            entry[4] = self.regroup == "always" or (
+                self.regroup == "auto" and self._worth_parking(right, verified, int(start.min()), chunks_left)
+            )
+        if not entry[4]:
+            return False
         keep = start < entry[1].shape[1] - 1  # a row wrong at its last position has nothing left to decode
         rows, start, local = rows[keep], start[keep], local[keep]
         whole = local.numel() == layers[0].keys.shape[0]  # every row of the cache, in order
@@ -316,7 +388,7 @@ class Regrouper:
     def _complete(self) -> list[tuple[object, torch.Tensor, torch.Tensor]]:
         done = []
         while self._pending and not self._pending[0][3]:
-            key, suffix, predictions, _ = self._pending.pop(0)
+            key, suffix, predictions, _, _ = self._pending.pop(0)
             done.append((key, predictions, (predictions == suffix).long().cumprod(1).sum(1)))
         return done
 
@@ -351,6 +423,7 @@ def _resume_greedy(model, cache, rows: torch.Tensor, start: torch.Tensor, predic
         )
         cache = get_cache(out)
         token = out.logits[:, -1].argmax(-1)
+        del out
         predictions[rows[:active], start[:active] + 1 + step] = token
 
 
