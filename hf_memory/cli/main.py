@@ -245,8 +245,8 @@ def _load(option: str, model: str | None, gguf_file: str | None, revision: str |
 
     if model is None and option == "--model":
         print(
-            f"{DEFAULT_MODEL_DESCRIPTION} For a positive control, run `hf-memory demo`: it fine-tunes this model with "
-            "and without goldfish and audits both."
+            f"{DEFAULT_MODEL_DESCRIPTION} For a positive control, run `hf-memory demo --quick` (about 2 minutes on 2 "
+            "CPU cores): it fine-tunes this model with and without goldfish and audits both."
         )
     try:
         return load_model(model, gguf_file, args.dtype, revision=revision, device=check_device(args.device))
