@@ -51,8 +51,8 @@ def settings(small: bool) -> dict:
             "lora": {"facts": 8, "ranks": [1, 4], "epochs": 2, "layers": 2, "lr": 5e-3},
         }
     return {
-        # learning rate per size: the best of a sweep (docs/fact_scaling.md); learning_rate(hidden) was too high
-        # for width 40 (1.5e-3 knew 9,913 facts, 2.7e-3 5,202, 5e-3 6,108) and 1.5e-3 too low for widths 16 and 24
+        # learning rate per size: picked by a sweep that is not committed (docs/fact_scaling.md says so under
+        # "Removed"), so these rates are settings, not evidence; the sweep's figures are not quoted anywhere
         "scaling": {
             "entities": 12000,
             "value_set": 256,
@@ -73,7 +73,7 @@ def settings(small: bool) -> dict:
 def learning_rate(hidden: int) -> float:
     """The preference, overwriting, compatibility, generalization and paraphrase parts' rate: 3e-3 at width 32,
     scaled by sqrt(32 / width), from a two-point check at width 32 (1e-2 stayed at chance level for 40 epochs, 3e-3
-    learned). The scaling part takes the best rate of a sweep per size instead (`settings`)."""
+    learned). The scaling part takes a rate per size from a sweep that is not committed instead (`settings`)."""
     return 3e-3 * math.sqrt(32 / hidden)
 
 
