@@ -86,6 +86,24 @@ def test_top_k_keeps_tokens_tied_with_the_kth_as_transformers_does():
     assert math.isfinite(suffix_log_probs(logits, [[3]], top_k=2).item())  # the third of the tied tokens: kept
 
 
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9), (1.3, 0.97)])
+def test_rows_tied_at_the_kth_token_and_rows_not_tied_in_one_call_match_transformers(temperature, top_p):
+    """Top-k's values serve as top-p's candidates where no token ties with the k-th; a tied row takes the slower
+    path (every tied token kept). Both kinds in one call, each position's every target against the warpers. (The
+    top-p boundary itself must not fall among the tied tokens: there transformers keeps some of them by its sort
+    order and we keep all, the documented difference at exact ties.)"""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 6, 40, generator=g)
+    logits[0, ::2, 10:14] = logits[0, ::2].max(-1, keepdim=True).values - 0.5  # rows 0, 2, 4: four tied at k = 3
+    for target in range(40):
+        targets = torch.full((1, 6), target)
+        ours = suffix_log_probs(logits, targets, temperature=temperature, top_k=3, top_p=top_p, per_token=True)
+        reference = reference_log_probs(logits, targets, temperature, 3, top_p)
+        assert torch.equal(torch.isneginf(ours), torch.isneginf(reference)), target
+        finite = ~torch.isneginf(ours)
+        assert torch.allclose(ours[finite], reference[finite], atol=1e-5), target
+
+
 def test_greedy_is_first_argmax_and_tiny_temperatures_approach_it():
     logits = torch.tensor([[[1.0, 4.0, 4.0], [0.0, 0.0, 9.0]]])
     assert suffix_log_probs(logits, [[1, 2]], temperature=None).item() == 0.0
