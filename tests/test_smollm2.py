@@ -32,19 +32,21 @@ def test_embedded_model_is_the_real_smollm2(smollm2):
     assert "4" in reply
 
 
-def test_shortcut_equals_generate_on_hundreds_of_windows(smollm2):
+def test_shortcut_equals_generate_on_128_windows(smollm2):
     """The teacher-forced shortcut + KV-cache resume against plain greedy `generate`, on the real model.
-    Float ties may flip an argmax between the two computation orders: count how often, and keep it rare."""
+    Float ties may flip an argmax between the two computation orders: count how often, and keep it rare. (256
+    windows until CI time was trimmed; `benchmarks/extraction_throughput.py --grid` compares every window of its
+    cells too.)"""
     model, tokenizer = smollm2
     texts = stdlib_docstrings(min_chars=200)
-    windows = document_windows(tokenizer, texts, 32)[:256]
-    assert len(windows) == 256
+    windows = document_windows(tokenizer, texts, 32)[:128]
+    assert len(windows) == 128
     auto = measure_extraction(model, windows, 16, 16, batch_size=64, show_progress=False)
     reference = measure_extraction(model, windows, 16, 16, batch_size=64, method="generate", show_progress=False)
     lcp_differs = sum(a != b for a, b in zip(auto.longest_common_prefix, reference.longest_common_prefix))
     prediction_differs = sum(a != b for a, b in zip(auto.predictions, reference.predictions))
     print(
-        f"\nSmolLM2, 256 windows of 16+16 tokens: longest common prefix differs in {lcp_differs}, "
+        f"\nSmolLM2, 128 windows of 16+16 tokens: longest common prefix differs in {lcp_differs}, "
         f"predictions differ in {prediction_differs}"
     )
     assert lcp_differs <= 2 and prediction_differs <= 5
