@@ -275,6 +275,16 @@ class DemoArguments:
         },
     )
 
+    def run_settings(self) -> dict:
+        """The settings `run_demo` takes, by name, in its order (`quick` is already applied to them).
+
+        Returns:
+            Every field but `quick`, as a dict.
+        """
+        settings = dataclasses.asdict(self)
+        del settings["quick"]
+        return settings
+
     def __post_init__(self):
         if self.quick is not False and self.quick is not True:
             raise ValueError(f"`quick` must be True or False, got {self.quick!r}.")

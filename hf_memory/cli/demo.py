@@ -12,7 +12,6 @@ less, which is what a working audit must show.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import os
@@ -170,10 +169,8 @@ def run_demo(
     settings = DemoArguments(
         docs, held_out, epochs, lr, batch_size, prefix_len, suffix_len, goldfish_k, goldfish_h, seed, output_dir
     )  # every value checked before the model loads
-    checked = dataclasses.asdict(settings)
-    del checked["quick"]  # the CLI's preset, applied before the call
     docs, held_out, epochs, lr, batch_size, prefix_len, suffix_len, goldfish_k, goldfish_h, seed, output_dir = (
-        checked.values()
+        settings.run_settings().values()
     )
     require_extra("plots", "The demo's plot")  # before training, not after it
     target = check_device(device)

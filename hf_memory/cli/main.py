@@ -624,12 +624,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "demo":
                 from .demo import run_demo
 
-                settings = dataclasses.asdict(config)
-                del settings["quick"]  # already applied to the other settings
                 run_demo(
                     args.model,
                     args.gguf_file,
-                    **settings,
+                    **config.run_settings(),
                     revision=args.revision,
                     dtype=args.dtype,
                     device=args.device,

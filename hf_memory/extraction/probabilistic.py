@@ -197,7 +197,6 @@ def _warped_log_probs(rows: torch.Tensor, targets: torch.Tensor, config: Samplin
     # Top-p keeps a token when the probability of the tokens above it is < top_p (TopPLogitsWarper removes a token
     # when the mass below it and itself is <= 1 - top_p: the same set). The kept tokens are found among the k most
     # likely, k grown while a row's kept set may reach past its k-th token: no sort over the whole vocabulary.
-    count = torch.empty(len(x), dtype=torch.long, device=x.device)
     mass = torch.empty(len(x), dtype=torch.float64, device=x.device)
     threshold = torch.empty(len(x), dtype=torch.float32, device=x.device)
     todo = torch.arange(len(x), device=x.device)
@@ -220,7 +219,6 @@ def _warped_log_probs(rows: torch.Tensor, targets: torch.Tensor, config: Samplin
             done, complete = done | complete, None
         n = kept[done].sum(-1)
         rows_done = todo[done]
-        count[rows_done] = n
         mass[rows_done] = probs[done].cumsum(-1).gather(-1, (n - 1).unsqueeze(-1)).squeeze(-1)
         threshold[rows_done] = values[done].gather(-1, (n - 1).unsqueeze(-1)).squeeze(-1)
         todo = todo[~done]
