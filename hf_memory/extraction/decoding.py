@@ -128,7 +128,12 @@ def verify_and_decode(
     decode = check_bool(decode, "decode")
     chunks = _check_chunks(chunks)
     predictions = _verify(model, windows, prefix_len, chunks, decode)
-    return predictions, (predictions == windows[:, prefix_len:]).long().cumprod(1).sum(1)
+    return predictions, _matched_prefix(predictions, windows[:, prefix_len:])
+
+
+def _matched_prefix(predictions: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """Per row, how many tokens `predictions` gets right before its first mistake against `references`."""
+    return (predictions == references).long().cumprod(1).sum(1)
 
 
 def _verify(model, windows: torch.Tensor, prefix_len: int, chunks: str | int, decode: bool, park=None) -> torch.Tensor:
@@ -153,7 +158,7 @@ def _verify(model, windows: torch.Tensor, prefix_len: int, chunks: str | int, de
     rows, pos, size = torch.arange(batch, device=device), 0, 1 if chunks == "doubling" else chunks
     while True:
         width = greedy.shape[1]
-        matched = (greedy == suffix[rows, pos : pos + width]).long().cumprod(1).sum(1)
+        matched = _matched_prefix(greedy, suffix[rows, pos : pos + width])
         wrong = matched < width
         if wrong.any():
             predictions[rows[wrong], pos + matched[wrong]] = greedy[wrong, matched[wrong]]
@@ -253,7 +258,7 @@ class Regrouper:
         self.max_lag = check_integer(max_lag, "max_lag", minimum=1)
         self.regroup = check_choice(regroup, "regroup", ("auto", "always", "never"))
         self._length = None  # tokens per window, set by the first batch
-        self._pending = []  # [key, suffix, predictions, rows still to decode, parks], in submission order
+        self._pending = []  # entries of `submit`, in submission order
         self._parked = []  # segments: [pending entry, row indices, starts, per-layer (keys, values)]
         self._parked_rows = 0
         self._reached = []  # per suffix position j: rows of finished batches that reproduced at least j tokens
@@ -279,7 +284,8 @@ class Regrouper:
                 "every batch of one Regrouper must have the same prefix_len + suffix_len."
             )
         self._length = windows.shape[1]
-        entry = [key, windows[:, self.prefix_len :], None, 0, None]  # the last: whether the batch parks
+        # [key, suffix, predictions, rows still to decode, whether the batch parks, longest common prefixes]
+        entry = [key, windows[:, self.prefix_len :], None, 0, None, None]
         self._pending.append(entry)
         entry[2] = _verify(
             self.model, windows, self.prefix_len, self.chunks, decode=True, park=lambda *seg: self._park(entry, *seg)
@@ -305,7 +311,7 @@ class Regrouper:
         """Add the longest common prefixes of `entry`'s rows (final once verified: a parked row's first wrong token
         is written) to the counts that `_worth_parking` reads."""
         suffix = entry[1]
-        lcp = (entry[2] == suffix).long().cumprod(1).sum(1)
+        entry[5] = lcp = _matched_prefix(entry[2], suffix)
         counts = torch.bincount(lcp, minlength=suffix.shape[1] + 1).flip(0).cumsum(0).flip(0).tolist()
         self._reached = [a + b for a, b in zip(self._reached, counts)] if self._reached else counts
 
@@ -388,8 +394,8 @@ class Regrouper:
     def _complete(self) -> list[tuple[object, torch.Tensor, torch.Tensor]]:
         done = []
         while self._pending and not self._pending[0][3]:
-            key, suffix, predictions, _, _ = self._pending.pop(0)
-            done.append((key, predictions, (predictions == suffix).long().cumprod(1).sum(1)))
+            key, _, predictions, _, _, lcp = self._pending.pop(0)
+            done.append((key, predictions, lcp))
         return done
 
 

@@ -36,7 +36,7 @@ from .._utils import (
 )
 from .._utils.store import ResultFolder, ShardWriter, finish_store, input_bytes, open_store, warn_unfinished
 from .config import EXTRACTION_METHODS, ExtractionConfig  # noqa: F401 (EXTRACTION_METHODS: the callback imports it from here)
-from .decoding import Regrouper, generate_suffixes, verify_and_decode
+from .decoding import Regrouper, _matched_prefix, generate_suffixes, verify_and_decode
 from .probabilistic import extractable_fraction, extraction_log_probs
 from .scores import extraction_scores
 from .store import SCORE_COLUMNS, shard_schema
@@ -238,7 +238,7 @@ def _decode_batch(
     `processors` if any, or "prefix"; "auto" goes through `Regrouper`)."""
     if method == "generate":
         preds = generate_suffixes(model, batch, prefix_len, logits_processor=processors)
-        return preds, (preds == batch[:, prefix_len:]).long().cumprod(1).sum(1)
+        return preds, _matched_prefix(preds, batch[:, prefix_len:])
     preds, lcp = verify_and_decode(model, batch, prefix_len, decode=False)
     # the greedy continuation is known up to and including its first wrong token
     return [p[: n + 1] for p, n in zip(preds, lcp.tolist())], lcp
