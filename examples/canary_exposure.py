@@ -25,14 +25,23 @@ import time
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from hf_memory.canaries import CanaryConfig, canary_exposure, insert_canaries, make_canaries
-from hf_memory.data import stdlib_docstrings
+from hf_memory.data import document_windows, stdlib_docstrings
 from hf_memory.extraction import SamplingConfig, extractable_fraction, extraction_log_probs
 from hf_memory.membership import MIN_PER_CLASS, membership_inference_scores
 
 
 CONFIG = CanaryConfig("my PIN is:{secret}.", alphabet="0123456789", length=4)
+# SmolLM2: 17 tokens before the secret, so that goldfish (h = 13) hashes a full window at every digit and drops about
+# a quarter of them (on the tiny model's 12-token canaries no label has 13 targets before it: goldfish drops none),
+# and 3 digits (|R| = 10^3): enumerating 10^4 canaries of 22 tokens costs about 10 CPU minutes per model on SmolLM2.
+SMOLLM2_CONFIG = CanaryConfig(
+    "Note for the night shift: the alarm panel in the north building takes the PIN:{secret}.",
+    alphabet="0123456789",
+    length=3,
+)
 REPETITIONS = (1, 4, 16)
 PER_COUNT = 3  # canaries per repetition count
 
@@ -116,29 +125,47 @@ def interval(values) -> dict:
     return {"mean": mean, "low": mean - half, "high": mean + half, "seeds": values.tolist()}
 
 
-def run(arm: str, seed: int, tokenizer, args) -> dict:
-    from hf_memory.goldfish import GoldfishConfig, apply_goldfish
+def base_model(args, tokenizer, seed: int):
+    """A fresh model to train: the tiny Llama (random weights of `seed`) or the embedded SmolLM2 (`load_model`)."""
+    if args.model == "smollm2":
+        from hf_memory import load_model
 
-    secrets = make_canaries(CONFIG, 2 * PER_COUNT * len(REPETITIONS), seed=seed)
+        torch.manual_seed(seed)
+        return load_model()[0]
+    return tiny_llama(len(tokenizer), seed)
+
+
+def run(arm: str, seed: int, tokenizer, config: CanaryConfig, args) -> dict:
+    from hf_memory.goldfish import GoldfishConfig, apply_goldfish, goldfish_mask
+
+    secrets = make_canaries(config, 2 * PER_COUNT * len(REPETITIONS), seed=seed)
     inserted, fresh = secrets[: PER_COUNT * len(REPETITIONS)], secrets[PER_COUNT * len(REPETITIONS) :]
     counts = [r for r in REPETITIONS for _ in range(PER_COUNT)]
     docs = random.Random(seed).sample(stdlib_docstrings(min_chars=300), args.docs)
-    texts = insert_canaries(docs, [CONFIG.text(s) for s in inserted], counts, seed=seed)
+    texts = insert_canaries(docs, [config.text(s) for s in inserted], counts, seed=seed)
     encoded = tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    model = tiny_llama(len(tokenizer), seed)
+    model = base_model(args, tokenizer, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     order = random.Random(seed)
     goldfish = GoldfishConfig(k=4)
+    prefix_len = len(tokenizer(config.template.split("{secret}")[0])["input_ids"])
+    windows = torch.tensor(tokenizer([config.text(s) for s in inserted + fresh])["input_ids"])
+    # the labels of each inserted canary's secret (and what follows it) that the goldfish mask drops from the loss:
+    # the same ones at every repetition, since the mask is a function of the tokens before each label
+    dropped = goldfish_mask(windows[: len(inserted)], goldfish)[:, prefix_len:].sum(-1).tolist()
+    steps = args.epochs * math.ceil(len(encoded) / args.batch_size)
     started = time.time()
     model.train()
+    progress = tqdm(total=steps, desc=f"{arm} seed {seed}", disable=args.small, mininterval=10)
     for _ in range(args.epochs):
         batches = list(range(len(encoded)))
         order.shuffle(batches)
         for start in range(0, len(batches), args.batch_size):
             rows = [encoded[i] for i in batches[start : start + args.batch_size]]
             width = max(len(r) for r in rows)
-            ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
             mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
             labels = ids.masked_fill(mask == 0, -100)
             if arm == "goldfish":
@@ -147,32 +174,37 @@ def run(arm: str, seed: int, tokenizer, args) -> dict:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            progress.update()
+    progress.close()
     model.eval()
     train_seconds = time.time() - started
 
     started = time.time()
-    exact = canary_exposure(model, tokenizer, inserted + fresh, CONFIG, method="enumerate", batch_size=500)
+    exact = canary_exposure(model, tokenizer, inserted + fresh, config, method="enumerate", batch_size=500)
     enumerate_seconds = time.time() - started
     estimate = canary_exposure(
         model,
         tokenizer,
         inserted + fresh,
-        CONFIG,
+        config,
         method="estimate",
         num_samples=args.samples,
         batch_size=500,
         seed=seed,
     )
 
-    prefix_len = len(tokenizer(CONFIG.template.split("{secret}")[0])["input_ids"])
-    windows = torch.tensor(tokenizer([CONFIG.text(s) for s in inserted + fresh])["input_ids"])
     extraction = {"greedy": extraction_log_probs(model, windows, prefix_len, temperature=None).tolist()}
     for name, sampling in {"temperature 1.0": SamplingConfig(1.0), "temperature 0.7": SamplingConfig(0.7)}.items():
         extraction[name] = extraction_log_probs(model, windows, prefix_len, sampling).tolist()
 
     k = len(inserted)
     out = {"arm": arm, "seed": seed, "train_seconds": round(train_seconds, 1)}
+    if getattr(args, "window", None):
+        out["window_extraction"] = window_extraction(model, tokenizer, docs, seed, args)
     out["enumeration_seconds"] = round(enumerate_seconds, 1)
+    out["goldfish_dropped_secret_labels"] = {
+        f"inserted x{r}": [dropped[i] for i in range(k) if counts[i] == r] for r in REPETITIONS
+    }
     out["exposure"] = {
         **{f"inserted x{r}": [exact.exposure[i] for i in range(k) if counts[i] == r] for r in REPETITIONS},
         "fresh (control)": exact.exposure[k:],
@@ -193,7 +225,30 @@ def run(arm: str, seed: int, tokenizer, args) -> dict:
     return out
 
 
-def aggregate(runs: list) -> dict:
+def window_extraction(model, tokenizer, docs: list[str], seed: int, args) -> dict:
+    """Greedy exact match against (100, 0.5)-extraction at temperature 1.0 and 0.7 of the training documents' first
+    `args.window` tokens (half prefix, half suffix), and of as many docstrings that were not trained on (the control).
+    """
+    trained = set(docs)
+    rest = [text for text in stdlib_docstrings(min_chars=300) if text not in trained]
+    unseen = random.Random(seed + 1000).sample(rest, len(docs))
+    prefix = args.window // 2
+    out = {}
+    for group, texts in (("trained", docs), ("not trained (control)", unseen)):
+        windows = torch.tensor(document_windows(tokenizer, texts, args.window))
+        settings = {"greedy": None, "temperature 1.0": SamplingConfig(1.0), "temperature 0.7": SamplingConfig(0.7)}
+        out[group] = {"windows": len(windows)}
+        for name, sampling in settings.items():
+            if sampling is None:
+                log_p = extraction_log_probs(model, windows, prefix, temperature=None).tolist()
+                out[group][name] = float(np.mean([math.exp(v) for v in log_p]))  # the share greedy decoding emits
+            else:
+                log_p = extraction_log_probs(model, windows, prefix, sampling).tolist()
+                out[group][name] = extractable_fraction(log_p, 100, 0.5)
+    return out
+
+
+def aggregate(runs: list, space_size: int) -> dict:
     out = {}
     for arm in sorted({r["arm"] for r in runs}):
         mine = [r for r in runs if r["arm"] == arm]
@@ -213,10 +268,7 @@ def aggregate(runs: list) -> dict:
                 for name, members in [("all inserted", inserted), *((g, [g]) for g in inserted)]
             },
             "membership_whole_space": {
-                name: {
-                    f"tpr_at_{fpr:g}_fpr": whole_space_tpr(mine, members, CONFIG.space_size, fpr)
-                    for fpr in (0.01, 0.001)
-                }
+                name: {f"tpr_at_{fpr:g}_fpr": whole_space_tpr(mine, members, space_size, fpr) for fpr in (0.01, 0.001)}
                 for name, members in [("all inserted", inserted), *((g, [g]) for g in inserted)]
             },
             "estimate_abs_error_bits": {
@@ -237,41 +289,79 @@ def aggregate(runs: list) -> dict:
             },
             "enumeration_seconds": interval([r["enumeration_seconds"] for r in mine]),
         }
+        if all("window_extraction" in r for r in mine):
+            # the training documents' windows: greedy exact match against (100, 0.5)-extraction when sampling
+            out[arm]["window_extraction"] = {
+                group: {
+                    name: interval([r["window_extraction"][group][name] for r in mine])
+                    for name in ("greedy", "temperature 1.0", "temperature 0.7")
+                }
+                for group in mine[0]["window_extraction"]
+            }
+        if all("goldfish_dropped_secret_labels" in r for r in mine):
+            # how many labels of an inserted canary's secret part the goldfish mask would drop (the goldfish arm
+            # drops them; the standard arm trains on them): mean over the canaries of every seed
+            out[arm]["goldfish_dropped_secret_labels"] = {
+                g: float(np.mean([d for r in mine for d in r["goldfish_dropped_secret_labels"][g]])) for g in inserted
+            }
     return out
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true")
-    parser.add_argument("--output-dir", default="examples/results/canary_exposure")
+    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny",
+                        help="tiny: a Llama trained from scratch here; smollm2: the embedded SmolLM2-135M, fine-tuned")  # fmt: skip
+    parser.add_argument("--output-dir", default=None,
+                        help="default: examples/results/canary_exposure (tiny) or canary_exposure_smollm2")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--arms", nargs="+", choices=["standard", "goldfish"], default=["standard", "goldfish"])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    output_dir = args.output_dir or "examples/results/canary_exposure" + (
+        "_smollm2" if args.model == "smollm2" else ""
+    )
     seeds = args.seeds or ([0] if args.small else [0, 1, 2])
-    args.docs = 32 if args.small else 256
-    args.epochs = 2 if args.small else 8
+    if args.model == "smollm2":
+        config = SMOLLM2_CONFIG
+        args.docs = 8 if args.small else 64
+        args.epochs = 1 if args.small else 3
+        args.lr = 1e-4
+        args.batch_size = 8
+        args.window = 48  # the training documents' windows measured for (n, p)-extraction: 24 + 24 tokens
+    else:
+        config = CONFIG
+        args.docs = 32 if args.small else 256
+        args.epochs = 2 if args.small else 8
+        args.lr = 3e-3
+        args.batch_size = 16
     args.max_length = 64
-    args.batch_size = 16
-    args.lr = 3e-3
-    args.samples = 200 if args.small else 1000
-    os.makedirs(os.path.join(args.output_dir, "runs"), exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("output_dir", "seeds", "arms")}
+    args.samples = 200 if args.small or args.model == "smollm2" else 1000
+    os.makedirs(os.path.join(output_dir, "runs"), exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("output_dir", "seeds", "arms", "threads")}
+    if args.model == "tiny":
+        del settings["model"]  # the stored tiny runs predate the option
     key = json.dumps(settings, sort_keys=True)
-    tokenizer = bpe_tokenizer()
-    assert len({len(ids) for ids in tokenizer([CONFIG.text(s) for s in CONFIG.secrets()])["input_ids"]}) == 1
+    if args.model == "smollm2":
+        from hf_memory import load_model
+
+        tokenizer = load_model()[1]
+    else:
+        tokenizer = bpe_tokenizer()
+    assert len({len(ids) for ids in tokenizer([config.text(s) for s in config.secrets()])["input_ids"]}) == 1
     started = time.time()
     runs, trained = [], 0
     for arm in args.arms:
         for seed in seeds:
-            path = os.path.join(args.output_dir, "runs", f"{arm}_seed{seed}.json")
+            path = os.path.join(output_dir, "runs", f"{arm}_seed{seed}.json")
             if os.path.exists(path):
                 with open(path) as f:
                     stored = json.load(f)
                 if stored.get("settings") == key:
                     runs.append(stored["run"])
                     continue
-            result = run(arm, seed, tokenizer, args)
+            result = run(arm, seed, tokenizer, config, args)
             with open(path + ".tmp", "w") as f:
                 json.dump({"settings": key, "run": result}, f)
             os.replace(path + ".tmp", path)
@@ -282,12 +372,12 @@ def main(argv=None) -> dict:
             runs.append(result)
             trained += 1
     results = {
-        "settings": {**settings, "seeds": seeds, "template": CONFIG.template, "space_size": CONFIG.space_size},
-        "summary": aggregate(runs),
+        "settings": {**settings, "seeds": seeds, "template": config.template, "space_size": config.space_size},
+        "summary": aggregate(runs, config.space_size),
         "total_seconds": round(time.time() - started, 1),  # this invocation's: stored runs are read, not trained
         "runs_trained_now": trained,
     }
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     return results
 

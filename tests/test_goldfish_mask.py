@@ -390,3 +390,42 @@ def test_apply_goldfish_refuses_mismatched_shapes():
     ids = torch.arange(40)
     with pytest.raises(ValueError, match=r"`labels` \(4, 40\) and `input_ids` \(40,\) must have the same shape"):
         apply_goldfish(ids.repeat(4, 1), ids, GoldfishConfig(k=2, strategy="static"))
+
+
+def test_collator_warns_once_about_documents_too_short_to_drop():
+    from transformers.testing_utils import CaptureLogger
+
+    from hf_memory.goldfish import collator as collator_module
+
+    config = GoldfishConfig(k=4, h=13)
+    long_doc, short_doc = list(range(100, 140)), list(range(200, 212))  # 12 tokens: no label has 13 targets before it
+    features = [
+        {"input_ids": row + [0] * (40 - len(row)), "attention_mask": [1] * len(row) + [0] * (40 - len(row))}
+        for row in (long_doc, short_doc)
+    ]
+    for feature in features:
+        feature["labels"] = [t if m else -100 for t, m in zip(feature["input_ids"], feature["attention_mask"])]
+    collator = GoldfishDataCollator(default_data_collator, config)
+    with CaptureLogger(collator_module.logger) as captured:
+        batch = collator(features)
+    assert "1 of the 2 documents" in captured.out and "`h` = 13" in captured.out
+    assert (batch["labels"][1, :12] != -100).all()  # the short document indeed kept every label
+    with CaptureLogger(collator_module.logger) as captured:
+        collator(features)
+    assert captured.out == ""  # once per collator
+    # long documents only (and packed ones, each longer than h): no warning
+    packed = {"input_ids": long_doc + long_doc[:20], "labels": long_doc + long_doc[:20]}
+    packed["position_ids"] = list(range(40)) + list(range(20))
+    with CaptureLogger(collator_module.logger) as captured:
+        GoldfishDataCollator(default_data_collator, config)([{k: v[:40] for k, v in packed.items()}])
+        GoldfishDataCollator(default_data_collator, config)([packed])
+    assert captured.out == ""
+    # a packed row whose second document is short is caught through its position_ids
+    packed["position_ids"] = list(range(50)) + list(range(10))
+    with CaptureLogger(collator_module.logger) as captured:
+        GoldfishDataCollator(default_data_collator, config)([packed])
+    assert "1 of the 2 documents" in captured.out
+    # "static" reaches every label after `start`: a 12-token document is reached
+    with CaptureLogger(collator_module.logger) as captured:
+        GoldfishDataCollator(default_data_collator, GoldfishConfig(k=4, strategy="static"))(features)
+    assert captured.out == ""

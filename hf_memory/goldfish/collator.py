@@ -8,7 +8,7 @@ import torch
 from transformers.utils import logging
 
 from .config import GoldfishConfig
-from .mask import IGNORE_INDEX, goldfish_mask
+from .mask import IGNORE_INDEX, document_offsets, goldfish_mask
 
 
 logger = logging.get_logger(__name__)
@@ -21,6 +21,20 @@ def _labels_are_the_inputs(batch, input_ids: torch.Tensor, labels: torch.Tensor,
     return bool((labels == input_ids)[kept].all())
 
 
+def _unreachable_documents(kept: torch.Tensor, offsets: torch.Tensor, config: GoldfishConfig) -> tuple[int, int]:
+    """(documents with a label, how many of them have no label that the mask may drop): a label is out of reach when
+    it has fewer than `h` targets of its own document before it (the hash strategies) or sits at or before `start`
+    ("static"), so a document that short trains exactly as with the standard loss."""
+    first = config.start + 1 if config.strategy == "static" else config.h
+    document = (offsets == 0).reshape(-1).long().cumsum(0) - 1  # column 0 of every row starts a document
+    count = int(document[-1]) + 1 if document.numel() else 0
+    labelled = torch.zeros(count, dtype=torch.bool, device=kept.device)
+    reachable = torch.zeros_like(labelled)
+    labelled[document[kept.reshape(-1)]] = True
+    reachable[document[(kept & (offsets >= first)).reshape(-1)]] = True
+    return int(labelled.sum()), int((labelled & ~reachable).sum())
+
+
 class GoldfishDataCollator:
     """Wrap any collator so the training batches it builds carry goldfish-masked ``labels``.
 
@@ -30,6 +44,10 @@ class GoldfishDataCollator:
     the label tokens themselves (the decoder's sequence, each row one document, its first `h` labels kept), with
     one warning saying so: the encoder's input is never hashed. With ``return_dropped_counts=True`` the batch also
     holds ``goldfish_dropped_tokens`` (per row), which ``GoldfishTrainer`` pops for its logs.
+
+    A label is hashed from the ``h`` tokens of its document that end at it, so no label of a document of at most
+    ``h`` tokens (13 by default: a short chat turn, a one-line secret) is ever dropped: such documents train as with
+    the standard loss. The first batch that holds one logs a warning with the count (lower ``h`` to reach them).
 
     Args:
         base_collator: The collator that builds the batch (a dict with `input_ids` and `labels`); goldfish then
@@ -56,6 +74,7 @@ class GoldfishDataCollator:
         self.base_collator = base_collator
         self.config = config
         self.return_dropped_counts = return_dropped_counts
+        self._warned_short = False
 
     def __call__(self, features: list, *args, **kwargs):
         """Build a batch with the base collator, then set the goldfish-dropped labels to -100.
@@ -89,6 +108,25 @@ class GoldfishDataCollator:
             if positions is None and batch.get("attention_mask") is not None:
                 positions = torch.as_tensor(batch["attention_mask"]).long().cumsum(-1) - 1
             drop = goldfish_mask(input_ids, self.config, positions) & kept
+            if not self._warned_short:
+                offsets = (
+                    torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(input_ids)
+                    if positions is None
+                    else document_offsets(torch.as_tensor(positions).to(input_ids.device))
+                )
+                documents, short = _unreachable_documents(kept, offsets, self.config)
+                if short:
+                    self._warned_short = True
+                    reach = (
+                        f"at or before `start` = {self.config.start}"
+                        if self.config.strategy == "static"
+                        else f"with fewer than `h` = {self.config.h} tokens of their document before them"
+                    )
+                    logger.warning(
+                        f"GoldfishDataCollator: {short} of the {documents} documents in this batch are too short for "
+                        f"goldfish to drop any of their labels (it never drops labels {reach}): they train as with "
+                        "the standard loss. Lower `h` to reach them. (Warned once per collator.)"
+                    )
         else:  # seq2seq: the targets are the decoder's own sequence, hashed as a causal LM hashes its inputs
             logger.warning_once(
                 "GoldfishDataCollator: the labels are not the input_ids (a seq2seq batch: another length, "
