@@ -307,6 +307,39 @@ def aggregate(runs: list, space_size: int) -> dict:
     return out
 
 
+def plot(runs: list, space_size: int, path: str, title: str) -> None:
+    """Exposure against insertions: every canary of every seed (fresh canaries at 0), the mean per count, one colour
+    per arm, the space's ceiling log2 |R| dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(6, 4))
+    counts = [0, *REPETITIONS]
+    positions = {c: i for i, c in enumerate(counts)}
+    arms = sorted({r["arm"] for r in runs}, key=["standard", "goldfish"].index)
+    for offset, arm, color in zip((-0.12, 0.12), arms, ("tab:blue", "tab:orange")):
+        means = []
+        for count in counts:
+            group = "fresh (control)" if count == 0 else f"inserted x{count}"
+            values = [e for r in runs if r["arm"] == arm for e in r["exposure"][group]]
+            jitter = np.random.default_rng(count).uniform(-0.05, 0.05, len(values))
+            ax.scatter(positions[count] + offset + jitter, values, s=14, color=color, alpha=0.5)
+            means.append(float(np.mean(values)))
+        ax.plot([positions[c] + offset for c in counts], means, "-o", color=color, label=f"{arm} (mean)")
+    ax.axhline(math.log2(space_size), color="grey", linestyle=":", linewidth=1, label="log2 |R| (rank 1)")
+    ax.set_xticks(range(len(counts)), ["fresh\n(control)", *(f"{c}x" for c in REPETITIONS)])
+    ax.set_xlabel("insertions of the canary in the training data")
+    ax.set_ylabel("exposure (bits)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true")
@@ -317,6 +350,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--arms", nargs="+", choices=["standard", "goldfish"], default=["standard", "goldfish"])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--plot", default=None, help="draw exposure against insertions to this PNG (`plots` extra)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     output_dir = args.output_dir or "examples/results/canary_exposure" + (
@@ -339,7 +373,7 @@ def main(argv=None) -> dict:
     args.max_length = 64
     args.samples = 200 if args.small or args.model == "smollm2" else 1000
     os.makedirs(os.path.join(output_dir, "runs"), exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("output_dir", "seeds", "arms", "threads")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("output_dir", "seeds", "arms", "threads", "plot")}
     if args.model == "tiny":
         del settings["model"]  # the stored tiny runs predate the option
     key = json.dumps(settings, sort_keys=True)
@@ -379,6 +413,9 @@ def main(argv=None) -> dict:
     }
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
+    if args.plot:
+        model = "SmolLM2-135M fine-tuned" if args.model == "smollm2" else "tiny Llama trained from scratch"
+        plot(runs, config.space_size, args.plot, f"Canary exposure, {model} ({len(seeds)} seeds)")
     return results
 
 

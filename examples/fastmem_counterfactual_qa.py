@@ -67,14 +67,18 @@ def left_pad(rows: list[list[int]], pad_id: int, masks: list[list[bool]] | None 
     return ids, attention, loss
 
 
-def answer_batch(model, tokenizer, items: list[dict], config: FastMemConfig | None, max_new_tokens: int) -> list[str]:
-    """Answer a batch of items; with FastMem, each item's context is memorized into its own copy of the FFN."""
+def answer_batch(
+    model, tokenizer, items: list[dict], config: FastMemConfig | None, max_new_tokens: int, memorize=None
+) -> list[str]:
+    """Answer a batch of items; with FastMem, each item's context (or its text of `memorize`, one per item: the
+    unrelated-text control) is memorized into its own copy of the FFN."""
     pad = tokenizer.pad_token_id
     prompts, attention, _ = left_pad([question_prompt(tokenizer, item) for item in items], pad)
     generate = {"attention_mask": attention, "max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": pad}
     with contextlib.ExitStack() as stack:
         if config is not None:
-            turns = [context_as_assistant_turn(tokenizer, item["context"]) for item in items]
+            texts = memorize if memorize is not None else [item["context"] for item in items]
+            turns = [context_as_assistant_turn(tokenizer, text) for text in texts]
             ids, turn_attention, loss_mask = left_pad(
                 [t["input_ids"][0].tolist() for t in turns], pad, [t["loss_mask"][0].tolist() for t in turns]
             )

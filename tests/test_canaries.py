@@ -221,8 +221,12 @@ def test_evidence_script_small_mode_runs(tmp_path):
         assert set(pooled["not_measurable"]) == {"tpr_at_0.1_fpr", "tpr_at_0.01_fpr", "tpr_at_0.001_fpr"}
         space = arm["membership_whole_space"]["inserted x16"]["tpr_at_0.001_fpr"]
         assert space["members"] == 3 and 0 <= space["interval"][0] <= space["tpr"] <= space["interval"][1] <= 1
-    again = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=900, env=env)
+    plot = tmp_path / "exposure.png"
+    again = subprocess.run(
+        [*command, "--plot", str(plot)], cwd=root, capture_output=True, text=True, timeout=900, env=env
+    )
     assert again.returncode == 0 and "seed 0: exposure" not in again.stdout  # nothing trained twice
+    assert plot.stat().st_size > 10_000  # the figure of exposure against insertions, from the stored runs
     with open(tmp_path / "results.json") as f:
         rerun = json.load(f)
     assert rerun["runs_trained_now"] == 0 and rerun["summary"] == {**summary}  # the same numbers, aggregated again

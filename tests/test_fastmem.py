@@ -427,6 +427,35 @@ def test_counterfactual_qa_example_runs(smollm2):
     assert all(0 <= r["context"] <= 1 and len(r["answers"]) == 2 for r in results.values())
 
 
+@pytest.mark.slow
+def test_fastmem_controls_example(smollm2):
+    from tests.testing_utils import load_example, model_state
+
+    example = load_example("fastmem_controls")
+    items = example.make_items(0)
+    # one item per fact, the context states another answer of the same table, new draws per seed
+    assert len(items) == sum(len(t["facts"]) for t in example.TABLES.values()) >= 60
+    assert all(i["context_answer"] != i["memory_answer"] and i["context_answer"] in i["context"] for i in items)
+    assert [i["context"] for i in example.make_items(1)] != [i["context"] for i in items]
+    unrelated = example.unrelated_texts(items, 0)
+    assert all(i["context_answer"] not in u and len(u) <= max(len(i["context"]), 40) for i, u in zip(items, unrelated))
+    model, tokenizer = smollm2
+    before = model_state(model)
+    run = example.run_seed(model, tokenizer, 0, limit=3, batch_size=3)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # every method restores the FFN
+    assert set(run["methods"]) == set(example.methods()) and len(run["unrelated"]) == 3
+    assert all(len(m["context"]) == 3 and len(m["answers"]) == 3 for m in run["methods"].values())
+    numbers = example.summary_numbers({"seeds": {"0": run}})
+    assert numbers["pooled"]["items"] == 3 and numbers["pooled"]["zero-shot"]["vs zero-shot"] is None
+    # the exact McNemar test: 6 items gained and none lost give p = 2 / 2**6
+    assert example.mcnemar([False] * 6 + [True], [True] * 7) == {
+        "wrong_to_right": 6,
+        "right_to_wrong": 0,
+        "p": 0.03125,
+    }
+    assert "| FastMem lr 1e-4 |" in example.summarize({"seeds": {"0": run}})
+
+
 # --- the official settings: weight decay, several layers, autocast, presets ---------------------------------------
 
 
