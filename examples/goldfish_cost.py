@@ -63,7 +63,7 @@ def settings(small: bool) -> dict:
         }  # fmt: skip
     return {
         "model": "smollm2", "members": 48, "held_out": 64, "out_of_domain": 64, "length": 64, "prefix": 32,
-        "suffix": 32, "epochs": 6, "checkpoints": [1, 2, 3, 4, 6], "seeds": [0, 1, 2], "lrs": [3e-4, 3e-5],
+        "suffix": 32, "epochs": 6, "checkpoints": [1, 2, 3, 4, 6], "seeds": [0, 1, 2], "lrs": [1e-4, 3e-5],
         "batch_size": 8, "goldfish_k": 4, "goldfish_h": 13, "n_bootstrap": 200,
     }  # fmt: skip
 
