@@ -12,7 +12,7 @@ model's loss), compared with the same draws. Greedy decoding (`temperature=None`
 Part 2, the effect. A tiny Llama (2 layers, width 64, SmolLM2's tokenizer) is trained from scratch on a few
 docstring windows (prefix 32, suffix 32) with the standard loss and with the goldfish loss (k = 4), three seeds (a
 different draw of the training and held-out windows, and of the data order); `--model smollm2` fine-tunes
-SmolLM2-135M instead (hours on 2 busy CPU cores). At checkpoints along training: the share of training windows
+SmolLM2-135M instead (about 15 minutes on 2 busy CPU cores). At checkpoints along training: the share of training windows
 that greedy decoding extracts, and the share that is (n, 0.5)-extractable when sampling at temperature 0.7 and
 1.0, for n = 1, 10, 100, 1000; the held-out windows (never trained on) are the control. Each run is stored as it
 ends: a rerun resumes.
@@ -251,7 +251,7 @@ def main(argv=None) -> dict:
         "--model",
         choices=["tiny", "smollm2"],
         default="tiny",
-        help="part 2: a tiny Llama trained from scratch (SmolLM2's tokenizer), or SmolLM2-135M fine-tuned (hours on 2 CPU cores)",
+        help="part 2: a tiny Llama trained from scratch (SmolLM2's tokenizer), or SmolLM2-135M fine-tuned (about 15 min on 2 CPU cores)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
