@@ -19,6 +19,9 @@ never (the control). After fine-tuning, a window is "memorized" when greedy deco
 - **Word length** (ROME: longer words are memorized less): mean characters per word of the suffix text, memorized
   against not memorized within each repetition count (a permutation test of the difference, labels permuted within
   counts, so the count cannot explain it).
+- **Representation similarity across contexts** (ROME: memorized text is represented alike whatever precedes it):
+  `representation_similarity` of each suffix after its own prefix and after the prefixes of two other windows of the
+  set (last layer, mean over the suffix tokens), memorized against not memorized, with the same permutation test.
 
     nohup nice python examples/signals_graded.py &      # SmolLM2, about 10 CPU minutes per seed
     python examples/signals_graded.py --small            # a tiny model, one seed: the smoke run a test makes
@@ -45,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # membership_evi
 
 import membership_evidence as shared  # noqa: E402
 
-from hf_memory.analysis import MemorizationPredictor, memorization_signals  # noqa: E402
+from hf_memory.analysis import MemorizationPredictor, memorization_signals, representation_similarity  # noqa: E402
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -125,6 +128,20 @@ def word_length(tokenizer, windows: list, st: dict) -> np.ndarray:
     return np.array([np.mean([len(word) for word in text.split()]) if text.split() else 0.0 for text in texts])
 
 
+def context_similarity(model, windows: list, st: dict, seed: int) -> np.ndarray:
+    """Per window: the mean cosine similarity (last layer) of its suffix's representation after its own prefix and
+    after two other windows' prefixes, drawn at random."""
+    rng = random.Random(seed + 2000)
+    prefix = st["prefix"]
+    contexts = {}
+    for i, window in enumerate(windows):
+        others = rng.sample([j for j in range(len(windows)) if j != i], 2)
+        rows = [window] + [windows[j][:prefix] + window[prefix:] for j in others]
+        contexts[i] = [(row, (prefix, len(window))) for row in rows]
+    result = representation_similarity(model, contexts)
+    return np.array([result.per_concept[i][-1] for i in range(len(windows))])
+
+
 def stratified_permutation(values: np.ndarray, labels: np.ndarray, strata: np.ndarray, n: int, seed: int) -> dict:
     """Difference of means (label 1 minus label 0), averaged over the strata that hold both labels (weighted by
     size), and its two-sided p-value with labels permuted within strata."""
@@ -186,6 +203,11 @@ def run_seed(base, tokenizer, pool: list, st: dict, seed: int) -> dict:
     out["word_length_test"] = stratified_permutation(
         lengths[seen], labels[seen], np.array(counts)[seen], st["permutations"], seed
     )
+    similarity = context_similarity(tuned, windows, st, seed)
+    out["context_similarity"] = similarity.tolist()
+    out["context_similarity_test"] = stratified_permutation(
+        similarity[seen], labels[seen], np.array(counts)[seen], st["permutations"], seed
+    )
     out["cpu_s"] = round(time.process_time() - started, 1)
     return out
 
@@ -224,6 +246,7 @@ def summary_numbers(results: dict) -> dict:
             )
     out["own_continuation_entropy"] = entropy
     out["word_length_test"] = [r["word_length_test"] for r in runs]
+    out["context_similarity_test"] = [r["context_similarity_test"] for r in runs]
     return out
 
 
@@ -241,6 +264,8 @@ def summarize(results: dict) -> str:
     lines += [f"| {name} | {cell(v)} |" for name, v in n["own_continuation_entropy"].items()]
     lines += ["", "Word length of the suffix, memorized minus not, within repetition counts (permutation test):"]
     lines += [f"- seed {i}: {t}" for i, t in enumerate(n["word_length_test"])]
+    lines += ["", "Suffix representation similarity across contexts, memorized minus not, within counts:"]
+    lines += [f"- seed {i}: {t}" for i, t in enumerate(n["context_similarity_test"])]
     cpu = sum(r["cpu_s"] for r in results["seeds"].values())
     lines += ["", f"CPU time recorded: {cpu / 3600:.2f} h."]
     return "\n".join(lines)

@@ -25,6 +25,7 @@ def test_signals_graded_runs_small_and_resumes(tmp_path):
     assert memorized[counts == 0].sum() == 0
     assert run["memorized_by_count"]["16"] >= max(run["memorized_by_count"][str(c)] for c in (0, 1, 2))
     assert len(run["own_continuation_entropy"]["after"]) == len(counts) == len(run["word_length"])
+    assert len(run["context_similarity"]) == len(counts) and all(-1 <= s <= 1 for s in run["context_similarity"])
     assert "| predictor (split by document) | AUC |" in out.stdout
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0 and "seed 0: memorized" not in again.stdout  # read, not trained again
