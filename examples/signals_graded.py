@@ -226,6 +226,22 @@ def interval(values) -> list:
     return [mean, mean - half, mean + half]
 
 
+def prefix_entropy_auc(run: dict) -> tuple[float | None, float | None]:
+    """(AUC over every window, AUC within repetition counts) of minus the prefix entropy against the labels."""
+    from sklearn.metrics import roc_auc_score
+
+    score = -np.asarray(run["own_continuation_entropy"]["before"])
+    labels, counts = np.asarray(run["memorized"]), np.asarray(run["counts"])
+    overall = float(roc_auc_score(labels, score)) if 0 < labels.sum() < len(labels) else None
+    total, weight = 0.0, 0
+    for c in np.unique(counts):
+        inside = counts == c
+        if 0 < labels[inside].sum() < inside.sum():
+            total += inside.sum() * roc_auc_score(labels[inside], score[inside])
+            weight += inside.sum()
+    return overall, (float(total / weight) if weight else None)
+
+
 def summary_numbers(results: dict) -> dict:
     runs = [results["seeds"][k] for k in sorted(results["seeds"], key=int)]
     out = {"seeds": len(runs)}
@@ -233,6 +249,11 @@ def summary_numbers(results: dict) -> dict:
     out["predictor_auc"] = {
         name: interval([r["predictors"].get(name, {}).get("auc") for r in runs]) for name in PREDICTORS
     }
+    # One prefix-only feature, nothing fitted: minus the mean entropy of the fine-tuned model's 8 predictions before
+    # the boundary (inside the true prefix: the "before" side of the own-continuation entropy), as a score; over
+    # every window, and within each repetition count that holds both labels (weighted by its size).
+    out["prefix_entropy_auc"] = interval([prefix_entropy_auc(r)[0] for r in runs])
+    out["prefix_entropy_auc_within_counts"] = interval([prefix_entropy_auc(r)[1] for r in runs])
     entropy = {}
     for side in ("before", "after"):
         for label, name in ((1, "memorized"), (0, "not memorized")):
@@ -260,6 +281,8 @@ def summarize(results: dict) -> str:
     lines += ["|---:|---:|"] + [f"| {c} | {cell(v)} |" for c, v in n["memorized_by_count"].items()]
     lines += ["", "| predictor (split by document) | AUC |", "|---|---:|"]
     lines += [f"| {name} | {cell(v)} |" for name, v in n["predictor_auc"].items()]
+    lines += [f"| prefix entropy alone, nothing fitted: every window | {cell(n['prefix_entropy_auc'])} |"]
+    lines += [f"| prefix entropy alone, within repetition counts | {cell(n['prefix_entropy_auc_within_counts'])} |"]
     lines += ["", "| entropy along the model's own continuation (nats) | mean |", "|---|---:|"]
     lines += [f"| {name} | {cell(v)} |" for name, v in n["own_continuation_entropy"].items()]
     lines += ["", "Word length of the suffix, memorized minus not, within repetition counts (permutation test):"]
