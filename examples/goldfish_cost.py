@@ -18,7 +18,7 @@ which the held-out loss does not rise above the base model's while the members a
 Results go to a JSON file as they come (`--output`), a killed run resumes (an unfinished run of one learning rate,
 seed and arm is redone whole), `--summary` prints the tables and `--plot` draws the loss curves (the `plots` extra).
 
-    nohup nice python examples/goldfish_cost.py &            # SmolLM2: about 40 CPU minutes per learning rate
+    nohup nice python examples/goldfish_cost.py &            # SmolLM2: about half a CPU hour per learning rate
     python examples/goldfish_cost.py --small --output /tmp/g.json   # the smoke run the tests make
     python examples/goldfish_cost.py --summary --plot        # tables and figure of the committed results
 """
