@@ -35,9 +35,10 @@ import time
 from tqdm.auto import tqdm
 
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # fastmem_counterfactual_qa.py, next to this file
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples this one builds on, next to it
 
 import fastmem_counterfactual_qa as qa  # noqa: E402
+import membership_evidence as shared  # noqa: E402  (resume, save)
 
 from hf_memory import FastMemConfig, load_model  # noqa: E402
 from hf_memory.data import stdlib_docstrings  # noqa: E402
@@ -276,23 +277,14 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     limit, seeds = (SMALL["items"], SMALL["seeds"]) if args.small else (None, [0, 1, 2])
     settings = {"items_per_seed": limit or len(make_items(0)), "seeds": seeds, "small": args.small}
-    results = {"settings": settings, "seeds": {}}
-    if os.path.exists(output):
-        with open(output) as f:
-            stored = json.load(f)
-        if stored.get("settings") != settings:
-            raise SystemExit(f"{output} holds results of other settings: move it away or give another --output.")
-        results = stored
+    results = shared.resume(output, settings, {"settings": settings, "seeds": {}})
     model, tokenizer = load_model()
     model.eval()
     for seed in seeds:
         if str(seed) in results["seeds"]:
             continue
         results["seeds"][str(seed)] = run_seed(model, tokenizer, seed, limit)
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        with open(output + ".tmp", "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(output + ".tmp", output)
+        shared.save(results, output)
     print(summarize(results))
     return results
 

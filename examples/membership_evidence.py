@@ -305,14 +305,21 @@ def train_arm(arm: str, base, members, st, seed, output_dir, measure) -> float:
 # ---------------------------------------------------------------- the run
 
 
-def load(path: str, st: dict, small: bool) -> dict:
+def resume(path: str, settings: dict, fresh: dict, **also) -> dict:
+    """The results stored at `path` when they were made with `settings` (and the `also` values), else `fresh`; a
+    file of other settings stops the run rather than mixing two experiments."""
     if os.path.exists(path):
         with open(path) as f:
             results = json.load(f)
-        if results.get("settings") == st and results.get("small") == small:
+        if results.get("settings") == settings and all(results.get(k) == v for k, v in also.items()):
             return results
         raise SystemExit(f"{path} holds results of other settings: move it away or give another --output.")
-    return {"settings": st, "small": small, "machine": machine(), "base": {}, "runs": {}, "biased": None}
+    return fresh
+
+
+def load(path: str, st: dict, small: bool) -> dict:
+    fresh = {"settings": st, "small": small, "machine": machine(), "base": {}, "runs": {}, "biased": None}
+    return resume(path, st, fresh, small=small)
 
 
 def save(results: dict, path: str) -> None:

@@ -309,13 +309,7 @@ def main(argv=None) -> dict:
         return results
     torch.set_num_threads(args.threads)
     st = settings(args.small)
-    results = {"settings": st, "seeds": {}}
-    if os.path.exists(output):
-        with open(output) as f:
-            stored = json.load(f)
-        if stored.get("settings") != st:
-            raise SystemExit(f"{output} holds results of other settings: move it away or give another --output.")
-        results = stored
+    results = shared.resume(output, st, {"settings": st, "seeds": {}})
     if st["model"] == "smollm2":
         from hf_memory import load_model
 
