@@ -429,3 +429,16 @@ def test_collator_warns_once_about_documents_too_short_to_drop():
     with CaptureLogger(collator_module.logger) as captured:
         GoldfishDataCollator(default_data_collator, GoldfishConfig(k=4, strategy="static"))(features)
     assert captured.out == ""
+
+
+def test_static_strategy_short_document_warning_names_start():
+    from transformers.testing_utils import CaptureLogger
+
+    from hf_memory.goldfish import collator as collator_module
+
+    config = GoldfishConfig(k=2, strategy="static", start=5)
+    features = [{"input_ids": [7, 8, 9, 10, 11], "labels": [7, 8, 9, 10, 11]}]  # offsets 0..4: all <= start
+    with CaptureLogger(collator_module.logger) as captured:
+        batch = GoldfishDataCollator(default_data_collator, config)(features)
+    assert "`start` = 5" in captured.out and "Lower `start`" in captured.out
+    assert (batch["labels"] != -100).all()

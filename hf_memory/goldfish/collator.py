@@ -8,7 +8,7 @@ import torch
 from transformers.utils import logging
 
 from .config import GoldfishConfig
-from .mask import IGNORE_INDEX, document_offsets, goldfish_mask
+from .mask import IGNORE_INDEX, document_offsets, first_droppable_offset, goldfish_mask
 
 
 logger = logging.get_logger(__name__)
@@ -22,10 +22,9 @@ def _labels_are_the_inputs(batch, input_ids: torch.Tensor, labels: torch.Tensor,
 
 
 def _unreachable_documents(kept: torch.Tensor, offsets: torch.Tensor, config: GoldfishConfig) -> tuple[int, int]:
-    """(documents with a label, how many of them have no label that the mask may drop): a label is out of reach when
-    it has fewer than `h` targets of its own document before it (the hash strategies) or sits at or before `start`
-    ("static"), so a document that short trains exactly as with the standard loss."""
-    first = config.start + 1 if config.strategy == "static" else config.h
+    """(documents with a label, how many of them have no label that the mask may drop): a label before
+    `first_droppable_offset` is out of reach, so a document that short trains exactly as with the standard loss."""
+    first = first_droppable_offset(config)
     document = (offsets == 0).reshape(-1).long().cumsum(0) - 1  # column 0 of every row starts a document
     count = int(document[-1]) + 1 if document.numel() else 0
     labelled = torch.zeros(count, dtype=torch.bool, device=kept.device)
@@ -117,15 +116,18 @@ class GoldfishDataCollator:
                 documents, short = _unreachable_documents(kept, offsets, self.config)
                 if short:
                     self._warned_short = True
-                    reach = (
-                        f"at or before `start` = {self.config.start}"
+                    reach, fix = (
+                        (f"at or before `start` = {self.config.start}", "Lower `start`")
                         if self.config.strategy == "static"
-                        else f"with fewer than `h` = {self.config.h} tokens of their document before them"
+                        else (
+                            f"with fewer than `h` = {self.config.h} tokens of their document before them",
+                            "Lower `h`",
+                        )
                     )
                     logger.warning(
                         f"GoldfishDataCollator: {short} of the {documents} documents in this batch are too short for "
                         f"goldfish to drop any of their labels (it never drops labels {reach}): they train as with "
-                        "the standard loss. Lower `h` to reach them. (Warned once per collator.)"
+                        f"the standard loss. {fix} to reach them. (Warned once per collator.)"
                     )
         else:  # seq2seq: the targets are the decoder's own sequence, hashed as a causal LM hashes its inputs
             logger.warning_once(

@@ -152,6 +152,19 @@ def _hash_drops(ids: torch.Tensor, config: GoldfishConfig) -> torch.Tensor:
 _HASH_DROPS = {"hash": _hash_drops, "hash-table": _hash_table_drops, "hash-avalanche": _hash_avalanche_drops}
 
 
+def first_droppable_offset(config: GoldfishConfig) -> int:
+    """The first offset inside its document at which `goldfish_mask` may drop a label.
+
+    Args:
+        config: The goldfish settings.
+
+    Returns:
+        `h` for the hash strategies (the window needs h targets of the document; its first token is no target),
+        `start + 1` for "static". A document of at most this many tokens loses no label.
+    """
+    return config.start + 1 if config.strategy == "static" else config.h
+
+
 def goldfish_mask(
     input_ids: torch.Tensor, config: GoldfishConfig | None = None, position_ids: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -193,14 +206,15 @@ def goldfish_mask(
             )
         offsets = document_offsets(positions)
 
+    first = first_droppable_offset(config)
     if config.strategy == "static":
-        shifted = offsets - 1 - config.start
+        shifted = offsets - first
         drop = (shifted >= 0) & (shifted % config.k == 0)
-    elif config.h >= ids.shape[-1]:  # no label has h targets of its own document before it: nothing to hash
+    elif first >= ids.shape[-1]:  # no label has h targets of its own document before it: nothing to hash
         drop = torch.zeros_like(ids, dtype=torch.bool)
     else:
         drop = _HASH_DROPS[config.strategy](ids, config)
-        drop &= offsets >= config.h  # the window holds h targets of this document (its first token is no target)
+        drop &= offsets >= first  # the window holds h targets of this document (its first token is no target)
     if config.exempt_token_ids:
         exempt = torch.tensor(config.exempt_token_ids, dtype=ids.dtype, device=ids.device)
         drop &= ~torch.isin(ids, exempt)
