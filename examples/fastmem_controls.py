@@ -25,8 +25,6 @@ the per-item contingency table (wrong->right, right->wrong) with the exact McNem
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import sys
@@ -38,7 +36,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the examples this one builds on, next to it
 
 import fastmem_counterfactual_qa as qa  # noqa: E402
-import membership_evidence as shared  # noqa: E402  (resume, save)
+import membership_evidence as shared  # noqa: E402  (seeded_main, resume, save)
 
 from hf_memory import FastMemConfig, load_model  # noqa: E402
 from hf_memory.data import stdlib_docstrings  # noqa: E402
@@ -260,33 +258,19 @@ def summarize(results: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--small", action="store_true", help=f"a smoke run: {SMALL}")
-    parser.add_argument("--output", default=None, help=f"results JSON (default: {os.path.relpath(DEFAULT_OUTPUT)})")
-    parser.add_argument("--summary", action="store_true", help="print the tables of the results file and stop")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    args = parser.parse_args(argv)
-    output = args.output or DEFAULT_OUTPUT
-    if args.summary:
-        with open(output) as f:
-            results = json.load(f)
-        print(summarize(results))
+    def run(small: bool, output: str) -> dict:
+        limit, seeds = (SMALL["items"], SMALL["seeds"]) if small else (None, [0, 1, 2])
+        settings = {"items_per_seed": limit or len(make_items(0)), "seeds": seeds, "small": small}
+        results = shared.resume(output, settings, {"settings": settings, "seeds": {}})
+        model, tokenizer = load_model()
+        model.eval()
+        for seed in seeds:
+            if str(seed) not in results["seeds"]:
+                results["seeds"][str(seed)] = run_seed(model, tokenizer, seed, limit)
+                shared.save(results, output)
         return results
-    import torch
 
-    torch.set_num_threads(args.threads)
-    limit, seeds = (SMALL["items"], SMALL["seeds"]) if args.small else (None, [0, 1, 2])
-    settings = {"items_per_seed": limit or len(make_items(0)), "seeds": seeds, "small": args.small}
-    results = shared.resume(output, settings, {"settings": settings, "seeds": {}})
-    model, tokenizer = load_model()
-    model.eval()
-    for seed in seeds:
-        if str(seed) in results["seeds"]:
-            continue
-        results["seeds"][str(seed)] = run_seed(model, tokenizer, seed, limit)
-        shared.save(results, output)
-    print(summarize(results))
-    return results
+    return shared.seeded_main(argv, __doc__, DEFAULT_OUTPUT, str(SMALL), run, summarize)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,7 @@ than the never-seen control. Results go to a JSON file as each seed ends (a kill
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import os
 import random
 import sys
@@ -102,7 +100,7 @@ def auc(positive, negative) -> float | None:
     return float(roc_auc_score([1] * len(positive) + [0] * len(negative), [*positive, *negative]))
 
 
-def run_seed(base, pool: list, st: dict, seed: int) -> dict:
+def run_seed(base, tokenizer, pool: list, st: dict, seed: int) -> dict:
     started = time.process_time()
     rng = random.Random(seed)
     picked = rng.sample(pool, st["once"] + st["never"] + sum(st["segments"]))
@@ -219,37 +217,10 @@ def summarize(results: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--small", action="store_true", help="a smoke run: a tiny model, one seed")
-    parser.add_argument("--output", default=None, help=f"results JSON (default: {os.path.relpath(DEFAULT_OUTPUT)})")
-    parser.add_argument("--summary", action="store_true", help="print the tables of the results file and stop")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    args = parser.parse_args(argv)
-    output = args.output or DEFAULT_OUTPUT
-    if args.summary:
-        with open(output) as f:
-            results = json.load(f)
-        print(summarize(results))
-        return results
-    torch.set_num_threads(args.threads)
-    st = settings(args.small)
-    results = shared.resume(output, st, {"settings": st, "seeds": {}})
-    if st["model"] == "smollm2":
-        from hf_memory import load_model
+    def run(small: bool, output: str) -> dict:
+        return shared.run_seeds(output, settings(small), run_seed)
 
-        base, tokenizer = load_model()
-    else:
-        base, tokenizer, _ = shared.tiny_base(st)
-    base.eval()
-    pool = shared.docstring_pool(tokenizer, st["length"])
-    for seed in st["seeds"]:
-        if str(seed) in results["seeds"]:
-            continue
-        results["seeds"][str(seed)] = run_seed(base, pool, st, seed)
-        shared.save(results, output)
-        print(f"seed {seed}: done", flush=True)
-    print(summarize(results))
-    return results
+    return shared.seeded_main(argv, __doc__, DEFAULT_OUTPUT, "a tiny model, one seed", run, summarize)
 
 
 if __name__ == "__main__":

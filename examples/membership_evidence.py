@@ -317,6 +317,49 @@ def resume(path: str, settings: dict, fresh: dict, **also) -> dict:
     return fresh
 
 
+def seeded_main(argv, doc: str, default_output: str, small_help: str, run, summarize) -> dict:
+    """The command line of the experiments that store one entry per seed (`--small`, `--output`, `--summary`,
+    `--threads`): `run(small, output)` does the work and returns the results, `summarize(results)` the tables that
+    are printed; `--summary` only reads the results file."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--small", action="store_true", help=f"a smoke run: {small_help}")
+    parser.add_argument("--output", default=None, help=f"results JSON (default: {os.path.relpath(default_output)})")
+    parser.add_argument("--summary", action="store_true", help="print the tables of the results file and stop")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    output = args.output or default_output
+    if args.summary:
+        with open(output) as f:
+            results = json.load(f)
+    else:
+        torch.set_num_threads(args.threads)
+        results = run(args.small, output)
+    print(summarize(results))
+    return results
+
+
+def run_seeds(output: str, st: dict, run_seed) -> dict:
+    """`run_seed(base, tokenizer, pool, st, seed)` for every seed of `st["seeds"]` not stored at `output` yet, saved
+    as each ends. The base model is the embedded SmolLM2 or the tiny Llama (`st["model"]`); the pool is the
+    docstring windows of `st["length"]` tokens (default `prefix + suffix`)."""
+    results = resume(output, st, {"settings": st, "seeds": {}})
+    if st["model"] == "smollm2":
+        from hf_memory import load_model
+
+        base, tokenizer = load_model()
+    else:
+        base, tokenizer, _ = tiny_base(st)
+    base.eval()
+    pool = docstring_pool(tokenizer, st.get("length", st["prefix"] + st["suffix"]))
+    for seed in st["seeds"]:
+        if str(seed) in results["seeds"]:
+            continue
+        results["seeds"][str(seed)] = run_seed(base, tokenizer, pool, st, seed)
+        save(results, output)
+        print(f"seed {seed}: done", flush=True)
+    return results
+
+
 def load(path: str, st: dict, small: bool) -> dict:
     fresh = {"settings": st, "small": small, "machine": machine(), "base": {}, "runs": {}, "biased": None}
     return resume(path, st, fresh, small=small)
