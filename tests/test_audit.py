@@ -1189,13 +1189,10 @@ def test_the_extraction_verdict_says_what_the_membership_section_found(membershi
 def test_the_docs_pages_script_runs_small_and_a_rerun_only_renders_the_pages_again(tmp_path):
     """`examples/audit_report_pages.py --small` (what made `docs/audit_report*.png`, on a tiny Llama): three report
     folders and `summary.json` with each audit's verdict; a rerun loads the reports, loads no model, writes the pages."""
-    import subprocess
-    import sys
+    from tests.testing_utils import run_example
 
-    command = [sys.executable, "examples/audit_report_pages.py", "--small", "--output-dir", str(tmp_path)]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": root, "HF_HUB_OFFLINE": "1"}
-    first = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+    command = ["--small", "--output-dir", str(tmp_path)]
+    first = run_example("audit_report_pages", *command, timeout=1800)
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary) == {"setup", "base", "standard", "goldfish"}
@@ -1206,7 +1203,7 @@ def test_the_docs_pages_script_runs_small_and_a_rerun_only_renders_the_pages_aga
         assert report.membership is not None and (report.reference_model is None) == (arm == "base")
     assert summary["base"]["extraction_level"] == "none"  # an untrained tiny model writes no 8-token suffix
     (tmp_path / "base" / HTML_FILE).write_text("stale")
-    again = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    again = run_example("audit_report_pages", *command, timeout=600)
     assert again.returncode == 0 and "model loaded" not in again.stdout, again.stderr[-3000:]
     assert summary["base"]["extraction_verdict"][0] in (tmp_path / "base" / HTML_FILE).read_text()
 

@@ -198,14 +198,11 @@ def test_evidence_script_small_mode_runs(tmp_path):
     """`examples/canary_exposure.py --small` writes its summary: the canary inserted 16 times is more exposed than
     the fresh ones (the control), and the rerun reads the stored runs instead of training again."""
     import json
-    import os
-    import subprocess
-    import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    command = [sys.executable, "examples/canary_exposure.py", "--small", "--output-dir", str(tmp_path)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": root}
-    out = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=900, env=env)
+    from tests.testing_utils import run_example
+
+    command = ["--small", "--output-dir", str(tmp_path)]
+    out = run_example("canary_exposure", *command)
     assert out.returncode == 0, out.stderr[-3000:]
     with open(tmp_path / "results.json") as f:
         summary = json.load(f)["summary"]
@@ -222,9 +219,7 @@ def test_evidence_script_small_mode_runs(tmp_path):
         space = arm["membership_whole_space"]["inserted x16"]["tpr_at_0.001_fpr"]
         assert space["members"] == 3 and 0 <= space["interval"][0] <= space["tpr"] <= space["interval"][1] <= 1
     plot = tmp_path / "exposure.png"
-    again = subprocess.run(
-        [*command, "--plot", str(plot)], cwd=root, capture_output=True, text=True, timeout=900, env=env
-    )
+    again = run_example("canary_exposure", *command, "--plot", str(plot))
     assert again.returncode == 0 and "seed 0: exposure" not in again.stdout  # nothing trained twice
     assert plot.stat().st_size > 10_000  # the figure of exposure against insertions, from the stored runs
     with open(tmp_path / "results.json") as f:

@@ -1,21 +1,15 @@
 """`examples/goldfish_cost.py --small`: the goldfish downstream-cost experiment runs, resumes and summarizes."""
 
 import json
-import os
-import subprocess
-import sys
 
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.testing_utils import run_example
 
 
 def test_goldfish_cost_runs_small_resumes_and_plots(tmp_path):
     output = tmp_path / "small.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT, "MPLBACKEND": "Agg"}
 
     def run(*extra):
-        command = [sys.executable, "examples/goldfish_cost.py", "--small", "--output", str(output), *extra]
-        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+        return run_example("goldfish_cost", "--small", "--output", str(output), *extra, timeout=600)
 
     out = run("--plot")
     assert out.returncode == 0, out.stderr[-3000:]

@@ -2,19 +2,13 @@
 and the summary's counts and tests are right."""
 
 import json
-import os
-import subprocess
-import sys
 
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.testing_utils import run_example
 
 
 def test_latent_example_runs_small_and_summarizes(tmp_path):
     output = tmp_path / "small.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
-    command = [sys.executable, "examples/latent_smollm2.py", "--small", "--output", str(output)]
-    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    out = run_example("latent_smollm2", "--small", "--output", str(output), timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     run = json.loads(output.read_text())["seeds"]["0"]
     assert run["groups"].count("once") == run["groups"].count("never") == 6

@@ -295,17 +295,13 @@ def test_the_report_serializes_renders_and_plots(tmp_path, docstrings):
 
 @pytest.mark.slow
 def test_the_evidence_script_runs_small_resumes_and_summarizes(tmp_path):
-    import os
-    import subprocess
-    import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from tests.testing_utils import run_example
+
     output = tmp_path / "small.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": root}
 
     def run(*extra):
-        command = [sys.executable, "examples/membership_evidence.py", "--small", "--output", str(output), *extra]
-        return subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=900, env=env)
+        return run_example("membership_evidence", "--small", "--output", str(output), *extra)
 
     out = run()
     assert out.returncode == 0, out.stderr[-3000:]

@@ -383,13 +383,11 @@ def test_evidence_script_small_mode_runs(tmp_path):
     models it trains (p inside the draws' interval, greedy equal to greedy exact match), the plain-softmax control
     fails where the sampling scheme changes the distribution, and a rerun resumes from the stored runs."""
     import json
-    import subprocess
-    import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    command = [sys.executable, "examples/probabilistic_extraction.py", "--small", "--output-dir", str(tmp_path)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": root}
-    out = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=900, env=env)
+    from tests.testing_utils import run_example
+
+    command = ["--small", "--output-dir", str(tmp_path)]
+    out = run_example("probabilistic_extraction", *command)
     assert out.returncode == 0, out.stderr[-3000:]
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
@@ -410,8 +408,6 @@ def test_evidence_script_small_mode_runs(tmp_path):
     stored = sorted(os.listdir(tmp_path / "runs"))
     assert stored == ["goldfish_seed0.json", "goldfish_seed1.json", "monte_carlo.json", "standard_seed0.json",
                       "standard_seed1.json"]  # fmt: skip
-    again = subprocess.run(
-        [*command, "--skip-fine-tuning"], cwd=root, capture_output=True, text=True, timeout=900, env=env
-    )
+    again = run_example("probabilistic_extraction", *command, "--skip-fine-tuning")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Monte Carlo check, seed 1: done" in again.stdout

@@ -2,21 +2,15 @@
 the word-length test run end to end; the stratified permutation test behaves."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.testing_utils import run_example
 
 
 def test_signals_graded_runs_small_and_resumes(tmp_path):
     output = tmp_path / "small.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
-    command = [sys.executable, "examples/signals_graded.py", "--small", "--output", str(output)]
-    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    out = run_example("signals_graded", "--small", "--output", str(output), timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     run = json.loads(output.read_text())["seeds"]["0"]
     counts, memorized = np.array(run["counts"]), np.array(run["memorized"])
@@ -27,7 +21,8 @@ def test_signals_graded_runs_small_and_resumes(tmp_path):
     assert len(run["own_continuation_entropy"]["after"]) == len(counts) == len(run["word_length"])
     assert len(run["context_similarity"]) == len(counts) and all(-1 <= s <= 1 for s in run["context_similarity"])
     assert "| predictor (split by document) | AUC |" in out.stdout
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert "seed 0: memorized" in out.stdout
+    again = run_example("signals_graded", "--small", "--output", str(output), timeout=600)
     assert again.returncode == 0 and "seed 0: memorized" not in again.stdout  # read, not trained again
 
 

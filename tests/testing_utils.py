@@ -164,6 +164,15 @@ def load_example(name: str):
     return module
 
 
+def run_example(name: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run `examples/<name>.py` with `args` in a fresh interpreter, as a user would from the repository root (offline,
+    the repository importable, matplotlib without a display); its output is captured as text."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": root, "MPLBACKEND": "Agg"}
+    command = [sys.executable, os.path.join("examples", f"{name}.py"), *args]
+    return subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=timeout, env=env)
+
+
 def model_state(model) -> dict:
     """A copy of every tensor of the model's state dict, to check later that it came back bit for bit."""
     return {k: v.clone() for k, v in model.state_dict().items()}
