@@ -120,8 +120,11 @@ def draw_mosaic(index: int, size: int) -> np.ndarray:
     return np.kron(tiles, np.ones((size // 4, size // 4, 1), dtype=np.float32))
 
 
-def build_pipeline(captions, image_size: int = 16, width: int = 16, seed: int = 0):
-    """An untrained pixel-space StableDiffusionPipeline: the UNet denoises images directly (the VAE is never used)."""
+def build_pipeline(
+    captions, image_size: int = 16, width: int = 16, seed: int = 0, text_width: int = 64, text_layers: int = 2
+):
+    """An untrained pixel-space StableDiffusionPipeline: the UNet denoises images directly (the VAE is never used).
+    ``text_width`` and ``text_layers`` size the text encoder (its width is the UNet's cross-attention dimension)."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -130,9 +133,9 @@ def build_pipeline(captions, image_size: int = 16, width: int = 16, seed: int = 
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
+            hidden_size=text_width,
+            intermediate_size=2 * text_width,
+            num_hidden_layers=text_layers,
             num_attention_heads=4,
             max_position_embeddings=tokenizer.model_max_length,
             pad_token_id=0,
@@ -148,7 +151,7 @@ def build_pipeline(captions, image_size: int = 16, width: int = 16, seed: int = 
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64,
+        cross_attention_dim=text_width,
         attention_head_dim=8,
         norm_num_groups=8,
     )

@@ -949,6 +949,56 @@ def test_tiny_memorization_example_runs(tmp_path):
     )
 
 
+@pytest.mark.slow
+def test_sparsity_example_runs_and_resumes(tmp_path):
+    from tests.testing_utils import run_example
+
+    command = ("--small", "--output-dir", str(tmp_path))
+    out = run_example("nemo_sparsity", *command, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    widths = results["statistics"]["layers"]
+    # Every cross-attention value layer is a candidate, the up blocks' too (the tiny UNet: 7 layers, 352 channels).
+    assert len(widths) == 7 and sum(widths.values()) == results["value_channels"]["all"] == 352
+    assert results["value_channels"]["down_mid"] == 160
+    channels = {group: results["blocks"][group]["channels"] for group in ("down_mid", "up", "all")}
+    assert channels == {"down_mid": 160, "up": 192, "all": 352}
+    captions = list(results["baseline"])
+    assert len(captions) == 2
+    for caption in captions:
+        # Silencing every value channel changes the first-step prediction: the hooks fire on every block.
+        assert results["blocks"]["all"]["captions"][caption]["score"] != results["baseline"][caption]["score"]
+        singles = results["singles"][caption]
+        assert singles["screened_channels"] == 2 * len(widths)  # --small screens 2 channels per layer
+        assert len(singles["confirmed_singles"]) == 2 and len(singles["confirmed_pairs"]) == 1
+        screened = sorted(v for values in singles["screened"].values() for v in values)
+        assert [round(e["score"], 4) for e in singles["confirmed_singles"]] == screened[:2]  # the lowest confirmed
+        best = results["best_two"][caption]
+        assert 1 <= best["channels"] <= 2
+        for control in best["random_control"]:
+            assert control["share"] in (0.0, 0.5, 1.0)  # 2 seeds
+        assert best["reproduced"] == (
+            best["share_before"] >= 0.5
+            and best["share_after"] == 0
+            and best["others_ssim"]["mean"] >= 0.9
+            and best["random_control_share"] >= 0.5
+        )
+        for key in ("nemo_all_layers", "nemo_down_mid"):
+            entry = results[key][caption]
+            if key == "nemo_down_mid":
+                assert entry["channels_per_block"]["up"] == 0  # the paper's candidates exclude the up blocks
+            assert entry["channels"] == sum(map(len, entry["neurons"].values()))
+    assert results["verdict"]["captions_reproduced"] == sum(results["best_two"][c]["reproduced"] for c in captions)
+    # A rerun finds every step done and recomputes nothing.
+    again = run_example("nemo_sparsity", *command, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "singles" not in again.stdout
+    rerun = json.loads((tmp_path / "results.json").read_text())
+    assert {k: rerun[k] for k in ("baseline", "singles", "best_two")} == {
+        k: results[k] for k in ("baseline", "singles", "best_two")
+    }
+
+
 def tiny_pixart(use_additional_conditions: bool = False):
     """A PixArt-style DiT: its forward takes `(hidden_states, encoder_hidden_states, timestep, ...)`, the timestep by
     keyword, and it predicts a learned variance (6 output channels for 3)."""
