@@ -1132,3 +1132,74 @@ def test_train_on_facts_runs_under_a_callers_inference_mode():
     with torch.inference_mode():
         losses = train_on_facts(model, tok, facts, epochs=1, lr=1e-2, batch_size=5).losses
     assert losses == expected
+
+
+@pytest.mark.slow
+def test_capacity_seeds_example_small_mode_resumes_and_summarises(tmp_path):
+    import json
+    import os
+
+    from tests.testing_utils import run_example
+
+    first = run_example("fact_capacity_seeds", "--small", "--only", "main", "--output-dir", str(tmp_path))
+    assert first.returncode == 0, first.stderr[-3000:]
+    main_files = sorted((tmp_path / "jobs").glob("main_*.json"))
+    stamps = [path.stat().st_mtime_ns for path in main_files]
+    run = run_example("fact_capacity_seeds", "--small", "--output-dir", str(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "6 jobs finished earlier, 10 to run" in run.stdout  # the main grid is not trained again
+    assert [path.stat().st_mtime_ns for path in main_files] == stamps
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    config = summary["settings"]
+    main = [f"main_seed{s}_w{w}" for s in config["seeds"] for w in config["widths"]]
+    sweep = [f"sweep_w{w}_x{m:g}" for w in config["sweep"]["widths"] for m in config["sweep"]["multipliers"]]
+    assert sorted(summary["jobs_finished"]) == sorted(main + sweep)
+    for name in main + sweep:
+        job = json.loads((tmp_path / "jobs" / f"{name}.json").read_text())
+        assert job["seconds"] > 0 and job["curve"][0][0] == 0 and job["curve"][-1][0] == job["job"]["epochs"]
+        assert job["job"]["recipe"]["schedule"] == "constant"
+    for seed in config["seeds"]:
+        entry = summary["per_seed"][str(seed)]
+        assert entry["complete"] and entry["widths_done"] == config["widths"]
+        fit = entry["exponent"]  # every smoke model knows some facts, so the logarithm exists
+        low, high = fit["ci"]
+        assert low <= fit["exponent"] <= high and fit["covers_1"] == (low <= 1 <= high)
+        assert fit["interval"].startswith("OLS t-interval, 1 dof")
+        assert entry["linear"]["bits_per_param"] == pytest.approx(entry["linear"]["params"]["slope"] * 4)
+    for job in summary["main"].values():
+        for law in (job["epoch_law"], job["epoch_law_from_inflection"]):
+            assert law is None or law["r2"] <= 1
+    widths = summary["sweep"]["widths"]
+    assert sorted(widths) == sorted(str(w) for w in config["sweep"]["widths"])
+    for entry in widths.values():
+        assert [r["multiplier"] for r in entry["runs"]] == config["sweep"]["multipliers"]
+        # constant rate after the same warm-up: the sweep's run at the rule's rate is the main grid's first epochs
+        rule = next(r for r in entry["runs"] if r["multiplier"] == 1.0)
+        assert rule["capacity"] == entry["main_grid_at_sweep_epochs"]
+        assert entry["best_multiplier"] in config["sweep"]["multipliers"] and 0 < entry["rule_share_of_best"] <= 1
+    assert {os.path.basename(p) for p in summary["plots"]} == {"fact_capacity_seeds.png", "fact_capacity_lr_sweep.png"}
+    assert all((tmp_path / os.path.basename(p)).is_file() for p in summary["plots"])
+    # a run with other settings refuses to mix its jobs with these
+    other = run_example("fact_capacity_seeds", "--small", "--epochs", "6", "--output-dir", str(tmp_path))
+    assert other.returncode != 0 and "was made with other settings" in other.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--widths", "16,abc,32"], "comma-separated list of integers"),
+        (["--widths", "16,20,32"], "multiples of 8"),
+        (["--widths", "16,32"], "at least 3 widths"),
+        (["--widths", "16,16,32"], "distinct integers"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--seeds=-1,2"], "distinct integers >= 0"),
+        (["--workers", "0"], "--workers must be >= 1"),
+    ],
+)
+def test_capacity_seeds_example_refuses_bad_arguments_before_any_work(tmp_path, capsys, argv, message):
+    from tests.testing_utils import load_example
+
+    with pytest.raises(SystemExit):
+        load_example("fact_capacity_seeds").main([*argv, "--output-dir", str(tmp_path / "out")])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
