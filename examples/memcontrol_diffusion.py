@@ -111,6 +111,26 @@ def make_data(pipe, image_size: int, copies: int, generic_per_caption: int, seed
     )
 
 
+def pretrained_unet(output_dir: str, pretrain: dict, steps: int, lr: float, image_size: int = 16, width: int = 16):
+    """The UNet pretrained on generic captions only (all parameters, `steps` steps of batch 32, seed 1), read from
+    `output_dir`/pretrained_<steps>.pt when a run saved it there. Returns (model in eval mode, seconds spent
+    training: None when it was read back)."""
+    path = os.path.join(output_dir, f"pretrained_{steps}.pt")
+    unet = build_unet(image_size, width)
+    seconds = None
+    if os.path.exists(path):
+        unet.load_state_dict(torch.load(path))
+    else:
+        started = time.time()
+        train_unet(
+            unet, pretrain, MemControlMask(["all"], [1], method="full", lr=lr), steps=steps, batch_size=32, seed=1
+        )
+        seconds = round(time.time() - started, 1)
+        os.makedirs(output_dir, exist_ok=True)
+        torch.save(unet.state_dict(), path)
+    return unet.eval(), seconds
+
+
 def attack(pipe, unet, mosaics, generations: int, steps: int, threshold: float, guidance: float):
     pipe.unet = unet.eval()
     size = unet.config.sample_size
@@ -242,17 +262,9 @@ def main(
     }
 
     # 0. Pretraining on generic captions only (all parameters).
-    pretrained_path = os.path.join(output_dir, f"pretrained_{pretrain_steps}.pt")
-    unet = build_unet(image_size, width)
-    if os.path.exists(pretrained_path):
-        unet.load_state_dict(torch.load(pretrained_path))
-    else:
-        mask = MemControlMask(["all"], [1], method="full", lr=lr)
-        t0 = time.time()
-        train_unet(unet, pretrain, mask, steps=pretrain_steps, batch_size=32, seed=1)
-        results["pretrain_seconds"] = round(time.time() - t0, 1)
-        torch.save(unet.state_dict(), pretrained_path)
-    unet.eval()
+    unet, seconds = pretrained_unet(output_dir, pretrain, pretrain_steps, lr, image_size, width)
+    if seconds is not None:
+        results["pretrain_seconds"] = seconds
 
     def factory():
         return copy.deepcopy(unet)

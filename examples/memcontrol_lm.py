@@ -4,8 +4,9 @@ reproducing them verbatim, at a held-out loss close to all-layers LoRA?
 The documents are the goldfish demo's (standard-library docstrings cut to 64 tokens): the first `docs` are trained
 on, the next `held_out` measure the held-out loss. The search space is the attention and the FFN of a few evenly
 spaced layers (10 groups by default: a deep LM has 60 and a short CPU search cannot cover them); NSGA-II runs a few
-trials of a short LoRA run each. Baselines trained the same way: all-layers LoRA (attention + FFN of every layer),
-last-FFN LoRA (FastMem's target) and all-layers LoRA with the goldfish loss (k = 4).
+trials of a short LoRA run each. Baselines trained the same way: full fine-tuning (every parameter, at its own
+`--full-lr`), all-layers LoRA (attention + FFN of every layer), last-FFN LoRA (FastMem's target) and all-layers LoRA
+with the goldfish loss (k = 4).
 
     python examples/memcontrol_lm.py              # ~20 min on 2 busy CPU cores (8 docs, 10 steps, 3 trials)
     python examples/memcontrol_lm.py --docs 16 --steps 24 --batch-size 8 --trials 12 --layers 5   # a GPU run
@@ -70,6 +71,7 @@ def main(
     steps: int = 10,
     batch_size: int = 4,
     lr: float = 3e-3,
+    full_lr: float = 1e-4,
     lora_r: int = 8,
     layers: int = 3,
     trials: int = 3,
@@ -109,6 +111,7 @@ def main(
             "steps": steps,
             "batch_size": batch_size,
             "lr": lr,
+            "full_lr": full_lr,
             "lora_r": lora_r,
             "searched_layers": chosen,
             "groups": groups,
@@ -126,13 +129,16 @@ def main(
             stored = json.load(f)
         cache = stored["results"] if stored.get("settings") == settings_key else {}
 
-    def baseline(label, mask, train_fn=None):
+    def baseline(label, mask, train_fn=None, whole_model=False):
         if label in cache:
             results[label] = cache[label]
             return
         t0 = time.time()
         torch.manual_seed(0)  # as the search seeds each trial's adapter initialization
-        model = mask.apply(factory())
+        if whole_model:  # every parameter trains: embeddings and norms too, which no group holds
+            model = factory().requires_grad_(True)
+        else:
+            model = mask.apply(factory())
         trainable, total = count_parameters(model)
         (train_fn or (lambda m, d, k: train_causal_lm(m, d, k, steps=steps, batch_size=batch_size)))(
             model, train, mask
@@ -144,6 +150,8 @@ def main(
             json.dump({"settings": settings_key, "results": cache}, f, indent=2)
 
     every = MemControlMask.for_model(base, None, lr=lr, **mask_kwargs)
+    full = MemControlMask(["all"], [1], method="full", lr=full_lr)  # groups unused: the whole model trains
+    baseline("full fine-tune (every parameter)", full, whole_model=True)
     baseline("all-layers LoRA", every)
     baseline("last-FFN LoRA", MemControlMask.for_model(base, [all_groups[-1]], lr=lr, **mask_kwargs))
     baseline("all-layers LoRA + goldfish (k=4)", every, goldfish_train_fn(steps, batch_size))
@@ -198,5 +206,6 @@ if __name__ == "__main__":
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--layers", type=int, default=3, help="Evenly spaced layers whose attention/FFN are searched.")
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--full-lr", type=float, default=1e-4, help="Learning rate of the full fine-tuning arm.")
     parser.add_argument("--num-threads", type=int, default=1)
     print(json.dumps(main(**vars(parser.parse_args())), indent=2))

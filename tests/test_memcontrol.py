@@ -32,7 +32,7 @@ from hf_memory.memcontrol import (
     train_causal_lm,
     train_unet,
 )
-from tests.testing_utils import tiny_causal_lm
+from tests.testing_utils import load_example, run_example, tiny_causal_lm
 
 
 optuna = pytest.importorskip("optuna")
@@ -811,6 +811,148 @@ def test_example_small_mode_runs(name, tmp_path):
         assert list(arms)[:2] == ["full fine-tune (whole UNet)", "all-blocks LoRA"] and len(arms) == 3
         assert all(len(arm["attack"]["distance_to_training"]) == 5 for arm in arms.values())
         assert (tmp_path / "generations.png").exists()
+    if name == "memcontrol_lm":  # the full fine-tuning arm, measured as the LoRA arms are
+        with open(tmp_path / "results.json") as f:
+            results = json.load(f)
+        full = results["full fine-tune (every parameter)"]
+        assert full["trainable_fraction"] == 1.0 > results["all-layers LoRA"]["trainable_fraction"]
+        assert {"extraction", "exact_match", "heldout_loss"} <= set(full)
+        assert full["heldout_loss"] != results["before fine-tuning"]["heldout_loss"]  # it trained
+
+
+def test_matched_training_loop_is_train_unets_and_resumes_after_a_kill(tmp_path):
+    matched = load_example("memcontrol_matched")
+    data = unet_data(6)
+    groups = list(maskable_groups(tiny_unet()))
+    mask = MemControlMask(groups, [1, 0, 1, 0], lr=1e-2)
+
+    def fresh():
+        torch.manual_seed(0)
+        return mask.apply(tiny_unet())
+
+    reference = fresh()
+    before = {k: v.clone() for k, v in reference.state_dict().items()}
+    train_unet(reference, data, mask, steps=6, batch_size=4, seed=3, lr_scheduler="cosine", warmup_steps=1)
+    assert any(not torch.equal(before[k], v) for k, v in reference.state_dict().items())
+
+    def evaluate(model):
+        return {"heldout_loss": denoising_loss(model, data, timesteps=[500])}
+
+    def run(model, state, on_checkpoint, recorded=()):
+        matched.train_with_checkpoints(model, mask, data, 6, 4, 3, 1, [2, 4, 6], evaluate, str(state), on_checkpoint,
+                                       recorded_steps=recorded)  # fmt: skip
+
+    uninterrupted, seen = fresh(), []
+    run(uninterrupted, tmp_path / "a.pt", seen.append)
+    assert [c["step"] for c in seen] == [2, 4, 6]
+    for name, value in reference.state_dict().items():  # the same steps as the library's loop
+        assert torch.equal(uninterrupted.state_dict()[name], value), name
+
+    def killed_at_4(numbers):  # the state of step 4 is saved, its numbers are not recorded
+        if numbers["step"] == 4:
+            raise KeyboardInterrupt
+
+    run(fresh(), tmp_path / "b.pt", lambda c: None)  # a first full run elsewhere must not matter
+    with pytest.raises(KeyboardInterrupt):
+        run(fresh(), tmp_path / "c.pt", killed_at_4)
+    resumed, again = tiny_unet(), []
+    torch.manual_seed(123)  # another adapter initialization: the saved state replaces it
+    resumed = mask.apply(resumed)
+    run(resumed, tmp_path / "c.pt", again.append, recorded={2})
+    assert [c["step"] for c in again] == [4, 6]  # step 4 evaluated again first, then training goes on
+    assert [c["heldout_loss"] for c in again] == [c["heldout_loss"] for c in seen[1:]]
+    for name, value in reference.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+
+
+def test_matched_comparison_reads_copying_at_the_same_held_out_loss():
+    matched = load_example("memcontrol_matched")
+
+    def trajectory(losses, distances):
+        return [{"step": 100 * i, "heldout_loss": loss, "nearest_distance": d, "copied": 0, "clusters": 0,
+                 "noise_magnitude": 1.0} for i, (loss, d) in enumerate(zip(losses, distances))]  # fmt: skip
+
+    full = trajectory([0.060, 0.050, 0.040], [0.60, 0.50, 0.30])
+    sparse = trajectory([0.060, 0.055, 0.050], [0.60, 0.59, 0.58])
+    result = matched.compare(full, sparse, levels=2)
+    rows = result["matched"]
+    assert [r["heldout_loss"] for r in rows] == pytest.approx([0.055, 0.050])  # down to the sparse arm's best
+    assert [r["full"] for r in rows] == pytest.approx([0.55, 0.50])  # halfway between step 0 and 100, then step 100
+    assert [r["full_step"] for r in rows] == pytest.approx([50, 100])
+    assert [r["arm"] for r in rows] == pytest.approx([0.59, 0.58])
+    assert [r["difference"] for r in rows] == pytest.approx([0.04, 0.08])
+    assert result["levels_where_arm_copies_less"] == 2 and "copies less" in result["verdict"]
+    assert result["early_stopping"]["full"]["step"] == 200 and result["early_stopping"]["arm"]["step"] == 200
+    assert result["early_stopping"]["difference"] == pytest.approx(0.28)
+    # a copying sparse arm: the verdict turns
+    assert "as much or more" in matched.compare(full, trajectory([0.060, 0.055, 0.050], [0.6, 0.4, 0.2]))["verdict"]
+    # the first crossing counts, not a later one
+    bumpy = trajectory([0.060, 0.048, 0.056, 0.045], [0.6, 0.2, 0.9, 0.1])
+    assert matched.value_at_loss(bumpy, 0.050) == pytest.approx((0.6 - 0.4 * 10 / 12, 100 * 10 / 12))
+    assert matched.value_at_loss(bumpy, 0.040) is None
+    # an arm that never improves on the pretrained model: nothing to match
+    assert matched.compare(full, trajectory([0.060, 0.061], [0.6, 0.6]))["matched"] == []
+    assert matched.nondominated_ranks([[1, 3], [2, 2], [3, 1], [2, 3], [3, 3]]) == [0, 0, 0, 1, 2]
+
+
+def test_matched_memorization_counts_a_planted_copy():
+    matched = load_example("memcontrol_matched")
+    g = torch.Generator().manual_seed(0)
+    training = torch.rand(7, 3, 8, 8, generator=g)  # 2 generic images, then the 5 captions' mosaics
+    generations = torch.rand(15, 3, 8, 8, generator=g)  # 3 per caption
+    generations[0:3] = training[2]  # caption 0: three exact copies of its mosaic
+    generations[3] = training[0]  # caption 1: one copy of a generic image, not of its mosaic
+    out = matched.memorization(generations, training, first_mosaic=2, threshold=0.1)
+    assert out["copied"] == 1 and out["clusters"] == 1 and out["extracted"] == 1
+    assert out["closest_per_caption"][:2] == [0.0, 0.0] and min(out["closest_per_caption"][2:]) > 0.1
+    assert out["nearest_is_own_mosaic"] >= 3 / 15
+    full = tile_distance(generations, training).min(dim=1).values
+    assert out["nearest_distance"] == pytest.approx(float(full.mean()))
+
+
+@pytest.mark.slow
+def test_matched_example_small_mode_runs_and_resumes(tmp_path):
+    from scipy.stats import spearmanr
+
+    first = run_example("memcontrol_matched", "--small", "--output-dir", str(tmp_path), timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = tmp_path / "results"
+    with open(results / "plan.json") as f:
+        plan = json.load(f)
+    names = [a["name"] for a in plan["arms"]]
+    assert names[:2] == ["full", "lora_11"] and len(names) >= 3 and plan["seeds"] == [0, 1]
+    trajectories = {}
+    for name in names:
+        for seed in (0, 1):
+            with open(results / f"{name}_seed{seed}.json") as f:
+                trajectories[name, seed] = record = json.load(f)
+            assert record["finished"] and [c["step"] for c in record["checkpoints"]] == [0, 1, 2]
+            for c in record["checkpoints"]:
+                assert np.isfinite([c["heldout_loss"], c["noise_magnitude"], c["nearest_distance"]]).all()
+                assert 0 < c["nearest_distance"] < 1 and 0 <= c["copied"] <= 5 and len(c["closest_per_caption"]) == 5
+    assert trajectories["full", 0]["trainable_fraction"] == 1.0 > trajectories["lora_11", 0]["trainable_fraction"]
+    # the two seeds train differently; the step-0 checkpoint (the pretrained model) is shared
+    assert trajectories["full", 0]["checkpoints"][-1] != trajectories["full", 1]["checkpoints"][-1]
+    assert trajectories["full", 0]["checkpoints"][0] == trajectories["lora_11", 1]["checkpoints"][0]
+    with open(results / "enumeration.json") as f:
+        enumeration = json.load(f)
+    masks = enumeration["masks"]
+    assert sorted(masks) == ["01", "10", "11"]
+    keys = sorted(masks)
+    rho = spearmanr([masks[k]["noise_magnitude"] for k in keys], [masks[k]["nearest_distance"] for k in keys])[0]
+    assert enumeration["spearman_noise_vs_distance"]["rho"] == pytest.approx(rho)
+    with open(results / "summary.json") as f:
+        summary = json.load(f)
+    assert set(summary["status"].values()) == {"finished"}
+    assert {f"{n} vs full, seed {s}" for n in names[1:] for s in (0, 1)} == set(summary["comparisons"])
+    assert summary["reproduced"]["value"] in (True, False)
+    assert (tmp_path / "matched.png").exists()
+
+    stored = {p.name: p.read_text() for p in results.glob("*_seed*.json")}
+    second = run_example("memcontrol_matched", "--small", "--output-dir", str(tmp_path), timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("finished earlier: skipped") == 2 * len(names)
+    assert {p.name: p.read_text() for p in results.glob("*_seed*.json")} == stored
 
 
 def test_search_over_a_subset_of_groups_leaves_the_others_frozen():
