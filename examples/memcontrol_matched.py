@@ -121,7 +121,8 @@ def memorization(images: torch.Tensor, training_images: torch.Tensor, first_mosa
         `nearest_distance` (the mean over generations of the tile-L2 distance to the nearest training image, the
         measure the analysis uses), `nearest_rms` (the same with the whole image as one tile), `closest_per_caption`
         (each caption's closest generation), `nearest_is_own_mosaic` (the fraction of generations whose nearest
-        training image is their caption's mosaic), `copied` (captions with a generation within `threshold` of its
+        training image is their caption's mosaic), `own_mosaic_distance` (the mean tile-L2 distance of the
+        generations to their own caption's mosaic), `copied` (captions with a generation within `threshold` of its
         own mosaic, which is also its nearest image), and the extraction attack's `clusters` (captions with >= 3
         near-identical generations, fewer when n < 3) and `extracted` on the same generations.
     """
@@ -146,6 +147,7 @@ def memorization(images: torch.Tensor, training_images: torch.Tensor, first_mosa
         "nearest_rms": float(whole.mean()),
         "closest_per_caption": [round(float(d), 4) for d in nearest.view(captions, per_caption).min(dim=1).values],
         "nearest_is_own_mosaic": float((index == own).float().mean()),
+        "own_mosaic_distance": float(tiles[torch.arange(len(images)), own].mean()),
         "copied": int(copies.any(dim=1).sum()),
         "clusters": attack.num_memorized,
         "extracted": attack.num_extracted,

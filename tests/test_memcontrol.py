@@ -908,6 +908,8 @@ def test_matched_memorization_counts_a_planted_copy():
     assert out["nearest_is_own_mosaic"] >= 3 / 15
     full = tile_distance(generations, training).min(dim=1).values
     assert out["nearest_distance"] == pytest.approx(float(full.mean()))
+    own = tile_distance(generations, training)[torch.arange(15), 2 + torch.arange(5).repeat_interleave(3)]
+    assert out["own_mosaic_distance"] == pytest.approx(float(own.mean())) and float(own[:3].max()) == 0.0
 
 
 @pytest.mark.slow
