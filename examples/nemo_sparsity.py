@@ -77,6 +77,13 @@ REGIMES = {
             {"steps": 1000, "batch_size": 100, "memorized_share": 0.02, "seed": 1},
         ],
     },
+    "pretrain_long": {  # the one redesign of `pretrain`, which did not replicate: 1,000 more steps at 2 %
+        "pipeline_dir": os.path.join("demo_output", "nemo_sparsity", "pretrain_long", "pipeline"),
+        "init_from": "pretrain",
+        "text_width": 128,
+        "noise_offset": 0.1,
+        "phases": [{"steps": 1000, "batch_size": 100, "memorized_share": 0.02, "seed": 2}],
+    },
 }
 SMALL = {
     "train_steps": 3,
@@ -89,6 +96,7 @@ SMALL = {
     "top": 2,
     "top_pairs": 1,
     "random_draws": 1,
+    "min_replicating": 0,
 }
 REPLICATED = 0.9  # SSIM to the training image over which a generation counts as a copy
 OTHERS_KEEP = 0.9  # other prompts must keep this SSIM to their unhooked generations
@@ -133,19 +141,25 @@ def random_like(neurons: dict, widths: dict, draw: int) -> NeMoConfig:
 
 
 def train_regime(regime: dict, train_steps: int | None, log_every: int) -> tuple:
-    """Train the regime's pipeline (or load it from its folder); returns (pipe, training record or None)."""
+    """Train the regime's pipeline (or load it from its folder); returns (pipe, training record or None).
+    A regime with ``init_from`` starts from that regime's pipeline instead of a new one."""
     from diffusers import StableDiffusionPipeline
 
     directory = regime["pipeline_dir"]
     if os.path.isdir(directory):
         pipe = StableDiffusionPipeline.from_pretrained(directory, safety_checker=None, requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
-        return pipe.to(torch.float32), None
+        return pipe, None
     train_captions, held_out = tiny.generic_captions()
-    pipe = tiny.build_pipeline(
-        train_captions + held_out + list(tiny.MEMORIZED), 16, 16, text_width=regime["text_width"]
-    )
     record, start = {"phases": []}, time.process_time()
+    if "init_from" in regime:  # continue training another regime's pipeline (trained first if missing)
+        pipe, _ = train_regime(REGIMES[regime["init_from"]], train_steps, log_every)
+        pipe.unet.train()
+        record["init_from"] = regime["init_from"]
+    else:
+        pipe = tiny.build_pipeline(
+            train_captions + held_out + list(tiny.MEMORIZED), 16, 16, text_width=regime["text_width"]
+        )
     for phase in regime["phases"]:
         steps = phase["steps"] if train_steps is None else train_steps
         seconds = tiny.train(
@@ -179,6 +193,7 @@ def main(
     top: int = 8,
     top_pairs: int = 5,
     random_draws: int = 3,
+    min_replicating: int = 2,
     num_threads: int = 1,
     log_every: int = 250,
 ) -> dict:
@@ -231,6 +246,16 @@ def main(
             }
             save()
     print(f"[{regime}] baseline shares {[baseline[c]['share'] for c in memorized]}", flush=True)
+    replicating = [c for c in memorized if baseline[c]["share"] >= 0.5]
+    if len(replicating) < min_replicating:  # nothing to stop: the NeMo steps would measure nothing
+        results["verdict"] = {
+            "replicating_captions": len(replicating),
+            "captions_reproduced": 0,
+            "reproduced": False,
+            "criterion": f"not tested: fewer than {min_replicating} captions replicate (share >= 0.5)",
+        }
+        save()
+        return results
 
     # Statistics and threshold over every value layer (the paper's are a subset, with the same threshold).
     stats_dir = os.path.join(os.path.dirname(settings["pipeline_dir"]), "statistics_all_layers")
@@ -376,7 +401,6 @@ def main(
             and control_share >= 0.5,
         }
         save()
-    replicating = [c for c in memorized if baseline[c]["share"] >= 0.5]
     reproduced = [c for c in memorized if best[c]["reproduced"]]
     results["verdict"] = {
         "replicating_captions": len(replicating),
@@ -404,8 +428,9 @@ def make_figure(paths: dict, figure: str) -> None:
         ("NeMo all layers", lambda r, c: r["nemo_all_layers"][c].get("after", r["baseline"][c])["share"]),
         ("all down+mid", lambda r, c: r["blocks"]["down_mid"]["captions"][c]["share"]),
         ("all up", lambda r, c: r["blocks"]["up"]["captions"][c]["share"]),
+        ("all 352", lambda r, c: r["blocks"]["all"]["captions"][c]["share"]),
     ]
-    fig, axes = plt.subplots(1, len(paths), figsize=(5.2 * len(paths), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(paths), figsize=(5.2 * len(paths) + 1.4, 3.4), squeeze=False)
     for ax, (name, path) in zip(axes[0], paths.items()):
         with open(path) as f:
             results = json.load(f)
@@ -418,7 +443,7 @@ def make_figure(paths: dict, figure: str) -> None:
         ax.set_xticklabels([c.split()[-1] for c in captions], fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_title(f"{name}: replicated share (SSIM > 0.9, 8 seeds)", fontsize=9)
-    axes[0][0].legend(fontsize=7, ncol=2)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     os.makedirs(os.path.dirname(figure) or ".", exist_ok=True)
     fig.savefig(figure, dpi=110)
@@ -433,13 +458,20 @@ if __name__ == "__main__":
     parser.add_argument("--top", type=int, default=8, help="Screened single channels confirmed by generation.")
     parser.add_argument("--top-pairs", type=int, default=5, help="Screened pairs confirmed by generation.")
     parser.add_argument("--num-threads", type=int, default=1)
-    parser.add_argument("--figure", default=None, help="Only draw the figure from both regimes' results files.")
+    parser.add_argument("--figure", default=None, help="Only draw the figure from the regimes' results files.")
     parser.add_argument("--small", action="store_true", help=f"a smoke run: {SMALL}, results in --output-dir")
     options = vars(parser.parse_args())
     figure = options.pop("figure")
     if figure:
         folder = os.path.join("examples", "results", "nemo_sparsity")
-        make_figure({name: os.path.join(folder, f"{name}.json") for name in REGIMES}, figure)
+        paths = {name: os.path.join(folder, f"{name}.json") for name in REGIMES}
+        finished = {}
+        for name, path in paths.items():  # the regimes that got as far as the verdict on their best <= 2 channels
+            if os.path.isfile(path):
+                with open(path) as f:
+                    if "best_two" in json.load(f):
+                        finished[name] = path
+        make_figure(finished, figure)
         sys.exit(0)
     if options.pop("small"):
         if options["output_dir"] is None:
