@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -118,6 +119,28 @@ def trace_target(graph: dict) -> str:
                 seen.add(other)
                 queue.append(other)
     return " ".join(steps + [f"Nothing is left to visit; {target} is not reached. The answer is no."])
+
+
+_STEP = re.compile(r"(?:^|(?<=\. ))(\S+) touches (nothing|[^.]*)\.")
+
+
+def trace_steps(reply: str, graph: dict) -> dict:
+    """How a reply's own trace reads the graph: its steps "X touches A, B." and how many list X's neighbours
+    exactly (in the prompt's order), and whether the first step (the source's neighbours) is right. This separates
+    the lookup a trace needs from the bookkeeping of the search and from the final answer.
+
+    Args:
+        reply: A generated reply.
+        graph: The problem's graph (parsed).
+
+    Returns:
+        {"steps": number of steps, "right": steps whose list is exact, "first_right": bool or None (no steps)}.
+    """
+    adjacent = neighbours(graph)
+    steps = [(node, [] if listed == "nothing" else listed.split(", ")) for node, listed in _STEP.findall(reply)]
+    right = [node in adjacent and found == adjacent[node] for node, found in steps]
+    first = steps[0][0] == graph["source"] and right[0] if steps else None
+    return {"steps": len(steps), "right": sum(right), "first_right": first}
 
 
 def problems_for(cell: str, n: int, seed: int):
@@ -365,6 +388,20 @@ def summarize(results: dict) -> str:
             lines.append(
                 f"| {c} | {np.mean(tuned[c]):.3f} | {np.mean(results['rule'][c]):.3f} | "
                 f"{test['tuned_only']} / {test['base_only']} | {test['p_value']:.3g} |"
+            )
+    lines += ["", "## Lookups in the tuned models' own traces", ""]
+    lines += ["| seed | test | replies with a trace | first step right | steps with the exact neighbour list |"]
+    lines += ["|---|---|---:|---:|---:|"]
+    for seed, entry in results["seeds"].items():
+        for c in [c for c in cells if c in entry["cells"]]:
+            _, graphs = problems_for(c, results["settings"]["test_items"], TEST_SEED)
+            read = [trace_steps(a, g) for a, g in zip(entry["cells"][c]["answers"], graphs)]
+            traced = [r for r in read if r["steps"]]
+            steps = sum(r["steps"] for r in read)
+            lines.append(
+                f"| {seed} | {c} | {len(traced)} / {len(read)} | "
+                f"{sum(bool(r['first_right']) for r in traced)} / {len(traced)} | "
+                f"{sum(r['right'] for r in read)} / {steps} |"
             )
     return "\n".join(lines)
 

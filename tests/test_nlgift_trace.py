@@ -46,6 +46,16 @@ def test_every_trace_is_scored_right_by_the_metric(cell):
     # the trace names nodes as the encoding does (letters, first names), never the raw numbers of another encoding
     for trace, graph in zip(traces, graphs):
         assert trace.split()[2].rstrip(".") == graph["source"]
+        read = nlgift.trace_steps(trace, graph)
+        assert read["steps"] >= 1 and read["right"] == read["steps"] and read["first_right"]
+
+
+def test_trace_steps_count_wrong_lookups_and_replies_without_a_trace():
+    graph = _graph([("2", "5"), ("4", "5"), ("0", "2"), ("0", "4"), ("2", "4")], "5", "3", nodes=list("012345"))
+    wrong = "Start at 5. 5 touches 2, 4. 2 touches 0, 4. 4 touches 0, 2, 0. 9 touches 1. The answer is no."
+    assert nlgift.trace_steps(wrong, graph) == {"steps": 4, "right": 1, "first_right": True}
+    assert nlgift.trace_steps("Start at 5. 5 touches 4, 2. The answer is no.", graph)["first_right"] is False
+    assert nlgift.trace_steps("The answer is yes.", graph) == {"steps": 0, "right": 0, "first_right": None}
 
 
 class _Tokenizer:
