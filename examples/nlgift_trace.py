@@ -23,10 +23,12 @@ every seed. Results are written after every scored cell, and a rerun resumes.
     python examples/nlgift_trace.py                 # the evidence in docs/graph_reasoning.md
     python examples/nlgift_trace.py --summary       # print the tables of the results file
     python examples/nlgift_trace.py --small         # smoke run (a few items, one epoch)
+    python examples/nlgift_trace.py --lora-layers 30 --output other.json   # another recipe, its own results file
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -294,8 +296,16 @@ def run(small: bool, output: str) -> dict:
     from hf_memory import load_model
 
     st = settings(small)
-    results = shared.resume(output, st, {"settings": st, "recipe": RECIPE, "base": {}, "rule": {}, "seeds": {}})
+    st.update(OVERRIDES)
+    recipe = dict(RECIPE)
+    results = shared.resume(
+        output, st, {"settings": st, "recipe": recipe, "base": {}, "rule": {}, "seeds": {}}, recipe=recipe
+    )
     model, tokenizer = load_model()
+    if RECIPE["lora_layers"] > model.config.num_hidden_layers:
+        raise SystemExit(
+            f"--lora-layers must be at most {model.config.num_hidden_layers}, got {RECIPE['lora_layers']}."
+        )
     tests = {cell: problems_for(cell, st["test_items"], TEST_SEED) for cell in st["cells"]}
     budgets = {cell: min(max_tokens(tokenizer, graphs), st["max_new"] or 10**6) for cell, (_, graphs) in tests.items()}
     started = time.time()
@@ -406,7 +416,32 @@ def summarize(results: dict) -> str:
     return "\n".join(lines)
 
 
+OVERRIDES: dict = {}  # settings changed on the command line (`--train-items`, `--epochs`)
+
+
+def recipe_arguments(argv) -> list[str]:
+    """Read the recipe options (`--lora-layers`, `--lr`, `--train-items`, `--epochs`) into `RECIPE` and `OVERRIDES`,
+    checked before any work; the other arguments are returned for the common command line. A results file keeps
+    the recipe and settings it was made with, so another recipe needs another `--output`."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--lora-layers", type=int, help="LoRA on the last N layers (default 8 of 30)")
+    parser.add_argument("--lr", type=float, help="AdamW learning rate (default 3e-4)")
+    parser.add_argument("--train-items", type=int, help="training items per seed (default 256)")
+    parser.add_argument("--epochs", type=int, help="training epochs (default 10)")
+    known, rest = parser.parse_known_args(argv)
+    for name in ("lora_layers", "train_items", "epochs"):
+        value = getattr(known, name)
+        if value is not None and value < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
+    if known.lr is not None and not 0 < known.lr < 1:
+        raise SystemExit(f"--lr must be in (0, 1), got {known.lr}.")
+    RECIPE.update({k: v for k, v in (("lora_layers", known.lora_layers), ("lr", known.lr)) if v is not None})
+    OVERRIDES.update({k: v for k, v in (("train_items", known.train_items), ("epochs", known.epochs)) if v})
+    return rest
+
+
 def main(argv=None) -> dict:
+    argv = recipe_arguments(sys.argv[1:] if argv is None else argv)
     return shared.seeded_main(argv, __doc__, DEFAULT_OUTPUT, "a few items, one epoch", run, summarize)
 
 

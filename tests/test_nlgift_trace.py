@@ -155,3 +155,26 @@ def test_small_run_scores_every_cell_and_resumes(tmp_path):
     again = run_example("nlgift_trace", "--small", "--output", str(output), timeout=600)
     assert again.returncode == 0 and "seed 0 epoch" not in again.stdout  # the adapter is loaded, not retrained
     assert json.loads(output.read_text())["seeds"] == results["seeds"]
+
+
+def test_recipe_options_are_checked_and_the_rest_passes_through(monkeypatch):
+    monkeypatch.setattr(nlgift, "RECIPE", dict(nlgift.RECIPE))
+    monkeypatch.setattr(nlgift, "OVERRIDES", {})
+    rest = nlgift.recipe_arguments(["--lora-layers", "30", "--epochs", "4", "--summary", "--output", "x.json"])
+    assert rest == ["--summary", "--output", "x.json"]
+    assert nlgift.RECIPE["lora_layers"] == 30 and nlgift.OVERRIDES == {"epochs": 4}
+    for bad, message in (
+        (["--lora-layers", "0"], "--lora-layers"),
+        (["--lr", "5"], "--lr"),
+        (["--epochs", "-1"], "--epochs"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            nlgift.recipe_arguments(bad)
+
+
+def test_a_results_file_of_another_recipe_is_refused_before_any_work(tmp_path):
+    output = tmp_path / "r.json"
+    settings = {**nlgift.settings(small=True)}
+    output.write_text(json.dumps({"settings": settings, "recipe": {**nlgift.RECIPE, "lora_layers": 30}}))
+    with pytest.raises(SystemExit, match="other settings"):
+        nlgift.run(small=True, output=str(output))
