@@ -333,7 +333,8 @@ def run(small: bool, output: str) -> dict:
             task_type="CAUSAL_LM",
         )
         tuned = get_peft_model(model, config)
-        adapter = os.path.join(os.path.dirname(output), f".nlgift_adapter_seed{seed}")
+        stem = os.path.splitext(os.path.basename(output))[0]  # one adapter folder per results file and seed
+        adapter = os.path.join(os.path.dirname(os.path.abspath(output)), f".{stem}_adapter_seed{seed}")
         if entry.get("losses") and os.path.isdir(adapter):  # trained before the run stopped: load, don't retrain
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
