@@ -24,6 +24,7 @@ every seed. Results are written after every scored cell, and a rerun resumes.
     python examples/nlgift_trace.py --summary       # print the tables of the results file
     python examples/nlgift_trace.py --small         # smoke run (a few items, one epoch)
     python examples/nlgift_trace.py --lora-layers 30 --output other.json   # another recipe, its own results file
+    python examples/nlgift_trace.py --device cuda --lora-layers 30 --train-items 500 --output gpu.json
 """
 
 from __future__ import annotations
@@ -178,7 +179,9 @@ def cache_tail_inputs(model, examples, split: int, batch_size: int = 8) -> list[
         for row, sequence in enumerate(chunk):
             ids[row, : len(sequence)] = torch.tensor(sequence)
             mask[row, : len(sequence)] = 1
-        states = model.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[split]
+        device = model.device
+        states = model.model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+        states = states.hidden_states[split]
         cached += [states[row, : len(sequence)].clone() for row, sequence in enumerate(chunk)]
     return cached
 
@@ -200,9 +203,10 @@ def batch_loss(model, decoder, examples, cached, rows: list[int]) -> torch.Tenso
     """The mean cross-entropy of the reply tokens of `rows`, from their cached tail inputs (inside `tail_only`);
     logits are computed only at the positions that predict a reply token."""
     width = max(cached[i].shape[0] for i in rows)
-    states = torch.zeros((len(rows), width, cached[rows[0]].shape[1]))
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), -100)
+    device = cached[rows[0]].device
+    states = torch.zeros((len(rows), width, cached[rows[0]].shape[1]), device=device)
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    labels = torch.full((len(rows), width), -100, device=device)
     for r, i in enumerate(rows):
         prompt, reply = examples[i]
         length = len(prompt) + len(reply)
@@ -257,7 +261,7 @@ def generate_until_answer(model, tokenizer, prompts: list[str], budget: int, bat
     replies = []
     for start in range(0, len(prompts), batch_size):
         chunk = [nlgift.chat(tokenizer, p) for p in prompts[start : start + batch_size]]
-        batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         out = model.generate(
             **batch,
             max_new_tokens=budget,
@@ -302,6 +306,7 @@ def run(small: bool, output: str) -> dict:
         output, st, {"settings": st, "recipe": recipe, "base": {}, "rule": {}, "seeds": {}}, recipe=recipe
     )
     model, tokenizer = load_model()
+    model.to(DEVICE)
     if RECIPE["lora_layers"] > model.config.num_hidden_layers:
         raise SystemExit(
             f"--lora-layers must be at most {model.config.num_hidden_layers}, got {RECIPE['lora_layers']}."
@@ -353,6 +358,7 @@ def run(small: bool, output: str) -> dict:
             entry["losses"] = train_cached_tail(tuned, examples, cached, st["epochs"], seed, on_epoch=report)
             entry["train_seconds"] = round(time.time() - tick, 1)
             entry["train_tokens"] = sum(len(h) + len(r) for h, r in examples)
+            entry["device"] = DEVICE
             tuned.save_pretrained(adapter)
             shared.save(results, output)
         for cell, (problems, graphs) in tests.items():
@@ -418,6 +424,7 @@ def summarize(results: dict) -> str:
 
 
 OVERRIDES: dict = {}  # settings changed on the command line (`--train-items`, `--epochs`)
+DEVICE = "cpu"  # `--device`: where the model runs (not part of the recipe: a results file resumes on any device)
 
 
 def recipe_arguments(argv) -> list[str]:
@@ -429,7 +436,16 @@ def recipe_arguments(argv) -> list[str]:
     parser.add_argument("--lr", type=float, help="AdamW learning rate (default 3e-4)")
     parser.add_argument("--train-items", type=int, help="training items per seed (default 256)")
     parser.add_argument("--epochs", type=int, help="training epochs (default 10)")
+    parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cuda (default cpu)")
     known, rest = parser.parse_known_args(argv)
+    try:
+        device = torch.device(known.device)
+    except RuntimeError as error:
+        raise SystemExit(f"--device must be a torch device such as cpu or cuda, got {known.device!r}.") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available here.")
+    global DEVICE
+    DEVICE = str(device)
     for name in ("lora_layers", "train_items", "epochs"):
         value = getattr(known, name)
         if value is not None and value < 1:

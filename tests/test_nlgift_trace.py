@@ -160,6 +160,7 @@ def test_small_run_scores_every_cell_and_resumes(tmp_path):
 def test_recipe_options_are_checked_and_the_rest_passes_through(monkeypatch):
     monkeypatch.setattr(nlgift, "RECIPE", dict(nlgift.RECIPE))
     monkeypatch.setattr(nlgift, "OVERRIDES", {})
+    monkeypatch.setattr(nlgift, "DEVICE", "cpu")
     rest = nlgift.recipe_arguments(["--lora-layers", "30", "--epochs", "4", "--summary", "--output", "x.json"])
     assert rest == ["--summary", "--output", "x.json"]
     assert nlgift.RECIPE["lora_layers"] == 30 and nlgift.OVERRIDES == {"epochs": 4}
@@ -167,6 +168,7 @@ def test_recipe_options_are_checked_and_the_rest_passes_through(monkeypatch):
         (["--lora-layers", "0"], "--lora-layers"),
         (["--lr", "5"], "--lr"),
         (["--epochs", "-1"], "--epochs"),
+        (["--device", "bogus"], "--device"),
     ):
         with pytest.raises(SystemExit, match=message):
             nlgift.recipe_arguments(bad)
