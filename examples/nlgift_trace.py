@@ -128,8 +128,8 @@ _STEP = re.compile(r"(?:^|(?<=\. ))(\S+) touches (nothing|[^.]*)\.")
 
 
 def trace_steps(reply: str, graph: dict) -> dict:
-    """How a reply's own trace reads the graph: its steps "X touches A, B." and how many list X's neighbours
-    exactly (in the prompt's order), and whether the first step (the source's neighbours) is right. This separates
+    """How a reply's own trace reads the graph: its steps "X touches A, B." and how many list exactly X's
+    neighbours (each once, in any order), and whether the first step (the source's neighbours) is right. This separates
     the lookup a trace needs from the bookkeeping of the search and from the final answer.
 
     Args:
@@ -141,7 +141,7 @@ def trace_steps(reply: str, graph: dict) -> dict:
     """
     adjacent = neighbours(graph)
     steps = [(node, [] if listed == "nothing" else listed.split(", ")) for node, listed in _STEP.findall(reply)]
-    right = [node in adjacent and found == adjacent[node] for node, found in steps]
+    right = [node in adjacent and sorted(found) == sorted(adjacent[node]) for node, found in steps]
     first = steps[0][0] == graph["source"] and right[0] if steps else None
     return {"steps": len(steps), "right": sum(right), "first_right": first}
 

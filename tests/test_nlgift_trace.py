@@ -54,7 +54,9 @@ def test_trace_steps_count_wrong_lookups_and_replies_without_a_trace():
     graph = _graph([("2", "5"), ("4", "5"), ("0", "2"), ("0", "4"), ("2", "4")], "5", "3", nodes=list("012345"))
     wrong = "Start at 5. 5 touches 2, 4. 2 touches 0, 4. 4 touches 0, 2, 0. 9 touches 1. The answer is no."
     assert nlgift.trace_steps(wrong, graph) == {"steps": 4, "right": 1, "first_right": True}
-    assert nlgift.trace_steps("Start at 5. 5 touches 4, 2. The answer is no.", graph)["first_right"] is False
+    assert nlgift.trace_steps("Start at 5. 5 touches 4, 2. The answer is no.", graph)["first_right"] is True
+    assert nlgift.trace_steps("Start at 5. 5 touches 2, 2, 4. The answer is no.", graph)["first_right"] is False
+    assert nlgift.trace_steps("Start at 5. 5 touches 2. The answer is no.", graph)["first_right"] is False
     assert nlgift.trace_steps("The answer is yes.", graph) == {"steps": 0, "right": 0, "first_right": None}
 
 
