@@ -85,17 +85,20 @@ def yes_no_correct(model, tokenizer, problems, batch_size: int = 8) -> list[bool
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy answers, one per prompt."""
+def generate_answers(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8, stop_strings=None
+) -> list[str]:
+    """Greedy answers, one per prompt, on the model's device; with `stop_strings`, each ends at the first of them."""
     tokenizer.padding_side = "left"
     model.eval()
+    stop = {"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}
     answers = []
     for chunk in _batches(prompts, batch_size):
         batch = tokenizer(
             [chat(tokenizer, p) for p in chunk], return_tensors="pt", padding=True, add_special_tokens=False
-        )
+        ).to(model.device)
         out = model.generate(
-            **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id, **stop
         )
         answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     return answers

@@ -252,34 +252,14 @@ def max_tokens(tokenizer, graphs) -> int:
     return max(len(tokenizer(trace_target(g), add_special_tokens=False)["input_ids"]) for g in graphs) + 24
 
 
-@torch.no_grad()
-def generate_until_answer(model, tokenizer, prompts: list[str], budget: int, batch_size: int = 32) -> list[str]:
-    """Greedy replies that end at the first "The answer is yes." or "The answer is no." (the prompt asks to end
-    there), or after `budget` new tokens. What an untuned model adds after its answer is never read."""
-    tokenizer.padding_side = "left"
-    model.eval()
-    replies = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = [nlgift.chat(tokenizer, p) for p in prompts[start : start + batch_size]]
-        batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        out = model.generate(
-            **batch,
-            max_new_tokens=budget,
-            do_sample=False,
-            stop_strings=STOP_STRINGS,
-            tokenizer=tokenizer,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        replies += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    return replies
-
-
 def score(model, tokenizer, problems, graphs, budget: int) -> tuple[list[bool], list[str]]:
     """Greedy generation scored by the `graph_reasoning` metric: per item, right or not, and the answers."""
     from hf_memory.graph_reasoning import graph_reasoning_scores
 
     order = sorted(range(len(graphs)), key=lambda i: len(problems["prompt"][i]))
-    answers = generate_until_answer(model, tokenizer, [problems["prompt"][i] for i in order], budget)
+    prompts = [problems["prompt"][i] for i in order]
+    # replies end at the first "The answer is yes." / "no." (the prompt asks to end there): later text is never read
+    answers = nlgift.generate_answers(model, tokenizer, prompts, budget, batch_size=32, stop_strings=STOP_STRINGS)
     by_item = [""] * len(graphs)
     for i, answer in zip(order, answers):
         by_item[i] = answer
