@@ -542,6 +542,8 @@ def test_an_audit_killed_mid_way_resumes_and_equals_a_clean_one(clean_resume_run
     script = f"""
 import os, signal, sys
 sys.path.insert(0, {root!r})
+import torch
+torch.set_num_threads(1)  # as the clean run: float sums depend on the thread count
 import hf_memory.analysis
 from tests.test_audit import run_resume_case
 real, calls = hf_memory.analysis.ce_diagnostic, []
