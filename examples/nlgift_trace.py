@@ -35,6 +35,7 @@ import os
 import re
 import sys
 import time
+import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -186,17 +187,34 @@ def cache_tail_inputs(model, examples, split: int, batch_size: int = 8) -> list[
     return cached
 
 
+_TAIL_LOCK = threading.Lock()
+_CUT_DECODERS: set[int] = set()  # id() of the decoders a tail_only block holds
+
+
 @contextmanager
 def tail_only(model):
     """Inside the block the decoder of the peft `model` runs only its last `RECIPE["lora_layers"]` layers (it takes
-    their cached inputs as `inputs_embeds`); the full layer list is back afterwards, also after an exception."""
+    their cached inputs as `inputs_embeds`); the full layer list is back afterwards, also after an exception.
+
+    Raises:
+        RuntimeError: If the decoder is already cut (a second `tail_only` on it, from this thread or another).
+    """
     decoder = model.base_model.model.model  # peft -> LlamaForCausalLM -> LlamaModel
+    with _TAIL_LOCK:
+        if id(decoder) in _CUT_DECODERS:
+            raise RuntimeError(
+                "tail_only: this model's decoder already runs only its last layers (another tail_only block holds "
+                "it, in this thread or another); wait for it to end, or use a copy of the model."
+            )
+        _CUT_DECODERS.add(id(decoder))
     full = decoder.layers
     decoder.layers = torch.nn.ModuleList(full[len(full) - RECIPE["lora_layers"] :])
     try:
         yield decoder
     finally:
         decoder.layers = full
+        with _TAIL_LOCK:
+            _CUT_DECODERS.discard(id(decoder))
 
 
 def batch_loss(model, decoder, examples, cached, rows: list[int]) -> torch.Tensor:

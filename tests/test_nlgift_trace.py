@@ -138,6 +138,35 @@ def test_training_lowers_the_loss_and_an_interrupt_puts_the_layers_back(tail_set
     assert tuned.base_model.model.model.layers is layers and not tuned.training
 
 
+def test_a_second_tail_only_on_one_decoder_is_refused_in_this_thread_and_another(tail_setup):
+    import threading
+
+    model, _ = tail_setup
+    tuned = _peft(model)
+    layers = tuned.base_model.model.model.layers
+    errors = []
+
+    def other_thread():
+        try:
+            with nlgift.tail_only(tuned):
+                pass
+        except RuntimeError as error:
+            errors.append(str(error))
+
+    with nlgift.tail_only(tuned) as decoder:
+        with pytest.raises(RuntimeError, match="already runs only its last layers"):
+            with nlgift.tail_only(tuned):
+                pass
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        assert len(decoder.layers) == 2  # the refused calls left the cut as it was
+    assert len(errors) == 1 and "another tail_only block" in errors[0]
+    assert tuned.base_model.model.model.layers is layers
+    with nlgift.tail_only(tuned) as decoder:  # free again once the block ended
+        assert len(decoder.layers) == 2
+
+
 @pytest.mark.slow
 def test_small_run_scores_every_cell_and_resumes(tmp_path):
     output = tmp_path / "nlgift.json"
