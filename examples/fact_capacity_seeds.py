@@ -7,8 +7,9 @@ picked on the counts being fitted. This script asks the same question without th
   initialisation and the row order; the fact set is the same for every job), 240 epochs at a constant learning rate
   after the usual 50 warm-up steps, the rate fixed in advance by `fact_scaling.learning_rate` (3e-3 * sqrt(32 /
   width)), capacity measured every 5 epochs.
-* Learning-rate sweep: widths 16 and 48, the rule's rate times 1/4, 1/2, 1, 2 and 4, 60 epochs, seed 0: is the
-  rule's rate near the best one at both ends of the width range, or could the size exponent be the rate's doing?
+* Learning-rate sweep: widths 16 and 48, the rule's rate times 1/16, 1/8, 1/4, 1/2, 1, 2 and 4 (1/16 and 1/8
+  added once 1/4 came out best at width 48), 60 epochs, seed 0: is the rule's rate near the best one at both ends
+  of the width range, or could the size exponent be the rate's doing?
 * Analysis (`summary.json`, recomputed from the finished jobs after each one): per seed with every width done, the
   OLS fit of log capacity on log non-embedding parameters (the exponent, with a t-interval; Lu et al.'s linear law
   is exponent 1), the linear law's R² and bits per parameter; per job, the epoch law c_max - alpha * exp(-beta * E)
@@ -46,7 +47,8 @@ import fact_scaling  # noqa: E402  (the examples folder is not a package)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DIR = os.path.join(ROOT, "examples", "results", "fact_capacity_seeds")
 DOCS_DIR = os.path.join(ROOT, "docs")
-MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
+# 1/16 and 1/8 were added after the first width-48 jobs: the best count came at 1/4, the lowest rate then tried
+MULTIPLIERS = (0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 CONFIDENCE = 0.95
 # fact_scaling's recipe (batch 128, 50 warm-up steps), with the rate held constant after the warm-up
 RECIPE = {**fact_scaling.RECIPE, "schedule": "constant"}
