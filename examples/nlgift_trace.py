@@ -34,8 +34,8 @@ import json
 import os
 import re
 import sys
-import time
 import threading
+import time
 from contextlib import contextmanager
 
 import numpy as np
