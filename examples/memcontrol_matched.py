@@ -27,7 +27,8 @@ pretraining as `memcontrol_diffusion.py` (imported from it).
 
 Resumable: the enumeration lives in a SQLite study, each (arm, seed) trajectory in its own JSON under
 `--results-dir` (checkpoints appended as they come), the training state after each checkpoint under `--output-dir`
-(a killed run loses at most one checkpoint interval); a rerun skips finished trajectories.
+(a killed run loses at most one checkpoint interval); a rerun skips finished trajectories. `--workers N` trains N
+trajectories at once, each in its own forked process on `--num-threads` threads (the enumeration stays serial).
 
     python examples/memcontrol_matched.py                  # many CPU hours (see docs/memcontrol.md); resumable
     python examples/memcontrol_matched.py --analyze-only   # the summary and figure from the trajectories so far
@@ -319,6 +320,34 @@ def run_trajectory(setup: Setup, arm: dict, seed: int, settings: dict, results_d
         record["finished"] = record["checkpoints"][-1]["step"] == settings["long_steps"]
         write_json(path, record)
     return record
+
+
+_FORKED: dict = {}  # what the forked workers of `run_units` inherit: the setup and the run's folders
+
+
+def _run_forked_unit(unit: tuple[dict, int]) -> str:
+    torch.set_num_threads(_FORKED["threads"])
+    arm, seed = unit
+    run_trajectory(_FORKED["setup"], arm, seed, _FORKED["settings"], _FORKED["results_dir"], _FORKED["state_dir"])
+    return f"{arm['name']}_seed{seed}"
+
+
+def run_units(setup: Setup, units: list, settings: dict, results_dir: str, state_dir: str, workers: int, threads: int):
+    """Run the (arm, seed) trajectories, `workers` at a time in forked processes (1: here, in order); yields each
+    finished unit's name. Each trajectory writes its own JSON and training state, so workers share no file."""
+    if workers == 1 or len(units) <= 1:
+        for arm, seed in units:
+            run_trajectory(setup, arm, seed, settings, results_dir, state_dir)
+            yield f"{arm['name']}_seed{seed}"
+        return
+    import multiprocessing
+
+    _FORKED.update(setup=setup, settings=settings, results_dir=results_dir, state_dir=state_dir, threads=threads)
+    try:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(units))) as pool:
+            yield from pool.imap_unordered(_run_forked_unit, units)
+    finally:
+        _FORKED.clear()
 
 
 # ------------------------------------------------------------------ the enumeration and the choice of arms
@@ -662,8 +691,11 @@ def main(
     lr_lora: float = 1e-2,
     batch_size: int = 16,
     num_threads: int = 1,
+    workers: int = 1,
     figure: str | None = FIGURE,
 ) -> dict:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"`workers` must be a whole number >= 1 (trajectories trained at once); got {workers!r}.")
     torch.set_num_threads(num_threads)
     objective_kwargs, groups = OBJECTIVE_KWARGS, None
     if small:  # every part once, on the first two blocks' 3 masks, with cheap measurements
@@ -713,8 +745,7 @@ def main(
     print("plan: " + ", ".join(f"{a['name']} seed {s}" for a, s in units), flush=True)
     state_dir = os.path.join(output_dir, "state")
     summary = {}
-    for arm, seed in units:
-        run_trajectory(setup, arm, seed, settings, results_dir, state_dir)
+    for _ in run_units(setup, units, settings, results_dir, state_dir, workers, num_threads):
         summary = analyze(results_dir, figure)
         cpu = summary["cpu"]
         left = "unknown" if cpu["left_seconds"] is None else f"{cpu['left_seconds'] / 3600:.1f} h"
@@ -736,7 +767,10 @@ if __name__ == "__main__":
     parser.add_argument("--sparse-arms", type=int, default=2, help="Sparse masks by the noise-magnitude front.")
     parser.add_argument("--distance-arms", type=int, default=1, help="Sparse masks by the distance front.")
     parser.add_argument("--generations", type=int, default=8, help="Generations per duplicated caption.")
-    parser.add_argument("--num-threads", type=int, default=1)
+    parser.add_argument("--num-threads", type=int, default=1, help="Torch threads per process.")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="Trajectories trained at once, each in its own process."
+    )
     args = vars(parser.parse_args())
     args["seeds"] = tuple(args["seeds"])
     print(json.dumps(main(**args), indent=2))

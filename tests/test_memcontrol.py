@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -955,6 +956,46 @@ def test_matched_example_small_mode_runs_and_resumes(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("finished earlier: skipped") == 2 * len(names)
     assert {p.name: p.read_text() for p in results.glob("*_seed*.json")} == stored
+
+    # two trajectories at a time in forked workers: the same numbers as one at a time (all but the CPU seconds)
+    parallel = tmp_path / "parallel"
+    shutil.copytree(tmp_path, parallel, ignore=shutil.ignore_patterns("results", "state", "parallel"))
+    third = run_example("memcontrol_matched", "--small", "--output-dir", str(parallel), "--workers", "2", timeout=900)
+    assert third.returncode == 0, third.stderr[-3000:]
+
+    def numbers(text):
+        record = json.loads(text)
+        return [{k: v for k, v in c.items() if "seconds" not in k} for c in record["checkpoints"]]
+
+    in_parallel = {p.name: numbers(p.read_text()) for p in (parallel / "results").glob("*_seed*.json")}
+    assert in_parallel == {name: numbers(text) for name, text in stored.items()}
+
+
+def test_matched_units_run_in_forked_workers_and_workers_is_checked(tmp_path, monkeypatch):
+    matched = load_example("memcontrol_matched")
+    calls = []
+
+    def fake(setup, arm, seed, settings, results_dir, state_dir):
+        (tmp_path / f"{arm['name']}_{seed}.pid").write_text(str(os.getpid()))
+        calls.append((arm["name"], seed))
+
+    monkeypatch.setattr(matched, "run_trajectory", fake)
+    units = [({"name": "a"}, 0), ({"name": "b"}, 0), ({"name": "a"}, 1)]
+    done = list(matched.run_units(None, units, {}, str(tmp_path), str(tmp_path), workers=2, threads=1))
+    assert sorted(done) == ["a_seed0", "a_seed1", "b_seed0"] and calls == []  # the calls ran in the workers
+    pids = {p.read_text() for p in tmp_path.glob("*.pid")}
+    assert len(list(tmp_path.glob("*.pid"))) == 3 and str(os.getpid()) not in pids
+    assert not matched._FORKED  # the inherited setup is not kept
+    assert list(matched.run_units(None, units, {}, str(tmp_path), str(tmp_path), workers=1, threads=1)) == [
+        "a_seed0",
+        "b_seed0",
+        "a_seed1",
+    ]
+    assert calls == [("a", 0), ("b", 0), ("a", 1)]
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="`workers` must be a whole number"):
+            matched.main(output_dir=str(tmp_path / "unused"), small=True, workers=bad)
+    assert not (tmp_path / "unused").exists()
 
 
 def test_search_over_a_subset_of_groups_leaves_the_others_frozen():
