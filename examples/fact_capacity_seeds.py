@@ -471,8 +471,9 @@ def plot(summary: dict, folder: str) -> list[str]:
         ax.plot([], [], "*", ms=12, color="white", mec="black", label="the rule's rate, 3e-3·sqrt(32/width)")
         ax.set(
             xscale="log",
+            yscale="log",  # the widths' counts differ tenfold; a log axis shows both peaks
             xlabel="learning rate (constant after warm-up)",
-            ylabel=f"facts known at epoch {summary['settings']['sweep']['epochs']}",
+            ylabel=f"facts known at epoch {summary['settings']['sweep']['epochs']} (log)",
             title="learning-rate sweep, seed 0",
         )
         ax.legend(fontsize=8)
