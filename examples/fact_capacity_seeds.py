@@ -33,6 +33,7 @@ import json
 import math
 import multiprocessing
 import os
+import statistics
 import sys
 import time
 
@@ -256,6 +257,27 @@ def _fit_epoch_law(curve, from_inflection: bool, n_bootstrap: int) -> dict | Non
     return {"from_epoch": epochs[start], "params": fit.params, "ci": fit.ci, "r2": fit.r2}
 
 
+EXPONENTS = ("exponent", "exponent_of_limits")  # of the counts at the last epoch, of the epoch law's limits
+
+
+def across_seeds(values: list[float]) -> dict | None:
+    """The mean of one exponent over seeds with its t-interval (n - 1 degrees of freedom); None below 2 seeds."""
+    from scipy import stats
+
+    if len(values) < 2:
+        return None
+    mean, sd = statistics.mean(values), statistics.stdev(values)
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1)) * sd / math.sqrt(len(values))
+    return {
+        "values": values,
+        "mean": mean,
+        "sd": sd,
+        "ci": [mean - half, mean + half],
+        "interval": f"t-interval over {len(values)} seeds, {len(values) - 1} dof, {CONFIDENCE:.0%}",
+        "covers_1": mean - half <= 1 <= mean + half,
+    }
+
+
 def analyse(config: dict, finished: dict[str, dict]) -> dict:
     """The summary of the finished jobs (any subset of the queue)."""
     from hf_memory.fact_scaling import fit_linear_capacity
@@ -309,6 +331,7 @@ def analyse(config: dict, finished: dict[str, dict]) -> dict:
         if pooled is not None:
             pooled["seeds"] = [int(k) for k, s in per_seed.items() if s["complete"]]
     fits = [j[key] for j in jobs.values() for key in ("epoch_law", "epoch_law_from_inflection")]
+    across = {key: across_seeds([s[key]["exponent"] for s in complete if s.get(key)]) for key in EXPONENTS}
     summary = {
         "settings": config,
         "facts": next(iter(finished.values()))["facts"] if finished else None,
@@ -317,6 +340,7 @@ def analyse(config: dict, finished: dict[str, dict]) -> dict:
         "main": jobs,
         "per_seed": per_seed,
         "pooled_exponent": pooled,
+        "across_seeds": across,
         "reproduction": {
             "seeds_complete": len(complete),
             "exponent_covers_1_at_every_complete_seed": bool(complete)

@@ -1147,7 +1147,7 @@ def test_capacity_seeds_example_small_mode_resumes_and_summarises(tmp_path):
     stamps = [path.stat().st_mtime_ns for path in main_files]
     run = run_example("fact_capacity_seeds", "--small", "--output-dir", str(tmp_path))
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "6 jobs finished earlier, 10 to run" in run.stdout  # the main grid is not trained again
+    assert "6 jobs finished earlier, 14 to run" in run.stdout  # the main grid is not trained again
     assert [path.stat().st_mtime_ns for path in main_files] == stamps
     summary = json.loads((tmp_path / "summary.json").read_text())
     config = summary["settings"]
@@ -1166,6 +1166,9 @@ def test_capacity_seeds_example_small_mode_resumes_and_summarises(tmp_path):
         assert low <= fit["exponent"] <= high and fit["covers_1"] == (low <= 1 <= high)
         assert fit["interval"].startswith("OLS t-interval, 1 dof")
         assert entry["linear"]["bits_per_param"] == pytest.approx(entry["linear"]["params"]["slope"] * 4)
+    across = summary["across_seeds"]["exponent"]  # the smoke run's two seeds
+    assert across["values"] == [summary["per_seed"][str(s)]["exponent"]["exponent"] for s in config["seeds"]]
+    assert across["interval"] == "t-interval over 2 seeds, 1 dof, 95%"
     for job in summary["main"].values():
         for law in (job["epoch_law"], job["epoch_law_from_inflection"]):
             assert law is None or law["r2"] <= 1
@@ -1182,6 +1185,19 @@ def test_capacity_seeds_example_small_mode_resumes_and_summarises(tmp_path):
     # a run with other settings refuses to mix its jobs with these
     other = run_example("fact_capacity_seeds", "--small", "--epochs", "6", "--output-dir", str(tmp_path))
     assert other.returncode != 0 and "was made with other settings" in other.stderr
+
+
+def test_capacity_seeds_interval_over_seeds_matches_a_hand_computation():
+    from tests.testing_utils import load_example
+
+    seeds = load_example("fact_capacity_seeds")
+    out = seeds.across_seeds([0.8, 0.9, 1.0])
+    # mean 0.9, sd 0.1, t(0.975, 2 dof) = 4.302653: half-width 4.302653 * 0.1 / sqrt(3) = 0.248414
+    assert out["mean"] == pytest.approx(0.9) and out["sd"] == pytest.approx(0.1)
+    assert out["ci"] == pytest.approx([0.9 - 0.248414, 0.9 + 0.248414], abs=1e-6) and out["covers_1"]
+    tight = seeds.across_seeds([0.96, 0.97, 0.975])
+    assert tight["ci"][1] < 1 and not tight["covers_1"]
+    assert seeds.across_seeds([0.9]) is None and seeds.across_seeds([]) is None
 
 
 @pytest.mark.parametrize(
