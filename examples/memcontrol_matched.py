@@ -325,6 +325,20 @@ def run_trajectory(setup: Setup, arm: dict, seed: int, settings: dict, results_d
 _FORKED: dict = {}  # what the forked workers of `run_units` inherit: the setup and the run's folders
 
 
+def _die_with_parent(parent: int) -> None:
+    """A worker ends when the run that forked it is killed, even by SIGKILL (Linux), so that a rerun never trains a
+    trajectory that an orphaned worker is still writing."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown is all there is
+        return
+    if os.getppid() != parent:  # the parent died before the call
+        os._exit(1)
+
+
 def _run_forked_unit(unit: tuple[dict, int]) -> str:
     torch.set_num_threads(_FORKED["threads"])
     arm, seed = unit
@@ -344,7 +358,9 @@ def run_units(setup: Setup, units: list, settings: dict, results_dir: str, state
 
     _FORKED.update(setup=setup, settings=settings, results_dir=results_dir, state_dir=state_dir, threads=threads)
     try:
-        with multiprocessing.get_context("fork").Pool(min(workers, len(units))) as pool:
+        with multiprocessing.get_context("fork").Pool(
+            min(workers, len(units)), initializer=_die_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             yield from pool.imap_unordered(_run_forked_unit, units)
     finally:
         _FORKED.clear()

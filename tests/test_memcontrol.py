@@ -971,6 +971,49 @@ def test_matched_example_small_mode_runs_and_resumes(tmp_path):
     assert in_parallel == {name: numbers(text) for name, text in stored.items()}
 
 
+def test_matched_workers_end_when_their_run_is_killed(tmp_path):
+    import signal
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = f"""
+import os, sys, time
+sys.path.insert(0, {root!r})
+from tests.testing_utils import load_example
+matched = load_example("memcontrol_matched")
+def slow(setup, arm, seed, settings, results_dir, state_dir):
+    open(os.path.join(results_dir, f"{{arm['name']}}.pid"), "w").write(str(os.getpid()))
+    time.sleep(120)
+matched.run_trajectory = slow
+list(matched.run_units(None, [({{"name": "a"}}, 0), ({{"name": "b"}}, 0)], {{}}, {str(tmp_path)!r}, "", 2, 1))
+"""
+    run = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.time() + 60
+        while len(list(tmp_path.glob("*.pid"))) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
+        assert len(pids) == 2 and run.pid not in pids
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+        deadline = time.time() + 20
+        alive = pids
+        while alive and time.time() < deadline:
+            time.sleep(0.2)
+            alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}") and "zombie" not in _state(pid)]
+        assert alive == [], "an orphaned worker went on training after its run was killed"
+    finally:
+        run.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(line for line in f if line.startswith("State:")).lower()
+    except (OSError, StopIteration):
+        return "zombie"
+
+
 def test_matched_units_run_in_forked_workers_and_workers_is_checked(tmp_path, monkeypatch):
     matched = load_example("memcontrol_matched")
     calls = []
