@@ -163,6 +163,9 @@ def _write_json(path: str, value) -> None:
     os.replace(path + ".tmp", path)
 
 
+RESULT_KEYS = {"job", "facts", "non_embedding_params", "curve", "capacity", "seconds"}  # what `run_job` writes
+
+
 def load_finished(folder: str, queue: list[dict]) -> dict[str, dict]:
     """The finished jobs of the queue found in `folder`, by name. A file whose job settings differ from the queue's
     (another mode, another epoch count) is refused rather than mixed in."""
@@ -171,8 +174,17 @@ def load_finished(folder: str, queue: list[dict]) -> dict[str, dict]:
         path = os.path.join(folder, job_name(job) + ".json")
         if not os.path.isfile(path):
             continue
-        with open(path) as f:
-            result = json.load(f)
+        try:
+            with open(path) as f:
+                result = json.load(f)
+        except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+            raise SystemExit(f"{path}: not a job file this script wrote ({error}); delete it to run the job again.")
+        missing = RESULT_KEYS - set(result) if isinstance(result, dict) else RESULT_KEYS
+        if missing:
+            raise SystemExit(
+                f"{path}: not a job file this script wrote (no {', '.join(sorted(missing))}); delete it to run the "
+                "job again."
+            )
         if result["job"] != json.loads(json.dumps(job)):
             raise SystemExit(
                 f"{path} was made with other settings ({result['job']}) than this run's ({job}): use another "

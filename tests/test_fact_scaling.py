@@ -1187,6 +1187,28 @@ def test_capacity_seeds_example_small_mode_resumes_and_summarises(tmp_path):
     assert other.returncode != 0 and "was made with other settings" in other.stderr
 
 
+def test_capacity_seeds_refuses_an_edited_job_file_naming_it(tmp_path):
+    import json
+
+    from tests.testing_utils import load_example
+
+    seeds = load_example("fact_capacity_seeds")
+    queue = seeds.job_queue(seeds.settings(small=True), "all")
+    path = tmp_path / f"{seeds.job_name(queue[0])}.json"
+    for text, message in [
+        ('{"job": {"kind": "ma', "not a job file this script wrote"),
+        ("[1, 2]", "no capacity, curve, facts, job"),
+        (json.dumps({"job": queue[0]}), "no capacity, curve, facts, non_embedding_params, seconds"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(SystemExit, match=message) as refused:
+            seeds.load_finished(str(tmp_path), queue)
+        assert str(path) in str(refused.value)
+    good = {"job": queue[0], "facts": 1, "non_embedding_params": 1, "curve": [[0, 0]], "capacity": 0, "seconds": 1}
+    path.write_text(json.dumps(good))
+    assert list(seeds.load_finished(str(tmp_path), queue)) == [seeds.job_name(queue[0])]
+
+
 def test_capacity_seeds_interval_over_seeds_matches_a_hand_computation():
     from tests.testing_utils import load_example
 
