@@ -90,8 +90,14 @@ def write_json(path: str, data) -> None:
 
 
 def read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
+    """A results file this script wrote; one line naming the file if it cannot be read (an edit gone wrong)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise SystemExit(
+            f"{path}: not a results file this script wrote ({error}); delete it to start that part again."
+        )
 
 
 # ------------------------------------------------------------------ measuring copying
@@ -277,7 +283,7 @@ def run_trajectory(setup: Setup, arm: dict, seed: int, settings: dict, results_d
     record = None
     if os.path.exists(path):
         record = read_json(path)
-        if record["settings"] != settings or record["mask"] != mask.to_dict():
+        if not isinstance(record, dict) or record.get("settings") != settings or record.get("mask") != mask.to_dict():
             raise ValueError(
                 f"{path} was written with other settings or another mask; use another --results-dir (and "
                 f"--output-dir) for these settings, or delete it and {state_path}."

@@ -971,6 +971,21 @@ def test_matched_example_small_mode_runs_and_resumes(tmp_path):
     assert in_parallel == {name: numbers(text) for name, text in stored.items()}
 
 
+def test_matched_refuses_an_edited_trajectory_file_naming_it(tmp_path):
+    matched = load_example("memcontrol_matched")
+    groups = list(maskable_groups(tiny_unet()))
+    arm = {"name": "lora_1010", "mask": MemControlMask(groups, [1, 0, 1, 0]).to_dict()}
+    path = tmp_path / "lora_1010_seed0.json"
+    path.write_text('{"arm": "LoRA", "checkpo')
+    with pytest.raises(SystemExit, match="not a results file this script wrote") as refused:
+        matched.run_trajectory(None, arm, 0, {"long_steps": 2}, str(tmp_path), str(tmp_path))
+    assert str(path) in str(refused.value)
+    for edited in ("[]", '{"checkpoints": []}', json.dumps({"settings": {"long_steps": 3}, "mask": arm["mask"]})):
+        path.write_text(edited)
+        with pytest.raises(ValueError, match="other settings or another mask"):
+            matched.run_trajectory(None, arm, 0, {"long_steps": 2}, str(tmp_path), str(tmp_path))
+
+
 def test_matched_workers_end_when_their_run_is_killed(tmp_path):
     import signal
     import time
