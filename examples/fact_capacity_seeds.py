@@ -278,15 +278,15 @@ def across_seeds(values: list[float]) -> dict | None:
 
     if len(values) < 2:
         return None
-    mean, sd = statistics.mean(values), statistics.stdev(values)
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1)) * sd / math.sqrt(len(values))
+    mean = statistics.mean(values)
+    low, high = stats.t.interval(CONFIDENCE, len(values) - 1, loc=mean, scale=stats.sem(values))
     return {
         "values": values,
         "mean": mean,
-        "sd": sd,
-        "ci": [mean - half, mean + half],
+        "sd": statistics.stdev(values),
+        "ci": [float(low), float(high)],
         "interval": f"t-interval over {len(values)} seeds, {len(values) - 1} dof, {CONFIDENCE:.0%}",
-        "covers_1": mean - half <= 1 <= mean + half,
+        "covers_1": bool(low <= 1 <= high),
     }
 
 
