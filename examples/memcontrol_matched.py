@@ -794,5 +794,7 @@ if __name__ == "__main__":
         "--workers", type=int, default=1, help="Trajectories trained at once, each in its own process."
     )
     args = vars(parser.parse_args())
+    if args["workers"] < 1:  # one usage line, not main()'s traceback
+        parser.error(f"--workers must be >= 1 (trajectories trained at once); got {args['workers']}")
     args["seeds"] = tuple(args["seeds"])
     print(json.dumps(main(**args), indent=2))

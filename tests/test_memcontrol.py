@@ -1054,6 +1054,9 @@ def test_matched_units_run_in_forked_workers_and_workers_is_checked(tmp_path, mo
         with pytest.raises(ValueError, match="`workers` must be a whole number"):
             matched.main(output_dir=str(tmp_path / "unused"), small=True, workers=bad)
     assert not (tmp_path / "unused").exists()
+    refused = run_example("memcontrol_matched", "--small", "--output-dir", str(tmp_path / "unused"), "--workers", "0")
+    assert refused.returncode == 2 and "--workers must be >= 1" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "unused").exists()
 
 
 def test_search_over_a_subset_of_groups_leaves_the_others_frozen():
